@@ -1,0 +1,177 @@
+//! `shale bench kv`: replicated put and get throughput and latency against a cluster,
+//! beside raw RocksDB synced writes at the same concurrency, in the same run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use shale_rpc::client::KvClient;
+use shale_storage::engine::{Cf, Engine, EngineConfig};
+
+use crate::stats::{OpStats, Recorder};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct KvBenchOptions {
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub value_bytes: usize,
+    /// Distinct keys the workload touches.
+    pub keys: u64,
+    /// Skip the single-client latency phase.
+    pub skip_single: bool,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvBenchReport {
+    pub value_bytes: usize,
+    pub phases: Vec<OpStats>,
+    /// Replicated put throughput over raw RocksDB synced puts at the same concurrency.
+    pub put_vs_rocksdb: f64,
+    /// Linearizable get throughput over replicated put throughput.
+    pub get_vs_put: f64,
+}
+
+fn key_of(i: u64) -> Bytes {
+    Bytes::from(format!("bench/{i:012}"))
+}
+
+/// Runs `op` from `concurrency` tasks for `duration`, after a warm-up.
+async fn phase<F, Fut>(name: &str, concurrency: usize, warmup: Duration, duration: Duration, op: F) -> OpStats
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<usize, String>> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let stop_at = measure_from + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut rec = Recorder::default();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+                loop {
+                    let t = Instant::now();
+                    if t >= stop_at {
+                        break;
+                    }
+                    let result = op(rng.gen()).await;
+                    if t >= measure_from {
+                        match result {
+                            Ok(bytes) => rec.record(t.elapsed(), bytes),
+                            Err(_) => rec.errors += 1,
+                        }
+                    }
+                }
+                rec
+            })
+        })
+        .collect();
+    let mut total = Recorder::default();
+    for t in tasks {
+        if let Ok(rec) = t.await {
+            total.merge(&rec);
+        }
+    }
+    total.finish(name, concurrency, duration)
+}
+
+/// Replicated phases against a cluster through `client`.
+pub async fn cluster_phases(client: Arc<KvClient>, opts: &KvBenchOptions) -> Vec<OpStats> {
+    let value = Bytes::from(vec![0x5a; opts.value_bytes]);
+    let keys = opts.keys;
+    let mut out = Vec::new();
+    let put = |client: Arc<KvClient>, value: Bytes| {
+        move |r: u64| {
+            let client = client.clone();
+            let value = value.clone();
+            async move {
+                let len = value.len();
+                client.put(key_of(r % keys), value).await.map(|_| len).map_err(|e| e.to_string())
+            }
+        }
+    };
+    if !opts.skip_single {
+        out.push(phase("shale put (1 client)", 1, opts.warmup, opts.duration, put(client.clone(), value.clone())).await);
+    }
+    out.push(phase("shale put", opts.concurrency, opts.warmup, opts.duration, put(client.clone(), value.clone())).await);
+    let get_client = client.clone();
+    out.push(
+        phase("shale get (linearizable)", opts.concurrency, opts.warmup, opts.duration, move |r: u64| {
+            let client = get_client.clone();
+            async move {
+                match client.get(key_of(r % keys)).await {
+                    Ok(v) => Ok(v.map_or(0, |v| v.len())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await,
+    );
+    out
+}
+
+/// Raw RocksDB synced puts (WAL fsync per write group) from `concurrency` threads.
+pub fn rocksdb_baseline(dir: &std::path::Path, opts: &KvBenchOptions) -> anyhow::Result<OpStats> {
+    let engine = Arc::new(Engine::open(dir, &EngineConfig::default()).context("open baseline RocksDB")?);
+    let value = vec![0x5a; opts.value_bytes];
+    let warm_until = Instant::now() + opts.warmup;
+    let stop_at = warm_until + opts.duration;
+    let threads: Vec<_> = (0..opts.concurrency)
+        .map(|w| {
+            let engine = engine.clone();
+            let value = value.clone();
+            let keys = opts.keys;
+            std::thread::spawn(move || {
+                let mut rec = Recorder::default();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+                loop {
+                    let t = Instant::now();
+                    if t >= stop_at {
+                        break;
+                    }
+                    let mut batch = engine.batch();
+                    batch.put(Cf::Data, &key_of(rng.gen::<u64>() % keys), &value);
+                    let ok = engine.write(batch, true).is_ok();
+                    if t >= warm_until {
+                        if ok {
+                            rec.record(t.elapsed(), value.len());
+                        } else {
+                            rec.errors += 1;
+                        }
+                    }
+                }
+                rec
+            })
+        })
+        .collect();
+    let mut total = Recorder::default();
+    for t in threads {
+        let rec = t.join().map_err(|_| anyhow::anyhow!("baseline thread panicked"))?;
+        total.merge(&rec);
+    }
+    Ok(total.finish("rocksdb put, sync (baseline)", opts.concurrency, opts.duration))
+}
+
+/// Puts the phases together into a report with the ratios the targets speak of.
+pub fn report(opts: &KvBenchOptions, mut cluster: Vec<OpStats>, baseline: OpStats) -> KvBenchReport {
+    let find = |rows: &[OpStats], name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.ops_per_sec);
+    let put = find(&cluster, "shale put");
+    let get = find(&cluster, "shale get (linearizable)");
+    let put_vs_rocksdb = if baseline.ops_per_sec > 0.0 { put / baseline.ops_per_sec } else { 0.0 };
+    let get_vs_put = if put > 0.0 { get / put } else { 0.0 };
+    cluster.push(baseline);
+    KvBenchReport {
+        value_bytes: opts.value_bytes,
+        phases: cluster,
+        put_vs_rocksdb,
+        get_vs_put,
+    }
+}

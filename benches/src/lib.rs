@@ -1,0 +1,5 @@
+//! Shale's benchmarks. Every figure is printed beside a baseline measured in the same run
+//! on the same machine, so the numbers say something about Shale and not the hardware.
+
+pub mod kv;
+pub mod stats;

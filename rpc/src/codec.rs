@@ -1,0 +1,308 @@
+//! The frame codec. Every message on every stream is one frame:
+//!
+//! ```text
+//! u32 len | u8 version | u16 kind | body (len - 7 bytes) | u32 crc32(version, kind, body)
+//! ```
+//!
+//! All integers are big-endian. `len` counts the bytes after itself. A frame is checked
+//! for size before anything is allocated, and for checksum, version and kind before its
+//! body is handed out.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::limits::FRAME_BODY_BYTES_MAX;
+use crate::RpcError;
+
+/// The only frame version this build speaks.
+pub const FRAME_VERSION: u8 = 1;
+/// version + kind + crc: the bytes `len` counts besides the body.
+const FRAME_OVERHEAD_BYTES: usize = 1 + 2 + 4;
+
+/// What a frame's body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum FrameKind {
+    /// A batch of Raft messages from one store to another (one-way stream).
+    RaftBatch = 1,
+    /// A KV request to a store.
+    KvRequest = 2,
+    /// The store's answer to a KV request.
+    KvResponse = 3,
+    /// An answer to a frame the receiver could not take at all (malformed, wrong kind).
+    Rejected = 4,
+}
+
+impl FrameKind {
+    pub fn from_u16(kind: u16) -> Result<Self, RpcError> {
+        Ok(match kind {
+            1 => FrameKind::RaftBatch,
+            2 => FrameKind::KvRequest,
+            3 => FrameKind::KvResponse,
+            4 => FrameKind::Rejected,
+            other => return Err(RpcError::UnknownKind(other)),
+        })
+    }
+}
+
+/// One decoded frame: a kind and its (checksum-verified) body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// Serializes `message` as the body of a frame of `kind`.
+    pub fn encode<T: Serialize>(kind: FrameKind, message: &T) -> Result<Frame, RpcError> {
+        let body = postcard::to_stdvec(message).map_err(|e| RpcError::Encode(e.to_string()))?;
+        if body.len() > FRAME_BODY_BYTES_MAX {
+            return Err(RpcError::FrameTooLarge {
+                len: body.len(),
+                max: FRAME_BODY_BYTES_MAX,
+            });
+        }
+        Ok(Frame {
+            kind,
+            body: Bytes::from(body),
+        })
+    }
+
+    /// Deserializes the body, insisting on the expected kind.
+    pub fn decode<T: DeserializeOwned>(&self, expected: FrameKind) -> Result<T, RpcError> {
+        if self.kind != expected {
+            return Err(RpcError::UnexpectedKind {
+                expected,
+                got: self.kind,
+            });
+        }
+        postcard::from_bytes(&self.body).map_err(|e| RpcError::Malformed(e.to_string()))
+    }
+
+    /// The frame as bytes on the wire.
+    pub fn to_wire(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(4 + FRAME_OVERHEAD_BYTES + self.body.len());
+        let len = (FRAME_OVERHEAD_BYTES + self.body.len()) as u32;
+        buf.put_u32(len);
+        let checked_from = buf.len();
+        buf.put_u8(FRAME_VERSION);
+        buf.put_u16(self.kind as u16);
+        buf.put_slice(&self.body);
+        let crc = crc32fast::hash(&buf[checked_from..]);
+        buf.put_u32(crc);
+        buf.freeze()
+    }
+
+    /// Decodes exactly one frame that fills `wire`.
+    pub fn from_wire(wire: &[u8]) -> Result<Frame, RpcError> {
+        let Some(len_bytes) = wire.get(..4) else {
+            return Err(RpcError::Truncated {
+                expected: 4,
+                got: wire.len(),
+            });
+        };
+        let len = frame_len(len_bytes.try_into().expect("slice of four"))?;
+        let rest = &wire[4..];
+        if rest.len() < len {
+            return Err(RpcError::Truncated {
+                expected: len,
+                got: rest.len(),
+            });
+        }
+        if rest.len() > len {
+            return Err(RpcError::Malformed(format!(
+                "{} bytes after the end of the frame",
+                rest.len() - len
+            )));
+        }
+        check_frame(Bytes::copy_from_slice(rest))
+    }
+}
+
+/// Validates a length prefix; returns the number of bytes that follow it.
+fn frame_len(prefix: [u8; 4]) -> Result<usize, RpcError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len < FRAME_OVERHEAD_BYTES {
+        return Err(RpcError::FrameTooShort { len });
+    }
+    let body_len = len - FRAME_OVERHEAD_BYTES;
+    if body_len > FRAME_BODY_BYTES_MAX {
+        return Err(RpcError::FrameTooLarge {
+            len: body_len,
+            max: FRAME_BODY_BYTES_MAX,
+        });
+    }
+    Ok(len)
+}
+
+/// Checks checksum, version and kind of the bytes after the length prefix.
+fn check_frame(mut rest: Bytes) -> Result<Frame, RpcError> {
+    let crc_at = rest.len() - 4;
+    let expected = u32::from_be_bytes(rest[crc_at..].try_into().expect("four bytes"));
+    let actual = crc32fast::hash(&rest[..crc_at]);
+    if expected != actual {
+        return Err(RpcError::ChecksumMismatch { expected, actual });
+    }
+    if rest[0] != FRAME_VERSION {
+        return Err(RpcError::UnknownVersion(rest[0]));
+    }
+    let kind = FrameKind::from_u16(u16::from_be_bytes([rest[1], rest[2]]))?;
+    rest.truncate(crc_at);
+    let body = rest.split_off(3);
+    Ok(Frame { kind, body })
+}
+
+/// Reads one frame. `Ok(None)` when the stream ends cleanly before a new frame.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, RpcError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        let n = reader.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(RpcError::Truncated { expected: 4, got });
+        }
+        got += n;
+    }
+    let len = frame_len(prefix)?;
+    let mut rest = BytesMut::zeroed(len);
+    let mut got = 0;
+    while got < len {
+        let n = reader.read(&mut rest[got..]).await?;
+        if n == 0 {
+            return Err(RpcError::Truncated { expected: len, got });
+        }
+        got += n;
+    }
+    check_frame(rest.freeze()).map(Some)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &Frame,
+) -> Result<(), RpcError> {
+    writer.write_all(&frame.to_wire()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kinds() -> impl Strategy<Value = FrameKind> {
+        prop_oneof![
+            Just(FrameKind::RaftBatch),
+            Just(FrameKind::KvRequest),
+            Just(FrameKind::KvResponse),
+            Just(FrameKind::Rejected),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn wire_round_trip(kind in kinds(), body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let frame = Frame { kind, body: Bytes::from(body) };
+            prop_assert_eq!(Frame::from_wire(&frame.to_wire()).unwrap(), frame);
+        }
+
+        #[test]
+        fn any_bit_flip_is_rejected(body in proptest::collection::vec(any::<u8>(), 0..512), bit in any::<usize>()) {
+            let frame = Frame { kind: FrameKind::KvRequest, body: Bytes::from(body) };
+            let mut wire = frame.to_wire().to_vec();
+            let bit = bit % (wire.len() * 8);
+            wire[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(Frame::from_wire(&wire).is_err());
+        }
+
+        #[test]
+        fn every_truncation_is_rejected(body in proptest::collection::vec(any::<u8>(), 0..512), cut in any::<usize>()) {
+            let wire = Frame { kind: FrameKind::KvResponse, body: Bytes::from(body) }.to_wire();
+            let cut = cut % wire.len();
+            let err = Frame::from_wire(&wire[..cut]).unwrap_err();
+            prop_assert!(matches!(err, RpcError::Truncated { .. }), "{err:?}");
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(wire in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Frame::from_wire(&wire);
+        }
+
+        #[test]
+        fn stream_round_trip(bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8)) {
+            let frames: Vec<Frame> = bodies.into_iter().map(|b| Frame { kind: FrameKind::RaftBatch, body: Bytes::from(b) }).collect();
+            let mut wire = Vec::new();
+            for f in &frames { wire.extend_from_slice(&f.to_wire()); }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let read = rt.block_on(async {
+                let mut r = &wire[..];
+                let mut out = Vec::new();
+                while let Some(f) = read_frame(&mut r).await.unwrap() { out.push(f); }
+                out
+            });
+            prop_assert_eq!(read, frames);
+        }
+    }
+
+    fn wire_with(version: u8, kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut inner = vec![version];
+        inner.extend_from_slice(&kind.to_be_bytes());
+        inner.extend_from_slice(body);
+        let crc = crc32fast::hash(&inner);
+        let mut wire = ((inner.len() + 4) as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&inner);
+        wire.extend_from_slice(&crc.to_be_bytes());
+        wire
+    }
+
+    #[test]
+    fn unknown_version_is_rejected() {
+        let err = Frame::from_wire(&wire_with(2, 2, b"x")).unwrap_err();
+        assert!(matches!(err, RpcError::UnknownVersion(2)), "{err:?}");
+    }
+
+    #[test]
+    fn unknown_kind_is_rejected() {
+        let err = Frame::from_wire(&wire_with(1, 999, b"x")).unwrap_err();
+        assert!(matches!(err, RpcError::UnknownKind(999)), "{err:?}");
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_allocating() {
+        let mut wire = (u32::MAX).to_be_bytes().to_vec();
+        wire.extend_from_slice(&[1, 0, 2]);
+        let err = Frame::from_wire(&wire).unwrap_err();
+        assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let err = rt.block_on(read_frame(&mut &wire[..])).unwrap_err();
+        assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn undersized_length_is_rejected() {
+        let err = Frame::from_wire(&3u32.to_be_bytes()).unwrap_err();
+        assert!(matches!(err, RpcError::FrameTooShort { len: 3 }), "{err:?}");
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error_not_a_clean_end() {
+        let wire = Frame { kind: FrameKind::KvRequest, body: Bytes::from_static(b"hello") }.to_wire();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let err = rt.block_on(read_frame(&mut &wire[..wire.len() - 1])).unwrap_err();
+        assert!(matches!(err, RpcError::Truncated { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn body_of_wrong_kind_is_refused() {
+        let frame = Frame::encode(FrameKind::KvRequest, &7u32).unwrap();
+        assert!(matches!(
+            frame.decode::<u32>(FrameKind::KvResponse),
+            Err(RpcError::UnexpectedKind { .. })
+        ));
+        assert_eq!(frame.decode::<u32>(FrameKind::KvRequest).unwrap(), 7);
+    }
+}

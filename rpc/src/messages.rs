@@ -1,0 +1,358 @@
+//! The messages stores, clients and (later) placement exchange, as plain serde types.
+//! Their bodies ride in frames (see `codec`); `FrameKind` says which type a body holds.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{BATCH_OPS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BYTES_MAX};
+use crate::{RangeId, ReplicaId, StoreId};
+
+/// A range's version: `conf_ver` rises on every membership change, `version` on every
+/// split or merge. Neither ever goes backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Epoch {
+    pub conf_ver: u64,
+    pub version: u64,
+}
+
+/// One replica of a range and the store that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplicaDescriptor {
+    pub id: ReplicaId,
+    pub store_id: StoreId,
+}
+
+/// What a range is: its key interval `[start_key, end_key)`, epoch and replicas. An empty
+/// `end_key` means "to the end of the key space".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDescriptor {
+    pub id: RangeId,
+    pub start_key: Bytes,
+    pub end_key: Bytes,
+    pub epoch: Epoch,
+    pub replicas: Vec<ReplicaDescriptor>,
+}
+
+impl RangeDescriptor {
+    /// True when `key` lies in `[start_key, end_key)`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= &self.start_key[..] && (self.end_key.is_empty() || key < &self.end_key[..])
+    }
+
+    pub fn replica_on(&self, store_id: StoreId) -> Option<&ReplicaDescriptor> {
+        self.replicas.iter().find(|r| r.store_id == store_id)
+    }
+
+    pub fn replica(&self, replica_id: ReplicaId) -> Option<&ReplicaDescriptor> {
+        self.replicas.iter().find(|r| r.id == replica_id)
+    }
+}
+
+/// Where a store can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreAddr {
+    pub store_id: StoreId,
+    pub addr: String,
+}
+
+/// A batch of Raft messages from one store to another, possibly for many ranges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaftBatch {
+    pub from_store: StoreId,
+    pub to_store: StoreId,
+    pub messages: Vec<RaftEnvelope>,
+}
+
+/// One Raft message of one range; `message` is raft-rs's protobuf encoding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaftEnvelope {
+    pub range_id: RangeId,
+    pub message: Bytes,
+}
+
+/// A KV request addressed to one range on one store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvRequest {
+    pub range_id: RangeId,
+    /// The epoch the client believes the range has; `None` skips the check.
+    pub epoch: Option<Epoch>,
+    pub op: KvOp,
+}
+
+/// What a KV request asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KvOp {
+    /// Linearizable read of one key.
+    Get { key: Bytes },
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+    /// Linearizable read of up to `limit` pairs in `[start, end)` (empty `end`: to the end
+    /// of the range). A page that stops early carries the key to resume from.
+    Scan { start: Bytes, end: Bytes, limit: u32 },
+    /// Puts and deletes applied atomically: all or none.
+    Batch { ops: Vec<WriteOp> },
+}
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &Bytes {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+        }
+    }
+
+    fn size_bytes(&self) -> usize {
+        match self {
+            WriteOp::Put { key, value } => key.len() + value.len(),
+            WriteOp::Delete { key } => key.len(),
+        }
+    }
+}
+
+/// A store's answer to a KV request.
+pub type KvResponse = Result<KvReply, KvError>;
+
+/// What a successful KV request returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KvReply {
+    Value(Option<Bytes>),
+    Written,
+    Scanned {
+        pairs: Vec<(Bytes, Bytes)>,
+        /// Where the next page starts; `None` when the scan reached its end.
+        resume_key: Option<Bytes>,
+    },
+}
+
+/// Where the leader of a range is, as far as the answering store knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    pub store_id: StoreId,
+    pub addr: String,
+}
+
+/// Errors a client can act on, each with a stable code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvError {
+    #[error("range {range_id}: this replica is not the leader (leader: {leader:?}); retry there")]
+    NotLeader {
+        range_id: RangeId,
+        leader: Option<LeaderHint>,
+    },
+    #[error("range {range_id} is not on this store")]
+    RangeNotFound { range_id: RangeId },
+    #[error("key is not in range {range_id}")]
+    KeyNotInRange { range_id: RangeId },
+    #[error("range epoch changed; current ranges: {current:?}")]
+    EpochNotMatch { current: Vec<RangeDescriptor> },
+    #[error("store is busy ({reason}); back off and retry")]
+    ServerBusy { reason: String },
+    #[error("the key is empty; keys must be at least 1 byte")]
+    EmptyKey,
+    #[error("key of {len} bytes is over the limit of {max} bytes")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value of {len} bytes is over the limit of {max} bytes")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("batch of {ops} operations / {bytes} bytes is over the limit of {ops_max} operations / {bytes_max} bytes")]
+    BatchTooLarge {
+        ops: usize,
+        bytes: usize,
+        ops_max: usize,
+        bytes_max: usize,
+    },
+    #[error("scan start is past its end")]
+    InvalidScan,
+    #[error("the write was not committed (leadership changed before it was); it is safe to retry")]
+    ProposalDropped,
+    #[error("timed out waiting for the range; the write may or may not have been applied")]
+    Timeout,
+    #[error("request could not be decoded: {message}")]
+    Malformed { message: String },
+    #[error("store storage error: {message}")]
+    Storage { message: String },
+    #[error("store is shutting down")]
+    ShuttingDown,
+}
+
+impl KvError {
+    /// Stable code for logs, metrics and clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            KvError::NotLeader { .. } => "not_leader",
+            KvError::RangeNotFound { .. } => "range_not_found",
+            KvError::KeyNotInRange { .. } => "key_not_in_range",
+            KvError::EpochNotMatch { .. } => "epoch_not_match",
+            KvError::ServerBusy { .. } => "server_busy",
+            KvError::EmptyKey => "empty_key",
+            KvError::KeyTooLarge { .. } => "key_too_large",
+            KvError::ValueTooLarge { .. } => "value_too_large",
+            KvError::BatchTooLarge { .. } => "batch_too_large",
+            KvError::InvalidScan => "invalid_scan",
+            KvError::ProposalDropped => "proposal_dropped",
+            KvError::Timeout => "timeout",
+            KvError::Malformed { .. } => "malformed",
+            KvError::Storage { .. } => "storage",
+            KvError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// True when the same request may succeed against another store or a bit later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            KvError::NotLeader { .. }
+                | KvError::RangeNotFound { .. }
+                | KvError::EpochNotMatch { .. }
+                | KvError::ServerBusy { .. }
+                | KvError::ProposalDropped
+                | KvError::Timeout
+                | KvError::ShuttingDown
+        )
+    }
+}
+
+/// Checks one key against the size limits.
+pub fn check_key(key: &[u8]) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(KvError::KeyTooLarge {
+            len: key.len(),
+            max: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), KvError> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(KvError::ValueTooLarge {
+            len: value.len(),
+            max: VALUE_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+impl KvOp {
+    /// Checks every key, value and batch against the limits before any work is done.
+    pub fn validate(&self) -> Result<(), KvError> {
+        match self {
+            KvOp::Get { key } | KvOp::Delete { key } => check_key(key),
+            KvOp::Put { key, value } => {
+                check_key(key)?;
+                check_value(value)
+            }
+            KvOp::Scan { start, end, .. } => {
+                if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
+                    return Err(KvError::KeyTooLarge {
+                        len: start.len().max(end.len()),
+                        max: KEY_BYTES_MAX,
+                    });
+                }
+                if !end.is_empty() && start > end {
+                    return Err(KvError::InvalidScan);
+                }
+                Ok(())
+            }
+            KvOp::Batch { ops } => {
+                let bytes: usize = ops.iter().map(WriteOp::size_bytes).sum();
+                if ops.len() > BATCH_OPS_MAX || bytes > WRITE_BYTES_MAX {
+                    return Err(KvError::BatchTooLarge {
+                        ops: ops.len(),
+                        bytes,
+                        ops_max: BATCH_OPS_MAX,
+                        bytes_max: WRITE_BYTES_MAX,
+                    });
+                }
+                for op in ops {
+                    check_key(op.key())?;
+                    if let WriteOp::Put { value, .. } = op {
+                        check_value(value)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// True for operations that change data (and so go through Raft).
+    pub fn is_write(&self) -> bool {
+        matches!(self, KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Frame, FrameKind};
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+    }
+
+    fn ops() -> impl Strategy<Value = KvOp> {
+        prop_oneof![
+            bytes().prop_map(|key| KvOp::Get { key }),
+            (bytes(), bytes()).prop_map(|(key, value)| KvOp::Put { key, value }),
+            bytes().prop_map(|key| KvOp::Delete { key }),
+            (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| KvOp::Scan { start, end, limit }),
+            proptest::collection::vec((bytes(), bytes()).prop_map(|(key, value)| WriteOp::Put { key, value }), 0..4)
+                .prop_map(|ops| KvOp::Batch { ops }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn kv_request_round_trips(range_id in any::<u64>(), op in ops()) {
+            let req = KvRequest { range_id, epoch: Some(Epoch { conf_ver: 1, version: 2 }), op };
+            let frame = Frame::encode(FrameKind::KvRequest, &req).unwrap();
+            let wire = frame.to_wire();
+            let back: KvRequest = Frame::from_wire(&wire).unwrap().decode(FrameKind::KvRequest).unwrap();
+            prop_assert_eq!(back, req);
+        }
+
+        #[test]
+        fn garbage_bodies_are_errors_not_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let frame = Frame { kind: FrameKind::KvRequest, body: Bytes::from(body) };
+            let _ = frame.decode::<KvRequest>(FrameKind::KvRequest);
+            let frame = Frame { kind: FrameKind::RaftBatch, body: frame.body };
+            let _ = frame.decode::<RaftBatch>(FrameKind::RaftBatch);
+        }
+    }
+
+    #[test]
+    fn errors_round_trip() {
+        let resp: KvResponse = Err(KvError::NotLeader {
+            range_id: 1,
+            leader: Some(LeaderHint { store_id: 2, addr: "127.0.0.1:1".into() }),
+        });
+        let frame = Frame::encode(FrameKind::KvResponse, &resp).unwrap();
+        assert_eq!(frame.decode::<KvResponse>(FrameKind::KvResponse).unwrap(), resp);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let big = Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]);
+        assert!(matches!(KvOp::Get { key: big.clone() }.validate(), Err(KvError::KeyTooLarge { .. })));
+        assert_eq!(KvOp::Get { key: Bytes::new() }.validate(), Err(KvError::EmptyKey));
+        let value = Bytes::from(vec![0; VALUE_BYTES_MAX + 1]);
+        assert!(matches!(
+            KvOp::Put { key: Bytes::from_static(b"k"), value }.validate(),
+            Err(KvError::ValueTooLarge { .. })
+        ));
+        let ops = vec![WriteOp::Delete { key: Bytes::from_static(b"k") }; BATCH_OPS_MAX + 1];
+        assert!(matches!(KvOp::Batch { ops }.validate(), Err(KvError::BatchTooLarge { .. })));
+        let scan = KvOp::Scan { start: Bytes::from_static(b"b"), end: Bytes::from_static(b"a"), limit: 1 };
+        assert_eq!(scan.validate(), Err(KvError::InvalidScan));
+        assert!(KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::new() }.validate().is_ok());
+    }
+}

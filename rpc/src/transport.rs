@@ -1,0 +1,341 @@
+//! The QUIC transport (quinn + rustls, mutual TLS). One request per bidirectional
+//! stream; one-way streams carry long-lived message flows such as Raft traffic.
+//! Connections are cached per peer address and re-established when they fail.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::certs::{TlsIdentity, NODE_SERVER_NAME};
+use crate::codec::{read_frame, write_frame};
+use crate::{Frame, FrameKind, RpcError};
+
+/// Transport limits and timeouts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct TransportConfig {
+    /// A request (connect, send, wait for the answer) fails after this long.
+    pub request_timeout_ms: u64,
+    /// Establishing a connection (QUIC + TLS handshake) fails after this long.
+    pub connect_timeout_ms: u64,
+    /// A connection with no traffic at all for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Keep-alive interval, so a dead peer is noticed within the idle timeout.
+    pub keep_alive_ms: u64,
+    /// Most concurrent request streams one connection may have open (the in-flight bound).
+    pub streams_per_connection_max: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+            idle_timeout_ms: 10_000,
+            keep_alive_ms: 1_000,
+            streams_per_connection_max: 1_024,
+        }
+    }
+}
+
+impl TransportConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.request_timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            return Err("transport timeouts must be positive".into());
+        }
+        if self.keep_alive_ms == 0 || self.keep_alive_ms >= self.idle_timeout_ms {
+            return Err("keep-alive-ms must be positive and below idle-timeout-ms".into());
+        }
+        if self.streams_per_connection_max == 0 {
+            return Err("streams-per-connection-max must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn quinn_transport(&self) -> Result<Arc<quinn::TransportConfig>, RpcError> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
+            .map_err(|e| RpcError::Tls(format!("idle timeout: {e}")))?;
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)));
+        t.max_concurrent_bidi_streams(self.streams_per_connection_max.into());
+        t.max_concurrent_uni_streams(64u32.into());
+        // Room for a full frame in flight on a stream, and several on a connection.
+        t.stream_receive_window((64u32 << 20).into());
+        t.receive_window((256u32 << 20).into());
+        t.send_window(256 << 20);
+        Ok(Arc::new(t))
+    }
+}
+
+/// What a node serves: requests on bidirectional streams, messages on one-way streams.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request frame.
+    fn request(&self, frame: Frame) -> impl Future<Output = Frame> + Send;
+    /// Takes one frame of a one-way stream.
+    fn message(&self, frame: Frame);
+}
+
+/// A QUIC endpoint that can both serve and call.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    config: TransportConfig,
+}
+
+impl Transport {
+    /// Binds a serving endpoint on `addr` (port 0 picks one).
+    pub fn bind(addr: SocketAddr, identity: &TlsIdentity, config: TransportConfig) -> Result<Arc<Self>, RpcError> {
+        let quic_server = QuicServerConfig::try_from(identity.server_config()?)
+            .map_err(|e| RpcError::Tls(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server_config.transport_config(config.quinn_transport()?);
+        let endpoint = quinn::Endpoint::server(server_config, addr)?;
+        Self::with_endpoint(endpoint, identity, config)
+    }
+
+    /// A calling-only endpoint on an ephemeral loopback-or-any port.
+    pub fn client(identity: &TlsIdentity, config: TransportConfig) -> Result<Arc<Self>, RpcError> {
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+        Self::with_endpoint(endpoint, identity, config)
+    }
+
+    fn with_endpoint(endpoint: quinn::Endpoint, identity: &TlsIdentity, config: TransportConfig) -> Result<Arc<Self>, RpcError> {
+        let quic_client = QuicClientConfig::try_from(identity.client_config()?)
+            .map_err(|e| RpcError::Tls(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
+        client_config.transport_config(config.quinn_transport()?);
+        Ok(Arc::new(Transport {
+            endpoint,
+            client_config,
+            connections: Mutex::new(HashMap::new()),
+            config,
+        }))
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, RpcError> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    pub fn config(&self) -> &TransportConfig {
+        &self.config
+    }
+
+    /// Accepts connections and serves their streams until the endpoint is closed.
+    pub fn serve<S: Service>(self: &Arc<Self>, service: Arc<S>) -> JoinHandle<()> {
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => serve_connection(conn, service).await,
+                        Err(e) => debug!(%remote, error = %e, "refused incoming connection"),
+                    }
+                });
+            }
+        })
+    }
+
+    /// Sends one request and waits for its answer, within the request timeout.
+    pub async fn call(&self, addr: SocketAddr, request: &Frame) -> Result<Frame, RpcError> {
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        match tokio::time::timeout(timeout, self.call_inner(addr, request)).await {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(e)) => {
+                if e.is_unreachable() {
+                    self.forget(addr);
+                }
+                Err(e)
+            }
+            Err(_) => {
+                self.forget(addr);
+                Err(RpcError::Timeout {
+                    addr,
+                    timeout_ms: self.config.request_timeout_ms,
+                })
+            }
+        }
+    }
+
+    async fn call_inner(&self, addr: SocketAddr, request: &Frame) -> Result<Frame, RpcError> {
+        let conn = self.connection(addr).await?;
+        let stream_err = |e: &dyn std::fmt::Display| RpcError::Stream {
+            addr,
+            reason: e.to_string(),
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
+        write_frame(&mut send, request).await.map_err(|e| stream_err(&e))?;
+        send.finish().map_err(|e| stream_err(&e))?;
+        match read_frame(&mut recv).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(stream_err(&"peer closed the stream without an answer")),
+            Err(RpcError::Io(e)) => Err(stream_err(&e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a one-way stream for a flow of frames (Raft traffic).
+    pub async fn open_oneway(&self, addr: SocketAddr) -> Result<OnewayStream, RpcError> {
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let open = async {
+            let conn = self.connection(addr).await?;
+            conn.open_uni().await.map_err(|e| RpcError::Stream {
+                addr,
+                reason: e.to_string(),
+            })
+        };
+        match tokio::time::timeout(timeout, open).await {
+            Ok(Ok(send)) => Ok(OnewayStream { addr, send, timeout }),
+            Ok(Err(e)) => {
+                self.forget(addr);
+                Err(e)
+            }
+            Err(_) => {
+                self.forget(addr);
+                Err(RpcError::Timeout {
+                    addr,
+                    timeout_ms: self.config.request_timeout_ms,
+                })
+            }
+        }
+    }
+
+    /// Drops the cached connection to `addr`, so the next call dials anew.
+    pub fn forget(&self, addr: SocketAddr) {
+        let conn = self.connections.lock().expect("connections lock").remove(&addr);
+        if let Some(conn) = conn {
+            conn.close(0u32.into(), b"forgotten");
+        }
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
+        if let Some(conn) = self.connections.lock().expect("connections lock").get(&addr) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let connect_err = |reason: String| RpcError::Connect { addr, reason };
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, NODE_SERVER_NAME)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(connect_err(e.to_string())),
+            Err(_) => return Err(connect_err(format!("no handshake within {} ms", timeout.as_millis()))),
+        };
+        let mut connections = self.connections.lock().expect("connections lock");
+        // Another caller may have connected meanwhile; keep one connection per peer.
+        if let Some(existing) = connections.get(&addr) {
+            if existing.close_reason().is_none() {
+                conn.close(0u32.into(), b"duplicate");
+                return Ok(existing.clone());
+            }
+        }
+        connections.insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes every connection and stops serving.
+    pub fn close(&self) {
+        self.connections.lock().expect("connections lock").clear();
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    /// Waits until every connection's close has been sent.
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn serve_connection<S: Service>(conn: quinn::Connection, service: Arc<S>) {
+    let remote = conn.remote_address();
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    tokio::spawn(serve_request(send, recv, service.clone()));
+                }
+                Err(e) => {
+                    debug!(%remote, error = %e, "connection closed");
+                    return;
+                }
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    tokio::spawn(serve_oneway(recv, service.clone(), remote));
+                }
+                Err(e) => {
+                    debug!(%remote, error = %e, "connection closed");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_request<S: Service>(mut send: quinn::SendStream, mut recv: quinn::RecvStream, service: Arc<S>) {
+    let reply = match read_frame(&mut recv).await {
+        Ok(Some(frame)) => service.request(frame).await,
+        Ok(None) => return,
+        Err(e) => rejected(&e),
+    };
+    if write_frame(&mut send, &reply).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// The answer to a frame that could not be read: says why, so the caller can tell.
+pub fn rejected(error: &RpcError) -> Frame {
+    Frame::encode(FrameKind::Rejected, &format!("{}: {error}", error.code()))
+        .expect("a short string always encodes")
+}
+
+async fn serve_oneway<S: Service>(mut recv: quinn::RecvStream, service: Arc<S>, remote: SocketAddr) {
+    loop {
+        match read_frame(&mut recv).await {
+            Ok(Some(frame)) => service.message(frame),
+            Ok(None) => return,
+            Err(e) => {
+                warn!(%remote, error = %e, "dropping one-way stream after a bad frame");
+                let _ = recv.stop(1u32.into());
+                return;
+            }
+        }
+    }
+}
+
+/// The sending half of a one-way stream.
+pub struct OnewayStream {
+    addr: SocketAddr,
+    send: quinn::SendStream,
+    timeout: Duration,
+}
+
+impl OnewayStream {
+    /// Sends one frame; fails if the peer does not take it within the request timeout.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), RpcError> {
+        match tokio::time::timeout(self.timeout, write_frame(&mut self.send, frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RpcError::Stream {
+                addr: self.addr,
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(RpcError::Timeout {
+                addr: self.addr,
+                timeout_ms: self.timeout.as_millis() as u64,
+            }),
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of the QUIC transport: real endpoints on loopback.
+
+mod transport;

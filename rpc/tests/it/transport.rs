@@ -1,0 +1,160 @@
+//! Mutual TLS, timeouts, reconnection and bad frames over real QUIC on loopback.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shale_rpc::certs::{generate_ca, issue_node_cert, TlsIdentity};
+use shale_rpc::transport::{Service, Transport, TransportConfig};
+use shale_rpc::{Frame, FrameKind, RpcError};
+
+/// Answers every request with its own body; counts one-way frames.
+#[derive(Default)]
+struct Echo {
+    messages: AtomicUsize,
+}
+
+impl Service for Echo {
+    async fn request(&self, frame: Frame) -> Frame {
+        Frame { kind: FrameKind::KvResponse, body: frame.body }
+    }
+
+    fn message(&self, _frame: Frame) {
+        self.messages.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn fast() -> TransportConfig {
+    TransportConfig { request_timeout_ms: 1_000, connect_timeout_ms: 500, ..TransportConfig::default() }
+}
+
+fn request(body: &'static [u8]) -> Frame {
+    Frame { kind: FrameKind::KvRequest, body: Bytes::from_static(body) }
+}
+
+async fn echo_server(identity: &TlsIdentity) -> (Arc<Transport>, Arc<Echo>) {
+    let server = Transport::bind(loopback(), identity, fast()).unwrap();
+    let echo = Arc::new(Echo::default());
+    server.serve(echo.clone());
+    (server, echo)
+}
+
+#[tokio::test]
+async fn requests_and_oneway_frames_flow_between_nodes_of_one_ca() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let (server, echo) = echo_server(&identity).await;
+    let client = Transport::client(&identity, fast()).unwrap();
+    let addr = server.local_addr().unwrap();
+    for _ in 0..3 {
+        let reply = client.call(addr, &request(b"ping")).await.unwrap();
+        assert_eq!(&reply.body[..], b"ping");
+    }
+    let mut stream = client.open_oneway(addr).await.unwrap();
+    for _ in 0..5 {
+        stream.send(&request(b"raft")).await.unwrap();
+    }
+    let started = Instant::now();
+    while echo.messages.load(Ordering::SeqCst) < 5 {
+        assert!(started.elapsed() < Duration::from_secs(5), "one-way frames arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_refused() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let (server, _) = echo_server(&identity).await;
+    // Trusts the right CA, but its own certificate is signed by a stranger.
+    let stranger_ca = generate_ca().unwrap();
+    let impostor = TlsIdentity {
+        ca_cert_pem: identity.ca_cert_pem.clone(),
+        node: issue_node_cert(&stranger_ca, "impostor", &[]).unwrap(),
+    };
+    let client = Transport::client(&impostor, fast()).unwrap();
+    let result = client.call(server.local_addr().unwrap(), &request(b"let me in")).await;
+    assert!(result.is_err(), "server must refuse a foreign client certificate");
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let (_, other) = TlsIdentity::generate_cluster().unwrap();
+    let (server, _) = echo_server(&other).await;
+    let client = Transport::client(&identity, fast()).unwrap();
+    let err = client.call(server.local_addr().unwrap(), &request(b"hello")).await.unwrap_err();
+    assert!(matches!(err, RpcError::Connect { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_request_to_a_dead_peer_times_out_with_an_error() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let port = std::net::UdpSocket::bind(loopback()).unwrap().local_addr().unwrap();
+    let client = Transport::client(&identity, fast()).unwrap();
+    let started = Instant::now();
+    let err = client.call(port, &request(b"anyone?")).await.unwrap_err();
+    assert!(err.is_unreachable(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by the timeouts");
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_reached_again() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let (server, _) = echo_server(&identity).await;
+    let addr = server.local_addr().unwrap();
+    let client = Transport::client(&identity, fast()).unwrap();
+    client.call(addr, &request(b"one")).await.unwrap();
+    server.close();
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = client.call(addr, &request(b"lost")).await;
+    let server = Transport::bind(addr, &identity, fast()).unwrap();
+    server.serve(Arc::new(Echo::default()));
+    let mut ok = false;
+    for _ in 0..10 {
+        if client.call(addr, &request(b"two")).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the client reconnects to the restarted peer");
+}
+
+#[tokio::test]
+async fn a_corrupted_frame_gets_an_error_answer_and_the_server_keeps_serving() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let (server, _) = echo_server(&identity).await;
+    let addr = server.local_addr().unwrap();
+    // Speak raw QUIC to send a frame with a bad checksum.
+    let mut endpoint = quinn_client(&identity);
+    let conn = endpoint_connect(&mut endpoint, addr).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut wire = request(b"payload").to_wire().to_vec();
+    let last = wire.len() - 1;
+    wire[last] ^= 0xff;
+    send.write_all(&wire).await.unwrap();
+    send.finish().unwrap();
+    let reply = shale_rpc::codec::read_frame(&mut recv).await.unwrap().unwrap();
+    assert_eq!(reply.kind, FrameKind::Rejected);
+    let why: String = reply.decode(FrameKind::Rejected).unwrap();
+    assert!(why.contains("checksum"), "{why}");
+    let client = Transport::client(&identity, fast()).unwrap();
+    assert_eq!(&client.call(addr, &request(b"still up")).await.unwrap().body[..], b"still up");
+}
+
+fn quinn_client(identity: &TlsIdentity) -> quinn::Endpoint {
+    let tls = identity.client_config().unwrap();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    endpoint
+}
+
+async fn endpoint_connect(endpoint: &mut quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+    endpoint.connect(addr, shale_rpc::certs::NODE_SERVER_NAME).unwrap().await.unwrap()
+}

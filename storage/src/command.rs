@@ -1,0 +1,98 @@
+//! What a Raft log entry of a range carries, and the per-range records the store keeps
+//! next to it. Encoded with postcard; decoding failures are corruption, never panics.
+
+use serde::{Deserialize, Serialize};
+use shale_rpc::{RangeDescriptor, WriteOp};
+
+use crate::StorageError;
+
+/// A command replicated through a range's Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Writes applied atomically to the range's data.
+    Write { ops: Vec<WriteOp> },
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("commands always encode")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Command, StorageError> {
+        Ok(postcard::from_bytes(data)?)
+    }
+}
+
+/// How far a replica has applied its log; written in the same batch as the data it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ApplyState {
+    pub applied_index: u64,
+    pub applied_term: u64,
+    /// The log holds entries after this index only.
+    pub truncated_index: u64,
+    pub truncated_term: u64,
+}
+
+impl ApplyState {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("apply state always encodes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<ApplyState, StorageError> {
+        Ok(postcard::from_bytes(data)?)
+    }
+}
+
+/// Whether a replica of a range on this store is live or removed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaState {
+    Normal,
+    /// The replica was removed; it must never come back.
+    Tombstone,
+}
+
+/// What the store remembers about a range it holds a replica of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RangeState {
+    pub descriptor: RangeDescriptor,
+    pub state: ReplicaState,
+}
+
+impl RangeState {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("range state always encodes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<RangeState, StorageError> {
+        Ok(postcard::from_bytes(data)?)
+    }
+}
+
+/// The store's identity, written once when its data directory is first used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreIdent {
+    pub store_id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn command_round_trips(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..32), 0..8)) {
+            let ops = keys.into_iter().map(|k| WriteOp::Put { key: Bytes::from(k.clone()), value: Bytes::from(k) }).collect();
+            let cmd = Command::Write { ops };
+            prop_assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+        }
+
+        #[test]
+        fn garbage_is_an_error(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = Command::decode(&data);
+            let _ = ApplyState::decode(&data);
+            let _ = RangeState::decode(&data);
+        }
+    }
+}

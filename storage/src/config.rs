@@ -1,0 +1,210 @@
+//! A store's configuration (TOML, kebab-case). Every field has a default; `validate`
+//! refuses to start on nonsense.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shale_rpc::transport::TransportConfig;
+
+use crate::engine::EngineConfig;
+use crate::StorageError;
+
+/// Everything a `shale store` process needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreConfig {
+    /// This store's id: unique in the cluster, never reused, never 0.
+    pub store_id: u64,
+    /// UDP address the store's QUIC endpoint binds.
+    pub listen_addr: String,
+    /// Address other nodes use to reach this store; defaults to `listen-addr`.
+    pub advertise_addr: Option<String>,
+    /// Where the store's RocksDB lives. One directory per store.
+    pub data_dir: PathBuf,
+    /// Certificates for mutual TLS.
+    pub tls: TlsPaths,
+    /// The stores of the first range, used once to bootstrap a new cluster. Every store of
+    /// a new cluster must list the same peers.
+    pub initial_peers: Vec<PeerConfig>,
+    pub raft: RaftConfig,
+    pub transport: TransportConfig,
+    pub engine: EngineConfig,
+    pub limits: StoreLimits,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            store_id: 1,
+            listen_addr: "127.0.0.1:7101".into(),
+            advertise_addr: None,
+            data_dir: PathBuf::from("shale-data/store-1"),
+            tls: TlsPaths::default(),
+            initial_peers: Vec::new(),
+            raft: RaftConfig::default(),
+            transport: TransportConfig::default(),
+            engine: EngineConfig::default(),
+            limits: StoreLimits::default(),
+        }
+    }
+}
+
+/// Paths of the PEM files for mutual TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cluster CA certificate; peers must present certificates it signed.
+    pub ca_cert: PathBuf,
+    /// This node's certificate, signed by the cluster CA.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+impl Default for TlsPaths {
+    fn default() -> Self {
+        TlsPaths {
+            ca_cert: PathBuf::from("certs/ca.pem"),
+            cert: PathBuf::from("certs/node.pem"),
+            key: PathBuf::from("certs/node.key"),
+        }
+    }
+}
+
+/// A store of the bootstrap range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PeerConfig {
+    pub store_id: u64,
+    pub addr: String,
+}
+
+/// Raft timing and flow control.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Length of one Raft tick.
+    pub tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Largest append message sent to a follower.
+    pub max_size_per_msg_bytes: u64,
+    /// Most append messages in flight to one follower.
+    pub max_inflight_msgs: usize,
+    /// Uncommitted data a leader accepts before refusing proposals.
+    pub max_uncommitted_bytes: u64,
+    /// Most committed entry bytes handed to apply in one round.
+    pub max_committed_bytes_per_ready: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_ms: 50,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            max_size_per_msg_bytes: 1 << 20,
+            max_inflight_msgs: 256,
+            max_uncommitted_bytes: 256 << 20,
+            max_committed_bytes_per_ready: 64 << 20,
+        }
+    }
+}
+
+/// Bounds on queues and waits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreLimits {
+    /// Messages queued for the store loop; past it requests get `ServerBusy`.
+    pub queue_msgs_max: usize,
+    /// Messages the store loop takes in one round (one WriteBatch, one fsync).
+    pub round_msgs_max: usize,
+    /// A request waiting on Raft gives up after this long (keep below the client's
+    /// transport request timeout).
+    pub request_timeout_ms: u64,
+    /// Raft batches queued per peer store before new ones are dropped.
+    pub peer_queue_batches_max: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            queue_msgs_max: 16_384,
+            round_msgs_max: 4_096,
+            request_timeout_ms: 4_000,
+            peer_queue_batches_max: 1_024,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Reads a TOML config file.
+    pub fn from_toml(text: &str) -> Result<StoreConfig, StorageError> {
+        toml_parse(text)
+    }
+
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise_addr.as_deref().unwrap_or(&self.listen_addr)
+    }
+
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let bad = |m: String| Err(StorageError::Config(m));
+        if self.store_id == 0 {
+            return bad("store-id must be positive".into());
+        }
+        if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 {
+            return bad("raft tick-ms and heartbeat-ticks must be positive".into());
+        }
+        if self.raft.election_ticks <= self.raft.heartbeat_ticks {
+            return bad("raft election-ticks must exceed heartbeat-ticks".into());
+        }
+        if self.limits.queue_msgs_max == 0 || self.limits.round_msgs_max == 0 || self.limits.peer_queue_batches_max == 0 {
+            return bad("store queue limits must be positive".into());
+        }
+        if self.limits.request_timeout_ms == 0 || self.limits.request_timeout_ms >= self.transport.request_timeout_ms {
+            return bad("limits.request-timeout-ms must be positive and below transport.request-timeout-ms".into());
+        }
+        let mut ids: Vec<u64> = self.initial_peers.iter().map(|p| p.store_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.initial_peers.len() || ids.contains(&0) {
+            return bad("initial-peers must have distinct, positive store ids".into());
+        }
+        if !self.initial_peers.is_empty() && !ids.contains(&self.store_id) {
+            return bad(format!("initial-peers must include this store ({})", self.store_id));
+        }
+        self.transport.validate().map_err(StorageError::Config)
+    }
+}
+
+fn toml_parse(text: &str) -> Result<StoreConfig, StorageError> {
+    let config: StoreConfig = toml::from_str(text).map_err(|e| StorageError::Config(e.to_string()))?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let config = StoreConfig::default();
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        let back = StoreConfig::from_toml(&text).unwrap();
+        assert_eq!(back.listen_addr, config.listen_addr);
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let mut c = StoreConfig::default();
+        c.raft.election_ticks = 1;
+        assert!(c.validate().is_err());
+        let mut c = StoreConfig::default();
+        c.initial_peers = vec![PeerConfig { store_id: 2, addr: "x:1".into() }];
+        assert!(c.validate().is_err(), "peers must include self");
+        assert!(StoreConfig::from_toml("no-such-field = 1").is_err());
+    }
+}

@@ -1,0 +1,89 @@
+//! Key layout of the Raft and Meta column families. Range ids are big-endian so one
+//! range's log is contiguous and ordered by index.
+
+use shale_rpc::RangeId;
+
+const LOG_SUFFIX: u8 = 0x01;
+const HARD_STATE_SUFFIX: u8 = 0x02;
+const CONF_STATE_SUFFIX: u8 = 0x03;
+
+const RANGE_STATE_PREFIX: u8 = 0x01;
+const APPLY_STATE_PREFIX: u8 = 0x02;
+/// Meta key of the store's identity record.
+pub const STORE_IDENT_KEY: &[u8] = &[0x00, b's', b't', b'o', b'r', b'e'];
+
+/// Raft CF: one log entry.
+pub fn log_key(range_id: RangeId, index: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..8].copy_from_slice(&range_id.to_be_bytes());
+    k[8] = LOG_SUFFIX;
+    k[9..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The log index a log key names, if it is one of `range_id`'s log keys.
+pub fn log_index(range_id: RangeId, key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[..8] != range_id.to_be_bytes() || key[8] != LOG_SUFFIX {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..].try_into().ok()?))
+}
+
+fn range_key(range_id: RangeId, suffix: u8) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&range_id.to_be_bytes());
+    k[8] = suffix;
+    k
+}
+
+/// Raft CF: the range's Raft hard state.
+pub fn hard_state_key(range_id: RangeId) -> [u8; 9] {
+    range_key(range_id, HARD_STATE_SUFFIX)
+}
+
+/// Raft CF: the range's Raft conf state.
+pub fn conf_state_key(range_id: RangeId) -> [u8; 9] {
+    range_key(range_id, CONF_STATE_SUFFIX)
+}
+
+fn meta_key(prefix: u8, range_id: RangeId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+/// Meta CF: the range's descriptor and replica state.
+pub fn range_state_key(range_id: RangeId) -> [u8; 9] {
+    meta_key(RANGE_STATE_PREFIX, range_id)
+}
+
+/// Meta CF: bounds of all range state keys, for loading every range at start.
+pub fn range_state_bounds() -> ([u8; 9], [u8; 9]) {
+    (meta_key(RANGE_STATE_PREFIX, 0), meta_key(RANGE_STATE_PREFIX + 1, 0))
+}
+
+/// Meta CF: the range's apply state.
+pub fn apply_state_key(range_id: RangeId) -> [u8; 9] {
+    meta_key(APPLY_STATE_PREFIX, range_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn log_keys_order_by_range_then_index(a in any::<(u64, u64)>(), b in any::<(u64, u64)>()) {
+            prop_assert_eq!(a.cmp(&b), log_key(a.0, a.1).cmp(&log_key(b.0, b.1)));
+            prop_assert_eq!(log_index(a.0, &log_key(a.0, a.1)), Some(a.1));
+        }
+    }
+
+    #[test]
+    fn log_index_rejects_foreign_keys() {
+        assert_eq!(log_index(1, &log_key(2, 5)), None);
+        assert_eq!(log_index(1, &hard_state_key(1)), None);
+    }
+}

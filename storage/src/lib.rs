@@ -1,0 +1,20 @@
+//! A Shale store: RocksDB engine, Raft driving (raft-rs), the range state machine, and the
+//! store server that answers KV requests and Raft traffic over QUIC.
+
+pub mod cluster;
+pub mod command;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod node;
+pub mod raft_logger;
+pub mod replica;
+pub mod replica_storage;
+pub mod router;
+pub mod server;
+pub mod store;
+
+pub use config::StoreConfig;
+pub use error::StorageError;
+pub use node::StoreNode;

@@ -1,0 +1,200 @@
+//! A running store: opens the engine, bootstraps or loads its ranges, binds the QUIC
+//! endpoint, and starts the store loop thread and the server. `shutdown` stops it all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shale_rpc::certs::TlsIdentity;
+use shale_rpc::client::{parse_addr, FIRST_RANGE_ID};
+use shale_rpc::transport::Transport;
+use shale_rpc::{Epoch, KvError, RangeDescriptor, RangeId, ReplicaDescriptor, StoreId};
+use tokio::sync::oneshot;
+use tracing::info;
+
+use crate::command::{ApplyState, RangeState, ReplicaState, StoreIdent};
+use crate::config::StoreConfig;
+use crate::engine::{Cf, Engine};
+use crate::keys;
+use crate::replica::{AddressBook, Replica};
+use crate::replica_storage::ReplicaStorage;
+use crate::router::RaftRouter;
+use crate::server::StoreService;
+use crate::store::{RangeStatus, Store, StoreMsg};
+use crate::StorageError;
+
+/// A store that is up and serving.
+pub struct StoreNode {
+    pub store_id: StoreId,
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    tx: std::sync::mpsc::SyncSender<StoreMsg>,
+    loop_thread: Option<JoinHandle<()>>,
+    transport: Arc<Transport>,
+    serve_task: tokio::task::JoinHandle<()>,
+}
+
+impl StoreNode {
+    /// Starts a store. Must be called inside a multi-threaded tokio runtime.
+    pub async fn start(config: StoreConfig, identity: &TlsIdentity) -> Result<StoreNode, StorageError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let engine = Arc::new(Engine::open(&config.data_dir, &config.engine)?);
+        check_ident(&engine, config.store_id)?;
+        let mut states = load_ranges(&engine)?;
+        if states.is_empty() && !config.initial_peers.is_empty() {
+            states.push(bootstrap_first_range(&engine, &config)?);
+        }
+        let addresses: AddressBook = Arc::new(RwLock::new(
+            config
+                .initial_peers
+                .iter()
+                .map(|p| (p.store_id, p.addr.clone()))
+                .chain([(config.store_id, config.advertise_addr().to_string())])
+                .collect::<HashMap<_, _>>(),
+        ));
+        let replicas = states
+            .into_iter()
+            .filter(|s| s.state == ReplicaState::Normal)
+            .map(|s| Replica::open(engine.clone(), s, config.store_id, &config.raft, addresses.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let listen = parse_addr(&config.listen_addr).map_err(|e| StorageError::Config(e.to_string()))?;
+        let transport = Transport::bind(listen, identity, config.transport.clone())?;
+        let addr = transport.local_addr()?;
+        let (tx, rx) = sync_channel(config.limits.queue_msgs_max);
+        let router = RaftRouter::new(
+            transport.clone(),
+            addresses,
+            tokio::runtime::Handle::current(),
+            config.limits.peer_queue_batches_max,
+        );
+        let store = Store::new(&config, engine.clone(), replicas, router);
+        let loop_thread = std::thread::Builder::new()
+            .name(format!("store-{}-raft", config.store_id))
+            .spawn(move || store.run(rx))?;
+        let service = Arc::new(StoreService::new(
+            tx.clone(),
+            engine.clone(),
+            Duration::from_millis(config.limits.request_timeout_ms),
+        ));
+        let serve_task = transport.serve(service);
+        info!(store_id = config.store_id, %addr, data_dir = %config.data_dir.display(), "store started");
+        Ok(StoreNode {
+            store_id: config.store_id,
+            addr,
+            engine,
+            tx,
+            loop_thread: Some(loop_thread),
+            transport,
+            serve_task,
+        })
+    }
+
+    /// The address the store's QUIC endpoint is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The state of every replica on this store.
+    pub async fn status(&self) -> Vec<RangeStatus> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(StoreMsg::Status { reply }).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Asks the replica of `range_id` on this store to campaign for leadership.
+    pub fn campaign(&self, range_id: RangeId) {
+        let _ = self.tx.try_send(StoreMsg::Campaign { range_id });
+    }
+
+    /// Asks this store's leader of `range_id` to hand leadership to `to_store`.
+    pub async fn transfer_leader(&self, range_id: RangeId, to_store: StoreId) -> Result<(), KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(StoreMsg::TransferLeader { range_id, to_store, reply })
+            .map_err(|_| KvError::ServerBusy { reason: "store loop queue is full".into() })?;
+        rx.await.map_err(|_| KvError::ShuttingDown)?
+    }
+
+    /// Stops serving, lets the loop finish its round, and closes the engine.
+    pub async fn shutdown(mut self) {
+        self.transport.close();
+        self.serve_task.abort();
+        let _ = self.tx.send(StoreMsg::Shutdown);
+        if let Some(t) = self.loop_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.transport.wait_idle()).await;
+        info!(store_id = self.store_id, "store stopped");
+    }
+}
+
+fn check_ident(engine: &Engine, store_id: StoreId) -> Result<(), StorageError> {
+    match engine.get(Cf::Meta, keys::STORE_IDENT_KEY)? {
+        Some(b) => {
+            let ident: StoreIdent = postcard::from_bytes(&b)?;
+            if ident.store_id != store_id {
+                return Err(StorageError::WrongStore {
+                    found: ident.store_id,
+                    configured: store_id,
+                });
+            }
+        }
+        None => {
+            let mut batch = engine.batch();
+            let ident = postcard::to_stdvec(&StoreIdent { store_id }).expect("ident encodes");
+            batch.put(Cf::Meta, keys::STORE_IDENT_KEY, &ident);
+            engine.write(batch, true)?;
+        }
+    }
+    Ok(())
+}
+
+fn load_ranges(engine: &Engine) -> Result<Vec<RangeState>, StorageError> {
+    let (start, end) = keys::range_state_bounds();
+    let mut raw = Vec::new();
+    engine.scan(Cf::Meta, &start, &end, |_, v| {
+        raw.push(v.to_vec());
+        true
+    })?;
+    raw.iter().map(|v| RangeState::decode(v)).collect()
+}
+
+/// Creates the first range (all keys) with the configured peers as its replicas. Every
+/// store of a new cluster does the same, so they agree without talking.
+fn bootstrap_first_range(engine: &Engine, config: &StoreConfig) -> Result<RangeState, StorageError> {
+    let mut peers: Vec<StoreId> = config.initial_peers.iter().map(|p| p.store_id).collect();
+    peers.sort_unstable();
+    let descriptor = RangeDescriptor {
+        id: FIRST_RANGE_ID,
+        start_key: Bytes::new(),
+        end_key: Bytes::new(),
+        epoch: Epoch { conf_ver: 1, version: 1 },
+        replicas: peers
+            .iter()
+            .map(|&store_id| ReplicaDescriptor { id: store_id, store_id })
+            .collect(),
+    };
+    let state = RangeState {
+        descriptor,
+        state: ReplicaState::Normal,
+    };
+    let mut batch = engine.batch();
+    batch.put(Cf::Meta, &keys::range_state_key(FIRST_RANGE_ID), &state.encode());
+    batch.put(Cf::Meta, &keys::apply_state_key(FIRST_RANGE_ID), &ApplyState::default().encode());
+    ReplicaStorage::bootstrap(&mut batch, FIRST_RANGE_ID, peers);
+    engine.write(batch, true)?;
+    info!(store_id = config.store_id, "bootstrapped the first range");
+    Ok(state)
+}

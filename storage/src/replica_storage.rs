@@ -1,0 +1,310 @@
+//! A replica's Raft log and state as raft-rs sees them (`raft::Storage`), kept in the
+//! engine's Raft column family with the recent tail cached in memory. Writes go into the
+//! round's shared WriteBatch; this type only tracks what that batch will make true.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
+use shale_rpc::RangeId;
+
+use crate::command::ApplyState;
+use crate::engine::{Cf, Engine, WriteBatch};
+use crate::keys;
+use crate::StorageError;
+
+/// Most entries kept in the in-memory tail cache.
+const CACHE_ENTRIES_MAX: usize = 4096;
+/// Most bytes of entry data kept in the in-memory tail cache.
+const CACHE_BYTES_MAX: usize = 64 << 20;
+
+/// The Raft storage of one replica.
+pub struct ReplicaStorage {
+    engine: Arc<Engine>,
+    range_id: RangeId,
+    hard_state: HardState,
+    conf_state: ConfState,
+    truncated_index: u64,
+    truncated_term: u64,
+    last_index: u64,
+    last_term: u64,
+    /// The newest entries, contiguous, ending at `last_index`.
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
+}
+
+impl ReplicaStorage {
+    /// Writes the state of a brand-new replica whose group starts with `voters`.
+    pub fn bootstrap(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
+        let mut cs = ConfState::default();
+        cs.set_voters(voters);
+        batch.put(Cf::Raft, &keys::conf_state_key(range_id), &cs.write_to_bytes().expect("conf state encodes"));
+        batch.put(
+            Cf::Raft,
+            &keys::hard_state_key(range_id),
+            &HardState::default().write_to_bytes().expect("hard state encodes"),
+        );
+    }
+
+    /// Loads a replica's Raft state from the engine.
+    pub fn load(engine: Arc<Engine>, range_id: RangeId, apply: &ApplyState) -> Result<Self, StorageError> {
+        let hard_state = match engine.get(Cf::Raft, &keys::hard_state_key(range_id))? {
+            Some(b) => HardState::parse_from_bytes(&b)?,
+            None => HardState::default(),
+        };
+        let conf_state = match engine.get(Cf::Raft, &keys::conf_state_key(range_id))? {
+            Some(b) => ConfState::parse_from_bytes(&b)?,
+            None => ConfState::default(),
+        };
+        let start = keys::log_key(range_id, 0);
+        let end = keys::log_key(range_id, u64::MAX);
+        let (last_index, last_term) = match engine.last_key_in(Cf::Raft, &start, &end)? {
+            Some(k) => {
+                let index = keys::log_index(range_id, &k)
+                    .ok_or_else(|| StorageError::Corruption(format!("range {range_id}: bad log key {k:?}")))?;
+                let entry = read_entry(&engine, range_id, index)?;
+                (index, entry.term)
+            }
+            None => (apply.truncated_index, apply.truncated_term),
+        };
+        if hard_state.commit > last_index || apply.applied_index > hard_state.commit.max(apply.truncated_index) {
+            return Err(StorageError::Corruption(format!(
+                "range {range_id}: applied {} / commit {} / last index {last_index} out of order",
+                apply.applied_index, hard_state.commit
+            )));
+        }
+        Ok(ReplicaStorage {
+            engine,
+            range_id,
+            hard_state,
+            conf_state,
+            truncated_index: apply.truncated_index,
+            truncated_term: apply.truncated_term,
+            last_index,
+            last_term,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        })
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Appends entries (overwriting any conflicting suffix) into `batch`.
+    pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch<'_>) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        assert!(
+            first.index > self.truncated_index && first.index <= self.last_index + 1,
+            "range {}: append at {} leaves a gap after {} (truncated {})",
+            self.range_id,
+            first.index,
+            self.last_index,
+            self.truncated_index
+        );
+        for e in entries {
+            let bytes = e.write_to_bytes().expect("entry encodes");
+            batch.put(Cf::Raft, &keys::log_key(self.range_id, e.index), &bytes);
+        }
+        if last.index < self.last_index {
+            batch.delete_range(
+                Cf::Raft,
+                &keys::log_key(self.range_id, last.index + 1),
+                &keys::log_key(self.range_id, self.last_index + 1),
+            );
+        }
+        // Drop cached entries the new ones replace, then cache the new ones.
+        while self.cache.back().is_some_and(|e| e.index >= first.index) {
+            let e = self.cache.pop_back().expect("checked non-empty");
+            self.cache_bytes -= e.data.len();
+        }
+        if self.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+            self.cache.clear();
+            self.cache_bytes = 0;
+        }
+        for e in entries {
+            self.cache_bytes += e.data.len();
+            self.cache.push_back(e.clone());
+        }
+        while self.cache.len() > CACHE_ENTRIES_MAX || self.cache_bytes > CACHE_BYTES_MAX {
+            let e = self.cache.pop_front().expect("over the bound means non-empty");
+            self.cache_bytes -= e.data.len();
+        }
+        self.last_index = last.index;
+        self.last_term = last.term;
+    }
+
+    /// Records a new hard state into `batch`.
+    pub fn set_hard_state(&mut self, hs: HardState, batch: &mut WriteBatch<'_>) {
+        batch.put(
+            Cf::Raft,
+            &keys::hard_state_key(self.range_id),
+            &hs.write_to_bytes().expect("hard state encodes"),
+        );
+        self.hard_state = hs;
+    }
+
+    /// Records a new conf state into `batch`.
+    pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch<'_>) {
+        batch.put(
+            Cf::Raft,
+            &keys::conf_state_key(self.range_id),
+            &cs.write_to_bytes().expect("conf state encodes"),
+        );
+        self.conf_state = cs;
+    }
+
+    fn cached(&self, index: u64) -> Option<&Entry> {
+        let front = self.cache.front()?.index;
+        if index < front {
+            return None;
+        }
+        self.cache.get((index - front) as usize)
+    }
+}
+
+fn read_entry(engine: &Engine, range_id: RangeId, index: u64) -> Result<Entry, StorageError> {
+    let bytes = engine
+        .get(Cf::Raft, &keys::log_key(range_id, index))?
+        .ok_or_else(|| StorageError::Corruption(format!("range {range_id}: log entry {index} is missing")))?;
+    Ok(Entry::parse_from_bytes(&bytes)?)
+}
+
+fn to_raft(e: StorageError) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+impl raft::Storage for ReplicaStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let max_size = max_size.into();
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        if self.cached(low).is_some() {
+            for index in low..high {
+                out.push(self.cached(index).expect("cache is contiguous to last index").clone());
+            }
+        } else {
+            let start = keys::log_key(self.range_id, low);
+            let end = keys::log_key(self.range_id, high);
+            let mut failure = None;
+            let mut size = 0u64;
+            self.engine
+                .scan(Cf::Raft, &start, &end, |_, v| match Entry::parse_from_bytes(v) {
+                    Ok(e) => {
+                        size += u64::from(e.compute_size());
+                        out.push(e);
+                        max_size.is_none_or(|m| size <= m)
+                    }
+                    Err(e) => {
+                        failure = Some(StorageError::from(e));
+                        false
+                    }
+                })
+                .map_err(to_raft)?;
+            if let Some(e) = failure {
+                return Err(to_raft(e));
+            }
+            if out.first().map(|e| e.index) != Some(low) {
+                return Err(to_raft(StorageError::Corruption(format!(
+                    "range {}: log entry {low} is missing",
+                    self.range_id
+                ))));
+            }
+        }
+        raft::util::limit_size(&mut out, max_size);
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if idx < self.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        if let Some(e) = self.cached(idx) {
+            return Ok(e.term);
+        }
+        read_entry(&self.engine, self.range_id, idx).map(|e| e.term).map_err(to_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Logs are not truncated yet, so no follower ever needs a snapshot.
+        Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 10].into();
+        e
+    }
+
+    #[test]
+    fn append_overwrites_conflicting_suffix_and_survives_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
+        let mut batch = engine.batch();
+        ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
+        engine.write(batch, true).unwrap();
+        let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::default()).unwrap();
+        let mut batch = engine.batch();
+        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut batch);
+        engine.write(batch, true).unwrap();
+        let mut batch = engine.batch();
+        s.append(&[entry(3, 2)], &mut batch);
+        engine.write(batch, true).unwrap();
+        assert_eq!(s.last_index(), 3);
+        assert_eq!(s.term(3).unwrap(), 2);
+        let got = s.entries(1, 4, None, GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 2)]);
+
+        let reloaded = ReplicaStorage::load(engine.clone(), 7, &ApplyState::default()).unwrap();
+        assert_eq!(reloaded.last_index(), 3);
+        assert_eq!(reloaded.term(3).unwrap(), 2);
+        assert_eq!(reloaded.term(2).unwrap(), 1);
+        let got = reloaded.entries(1, 4, Some(0), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.len(), 1, "a size limit still returns one entry");
+        assert!(reloaded.entries(1, 5, None, GetEntriesContext::empty(false)).is_err());
+        assert_eq!(reloaded.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+    }
+}

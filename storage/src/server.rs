@@ -1,0 +1,151 @@
+//! The store's network face: decodes KV requests and Raft batches off the transport,
+//! checks them, hands them to the store loop, and runs linearizable reads against the
+//! engine once the loop says they may proceed.
+
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
+use shale_rpc::transport::{rejected, Service};
+use shale_rpc::{
+    Frame, FrameKind, KvError, KvOp, KvReply, KvRequest, KvResponse, RaftBatch, RangeDescriptor,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::command::Command;
+use crate::engine::{Cf, Engine};
+use crate::store::StoreMsg;
+
+/// Serves one store's KV and Raft traffic.
+pub struct StoreService {
+    tx: SyncSender<StoreMsg>,
+    engine: Arc<Engine>,
+    request_timeout: Duration,
+}
+
+impl StoreService {
+    pub fn new(tx: SyncSender<StoreMsg>, engine: Arc<Engine>, request_timeout: Duration) -> Self {
+        StoreService {
+            tx,
+            engine,
+            request_timeout,
+        }
+    }
+
+    fn enqueue(&self, msg: StoreMsg) -> Result<(), KvError> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => KvError::ServerBusy {
+                reason: "store loop queue is full".into(),
+            },
+            TrySendError::Disconnected(_) => KvError::ShuttingDown,
+        })
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T, KvError>>) -> Result<T, KvError> {
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(KvError::ShuttingDown),
+            Err(_) => Err(KvError::Timeout),
+        }
+    }
+
+    /// Answers one KV request.
+    pub async fn handle(&self, req: KvRequest) -> KvResponse {
+        req.op.validate()?;
+        let KvRequest { range_id, epoch, op } = req;
+        if op.is_write() {
+            let ops = match op {
+                KvOp::Put { key, value } => vec![shale_rpc::WriteOp::Put { key, value }],
+                KvOp::Delete { key } => vec![shale_rpc::WriteOp::Delete { key }],
+                KvOp::Batch { ops } => ops,
+                KvOp::Get { .. } | KvOp::Scan { .. } => unreachable!("checked is_write"),
+            };
+            let (reply, rx) = oneshot::channel();
+            self.enqueue(StoreMsg::Write {
+                range_id,
+                epoch,
+                command: Command::Write { ops },
+                reply,
+            })?;
+            return self.wait(rx).await;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(StoreMsg::Read { range_id, epoch, reply })?;
+        let range = self.wait(rx).await?;
+        match op {
+            KvOp::Get { key } => self.get(&range, &key),
+            KvOp::Scan { start, end, limit } => self.scan(&range, &start, &end, limit),
+            _ => unreachable!("writes returned above"),
+        }
+    }
+
+    fn get(&self, range: &RangeDescriptor, key: &[u8]) -> KvResponse {
+        if !range.contains(key) {
+            return Err(KvError::KeyNotInRange { range_id: range.id });
+        }
+        let value = self.engine.get(Cf::Data, key).map_err(storage_err)?;
+        Ok(KvReply::Value(value.map(Bytes::from)))
+    }
+
+    fn scan(&self, range: &RangeDescriptor, start: &[u8], end: &[u8], limit: u32) -> KvResponse {
+        let start = start.max(&range.start_key[..]);
+        // The scan stops at the nearer of the requested end and the range's end.
+        let range_ends_first = !range.end_key.is_empty() && (end.is_empty() || &range.end_key[..] < end);
+        let stop: &[u8] = if range_ends_first { &range.end_key } else { end };
+        let limit = limit.clamp(1, SCAN_LIMIT_MAX) as usize;
+        let mut pairs = Vec::new();
+        let mut bytes = 0usize;
+        let mut full = false;
+        self.engine
+            .scan(Cf::Data, start, stop, |k, v| {
+                if pairs.len() == limit || bytes >= SCAN_PAGE_BYTES_MAX {
+                    full = true;
+                    return false;
+                }
+                bytes += k.len() + v.len();
+                pairs.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
+                true
+            })
+            .map_err(storage_err)?;
+        let resume_key = if full {
+            let (last, _) = pairs.last().expect("a full page has pairs");
+            let mut next = last.to_vec();
+            next.push(0);
+            Some(Bytes::from(next))
+        } else if range_ends_first {
+            Some(range.end_key.clone())
+        } else {
+            None
+        };
+        Ok(KvReply::Scanned { pairs, resume_key })
+    }
+}
+
+fn storage_err(e: crate::StorageError) -> KvError {
+    warn!(error = %e, "engine read failed");
+    KvError::Storage { message: e.to_string() }
+}
+
+impl Service for StoreService {
+    async fn request(&self, frame: Frame) -> Frame {
+        let response: KvResponse = match frame.decode::<KvRequest>(FrameKind::KvRequest) {
+            Ok(req) => self.handle(req).await,
+            Err(e) => Err(KvError::Malformed { message: e.to_string() }),
+        };
+        Frame::encode(FrameKind::KvResponse, &response).unwrap_or_else(|e| rejected(&e))
+    }
+
+    fn message(&self, frame: Frame) {
+        match frame.decode::<RaftBatch>(FrameKind::RaftBatch) {
+            Ok(batch) => {
+                if let Err(e) = self.enqueue(StoreMsg::Raft(batch)) {
+                    debug!(error = %e, "dropping raft batch");
+                }
+            }
+            Err(e) => warn!(error = %e, "undecodable raft batch"),
+        }
+    }
+}

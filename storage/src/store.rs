@@ -1,0 +1,286 @@
+//! The store-wide Raft loop. One thread drives every replica on the store: each round it
+//! takes queued messages, ticks, then persists all ready replicas' log entries, hard state
+//! and applied data in one WriteBatch with one fsync, and sends the outgoing Raft messages
+//! batched per target store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use shale_rpc::{Epoch, KvError, RaftBatch, RaftEnvelope, RangeId, ReplicaId, StoreId};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::command::Command;
+use crate::config::StoreConfig;
+use crate::engine::Engine;
+use crate::replica::{ReadReply, Replica, WriteReply};
+
+/// What the store loop is asked to do.
+pub enum StoreMsg {
+    /// Raft traffic from another store.
+    Raft(RaftBatch),
+    Write {
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        command: Command,
+        reply: WriteReply,
+    },
+    Read {
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        reply: ReadReply,
+    },
+    TransferLeader {
+        range_id: RangeId,
+        to_store: StoreId,
+        reply: oneshot::Sender<Result<(), KvError>>,
+    },
+    Campaign {
+        range_id: RangeId,
+    },
+    Status {
+        reply: oneshot::Sender<Vec<RangeStatus>>,
+    },
+    Shutdown,
+}
+
+/// A replica's state, for admin and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeStatus {
+    pub range_id: RangeId,
+    pub replica_id: ReplicaId,
+    pub is_leader: bool,
+    pub leader_store: Option<StoreId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// Where outgoing Raft batches go.
+pub trait RaftSender: Send + 'static {
+    fn send(&mut self, batch: RaftBatch);
+}
+
+/// The loop's state: every replica on the store.
+pub struct Store<S: RaftSender> {
+    store_id: StoreId,
+    engine: Arc<Engine>,
+    replicas: BTreeMap<RangeId, Replica>,
+    sender: S,
+    tick: Duration,
+    round_msgs_max: usize,
+}
+
+impl<S: RaftSender> Store<S> {
+    pub fn new(config: &StoreConfig, engine: Arc<Engine>, replicas: Vec<Replica>, sender: S) -> Self {
+        Store {
+            store_id: config.store_id,
+            engine,
+            replicas: replicas.into_iter().map(|r| (r.range.id, r)).collect(),
+            sender,
+            tick: Duration::from_millis(config.raft.tick_ms),
+            round_msgs_max: config.limits.round_msgs_max,
+        }
+    }
+
+    /// Runs rounds until told to shut down or every sender is gone.
+    pub fn run(mut self, rx: Receiver<StoreMsg>) {
+        info!(store_id = self.store_id, ranges = self.replicas.len(), "store loop started");
+        let mut next_tick = Instant::now() + self.tick;
+        let mut running = true;
+        while running {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(msg) => running = self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => running = false,
+            }
+            for _ in 1..self.round_msgs_max {
+                if !running {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(msg) => running = self.handle(msg),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => running = false,
+                }
+            }
+            if Instant::now() >= next_tick {
+                for r in self.replicas.values_mut() {
+                    r.tick();
+                }
+                next_tick = Instant::now() + self.tick;
+            }
+            for r in self.replicas.values_mut() {
+                r.flush_reads();
+            }
+            self.round();
+        }
+        info!(store_id = self.store_id, "store loop stopped");
+    }
+
+    /// Handles one message; false means stop.
+    fn handle(&mut self, msg: StoreMsg) -> bool {
+        match msg {
+            StoreMsg::Raft(batch) => self.on_raft(batch),
+            StoreMsg::Write { range_id, epoch, command, reply } => match self.checked(range_id, epoch) {
+                Ok(r) => r.propose(command, reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            StoreMsg::Read { range_id, epoch, reply } => match self.checked(range_id, epoch) {
+                Ok(r) => r.read(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            StoreMsg::TransferLeader { range_id, to_store, reply } => {
+                let result = match self.replicas.get_mut(&range_id) {
+                    Some(r) => r.transfer_leader(to_store),
+                    None => Err(KvError::RangeNotFound { range_id }),
+                };
+                let _ = reply.send(result);
+            }
+            StoreMsg::Campaign { range_id } => {
+                if let Some(r) = self.replicas.get_mut(&range_id) {
+                    r.campaign();
+                }
+            }
+            StoreMsg::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            StoreMsg::Shutdown => return false,
+        }
+        true
+    }
+
+    fn checked(&mut self, range_id: RangeId, epoch: Option<Epoch>) -> Result<&mut Replica, KvError> {
+        let r = self
+            .replicas
+            .get_mut(&range_id)
+            .ok_or(KvError::RangeNotFound { range_id })?;
+        match epoch {
+            Some(e) if e != r.range.epoch => Err(KvError::EpochNotMatch {
+                current: vec![r.range.clone()],
+            }),
+            _ => Ok(r),
+        }
+    }
+
+    fn on_raft(&mut self, batch: RaftBatch) {
+        if batch.to_store != self.store_id {
+            warn!(store_id = self.store_id, to = batch.to_store, from = batch.from_store, "raft batch for another store");
+            return;
+        }
+        for env in batch.messages {
+            let Some(replica) = self.replicas.get_mut(&env.range_id) else {
+                debug!(range_id = env.range_id, "raft message for a range not on this store");
+                continue;
+            };
+            match Message::parse_from_bytes(&env.message) {
+                Ok(m) => replica.step(m),
+                Err(e) => warn!(range_id = env.range_id, error = %e, from = batch.from_store, "undecodable raft message"),
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<RangeStatus> {
+        self.replicas
+            .values()
+            .map(|r| RangeStatus {
+                range_id: r.range.id,
+                replica_id: r.replica_id,
+                is_leader: r.is_leader(),
+                leader_store: r.leader_store(),
+                term: r.term(),
+                commit_index: r.commit_index(),
+                applied_index: r.applied_index(),
+            })
+            .collect()
+    }
+
+    /// One persistence round over every replica with something ready.
+    fn round(&mut self) {
+        let engine = self.engine.clone();
+        let mut batch = engine.batch();
+        let mut outbox = Outbox::default();
+        let mut readies = Vec::new();
+        let mut sync = false;
+        for (id, r) in self.replicas.iter_mut() {
+            let mut msgs = Vec::new();
+            if let Some(ready) = r.collect_ready(&mut batch, &mut msgs) {
+                sync |= ready.must_sync();
+                readies.push((*id, ready));
+            }
+            outbox.add(r, msgs);
+        }
+        if readies.is_empty() {
+            return;
+        }
+        // Messages a leader may send before its own log is durable (Raft allows it).
+        self.flush(&mut outbox);
+        if !batch.is_empty() {
+            if let Err(e) = engine.write(batch, sync) {
+                // Raft state that may or may not be on disk cannot be reasoned about.
+                panic!("store {}: persisting raft state failed: {e}", self.store_id);
+            }
+        }
+        let mut apply_batch = engine.batch();
+        let ids: Vec<RangeId> = readies.iter().map(|(id, _)| *id).collect();
+        for (id, ready) in readies {
+            let r = self.replicas.get_mut(&id).expect("ready replica exists");
+            let mut msgs = Vec::new();
+            r.finish_ready(ready, &mut apply_batch, &mut msgs);
+            outbox.add(r, msgs);
+        }
+        if !apply_batch.is_empty() {
+            if let Err(e) = engine.write(apply_batch, false) {
+                panic!("store {}: applying committed entries failed: {e}", self.store_id);
+            }
+        }
+        self.flush(&mut outbox);
+        for id in &ids {
+            self.replicas.get_mut(id).expect("ready replica exists").after_apply();
+        }
+    }
+
+    fn flush(&mut self, outbox: &mut Outbox) {
+        for (to_store, messages) in std::mem::take(&mut outbox.by_store) {
+            if messages.is_empty() {
+                continue;
+            }
+            self.sender.send(RaftBatch {
+                from_store: self.store_id,
+                to_store,
+                messages,
+            });
+        }
+    }
+}
+
+/// Outgoing Raft messages of a round, grouped by target store.
+#[derive(Default)]
+struct Outbox {
+    by_store: HashMap<StoreId, Vec<RaftEnvelope>>,
+}
+
+impl Outbox {
+    fn add(&mut self, replica: &Replica, msgs: Vec<Message>) {
+        for m in msgs {
+            let Some(target) = replica.range.replica(m.to) else {
+                warn!(range_id = replica.range.id, to = m.to, "raft message to an unknown replica");
+                continue;
+            };
+            let message = m.write_to_bytes().expect("raft message encodes");
+            self.by_store.entry(target.store_id).or_default().push(RaftEnvelope {
+                range_id: replica.range.id,
+                message: message.into(),
+            });
+        }
+    }
+}

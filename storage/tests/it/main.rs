@@ -1,0 +1,6 @@
+//! Integration tests of the storage crate: in-process clusters with real RocksDB in temp
+//! dirs and real QUIC on loopback.
+
+mod bad_input;
+mod harness;
+mod replication;

@@ -1,0 +1,44 @@
+//! The cluster file: where a cluster's stores are and which certificate a client presents.
+//! `shale dev` writes one as `DATA_DIR/dev.json`; operators write one for a real cluster.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use shale_rpc::certs::TlsIdentity;
+use shale_rpc::client::{ClientConfig, KvClient};
+use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::StoreAddr;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Every store's id and address.
+    pub stores: Vec<StoreAddr>,
+    /// The cluster CA certificate (PEM file).
+    pub ca_cert: PathBuf,
+    /// A client certificate signed by the cluster CA, and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> anyhow::Result<ClusterFile> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read cluster file {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse cluster file {}", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("write cluster file {}", path.display()))
+    }
+
+    pub fn identity(&self) -> anyhow::Result<TlsIdentity> {
+        TlsIdentity::from_files(&self.ca_cert, &self.cert, &self.key).context("load client certificates")
+    }
+
+    pub fn client(&self) -> anyhow::Result<Arc<KvClient>> {
+        let transport = Transport::client(&self.identity()?, TransportConfig::default()).context("create client endpoint")?;
+        Ok(Arc::new(KvClient::new(transport, &self.stores, ClientConfig::default())?))
+    }
+}

@@ -1,0 +1,72 @@
+//! `shale`: one binary for every role (store, local dev cluster, certificates, KV access,
+//! benchmarks). Each subcommand lives in its own module.
+
+mod bench;
+mod certs;
+mod cluster_file;
+mod dev;
+mod kv;
+mod logging;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+/// Shale: a sharded, strongly consistent, replicated storage engine.
+///
+/// Start a local three-store cluster with `shale dev`, then use `shale kv` against the
+/// `dev.json` it writes. Run a store of a real cluster with `shale store --config FILE`.
+#[derive(Parser)]
+#[command(name = "shale", version, propagate_version = true)]
+struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local cluster on loopback: three stores (by default), data in one folder.
+    Dev(dev::DevArgs),
+    /// Run one store of a cluster from a TOML config file.
+    Store(store::StoreArgs),
+    /// Create the cluster CA and node certificates for mutual TLS.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Read and write keys of a running cluster.
+    Kv(kv::KvArgs),
+    /// Measure throughput and latency, beside a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Print example configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a store config with every field at its default.
+    Example,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    logging::init(&cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Store(args) => store::run(args).await,
+            Command::Certs(cmd) => certs::run(cmd),
+            Command::Kv(args) => kv::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Config(ConfigCommand::Example) => {
+                print!("{}", store::example_config());
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,5 @@
+//! Tests of the `shale` binary as real processes.
+
+mod dev;
+mod procs;
+mod store_kill;

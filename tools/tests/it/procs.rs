@@ -1,0 +1,134 @@
+//! Running `shale` processes from tests: configs, start, kill -9, and finding the leader.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shale_rpc::certs::{init_ca_dir, issue_node_cert, write_pair, TlsIdentity};
+use shale_rpc::client::FIRST_RANGE_ID;
+use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::{Frame, FrameKind, KvOp, KvRequest, KvResponse};
+use shale_storage::cluster::{cluster_configs, free_udp_ports};
+use shale_storage::config::TlsPaths;
+use shale_storage::StoreConfig;
+
+pub fn shale() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shale"))
+}
+
+/// A store process that is killed when dropped.
+pub struct StoreProc {
+    pub config_path: PathBuf,
+    pub config: StoreConfig,
+    pub child: Option<Child>,
+    log: PathBuf,
+}
+
+impl StoreProc {
+    pub fn start(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = shale()
+            .args(["store", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shale store");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = c.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                c.kill().unwrap();
+                panic!("store did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for StoreProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Writes certificates and configs for `n` stores under `dir`.
+pub fn store_procs(dir: &Path, n: usize) -> (Vec<StoreProc>, TlsIdentity) {
+    let certs = dir.join("certs");
+    let ca = init_ca_dir(&certs).unwrap();
+    write_pair(&certs, "node", &issue_node_cert(&ca, "node", &[]).unwrap()).unwrap();
+    let identity = TlsIdentity::from_files(&certs.join("ca.pem"), &certs.join("node.pem"), &certs.join("node.key")).unwrap();
+    let configs = cluster_configs(dir, &free_udp_ports(n).unwrap());
+    let procs = configs
+        .into_iter()
+        .map(|mut config| {
+            config.tls = TlsPaths {
+                ca_cert: certs.join("ca.pem"),
+                cert: certs.join("node.pem"),
+                key: certs.join("node.key"),
+            };
+            let config_path = dir.join(format!("store-{}.toml", config.store_id));
+            std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+            StoreProc {
+                log: dir.join(format!("store-{}.log", config.store_id)),
+                config_path,
+                config,
+                child: None,
+            }
+        })
+        .collect();
+    (procs, identity)
+}
+
+/// Index of the store that answers a read as leader, waiting up to `timeout`.
+pub async fn find_leader(transport: &Transport, procs: &[StoreProc], timeout: Duration) -> Option<usize> {
+    let req = KvRequest { range_id: FIRST_RANGE_ID, epoch: None, op: KvOp::Get { key: Bytes::from_static(b"probe") } };
+    let frame = Frame::encode(FrameKind::KvRequest, &req).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        for (i, p) in procs.iter().enumerate() {
+            if p.child.is_none() {
+                continue;
+            }
+            let addr = p.config.listen_addr.parse().unwrap();
+            if let Ok(reply) = transport.call(addr, &frame).await {
+                if let Ok(Ok(_)) = reply.decode::<KvResponse>(FrameKind::KvResponse) {
+                    return Some(i);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
+    Transport::client(identity, TransportConfig { request_timeout_ms: 2_000, ..TransportConfig::default() }).unwrap()
+}
