@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use shale_rpc::client::KvClient;
-use shale_storage::engine::{Cf, Engine, EngineConfig};
+use shale_storage::engine::{Cf, Durability, Engine, EngineConfig};
 
 use crate::stats::{OpStats, Recorder};
 
@@ -22,8 +22,44 @@ pub struct KvBenchOptions {
     pub value_bytes: usize,
     /// Distinct keys the workload touches.
     pub keys: u64,
-    /// Skip the single-client latency phase.
-    pub skip_single: bool,
+    /// Which phases to run.
+    pub phases: Phases,
+}
+
+/// The phases of a KV benchmark run; all on by default.
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    /// Put latency from one client.
+    pub single_put: bool,
+    /// Put throughput from `concurrency` clients.
+    pub put: bool,
+    /// Linearizable get throughput from `concurrency` clients.
+    pub get: bool,
+    /// Raw RocksDB synced puts at the same concurrency.
+    pub baseline: bool,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases { single_put: true, put: true, get: true, baseline: true }
+    }
+}
+
+impl Phases {
+    /// Parses a comma-separated list of `single-put`, `put`, `get`, `baseline`.
+    pub fn parse(list: &str) -> Result<Phases, String> {
+        let mut p = Phases { single_put: false, put: false, get: false, baseline: false };
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "single-put" => p.single_put = true,
+                "put" => p.put = true,
+                "get" => p.get = true,
+                "baseline" => p.baseline = true,
+                other => return Err(format!("unknown phase {other:?}; phases are single-put, put, get, baseline")),
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// Everything one run measured.
@@ -98,10 +134,20 @@ pub async fn cluster_phases(client: Arc<KvClient>, opts: &KvBenchOptions) -> Vec
             }
         }
     };
-    if !opts.skip_single {
+    if opts.phases.single_put {
         out.push(phase("shale put (1 client)", 1, opts.warmup, opts.duration, put(client.clone(), value.clone())).await);
     }
-    out.push(phase("shale put", opts.concurrency, opts.warmup, opts.duration, put(client.clone(), value.clone())).await);
+    if opts.phases.put || opts.phases.get {
+        // Gets read keys that exist: the put phase (or this short fill) wrote them.
+        let name = if opts.phases.put { "shale put" } else { "fill" };
+        out.push(phase(name, opts.concurrency, opts.warmup, opts.duration, put(client.clone(), value.clone())).await);
+        if !opts.phases.put {
+            out.pop();
+        }
+    }
+    if !opts.phases.get {
+        return out;
+    }
     let get_client = client.clone();
     out.push(
         phase("shale get (linearizable)", opts.concurrency, opts.warmup, opts.duration, move |r: u64| {
@@ -139,7 +185,7 @@ pub fn rocksdb_baseline(dir: &std::path::Path, opts: &KvBenchOptions) -> anyhow:
                     }
                     let mut batch = engine.batch();
                     batch.put(Cf::Data, &key_of(rng.gen::<u64>() % keys), &value);
-                    let ok = engine.write(batch, true).is_ok();
+                    let ok = engine.write(batch, Durability::Sync).is_ok();
                     if t >= warm_until {
                         if ok {
                             rec.record(t.elapsed(), value.len());
@@ -161,13 +207,14 @@ pub fn rocksdb_baseline(dir: &std::path::Path, opts: &KvBenchOptions) -> anyhow:
 }
 
 /// Puts the phases together into a report with the ratios the targets speak of.
-pub fn report(opts: &KvBenchOptions, mut cluster: Vec<OpStats>, baseline: OpStats) -> KvBenchReport {
+pub fn report(opts: &KvBenchOptions, mut cluster: Vec<OpStats>, baseline: Option<OpStats>) -> KvBenchReport {
     let find = |rows: &[OpStats], name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.ops_per_sec);
     let put = find(&cluster, "shale put");
     let get = find(&cluster, "shale get (linearizable)");
-    let put_vs_rocksdb = if baseline.ops_per_sec > 0.0 { put / baseline.ops_per_sec } else { 0.0 };
+    let base = baseline.as_ref().map_or(0.0, |b| b.ops_per_sec);
+    let put_vs_rocksdb = if base > 0.0 { put / base } else { 0.0 };
     let get_vs_put = if put > 0.0 { get / put } else { 0.0 };
-    cluster.push(baseline);
+    cluster.extend(baseline);
     KvBenchReport {
         value_bytes: opts.value_bytes,
         phases: cluster,

@@ -9,8 +9,9 @@ use crate::StorageError;
 /// A command replicated through a range's Raft log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// Writes applied atomically to the range's data.
-    Write { ops: Vec<WriteOp> },
+    /// Client writes proposed in one round, merged into one entry (group commit). Each
+    /// inner list is one client's atomic write and gets its own answer.
+    Write { writes: Vec<Vec<WriteOp>> },
 }
 
 impl Command {
@@ -84,7 +85,7 @@ mod tests {
         #[test]
         fn command_round_trips(keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..32), 0..8)) {
             let ops = keys.into_iter().map(|k| WriteOp::Put { key: Bytes::from(k.clone()), value: Bytes::from(k) }).collect();
-            let cmd = Command::Write { ops };
+            let cmd = Command::Write { writes: vec![ops, Vec::new()] };
             prop_assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
         }
 

@@ -179,6 +179,16 @@ impl StoreConfig {
     }
 }
 
+impl RaftConfig {
+    /// How long after a quorum confirmed leadership the leader may serve reads without
+    /// asking again: below the shortest time a follower waits before campaigning
+    /// ((election-ticks - 1) ticks), with a margin for clock drift.
+    pub fn lease(&self) -> std::time::Duration {
+        let shortest_ms = (self.election_ticks as u64 - 1) * self.tick_ms;
+        std::time::Duration::from_millis(shortest_ms * 4 / 5)
+    }
+}
+
 fn toml_parse(text: &str) -> Result<StoreConfig, StorageError> {
     let config: StoreConfig = toml::from_str(text).map_err(|e| StorageError::Config(e.to_string()))?;
     Ok(config)

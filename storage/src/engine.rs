@@ -53,6 +53,18 @@ impl Default for EngineConfig {
     }
 }
 
+/// How durable a write must be when `write` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// In the WAL and fsynced: survives power loss.
+    Sync,
+    /// In the WAL, not yet fsynced: survives a process crash.
+    Wal,
+    /// In memtables only, until the next (atomic, all column families) flush. For data
+    /// that can be rebuilt from elsewhere, such as applied Raft commands.
+    NoWal,
+}
+
 fn engine_err(e: rocksdb::Error) -> StorageError {
     StorageError::Engine(e.into_string())
 }
@@ -69,6 +81,9 @@ impl Engine {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(config.background_jobs);
         db_opts.set_bytes_per_sync(1 << 20);
+        // Applied data is written without the WAL (the Raft log is its WAL); flushing all
+        // column families together keeps applied data and apply state consistent.
+        db_opts.set_atomic_flush(true);
         let cache = rocksdb::Cache::new_lru_cache(config.block_cache_bytes);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut opts = Options::default();
@@ -104,11 +119,21 @@ impl Engine {
         }
     }
 
-    /// Writes a batch atomically; `sync` waits for the WAL to reach the disk.
-    pub fn write(&self, batch: WriteBatch<'_>, sync: bool) -> Result<(), StorageError> {
+    /// Writes a batch atomically, as durable as asked.
+    pub fn write(&self, batch: WriteBatch<'_>, durability: Durability) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
+        opts.set_sync(durability == Durability::Sync);
+        opts.disable_wal(durability == Durability::NoWal);
+        opts.set_memtable_insert_hint_per_batch(true);
         self.db.write_opt(batch.inner, &opts).map_err(engine_err)
+    }
+
+    /// Flushes every memtable (all column families at once) to SST files.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let cfs: Vec<_> = Cf::ALL.iter().map(|cf| self.handle(*cf)).collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(engine_err)
     }
 
     /// Calls `visit` for each pair in `[start, end)` (empty `end`: no bound) in key order,
@@ -204,7 +229,7 @@ mod tests {
             batch.put(Cf::Data, k, b"v");
         }
         batch.put(Cf::Meta, b"m", b"x");
-        engine.write(batch, true).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
         let mut seen = Vec::new();
         engine
             .scan(Cf::Data, b"b", b"d", |k, _| {

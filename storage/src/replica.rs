@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
@@ -30,17 +31,25 @@ pub type WriteReply = oneshot::Sender<KvResponse>;
 /// Answer channel of a read: the range's descriptor once the read may proceed.
 pub type ReadReply = oneshot::Sender<Result<RangeDescriptor, KvError>>;
 
+/// Most client writes merged into one entry.
+const PROPOSAL_WRITES_MAX: usize = 1024;
+/// Most bytes of client writes merged into one entry.
+const PROPOSAL_BYTES_MAX: usize = 4 << 20;
+
+/// One Raft entry in flight and the clients waiting on its writes, in order.
 struct Proposal {
     index: u64,
     term: u64,
-    reply: WriteReply,
+    replies: Vec<WriteReply>,
 }
 
 struct PendingRead {
+    /// ReadIndex context; 0 for reads served under the lease.
     id: u64,
     /// The commit index the read must wait for, once the leader has confirmed it.
     index: Option<u64>,
     waiters: Vec<ReadReply>,
+    issued_at: Instant,
 }
 
 /// One range's replica on this store.
@@ -50,6 +59,8 @@ pub struct Replica {
     node: RawNode<ReplicaStorage>,
     apply: ApplyState,
     proposals: VecDeque<Proposal>,
+    /// Writes that arrived this round; they become one entry.
+    write_batch: Vec<(Vec<WriteOp>, WriteReply)>,
     /// Reads that arrived this round; they share one ReadIndex request.
     read_batch: Vec<ReadReply>,
     reads: VecDeque<PendingRead>,
@@ -57,6 +68,10 @@ pub struct Replica {
     /// Answers to send once the round's writes are on disk.
     done: Vec<(WriteReply, KvResponse)>,
     addresses: AddressBook,
+    /// Until then a quorum has promised not to elect another leader: reads need no
+    /// ReadIndex round. Renewed by every ReadIndex confirmation.
+    lease_until: Option<Instant>,
+    lease: Duration,
 }
 
 impl Replica {
@@ -87,6 +102,7 @@ impl Replica {
             max_inflight_msgs: config.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
+            batch_append: true,
             max_uncommitted_size: config.max_uncommitted_bytes,
             max_committed_size_per_ready: config.max_committed_bytes_per_ready,
             ..Default::default()
@@ -99,11 +115,14 @@ impl Replica {
             node,
             apply,
             proposals: VecDeque::new(),
+            write_batch: Vec::new(),
             read_batch: Vec::new(),
             reads: VecDeque::new(),
             next_read_id: 1,
             done: Vec::new(),
             addresses,
+            lease_until: None,
+            lease: config.lease(),
         })
     }
 
@@ -173,17 +192,53 @@ impl Replica {
         Ok(())
     }
 
-    /// Proposes a write; the answer comes once it is applied (or known dropped).
-    pub fn propose(&mut self, command: Command, reply: WriteReply) {
+    /// Queues one client's atomic write; the round's writes become one entry, and each
+    /// gets its answer once that entry is applied (or known dropped).
+    pub fn propose(&mut self, ops: Vec<WriteOp>, reply: WriteReply) {
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        let Command::Write { ops } = &command;
         if let Some(op) = ops.iter().find(|op| !self.range.contains(op.key())) {
             debug!(range_id = self.range.id, key = ?op.key(), "write outside range");
             let _ = reply.send(Err(KvError::KeyNotInRange { range_id: self.range.id }));
             return;
+        }
+        self.write_batch.push((ops, reply));
+    }
+
+    /// Proposes the writes that arrived this round as few entries as the bounds allow.
+    pub fn flush_proposals(&mut self) {
+        if self.write_batch.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.write_batch).into_iter().peekable();
+        while pending.peek().is_some() {
+            let mut writes = Vec::new();
+            let mut replies = Vec::new();
+            let mut bytes = 0;
+            while let Some((ops, _)) = pending.peek() {
+                let size: usize = ops.iter().map(|op| op.key().len() + write_value_len(op)).sum();
+                if !writes.is_empty() && (writes.len() == PROPOSAL_WRITES_MAX || bytes + size > PROPOSAL_BYTES_MAX) {
+                    break;
+                }
+                let (ops, reply) = pending.next().expect("peeked");
+                bytes += size;
+                writes.push(ops);
+                replies.push(reply);
+            }
+            self.propose_entry(Command::Write { writes }, replies);
+        }
+    }
+
+    fn propose_entry(&mut self, command: Command, replies: Vec<WriteReply>) {
+        let fail = |replies: Vec<WriteReply>, err: KvError| {
+            for r in replies {
+                let _ = r.send(Err(err.clone()));
+            }
+        };
+        if !self.is_leader() {
+            return fail(replies, self.not_leader());
         }
         let before = self.node.raft.raft_log.last_index();
         match self.node.propose(Vec::new(), command.encode()) {
@@ -193,17 +248,16 @@ impl Replica {
                 self.proposals.push_back(Proposal {
                     index,
                     term: self.node.raft.term,
-                    reply,
+                    replies,
                 });
             }
-            Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(KvError::ServerBusy {
+            Err(raft::Error::ProposalDropped) => fail(
+                replies,
+                KvError::ServerBusy {
                     reason: "raft dropped the proposal (leader transfer or too much uncommitted data)".into(),
-                }));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(KvError::Storage { message: e.to_string() }));
-            }
+                },
+            ),
+            Err(e) => fail(replies, KvError::Storage { message: e.to_string() }),
         }
     }
 
@@ -217,8 +271,9 @@ impl Replica {
         self.read_batch.push(reply);
     }
 
-    /// Issues one ReadIndex request for all reads that arrived this round.
-    pub fn flush_reads(&mut self) {
+    /// Serves this round's reads under the lease, or issues one ReadIndex request for
+    /// them all. Renews the lease ahead of its expiry while reads keep coming.
+    pub fn flush_reads(&mut self, now: Instant) {
         if self.read_batch.is_empty() {
             return;
         }
@@ -234,18 +289,47 @@ impl Replica {
         if !self.node.raft.commit_to_current_term() {
             return;
         }
+        let waiters = std::mem::take(&mut self.read_batch);
+        let in_lease = self.lease_until.is_some_and(|until| now < until) && self.node.raft.lead_transferee.is_none();
+        if in_lease {
+            let index = self.commit_index();
+            self.reads.push_back(PendingRead { id: 0, index: Some(index), waiters, issued_at: now });
+            let renew_at = self.lease_until.expect("in lease") - self.lease / 3;
+            if now >= renew_at && !self.reads.iter().any(|r| r.index.is_none()) {
+                self.read_index(Vec::new(), now);
+            }
+            self.serve_reads();
+        } else {
+            self.read_index(waiters, now);
+        }
+    }
+
+    fn read_index(&mut self, waiters: Vec<ReadReply>, now: Instant) {
         let id = self.next_read_id;
         self.next_read_id += 1;
         self.node.read_index(id.to_be_bytes().to_vec());
-        self.reads.push_back(PendingRead {
-            id,
-            index: None,
-            waiters: std::mem::take(&mut self.read_batch),
-        });
+        self.reads.push_back(PendingRead { id, index: None, waiters, issued_at: now });
     }
 
-    /// Takes the ready state, if any: sendable messages into `outbox`, committed entries
-    /// applied and new entries and hard state persisted into `batch`.
+    /// Answers, in order, the reads whose index this replica has applied.
+    fn serve_reads(&mut self) {
+        while let Some(read) = self.reads.front() {
+            match read.index {
+                Some(index) if index <= self.apply.applied_index => {
+                    let read = self.reads.pop_front().expect("front exists");
+                    for w in read.waiters {
+                        let _ = w.send(Ok(self.range.clone()));
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Takes the ready state, if any: sendable messages into `outbox`, new entries and
+    /// hard state into `batch` (the round's durable batch). Committed entries are applied
+    /// later, in `finish_ready`, into the apply batch: no apply state is ever written
+    /// through the WAL, so it can never claim data that a crash took away.
     pub fn collect_ready(&mut self, batch: &mut WriteBatch<'_>, outbox: &mut Vec<Message>) -> Option<raft::Ready> {
         if !self.node.has_ready() {
             return None;
@@ -259,8 +343,6 @@ impl Replica {
         for rs in ready.take_read_states() {
             self.on_read_state(&rs.request_ctx, rs.index);
         }
-        let committed = ready.take_committed_entries();
-        self.apply_entries(&committed, batch);
         self.node.mut_store().append(ready.entries(), batch);
         if let Some(hs) = ready.hs() {
             self.node.mut_store().set_hard_state(hs.clone(), batch);
@@ -272,6 +354,8 @@ impl Replica {
     /// into `outbox`; entries committed meanwhile are applied into `batch`.
     pub fn finish_ready(&mut self, mut ready: raft::Ready, batch: &mut WriteBatch<'_>, outbox: &mut Vec<Message>) {
         outbox.extend(ready.take_persisted_messages());
+        let committed = ready.take_committed_entries();
+        self.apply_entries(&committed, batch);
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             let mut hs = self.node.store().hard_state().clone();
@@ -289,22 +373,13 @@ impl Replica {
         for (reply, response) in self.done.drain(..) {
             let _ = reply.send(response);
         }
-        while let Some(read) = self.reads.front() {
-            match read.index {
-                Some(index) if index <= self.apply.applied_index => {
-                    let read = self.reads.pop_front().expect("front exists");
-                    for w in read.waiters {
-                        let _ = w.send(Ok(self.range.clone()));
-                    }
-                }
-                _ => break,
-            }
-        }
+        self.serve_reads();
     }
 
     fn on_role_change(&mut self, role: StateRole) {
         info!(range_id = self.range.id, term = self.node.raft.term, ?role, leader = self.node.raft.leader_id, "raft role changed");
         if role != StateRole::Leader {
+            self.lease_until = None;
             let err = self.not_leader();
             for read in self.reads.drain(..) {
                 for w in read.waiters {
@@ -320,6 +395,10 @@ impl Replica {
         };
         if let Some(read) = self.reads.iter_mut().find(|r| r.id == id) {
             read.index = Some(index);
+            // A quorum heard from this leader after the request was issued: none of them
+            // votes for another candidate within an election timeout of that.
+            let until = read.issued_at + self.lease;
+            self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
         }
     }
 
@@ -334,18 +413,19 @@ impl Replica {
                 "range {}: entries apply in order",
                 self.range.id
             );
-            let response = self.apply_entry(entry, batch);
+            let responses = self.apply_entry(entry, batch);
             self.apply.applied_index = entry.index;
             self.apply.applied_term = entry.term;
-            self.answer_proposal(entry, response);
+            self.answer_proposal(entry, responses);
         }
         assert!(last.index <= self.commit_index(), "range {}: applied past commit", self.range.id);
         batch.put(Cf::Meta, &keys::apply_state_key(self.range.id), &self.apply.encode());
     }
 
-    fn apply_entry(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> KvResponse {
+    /// Applies one entry; returns the answer of each client write it carries.
+    fn apply_entry(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> Vec<KvResponse> {
         if entry.data.is_empty() {
-            return Ok(KvReply::Written); // a new leader's empty entry
+            return Vec::new(); // a new leader's empty entry
         }
         match entry.get_entry_type() {
             EntryType::EntryNormal => {}
@@ -355,34 +435,46 @@ impl Replica {
             Ok(c) => c,
             Err(e) => panic!("range {}: committed entry {} does not decode: {e}", self.range.id, entry.index),
         };
-        match command {
-            Command::Write { ops } => {
+        let Command::Write { writes } = command;
+        writes
+            .into_iter()
+            .map(|ops| {
                 if ops.iter().any(|op| !self.range.contains(op.key())) {
                     return Err(KvError::KeyNotInRange { range_id: self.range.id });
                 }
-                for op in &ops {
+                for op in ops {
                     match op {
-                        WriteOp::Put { key, value } => batch.put(Cf::Data, key, value),
-                        WriteOp::Delete { key } => batch.delete(Cf::Data, key),
+                        WriteOp::Put { key, value } => batch.put(Cf::Data, &key, &value),
+                        WriteOp::Delete { key } => batch.delete(Cf::Data, &key),
                     }
                 }
                 Ok(KvReply::Written)
-            }
-        }
+            })
+            .collect()
     }
 
-    fn answer_proposal(&mut self, entry: &Entry, response: KvResponse) {
+    fn answer_proposal(&mut self, entry: &Entry, responses: Vec<KvResponse>) {
         while let Some(p) = self.proposals.front() {
             if p.index > entry.index {
                 return;
             }
             let p = self.proposals.pop_front().expect("front exists");
             if p.index == entry.index && p.term == entry.term {
-                self.done.push((p.reply, response));
+                assert_eq!(p.replies.len(), responses.len(), "range {}: one answer per write", self.range.id);
+                self.done.extend(p.replies.into_iter().zip(responses));
                 return;
             }
             // Its entry was replaced by another leader's: it will never apply.
-            self.done.push((p.reply, Err(KvError::ProposalDropped)));
+            for r in p.replies {
+                self.done.push((r, Err(KvError::ProposalDropped)));
+            }
         }
+    }
+}
+
+fn write_value_len(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Put { value, .. } => value.len(),
+        WriteOp::Delete { .. } => 0,
     }
 }

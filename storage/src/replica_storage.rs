@@ -69,12 +69,15 @@ impl ReplicaStorage {
             }
             None => (apply.truncated_index, apply.truncated_term),
         };
-        if hard_state.commit > last_index || apply.applied_index > hard_state.commit.max(apply.truncated_index) {
+        let mut hard_state = hard_state;
+        if hard_state.commit > last_index || apply.applied_index > last_index {
             return Err(StorageError::Corruption(format!(
-                "range {range_id}: applied {} / commit {} / last index {last_index} out of order",
+                "range {range_id}: applied {} / commit {} past last index {last_index}",
                 apply.applied_index, hard_state.commit
             )));
         }
+        // The commit index is persisted lazily; whatever was applied was committed.
+        hard_state.commit = hard_state.commit.max(apply.applied_index);
         Ok(ReplicaStorage {
             engine,
             range_id,
@@ -268,7 +271,7 @@ impl raft::Storage for ReplicaStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineConfig;
+    use crate::engine::{Durability, EngineConfig};
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
@@ -285,14 +288,14 @@ mod tests {
         let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
         let mut batch = engine.batch();
         ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
-        engine.write(batch, true).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
         let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::default()).unwrap();
         let mut batch = engine.batch();
         s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut batch);
-        engine.write(batch, true).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
         let mut batch = engine.batch();
         s.append(&[entry(3, 2)], &mut batch);
-        engine.write(batch, true).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
         assert_eq!(s.last_index(), 3);
         assert_eq!(s.term(3).unwrap(), 2);
         let got = s.entries(1, 4, None, GetEntriesContext::empty(false)).unwrap();

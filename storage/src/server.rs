@@ -15,7 +15,6 @@ use shale_rpc::{
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::command::Command;
 use crate::engine::{Cf, Engine};
 use crate::store::StoreMsg;
 
@@ -67,7 +66,7 @@ impl StoreService {
             self.enqueue(StoreMsg::Write {
                 range_id,
                 epoch,
-                command: Command::Write { ops },
+                ops,
                 reply,
             })?;
             return self.wait(rx).await;

@@ -10,23 +10,23 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use shale_rpc::{Epoch, KvError, RaftBatch, RaftEnvelope, RangeId, ReplicaId, StoreId};
+use shale_rpc::{Epoch, KvError, RaftBatch, RaftEnvelope, RangeId, ReplicaId, StoreId, WriteOp};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::command::Command;
 use crate::config::StoreConfig;
-use crate::engine::Engine;
+use crate::engine::{Durability, Engine};
 use crate::replica::{ReadReply, Replica, WriteReply};
 
 /// What the store loop is asked to do.
 pub enum StoreMsg {
     /// Raft traffic from another store.
     Raft(RaftBatch),
+    /// One client's atomic write.
     Write {
         range_id: RangeId,
         epoch: Option<Epoch>,
-        command: Command,
+        ops: Vec<WriteOp>,
         reply: WriteReply,
     },
     Read {
@@ -115,8 +115,10 @@ impl<S: RaftSender> Store<S> {
                 }
                 next_tick = Instant::now() + self.tick;
             }
+            let now = Instant::now();
             for r in self.replicas.values_mut() {
-                r.flush_reads();
+                r.flush_proposals();
+                r.flush_reads(now);
             }
             self.round();
         }
@@ -127,8 +129,8 @@ impl<S: RaftSender> Store<S> {
     fn handle(&mut self, msg: StoreMsg) -> bool {
         match msg {
             StoreMsg::Raft(batch) => self.on_raft(batch),
-            StoreMsg::Write { range_id, epoch, command, reply } => match self.checked(range_id, epoch) {
-                Ok(r) => r.propose(command, reply),
+            StoreMsg::Write { range_id, epoch, ops, reply } => match self.checked(range_id, epoch) {
+                Ok(r) => r.propose(ops, reply),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -225,7 +227,8 @@ impl<S: RaftSender> Store<S> {
         // Messages a leader may send before its own log is durable (Raft allows it).
         self.flush(&mut outbox);
         if !batch.is_empty() {
-            if let Err(e) = engine.write(batch, sync) {
+            let durability = if sync { Durability::Sync } else { Durability::Wal };
+            if let Err(e) = engine.write(batch, durability) {
                 // Raft state that may or may not be on disk cannot be reasoned about.
                 panic!("store {}: persisting raft state failed: {e}", self.store_id);
             }
@@ -239,7 +242,9 @@ impl<S: RaftSender> Store<S> {
             outbox.add(r, msgs);
         }
         if !apply_batch.is_empty() {
-            if let Err(e) = engine.write(apply_batch, false) {
+            // Applied data skips the WAL: the Raft log is its WAL, and apply state and
+            // data are flushed together, so a crash replays the log from a consistent point.
+            if let Err(e) = engine.write(apply_batch, Durability::NoWal) {
                 panic!("store {}: applying committed entries failed: {e}", self.store_id);
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use shale_bench::kv::{cluster_phases, report, rocksdb_baseline, KvBenchOptions};
+use shale_bench::kv::{cluster_phases, report, rocksdb_baseline, KvBenchOptions, Phases};
 use shale_bench::stats::table;
 use shale_storage::cluster::LocalCluster;
 
@@ -41,6 +41,9 @@ pub struct KvBenchArgs {
     /// Folder for the local cluster and the baseline DB (default: a temp folder).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Phases to run, comma-separated: single-put, put, get, baseline.
+    #[arg(long, default_value = "single-put,put,get,baseline")]
+    phases: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -60,7 +63,7 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
         warmup: Duration::from_secs(args.warmup_secs),
         value_bytes: args.value_bytes,
         keys: args.keys,
-        skip_single: false,
+        phases: Phases::parse(&args.phases).map_err(anyhow::Error::msg)?,
     };
     let temp = tempfile::Builder::new().prefix("shale-bench-").tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
     let (phases, local) = match &args.cluster {
@@ -75,9 +78,13 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
     if let Some(cluster) = local {
         cluster.shutdown().await;
     }
-    let baseline_dir = temp.path().join("baseline");
-    let baseline_opts = opts.clone();
-    let baseline = tokio::task::spawn_blocking(move || rocksdb_baseline(&baseline_dir, &baseline_opts)).await??;
+    let baseline = if opts.phases.baseline {
+        let baseline_dir = temp.path().join("baseline");
+        let baseline_opts = opts.clone();
+        Some(tokio::task::spawn_blocking(move || rocksdb_baseline(&baseline_dir, &baseline_opts)).await??)
+    } else {
+        None
+    };
     let rep = report(&opts, phases, baseline);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
