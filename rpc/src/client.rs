@@ -12,8 +12,8 @@ use tracing::debug;
 
 use crate::transport::Transport;
 use crate::{
-    Frame, FrameKind, KvError, KvOp, KvReply, KvRequest, KvResponse, RangeId, RpcError, StoreAddr,
-    WriteOp,
+    AdminReply, AdminRequest, AdminResponse, Frame, FrameKind, KvError, KvOp, KvReply, KvRequest,
+    KvResponse, RangeId, RpcError, StoreAddr, WriteOp,
 };
 
 /// The range every cluster starts with: it covers the whole key space.
@@ -236,6 +236,18 @@ impl KvClient {
             None => leaders.remove(&range_id),
         };
     }
+}
+
+/// Sends one admin request to the store at `addr` (no retries: admin targets one store).
+pub async fn admin(transport: &Transport, addr: SocketAddr, req: &AdminRequest) -> Result<AdminReply, ClientError> {
+    let frame = Frame::encode(FrameKind::AdminRequest, req).map_err(ClientError::Rpc)?;
+    let reply = transport.call(addr, &frame).await.map_err(ClientError::Rpc)?;
+    if reply.kind == FrameKind::Rejected {
+        let why: String = reply.decode(FrameKind::Rejected).map_err(ClientError::Rpc)?;
+        return Err(ClientError::Rejected(why));
+    }
+    let response: AdminResponse = reply.decode(FrameKind::AdminResponse).map_err(ClientError::Rpc)?;
+    response.map_err(ClientError::Kv)
 }
 
 fn decode_reply(frame: &Frame) -> Result<KvResponse, ClientError> {

@@ -32,6 +32,10 @@ pub enum FrameKind {
     KvResponse = 3,
     /// An answer to a frame the receiver could not take at all (malformed, wrong kind).
     Rejected = 4,
+    /// An admin request to a store (status, leader transfer).
+    AdminRequest = 5,
+    /// The store's answer to an admin request.
+    AdminResponse = 6,
 }
 
 impl FrameKind {
@@ -41,6 +45,8 @@ impl FrameKind {
             2 => FrameKind::KvRequest,
             3 => FrameKind::KvResponse,
             4 => FrameKind::Rejected,
+            5 => FrameKind::AdminRequest,
+            6 => FrameKind::AdminResponse,
             other => return Err(RpcError::UnknownKind(other)),
         })
     }
@@ -200,6 +206,8 @@ mod tests {
             Just(FrameKind::KvRequest),
             Just(FrameKind::KvResponse),
             Just(FrameKind::Rejected),
+            Just(FrameKind::AdminRequest),
+            Just(FrameKind::AdminResponse),
         ]
     }
 

@@ -130,6 +130,43 @@ pub enum KvReply {
     },
 }
 
+/// An admin request to one store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// The state of every replica on the store.
+    Status,
+    /// Ask the store's leader of `range_id` to hand leadership to the replica on
+    /// `to_store`. Returns once the transfer has started; poll `Status` for its end.
+    TransferLeader { range_id: RangeId, to_store: StoreId },
+}
+
+/// A store's answer to an admin request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminReply {
+    Status { store_id: StoreId, ranges: Vec<RangeStatus> },
+    Started,
+}
+
+pub type AdminResponse = Result<AdminReply, KvError>;
+
+/// One replica's state as its store reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeStatus {
+    pub range: RangeDescriptor,
+    pub replica_id: ReplicaId,
+    pub is_leader: bool,
+    pub leader_store: Option<StoreId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+impl RangeStatus {
+    pub fn range_id(&self) -> RangeId {
+        self.range.id
+    }
+}
+
 /// Where the leader of a range is, as far as the answering store knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderHint {

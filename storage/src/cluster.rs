@@ -127,7 +127,7 @@ impl LocalCluster {
                 .status()
                 .await
                 .iter()
-                .any(|s| s.range_id == FIRST_RANGE_ID && s.is_leader)
+                .any(|s| s.range_id() == FIRST_RANGE_ID && s.is_leader)
             {
                 return Some(i);
             }

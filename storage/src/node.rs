@@ -12,7 +12,7 @@ use bytes::Bytes;
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{parse_addr, FIRST_RANGE_ID};
 use shale_rpc::transport::Transport;
-use shale_rpc::{Epoch, KvError, RangeDescriptor, RangeId, ReplicaDescriptor, StoreId};
+use shale_rpc::{Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreId};
 use tokio::sync::oneshot;
 use tracing::info;
 
@@ -24,7 +24,7 @@ use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
 use crate::router::RaftRouter;
 use crate::server::StoreService;
-use crate::store::{RangeStatus, Store, StoreMsg};
+use crate::store::{Store, StoreMsg};
 use crate::StorageError;
 
 /// A store that is up and serving.
@@ -78,6 +78,7 @@ impl StoreNode {
             .name(format!("store-{}-raft", config.store_id))
             .spawn(move || store.run(rx))?;
         let service = Arc::new(StoreService::new(
+            config.store_id,
             tx.clone(),
             engine.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),

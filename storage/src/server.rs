@@ -10,7 +10,8 @@ use bytes::Bytes;
 use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
 use shale_rpc::transport::{rejected, Service};
 use shale_rpc::{
-    Frame, FrameKind, KvError, KvOp, KvReply, KvRequest, KvResponse, RaftBatch, RangeDescriptor,
+    AdminReply, AdminRequest, AdminResponse, Frame, FrameKind, KvError, KvOp, KvReply, KvRequest,
+    KvResponse, RaftBatch, RangeDescriptor, StoreId,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -20,14 +21,16 @@ use crate::store::StoreMsg;
 
 /// Serves one store's KV and Raft traffic.
 pub struct StoreService {
+    store_id: StoreId,
     tx: SyncSender<StoreMsg>,
     engine: Arc<Engine>,
     request_timeout: Duration,
 }
 
 impl StoreService {
-    pub fn new(tx: SyncSender<StoreMsg>, engine: Arc<Engine>, request_timeout: Duration) -> Self {
+    pub fn new(store_id: StoreId, tx: SyncSender<StoreMsg>, engine: Arc<Engine>, request_timeout: Duration) -> Self {
         StoreService {
+            store_id,
             tx,
             engine,
             request_timeout,
@@ -81,6 +84,23 @@ impl StoreService {
         }
     }
 
+    /// Answers one admin request.
+    pub async fn admin(&self, req: AdminRequest) -> AdminResponse {
+        match req {
+            AdminRequest::Status => {
+                let (reply, rx) = oneshot::channel();
+                self.enqueue(StoreMsg::Status { reply })?;
+                let ranges = rx.await.map_err(|_| KvError::ShuttingDown)?;
+                Ok(AdminReply::Status { store_id: self.store_id, ranges })
+            }
+            AdminRequest::TransferLeader { range_id, to_store } => {
+                let (reply, rx) = oneshot::channel();
+                self.enqueue(StoreMsg::TransferLeader { range_id, to_store, reply })?;
+                self.wait(rx).await.map(|()| AdminReply::Started)
+            }
+        }
+    }
+
     fn get(&self, range: &RangeDescriptor, key: &[u8]) -> KvResponse {
         if !range.contains(key) {
             return Err(KvError::KeyNotInRange { range_id: range.id });
@@ -130,11 +150,23 @@ fn storage_err(e: crate::StorageError) -> KvError {
 
 impl Service for StoreService {
     async fn request(&self, frame: Frame) -> Frame {
-        let response: KvResponse = match frame.decode::<KvRequest>(FrameKind::KvRequest) {
-            Ok(req) => self.handle(req).await,
-            Err(e) => Err(KvError::Malformed { message: e.to_string() }),
+        let encoded = match frame.kind {
+            FrameKind::AdminRequest => {
+                let response: AdminResponse = match frame.decode::<AdminRequest>(FrameKind::AdminRequest) {
+                    Ok(req) => self.admin(req).await,
+                    Err(e) => Err(KvError::Malformed { message: e.to_string() }),
+                };
+                Frame::encode(FrameKind::AdminResponse, &response)
+            }
+            _ => {
+                let response: KvResponse = match frame.decode::<KvRequest>(FrameKind::KvRequest) {
+                    Ok(req) => self.handle(req).await,
+                    Err(e) => Err(KvError::Malformed { message: e.to_string() }),
+                };
+                Frame::encode(FrameKind::KvResponse, &response)
+            }
         };
-        Frame::encode(FrameKind::KvResponse, &response).unwrap_or_else(|e| rejected(&e))
+        encoded.unwrap_or_else(|e| rejected(&e))
     }
 
     fn message(&self, frame: Frame) {

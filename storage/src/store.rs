@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use shale_rpc::{Epoch, KvError, RaftBatch, RaftEnvelope, RangeId, ReplicaId, StoreId, WriteOp};
+use shale_rpc::{Epoch, KvError, RaftBatch, RaftEnvelope, RangeId, RangeStatus, StoreId, WriteOp};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
@@ -46,18 +46,6 @@ pub enum StoreMsg {
         reply: oneshot::Sender<Vec<RangeStatus>>,
     },
     Shutdown,
-}
-
-/// A replica's state, for admin and tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RangeStatus {
-    pub range_id: RangeId,
-    pub replica_id: ReplicaId,
-    pub is_leader: bool,
-    pub leader_store: Option<StoreId>,
-    pub term: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
 }
 
 /// Where outgoing Raft batches go.
@@ -195,7 +183,7 @@ impl<S: RaftSender> Store<S> {
         self.replicas
             .values()
             .map(|r| RangeStatus {
-                range_id: r.range.id,
+                range: r.range.clone(),
                 replica_id: r.replica_id,
                 is_leader: r.is_leader(),
                 leader_store: r.leader_store(),

@@ -49,12 +49,12 @@ pub async fn must_converge(cluster: &LocalCluster, i: usize, keys: &[usize]) {
         let leader = cluster.leader().await;
         let target = leader.and_then(|l| cluster.node(l));
         let node = cluster.node(i).expect("store is running");
-        let (Some(target), Some(mine)) = (target, node.status().await.into_iter().find(|s| s.range_id == FIRST_RANGE_ID)) else {
+        let (Some(target), Some(mine)) = (target, node.status().await.into_iter().find(|s| s.range_id() == FIRST_RANGE_ID)) else {
             assert!(started.elapsed() < LEADER_TIMEOUT, "no leader to converge with");
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let theirs = target.status().await.into_iter().find(|s| s.range_id == FIRST_RANGE_ID).expect("leader has the range");
+        let theirs = target.status().await.into_iter().find(|s| s.range_id() == FIRST_RANGE_ID).expect("leader has the range");
         if mine.applied_index >= theirs.commit_index {
             break;
         }

@@ -129,6 +129,15 @@ pub async fn find_leader(transport: &Transport, procs: &[StoreProc], timeout: Du
     None
 }
 
+/// The first range's status as the store at `addr` reports it.
+pub async fn range_status(transport: &Transport, addr: &str) -> Option<shale_rpc::RangeStatus> {
+    let addr = addr.parse().ok()?;
+    match shale_rpc::client::admin(transport, addr, &shale_rpc::AdminRequest::Status).await {
+        Ok(shale_rpc::AdminReply::Status { ranges, .. }) => ranges.into_iter().find(|r| r.range_id() == FIRST_RANGE_ID),
+        _ => None,
+    }
+}
+
 pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
     Transport::client(identity, TransportConfig { request_timeout_ms: 2_000, ..TransportConfig::default() }).unwrap()
 }

@@ -70,10 +70,36 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     let acked: Vec<u64> = acked.lock().unwrap().iter().copied().collect();
     assert!(acked.len() > before_kill, "writes continued after the kill");
 
-    // The restarted store must have rejoined: stop another store so that the quorum
-    // needs it, then every acknowledged write must still be readable.
-    let other = (0..3).find(|&i| i != leader && i != new_leader).unwrap();
-    let victim = if procs[other].child.is_some() { other } else { new_leader };
+    // The killed store lost whatever its memtables held (applied data skips the WAL) and
+    // must have replayed it from its Raft log. Make it the leader, so that every read
+    // below is served from its own engine.
+    let current = find_leader(&transport, &procs, Duration::from_secs(20)).await.expect("leader");
+    let restarted = &procs[leader].config;
+    let started = std::time::Instant::now();
+    loop {
+        let theirs = range_status(&transport, &procs[current].config.listen_addr).await.expect("leader status");
+        let mine = range_status(&transport, &restarted.listen_addr).await;
+        if mine.is_some_and(|m| m.applied_index >= theirs.commit_index) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "restarted store did not catch up\n{}", procs[leader].log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if current != leader {
+        let req = shale_rpc::AdminRequest::TransferLeader { range_id: shale_rpc::client::FIRST_RANGE_ID, to_store: restarted.store_id };
+        shale_rpc::client::admin(&transport, procs[current].config.listen_addr.parse().unwrap(), &req).await.expect("start leader transfer");
+        let started = std::time::Instant::now();
+        while !range_status(&transport, &restarted.listen_addr).await.is_some_and(|s| s.is_leader) {
+            assert!(started.elapsed() < Duration::from_secs(10), "leadership did not move to the restarted store");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for &i in &acked {
+        let got = client.get(key(i)).await.unwrap_or_else(|e| panic!("read {i} from the restarted store: {e}\n{}", procs[leader].log_tail()));
+        assert_eq!(got, Some(value(i)), "acknowledged write {i} on the store that was killed");
+    }
+    // Then stop another store so that the quorum needs the restarted one.
+    let victim = (0..3).find(|&i| i != leader).unwrap();
     assert_eq!(procs[victim].terminate(), Some(0), "SIGTERM exits cleanly");
     for &i in &acked {
         let got = client.get(key(i)).await.unwrap_or_else(|e| panic!("read {i} after kill -9 and restart: {e}\n{}", procs[leader].log_tail()));
