@@ -41,21 +41,35 @@ pub struct Phases {
 
 impl Default for Phases {
     fn default() -> Self {
-        Phases { single_put: true, put: true, get: true, baseline: true }
+        Phases {
+            single_put: true,
+            put: true,
+            get: true,
+            baseline: true,
+        }
     }
 }
 
 impl Phases {
     /// Parses a comma-separated list of `single-put`, `put`, `get`, `baseline`.
     pub fn parse(list: &str) -> Result<Phases, String> {
-        let mut p = Phases { single_put: false, put: false, get: false, baseline: false };
+        let mut p = Phases {
+            single_put: false,
+            put: false,
+            get: false,
+            baseline: false,
+        };
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
                 "single-put" => p.single_put = true,
                 "put" => p.put = true,
                 "get" => p.get = true,
                 "baseline" => p.baseline = true,
-                other => return Err(format!("unknown phase {other:?}; phases are single-put, put, get, baseline")),
+                other => {
+                    return Err(format!(
+                        "unknown phase {other:?}; phases are single-put, put, get, baseline"
+                    ))
+                }
             }
         }
         Ok(p)
@@ -78,7 +92,13 @@ fn key_of(i: u64) -> Bytes {
 }
 
 /// Runs `op` from `concurrency` tasks for `duration`, after a warm-up.
-async fn phase<F, Fut>(name: &str, concurrency: usize, warmup: Duration, duration: Duration, op: F) -> OpStats
+async fn phase<F, Fut>(
+    name: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> OpStats
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<usize, String>> + Send,
@@ -130,17 +150,39 @@ pub async fn cluster_phases(client: Arc<KvClient>, opts: &KvBenchOptions) -> Vec
             let value = value.clone();
             async move {
                 let len = value.len();
-                client.put(key_of(r % keys), value).await.map(|_| len).map_err(|e| e.to_string())
+                client
+                    .put(key_of(r % keys), value)
+                    .await
+                    .map(|_| len)
+                    .map_err(|e| e.to_string())
             }
         }
     };
     if opts.phases.single_put {
-        out.push(phase("shale put (1 client)", 1, opts.warmup, opts.duration, put(client.clone(), value.clone())).await);
+        out.push(
+            phase(
+                "shale put (1 client)",
+                1,
+                opts.warmup,
+                opts.duration,
+                put(client.clone(), value.clone()),
+            )
+            .await,
+        );
     }
     if opts.phases.put || opts.phases.get {
         // Gets read keys that exist: the put phase (or this short fill) wrote them.
         let name = if opts.phases.put { "shale put" } else { "fill" };
-        out.push(phase(name, opts.concurrency, opts.warmup, opts.duration, put(client.clone(), value.clone())).await);
+        out.push(
+            phase(
+                name,
+                opts.concurrency,
+                opts.warmup,
+                opts.duration,
+                put(client.clone(), value.clone()),
+            )
+            .await,
+        );
         if !opts.phases.put {
             out.pop();
         }
@@ -150,15 +192,21 @@ pub async fn cluster_phases(client: Arc<KvClient>, opts: &KvBenchOptions) -> Vec
     }
     let get_client = client.clone();
     out.push(
-        phase("shale get (linearizable)", opts.concurrency, opts.warmup, opts.duration, move |r: u64| {
-            let client = get_client.clone();
-            async move {
-                match client.get(key_of(r % keys)).await {
-                    Ok(v) => Ok(v.map_or(0, |v| v.len())),
-                    Err(e) => Err(e.to_string()),
+        phase(
+            "shale get (linearizable)",
+            opts.concurrency,
+            opts.warmup,
+            opts.duration,
+            move |r: u64| {
+                let client = get_client.clone();
+                async move {
+                    match client.get(key_of(r % keys)).await {
+                        Ok(v) => Ok(v.map_or(0, |v| v.len())),
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await,
     );
     out
@@ -166,7 +214,8 @@ pub async fn cluster_phases(client: Arc<KvClient>, opts: &KvBenchOptions) -> Vec
 
 /// Raw RocksDB synced puts (WAL fsync per write group) from `concurrency` threads.
 pub fn rocksdb_baseline(dir: &std::path::Path, opts: &KvBenchOptions) -> anyhow::Result<OpStats> {
-    let engine = Arc::new(Engine::open(dir, &EngineConfig::default()).context("open baseline RocksDB")?);
+    let engine =
+        Arc::new(Engine::open(dir, &EngineConfig::default()).context("open baseline RocksDB")?);
     let value = vec![0x5a; opts.value_bytes];
     let warm_until = Instant::now() + opts.warmup;
     let stop_at = warm_until + opts.duration;
@@ -200,15 +249,29 @@ pub fn rocksdb_baseline(dir: &std::path::Path, opts: &KvBenchOptions) -> anyhow:
         .collect();
     let mut total = Recorder::default();
     for t in threads {
-        let rec = t.join().map_err(|_| anyhow::anyhow!("baseline thread panicked"))?;
+        let rec = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("baseline thread panicked"))?;
         total.merge(&rec);
     }
-    Ok(total.finish("rocksdb put, sync (baseline)", opts.concurrency, opts.duration))
+    Ok(total.finish(
+        "rocksdb put, sync (baseline)",
+        opts.concurrency,
+        opts.duration,
+    ))
 }
 
 /// Puts the phases together into a report with the ratios the targets speak of.
-pub fn report(opts: &KvBenchOptions, mut cluster: Vec<OpStats>, baseline: Option<OpStats>) -> KvBenchReport {
-    let find = |rows: &[OpStats], name: &str| rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.ops_per_sec);
+pub fn report(
+    opts: &KvBenchOptions,
+    mut cluster: Vec<OpStats>,
+    baseline: Option<OpStats>,
+) -> KvBenchReport {
+    let find = |rows: &[OpStats], name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map_or(0.0, |r| r.ops_per_sec)
+    };
     let put = find(&cluster, "shale put");
     let get = find(&cluster, "shale get (linearizable)");
     let base = baseline.as_ref().map_or(0.0, |b| b.ops_per_sec);

@@ -87,7 +87,14 @@ pub fn table(rows: &[OpStats]) -> String {
     for r in rows {
         out.push_str(&format!(
             "{:<34} {:>5} {:>10.0} {:>9.2} {:>9.3} {:>9.3} {:>9.3} {:>7}\n",
-            r.name, r.concurrency, r.ops_per_sec, r.mb_per_sec, r.latency_ms.p50, r.latency_ms.p99, r.latency_ms.p999, r.errors
+            r.name,
+            r.concurrency,
+            r.ops_per_sec,
+            r.mb_per_sec,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            r.latency_ms.p999,
+            r.errors
         ));
     }
     out

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -66,7 +66,11 @@ pub fn generate_ca() -> Result<PemPair, RpcError> {
 
 /// Issues a node certificate (usable as TLS server and client) signed by the CA. `names`
 /// are extra DNS names or IP addresses to put in it besides [`NODE_SERVER_NAME`].
-pub fn issue_node_cert(ca: &PemPair, common_name: &str, names: &[String]) -> Result<PemPair, RpcError> {
+pub fn issue_node_cert(
+    ca: &PemPair,
+    common_name: &str,
+    names: &[String],
+) -> Result<PemPair, RpcError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_err)?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let mut sans = vec![NODE_SERVER_NAME.to_string()];
@@ -136,7 +140,8 @@ pub fn write_pair(dir: &Path, name: &str, pair: &PemPair) -> Result<(), RpcError
 
 fn read_pair(cert: &Path, key: &Path) -> Result<PemPair, RpcError> {
     let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|e| RpcError::Certs(format!("read {}: {e}", p.display())))
+        std::fs::read_to_string(p)
+            .map_err(|e| RpcError::Certs(format!("read {}: {e}", p.display())))
     };
     Ok(PemPair {
         cert_pem: read(cert)?,
@@ -154,8 +159,9 @@ pub struct TlsIdentity {
 impl TlsIdentity {
     /// Loads the CA certificate and the node's certificate and key from files.
     pub fn from_files(ca_cert: &Path, cert: &Path, key: &Path) -> Result<Self, RpcError> {
-        let ca_cert_pem = std::fs::read_to_string(ca_cert)
-            .map_err(|e| RpcError::Certs(format!("read CA certificate {}: {e}", ca_cert.display())))?;
+        let ca_cert_pem = std::fs::read_to_string(ca_cert).map_err(|e| {
+            RpcError::Certs(format!("read CA certificate {}: {e}", ca_cert.display()))
+        })?;
         Ok(TlsIdentity {
             ca_cert_pem,
             node: read_pair(cert, key)?,
@@ -182,17 +188,23 @@ impl TlsIdentity {
                 .map_err(|e| RpcError::Certs(format!("CA certificate: {e}")))?;
         }
         if roots.is_empty() {
-            return Err(RpcError::Certs("CA certificate file holds no certificate".into()));
+            return Err(RpcError::Certs(
+                "CA certificate file holds no certificate".into(),
+            ));
         }
         Ok(roots)
     }
 
-    fn chain_and_key(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), RpcError> {
+    fn chain_and_key(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), RpcError> {
         let chain = CertificateDer::pem_slice_iter(self.node.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| RpcError::Certs(format!("node certificate PEM: {e}")))?;
         if chain.is_empty() {
-            return Err(RpcError::Certs("node certificate file holds no certificate".into()));
+            return Err(RpcError::Certs(
+                "node certificate file holds no certificate".into(),
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(self.node.key_pem.as_bytes())
             .map_err(|e| RpcError::Certs(format!("node key PEM: {e}")))?;

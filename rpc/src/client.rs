@@ -79,7 +79,11 @@ pub struct KvClient {
 
 impl KvClient {
     /// A client that knows the cluster through the given store addresses.
-    pub fn new(transport: Arc<Transport>, stores: &[StoreAddr], config: ClientConfig) -> Result<Self, ClientError> {
+    pub fn new(
+        transport: Arc<Transport>,
+        stores: &[StoreAddr],
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
         let stores = stores
             .iter()
             .map(|s| parse_addr(&s.addr))
@@ -105,7 +109,11 @@ impl KvClient {
         }
     }
 
-    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), ClientError> {
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
         let op = KvOp::Put {
             key: key.into(),
             value: value.into(),
@@ -122,7 +130,12 @@ impl KvClient {
     }
 
     /// One page of `[start, end)`, at most `limit` pairs.
-    pub async fn scan(&self, start: impl Into<Bytes>, end: impl Into<Bytes>, limit: u32) -> Result<ScanPage, ClientError> {
+    pub async fn scan(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        limit: u32,
+    ) -> Result<ScanPage, ClientError> {
         let op = KvOp::Scan {
             start: start.into(),
             end: end.into(),
@@ -135,7 +148,12 @@ impl KvClient {
     }
 
     /// Every pair in `[start, end)`, paging `page` pairs at a time.
-    pub async fn scan_all(&self, start: impl Into<Bytes>, end: impl Into<Bytes>, page: u32) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
+    pub async fn scan_all(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        page: u32,
+    ) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
         let end = end.into();
         let mut next = start.into();
         let mut out = Vec::new();
@@ -187,7 +205,9 @@ impl KvClient {
                         return Ok(kv);
                     }
                     Err(KvError::NotLeader { leader, .. }) => {
-                        let hint = leader.and_then(|h| parse_addr(&h.addr).ok()).filter(|a| *a != target);
+                        let hint = leader
+                            .and_then(|h| parse_addr(&h.addr).ok())
+                            .filter(|a| *a != target);
                         // A fresh hint is worth following at once; otherwise back off.
                         wait = hint.is_none();
                         self.set_leader(range_id, hint);
@@ -226,7 +246,11 @@ impl KvClient {
     }
 
     fn leader_of(&self, range_id: RangeId) -> Option<SocketAddr> {
-        self.leaders.lock().expect("leaders lock").get(&range_id).copied()
+        self.leaders
+            .lock()
+            .expect("leaders lock")
+            .get(&range_id)
+            .copied()
     }
 
     fn set_leader(&self, range_id: RangeId, addr: Option<SocketAddr>) {
@@ -239,23 +263,38 @@ impl KvClient {
 }
 
 /// Sends one admin request to the store at `addr` (no retries: admin targets one store).
-pub async fn admin(transport: &Transport, addr: SocketAddr, req: &AdminRequest) -> Result<AdminReply, ClientError> {
+pub async fn admin(
+    transport: &Transport,
+    addr: SocketAddr,
+    req: &AdminRequest,
+) -> Result<AdminReply, ClientError> {
     let frame = Frame::encode(FrameKind::AdminRequest, req).map_err(ClientError::Rpc)?;
-    let reply = transport.call(addr, &frame).await.map_err(ClientError::Rpc)?;
+    let reply = transport
+        .call(addr, &frame)
+        .await
+        .map_err(ClientError::Rpc)?;
     if reply.kind == FrameKind::Rejected {
-        let why: String = reply.decode(FrameKind::Rejected).map_err(ClientError::Rpc)?;
+        let why: String = reply
+            .decode(FrameKind::Rejected)
+            .map_err(ClientError::Rpc)?;
         return Err(ClientError::Rejected(why));
     }
-    let response: AdminResponse = reply.decode(FrameKind::AdminResponse).map_err(ClientError::Rpc)?;
+    let response: AdminResponse = reply
+        .decode(FrameKind::AdminResponse)
+        .map_err(ClientError::Rpc)?;
     response.map_err(ClientError::Kv)
 }
 
 fn decode_reply(frame: &Frame) -> Result<KvResponse, ClientError> {
     if frame.kind == FrameKind::Rejected {
-        let why: String = frame.decode(FrameKind::Rejected).map_err(ClientError::Rpc)?;
+        let why: String = frame
+            .decode(FrameKind::Rejected)
+            .map_err(ClientError::Rpc)?;
         return Err(ClientError::Rejected(why));
     }
-    frame.decode(FrameKind::KvResponse).map_err(ClientError::Rpc)
+    frame
+        .decode(FrameKind::KvResponse)
+        .map_err(ClientError::Rpc)
 }
 
 fn unexpected(reply: KvReply) -> ClientError {

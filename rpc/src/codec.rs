@@ -285,7 +285,9 @@ mod tests {
         wire.extend_from_slice(&[1, 0, 2]);
         let err = Frame::from_wire(&wire).unwrap_err();
         assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let err = rt.block_on(read_frame(&mut &wire[..])).unwrap_err();
         assert!(matches!(err, RpcError::FrameTooLarge { .. }), "{err:?}");
     }
@@ -298,9 +300,17 @@ mod tests {
 
     #[test]
     fn truncated_stream_is_an_error_not_a_clean_end() {
-        let wire = Frame { kind: FrameKind::KvRequest, body: Bytes::from_static(b"hello") }.to_wire();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let err = rt.block_on(read_frame(&mut &wire[..wire.len() - 1])).unwrap_err();
+        let wire = Frame {
+            kind: FrameKind::KvRequest,
+            body: Bytes::from_static(b"hello"),
+        }
+        .to_wire();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(read_frame(&mut &wire[..wire.len() - 1]))
+            .unwrap_err();
         assert!(matches!(err, RpcError::Truncated { .. }), "{err:?}");
     }
 

@@ -13,7 +13,9 @@ pub enum RpcError {
     UnknownVersion(u8),
     #[error("frame kind {0} is unknown")]
     UnknownKind(u16),
-    #[error("frame checksum mismatch: header says {expected:#010x}, body hashes to {actual:#010x}")]
+    #[error(
+        "frame checksum mismatch: header says {expected:#010x}, body hashes to {actual:#010x}"
+    )]
     ChecksumMismatch { expected: u32, actual: u32 },
     #[error("frame is truncated: expected {expected} bytes, stream ended after {got}")]
     Truncated { expected: usize, got: usize },

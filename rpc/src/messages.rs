@@ -9,7 +9,9 @@ use crate::{RangeId, ReplicaId, StoreId};
 
 /// A range's version: `conf_ver` rises on every membership change, `version` on every
 /// split or merge. Neither ever goes backwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Epoch {
     pub conf_ver: u64,
     pub version: u64,
@@ -83,14 +85,27 @@ pub struct KvRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum KvOp {
     /// Linearizable read of one key.
-    Get { key: Bytes },
-    Put { key: Bytes, value: Bytes },
-    Delete { key: Bytes },
+    Get {
+        key: Bytes,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
     /// Linearizable read of up to `limit` pairs in `[start, end)` (empty `end`: to the end
     /// of the range). A page that stops early carries the key to resume from.
-    Scan { start: Bytes, end: Bytes, limit: u32 },
+    Scan {
+        start: Bytes,
+        end: Bytes,
+        limit: u32,
+    },
     /// Puts and deletes applied atomically: all or none.
-    Batch { ops: Vec<WriteOp> },
+    Batch {
+        ops: Vec<WriteOp>,
+    },
 }
 
 /// One write of an atomic batch.
@@ -137,13 +152,19 @@ pub enum AdminRequest {
     Status,
     /// Ask the store's leader of `range_id` to hand leadership to the replica on
     /// `to_store`. Returns once the transfer has started; poll `Status` for its end.
-    TransferLeader { range_id: RangeId, to_store: StoreId },
+    TransferLeader {
+        range_id: RangeId,
+        to_store: StoreId,
+    },
 }
 
 /// A store's answer to an admin request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminReply {
-    Status { store_id: StoreId, ranges: Vec<RangeStatus> },
+    Status {
+        store_id: StoreId,
+        ranges: Vec<RangeStatus>,
+    },
     Started,
 }
 
@@ -322,7 +343,10 @@ impl KvOp {
 
     /// True for operations that change data (and so go through Raft).
     pub fn is_write(&self) -> bool {
-        matches!(self, KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. })
+        matches!(
+            self,
+            KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. }
+        )
     }
 }
 
@@ -341,9 +365,16 @@ mod tests {
             bytes().prop_map(|key| KvOp::Get { key }),
             (bytes(), bytes()).prop_map(|(key, value)| KvOp::Put { key, value }),
             bytes().prop_map(|key| KvOp::Delete { key }),
-            (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| KvOp::Scan { start, end, limit }),
-            proptest::collection::vec((bytes(), bytes()).prop_map(|(key, value)| WriteOp::Put { key, value }), 0..4)
-                .prop_map(|ops| KvOp::Batch { ops }),
+            (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| KvOp::Scan {
+                start,
+                end,
+                limit
+            }),
+            proptest::collection::vec(
+                (bytes(), bytes()).prop_map(|(key, value)| WriteOp::Put { key, value }),
+                0..4
+            )
+            .prop_map(|ops| KvOp::Batch { ops }),
         ]
     }
 
@@ -370,26 +401,59 @@ mod tests {
     fn errors_round_trip() {
         let resp: KvResponse = Err(KvError::NotLeader {
             range_id: 1,
-            leader: Some(LeaderHint { store_id: 2, addr: "127.0.0.1:1".into() }),
+            leader: Some(LeaderHint {
+                store_id: 2,
+                addr: "127.0.0.1:1".into(),
+            }),
         });
         let frame = Frame::encode(FrameKind::KvResponse, &resp).unwrap();
-        assert_eq!(frame.decode::<KvResponse>(FrameKind::KvResponse).unwrap(), resp);
+        assert_eq!(
+            frame.decode::<KvResponse>(FrameKind::KvResponse).unwrap(),
+            resp
+        );
     }
 
     #[test]
     fn limits_are_enforced() {
         let big = Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]);
-        assert!(matches!(KvOp::Get { key: big.clone() }.validate(), Err(KvError::KeyTooLarge { .. })));
-        assert_eq!(KvOp::Get { key: Bytes::new() }.validate(), Err(KvError::EmptyKey));
+        assert!(matches!(
+            KvOp::Get { key: big.clone() }.validate(),
+            Err(KvError::KeyTooLarge { .. })
+        ));
+        assert_eq!(
+            KvOp::Get { key: Bytes::new() }.validate(),
+            Err(KvError::EmptyKey)
+        );
         let value = Bytes::from(vec![0; VALUE_BYTES_MAX + 1]);
         assert!(matches!(
-            KvOp::Put { key: Bytes::from_static(b"k"), value }.validate(),
+            KvOp::Put {
+                key: Bytes::from_static(b"k"),
+                value
+            }
+            .validate(),
             Err(KvError::ValueTooLarge { .. })
         ));
-        let ops = vec![WriteOp::Delete { key: Bytes::from_static(b"k") }; BATCH_OPS_MAX + 1];
-        assert!(matches!(KvOp::Batch { ops }.validate(), Err(KvError::BatchTooLarge { .. })));
-        let scan = KvOp::Scan { start: Bytes::from_static(b"b"), end: Bytes::from_static(b"a"), limit: 1 };
+        let ops = vec![
+            WriteOp::Delete {
+                key: Bytes::from_static(b"k")
+            };
+            BATCH_OPS_MAX + 1
+        ];
+        assert!(matches!(
+            KvOp::Batch { ops }.validate(),
+            Err(KvError::BatchTooLarge { .. })
+        ));
+        let scan = KvOp::Scan {
+            start: Bytes::from_static(b"b"),
+            end: Bytes::from_static(b"a"),
+            limit: 1,
+        };
         assert_eq!(scan.validate(), Err(KvError::InvalidScan));
-        assert!(KvOp::Put { key: Bytes::from_static(b"k"), value: Bytes::new() }.validate().is_ok());
+        assert!(KvOp::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::new()
+        }
+        .validate()
+        .is_ok());
     }
 }

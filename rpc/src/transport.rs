@@ -93,7 +93,11 @@ pub struct Transport {
 
 impl Transport {
     /// Binds a serving endpoint on `addr` (port 0 picks one).
-    pub fn bind(addr: SocketAddr, identity: &TlsIdentity, config: TransportConfig) -> Result<Arc<Self>, RpcError> {
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &TlsIdentity,
+        config: TransportConfig,
+    ) -> Result<Arc<Self>, RpcError> {
         let quic_server = QuicServerConfig::try_from(identity.server_config()?)
             .map_err(|e| RpcError::Tls(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
@@ -108,7 +112,11 @@ impl Transport {
         Self::with_endpoint(endpoint, identity, config)
     }
 
-    fn with_endpoint(endpoint: quinn::Endpoint, identity: &TlsIdentity, config: TransportConfig) -> Result<Arc<Self>, RpcError> {
+    fn with_endpoint(
+        endpoint: quinn::Endpoint,
+        identity: &TlsIdentity,
+        config: TransportConfig,
+    ) -> Result<Arc<Self>, RpcError> {
         let quic_client = QuicClientConfig::try_from(identity.client_config()?)
             .map_err(|e| RpcError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
@@ -174,7 +182,9 @@ impl Transport {
             reason: e.to_string(),
         };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
-        write_frame(&mut send, request).await.map_err(|e| stream_err(&e))?;
+        write_frame(&mut send, request)
+            .await
+            .map_err(|e| stream_err(&e))?;
         send.finish().map_err(|e| stream_err(&e))?;
         match read_frame(&mut recv).await {
             Ok(Some(frame)) => Ok(frame),
@@ -195,7 +205,11 @@ impl Transport {
             })
         };
         match tokio::time::timeout(timeout, open).await {
-            Ok(Ok(send)) => Ok(OnewayStream { addr, send, timeout }),
+            Ok(Ok(send)) => Ok(OnewayStream {
+                addr,
+                send,
+                timeout,
+            }),
             Ok(Err(e)) => {
                 self.forget(addr);
                 Err(e)
@@ -212,14 +226,23 @@ impl Transport {
 
     /// Drops the cached connection to `addr`, so the next call dials anew.
     pub fn forget(&self, addr: SocketAddr) {
-        let conn = self.connections.lock().expect("connections lock").remove(&addr);
+        let conn = self
+            .connections
+            .lock()
+            .expect("connections lock")
+            .remove(&addr);
         if let Some(conn) = conn {
             conn.close(0u32.into(), b"forgotten");
         }
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
-        if let Some(conn) = self.connections.lock().expect("connections lock").get(&addr) {
+        if let Some(conn) = self
+            .connections
+            .lock()
+            .expect("connections lock")
+            .get(&addr)
+        {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
@@ -233,7 +256,12 @@ impl Transport {
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(connect_err(e.to_string())),
-            Err(_) => return Err(connect_err(format!("no handshake within {} ms", timeout.as_millis()))),
+            Err(_) => {
+                return Err(connect_err(format!(
+                    "no handshake within {} ms",
+                    timeout.as_millis()
+                )))
+            }
         };
         let mut connections = self.connections.lock().expect("connections lock");
         // Another caller may have connected meanwhile; keep one connection per peer.
@@ -285,7 +313,11 @@ async fn serve_connection<S: Service>(conn: quinn::Connection, service: Arc<S>) 
     }
 }
 
-async fn serve_request<S: Service>(mut send: quinn::SendStream, mut recv: quinn::RecvStream, service: Arc<S>) {
+async fn serve_request<S: Service>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    service: Arc<S>,
+) {
     let reply = match read_frame(&mut recv).await {
         Ok(Some(frame)) => service.request(frame).await,
         Ok(None) => return,
@@ -302,7 +334,11 @@ pub fn rejected(error: &RpcError) -> Frame {
         .expect("a short string always encodes")
 }
 
-async fn serve_oneway<S: Service>(mut recv: quinn::RecvStream, service: Arc<S>, remote: SocketAddr) {
+async fn serve_oneway<S: Service>(
+    mut recv: quinn::RecvStream,
+    service: Arc<S>,
+    remote: SocketAddr,
+) {
     loop {
         match read_frame(&mut recv).await {
             Ok(Some(frame)) => service.message(frame),

@@ -25,7 +25,10 @@ pub fn free_udp_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let sockets = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()?;
-    sockets.iter().map(|s| s.local_addr().map(|a| a.port())).collect()
+    sockets
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .collect()
 }
 
 /// Configs for `ports.len()` stores that bootstrap the first range together.
@@ -52,7 +55,11 @@ pub fn cluster_configs(dir: &Path, ports: &[u16]) -> Vec<StoreConfig> {
 
 impl LocalCluster {
     /// Starts `configs` (all sharing `identity`) and returns once every store is up.
-    pub async fn start(dir: &Path, identity: TlsIdentity, configs: Vec<StoreConfig>) -> Result<Self, StorageError> {
+    pub async fn start(
+        dir: &Path,
+        identity: TlsIdentity,
+        configs: Vec<StoreConfig>,
+    ) -> Result<Self, StorageError> {
         let mut cluster = LocalCluster {
             dir: dir.to_path_buf(),
             identity,
@@ -66,7 +73,11 @@ impl LocalCluster {
     }
 
     /// `n` fresh stores in `dir` with a fresh CA; `tweak` adjusts each config.
-    pub async fn start_new(dir: &Path, n: usize, tweak: impl Fn(&mut StoreConfig)) -> Result<Self, StorageError> {
+    pub async fn start_new(
+        dir: &Path,
+        n: usize,
+        tweak: impl Fn(&mut StoreConfig),
+    ) -> Result<Self, StorageError> {
         let (_, identity) = TlsIdentity::generate_cluster()?;
         let mut configs = cluster_configs(dir, &free_udp_ports(n)?);
         configs.iter_mut().for_each(tweak);
@@ -102,7 +113,8 @@ impl LocalCluster {
 
     pub fn client_with(&self, config: ClientConfig) -> Result<KvClient, StorageError> {
         let transport = Transport::client(&self.identity, TransportConfig::default())?;
-        KvClient::new(transport, &self.store_addrs(), config).map_err(|e| StorageError::Config(e.to_string()))
+        KvClient::new(transport, &self.store_addrs(), config)
+            .map_err(|e| StorageError::Config(e.to_string()))
     }
 
     /// Starts (or restarts) store `i` from its config.

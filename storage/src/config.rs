@@ -160,11 +160,19 @@ impl StoreConfig {
         if self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft election-ticks must exceed heartbeat-ticks".into());
         }
-        if self.limits.queue_msgs_max == 0 || self.limits.round_msgs_max == 0 || self.limits.peer_queue_batches_max == 0 {
+        if self.limits.queue_msgs_max == 0
+            || self.limits.round_msgs_max == 0
+            || self.limits.peer_queue_batches_max == 0
+        {
             return bad("store queue limits must be positive".into());
         }
-        if self.limits.request_timeout_ms == 0 || self.limits.request_timeout_ms >= self.transport.request_timeout_ms {
-            return bad("limits.request-timeout-ms must be positive and below transport.request-timeout-ms".into());
+        if self.limits.request_timeout_ms == 0
+            || self.limits.request_timeout_ms >= self.transport.request_timeout_ms
+        {
+            return bad(
+                "limits.request-timeout-ms must be positive and below transport.request-timeout-ms"
+                    .into(),
+            );
         }
         let mut ids: Vec<u64> = self.initial_peers.iter().map(|p| p.store_id).collect();
         ids.sort_unstable();
@@ -173,7 +181,10 @@ impl StoreConfig {
             return bad("initial-peers must have distinct, positive store ids".into());
         }
         if !self.initial_peers.is_empty() && !ids.contains(&self.store_id) {
-            return bad(format!("initial-peers must include this store ({})", self.store_id));
+            return bad(format!(
+                "initial-peers must include this store ({})",
+                self.store_id
+            ));
         }
         self.transport.validate().map_err(StorageError::Config)
     }
@@ -190,7 +201,8 @@ impl RaftConfig {
 }
 
 fn toml_parse(text: &str) -> Result<StoreConfig, StorageError> {
-    let config: StoreConfig = toml::from_str(text).map_err(|e| StorageError::Config(e.to_string()))?;
+    let config: StoreConfig =
+        toml::from_str(text).map_err(|e| StorageError::Config(e.to_string()))?;
     Ok(config)
 }
 
@@ -212,8 +224,13 @@ mod tests {
         let mut c = StoreConfig::default();
         c.raft.election_ticks = 1;
         assert!(c.validate().is_err());
-        let mut c = StoreConfig::default();
-        c.initial_peers = vec![PeerConfig { store_id: 2, addr: "x:1".into() }];
+        let c = StoreConfig {
+            initial_peers: vec![PeerConfig {
+                store_id: 2,
+                addr: "x:1".into(),
+            }],
+            ..StoreConfig::default()
+        };
         assert!(c.validate().is_err(), "peers must include self");
         assert!(StoreConfig::from_toml("no-such-field = 1").is_err());
     }

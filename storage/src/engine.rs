@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
@@ -149,9 +151,11 @@ impl Engine {
         if !end.is_empty() {
             opts.set_iterate_upper_bound(end.to_vec());
         }
-        let iter = self
-            .db
-            .iterator_cf_opt(self.handle(cf), opts, IteratorMode::From(start, Direction::Forward));
+        let iter = self.db.iterator_cf_opt(
+            self.handle(cf),
+            opts,
+            IteratorMode::From(start, Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item.map_err(engine_err)?;
             if !visit(&k, &v) {
@@ -162,11 +166,18 @@ impl Engine {
     }
 
     /// The last key in `[start, end)`, if any.
-    pub fn last_key_in(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub fn last_key_in(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(start.to_vec());
         opts.set_iterate_upper_bound(end.to_vec());
-        let mut iter = self.db.iterator_cf_opt(self.handle(cf), opts, IteratorMode::End);
+        let mut iter = self
+            .db
+            .iterator_cf_opt(self.handle(cf), opts, IteratorMode::End);
         match iter.next() {
             Some(item) => Ok(Some(item.map_err(engine_err)?.0.to_vec())),
             None => Ok(None),
@@ -204,7 +215,8 @@ impl WriteBatch<'_> {
 
     /// Deletes every key in `[start, end)`.
     pub fn delete_range(&mut self, cf: Cf, start: &[u8], end: &[u8]) {
-        self.inner.delete_range_cf(self.engine.handle(cf), start, end);
+        self.inner
+            .delete_range_cf(self.engine.handle(cf), start, end);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -238,7 +250,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(seen, vec![b"b".to_vec(), b"c".to_vec()]);
-        assert_eq!(engine.last_key_in(Cf::Data, b"a", b"c").unwrap(), Some(b"b".to_vec()));
+        assert_eq!(
+            engine.last_key_in(Cf::Data, b"a", b"c").unwrap(),
+            Some(b"b".to_vec())
+        );
         assert_eq!(engine.get(Cf::Data, b"m").unwrap(), None);
         assert_eq!(engine.get(Cf::Meta, b"m").unwrap(), Some(b"x".to_vec()));
     }

@@ -60,7 +60,10 @@ pub fn range_state_key(range_id: RangeId) -> [u8; 9] {
 
 /// Meta CF: bounds of all range state keys, for loading every range at start.
 pub fn range_state_bounds() -> ([u8; 9], [u8; 9]) {
-    (meta_key(RANGE_STATE_PREFIX, 0), meta_key(RANGE_STATE_PREFIX + 1, 0))
+    (
+        meta_key(RANGE_STATE_PREFIX, 0),
+        meta_key(RANGE_STATE_PREFIX + 1, 0),
+    )
 }
 
 /// Meta CF: the range's apply state.

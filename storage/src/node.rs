@@ -12,7 +12,9 @@ use bytes::Bytes;
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{parse_addr, FIRST_RANGE_ID};
 use shale_rpc::transport::Transport;
-use shale_rpc::{Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreId};
+use shale_rpc::{
+    Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreId,
+};
 use tokio::sync::oneshot;
 use tracing::info;
 
@@ -40,7 +42,10 @@ pub struct StoreNode {
 
 impl StoreNode {
     /// Starts a store. Must be called inside a multi-threaded tokio runtime.
-    pub async fn start(config: StoreConfig, identity: &TlsIdentity) -> Result<StoreNode, StorageError> {
+    pub async fn start(
+        config: StoreConfig,
+        identity: &TlsIdentity,
+    ) -> Result<StoreNode, StorageError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)?;
         let engine = Arc::new(Engine::open(&config.data_dir, &config.engine)?);
@@ -60,10 +65,19 @@ impl StoreNode {
         let replicas = states
             .into_iter()
             .filter(|s| s.state == ReplicaState::Normal)
-            .map(|s| Replica::open(engine.clone(), s, config.store_id, &config.raft, addresses.clone()))
+            .map(|s| {
+                Replica::open(
+                    engine.clone(),
+                    s,
+                    config.store_id,
+                    &config.raft,
+                    addresses.clone(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let listen = parse_addr(&config.listen_addr).map_err(|e| StorageError::Config(e.to_string()))?;
+        let listen =
+            parse_addr(&config.listen_addr).map_err(|e| StorageError::Config(e.to_string()))?;
         let transport = Transport::bind(listen, identity, config.transport.clone())?;
         let addr = transport.local_addr()?;
         let (tx, rx) = sync_channel(config.limits.queue_msgs_max);
@@ -120,11 +134,21 @@ impl StoreNode {
     }
 
     /// Asks this store's leader of `range_id` to hand leadership to `to_store`.
-    pub async fn transfer_leader(&self, range_id: RangeId, to_store: StoreId) -> Result<(), KvError> {
+    pub async fn transfer_leader(
+        &self,
+        range_id: RangeId,
+        to_store: StoreId,
+    ) -> Result<(), KvError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(StoreMsg::TransferLeader { range_id, to_store, reply })
-            .map_err(|_| KvError::ServerBusy { reason: "store loop queue is full".into() })?;
+            .try_send(StoreMsg::TransferLeader {
+                range_id,
+                to_store,
+                reply,
+            })
+            .map_err(|_| KvError::ServerBusy {
+                reason: "store loop queue is full".into(),
+            })?;
         rx.await.map_err(|_| KvError::ShuttingDown)?
     }
 
@@ -179,17 +203,26 @@ fn load_ranges(engine: &Engine) -> Result<Vec<RangeState>, StorageError> {
 
 /// Creates the first range (all keys) with the configured peers as its replicas. Every
 /// store of a new cluster does the same, so they agree without talking.
-fn bootstrap_first_range(engine: &Engine, config: &StoreConfig) -> Result<RangeState, StorageError> {
+fn bootstrap_first_range(
+    engine: &Engine,
+    config: &StoreConfig,
+) -> Result<RangeState, StorageError> {
     let mut peers: Vec<StoreId> = config.initial_peers.iter().map(|p| p.store_id).collect();
     peers.sort_unstable();
     let descriptor = RangeDescriptor {
         id: FIRST_RANGE_ID,
         start_key: Bytes::new(),
         end_key: Bytes::new(),
-        epoch: Epoch { conf_ver: 1, version: 1 },
+        epoch: Epoch {
+            conf_ver: 1,
+            version: 1,
+        },
         replicas: peers
             .iter()
-            .map(|&store_id| ReplicaDescriptor { id: store_id, store_id })
+            .map(|&store_id| ReplicaDescriptor {
+                id: store_id,
+                store_id,
+            })
             .collect(),
     };
     let state = RangeState {
@@ -197,8 +230,16 @@ fn bootstrap_first_range(engine: &Engine, config: &StoreConfig) -> Result<RangeS
         state: ReplicaState::Normal,
     };
     let mut batch = engine.batch();
-    batch.put(Cf::Meta, &keys::range_state_key(FIRST_RANGE_ID), &state.encode());
-    batch.put(Cf::Meta, &keys::apply_state_key(FIRST_RANGE_ID), &ApplyState::default().encode());
+    batch.put(
+        Cf::Meta,
+        &keys::range_state_key(FIRST_RANGE_ID),
+        &state.encode(),
+    );
+    batch.put(
+        Cf::Meta,
+        &keys::apply_state_key(FIRST_RANGE_ID),
+        &ApplyState::default().encode(),
+    );
     ReplicaStorage::bootstrap(&mut batch, FIRST_RANGE_ID, peers);
     engine.write(batch, Durability::Sync)?;
     info!(store_id = config.store_id, "bootstrapped the first range");

@@ -14,10 +14,14 @@ impl Drain for TracingDrain {
     fn log(&self, record: &Record<'_>, _: &OwnedKVList) -> Result<(), Never> {
         let range_id = self.range_id;
         match record.level() {
-            Level::Critical | Level::Error => tracing::error!(target: "raft", range_id, "{}", record.msg()),
+            Level::Critical | Level::Error => {
+                tracing::error!(target: "raft", range_id, "{}", record.msg())
+            }
             Level::Warning => tracing::warn!(target: "raft", range_id, "{}", record.msg()),
             Level::Info => tracing::info!(target: "raft", range_id, "{}", record.msg()),
-            Level::Debug | Level::Trace => tracing::trace!(target: "raft", range_id, "{}", record.msg()),
+            Level::Debug | Level::Trace => {
+                tracing::trace!(target: "raft", range_id, "{}", record.msg())
+            }
         }
         Ok(())
     }

@@ -86,7 +86,12 @@ impl Replica {
         let range = state.descriptor;
         let replica_id = range
             .replica_on(store_id)
-            .ok_or_else(|| StorageError::Corruption(format!("range {} has no replica on store {store_id}", range.id)))?
+            .ok_or_else(|| {
+                StorageError::Corruption(format!(
+                    "range {} has no replica on store {store_id}",
+                    range.id
+                ))
+            })?
             .id;
         let apply = match engine.get(Cf::Meta, &keys::apply_state_key(range.id))? {
             Some(b) => ApplyState::decode(&b)?,
@@ -186,7 +191,9 @@ impl Replica {
             return Err(self.not_leader());
         }
         let Some(target) = self.range.replica_on(store_id) else {
-            return Err(KvError::RangeNotFound { range_id: self.range.id });
+            return Err(KvError::RangeNotFound {
+                range_id: self.range.id,
+            });
         };
         self.node.transfer_leader(target.id);
         Ok(())
@@ -201,7 +208,9 @@ impl Replica {
         }
         if let Some(op) = ops.iter().find(|op| !self.range.contains(op.key())) {
             debug!(range_id = self.range.id, key = ?op.key(), "write outside range");
-            let _ = reply.send(Err(KvError::KeyNotInRange { range_id: self.range.id }));
+            let _ = reply.send(Err(KvError::KeyNotInRange {
+                range_id: self.range.id,
+            }));
             return;
         }
         self.write_batch.push((ops, reply));
@@ -218,8 +227,13 @@ impl Replica {
             let mut replies = Vec::new();
             let mut bytes = 0;
             while let Some((ops, _)) = pending.peek() {
-                let size: usize = ops.iter().map(|op| op.key().len() + write_value_len(op)).sum();
-                if !writes.is_empty() && (writes.len() == PROPOSAL_WRITES_MAX || bytes + size > PROPOSAL_BYTES_MAX) {
+                let size: usize = ops
+                    .iter()
+                    .map(|op| op.key().len() + write_value_len(op))
+                    .sum();
+                if !writes.is_empty()
+                    && (writes.len() == PROPOSAL_WRITES_MAX || bytes + size > PROPOSAL_BYTES_MAX)
+                {
                     break;
                 }
                 let (ops, reply) = pending.next().expect("peeked");
@@ -244,7 +258,12 @@ impl Replica {
         match self.node.propose(Vec::new(), command.encode()) {
             Ok(()) => {
                 let index = self.node.raft.raft_log.last_index();
-                assert_eq!(index, before + 1, "range {}: one proposal, one entry", self.range.id);
+                assert_eq!(
+                    index,
+                    before + 1,
+                    "range {}: one proposal, one entry",
+                    self.range.id
+                );
                 self.proposals.push_back(Proposal {
                     index,
                     term: self.node.raft.term,
@@ -254,10 +273,17 @@ impl Replica {
             Err(raft::Error::ProposalDropped) => fail(
                 replies,
                 KvError::ServerBusy {
-                    reason: "raft dropped the proposal (leader transfer or too much uncommitted data)".into(),
+                    reason:
+                        "raft dropped the proposal (leader transfer or too much uncommitted data)"
+                            .into(),
                 },
             ),
-            Err(e) => fail(replies, KvError::Storage { message: e.to_string() }),
+            Err(e) => fail(
+                replies,
+                KvError::Storage {
+                    message: e.to_string(),
+                },
+            ),
         }
     }
 
@@ -290,10 +316,16 @@ impl Replica {
             return;
         }
         let waiters = std::mem::take(&mut self.read_batch);
-        let in_lease = self.lease_until.is_some_and(|until| now < until) && self.node.raft.lead_transferee.is_none();
+        let in_lease = self.lease_until.is_some_and(|until| now < until)
+            && self.node.raft.lead_transferee.is_none();
         if in_lease {
             let index = self.commit_index();
-            self.reads.push_back(PendingRead { id: 0, index: Some(index), waiters, issued_at: now });
+            self.reads.push_back(PendingRead {
+                id: 0,
+                index: Some(index),
+                waiters,
+                issued_at: now,
+            });
             let renew_at = self.lease_until.expect("in lease") - self.lease / 3;
             if now >= renew_at && !self.reads.iter().any(|r| r.index.is_none()) {
                 self.read_index(Vec::new(), now);
@@ -308,7 +340,12 @@ impl Replica {
         let id = self.next_read_id;
         self.next_read_id += 1;
         self.node.read_index(id.to_be_bytes().to_vec());
-        self.reads.push_back(PendingRead { id, index: None, waiters, issued_at: now });
+        self.reads.push_back(PendingRead {
+            id,
+            index: None,
+            waiters,
+            issued_at: now,
+        });
     }
 
     /// Answers, in order, the reads whose index this replica has applied.
@@ -330,7 +367,11 @@ impl Replica {
     /// hard state into `batch` (the round's durable batch). Committed entries are applied
     /// later, in `finish_ready`, into the apply batch: no apply state is ever written
     /// through the WAL, so it can never claim data that a crash took away.
-    pub fn collect_ready(&mut self, batch: &mut WriteBatch<'_>, outbox: &mut Vec<Message>) -> Option<raft::Ready> {
+    pub fn collect_ready(
+        &mut self,
+        batch: &mut WriteBatch<'_>,
+        outbox: &mut Vec<Message>,
+    ) -> Option<raft::Ready> {
         if !self.node.has_ready() {
             return None;
         }
@@ -339,7 +380,11 @@ impl Replica {
             self.on_role_change(ss.raft_state);
         }
         outbox.extend(ready.take_messages());
-        assert!(ready.snapshot().data.is_empty(), "range {}: snapshots are not produced yet", self.range.id);
+        assert!(
+            ready.snapshot().data.is_empty(),
+            "range {}: snapshots are not produced yet",
+            self.range.id
+        );
         for rs in ready.take_read_states() {
             self.on_read_state(&rs.request_ctx, rs.index);
         }
@@ -352,7 +397,12 @@ impl Replica {
 
     /// Finishes a ready after its batch is on disk: messages that needed persistence go
     /// into `outbox`; entries committed meanwhile are applied into `batch`.
-    pub fn finish_ready(&mut self, mut ready: raft::Ready, batch: &mut WriteBatch<'_>, outbox: &mut Vec<Message>) {
+    pub fn finish_ready(
+        &mut self,
+        mut ready: raft::Ready,
+        batch: &mut WriteBatch<'_>,
+        outbox: &mut Vec<Message>,
+    ) {
         outbox.extend(ready.take_persisted_messages());
         let committed = ready.take_committed_entries();
         self.apply_entries(&committed, batch);
@@ -377,7 +427,13 @@ impl Replica {
     }
 
     fn on_role_change(&mut self, role: StateRole) {
-        info!(range_id = self.range.id, term = self.node.raft.term, ?role, leader = self.node.raft.leader_id, "raft role changed");
+        info!(
+            range_id = self.range.id,
+            term = self.node.raft.term,
+            ?role,
+            leader = self.node.raft.leader_id,
+            "raft role changed"
+        );
         if role != StateRole::Leader {
             self.lease_until = None;
             let err = self.not_leader();
@@ -418,8 +474,16 @@ impl Replica {
             self.apply.applied_term = entry.term;
             self.answer_proposal(entry, responses);
         }
-        assert!(last.index <= self.commit_index(), "range {}: applied past commit", self.range.id);
-        batch.put(Cf::Meta, &keys::apply_state_key(self.range.id), &self.apply.encode());
+        assert!(
+            last.index <= self.commit_index(),
+            "range {}: applied past commit",
+            self.range.id
+        );
+        batch.put(
+            Cf::Meta,
+            &keys::apply_state_key(self.range.id),
+            &self.apply.encode(),
+        );
     }
 
     /// Applies one entry; returns the answer of each client write it carries.
@@ -429,18 +493,26 @@ impl Replica {
         }
         match entry.get_entry_type() {
             EntryType::EntryNormal => {}
-            other => panic!("range {}: entry type {other:?} is not produced yet", self.range.id),
+            other => panic!(
+                "range {}: entry type {other:?} is not produced yet",
+                self.range.id
+            ),
         }
         let command = match Command::decode(&entry.data) {
             Ok(c) => c,
-            Err(e) => panic!("range {}: committed entry {} does not decode: {e}", self.range.id, entry.index),
+            Err(e) => panic!(
+                "range {}: committed entry {} does not decode: {e}",
+                self.range.id, entry.index
+            ),
         };
         let Command::Write { writes } = command;
         writes
             .into_iter()
             .map(|ops| {
                 if ops.iter().any(|op| !self.range.contains(op.key())) {
-                    return Err(KvError::KeyNotInRange { range_id: self.range.id });
+                    return Err(KvError::KeyNotInRange {
+                        range_id: self.range.id,
+                    });
                 }
                 for op in ops {
                     match op {
@@ -460,7 +532,12 @@ impl Replica {
             }
             let p = self.proposals.pop_front().expect("front exists");
             if p.index == entry.index && p.term == entry.term {
-                assert_eq!(p.replies.len(), responses.len(), "range {}: one answer per write", self.range.id);
+                assert_eq!(
+                    p.replies.len(),
+                    responses.len(),
+                    "range {}: one answer per write",
+                    self.range.id
+                );
                 self.done.extend(p.replies.into_iter().zip(responses));
                 return;
             }

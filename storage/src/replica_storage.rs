@@ -40,16 +40,26 @@ impl ReplicaStorage {
     pub fn bootstrap(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
         let mut cs = ConfState::default();
         cs.set_voters(voters);
-        batch.put(Cf::Raft, &keys::conf_state_key(range_id), &cs.write_to_bytes().expect("conf state encodes"));
+        batch.put(
+            Cf::Raft,
+            &keys::conf_state_key(range_id),
+            &cs.write_to_bytes().expect("conf state encodes"),
+        );
         batch.put(
             Cf::Raft,
             &keys::hard_state_key(range_id),
-            &HardState::default().write_to_bytes().expect("hard state encodes"),
+            &HardState::default()
+                .write_to_bytes()
+                .expect("hard state encodes"),
         );
     }
 
     /// Loads a replica's Raft state from the engine.
-    pub fn load(engine: Arc<Engine>, range_id: RangeId, apply: &ApplyState) -> Result<Self, StorageError> {
+    pub fn load(
+        engine: Arc<Engine>,
+        range_id: RangeId,
+        apply: &ApplyState,
+    ) -> Result<Self, StorageError> {
         let hard_state = match engine.get(Cf::Raft, &keys::hard_state_key(range_id))? {
             Some(b) => HardState::parse_from_bytes(&b)?,
             None => HardState::default(),
@@ -62,8 +72,9 @@ impl ReplicaStorage {
         let end = keys::log_key(range_id, u64::MAX);
         let (last_index, last_term) = match engine.last_key_in(Cf::Raft, &start, &end)? {
             Some(k) => {
-                let index = keys::log_index(range_id, &k)
-                    .ok_or_else(|| StorageError::Corruption(format!("range {range_id}: bad log key {k:?}")))?;
+                let index = keys::log_index(range_id, &k).ok_or_else(|| {
+                    StorageError::Corruption(format!("range {range_id}: bad log key {k:?}"))
+                })?;
                 let entry = read_entry(&engine, range_id, index)?;
                 (index, entry.term)
             }
@@ -129,7 +140,11 @@ impl ReplicaStorage {
             let e = self.cache.pop_back().expect("checked non-empty");
             self.cache_bytes -= e.data.len();
         }
-        if self.cache.back().is_some_and(|e| e.index + 1 != first.index) {
+        if self
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
             self.cache.clear();
             self.cache_bytes = 0;
         }
@@ -138,7 +153,10 @@ impl ReplicaStorage {
             self.cache.push_back(e.clone());
         }
         while self.cache.len() > CACHE_ENTRIES_MAX || self.cache_bytes > CACHE_BYTES_MAX {
-            let e = self.cache.pop_front().expect("over the bound means non-empty");
+            let e = self
+                .cache
+                .pop_front()
+                .expect("over the bound means non-empty");
             self.cache_bytes -= e.data.len();
         }
         self.last_index = last.index;
@@ -177,7 +195,9 @@ impl ReplicaStorage {
 fn read_entry(engine: &Engine, range_id: RangeId, index: u64) -> Result<Entry, StorageError> {
     let bytes = engine
         .get(Cf::Raft, &keys::log_key(range_id, index))?
-        .ok_or_else(|| StorageError::Corruption(format!("range {range_id}: log entry {index} is missing")))?;
+        .ok_or_else(|| {
+            StorageError::Corruption(format!("range {range_id}: log entry {index} is missing"))
+        })?;
     Ok(Entry::parse_from_bytes(&bytes)?)
 }
 
@@ -187,10 +207,19 @@ fn to_raft(e: StorageError) -> raft::Error {
 
 impl raft::Storage for ReplicaStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
         if low <= self.truncated_index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
@@ -201,7 +230,11 @@ impl raft::Storage for ReplicaStorage {
         let mut out = Vec::with_capacity((high - low).min(1024) as usize);
         if self.cached(low).is_some() {
             for index in low..high {
-                out.push(self.cached(index).expect("cache is contiguous to last index").clone());
+                out.push(
+                    self.cached(index)
+                        .expect("cache is contiguous to last index")
+                        .clone(),
+                );
             }
         } else {
             let start = keys::log_key(self.range_id, low);
@@ -209,17 +242,22 @@ impl raft::Storage for ReplicaStorage {
             let mut failure = None;
             let mut size = 0u64;
             self.engine
-                .scan(Cf::Raft, &start, &end, |_, v| match Entry::parse_from_bytes(v) {
-                    Ok(e) => {
-                        size += u64::from(e.compute_size());
-                        out.push(e);
-                        max_size.is_none_or(|m| size <= m)
-                    }
-                    Err(e) => {
-                        failure = Some(StorageError::from(e));
-                        false
-                    }
-                })
+                .scan(
+                    Cf::Raft,
+                    &start,
+                    &end,
+                    |_, v| match Entry::parse_from_bytes(v) {
+                        Ok(e) => {
+                            size += u64::from(e.compute_size());
+                            out.push(e);
+                            max_size.is_none_or(|m| size <= m)
+                        }
+                        Err(e) => {
+                            failure = Some(StorageError::from(e));
+                            false
+                        }
+                    },
+                )
                 .map_err(to_raft)?;
             if let Some(e) = failure {
                 return Err(to_raft(e));
@@ -251,7 +289,9 @@ impl raft::Storage for ReplicaStorage {
         if let Some(e) = self.cached(idx) {
             return Ok(e.term);
         }
-        read_entry(&self.engine, self.range_id, idx).map(|e| e.term).map_err(to_raft)
+        read_entry(&self.engine, self.range_id, idx)
+            .map(|e| e.term)
+            .map_err(to_raft)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -264,7 +304,9 @@ impl raft::Storage for ReplicaStorage {
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Logs are not truncated yet, so no follower ever needs a snapshot.
-        Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -275,11 +317,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 10].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -291,23 +334,38 @@ mod tests {
         engine.write(batch, Durability::Sync).unwrap();
         let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::default()).unwrap();
         let mut batch = engine.batch();
-        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut batch);
+        s.append(
+            &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(),
+            &mut batch,
+        );
         engine.write(batch, Durability::Sync).unwrap();
         let mut batch = engine.batch();
         s.append(&[entry(3, 2)], &mut batch);
         engine.write(batch, Durability::Sync).unwrap();
         assert_eq!(s.last_index(), 3);
         assert_eq!(s.term(3).unwrap(), 2);
-        let got = s.entries(1, 4, None, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 1), (3, 2)]);
+        let got = s
+            .entries(1, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(1, 1), (2, 1), (3, 2)]
+        );
 
         let reloaded = ReplicaStorage::load(engine.clone(), 7, &ApplyState::default()).unwrap();
         assert_eq!(reloaded.last_index(), 3);
         assert_eq!(reloaded.term(3).unwrap(), 2);
         assert_eq!(reloaded.term(2).unwrap(), 1);
-        let got = reloaded.entries(1, 4, Some(0), GetEntriesContext::empty(false)).unwrap();
+        let got = reloaded
+            .entries(1, 4, Some(0), GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(got.len(), 1, "a size limit still returns one entry");
-        assert!(reloaded.entries(1, 5, None, GetEntriesContext::empty(false)).is_err());
-        assert_eq!(reloaded.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert!(reloaded
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .is_err());
+        assert_eq!(
+            reloaded.initial_state().unwrap().conf_state.voters,
+            vec![1, 2, 3]
+        );
     }
 }

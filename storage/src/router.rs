@@ -30,7 +30,12 @@ pub struct RaftRouter {
 }
 
 impl RaftRouter {
-    pub fn new(transport: Arc<Transport>, addresses: AddressBook, runtime: tokio::runtime::Handle, queue_batches_max: usize) -> Self {
+    pub fn new(
+        transport: Arc<Transport>,
+        addresses: AddressBook,
+        runtime: tokio::runtime::Handle,
+        queue_batches_max: usize,
+    ) -> Self {
         RaftRouter {
             transport,
             addresses,
@@ -56,7 +61,10 @@ impl RaftSender for RaftRouter {
             tx
         });
         if tx.try_send(batch).is_err() {
-            debug!(to_store = to, "raft queue to peer is full; dropping a batch");
+            debug!(
+                to_store = to,
+                "raft queue to peer is full; dropping a batch"
+            );
         }
     }
 }
@@ -94,7 +102,12 @@ impl PeerSender {
             }
             .ok_or_else(|| format!("no address for store {}", self.store_id))?;
             let addr = parse_addr(&addr).map_err(|e| e.to_string())?;
-            self.stream = Some(self.transport.open_oneway(addr).await.map_err(|e| e.to_string())?);
+            self.stream = Some(
+                self.transport
+                    .open_oneway(addr)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
         }
         let stream = self.stream.as_mut().expect("just opened");
         stream.send(&frame).await.map_err(|e| e.to_string())

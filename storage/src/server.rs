@@ -28,7 +28,12 @@ pub struct StoreService {
 }
 
 impl StoreService {
-    pub fn new(store_id: StoreId, tx: SyncSender<StoreMsg>, engine: Arc<Engine>, request_timeout: Duration) -> Self {
+    pub fn new(
+        store_id: StoreId,
+        tx: SyncSender<StoreMsg>,
+        engine: Arc<Engine>,
+        request_timeout: Duration,
+    ) -> Self {
         StoreService {
             store_id,
             tx,
@@ -57,7 +62,11 @@ impl StoreService {
     /// Answers one KV request.
     pub async fn handle(&self, req: KvRequest) -> KvResponse {
         req.op.validate()?;
-        let KvRequest { range_id, epoch, op } = req;
+        let KvRequest {
+            range_id,
+            epoch,
+            op,
+        } = req;
         if op.is_write() {
             let ops = match op {
                 KvOp::Put { key, value } => vec![shale_rpc::WriteOp::Put { key, value }],
@@ -75,7 +84,11 @@ impl StoreService {
             return self.wait(rx).await;
         }
         let (reply, rx) = oneshot::channel();
-        self.enqueue(StoreMsg::Read { range_id, epoch, reply })?;
+        self.enqueue(StoreMsg::Read {
+            range_id,
+            epoch,
+            reply,
+        })?;
         let range = self.wait(rx).await?;
         match op {
             KvOp::Get { key } => self.get(&range, &key),
@@ -91,11 +104,18 @@ impl StoreService {
                 let (reply, rx) = oneshot::channel();
                 self.enqueue(StoreMsg::Status { reply })?;
                 let ranges = rx.await.map_err(|_| KvError::ShuttingDown)?;
-                Ok(AdminReply::Status { store_id: self.store_id, ranges })
+                Ok(AdminReply::Status {
+                    store_id: self.store_id,
+                    ranges,
+                })
             }
             AdminRequest::TransferLeader { range_id, to_store } => {
                 let (reply, rx) = oneshot::channel();
-                self.enqueue(StoreMsg::TransferLeader { range_id, to_store, reply })?;
+                self.enqueue(StoreMsg::TransferLeader {
+                    range_id,
+                    to_store,
+                    reply,
+                })?;
                 self.wait(rx).await.map(|()| AdminReply::Started)
             }
         }
@@ -112,8 +132,13 @@ impl StoreService {
     fn scan(&self, range: &RangeDescriptor, start: &[u8], end: &[u8], limit: u32) -> KvResponse {
         let start = start.max(&range.start_key[..]);
         // The scan stops at the nearer of the requested end and the range's end.
-        let range_ends_first = !range.end_key.is_empty() && (end.is_empty() || &range.end_key[..] < end);
-        let stop: &[u8] = if range_ends_first { &range.end_key } else { end };
+        let range_ends_first =
+            !range.end_key.is_empty() && (end.is_empty() || &range.end_key[..] < end);
+        let stop: &[u8] = if range_ends_first {
+            &range.end_key
+        } else {
+            end
+        };
         let limit = limit.clamp(1, SCAN_LIMIT_MAX) as usize;
         let mut pairs = Vec::new();
         let mut bytes = 0usize;
@@ -145,23 +170,30 @@ impl StoreService {
 
 fn storage_err(e: crate::StorageError) -> KvError {
     warn!(error = %e, "engine read failed");
-    KvError::Storage { message: e.to_string() }
+    KvError::Storage {
+        message: e.to_string(),
+    }
 }
 
 impl Service for StoreService {
     async fn request(&self, frame: Frame) -> Frame {
         let encoded = match frame.kind {
             FrameKind::AdminRequest => {
-                let response: AdminResponse = match frame.decode::<AdminRequest>(FrameKind::AdminRequest) {
-                    Ok(req) => self.admin(req).await,
-                    Err(e) => Err(KvError::Malformed { message: e.to_string() }),
-                };
+                let response: AdminResponse =
+                    match frame.decode::<AdminRequest>(FrameKind::AdminRequest) {
+                        Ok(req) => self.admin(req).await,
+                        Err(e) => Err(KvError::Malformed {
+                            message: e.to_string(),
+                        }),
+                    };
                 Frame::encode(FrameKind::AdminResponse, &response)
             }
             _ => {
                 let response: KvResponse = match frame.decode::<KvRequest>(FrameKind::KvRequest) {
                     Ok(req) => self.handle(req).await,
-                    Err(e) => Err(KvError::Malformed { message: e.to_string() }),
+                    Err(e) => Err(KvError::Malformed {
+                        message: e.to_string(),
+                    }),
                 };
                 Frame::encode(FrameKind::KvResponse, &response)
             }

@@ -64,7 +64,12 @@ pub struct Store<S: RaftSender> {
 }
 
 impl<S: RaftSender> Store<S> {
-    pub fn new(config: &StoreConfig, engine: Arc<Engine>, replicas: Vec<Replica>, sender: S) -> Self {
+    pub fn new(
+        config: &StoreConfig,
+        engine: Arc<Engine>,
+        replicas: Vec<Replica>,
+        sender: S,
+    ) -> Self {
         Store {
             store_id: config.store_id,
             engine,
@@ -77,7 +82,11 @@ impl<S: RaftSender> Store<S> {
 
     /// Runs rounds until told to shut down or every sender is gone.
     pub fn run(mut self, rx: Receiver<StoreMsg>) {
-        info!(store_id = self.store_id, ranges = self.replicas.len(), "store loop started");
+        info!(
+            store_id = self.store_id,
+            ranges = self.replicas.len(),
+            "store loop started"
+        );
         let mut next_tick = Instant::now() + self.tick;
         let mut running = true;
         while running {
@@ -117,19 +126,32 @@ impl<S: RaftSender> Store<S> {
     fn handle(&mut self, msg: StoreMsg) -> bool {
         match msg {
             StoreMsg::Raft(batch) => self.on_raft(batch),
-            StoreMsg::Write { range_id, epoch, ops, reply } => match self.checked(range_id, epoch) {
+            StoreMsg::Write {
+                range_id,
+                epoch,
+                ops,
+                reply,
+            } => match self.checked(range_id, epoch) {
                 Ok(r) => r.propose(ops, reply),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
-            StoreMsg::Read { range_id, epoch, reply } => match self.checked(range_id, epoch) {
+            StoreMsg::Read {
+                range_id,
+                epoch,
+                reply,
+            } => match self.checked(range_id, epoch) {
                 Ok(r) => r.read(reply),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
-            StoreMsg::TransferLeader { range_id, to_store, reply } => {
+            StoreMsg::TransferLeader {
+                range_id,
+                to_store,
+                reply,
+            } => {
                 let result = match self.replicas.get_mut(&range_id) {
                     Some(r) => r.transfer_leader(to_store),
                     None => Err(KvError::RangeNotFound { range_id }),
@@ -149,7 +171,11 @@ impl<S: RaftSender> Store<S> {
         true
     }
 
-    fn checked(&mut self, range_id: RangeId, epoch: Option<Epoch>) -> Result<&mut Replica, KvError> {
+    fn checked(
+        &mut self,
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+    ) -> Result<&mut Replica, KvError> {
         let r = self
             .replicas
             .get_mut(&range_id)
@@ -164,17 +190,27 @@ impl<S: RaftSender> Store<S> {
 
     fn on_raft(&mut self, batch: RaftBatch) {
         if batch.to_store != self.store_id {
-            warn!(store_id = self.store_id, to = batch.to_store, from = batch.from_store, "raft batch for another store");
+            warn!(
+                store_id = self.store_id,
+                to = batch.to_store,
+                from = batch.from_store,
+                "raft batch for another store"
+            );
             return;
         }
         for env in batch.messages {
             let Some(replica) = self.replicas.get_mut(&env.range_id) else {
-                debug!(range_id = env.range_id, "raft message for a range not on this store");
+                debug!(
+                    range_id = env.range_id,
+                    "raft message for a range not on this store"
+                );
                 continue;
             };
             match Message::parse_from_bytes(&env.message) {
                 Ok(m) => replica.step(m),
-                Err(e) => warn!(range_id = env.range_id, error = %e, from = batch.from_store, "undecodable raft message"),
+                Err(e) => {
+                    warn!(range_id = env.range_id, error = %e, from = batch.from_store, "undecodable raft message")
+                }
             }
         }
     }
@@ -215,7 +251,11 @@ impl<S: RaftSender> Store<S> {
         // Messages a leader may send before its own log is durable (Raft allows it).
         self.flush(&mut outbox);
         if !batch.is_empty() {
-            let durability = if sync { Durability::Sync } else { Durability::Wal };
+            let durability = if sync {
+                Durability::Sync
+            } else {
+                Durability::Wal
+            };
             if let Err(e) = engine.write(batch, durability) {
                 // Raft state that may or may not be on disk cannot be reasoned about.
                 panic!("store {}: persisting raft state failed: {e}", self.store_id);
@@ -233,12 +273,18 @@ impl<S: RaftSender> Store<S> {
             // Applied data skips the WAL: the Raft log is its WAL, and apply state and
             // data are flushed together, so a crash replays the log from a consistent point.
             if let Err(e) = engine.write(apply_batch, Durability::NoWal) {
-                panic!("store {}: applying committed entries failed: {e}", self.store_id);
+                panic!(
+                    "store {}: applying committed entries failed: {e}",
+                    self.store_id
+                );
             }
         }
         self.flush(&mut outbox);
         for id in &ids {
-            self.replicas.get_mut(id).expect("ready replica exists").after_apply();
+            self.replicas
+                .get_mut(id)
+                .expect("ready replica exists")
+                .after_apply();
         }
     }
 
@@ -266,14 +312,21 @@ impl Outbox {
     fn add(&mut self, replica: &Replica, msgs: Vec<Message>) {
         for m in msgs {
             let Some(target) = replica.range.replica(m.to) else {
-                warn!(range_id = replica.range.id, to = m.to, "raft message to an unknown replica");
+                warn!(
+                    range_id = replica.range.id,
+                    to = m.to,
+                    "raft message to an unknown replica"
+                );
                 continue;
             };
             let message = m.write_to_bytes().expect("raft message encodes");
-            self.by_store.entry(target.store_id).or_default().push(RaftEnvelope {
-                range_id: replica.range.id,
-                message: message.into(),
-            });
+            self.by_store
+                .entry(target.store_id)
+                .or_default()
+                .push(RaftEnvelope {
+                    range_id: replica.range.id,
+                    message: message.into(),
+                });
         }
     }
 }

@@ -56,7 +56,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 }
 
 async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.concurrency > 0 && args.keys > 0, "concurrency and keys must be positive");
+    anyhow::ensure!(
+        args.concurrency > 0 && args.keys > 0,
+        "concurrency and keys must be positive"
+    );
     let opts = KvBenchOptions {
         concurrency: args.concurrency,
         duration: Duration::from_secs(args.duration_secs),
@@ -65,12 +68,22 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
         keys: args.keys,
         phases: Phases::parse(&args.phases).map_err(anyhow::Error::msg)?,
     };
-    let temp = tempfile::Builder::new().prefix("shale-bench-").tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let temp = tempfile::Builder::new()
+        .prefix("shale-bench-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
     let (phases, local) = match &args.cluster {
-        Some(path) => (cluster_phases(ClusterFile::load(path)?.client()?, &opts).await, None),
+        Some(path) => (
+            cluster_phases(ClusterFile::load(path)?.client()?, &opts).await,
+            None,
+        ),
         None => {
-            let cluster = LocalCluster::start_new(&temp.path().join("cluster"), 3, |_| {}).await.context("start local cluster")?;
-            cluster.wait_leader(Duration::from_secs(10)).await.context("no leader elected")?;
+            let cluster = LocalCluster::start_new(&temp.path().join("cluster"), 3, |_| {})
+                .await
+                .context("start local cluster")?;
+            cluster
+                .wait_leader(Duration::from_secs(10))
+                .await
+                .context("no leader elected")?;
             let client = Arc::new(cluster.client()?);
             (cluster_phases(client, &opts).await, Some(cluster))
         }
@@ -81,7 +94,10 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
     let baseline = if opts.phases.baseline {
         let baseline_dir = temp.path().join("baseline");
         let baseline_opts = opts.clone();
-        Some(tokio::task::spawn_blocking(move || rocksdb_baseline(&baseline_dir, &baseline_opts)).await??)
+        Some(
+            tokio::task::spawn_blocking(move || rocksdb_baseline(&baseline_dir, &baseline_opts))
+                .await??,
+        )
     } else {
         None
     };
@@ -90,8 +106,14 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         print!("{}", table(&rep.phases));
-        println!("replicated put / raw RocksDB synced put: {:.2}", rep.put_vs_rocksdb);
-        println!("linearizable get / replicated put:       {:.2}", rep.get_vs_put);
+        println!(
+            "replicated put / raw RocksDB synced put: {:.2}",
+            rep.put_vs_rocksdb
+        );
+        println!(
+            "linearizable get / replicated put:       {:.2}",
+            rep.get_vs_put
+        );
     }
     Ok(())
 }

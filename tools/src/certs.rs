@@ -32,13 +32,22 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
     match cmd {
         CertsCommand::Init { dir } => {
             init_ca_dir(&dir).context("create the cluster CA")?;
-            println!("cluster CA written to {}/ca.pem (key: {}/ca.key)", dir.display(), dir.display());
+            println!(
+                "cluster CA written to {}/ca.pem (key: {}/ca.key)",
+                dir.display(),
+                dir.display()
+            );
         }
         CertsCommand::Issue { dir, name, sans } => {
-            let ca = load_ca_dir(&dir).context("load the cluster CA (run `shale certs init` first)")?;
+            let ca =
+                load_ca_dir(&dir).context("load the cluster CA (run `shale certs init` first)")?;
             let pair = issue_node_cert(&ca, &name, &sans).context("issue certificate")?;
             write_pair(&dir, &name, &pair).context("write certificate")?;
-            println!("certificate written to {}/{name}.pem (key: {}/{name}.key)", dir.display(), dir.display());
+            println!(
+                "certificate written to {}/{name}.pem (key: {}/{name}.key)",
+                dir.display(),
+                dir.display()
+            );
         }
     }
     Ok(())

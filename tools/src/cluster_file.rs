@@ -24,21 +24,30 @@ pub struct ClusterFile {
 
 impl ClusterFile {
     pub fn load(path: &Path) -> anyhow::Result<ClusterFile> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read cluster file {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parse cluster file {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read cluster file {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("parse cluster file {}", path.display()))
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("write cluster file {}", path.display()))
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("write cluster file {}", path.display()))
     }
 
     pub fn identity(&self) -> anyhow::Result<TlsIdentity> {
-        TlsIdentity::from_files(&self.ca_cert, &self.cert, &self.key).context("load client certificates")
+        TlsIdentity::from_files(&self.ca_cert, &self.cert, &self.key)
+            .context("load client certificates")
     }
 
     pub fn client(&self) -> anyhow::Result<Arc<KvClient>> {
-        let transport = Transport::client(&self.identity()?, TransportConfig::default()).context("create client endpoint")?;
-        Ok(Arc::new(KvClient::new(transport, &self.stores, ClientConfig::default())?))
+        let transport = Transport::client(&self.identity()?, TransportConfig::default())
+            .context("create client endpoint")?;
+        Ok(Arc::new(KvClient::new(
+            transport,
+            &self.stores,
+            ClientConfig::default(),
+        )?))
     }
 }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shale_rpc::certs::{init_ca_dir, issue_node_cert, load_ca_dir, write_pair, TlsIdentity, CA_CERT_FILE};
+use shale_rpc::certs::{
+    init_ca_dir, issue_node_cert, load_ca_dir, write_pair, TlsIdentity, CA_CERT_FILE,
+};
 use shale_storage::cluster::{cluster_configs, LocalCluster};
 
 use crate::cluster_file::ClusterFile;
@@ -25,7 +27,8 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let certs = data_dir.join("certs");
     let identity = dev_identity(&certs)?;
@@ -40,7 +43,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let cluster = LocalCluster::start(&data_dir, identity, configs).await.context("start the stores")?;
+    let cluster = LocalCluster::start(&data_dir, identity, configs)
+        .await
+        .context("start the stores")?;
     let file = ClusterFile {
         stores: cluster.store_addrs(),
         ca_cert: certs.join(CA_CERT_FILE),
@@ -65,8 +70,12 @@ fn dev_identity(certs: &Path) -> anyhow::Result<TlsIdentity> {
         write_pair(certs, "client", &issue_node_cert(&ca, "dev-client", &[])?)?;
     }
     load_ca_dir(certs).context("load the dev cluster CA")?;
-    TlsIdentity::from_files(&certs.join(CA_CERT_FILE), &certs.join("node.pem"), &certs.join("node.key"))
-        .context("load the dev node certificate")
+    TlsIdentity::from_files(
+        &certs.join(CA_CERT_FILE),
+        &certs.join("node.pem"),
+        &certs.join("node.key"),
+    )
+    .context("load the dev node certificate")
 }
 
 fn existing_store_count(data_dir: &Path) -> Option<usize> {
@@ -79,16 +88,26 @@ fn existing_store_count(data_dir: &Path) -> Option<usize> {
 }
 
 fn print_banner(file: &ClusterFile, cluster_path: &Path) {
-    println!("Shale dev cluster is up: {} stores, replication {}", file.stores.len(), file.stores.len());
+    println!(
+        "Shale dev cluster is up: {} stores, replication {}",
+        file.stores.len(),
+        file.stores.len()
+    );
     for s in &file.stores {
         println!("  store {} at {} (QUIC, mutual TLS)", s.store_id, s.addr);
     }
     println!("cluster file: {}", cluster_path.display());
     println!();
     println!("try it:");
-    println!("  shale kv --cluster {} put hello world", cluster_path.display());
+    println!(
+        "  shale kv --cluster {} put hello world",
+        cluster_path.display()
+    );
     println!("  shale kv --cluster {} get hello", cluster_path.display());
-    println!("  shale bench kv --cluster {} --duration-secs 5", cluster_path.display());
+    println!(
+        "  shale bench kv --cluster {} --duration-secs 5",
+        cluster_path.display()
+    );
     println!();
     println!("Ctrl-C stops the cluster; starting again on the same --data-dir keeps every key.");
 }

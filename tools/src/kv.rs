@@ -55,12 +55,22 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
         KvOp::Put { key, value } => client.put(key, value).await.context("put")?,
         KvOp::Delete { key } => client.delete(key).await.context("delete")?,
         KvOp::Scan { start, end, limit } => {
-            let page = client.scan(Bytes::from(start), Bytes::from(end), limit).await.context("scan")?;
+            let page = client
+                .scan(Bytes::from(start), Bytes::from(end), limit)
+                .await
+                .context("scan")?;
             for (k, v) in page.pairs {
-                println!("{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v));
+                println!(
+                    "{}\t{}",
+                    String::from_utf8_lossy(&k),
+                    String::from_utf8_lossy(&v)
+                );
             }
             if let Some(next) = page.resume_key {
-                eprintln!("(more; continue with --start {:?})", String::from_utf8_lossy(&next));
+                eprintln!(
+                    "(more; continue with --start {:?})",
+                    String::from_utf8_lossy(&next)
+                );
             }
         }
     }

@@ -22,7 +22,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     config.validate().context("check store config")?;
     let identity = TlsIdentity::from_files(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)
         .context("load TLS certificates (create them with `shale certs`)")?;
-    let node = StoreNode::start(config, &identity).await.context("start store")?;
+    let node = StoreNode::start(config, &identity)
+        .await
+        .context("start store")?;
     wait_for_shutdown_signal().await?;
     info!("shutting down");
     node.shutdown().await;

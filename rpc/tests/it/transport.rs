@@ -18,7 +18,10 @@ struct Echo {
 
 impl Service for Echo {
     async fn request(&self, frame: Frame) -> Frame {
-        Frame { kind: FrameKind::KvResponse, body: frame.body }
+        Frame {
+            kind: FrameKind::KvResponse,
+            body: frame.body,
+        }
     }
 
     fn message(&self, _frame: Frame) {
@@ -31,11 +34,18 @@ fn loopback() -> SocketAddr {
 }
 
 fn fast() -> TransportConfig {
-    TransportConfig { request_timeout_ms: 1_000, connect_timeout_ms: 500, ..TransportConfig::default() }
+    TransportConfig {
+        request_timeout_ms: 1_000,
+        connect_timeout_ms: 500,
+        ..TransportConfig::default()
+    }
 }
 
 fn request(body: &'static [u8]) -> Frame {
-    Frame { kind: FrameKind::KvRequest, body: Bytes::from_static(body) }
+    Frame {
+        kind: FrameKind::KvRequest,
+        body: Bytes::from_static(body),
+    }
 }
 
 async fn echo_server(identity: &TlsIdentity) -> (Arc<Transport>, Arc<Echo>) {
@@ -61,7 +71,10 @@ async fn requests_and_oneway_frames_flow_between_nodes_of_one_ca() {
     }
     let started = Instant::now();
     while echo.messages.load(Ordering::SeqCst) < 5 {
-        assert!(started.elapsed() < Duration::from_secs(5), "one-way frames arrive");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "one-way frames arrive"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -77,8 +90,13 @@ async fn a_client_certificate_from_another_ca_is_refused() {
         node: issue_node_cert(&stranger_ca, "impostor", &[]).unwrap(),
     };
     let client = Transport::client(&impostor, fast()).unwrap();
-    let result = client.call(server.local_addr().unwrap(), &request(b"let me in")).await;
-    assert!(result.is_err(), "server must refuse a foreign client certificate");
+    let result = client
+        .call(server.local_addr().unwrap(), &request(b"let me in"))
+        .await;
+    assert!(
+        result.is_err(),
+        "server must refuse a foreign client certificate"
+    );
 }
 
 #[tokio::test]
@@ -87,19 +105,28 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let (_, other) = TlsIdentity::generate_cluster().unwrap();
     let (server, _) = echo_server(&other).await;
     let client = Transport::client(&identity, fast()).unwrap();
-    let err = client.call(server.local_addr().unwrap(), &request(b"hello")).await.unwrap_err();
+    let err = client
+        .call(server.local_addr().unwrap(), &request(b"hello"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, RpcError::Connect { .. }), "{err:?}");
 }
 
 #[tokio::test]
 async fn a_request_to_a_dead_peer_times_out_with_an_error() {
     let (_, identity) = TlsIdentity::generate_cluster().unwrap();
-    let port = std::net::UdpSocket::bind(loopback()).unwrap().local_addr().unwrap();
+    let port = std::net::UdpSocket::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let client = Transport::client(&identity, fast()).unwrap();
     let started = Instant::now();
     let err = client.call(port, &request(b"anyone?")).await.unwrap_err();
     assert!(err.is_unreachable(), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "bounded by the timeouts");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the timeouts"
+    );
 }
 
 #[tokio::test]
@@ -139,12 +166,18 @@ async fn a_corrupted_frame_gets_an_error_answer_and_the_server_keeps_serving() {
     wire[last] ^= 0xff;
     send.write_all(&wire).await.unwrap();
     send.finish().unwrap();
-    let reply = shale_rpc::codec::read_frame(&mut recv).await.unwrap().unwrap();
+    let reply = shale_rpc::codec::read_frame(&mut recv)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reply.kind, FrameKind::Rejected);
     let why: String = reply.decode(FrameKind::Rejected).unwrap();
     assert!(why.contains("checksum"), "{why}");
     let client = Transport::client(&identity, fast()).unwrap();
-    assert_eq!(&client.call(addr, &request(b"still up")).await.unwrap().body[..], b"still up");
+    assert_eq!(
+        &client.call(addr, &request(b"still up")).await.unwrap().body[..],
+        b"still up"
+    );
 }
 
 fn quinn_client(identity: &TlsIdentity) -> quinn::Endpoint {
@@ -156,5 +189,9 @@ fn quinn_client(identity: &TlsIdentity) -> quinn::Endpoint {
 }
 
 async fn endpoint_connect(endpoint: &mut quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
-    endpoint.connect(addr, shale_rpc::certs::NODE_SERVER_NAME).unwrap().await.unwrap()
+    endpoint
+        .connect(addr, shale_rpc::certs::NODE_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap()
 }

@@ -19,8 +19,13 @@ pub fn init_tracing() {
 
 pub async fn must_cluster(dir: &std::path::Path, n: usize) -> LocalCluster {
     init_tracing();
-    let cluster = LocalCluster::start_new(dir, n, |_| {}).await.expect("start cluster");
-    cluster.wait_leader(LEADER_TIMEOUT).await.expect("a leader is elected");
+    let cluster = LocalCluster::start_new(dir, n, |_| {})
+        .await
+        .expect("start cluster");
+    cluster
+        .wait_leader(LEADER_TIMEOUT)
+        .await
+        .expect("a leader is elected");
     cluster
 }
 
@@ -33,11 +38,17 @@ pub fn value(i: usize) -> Bytes {
 }
 
 pub async fn must_put(client: &KvClient, i: usize) {
-    client.put(key(i), value(i)).await.unwrap_or_else(|e| panic!("put {i}: {e}"));
+    client
+        .put(key(i), value(i))
+        .await
+        .unwrap_or_else(|e| panic!("put {i}: {e}"));
 }
 
 pub async fn must_get(client: &KvClient, i: usize) {
-    let got = client.get(key(i)).await.unwrap_or_else(|e| panic!("get {i}: {e}"));
+    let got = client
+        .get(key(i))
+        .await
+        .unwrap_or_else(|e| panic!("get {i}: {e}"));
     assert_eq!(got, Some(value(i)), "key {i}");
 }
 
@@ -49,16 +60,33 @@ pub async fn must_converge(cluster: &LocalCluster, i: usize, keys: &[usize]) {
         let leader = cluster.leader().await;
         let target = leader.and_then(|l| cluster.node(l));
         let node = cluster.node(i).expect("store is running");
-        let (Some(target), Some(mine)) = (target, node.status().await.into_iter().find(|s| s.range_id() == FIRST_RANGE_ID)) else {
-            assert!(started.elapsed() < LEADER_TIMEOUT, "no leader to converge with");
+        let (Some(target), Some(mine)) = (
+            target,
+            node.status()
+                .await
+                .into_iter()
+                .find(|s| s.range_id() == FIRST_RANGE_ID),
+        ) else {
+            assert!(
+                started.elapsed() < LEADER_TIMEOUT,
+                "no leader to converge with"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let theirs = target.status().await.into_iter().find(|s| s.range_id() == FIRST_RANGE_ID).expect("leader has the range");
+        let theirs = target
+            .status()
+            .await
+            .into_iter()
+            .find(|s| s.range_id() == FIRST_RANGE_ID)
+            .expect("leader has the range");
         if mine.applied_index >= theirs.commit_index {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "store {i} did not catch up: {mine:?} vs {theirs:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "store {i} did not catch up: {mine:?} vs {theirs:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let engine = cluster.node(i).expect("running").engine().clone();

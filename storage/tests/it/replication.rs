@@ -34,17 +34,26 @@ async fn batch_is_atomic_and_scan_pages_resume() {
     let cluster = must_cluster(dir.path(), 3).await;
     let client = cluster.client().unwrap();
     let ops = (0..50)
-        .map(|i| WriteOp::Put { key: key(i), value: value(i) })
+        .map(|i| WriteOp::Put {
+            key: key(i),
+            value: value(i),
+        })
         .chain([WriteOp::Delete { key: key(7) }])
         .collect();
     client.batch(ops).await.unwrap();
     let all = client.scan_all(key(0), key(50), 7).await.unwrap();
-    let expected: Vec<_> = (0..50).filter(|&i| i != 7).map(|i| (key(i), value(i))).collect();
+    let expected: Vec<_> = (0..50)
+        .filter(|&i| i != 7)
+        .map(|i| (key(i), value(i)))
+        .collect();
     assert_eq!(all, expected, "every key once, in order, across pages");
     let page = client.scan(key(10), key(20), 3).await.unwrap();
     assert_eq!(page.pairs.len(), 3);
     assert!(page.resume_key.is_some());
-    let unbounded = client.scan_all(key(0), bytes::Bytes::new(), 1000).await.unwrap();
+    let unbounded = client
+        .scan_all(key(0), bytes::Bytes::new(), 1000)
+        .await
+        .unwrap();
     assert_eq!(unbounded.len(), 49);
     cluster.shutdown().await;
 }
@@ -56,18 +65,29 @@ async fn follower_answers_not_leader_with_the_leaders_address() {
     let leader = cluster.leader().await.unwrap();
     let follower = (leader + 1) % 3;
     let transport = Transport::client(&cluster.identity, TransportConfig::default()).unwrap();
-    let req = KvRequest { range_id: FIRST_RANGE_ID, epoch: None, op: KvOp::Get { key: key(1) } };
+    let req = KvRequest {
+        range_id: FIRST_RANGE_ID,
+        epoch: None,
+        op: KvOp::Get { key: key(1) },
+    };
     let frame = Frame::encode(FrameKind::KvRequest, &req).unwrap();
     // The follower may not know the leader for a moment after the election.
     let mut hint = None;
     for _ in 0..100 {
-        let reply = transport.call(cluster.node(follower).unwrap().addr(), &frame).await.unwrap();
+        let reply = transport
+            .call(cluster.node(follower).unwrap().addr(), &frame)
+            .await
+            .unwrap();
         match reply.decode::<KvResponse>(FrameKind::KvResponse).unwrap() {
-            Err(KvError::NotLeader { leader: Some(h), .. }) => {
+            Err(KvError::NotLeader {
+                leader: Some(h), ..
+            }) => {
                 hint = Some(h);
                 break;
             }
-            Err(KvError::NotLeader { leader: None, .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(KvError::NotLeader { leader: None, .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             other => panic!("expected NotLeader, got {other:?}"),
         }
     }
@@ -81,7 +101,14 @@ async fn follower_answers_not_leader_with_the_leaders_address() {
 async fn leader_loss_elects_a_new_leader_and_keeps_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = must_cluster(dir.path(), 3).await;
-    let client = Arc::new(cluster.client_with(ClientConfig { deadline_ms: 30_000, ..ClientConfig::default() }).unwrap());
+    let client = Arc::new(
+        cluster
+            .client_with(ClientConfig {
+                deadline_ms: 30_000,
+                ..ClientConfig::default()
+            })
+            .unwrap(),
+    );
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -100,13 +127,20 @@ async fn leader_loss_elects_a_new_leader_and_keeps_acknowledged_writes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let old = cluster.leader().await.expect("leader");
     cluster.stop_store(old).await;
-    let new = cluster.wait_leader(LEADER_TIMEOUT).await.expect("a new leader is elected");
+    let new = cluster
+        .wait_leader(LEADER_TIMEOUT)
+        .await
+        .expect("a new leader is elected");
     assert_ne!(new, old);
     for w in writers {
         w.await.unwrap();
     }
     let acked: Vec<usize> = acked.lock().unwrap().iter().copied().collect();
-    assert!(acked.len() > 300, "most writes succeed across the failover: {}", acked.len());
+    assert!(
+        acked.len() > 300,
+        "most writes succeed across the failover: {}",
+        acked.len()
+    );
     for &i in &acked {
         must_get(&client, i).await;
     }
@@ -148,12 +182,19 @@ async fn restarting_every_store_keeps_all_data() {
     for s in 0..3 {
         cluster.start_store(s).await.unwrap();
     }
-    cluster.wait_leader(LEADER_TIMEOUT).await.expect("leader after restart");
+    cluster
+        .wait_leader(LEADER_TIMEOUT)
+        .await
+        .expect("leader after restart");
     let client = cluster.client().unwrap();
     for i in (0..200).filter(|&i| i != 5) {
         must_get(&client, i).await;
     }
-    assert_eq!(client.get(key(5)).await.unwrap(), None, "a delete survives restart");
+    assert_eq!(
+        client.get(key(5)).await.unwrap(),
+        None,
+        "a delete survives restart"
+    );
     must_put(&client, 1000).await;
     cluster.shutdown().await;
 }

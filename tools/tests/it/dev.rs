@@ -28,14 +28,20 @@ fn start_dev(dir: &std::path::Path, port_base: u16) -> std::process::Child {
         .expect("spawn shale dev");
     let started = Instant::now();
     while !dir.join("dev.json").exists() {
-        assert!(started.elapsed() < Duration::from_secs(30), "shale dev wrote no dev.json");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "shale dev wrote no dev.json"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
 }
 
 fn sigterm(mut child: std::process::Child) -> Option<i32> {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let started = Instant::now();
     loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -57,7 +63,11 @@ fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
     let base = ports[0];
     let dev = start_dev(dir.path(), base);
     let out = kv(dir.path(), &["put", "hello", "world"]);
-    assert!(out.status.success(), "put: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "put: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = kv(dir.path(), &["get", "hello"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "world");
     let out = kv(dir.path(), &["get", "absent"]);
@@ -66,6 +76,11 @@ fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
 
     let dev = start_dev(dir.path(), base);
     let out = kv(dir.path(), &["get", "hello"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "world", "data survives a restart: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "world",
+        "data survives a restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sigterm(dev), Some(0));
 }

@@ -28,7 +28,11 @@ pub struct StoreProc {
 impl StoreProc {
     pub fn start(&mut self) {
         assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = shale()
             .args(["store", "--config"])
             .arg(&self.config_path)
@@ -84,7 +88,12 @@ pub fn store_procs(dir: &Path, n: usize) -> (Vec<StoreProc>, TlsIdentity) {
     let certs = dir.join("certs");
     let ca = init_ca_dir(&certs).unwrap();
     write_pair(&certs, "node", &issue_node_cert(&ca, "node", &[]).unwrap()).unwrap();
-    let identity = TlsIdentity::from_files(&certs.join("ca.pem"), &certs.join("node.pem"), &certs.join("node.key")).unwrap();
+    let identity = TlsIdentity::from_files(
+        &certs.join("ca.pem"),
+        &certs.join("node.pem"),
+        &certs.join("node.key"),
+    )
+    .unwrap();
     let configs = cluster_configs(dir, &free_udp_ports(n).unwrap());
     let procs = configs
         .into_iter()
@@ -108,8 +117,18 @@ pub fn store_procs(dir: &Path, n: usize) -> (Vec<StoreProc>, TlsIdentity) {
 }
 
 /// Index of the store that answers a read as leader, waiting up to `timeout`.
-pub async fn find_leader(transport: &Transport, procs: &[StoreProc], timeout: Duration) -> Option<usize> {
-    let req = KvRequest { range_id: FIRST_RANGE_ID, epoch: None, op: KvOp::Get { key: Bytes::from_static(b"probe") } };
+pub async fn find_leader(
+    transport: &Transport,
+    procs: &[StoreProc],
+    timeout: Duration,
+) -> Option<usize> {
+    let req = KvRequest {
+        range_id: FIRST_RANGE_ID,
+        epoch: None,
+        op: KvOp::Get {
+            key: Bytes::from_static(b"probe"),
+        },
+    };
     let frame = Frame::encode(FrameKind::KvRequest, &req).unwrap();
     let started = Instant::now();
     while started.elapsed() < timeout {
@@ -133,11 +152,20 @@ pub async fn find_leader(transport: &Transport, procs: &[StoreProc], timeout: Du
 pub async fn range_status(transport: &Transport, addr: &str) -> Option<shale_rpc::RangeStatus> {
     let addr = addr.parse().ok()?;
     match shale_rpc::client::admin(transport, addr, &shale_rpc::AdminRequest::Status).await {
-        Ok(shale_rpc::AdminReply::Status { ranges, .. }) => ranges.into_iter().find(|r| r.range_id() == FIRST_RANGE_ID),
+        Ok(shale_rpc::AdminReply::Status { ranges, .. }) => {
+            ranges.into_iter().find(|r| r.range_id() == FIRST_RANGE_ID)
+        }
         _ => None,
     }
 }
 
 pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
-    Transport::client(identity, TransportConfig { request_timeout_ms: 2_000, ..TransportConfig::default() }).unwrap()
+    Transport::client(
+        identity,
+        TransportConfig {
+            request_timeout_ms: 2_000,
+            ..TransportConfig::default()
+        },
+    )
+    .unwrap()
 }

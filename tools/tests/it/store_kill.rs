@@ -28,12 +28,27 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
         p.start();
     }
     let transport = client_transport(&identity);
-    let leader = find_leader(&transport, &procs, Duration::from_secs(20)).await.expect("a leader is elected");
+    let leader = find_leader(&transport, &procs, Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
     let stores: Vec<StoreAddr> = procs
         .iter()
-        .map(|p| StoreAddr { store_id: p.config.store_id, addr: p.config.listen_addr.clone() })
+        .map(|p| StoreAddr {
+            store_id: p.config.store_id,
+            addr: p.config.listen_addr.clone(),
+        })
         .collect();
-    let client = Arc::new(KvClient::new(transport.clone(), &stores, ClientConfig { deadline_ms: 30_000, ..ClientConfig::default() }).unwrap());
+    let client = Arc::new(
+        KvClient::new(
+            transport.clone(),
+            &stores,
+            ClientConfig {
+                deadline_ms: 30_000,
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap(),
+    );
 
     // Writers run until told to stop (bounded by count as well).
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -58,7 +73,9 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     let before_kill = acked.lock().unwrap().len();
     assert!(before_kill > 0, "writes were acknowledged before the kill");
     procs[leader].kill9();
-    let new_leader = find_leader(&transport, &procs, Duration::from_secs(20)).await.expect("a new leader after kill -9");
+    let new_leader = find_leader(&transport, &procs, Duration::from_secs(20))
+        .await
+        .expect("a new leader after kill -9");
     assert_ne!(new_leader, leader);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     procs[leader].start();
@@ -73,38 +90,82 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     // The killed store lost whatever its memtables held (applied data skips the WAL) and
     // must have replayed it from its Raft log. Make it the leader, so that every read
     // below is served from its own engine.
-    let current = find_leader(&transport, &procs, Duration::from_secs(20)).await.expect("leader");
+    let current = find_leader(&transport, &procs, Duration::from_secs(20))
+        .await
+        .expect("leader");
     let restarted = &procs[leader].config;
     let started = std::time::Instant::now();
     loop {
-        let theirs = range_status(&transport, &procs[current].config.listen_addr).await.expect("leader status");
+        let theirs = range_status(&transport, &procs[current].config.listen_addr)
+            .await
+            .expect("leader status");
         let mine = range_status(&transport, &restarted.listen_addr).await;
         if mine.is_some_and(|m| m.applied_index >= theirs.commit_index) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "restarted store did not catch up\n{}", procs[leader].log_tail());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "restarted store did not catch up\n{}",
+            procs[leader].log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if current != leader {
-        let req = shale_rpc::AdminRequest::TransferLeader { range_id: shale_rpc::client::FIRST_RANGE_ID, to_store: restarted.store_id };
-        shale_rpc::client::admin(&transport, procs[current].config.listen_addr.parse().unwrap(), &req).await.expect("start leader transfer");
+        let req = shale_rpc::AdminRequest::TransferLeader {
+            range_id: shale_rpc::client::FIRST_RANGE_ID,
+            to_store: restarted.store_id,
+        };
+        shale_rpc::client::admin(
+            &transport,
+            procs[current].config.listen_addr.parse().unwrap(),
+            &req,
+        )
+        .await
+        .expect("start leader transfer");
         let started = std::time::Instant::now();
-        while !range_status(&transport, &restarted.listen_addr).await.is_some_and(|s| s.is_leader) {
-            assert!(started.elapsed() < Duration::from_secs(10), "leadership did not move to the restarted store");
+        while !range_status(&transport, &restarted.listen_addr)
+            .await
+            .is_some_and(|s| s.is_leader)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "leadership did not move to the restarted store"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     for &i in &acked {
-        let got = client.get(key(i)).await.unwrap_or_else(|e| panic!("read {i} from the restarted store: {e}\n{}", procs[leader].log_tail()));
-        assert_eq!(got, Some(value(i)), "acknowledged write {i} on the store that was killed");
+        let got = client.get(key(i)).await.unwrap_or_else(|e| {
+            panic!(
+                "read {i} from the restarted store: {e}\n{}",
+                procs[leader].log_tail()
+            )
+        });
+        assert_eq!(
+            got,
+            Some(value(i)),
+            "acknowledged write {i} on the store that was killed"
+        );
     }
     // Then stop another store so that the quorum needs the restarted one.
     let victim = (0..3).find(|&i| i != leader).unwrap();
     assert_eq!(procs[victim].terminate(), Some(0), "SIGTERM exits cleanly");
     for &i in &acked {
-        let got = client.get(key(i)).await.unwrap_or_else(|e| panic!("read {i} after kill -9 and restart: {e}\n{}", procs[leader].log_tail()));
+        let got = client.get(key(i)).await.unwrap_or_else(|e| {
+            panic!(
+                "read {i} after kill -9 and restart: {e}\n{}",
+                procs[leader].log_tail()
+            )
+        });
         assert_eq!(got, Some(value(i)), "acknowledged write {i}");
     }
-    client.put(key(u64::MAX), value(1)).await.expect("the restarted store serves in a quorum");
-    println!("acknowledged writes: {} ({} before kill -9)", acked.len(), before_kill);
+    client
+        .put(key(u64::MAX), value(1))
+        .await
+        .expect("the restarted store serves in a quorum");
+    println!(
+        "acknowledged writes: {} ({} before kill -9)",
+        acked.len(),
+        before_kill
+    );
 }
