@@ -1,8 +1,8 @@
 //! The KV client used by tools, tests and (later) the gateway: finds a range's leader,
 //! follows `NotLeader` hints, and retries what can be retried with bounded backoff.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,10 +10,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use crate::range_cache::{CachedRange, RangeCache};
 use crate::transport::Transport;
 use crate::{
     AdminReply, AdminRequest, AdminResponse, Frame, FrameKind, KvError, KvOp, KvReply, KvRequest,
-    KvResponse, RangeId, RpcError, StoreAddr, WriteOp,
+    KvResponse, RangeDescriptor, RangeId, RpcError, StoreAddr, StoreId, WriteOp,
 };
 
 /// The range every cluster starts with: it covers the whole key space.
@@ -72,21 +73,26 @@ pub struct ScanPage {
 /// A client of a cluster's KV service.
 pub struct KvClient {
     transport: Arc<Transport>,
-    stores: Vec<SocketAddr>,
-    leaders: Mutex<HashMap<RangeId, SocketAddr>>,
+    /// Every known store, in the order they were given.
+    stores: Vec<(StoreId, SocketAddr)>,
+    ranges: Mutex<RangeCache>,
+    /// Rotates the store asked first, so lookups spread out.
+    next_store: AtomicUsize,
     config: ClientConfig,
+}
+
+/// Where one attempt sends a request.
+struct Route {
+    range: RangeDescriptor,
+    addr: SocketAddr,
 }
 
 impl KvClient {
     /// A client that knows the cluster through the given store addresses.
-    pub fn new(
-        transport: Arc<Transport>,
-        stores: &[StoreAddr],
-        config: ClientConfig,
-    ) -> Result<Self, ClientError> {
+    pub fn new(transport: Arc<Transport>, stores: &[StoreAddr], config: ClientConfig) -> Result<Self, ClientError> {
         let stores = stores
             .iter()
-            .map(|s| parse_addr(&s.addr))
+            .map(|s| parse_addr(&s.addr).map(|a| (s.store_id, a)))
             .collect::<Result<Vec<_>, _>>()?;
         if stores.is_empty() {
             return Err(ClientError::BadAddress {
@@ -97,9 +103,14 @@ impl KvClient {
         Ok(KvClient {
             transport,
             stores,
-            leaders: Mutex::new(HashMap::new()),
+            ranges: Mutex::new(RangeCache::default()),
+            next_store: AtomicUsize::new(0),
             config,
         })
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
     }
 
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
@@ -109,11 +120,7 @@ impl KvClient {
         }
     }
 
-    pub async fn put(
-        &self,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
-    ) -> Result<(), ClientError> {
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), ClientError> {
         let op = KvOp::Put {
             key: key.into(),
             value: value.into(),
@@ -125,17 +132,22 @@ impl KvClient {
         self.write(KvOp::Delete { key: key.into() }).await
     }
 
+    /// Applies `ops` atomically; all their keys must lie in one range.
     pub async fn batch(&self, ops: Vec<WriteOp>) -> Result<(), ClientError> {
         self.write(KvOp::Batch { ops }).await
     }
 
-    /// One page of `[start, end)`, at most `limit` pairs.
-    pub async fn scan(
-        &self,
-        start: impl Into<Bytes>,
-        end: impl Into<Bytes>,
-        limit: u32,
-    ) -> Result<ScanPage, ClientError> {
+    /// Allocates `count` cluster-unique ids; returns the first.
+    pub async fn alloc_ids(&self, count: u32) -> Result<u64, ClientError> {
+        match self.request(KvOp::AllocIds { count }).await? {
+            KvReply::Ids { first, .. } => Ok(first),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of `[start, end)`, at most `limit` pairs. A page stops at a range's end;
+    /// `resume_key` then says where to go on.
+    pub async fn scan(&self, start: impl Into<Bytes>, end: impl Into<Bytes>, limit: u32) -> Result<ScanPage, ClientError> {
         let op = KvOp::Scan {
             start: start.into(),
             end: end.into(),
@@ -147,13 +159,8 @@ impl KvClient {
         }
     }
 
-    /// Every pair in `[start, end)`, paging `page` pairs at a time.
-    pub async fn scan_all(
-        &self,
-        start: impl Into<Bytes>,
-        end: impl Into<Bytes>,
-        page: u32,
-    ) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
+    /// Every pair in `[start, end)`, paging `page` pairs at a time, across ranges.
+    pub async fn scan_all(&self, start: impl Into<Bytes>, end: impl Into<Bytes>, page: u32) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
         let end = end.into();
         let mut next = start.into();
         let mut out = Vec::new();
@@ -161,8 +168,8 @@ impl KvClient {
             let p = self.scan(next, end.clone(), page).await?;
             out.extend(p.pairs);
             match p.resume_key {
-                Some(k) => next = k,
-                None => return Ok(out),
+                Some(k) if end.is_empty() || k < end => next = k,
+                _ => return Ok(out),
             }
         }
     }
@@ -174,56 +181,137 @@ impl KvClient {
         }
     }
 
-    /// Sends `op` to the leader of the first range, retrying what can be retried.
+    /// The range holding `key`, as a store reports it (and the cache now holds).
+    pub async fn locate(&self, key: &[u8]) -> Result<RangeDescriptor, ClientError> {
+        let mut last = String::from("no store answered");
+        for _ in 0..self.stores.len() {
+            let i = self.next_store.fetch_add(1, Ordering::Relaxed) % self.stores.len();
+            let (_, addr) = self.stores[i];
+            let req = AdminRequest::FindRange {
+                key: Bytes::copy_from_slice(key),
+            };
+            match admin(&self.transport, addr, &req).await {
+                Ok(AdminReply::Range(Some(range))) if range.contains(key) => {
+                    self.cache().insert(range.clone());
+                    return Ok(range);
+                }
+                Ok(_) => last = format!("{addr} holds no range for the key"),
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts: self.stores.len() as u32,
+            elapsed_ms: 0,
+            last,
+        })
+    }
+
+    /// Splits the range holding `split_key` at it; returns the left and right ranges.
+    pub async fn split(&self, split_key: impl Into<Bytes>) -> Result<(RangeDescriptor, RangeDescriptor), ClientError> {
+        let split_key = split_key.into();
+        self.with_leader(&split_key, |range| AdminRequest::Split {
+            range_id: range.id,
+            split_key: split_key.clone(),
+        })
+        .await
+        .and_then(|reply| match reply {
+            AdminReply::Split { left, right } => {
+                let mut cache = self.cache();
+                cache.insert(left.clone());
+                cache.insert(right.clone());
+                Ok((left, right))
+            }
+            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+        })
+    }
+
+    /// Sends an admin request built for the range holding `key` to that range's leader.
+    async fn with_leader(&self, key: &[u8], build: impl Fn(&RangeDescriptor) -> AdminRequest) -> Result<AdminReply, ClientError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(self.config.backoff_initial_ms);
+        let mut last = String::new();
+        for attempt in 1..=self.config.attempts_max {
+            match self.route(key, attempt).await {
+                Ok(route) => match admin(&self.transport, route.addr, &build(&route.range)).await {
+                    Ok(reply) => {
+                        self.cache().set_leader(route.range.id, Some(route.addr));
+                        return Ok(reply);
+                    }
+                    Err(ClientError::Kv(e)) if e.is_retryable() => {
+                        last = e.to_string();
+                        self.learn(&route, &e);
+                    }
+                    Err(ClientError::Rpc(e)) if e.is_unreachable() => {
+                        last = e.to_string();
+                        self.cache().set_leader(route.range.id, None);
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            if started.elapsed() >= Duration::from_millis(self.config.deadline_ms) {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(self.config.backoff_max_ms));
+        }
+        Err(ClientError::Unavailable {
+            attempts: self.config.attempts_max,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            last,
+        })
+    }
+
+    /// Sends `op` to the leader of the range holding its key, retrying what can be retried.
     pub async fn request(&self, op: KvOp) -> Result<KvReply, ClientError> {
         op.validate().map_err(ClientError::Kv)?;
-        let range_id = FIRST_RANGE_ID;
-        let frame = Frame::encode(
-            FrameKind::KvRequest,
-            &KvRequest {
-                range_id,
-                epoch: None,
-                op,
-            },
-        )
-        .map_err(ClientError::Rpc)?;
+        let key = Bytes::copy_from_slice(op.routing_key());
         let started = Instant::now();
         let deadline = Duration::from_millis(self.config.deadline_ms);
         let mut backoff = Duration::from_millis(self.config.backoff_initial_ms);
-        let mut next_store = 0usize;
         let mut last = String::from("no attempt made");
+        let mut op = Some(op);
         for attempt in 1..=self.config.attempts_max {
-            let target = self.leader_of(range_id).unwrap_or_else(|| {
-                next_store += 1;
-                self.stores[next_store % self.stores.len()]
-            });
             let mut wait = true;
-            match self.transport.call(target, &frame).await {
-                Ok(reply) => match decode_reply(&reply)? {
-                    Ok(kv) => {
-                        self.set_leader(range_id, Some(target));
-                        return Ok(kv);
+            match self.route(&key, attempt).await {
+                Ok(route) => {
+                    let req_op = op.take().expect("op is put back after every attempt");
+                    if let KvOp::Batch { ops } = &req_op {
+                        if let Some(outside) = ops.iter().find(|o| !route.range.contains(o.key())) {
+                            let second = self.locate(outside.key()).await.map(|r| r.id).unwrap_or(0);
+                            return Err(ClientError::Kv(KvError::BatchSpansRanges {
+                                first: route.range.id,
+                                second,
+                            }));
+                        }
                     }
-                    Err(KvError::NotLeader { leader, .. }) => {
-                        let hint = leader
-                            .and_then(|h| parse_addr(&h.addr).ok())
-                            .filter(|a| *a != target);
-                        // A fresh hint is worth following at once; otherwise back off.
-                        wait = hint.is_none();
-                        self.set_leader(range_id, hint);
-                        last = format!("{target} is not the leader");
+                    let req = KvRequest {
+                        range_id: route.range.id,
+                        epoch: Some(route.range.epoch),
+                        op: req_op,
+                    };
+                    let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
+                    op = Some(req.op);
+                    match self.transport.call(route.addr, &frame).await {
+                        Ok(reply) => match decode_reply(&reply)? {
+                            Ok(kv) => {
+                                self.cache().set_leader(route.range.id, Some(route.addr));
+                                return Ok(kv);
+                            }
+                            Err(e) if e.is_retryable() => {
+                                last = format!("{}: {e}", route.addr);
+                                wait = !self.learn(&route, &e);
+                            }
+                            Err(e) => return Err(ClientError::Kv(e)),
+                        },
+                        Err(e) if e.is_unreachable() => {
+                            self.cache().set_leader(route.range.id, None);
+                            last = e.to_string();
+                        }
+                        Err(e) => return Err(ClientError::Rpc(e)),
                     }
-                    Err(e) if e.is_retryable() => {
-                        self.set_leader(range_id, None);
-                        last = format!("{target}: {e}");
-                    }
-                    Err(e) => return Err(ClientError::Kv(e)),
-                },
-                Err(e) if e.is_unreachable() => {
-                    self.set_leader(range_id, None);
-                    last = format!("{e}");
                 }
-                Err(e) => return Err(ClientError::Rpc(e)),
+                Err(e) => last = e.to_string(),
             }
             debug!(attempt, %last, "retrying KV request");
             if started.elapsed() >= deadline {
@@ -245,20 +333,71 @@ impl KvClient {
         })
     }
 
-    fn leader_of(&self, range_id: RangeId) -> Option<SocketAddr> {
-        self.leaders
-            .lock()
-            .expect("leaders lock")
-            .get(&range_id)
-            .copied()
+    /// Picks the range and the store to try for `key` on this attempt.
+    async fn route(&self, key: &[u8], attempt: u32) -> Result<Route, ClientError> {
+        let cached = self.cache().find(key).cloned();
+        let cached = match cached {
+            Some(c) => c,
+            None => CachedRange {
+                range: self.locate(key).await?,
+                leader: None,
+            },
+        };
+        if let Some(addr) = cached.leader {
+            return Ok(Route { range: cached.range, addr });
+        }
+        // No known leader: try the range's replicas in turn.
+        let addrs: Vec<SocketAddr> = cached
+            .range
+            .replicas
+            .iter()
+            .filter_map(|r| self.store_addr(r.store_id))
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Unavailable {
+                attempts: attempt,
+                elapsed_ms: 0,
+                last: format!("no known address for any replica of range {}", cached.range.id),
+            });
+        }
+        let addr = addrs[attempt as usize % addrs.len()];
+        Ok(Route { range: cached.range, addr })
     }
 
-    fn set_leader(&self, range_id: RangeId, addr: Option<SocketAddr>) {
-        let mut leaders = self.leaders.lock().expect("leaders lock");
-        match addr {
-            Some(a) => leaders.insert(range_id, a),
-            None => leaders.remove(&range_id),
-        };
+    /// Updates the cache from a retryable error; true when the next attempt should go at
+    /// once (the error said exactly where to go).
+    fn learn(&self, route: &Route, error: &KvError) -> bool {
+        let mut cache = self.cache();
+        match error {
+            KvError::NotLeader { leader, .. } => {
+                let hint = leader.as_ref().and_then(|h| parse_addr(&h.addr).ok()).filter(|a| *a != route.addr);
+                cache.set_leader(route.range.id, hint);
+                hint.is_some()
+            }
+            KvError::EpochNotMatch { current } => {
+                cache.remove(route.range.id);
+                for range in current {
+                    cache.insert(range.clone());
+                }
+                true
+            }
+            KvError::KeyNotInRange { .. } | KvError::RangeNotFound { .. } => {
+                cache.remove(route.range.id);
+                false
+            }
+            _ => {
+                cache.set_leader(route.range.id, None);
+                false
+            }
+        }
+    }
+
+    fn store_addr(&self, store_id: StoreId) -> Option<SocketAddr> {
+        self.stores.iter().find(|(id, _)| *id == store_id).map(|(_, a)| *a)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, RangeCache> {
+        self.ranges.lock().expect("range cache lock")
     }
 }
 

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod messages;
+pub mod range_cache;
 pub mod transport;
 
 pub use codec::{Frame, FrameKind};

@@ -102,10 +102,30 @@ pub enum KvOp {
         end: Bytes,
         limit: u32,
     },
-    /// Puts and deletes applied atomically: all or none.
+    /// Puts and deletes applied atomically: all or none. All keys in one range.
     Batch {
         ops: Vec<WriteOp>,
     },
+    /// Allocates `count` cluster-unique ids (range and replica ids) from the counter at
+    /// [`ID_ALLOC_KEY`]. Used by stores; ids are never handed out twice.
+    AllocIds {
+        count: u32,
+    },
+}
+
+/// Keys starting with this prefix belong to Shale itself; clients cannot write them and
+/// scans never return them.
+pub const SYSTEM_PREFIX: &[u8] = &[0x00, 0x00];
+/// The first key after every system key.
+pub const SYSTEM_PREFIX_END: &[u8] = &[0x00, 0x01];
+/// The id allocator's counter.
+pub const ID_ALLOC_KEY: &[u8] = b"\x00\x00shale/next-id";
+/// Most ids one allocation hands out.
+pub const ALLOC_IDS_MAX: u32 = 1024;
+
+/// True for keys reserved to Shale itself.
+pub fn is_system_key(key: &[u8]) -> bool {
+    key.starts_with(SYSTEM_PREFIX)
 }
 
 /// One write of an atomic batch.
@@ -143,6 +163,8 @@ pub enum KvReply {
         /// Where the next page starts; `None` when the scan reached its end.
         resume_key: Option<Bytes>,
     },
+    /// Ids `first .. first + count`, never handed out before.
+    Ids { first: u64, count: u32 },
 }
 
 /// An admin request to one store.
@@ -156,6 +178,11 @@ pub enum AdminRequest {
         range_id: RangeId,
         to_store: StoreId,
     },
+    /// Split `range_id` at `split_key` (which becomes the new right range's start).
+    /// Returns once the split is applied on the leader.
+    Split { range_id: RangeId, split_key: Bytes },
+    /// The descriptor of the range on this store that holds `key`, if any.
+    FindRange { key: Bytes },
 }
 
 /// A store's answer to an admin request.
@@ -166,6 +193,12 @@ pub enum AdminReply {
         ranges: Vec<RangeStatus>,
     },
     Started,
+    /// The ranges after a split: left, then right.
+    Split {
+        left: RangeDescriptor,
+        right: RangeDescriptor,
+    },
+    Range(Option<RangeDescriptor>),
 }
 
 pub type AdminResponse = Result<AdminReply, KvError>;
@@ -226,6 +259,12 @@ pub enum KvError {
     },
     #[error("scan start is past its end")]
     InvalidScan,
+    #[error("keys starting with 0x00 0x00 are reserved for Shale itself")]
+    ReservedKey,
+    #[error("an atomic batch must stay inside one range; its keys span ranges {first} and {second}")]
+    BatchSpansRanges { first: RangeId, second: RangeId },
+    #[error("cannot split range {range_id} there: {reason}")]
+    InvalidSplit { range_id: RangeId, reason: String },
     #[error("the write was not committed (leadership changed before it was); it is safe to retry")]
     ProposalDropped,
     #[error("timed out waiting for the range; the write may or may not have been applied")]
@@ -252,6 +291,9 @@ impl KvError {
             KvError::ValueTooLarge { .. } => "value_too_large",
             KvError::BatchTooLarge { .. } => "batch_too_large",
             KvError::InvalidScan => "invalid_scan",
+            KvError::ReservedKey => "reserved_key",
+            KvError::BatchSpansRanges { .. } => "batch_spans_ranges",
+            KvError::InvalidSplit { .. } => "invalid_split",
             KvError::ProposalDropped => "proposal_dropped",
             KvError::Timeout => "timeout",
             KvError::Malformed { .. } => "malformed",
@@ -266,6 +308,7 @@ impl KvError {
             self,
             KvError::NotLeader { .. }
                 | KvError::RangeNotFound { .. }
+                | KvError::KeyNotInRange { .. }
                 | KvError::EpochNotMatch { .. }
                 | KvError::ServerBusy { .. }
                 | KvError::ProposalDropped
@@ -289,6 +332,15 @@ pub fn check_key(key: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
+/// A key a client may write: within the limits and outside the system prefix.
+fn check_user_key(key: &[u8]) -> Result<(), KvError> {
+    check_key(key)?;
+    if is_system_key(key) {
+        return Err(KvError::ReservedKey);
+    }
+    Ok(())
+}
+
 fn check_value(value: &[u8]) -> Result<(), KvError> {
     if value.len() > VALUE_BYTES_MAX {
         return Err(KvError::ValueTooLarge {
@@ -303,10 +355,22 @@ impl KvOp {
     /// Checks every key, value and batch against the limits before any work is done.
     pub fn validate(&self) -> Result<(), KvError> {
         match self {
-            KvOp::Get { key } | KvOp::Delete { key } => check_key(key),
+            KvOp::Get { key } => check_key(key),
+            KvOp::Delete { key } => check_user_key(key),
             KvOp::Put { key, value } => {
-                check_key(key)?;
+                check_user_key(key)?;
                 check_value(value)
+            }
+            KvOp::AllocIds { count } => {
+                if *count == 0 || *count > ALLOC_IDS_MAX {
+                    return Err(KvError::BatchTooLarge {
+                        ops: *count as usize,
+                        bytes: 0,
+                        ops_max: ALLOC_IDS_MAX as usize,
+                        bytes_max: 0,
+                    });
+                }
+                Ok(())
             }
             KvOp::Scan { start, end, .. } => {
                 if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
@@ -331,7 +395,7 @@ impl KvOp {
                     });
                 }
                 for op in ops {
-                    check_key(op.key())?;
+                    check_user_key(op.key())?;
                     if let WriteOp::Put { value, .. } = op {
                         check_value(value)?;
                     }
@@ -345,8 +409,18 @@ impl KvOp {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. }
+            KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. } | KvOp::AllocIds { .. }
         )
+    }
+
+    /// The key that decides which range serves the operation (a scan's start).
+    pub fn routing_key(&self) -> &[u8] {
+        match self {
+            KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } => key,
+            KvOp::Scan { start, .. } => start,
+            KvOp::Batch { ops } => ops.first().map_or(&[][..], |op| &op.key()[..]),
+            KvOp::AllocIds { .. } => ID_ALLOC_KEY,
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! What a Raft log entry of a range carries, and the per-range records the store keeps
 //! next to it. Encoded with postcard; decoding failures are corruption, never panics.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shale_rpc::{RangeDescriptor, WriteOp};
+use shale_rpc::{Epoch, RangeDescriptor, WriteOp};
 
 use crate::StorageError;
 
@@ -12,6 +13,24 @@ pub enum Command {
     /// Client writes proposed in one round, merged into one entry (group commit). Each
     /// inner list is one client's atomic write and gets its own answer.
     Write { writes: Vec<Vec<WriteOp>> },
+    /// Hands out `count` ids from the counter at `ID_ALLOC_KEY` (in this range).
+    AllocIds { count: u32 },
+    /// Splits the range at `split_key`: the range keeps `[start, split_key)`, and `right`
+    /// (new id, new replica ids, same stores) takes `[split_key, end)`. Proposed at
+    /// `epoch`; ignored if the range changed meanwhile.
+    Split {
+        epoch: Epoch,
+        split_key: Bytes,
+        right: RangeDescriptor,
+    },
+}
+
+/// What applying a command produced, for the client that proposed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Written,
+    Ids { first: u64, count: u32 },
+    Split { left: RangeDescriptor, right: RangeDescriptor },
 }
 
 impl Command {
@@ -32,6 +51,23 @@ pub struct ApplyState {
     /// The log holds entries after this index only.
     pub truncated_index: u64,
     pub truncated_term: u64,
+}
+
+/// Log index and term a range created by a split starts at. Above 0, so a replica
+/// created empty elsewhere (membership change) can tell it needs a snapshot.
+pub const SPLIT_INIT_INDEX: u64 = 5;
+pub const SPLIT_INIT_TERM: u64 = 5;
+
+impl ApplyState {
+    /// The apply state of a range just created by a split.
+    pub fn for_split() -> ApplyState {
+        ApplyState {
+            applied_index: SPLIT_INIT_INDEX,
+            applied_term: SPLIT_INIT_TERM,
+            truncated_index: SPLIT_INIT_INDEX,
+            truncated_term: SPLIT_INIT_TERM,
+        }
+    }
 }
 
 impl ApplyState {

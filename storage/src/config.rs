@@ -30,6 +30,26 @@ pub struct StoreConfig {
     pub transport: TransportConfig,
     pub engine: EngineConfig,
     pub limits: StoreLimits,
+    pub split: SplitConfig,
+}
+
+/// When ranges split by size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SplitConfig {
+    /// A range holding more than this splits in two.
+    pub range_size_bytes_max: u64,
+    /// A range's leader checks its size after this many bytes of writes.
+    pub check_after_written_bytes: u64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            range_size_bytes_max: 96 << 20,
+            check_after_written_bytes: 8 << 20,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -45,6 +65,7 @@ impl Default for StoreConfig {
             transport: TransportConfig::default(),
             engine: EngineConfig::default(),
             limits: StoreLimits::default(),
+            split: SplitConfig::default(),
         }
     }
 }
@@ -185,6 +206,9 @@ impl StoreConfig {
                 "initial-peers must include this store ({})",
                 self.store_id
             ));
+        }
+        if self.split.range_size_bytes_max == 0 || self.split.check_after_written_bytes == 0 {
+            return bad("split sizes must be positive".into());
         }
         self.transport.validate().map_err(StorageError::Config)
     }

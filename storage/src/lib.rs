@@ -13,6 +13,7 @@ pub mod replica;
 pub mod replica_storage;
 pub mod router;
 pub mod server;
+pub mod split;
 pub mod store;
 
 pub use config::StoreConfig;

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shale_rpc::certs::TlsIdentity;
-use shale_rpc::client::{parse_addr, FIRST_RANGE_ID};
+use shale_rpc::client::{parse_addr, ClientConfig, KvClient, FIRST_RANGE_ID};
 use shale_rpc::transport::Transport;
 use shale_rpc::{
-    Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreId,
+    Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreAddr, StoreId,
 };
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::command::{ApplyState, RangeState, ReplicaState, StoreIdent};
 use crate::config::StoreConfig;
@@ -26,6 +26,7 @@ use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
 use crate::router::RaftRouter;
 use crate::server::StoreService;
+use crate::split::choose_split_key;
 use crate::store::{Store, StoreMsg};
 use crate::StorageError;
 
@@ -38,6 +39,53 @@ pub struct StoreNode {
     loop_thread: Option<JoinHandle<()>>,
     transport: Arc<Transport>,
     serve_task: tokio::task::JoinHandle<()>,
+    split_task: tokio::task::JoinHandle<()>,
+}
+
+/// Ranges waiting for a size check; more are dropped (the next writes ask again).
+const SPLIT_CHECKS_QUEUED_MAX: usize = 256;
+
+/// Checks the size of ranges the store loop names, off the loop thread, and splits
+/// those past `size_bytes_max` at a key chosen from their data.
+async fn run_split_checks(
+    engine: Arc<Engine>,
+    service: Arc<StoreService>,
+    size_bytes_max: u64,
+    mut ranges: tokio::sync::mpsc::Receiver<RangeDescriptor>,
+) {
+    while let Some(range) = ranges.recv().await {
+        let engine = engine.clone();
+        let scanned = range.clone();
+        let key = tokio::task::spawn_blocking(move || split_key_of(&engine, &scanned, size_bytes_max)).await;
+        let key = match key {
+            Ok(Ok(Some(key))) => key,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                warn!(range_id = range.id, error = %e, "split check failed");
+                continue;
+            }
+            Err(e) => {
+                warn!(range_id = range.id, error = %e, "split check panicked");
+                continue;
+            }
+        };
+        match service.split(range.id, key).await {
+            Ok((left, right)) => info!(range_id = left.id, right_id = right.id, "split by size"),
+            Err(e) => info!(range_id = range.id, error = %e, "split by size did not happen"),
+        }
+    }
+}
+
+/// Reads the range's keys and sizes until past the bound and picks a split key.
+fn split_key_of(engine: &Engine, range: &RangeDescriptor, size_bytes_max: u64) -> Result<Option<Bytes>, StorageError> {
+    let mut pairs: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut total = 0u64;
+    engine.scan(Cf::Data, &range.start_key, &range.end_key, |k, v| {
+        pairs.push((k.to_vec(), k.len() + v.len()));
+        total += (k.len() + v.len()) as u64;
+        total <= size_bytes_max
+    })?;
+    Ok(choose_split_key(pairs.iter().map(|(k, s)| (&k[..], *s)), size_bytes_max))
 }
 
 impl StoreNode {
@@ -83,19 +131,33 @@ impl StoreNode {
         let (tx, rx) = sync_channel(config.limits.queue_msgs_max);
         let router = RaftRouter::new(
             transport.clone(),
-            addresses,
+            addresses.clone(),
             tokio::runtime::Handle::current(),
             config.limits.peer_queue_batches_max,
         );
-        let store = Store::new(&config, engine.clone(), replicas, router);
+        let (split_tx, split_rx) = tokio::sync::mpsc::channel(SPLIT_CHECKS_QUEUED_MAX);
+        let store = Store::new(&config, engine.clone(), replicas, router, addresses.clone(), Some(split_tx));
         let loop_thread = std::thread::Builder::new()
             .name(format!("store-{}-raft", config.store_id))
             .spawn(move || store.run(rx))?;
+        let peers: Vec<StoreAddr> = {
+            let book = addresses.read().expect("address book lock");
+            book.iter().map(|(&store_id, addr)| StoreAddr { store_id, addr: addr.clone() }).collect()
+        };
+        let cluster = KvClient::new(transport.clone(), &peers, ClientConfig::default())
+            .map_err(|e| StorageError::Config(e.to_string()))?;
         let service = Arc::new(StoreService::new(
             config.store_id,
             tx.clone(),
             engine.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),
+            Arc::new(cluster),
+        ));
+        let split_task = tokio::spawn(run_split_checks(
+            engine.clone(),
+            service.clone(),
+            config.split.range_size_bytes_max,
+            split_rx,
         ));
         let serve_task = transport.serve(service);
         info!(store_id = config.store_id, %addr, data_dir = %config.data_dir.display(), "store started");
@@ -107,6 +169,7 @@ impl StoreNode {
             loop_thread: Some(loop_thread),
             transport,
             serve_task,
+            split_task,
         })
     }
 
@@ -156,6 +219,7 @@ impl StoreNode {
     pub async fn shutdown(mut self) {
         self.transport.close();
         self.serve_task.abort();
+        self.split_task.abort();
         let _ = self.tx.send(StoreMsg::Shutdown);
         if let Some(t) = self.loop_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
+use bytes::Bytes;
+use shale_rpc::limits::KEY_BYTES_MAX;
 use shale_rpc::{
-    KvError, KvReply, KvResponse, LeaderHint, RangeDescriptor, ReplicaId, StoreId, WriteOp,
+    Epoch, KvError, LeaderHint, RangeDescriptor, ReplicaId, StoreId, WriteOp, ID_ALLOC_KEY,
+    SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use crate::command::{ApplyState, Command, RangeState};
+use crate::command::{Applied, ApplyState, Command, RangeState, ReplicaState};
 use crate::config::RaftConfig;
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
@@ -27,7 +30,9 @@ use crate::StorageError;
 pub type AddressBook = Arc<RwLock<HashMap<StoreId, String>>>;
 
 /// Answer channel of a write.
-pub type WriteReply = oneshot::Sender<KvResponse>;
+pub type WriteReply = oneshot::Sender<ApplyResult>;
+/// The answer to one client request carried by an entry.
+pub type ApplyResult = Result<Applied, KvError>;
 /// Answer channel of a read: the range's descriptor once the read may proceed.
 pub type ReadReply = oneshot::Sender<Result<RangeDescriptor, KvError>>;
 
@@ -66,7 +71,14 @@ pub struct Replica {
     reads: VecDeque<PendingRead>,
     next_read_id: u64,
     /// Answers to send once the round's writes are on disk.
-    done: Vec<(WriteReply, KvResponse)>,
+    done: Vec<(WriteReply, ApplyResult)>,
+    /// Ranges this replica's splits created, for the store loop to start.
+    new_ranges: Vec<RangeState>,
+    /// The id counter, once read (this replica is its only writer).
+    next_id: Option<u64>,
+    /// Bytes written since the last split check.
+    written_bytes: u64,
+    engine: Arc<Engine>,
     addresses: AddressBook,
     /// Until then a quorum has promised not to elect another leader: reads need no
     /// ReadIndex round. Renewed by every ReadIndex confirmation.
@@ -97,7 +109,7 @@ impl Replica {
             Some(b) => ApplyState::decode(&b)?,
             None => ApplyState::default(),
         };
-        let storage = ReplicaStorage::load(engine, range.id, &apply)?;
+        let storage = ReplicaStorage::load(engine.clone(), range.id, &apply)?;
         let raft_config = raft::Config {
             id: replica_id,
             election_tick: config.election_ticks,
@@ -125,6 +137,10 @@ impl Replica {
             reads: VecDeque::new(),
             next_read_id: 1,
             done: Vec::new(),
+            new_ranges: Vec::new(),
+            next_id: None,
+            written_bytes: 0,
+            engine,
             addresses,
             lease_until: None,
             lease: config.lease(),
@@ -214,6 +230,35 @@ impl Replica {
             return;
         }
         self.write_batch.push((ops, reply));
+    }
+
+    /// Proposes a command of its own entry (id allocation, split).
+    pub fn propose_command(&mut self, command: Command, reply: WriteReply) {
+        if let Command::Split { epoch, split_key, .. } = &command {
+            if *epoch != self.range.epoch {
+                let _ = reply.send(Err(KvError::EpochNotMatch { current: vec![self.range.clone()] }));
+                return;
+            }
+            if let Err(reason) = check_split(&self.range, split_key) {
+                let _ = reply.send(Err(KvError::InvalidSplit { range_id: self.range.id, reason }));
+                return;
+            }
+        }
+        self.propose_entry(command, vec![reply]);
+    }
+
+    /// True (once) when the range took `threshold` bytes of writes since the last check.
+    pub fn take_split_check(&mut self, threshold: u64) -> bool {
+        if self.written_bytes < threshold {
+            return false;
+        }
+        self.written_bytes = 0;
+        true
+    }
+
+    /// Ranges created by splits applied since the last call.
+    pub fn take_new_ranges(&mut self) -> Vec<RangeState> {
+        std::mem::take(&mut self.new_ranges)
     }
 
     /// Proposes the writes that arrived this round as few entries as the bounds allow.
@@ -486,46 +531,90 @@ impl Replica {
         );
     }
 
-    /// Applies one entry; returns the answer of each client write it carries.
-    fn apply_entry(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> Vec<KvResponse> {
+    /// Applies one entry; returns the answer of each client request it carries.
+    fn apply_entry(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> Vec<ApplyResult> {
         if entry.data.is_empty() {
             return Vec::new(); // a new leader's empty entry
         }
         match entry.get_entry_type() {
             EntryType::EntryNormal => {}
-            other => panic!(
-                "range {}: entry type {other:?} is not produced yet",
-                self.range.id
-            ),
+            other => panic!("range {}: entry type {other:?} is not produced yet", self.range.id),
         }
         let command = match Command::decode(&entry.data) {
             Ok(c) => c,
-            Err(e) => panic!(
-                "range {}: committed entry {} does not decode: {e}",
-                self.range.id, entry.index
-            ),
+            Err(e) => panic!("range {}: committed entry {} does not decode: {e}", self.range.id, entry.index),
         };
-        let Command::Write { writes } = command;
-        writes
-            .into_iter()
-            .map(|ops| {
-                if ops.iter().any(|op| !self.range.contains(op.key())) {
-                    return Err(KvError::KeyNotInRange {
-                        range_id: self.range.id,
-                    });
-                }
-                for op in ops {
-                    match op {
-                        WriteOp::Put { key, value } => batch.put(Cf::Data, &key, &value),
-                        WriteOp::Delete { key } => batch.delete(Cf::Data, &key),
-                    }
-                }
-                Ok(KvReply::Written)
-            })
-            .collect()
+        match command {
+            Command::Write { writes } => writes.into_iter().map(|ops| self.apply_write(ops, batch)).collect(),
+            Command::AllocIds { count } => vec![self.apply_alloc_ids(count, batch)],
+            Command::Split { epoch, split_key, right } => vec![self.apply_split(epoch, split_key, right, batch)],
+        }
     }
 
-    fn answer_proposal(&mut self, entry: &Entry, responses: Vec<KvResponse>) {
+    fn apply_write(&mut self, ops: Vec<WriteOp>, batch: &mut WriteBatch<'_>) -> ApplyResult {
+        if ops.iter().any(|op| !self.range.contains(op.key())) {
+            return Err(KvError::KeyNotInRange { range_id: self.range.id });
+        }
+        self.written_bytes += ops.iter().map(|op| (op.key().len() + write_value_len(op)) as u64).sum::<u64>();
+        for op in ops {
+            match op {
+                WriteOp::Put { key, value } => batch.put(Cf::Data, &key, &value),
+                WriteOp::Delete { key } => batch.delete(Cf::Data, &key),
+            }
+        }
+        Ok(Applied::Written)
+    }
+
+    fn apply_alloc_ids(&mut self, count: u32, batch: &mut WriteBatch<'_>) -> ApplyResult {
+        if !self.range.contains(ID_ALLOC_KEY) {
+            return Err(KvError::KeyNotInRange { range_id: self.range.id });
+        }
+        let next = match self.next_id {
+            Some(n) => n,
+            None => read_id_counter(&self.engine, self.range.id)?,
+        };
+        let after = next + u64::from(count);
+        batch.put(Cf::Data, ID_ALLOC_KEY, &after.to_be_bytes());
+        self.next_id = Some(after);
+        Ok(Applied::Ids { first: next, count })
+    }
+
+    /// Narrows this range to `[start, split_key)` and creates `right` for the rest: its
+    /// descriptor, apply state and Raft state land in the same batch as ours, so every
+    /// replica has both ranges or neither.
+    fn apply_split(&mut self, epoch: Epoch, split_key: Bytes, right: RangeDescriptor, batch: &mut WriteBatch<'_>) -> ApplyResult {
+        let range_id = self.range.id;
+        if epoch != self.range.epoch {
+            return Err(KvError::EpochNotMatch { current: vec![self.range.clone()] });
+        }
+        if let Err(reason) = check_split(&self.range, &split_key) {
+            return Err(KvError::InvalidSplit { range_id, reason });
+        }
+        let mut left = self.range.clone();
+        left.end_key = split_key.clone();
+        left.epoch.version += 1;
+        let right = RangeDescriptor {
+            start_key: split_key,
+            end_key: self.range.end_key.clone(),
+            epoch: left.epoch,
+            ..right
+        };
+        assert!(left.epoch > self.range.epoch, "range {range_id}: epochs only rise");
+        assert_eq!(right.replicas.len(), left.replicas.len(), "range {range_id}: split keeps the replica count");
+        let left_state = RangeState { descriptor: left.clone(), state: ReplicaState::Normal };
+        let right_state = RangeState { descriptor: right.clone(), state: ReplicaState::Normal };
+        batch.put(Cf::Meta, &keys::range_state_key(left.id), &left_state.encode());
+        batch.put(Cf::Meta, &keys::range_state_key(right.id), &right_state.encode());
+        batch.put(Cf::Meta, &keys::apply_state_key(right.id), &ApplyState::for_split().encode());
+        let voters = right.replicas.iter().map(|r| r.id).collect();
+        ReplicaStorage::bootstrap_split(batch, right.id, voters);
+        info!(range_id, right_id = right.id, split_key = ?right.start_key, "range split");
+        self.range = left.clone();
+        self.new_ranges.push(right_state);
+        Ok(Applied::Split { left, right })
+    }
+
+    fn answer_proposal(&mut self, entry: &Entry, responses: Vec<ApplyResult>) {
         while let Some(p) = self.proposals.front() {
             if p.index > entry.index {
                 return;
@@ -548,6 +637,38 @@ impl Replica {
         }
     }
 }
+
+/// Why `split_key` cannot split `range`, if it cannot.
+fn check_split(range: &RangeDescriptor, split_key: &[u8]) -> Result<(), String> {
+    if split_key <= &range.start_key[..] {
+        return Err("the split key must lie after the range's start".into());
+    }
+    if !range.end_key.is_empty() && split_key >= &range.end_key[..] {
+        return Err("the split key must lie before the range's end".into());
+    }
+    if split_key < SYSTEM_PREFIX_END {
+        return Err("system keys stay in the first range".into());
+    }
+    if split_key.len() > KEY_BYTES_MAX {
+        return Err(format!("the split key is longer than {KEY_BYTES_MAX} bytes"));
+    }
+    Ok(())
+}
+
+fn read_id_counter(engine: &Engine, range_id: u64) -> Result<u64, KvError> {
+    let stored = engine.get(Cf::Data, ID_ALLOC_KEY).map_err(|e| KvError::Storage { message: e.to_string() })?;
+    match stored {
+        None => Ok(FIRST_ALLOCATED_ID),
+        Some(b) => match <[u8; 8]>::try_from(&b[..]) {
+            Ok(arr) => Ok(u64::from_be_bytes(arr)),
+            Err(_) => panic!("range {range_id}: id counter holds {} bytes, not 8", b.len()),
+        },
+    }
+}
+
+/// The first id the allocator hands out: far above any store id an operator would
+/// choose, because bootstrap replicas take their store's id.
+pub const FIRST_ALLOCATED_ID: u64 = 1 << 32;
 
 fn write_value_len(op: &WriteOp) -> usize {
     match op {

@@ -10,7 +10,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use shale_rpc::RangeId;
 
-use crate::command::ApplyState;
+use crate::command::{ApplyState, SPLIT_INIT_INDEX, SPLIT_INIT_TERM};
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
 use crate::StorageError;
@@ -52,6 +52,20 @@ impl ReplicaStorage {
                 .write_to_bytes()
                 .expect("hard state encodes"),
         );
+    }
+
+    /// Writes the Raft state of a range just created by a split: its log starts after
+    /// `SPLIT_INIT_INDEX`, committed and applied up to there.
+    pub fn bootstrap_split(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
+        let mut cs = ConfState::default();
+        cs.set_voters(voters);
+        batch.put(Cf::Raft, &keys::conf_state_key(range_id), &cs.write_to_bytes().expect("conf state encodes"));
+        let hs = HardState {
+            term: SPLIT_INIT_TERM,
+            commit: SPLIT_INIT_INDEX,
+            ..Default::default()
+        };
+        batch.put(Cf::Raft, &keys::hard_state_key(range_id), &hs.write_to_bytes().expect("hard state encodes"));
     }
 
     /// Loads a replica's Raft state from the engine.

@@ -9,13 +9,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
 use shale_rpc::transport::{rejected, Service};
+use shale_rpc::client::{ClientError, KvClient};
 use shale_rpc::{
-    AdminReply, AdminRequest, AdminResponse, Frame, FrameKind, KvError, KvOp, KvReply, KvRequest,
-    KvResponse, RaftBatch, RangeDescriptor, StoreId,
+    AdminReply, AdminRequest, AdminResponse, Epoch, Frame, FrameKind, KvError, KvOp, KvReply,
+    KvRequest, KvResponse, RaftBatch, RangeDescriptor, RangeId, ReplicaDescriptor, StoreId, WriteOp,
+    SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use crate::command::{Applied, Command};
 use crate::engine::{Cf, Engine};
 use crate::store::StoreMsg;
 
@@ -25,6 +28,8 @@ pub struct StoreService {
     tx: SyncSender<StoreMsg>,
     engine: Arc<Engine>,
     request_timeout: Duration,
+    /// Reaches the range holding the id counter, wherever it is.
+    cluster: Arc<KvClient>,
 }
 
 impl StoreService {
@@ -33,12 +38,14 @@ impl StoreService {
         tx: SyncSender<StoreMsg>,
         engine: Arc<Engine>,
         request_timeout: Duration,
+        cluster: Arc<KvClient>,
     ) -> Self {
         StoreService {
             store_id,
             tx,
             engine,
             request_timeout,
+            cluster,
         }
     }
 
@@ -59,41 +66,77 @@ impl StoreService {
         }
     }
 
+    async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> StoreMsg) -> Result<T, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(build(reply))?;
+        rx.await.map_err(|_| KvError::ShuttingDown)
+    }
+
     /// Answers one KV request.
     pub async fn handle(&self, req: KvRequest) -> KvResponse {
         req.op.validate()?;
-        let KvRequest {
-            range_id,
-            epoch,
-            op,
-        } = req;
-        if op.is_write() {
-            let ops = match op {
-                KvOp::Put { key, value } => vec![shale_rpc::WriteOp::Put { key, value }],
-                KvOp::Delete { key } => vec![shale_rpc::WriteOp::Delete { key }],
-                KvOp::Batch { ops } => ops,
-                KvOp::Get { .. } | KvOp::Scan { .. } => unreachable!("checked is_write"),
-            };
-            let (reply, rx) = oneshot::channel();
-            self.enqueue(StoreMsg::Write {
-                range_id,
-                epoch,
-                ops,
-                reply,
-            })?;
-            return self.wait(rx).await;
-        }
+        let KvRequest { range_id, epoch, op } = req;
+        let ops = match op {
+            KvOp::Get { .. } | KvOp::Scan { .. } => return self.read(range_id, epoch, op).await,
+            KvOp::AllocIds { count } => {
+                let (reply, rx) = oneshot::channel();
+                let command = Command::AllocIds { count };
+                self.enqueue(StoreMsg::Propose { range_id, epoch, command, reply })?;
+                return match self.wait(rx).await? {
+                    Applied::Ids { first, count } => Ok(KvReply::Ids { first, count }),
+                    other => panic!("id allocation applied as {other:?}"),
+                };
+            }
+            KvOp::Put { key, value } => vec![WriteOp::Put { key, value }],
+            KvOp::Delete { key } => vec![WriteOp::Delete { key }],
+            KvOp::Batch { ops } => ops,
+        };
         let (reply, rx) = oneshot::channel();
-        self.enqueue(StoreMsg::Read {
-            range_id,
-            epoch,
-            reply,
-        })?;
+        self.enqueue(StoreMsg::Write { range_id, epoch, ops, reply })?;
+        self.wait(rx).await.map(|_| KvReply::Written)
+    }
+
+    async fn read(&self, range_id: RangeId, epoch: Option<Epoch>, op: KvOp) -> KvResponse {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(StoreMsg::Read { range_id, epoch, reply })?;
         let range = self.wait(rx).await?;
         match op {
             KvOp::Get { key } => self.get(&range, &key),
             KvOp::Scan { start, end, limit } => self.scan(&range, &start, &end, limit),
-            _ => unreachable!("writes returned above"),
+            _ => unreachable!("only reads come here"),
+        }
+    }
+
+    /// Splits `range_id` at `split_key`: allocates the new range's ids, then proposes the
+    /// split through the range's Raft log. Answers once it is applied here.
+    pub async fn split(&self, range_id: RangeId, split_key: Bytes) -> Result<(RangeDescriptor, RangeDescriptor), KvError> {
+        let range = self
+            .ask(|reply| StoreMsg::Describe { range_id, reply })
+            .await?
+            .ok_or(KvError::RangeNotFound { range_id })?;
+        let count = range.replicas.len() as u32 + 1;
+        let first = self.cluster.alloc_ids(count).await.map_err(|e| match e {
+            ClientError::Kv(e) => e,
+            other => KvError::ServerBusy { reason: format!("id allocation failed: {other}") },
+        })?;
+        let right = RangeDescriptor {
+            id: first,
+            start_key: split_key.clone(),
+            end_key: range.end_key.clone(),
+            epoch: range.epoch,
+            replicas: range
+                .replicas
+                .iter()
+                .zip(first + 1..)
+                .map(|(r, id)| ReplicaDescriptor { id, store_id: r.store_id })
+                .collect(),
+        };
+        let command = Command::Split { epoch: range.epoch, split_key, right };
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(StoreMsg::Propose { range_id, epoch: Some(range.epoch), command, reply })?;
+        match self.wait(rx).await? {
+            Applied::Split { left, right } => Ok((left, right)),
+            other => panic!("split applied as {other:?}"),
         }
     }
 
@@ -101,22 +144,21 @@ impl StoreService {
     pub async fn admin(&self, req: AdminRequest) -> AdminResponse {
         match req {
             AdminRequest::Status => {
-                let (reply, rx) = oneshot::channel();
-                self.enqueue(StoreMsg::Status { reply })?;
-                let ranges = rx.await.map_err(|_| KvError::ShuttingDown)?;
-                Ok(AdminReply::Status {
-                    store_id: self.store_id,
-                    ranges,
-                })
+                let ranges = self.ask(|reply| StoreMsg::Status { reply }).await?;
+                Ok(AdminReply::Status { store_id: self.store_id, ranges })
             }
             AdminRequest::TransferLeader { range_id, to_store } => {
                 let (reply, rx) = oneshot::channel();
-                self.enqueue(StoreMsg::TransferLeader {
-                    range_id,
-                    to_store,
-                    reply,
-                })?;
+                self.enqueue(StoreMsg::TransferLeader { range_id, to_store, reply })?;
                 self.wait(rx).await.map(|()| AdminReply::Started)
+            }
+            AdminRequest::Split { range_id, split_key } => {
+                let (left, right) = self.split(range_id, split_key).await?;
+                Ok(AdminReply::Split { left, right })
+            }
+            AdminRequest::FindRange { key } => {
+                let range = self.ask(|reply| StoreMsg::FindRange { key, reply }).await?;
+                Ok(AdminReply::Range(range))
             }
         }
     }
@@ -130,7 +172,8 @@ impl StoreService {
     }
 
     fn scan(&self, range: &RangeDescriptor, start: &[u8], end: &[u8], limit: u32) -> KvResponse {
-        let start = start.max(&range.start_key[..]);
+        // Users never see system keys.
+        let start = start.max(&range.start_key[..]).max(SYSTEM_PREFIX_END);
         // The scan stops at the nearer of the requested end and the range's end.
         let range_ends_first =
             !range.end_key.is_empty() && (end.is_empty() || &range.end_key[..] < end);

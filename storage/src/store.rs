@@ -10,13 +10,17 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use shale_rpc::{Epoch, KvError, RaftBatch, RaftEnvelope, RangeId, RangeStatus, StoreId, WriteOp};
+use bytes::Bytes;
+use shale_rpc::{
+    Epoch, KvError, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus, StoreId, WriteOp,
+};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::config::StoreConfig;
+use crate::command::{Command, RangeState};
+use crate::config::{RaftConfig, StoreConfig};
 use crate::engine::{Durability, Engine};
-use crate::replica::{ReadReply, Replica, WriteReply};
+use crate::replica::{AddressBook, ReadReply, Replica, WriteReply};
 
 /// What the store loop is asked to do.
 pub enum StoreMsg {
@@ -34,10 +38,27 @@ pub enum StoreMsg {
         epoch: Option<Epoch>,
         reply: ReadReply,
     },
+    /// A command of its own entry: id allocation or split.
+    Propose {
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        command: Command,
+        reply: WriteReply,
+    },
     TransferLeader {
         range_id: RangeId,
         to_store: StoreId,
         reply: oneshot::Sender<Result<(), KvError>>,
+    },
+    /// The local range holding `key`.
+    FindRange {
+        key: Bytes,
+        reply: oneshot::Sender<Option<RangeDescriptor>>,
+    },
+    /// The local range with this id.
+    Describe {
+        range_id: RangeId,
+        reply: oneshot::Sender<Option<RangeDescriptor>>,
     },
     Campaign {
         range_id: RangeId,
@@ -61,6 +82,11 @@ pub struct Store<S: RaftSender> {
     sender: S,
     tick: Duration,
     round_msgs_max: usize,
+    raft: RaftConfig,
+    addresses: AddressBook,
+    /// Where ranges due for a size check go (checked off the loop thread).
+    split_checks: Option<tokio::sync::mpsc::Sender<RangeDescriptor>>,
+    split_check_bytes: u64,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -69,6 +95,8 @@ impl<S: RaftSender> Store<S> {
         engine: Arc<Engine>,
         replicas: Vec<Replica>,
         sender: S,
+        addresses: AddressBook,
+        split_checks: Option<tokio::sync::mpsc::Sender<RangeDescriptor>>,
     ) -> Self {
         Store {
             store_id: config.store_id,
@@ -77,6 +105,10 @@ impl<S: RaftSender> Store<S> {
             sender,
             tick: Duration::from_millis(config.raft.tick_ms),
             round_msgs_max: config.limits.round_msgs_max,
+            raft: config.raft.clone(),
+            addresses,
+            split_checks,
+            split_check_bytes: config.split.check_after_written_bytes,
         }
     }
 
@@ -110,6 +142,7 @@ impl<S: RaftSender> Store<S> {
                 for r in self.replicas.values_mut() {
                     r.tick();
                 }
+                self.request_split_checks();
                 next_tick = Instant::now() + self.tick;
             }
             let now = Instant::now();
@@ -147,6 +180,19 @@ impl<S: RaftSender> Store<S> {
                     let _ = reply.send(Err(e));
                 }
             },
+            StoreMsg::Propose { range_id, epoch, command, reply } => match self.checked(range_id, epoch) {
+                Ok(r) => r.propose_command(command, reply),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            StoreMsg::FindRange { key, reply } => {
+                let found = self.replicas.values().find(|r| r.range.contains(&key)).map(|r| r.range.clone());
+                let _ = reply.send(found);
+            }
+            StoreMsg::Describe { range_id, reply } => {
+                let _ = reply.send(self.replicas.get(&range_id).map(|r| r.range.clone()));
+            }
             StoreMsg::TransferLeader {
                 range_id,
                 to_store,
@@ -281,10 +327,38 @@ impl<S: RaftSender> Store<S> {
         }
         self.flush(&mut outbox);
         for id in &ids {
-            self.replicas
-                .get_mut(id)
-                .expect("ready replica exists")
-                .after_apply();
+            let r = self.replicas.get_mut(id).expect("ready replica exists");
+            r.after_apply();
+            let (parent_leads, new_ranges) = (r.is_leader(), r.take_new_ranges());
+            for state in new_ranges {
+                self.start_replica(state, parent_leads);
+            }
+        }
+    }
+
+    /// Starts a replica of a range a split created (its state is already on disk). The
+    /// parent's leader campaigns at once so the new range serves without waiting out an
+    /// election timeout.
+    fn start_replica(&mut self, state: RangeState, campaign: bool) {
+        let range_id = state.descriptor.id;
+        match Replica::open(self.engine.clone(), state, self.store_id, &self.raft, self.addresses.clone()) {
+            Ok(mut r) => {
+                if campaign {
+                    r.campaign();
+                }
+                self.replicas.insert(range_id, r);
+            }
+            Err(e) => panic!("store {}: cannot start range {range_id} after its split: {e}", self.store_id),
+        }
+    }
+
+    /// Asks for a size check of every leader range that took enough writes since its last.
+    fn request_split_checks(&mut self) {
+        let Some(tx) = &self.split_checks else { return };
+        for r in self.replicas.values_mut() {
+            if r.is_leader() && r.take_split_check(self.split_check_bytes) {
+                let _ = tx.try_send(r.range.clone());
+            }
         }
     }
 
