@@ -89,7 +89,11 @@ struct Route {
 
 impl KvClient {
     /// A client that knows the cluster through the given store addresses.
-    pub fn new(transport: Arc<Transport>, stores: &[StoreAddr], config: ClientConfig) -> Result<Self, ClientError> {
+    pub fn new(
+        transport: Arc<Transport>,
+        stores: &[StoreAddr],
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
         let stores = stores
             .iter()
             .map(|s| parse_addr(&s.addr).map(|a| (s.store_id, a)))
@@ -120,7 +124,11 @@ impl KvClient {
         }
     }
 
-    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), ClientError> {
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
         let op = KvOp::Put {
             key: key.into(),
             value: value.into(),
@@ -147,7 +155,12 @@ impl KvClient {
 
     /// One page of `[start, end)`, at most `limit` pairs. A page stops at a range's end;
     /// `resume_key` then says where to go on.
-    pub async fn scan(&self, start: impl Into<Bytes>, end: impl Into<Bytes>, limit: u32) -> Result<ScanPage, ClientError> {
+    pub async fn scan(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        limit: u32,
+    ) -> Result<ScanPage, ClientError> {
         let op = KvOp::Scan {
             start: start.into(),
             end: end.into(),
@@ -160,7 +173,12 @@ impl KvClient {
     }
 
     /// Every pair in `[start, end)`, paging `page` pairs at a time, across ranges.
-    pub async fn scan_all(&self, start: impl Into<Bytes>, end: impl Into<Bytes>, page: u32) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
+    pub async fn scan_all(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        page: u32,
+    ) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
         let end = end.into();
         let mut next = start.into();
         let mut out = Vec::new();
@@ -207,7 +225,10 @@ impl KvClient {
     }
 
     /// Splits the range holding `split_key` at it; returns the left and right ranges.
-    pub async fn split(&self, split_key: impl Into<Bytes>) -> Result<(RangeDescriptor, RangeDescriptor), ClientError> {
+    pub async fn split(
+        &self,
+        split_key: impl Into<Bytes>,
+    ) -> Result<(RangeDescriptor, RangeDescriptor), ClientError> {
         let split_key = split_key.into();
         self.with_leader(&split_key, |range| AdminRequest::Split {
             range_id: range.id,
@@ -226,7 +247,11 @@ impl KvClient {
     }
 
     /// Sends an admin request built for the range holding `key` to that range's leader.
-    async fn with_leader(&self, key: &[u8], build: impl Fn(&RangeDescriptor) -> AdminRequest) -> Result<AdminReply, ClientError> {
+    async fn with_leader(
+        &self,
+        key: &[u8],
+        build: impl Fn(&RangeDescriptor) -> AdminRequest,
+    ) -> Result<AdminReply, ClientError> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(self.config.backoff_initial_ms);
         let mut last = String::new();
@@ -278,7 +303,8 @@ impl KvClient {
                     let req_op = op.take().expect("op is put back after every attempt");
                     if let KvOp::Batch { ops } = &req_op {
                         if let Some(outside) = ops.iter().find(|o| !route.range.contains(o.key())) {
-                            let second = self.locate(outside.key()).await.map(|r| r.id).unwrap_or(0);
+                            let second =
+                                self.locate(outside.key()).await.map(|r| r.id).unwrap_or(0);
                             return Err(ClientError::Kv(KvError::BatchSpansRanges {
                                 first: route.range.id,
                                 second,
@@ -290,7 +316,8 @@ impl KvClient {
                         epoch: Some(route.range.epoch),
                         op: req_op,
                     };
-                    let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
+                    let frame =
+                        Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
                     op = Some(req.op);
                     match self.transport.call(route.addr, &frame).await {
                         Ok(reply) => match decode_reply(&reply)? {
@@ -344,7 +371,10 @@ impl KvClient {
             },
         };
         if let Some(addr) = cached.leader {
-            return Ok(Route { range: cached.range, addr });
+            return Ok(Route {
+                range: cached.range,
+                addr,
+            });
         }
         // No known leader: try the range's replicas in turn.
         let addrs: Vec<SocketAddr> = cached
@@ -357,11 +387,17 @@ impl KvClient {
             return Err(ClientError::Unavailable {
                 attempts: attempt,
                 elapsed_ms: 0,
-                last: format!("no known address for any replica of range {}", cached.range.id),
+                last: format!(
+                    "no known address for any replica of range {}",
+                    cached.range.id
+                ),
             });
         }
         let addr = addrs[attempt as usize % addrs.len()];
-        Ok(Route { range: cached.range, addr })
+        Ok(Route {
+            range: cached.range,
+            addr,
+        })
     }
 
     /// Updates the cache from a retryable error; true when the next attempt should go at
@@ -370,7 +406,10 @@ impl KvClient {
         let mut cache = self.cache();
         match error {
             KvError::NotLeader { leader, .. } => {
-                let hint = leader.as_ref().and_then(|h| parse_addr(&h.addr).ok()).filter(|a| *a != route.addr);
+                let hint = leader
+                    .as_ref()
+                    .and_then(|h| parse_addr(&h.addr).ok())
+                    .filter(|a| *a != route.addr);
                 cache.set_leader(route.range.id, hint);
                 hint.is_some()
             }
@@ -393,7 +432,10 @@ impl KvClient {
     }
 
     fn store_addr(&self, store_id: StoreId) -> Option<SocketAddr> {
-        self.stores.iter().find(|(id, _)| *id == store_id).map(|(_, a)| *a)
+        self.stores
+            .iter()
+            .find(|(id, _)| *id == store_id)
+            .map(|(_, a)| *a)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, RangeCache> {

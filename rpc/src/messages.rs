@@ -164,7 +164,10 @@ pub enum KvReply {
         resume_key: Option<Bytes>,
     },
     /// Ids `first .. first + count`, never handed out before.
-    Ids { first: u64, count: u32 },
+    Ids {
+        first: u64,
+        count: u32,
+    },
 }
 
 /// An admin request to one store.
@@ -261,7 +264,9 @@ pub enum KvError {
     InvalidScan,
     #[error("keys starting with 0x00 0x00 are reserved for Shale itself")]
     ReservedKey,
-    #[error("an atomic batch must stay inside one range; its keys span ranges {first} and {second}")]
+    #[error(
+        "an atomic batch must stay inside one range; its keys span ranges {first} and {second}"
+    )]
     BatchSpansRanges { first: RangeId, second: RangeId },
     #[error("cannot split range {range_id} there: {reason}")]
     InvalidSplit { range_id: RangeId, reason: String },

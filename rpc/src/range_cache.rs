@@ -31,7 +31,10 @@ fn overlaps(a: &RangeDescriptor, start: &[u8], end: &[u8]) -> bool {
 impl RangeCache {
     /// The cached range holding `key`.
     pub fn find(&self, key: &[u8]) -> Option<&CachedRange> {
-        let (_, cached) = self.by_start.range(..=Bytes::copy_from_slice(key)).next_back()?;
+        let (_, cached) = self
+            .by_start
+            .range(..=Bytes::copy_from_slice(key))
+            .next_back()?;
         cached.range.contains(key).then_some(cached)
     }
 
@@ -59,7 +62,8 @@ impl RangeCache {
                 }
             }
         }
-        self.by_start.insert(range.start_key.clone(), CachedRange { range, leader });
+        self.by_start
+            .insert(range.start_key.clone(), CachedRange { range, leader });
     }
 
     /// Forgets the range with this id.
@@ -93,7 +97,10 @@ mod tests {
             id,
             start_key: Bytes::copy_from_slice(start.as_bytes()),
             end_key: Bytes::copy_from_slice(end.as_bytes()),
-            epoch: Epoch { conf_ver: 1, version },
+            epoch: Epoch {
+                conf_ver: 1,
+                version,
+            },
             replicas: Vec::new(),
         }
     }
@@ -117,7 +124,10 @@ mod tests {
         cache.set_leader(1, Some(addr));
         cache.insert(range(1, "", "k", 2));
         assert_eq!(cache.find(b"a").unwrap().leader, Some(addr));
-        assert!(cache.find(b"z").is_none(), "the right half is unknown until learned");
+        assert!(
+            cache.find(b"z").is_none(),
+            "the right half is unknown until learned"
+        );
         cache.insert(range(7, "k", "", 2));
         assert_eq!(cache.find(b"z").unwrap().range.id, 7);
         assert_eq!(cache.len(), 2);

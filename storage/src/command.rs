@@ -29,8 +29,15 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     Written,
-    Ids { first: u64, count: u32 },
-    Split { left: RangeDescriptor, right: RangeDescriptor },
+    Ids {
+        first: u64,
+        count: u32,
+    },
+    /// The two ranges after a split (boxed: descriptors are large next to the others).
+    Split {
+        left: Box<RangeDescriptor>,
+        right: Box<RangeDescriptor>,
+    },
 }
 
 impl Command {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{parse_addr, ClientConfig, KvClient, FIRST_RANGE_ID};
-use shale_rpc::transport::Transport;
+use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::RpcError;
 use shale_rpc::{
     Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreAddr, StoreId,
 };
@@ -56,7 +57,9 @@ async fn run_split_checks(
     while let Some(range) = ranges.recv().await {
         let engine = engine.clone();
         let scanned = range.clone();
-        let key = tokio::task::spawn_blocking(move || split_key_of(&engine, &scanned, size_bytes_max)).await;
+        let key =
+            tokio::task::spawn_blocking(move || split_key_of(&engine, &scanned, size_bytes_max))
+                .await;
         let key = match key {
             Ok(Ok(Some(key))) => key,
             Ok(Ok(None)) => continue,
@@ -77,7 +80,11 @@ async fn run_split_checks(
 }
 
 /// Reads the range's keys and sizes until past the bound and picks a split key.
-fn split_key_of(engine: &Engine, range: &RangeDescriptor, size_bytes_max: u64) -> Result<Option<Bytes>, StorageError> {
+fn split_key_of(
+    engine: &Engine,
+    range: &RangeDescriptor,
+    size_bytes_max: u64,
+) -> Result<Option<Bytes>, StorageError> {
     let mut pairs: Vec<(Vec<u8>, usize)> = Vec::new();
     let mut total = 0u64;
     engine.scan(Cf::Data, &range.start_key, &range.end_key, |k, v| {
@@ -85,7 +92,10 @@ fn split_key_of(engine: &Engine, range: &RangeDescriptor, size_bytes_max: u64) -
         total += (k.len() + v.len()) as u64;
         total <= size_bytes_max
     })?;
-    Ok(choose_split_key(pairs.iter().map(|(k, s)| (&k[..], *s)), size_bytes_max))
+    Ok(choose_split_key(
+        pairs.iter().map(|(k, s)| (&k[..], *s)),
+        size_bytes_max,
+    ))
 }
 
 impl StoreNode {
@@ -126,7 +136,7 @@ impl StoreNode {
 
         let listen =
             parse_addr(&config.listen_addr).map_err(|e| StorageError::Config(e.to_string()))?;
-        let transport = Transport::bind(listen, identity, config.transport.clone())?;
+        let transport = bind_retrying(listen, identity, config.transport.clone()).await?;
         let addr = transport.local_addr()?;
         let (tx, rx) = sync_channel(config.limits.queue_msgs_max);
         let router = RaftRouter::new(
@@ -136,13 +146,25 @@ impl StoreNode {
             config.limits.peer_queue_batches_max,
         );
         let (split_tx, split_rx) = tokio::sync::mpsc::channel(SPLIT_CHECKS_QUEUED_MAX);
-        let store = Store::new(&config, engine.clone(), replicas, router, addresses.clone(), Some(split_tx));
+        let store = Store::new(
+            &config,
+            engine.clone(),
+            replicas,
+            router,
+            addresses.clone(),
+            Some(split_tx),
+        );
         let loop_thread = std::thread::Builder::new()
             .name(format!("store-{}-raft", config.store_id))
             .spawn(move || store.run(rx))?;
         let peers: Vec<StoreAddr> = {
             let book = addresses.read().expect("address book lock");
-            book.iter().map(|(&store_id, addr)| StoreAddr { store_id, addr: addr.clone() }).collect()
+            book.iter()
+                .map(|(&store_id, addr)| StoreAddr {
+                    store_id,
+                    addr: addr.clone(),
+                })
+                .collect()
         };
         let cluster = KvClient::new(transport.clone(), &peers, ClientConfig::default())
             .map_err(|e| StorageError::Config(e.to_string()))?;
@@ -220,6 +242,8 @@ impl StoreNode {
         self.transport.close();
         self.serve_task.abort();
         self.split_task.abort();
+        let _ = (&mut self.serve_task).await;
+        let _ = (&mut self.split_task).await;
         let _ = self.tx.send(StoreMsg::Shutdown);
         if let Some(t) = self.loop_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
@@ -230,7 +254,52 @@ impl StoreNode {
             tracing::warn!(store_id = self.store_id, error = %e, "flush at shutdown failed");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.transport.wait_idle()).await;
+        // Tasks that held the transport or the engine (peer senders, connection handlers)
+        // end on their own once closed; wait for them so the port and the RocksDB lock
+        // are free when this returns.
+        wait_last_ref(self.store_id, "transport", &self.transport).await;
+        wait_last_ref(self.store_id, "engine", &self.engine).await;
         info!(store_id = self.store_id, "store stopped");
+    }
+}
+
+/// How long shutdown waits for other holders of the transport and engine to let go.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+async fn wait_last_ref<T>(store_id: StoreId, what: &str, arc: &Arc<T>) {
+    let started = std::time::Instant::now();
+    while Arc::strong_count(arc) > 1 {
+        if started.elapsed() > RELEASE_WAIT {
+            warn!(
+                store_id,
+                what,
+                holders = Arc::strong_count(arc),
+                "still held after shutdown"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Binds the endpoint, retrying for a moment while a previous endpoint on the same
+/// address (this store, just restarted) lets go of it.
+async fn bind_retrying(
+    addr: SocketAddr,
+    identity: &TlsIdentity,
+    config: TransportConfig,
+) -> Result<Arc<Transport>, StorageError> {
+    let started = std::time::Instant::now();
+    loop {
+        match Transport::bind(addr, identity, config.clone()) {
+            Err(RpcError::Io(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < RELEASE_WAIT =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

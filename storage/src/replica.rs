@@ -7,9 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
-use bytes::Bytes;
 use shale_rpc::limits::KEY_BYTES_MAX;
 use shale_rpc::{
     Epoch, KvError, LeaderHint, RangeDescriptor, ReplicaId, StoreId, WriteOp, ID_ALLOC_KEY,
@@ -234,13 +234,21 @@ impl Replica {
 
     /// Proposes a command of its own entry (id allocation, split).
     pub fn propose_command(&mut self, command: Command, reply: WriteReply) {
-        if let Command::Split { epoch, split_key, .. } = &command {
+        if let Command::Split {
+            epoch, split_key, ..
+        } = &command
+        {
             if *epoch != self.range.epoch {
-                let _ = reply.send(Err(KvError::EpochNotMatch { current: vec![self.range.clone()] }));
+                let _ = reply.send(Err(KvError::EpochNotMatch {
+                    current: vec![self.range.clone()],
+                }));
                 return;
             }
             if let Err(reason) = check_split(&self.range, split_key) {
-                let _ = reply.send(Err(KvError::InvalidSplit { range_id: self.range.id, reason }));
+                let _ = reply.send(Err(KvError::InvalidSplit {
+                    range_id: self.range.id,
+                    reason,
+                }));
                 return;
             }
         }
@@ -538,24 +546,42 @@ impl Replica {
         }
         match entry.get_entry_type() {
             EntryType::EntryNormal => {}
-            other => panic!("range {}: entry type {other:?} is not produced yet", self.range.id),
+            other => panic!(
+                "range {}: entry type {other:?} is not produced yet",
+                self.range.id
+            ),
         }
         let command = match Command::decode(&entry.data) {
             Ok(c) => c,
-            Err(e) => panic!("range {}: committed entry {} does not decode: {e}", self.range.id, entry.index),
+            Err(e) => panic!(
+                "range {}: committed entry {} does not decode: {e}",
+                self.range.id, entry.index
+            ),
         };
         match command {
-            Command::Write { writes } => writes.into_iter().map(|ops| self.apply_write(ops, batch)).collect(),
+            Command::Write { writes } => writes
+                .into_iter()
+                .map(|ops| self.apply_write(ops, batch))
+                .collect(),
             Command::AllocIds { count } => vec![self.apply_alloc_ids(count, batch)],
-            Command::Split { epoch, split_key, right } => vec![self.apply_split(epoch, split_key, right, batch)],
+            Command::Split {
+                epoch,
+                split_key,
+                right,
+            } => vec![self.apply_split(epoch, split_key, right, batch)],
         }
     }
 
     fn apply_write(&mut self, ops: Vec<WriteOp>, batch: &mut WriteBatch<'_>) -> ApplyResult {
         if ops.iter().any(|op| !self.range.contains(op.key())) {
-            return Err(KvError::KeyNotInRange { range_id: self.range.id });
+            return Err(KvError::KeyNotInRange {
+                range_id: self.range.id,
+            });
         }
-        self.written_bytes += ops.iter().map(|op| (op.key().len() + write_value_len(op)) as u64).sum::<u64>();
+        self.written_bytes += ops
+            .iter()
+            .map(|op| (op.key().len() + write_value_len(op)) as u64)
+            .sum::<u64>();
         for op in ops {
             match op {
                 WriteOp::Put { key, value } => batch.put(Cf::Data, &key, &value),
@@ -567,7 +593,9 @@ impl Replica {
 
     fn apply_alloc_ids(&mut self, count: u32, batch: &mut WriteBatch<'_>) -> ApplyResult {
         if !self.range.contains(ID_ALLOC_KEY) {
-            return Err(KvError::KeyNotInRange { range_id: self.range.id });
+            return Err(KvError::KeyNotInRange {
+                range_id: self.range.id,
+            });
         }
         let next = match self.next_id {
             Some(n) => n,
@@ -582,10 +610,18 @@ impl Replica {
     /// Narrows this range to `[start, split_key)` and creates `right` for the rest: its
     /// descriptor, apply state and Raft state land in the same batch as ours, so every
     /// replica has both ranges or neither.
-    fn apply_split(&mut self, epoch: Epoch, split_key: Bytes, right: RangeDescriptor, batch: &mut WriteBatch<'_>) -> ApplyResult {
+    fn apply_split(
+        &mut self,
+        epoch: Epoch,
+        split_key: Bytes,
+        right: RangeDescriptor,
+        batch: &mut WriteBatch<'_>,
+    ) -> ApplyResult {
         let range_id = self.range.id;
         if epoch != self.range.epoch {
-            return Err(KvError::EpochNotMatch { current: vec![self.range.clone()] });
+            return Err(KvError::EpochNotMatch {
+                current: vec![self.range.clone()],
+            });
         }
         if let Err(reason) = check_split(&self.range, &split_key) {
             return Err(KvError::InvalidSplit { range_id, reason });
@@ -599,19 +635,47 @@ impl Replica {
             epoch: left.epoch,
             ..right
         };
-        assert!(left.epoch > self.range.epoch, "range {range_id}: epochs only rise");
-        assert_eq!(right.replicas.len(), left.replicas.len(), "range {range_id}: split keeps the replica count");
-        let left_state = RangeState { descriptor: left.clone(), state: ReplicaState::Normal };
-        let right_state = RangeState { descriptor: right.clone(), state: ReplicaState::Normal };
-        batch.put(Cf::Meta, &keys::range_state_key(left.id), &left_state.encode());
-        batch.put(Cf::Meta, &keys::range_state_key(right.id), &right_state.encode());
-        batch.put(Cf::Meta, &keys::apply_state_key(right.id), &ApplyState::for_split().encode());
+        assert!(
+            left.epoch > self.range.epoch,
+            "range {range_id}: epochs only rise"
+        );
+        assert_eq!(
+            right.replicas.len(),
+            left.replicas.len(),
+            "range {range_id}: split keeps the replica count"
+        );
+        let left_state = RangeState {
+            descriptor: left.clone(),
+            state: ReplicaState::Normal,
+        };
+        let right_state = RangeState {
+            descriptor: right.clone(),
+            state: ReplicaState::Normal,
+        };
+        batch.put(
+            Cf::Meta,
+            &keys::range_state_key(left.id),
+            &left_state.encode(),
+        );
+        batch.put(
+            Cf::Meta,
+            &keys::range_state_key(right.id),
+            &right_state.encode(),
+        );
+        batch.put(
+            Cf::Meta,
+            &keys::apply_state_key(right.id),
+            &ApplyState::for_split().encode(),
+        );
         let voters = right.replicas.iter().map(|r| r.id).collect();
         ReplicaStorage::bootstrap_split(batch, right.id, voters);
         info!(range_id, right_id = right.id, split_key = ?right.start_key, "range split");
         self.range = left.clone();
         self.new_ranges.push(right_state);
-        Ok(Applied::Split { left, right })
+        Ok(Applied::Split {
+            left: Box::new(left),
+            right: Box::new(right),
+        })
     }
 
     fn answer_proposal(&mut self, entry: &Entry, responses: Vec<ApplyResult>) {
@@ -650,18 +714,27 @@ fn check_split(range: &RangeDescriptor, split_key: &[u8]) -> Result<(), String> 
         return Err("system keys stay in the first range".into());
     }
     if split_key.len() > KEY_BYTES_MAX {
-        return Err(format!("the split key is longer than {KEY_BYTES_MAX} bytes"));
+        return Err(format!(
+            "the split key is longer than {KEY_BYTES_MAX} bytes"
+        ));
     }
     Ok(())
 }
 
 fn read_id_counter(engine: &Engine, range_id: u64) -> Result<u64, KvError> {
-    let stored = engine.get(Cf::Data, ID_ALLOC_KEY).map_err(|e| KvError::Storage { message: e.to_string() })?;
+    let stored = engine
+        .get(Cf::Data, ID_ALLOC_KEY)
+        .map_err(|e| KvError::Storage {
+            message: e.to_string(),
+        })?;
     match stored {
         None => Ok(FIRST_ALLOCATED_ID),
         Some(b) => match <[u8; 8]>::try_from(&b[..]) {
             Ok(arr) => Ok(u64::from_be_bytes(arr)),
-            Err(_) => panic!("range {range_id}: id counter holds {} bytes, not 8", b.len()),
+            Err(_) => panic!(
+                "range {range_id}: id counter holds {} bytes, not 8",
+                b.len()
+            ),
         },
     }
 }

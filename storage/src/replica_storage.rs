@@ -59,13 +59,21 @@ impl ReplicaStorage {
     pub fn bootstrap_split(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
         let mut cs = ConfState::default();
         cs.set_voters(voters);
-        batch.put(Cf::Raft, &keys::conf_state_key(range_id), &cs.write_to_bytes().expect("conf state encodes"));
+        batch.put(
+            Cf::Raft,
+            &keys::conf_state_key(range_id),
+            &cs.write_to_bytes().expect("conf state encodes"),
+        );
         let hs = HardState {
             term: SPLIT_INIT_TERM,
             commit: SPLIT_INIT_INDEX,
             ..Default::default()
         };
-        batch.put(Cf::Raft, &keys::hard_state_key(range_id), &hs.write_to_bytes().expect("hard state encodes"));
+        batch.put(
+            Cf::Raft,
+            &keys::hard_state_key(range_id),
+            &hs.write_to_bytes().expect("hard state encodes"),
+        );
     }
 
     /// Loads a replica's Raft state from the engine.

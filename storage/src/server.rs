@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use shale_rpc::client::{ClientError, KvClient};
 use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
 use shale_rpc::transport::{rejected, Service};
-use shale_rpc::client::{ClientError, KvClient};
 use shale_rpc::{
     AdminReply, AdminRequest, AdminResponse, Epoch, Frame, FrameKind, KvError, KvOp, KvReply,
-    KvRequest, KvResponse, RaftBatch, RangeDescriptor, RangeId, ReplicaDescriptor, StoreId, WriteOp,
-    SYSTEM_PREFIX_END,
+    KvRequest, KvResponse, RaftBatch, RangeDescriptor, RangeId, ReplicaDescriptor, StoreId,
+    WriteOp, SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -66,7 +66,10 @@ impl StoreService {
         }
     }
 
-    async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> StoreMsg) -> Result<T, KvError> {
+    async fn ask<T>(
+        &self,
+        build: impl FnOnce(oneshot::Sender<T>) -> StoreMsg,
+    ) -> Result<T, KvError> {
         let (reply, rx) = oneshot::channel();
         self.enqueue(build(reply))?;
         rx.await.map_err(|_| KvError::ShuttingDown)
@@ -75,13 +78,22 @@ impl StoreService {
     /// Answers one KV request.
     pub async fn handle(&self, req: KvRequest) -> KvResponse {
         req.op.validate()?;
-        let KvRequest { range_id, epoch, op } = req;
+        let KvRequest {
+            range_id,
+            epoch,
+            op,
+        } = req;
         let ops = match op {
             KvOp::Get { .. } | KvOp::Scan { .. } => return self.read(range_id, epoch, op).await,
             KvOp::AllocIds { count } => {
                 let (reply, rx) = oneshot::channel();
                 let command = Command::AllocIds { count };
-                self.enqueue(StoreMsg::Propose { range_id, epoch, command, reply })?;
+                self.enqueue(StoreMsg::Propose {
+                    range_id,
+                    epoch,
+                    command,
+                    reply,
+                })?;
                 return match self.wait(rx).await? {
                     Applied::Ids { first, count } => Ok(KvReply::Ids { first, count }),
                     other => panic!("id allocation applied as {other:?}"),
@@ -92,13 +104,22 @@ impl StoreService {
             KvOp::Batch { ops } => ops,
         };
         let (reply, rx) = oneshot::channel();
-        self.enqueue(StoreMsg::Write { range_id, epoch, ops, reply })?;
+        self.enqueue(StoreMsg::Write {
+            range_id,
+            epoch,
+            ops,
+            reply,
+        })?;
         self.wait(rx).await.map(|_| KvReply::Written)
     }
 
     async fn read(&self, range_id: RangeId, epoch: Option<Epoch>, op: KvOp) -> KvResponse {
         let (reply, rx) = oneshot::channel();
-        self.enqueue(StoreMsg::Read { range_id, epoch, reply })?;
+        self.enqueue(StoreMsg::Read {
+            range_id,
+            epoch,
+            reply,
+        })?;
         let range = self.wait(rx).await?;
         match op {
             KvOp::Get { key } => self.get(&range, &key),
@@ -109,7 +130,11 @@ impl StoreService {
 
     /// Splits `range_id` at `split_key`: allocates the new range's ids, then proposes the
     /// split through the range's Raft log. Answers once it is applied here.
-    pub async fn split(&self, range_id: RangeId, split_key: Bytes) -> Result<(RangeDescriptor, RangeDescriptor), KvError> {
+    pub async fn split(
+        &self,
+        range_id: RangeId,
+        split_key: Bytes,
+    ) -> Result<(RangeDescriptor, RangeDescriptor), KvError> {
         let range = self
             .ask(|reply| StoreMsg::Describe { range_id, reply })
             .await?
@@ -117,7 +142,9 @@ impl StoreService {
         let count = range.replicas.len() as u32 + 1;
         let first = self.cluster.alloc_ids(count).await.map_err(|e| match e {
             ClientError::Kv(e) => e,
-            other => KvError::ServerBusy { reason: format!("id allocation failed: {other}") },
+            other => KvError::ServerBusy {
+                reason: format!("id allocation failed: {other}"),
+            },
         })?;
         let right = RangeDescriptor {
             id: first,
@@ -128,14 +155,26 @@ impl StoreService {
                 .replicas
                 .iter()
                 .zip(first + 1..)
-                .map(|(r, id)| ReplicaDescriptor { id, store_id: r.store_id })
+                .map(|(r, id)| ReplicaDescriptor {
+                    id,
+                    store_id: r.store_id,
+                })
                 .collect(),
         };
-        let command = Command::Split { epoch: range.epoch, split_key, right };
+        let command = Command::Split {
+            epoch: range.epoch,
+            split_key,
+            right,
+        };
         let (reply, rx) = oneshot::channel();
-        self.enqueue(StoreMsg::Propose { range_id, epoch: Some(range.epoch), command, reply })?;
+        self.enqueue(StoreMsg::Propose {
+            range_id,
+            epoch: Some(range.epoch),
+            command,
+            reply,
+        })?;
         match self.wait(rx).await? {
-            Applied::Split { left, right } => Ok((left, right)),
+            Applied::Split { left, right } => Ok((*left, *right)),
             other => panic!("split applied as {other:?}"),
         }
     }
@@ -145,14 +184,24 @@ impl StoreService {
         match req {
             AdminRequest::Status => {
                 let ranges = self.ask(|reply| StoreMsg::Status { reply }).await?;
-                Ok(AdminReply::Status { store_id: self.store_id, ranges })
+                Ok(AdminReply::Status {
+                    store_id: self.store_id,
+                    ranges,
+                })
             }
             AdminRequest::TransferLeader { range_id, to_store } => {
                 let (reply, rx) = oneshot::channel();
-                self.enqueue(StoreMsg::TransferLeader { range_id, to_store, reply })?;
+                self.enqueue(StoreMsg::TransferLeader {
+                    range_id,
+                    to_store,
+                    reply,
+                })?;
                 self.wait(rx).await.map(|()| AdminReply::Started)
             }
-            AdminRequest::Split { range_id, split_key } => {
+            AdminRequest::Split {
+                range_id,
+                split_key,
+            } => {
                 let (left, right) = self.split(range_id, split_key).await?;
                 Ok(AdminReply::Split { left, right })
             }

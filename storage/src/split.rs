@@ -7,7 +7,10 @@ use shale_rpc::SYSTEM_PREFIX_END;
 /// split at once the range holds more than `size_bytes_max`: the first key at which the
 /// data before it reaches half the bound. `None` while the range is within its bound.
 /// Never returns the first key (the left part is never empty) or a system key.
-pub fn choose_split_key<'a>(pairs: impl IntoIterator<Item = (&'a [u8], usize)>, size_bytes_max: u64) -> Option<Bytes> {
+pub fn choose_split_key<'a>(
+    pairs: impl IntoIterator<Item = (&'a [u8], usize)>,
+    size_bytes_max: u64,
+) -> Option<Bytes> {
     let half = size_bytes_max / 2;
     let mut total = 0u64;
     let mut candidate: Option<Bytes> = None;
@@ -37,7 +40,10 @@ mod tests {
     #[test]
     fn no_split_within_the_bound() {
         let ks = keys(10);
-        assert_eq!(choose_split_key(ks.iter().map(|k| (&k[..], 10)), 1000), None);
+        assert_eq!(
+            choose_split_key(ks.iter().map(|k| (&k[..], 10)), 1000),
+            None
+        );
     }
 
     #[test]
@@ -49,10 +55,16 @@ mod tests {
 
     #[test]
     fn never_splits_at_the_first_key_or_a_system_key() {
-        let big = vec![b"a".to_vec(), b"b".to_vec()];
-        assert_eq!(&choose_split_key(big.iter().map(|k| (&k[..], 1000)), 100).unwrap()[..], b"b");
-        let sys = vec![vec![0, 0, 1], vec![0, 0, 2], b"z".to_vec()];
-        assert_eq!(&choose_split_key(sys.iter().map(|k| (&k[..], 100)), 100).unwrap()[..], b"z");
+        let big = [b"a".to_vec(), b"b".to_vec()];
+        assert_eq!(
+            &choose_split_key(big.iter().map(|k| (&k[..], 1000)), 100).unwrap()[..],
+            b"b"
+        );
+        let sys = [vec![0, 0, 1], vec![0, 0, 2], b"z".to_vec()];
+        assert_eq!(
+            &choose_split_key(sys.iter().map(|k| (&k[..], 100)), 100).unwrap()[..],
+            b"z"
+        );
     }
 
     proptest! {

@@ -8,11 +8,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use bytes::Bytes;
 use shale_rpc::{
-    Epoch, KvError, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus, StoreId, WriteOp,
+    Epoch, KvError, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus, StoreId,
+    WriteOp,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -180,14 +181,23 @@ impl<S: RaftSender> Store<S> {
                     let _ = reply.send(Err(e));
                 }
             },
-            StoreMsg::Propose { range_id, epoch, command, reply } => match self.checked(range_id, epoch) {
+            StoreMsg::Propose {
+                range_id,
+                epoch,
+                command,
+                reply,
+            } => match self.checked(range_id, epoch) {
                 Ok(r) => r.propose_command(command, reply),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             StoreMsg::FindRange { key, reply } => {
-                let found = self.replicas.values().find(|r| r.range.contains(&key)).map(|r| r.range.clone());
+                let found = self
+                    .replicas
+                    .values()
+                    .find(|r| r.range.contains(&key))
+                    .map(|r| r.range.clone());
                 let _ = reply.send(found);
             }
             StoreMsg::Describe { range_id, reply } => {
@@ -341,14 +351,23 @@ impl<S: RaftSender> Store<S> {
     /// election timeout.
     fn start_replica(&mut self, state: RangeState, campaign: bool) {
         let range_id = state.descriptor.id;
-        match Replica::open(self.engine.clone(), state, self.store_id, &self.raft, self.addresses.clone()) {
+        match Replica::open(
+            self.engine.clone(),
+            state,
+            self.store_id,
+            &self.raft,
+            self.addresses.clone(),
+        ) {
             Ok(mut r) => {
                 if campaign {
                     r.campaign();
                 }
                 self.replicas.insert(range_id, r);
             }
-            Err(e) => panic!("store {}: cannot start range {range_id} after its split: {e}", self.store_id),
+            Err(e) => panic!(
+                "store {}: cannot start range {range_id} after its split: {e}",
+                self.store_id
+            ),
         }
     }
 

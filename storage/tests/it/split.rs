@@ -1,0 +1,305 @@
+//! Many ranges: splits under load, automatic splits, hundreds of ranges, stale routes.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shale_rpc::client::ClientConfig;
+use shale_rpc::{KvError, WriteOp};
+use shale_storage::cluster::LocalCluster;
+
+use crate::harness::*;
+
+/// Range ids on store `i`, as it reports them.
+async fn ranges_on(cluster: &LocalCluster, i: usize) -> Vec<u64> {
+    cluster
+        .node(i)
+        .unwrap()
+        .status()
+        .await
+        .iter()
+        .map(|s| s.range_id())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn split_under_concurrent_writes_loses_nothing_and_scans_see_each_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = Arc::new(
+        cluster
+            .client_with(ClientConfig {
+                deadline_ms: 30_000,
+                ..ClientConfig::default()
+            })
+            .unwrap(),
+    );
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, acked) = (client.clone(), acked.clone());
+            tokio::spawn(async move {
+                for n in 0..250 {
+                    let i = w * 1000 + n * 4; // spread over the writer's thousand
+                    if client.put(key(i), value(i)).await.is_ok() {
+                        acked.lock().unwrap().insert(i);
+                    }
+                }
+            })
+        })
+        .collect();
+    let admin = cluster.client().unwrap();
+    for split_at in [500, 1500, 2500, 3500, 1250] {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (left, right) = admin
+            .split(key(split_at))
+            .await
+            .unwrap_or_else(|e| panic!("split at {split_at}: {e}"));
+        assert_eq!(left.end_key, right.start_key);
+        assert_eq!(right.start_key, key(split_at));
+        assert!(right.epoch.version > 1 && left.epoch == right.epoch);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked: BTreeSet<usize> = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 1000, "every write succeeds despite the splits");
+    for &i in &acked {
+        must_get(&client, i).await;
+    }
+    let scanned = client
+        .scan_all(Bytes::new(), Bytes::new(), 97)
+        .await
+        .unwrap();
+    let keys: Vec<Bytes> = scanned.iter().map(|(k, _)| k.clone()).collect();
+    let mut sorted = keys.clone();
+    sorted.dedup();
+    assert_eq!(
+        keys, sorted,
+        "scan pages across ranges see each key once, in order"
+    );
+    let expected: Vec<Bytes> = acked.iter().map(|&i| key(i)).collect();
+    assert_eq!(
+        keys, expected,
+        "the scan sees exactly the acknowledged writes"
+    );
+    for s in 0..3 {
+        let started = Instant::now();
+        while ranges_on(&cluster, s).await.len() != 6 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "store {s} has every range"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_split_by_size_and_a_cold_client_reads_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |c| {
+        c.split.range_size_bytes_max = 64 << 10;
+        c.split.check_after_written_bytes = 8 << 10;
+    })
+    .await
+    .unwrap();
+    cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let client = cluster.client().unwrap();
+    let big = Bytes::from(vec![b'v'; 1024]);
+    for i in 0..400 {
+        client
+            .put(key(i), big.clone())
+            .await
+            .unwrap_or_else(|e| panic!("put {i}: {e}"));
+    }
+    let started = Instant::now();
+    loop {
+        let n = ranges_on(&cluster, 0).await.len();
+        if n >= 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "400 KiB in 64 KiB ranges splits (have {n})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cold = cluster.client().unwrap();
+    for i in 0..400 {
+        assert_eq!(
+            cold.get(key(i)).await.unwrap(),
+            Some(big.clone()),
+            "key {i}"
+        );
+    }
+    let all = cold
+        .scan_all(Bytes::new(), Bytes::new(), 1000)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 400);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_ranges_serve_and_survive_a_full_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(dir.path(), 3).await;
+    let client = cluster.client().unwrap();
+    const RANGES: usize = 210;
+    for r in 1..RANGES {
+        client
+            .split(key(r * 10))
+            .await
+            .unwrap_or_else(|e| panic!("split {r}: {e}"));
+    }
+    for r in 0..RANGES {
+        must_put(&client, r * 10 + 5).await;
+    }
+    for r in 0..RANGES {
+        must_get(&client, r * 10 + 5).await;
+    }
+    assert_eq!(ranges_on(&cluster, 0).await.len(), RANGES);
+    for s in 0..3 {
+        cluster.stop_store(s).await;
+    }
+    for s in 0..3 {
+        cluster.start_store(s).await.unwrap();
+    }
+    for s in 0..3 {
+        assert_eq!(
+            ranges_on(&cluster, s).await.len(),
+            RANGES,
+            "store {s} keeps every range"
+        );
+    }
+    let cold = cluster.client().unwrap();
+    for r in 0..RANGES {
+        must_get(&cold, r * 10 + 5).await;
+        must_put(&cold, r * 10 + 6).await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_with_stale_routes_finds_its_way_after_a_split_and_a_leader_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let stale = cluster.client().unwrap();
+    for i in 0..100 {
+        must_put(&stale, i).await;
+    }
+    // Another client splits; `stale` still believes in one range.
+    let admin = cluster.client().unwrap();
+    let (_, right) = admin.split(key(50)).await.unwrap();
+    for i in 0..100 {
+        must_get(&stale, i).await;
+    }
+    must_put(&stale, 75).await;
+
+    // Move the right range's leader; `stale` has the old leader cached.
+    let started = Instant::now();
+    let (leader, status) = loop {
+        let mut found = None;
+        for s in 0..3 {
+            let st = cluster.node(s).unwrap().status().await;
+            if let Some(r) = st
+                .into_iter()
+                .find(|r| r.range_id() == right.id && r.is_leader)
+            {
+                found = Some((s, r));
+            }
+        }
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            started.elapsed() < LEADER_TIMEOUT,
+            "the right range elects a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let target = (leader + 1) % 3;
+    let to_store = cluster.configs[target].store_id;
+    cluster
+        .node(leader)
+        .unwrap()
+        .transfer_leader(right.id, to_store)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !cluster
+        .node(target)
+        .unwrap()
+        .status()
+        .await
+        .iter()
+        .any(|r| r.range_id() == right.id && r.is_leader)
+    {
+        assert!(
+            started.elapsed() < LEADER_TIMEOUT,
+            "leadership moves ({status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 50..100 {
+        must_get(&stale, i).await;
+    }
+    must_put(&stale, 99).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_splits_and_cross_range_batches_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = cluster.client().unwrap();
+    client.split(key(10)).await.unwrap();
+    let err = client.split(key(10)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("start"),
+        "splitting at a range's start: {err}"
+    );
+    let err = client
+        .split(Bytes::from_static(b"\x00\x00x"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("system"), "{err}");
+    let ops = vec![
+        WriteOp::Put {
+            key: key(1),
+            value: value(1),
+        },
+        WriteOp::Put {
+            key: key(20),
+            value: value(20),
+        },
+    ];
+    let err = client.batch(ops).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            shale_rpc::client::ClientError::Kv(KvError::BatchSpansRanges { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        client.get(key(1)).await.unwrap(),
+        None,
+        "nothing of the refused batch was written"
+    );
+    let err = client
+        .put(Bytes::from_static(b"\x00\x00mine"), "v")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            shale_rpc::client::ClientError::Kv(KvError::ReservedKey)
+        ),
+        "{err}"
+    );
+    cluster.shutdown().await;
+}
