@@ -36,6 +36,8 @@ pub enum FrameKind {
     AdminRequest = 5,
     /// The store's answer to an admin request.
     AdminResponse = 6,
+    /// One chunk of a Raft snapshot on its own one-way stream.
+    SnapshotChunk = 7,
 }
 
 impl FrameKind {
@@ -47,6 +49,7 @@ impl FrameKind {
             4 => FrameKind::Rejected,
             5 => FrameKind::AdminRequest,
             6 => FrameKind::AdminResponse,
+            7 => FrameKind::SnapshotChunk,
             other => return Err(RpcError::UnknownKind(other)),
         })
     }
@@ -208,6 +211,7 @@ mod tests {
             Just(FrameKind::Rejected),
             Just(FrameKind::AdminRequest),
             Just(FrameKind::AdminResponse),
+            Just(FrameKind::SnapshotChunk),
         ]
     }
 

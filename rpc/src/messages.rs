@@ -186,6 +186,22 @@ pub enum AdminRequest {
     Split { range_id: RangeId, split_key: Bytes },
     /// The descriptor of the range on this store that holds `key`, if any.
     FindRange { key: Bytes },
+    /// Add a replica of `range_id` on `store_id` (reachable at `addr`); it catches up by
+    /// snapshot. Returns once the change is applied on the leader.
+    AddReplica {
+        range_id: RangeId,
+        store_id: StoreId,
+        addr: String,
+    },
+    /// Remove the replica of `range_id` on `store_id` (not the leader's: transfer
+    /// leadership first). Its data is deleted and it never comes back.
+    RemoveReplica {
+        range_id: RangeId,
+        store_id: StoreId,
+    },
+    /// Sent to a removed replica's store: destroy the replica if its range's `conf_ver`
+    /// is older than `conf_ver`.
+    DestroyReplica { range_id: RangeId, conf_ver: u64 },
 }
 
 /// A store's answer to an admin request.
@@ -202,6 +218,8 @@ pub enum AdminReply {
         right: RangeDescriptor,
     },
     Range(Option<RangeDescriptor>),
+    /// The range after a membership change.
+    Changed(RangeDescriptor),
 }
 
 pub type AdminResponse = Result<AdminReply, KvError>;
@@ -216,6 +234,9 @@ pub struct RangeStatus {
     pub term: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The log holds entries after this index only.
+    pub truncated_index: u64,
+    pub last_index: u64,
 }
 
 impl RangeStatus {
@@ -268,6 +289,8 @@ pub enum KvError {
         "an atomic batch must stay inside one range; its keys span ranges {first} and {second}"
     )]
     BatchSpansRanges { first: RangeId, second: RangeId },
+    #[error("cannot change the replicas of range {range_id}: {reason}")]
+    InvalidConfChange { range_id: RangeId, reason: String },
     #[error("cannot split range {range_id} there: {reason}")]
     InvalidSplit { range_id: RangeId, reason: String },
     #[error("the write was not committed (leadership changed before it was); it is safe to retry")]
@@ -299,6 +322,7 @@ impl KvError {
             KvError::ReservedKey => "reserved_key",
             KvError::BatchSpansRanges { .. } => "batch_spans_ranges",
             KvError::InvalidSplit { .. } => "invalid_split",
+            KvError::InvalidConfChange { .. } => "invalid_conf_change",
             KvError::ProposalDropped => "proposal_dropped",
             KvError::Timeout => "timeout",
             KvError::Malformed { .. } => "malformed",

@@ -79,8 +79,8 @@ impl TransportConfig {
 pub trait Service: Send + Sync + 'static {
     /// Answers one request frame.
     fn request(&self, frame: Frame) -> impl Future<Output = Frame> + Send;
-    /// Takes one frame of a one-way stream.
-    fn message(&self, frame: Frame);
+    /// Takes one frame of a one-way stream from the peer at `remote`.
+    fn message(&self, frame: Frame, remote: SocketAddr);
 }
 
 /// A QUIC endpoint that can both serve and call.
@@ -341,7 +341,7 @@ async fn serve_oneway<S: Service>(
 ) {
     loop {
         match read_frame(&mut recv).await {
-            Ok(Some(frame)) => service.message(frame),
+            Ok(Some(frame)) => service.message(frame, remote),
             Ok(None) => return,
             Err(e) => {
                 warn!(%remote, error = %e, "dropping one-way stream after a bad frame");
@@ -360,6 +360,26 @@ pub struct OnewayStream {
 }
 
 impl OnewayStream {
+    /// Ends the stream cleanly once everything sent has been delivered.
+    pub async fn finish(mut self) -> Result<(), RpcError> {
+        let stream_err = |reason: String| RpcError::Stream {
+            addr: self.addr,
+            reason,
+        };
+        self.send.finish().map_err(|e| stream_err(e.to_string()))?;
+        match tokio::time::timeout(self.timeout, self.send.stopped()).await {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(code))) => Err(stream_err(format!(
+                "peer stopped the stream with code {code}"
+            ))),
+            Ok(Err(e)) => Err(stream_err(e.to_string())),
+            Err(_) => Err(RpcError::Timeout {
+                addr: self.addr,
+                timeout_ms: self.timeout.as_millis() as u64,
+            }),
+        }
+    }
+
     /// Sends one frame; fails if the peer does not take it within the request timeout.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), RpcError> {
         match tokio::time::timeout(self.timeout, write_frame(&mut self.send, frame)).await {

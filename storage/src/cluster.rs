@@ -33,6 +33,12 @@ pub fn free_udp_ports(n: usize) -> std::io::Result<Vec<u16>> {
 
 /// Configs for `ports.len()` stores that bootstrap the first range together.
 pub fn cluster_configs(dir: &Path, ports: &[u16]) -> Vec<StoreConfig> {
+    cluster_configs_joining(dir, ports, ports.len())
+}
+
+/// Configs for `ports.len()` stores of which the first `bootstrap` start the first range;
+/// the others join empty (replicas are added to them later).
+pub fn cluster_configs_joining(dir: &Path, ports: &[u16], bootstrap: usize) -> Vec<StoreConfig> {
     let peers: Vec<PeerConfig> = ports
         .iter()
         .enumerate()
@@ -47,7 +53,7 @@ pub fn cluster_configs(dir: &Path, ports: &[u16]) -> Vec<StoreConfig> {
             store_id: p.store_id,
             listen_addr: p.addr.clone(),
             data_dir: dir.join(format!("store-{}", p.store_id)),
-            initial_peers: peers.clone(),
+            initial_peers: peers[..bootstrap].to_vec(),
             ..StoreConfig::default()
         })
         .collect()

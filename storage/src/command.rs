@@ -15,6 +15,8 @@ pub enum Command {
     Write { writes: Vec<Vec<WriteOp>> },
     /// Hands out `count` ids from the counter at `ID_ALLOC_KEY` (in this range).
     AllocIds { count: u32 },
+    /// Drops log entries up to `index` (of `term`) once every replica may.
+    CompactLog { index: u64, term: u64 },
     /// Splits the range at `split_key`: the range keeps `[start, split_key)`, and `right`
     /// (new id, new replica ids, same stores) takes `[split_key, end)`. Proposed at
     /// `epoch`; ignored if the range changed meanwhile.
@@ -33,6 +35,10 @@ pub enum Applied {
         first: u64,
         count: u32,
     },
+    /// The range after a membership change.
+    ConfChanged {
+        range: Box<RangeDescriptor>,
+    },
     /// The two ranges after a split (boxed: descriptors are large next to the others).
     Split {
         left: Box<RangeDescriptor>,
@@ -50,32 +56,19 @@ impl Command {
     }
 }
 
-/// How far a replica has applied its log; written in the same batch as the data it covers.
+/// How far a replica has applied its log; written in the same batch as the data it
+/// covers (without the WAL: the Raft log replays what a crash takes away).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ApplyState {
     pub applied_index: u64,
     pub applied_term: u64,
-    /// The log holds entries after this index only.
-    pub truncated_index: u64,
-    pub truncated_term: u64,
 }
 
-/// Log index and term a range created by a split starts at. Above 0, so a replica
-/// created empty elsewhere (membership change) can tell it needs a snapshot.
-pub const SPLIT_INIT_INDEX: u64 = 5;
-pub const SPLIT_INIT_TERM: u64 = 5;
-
-impl ApplyState {
-    /// The apply state of a range just created by a split.
-    pub fn for_split() -> ApplyState {
-        ApplyState {
-            applied_index: SPLIT_INIT_INDEX,
-            applied_term: SPLIT_INIT_TERM,
-            truncated_index: SPLIT_INIT_INDEX,
-            truncated_term: SPLIT_INIT_TERM,
-        }
-    }
-}
+/// Log index and term every range's log starts after (the first range's and those
+/// splits create). Above 0, so a replica created empty on a new store can tell it
+/// needs a snapshot.
+pub const RANGE_INIT_INDEX: u64 = 5;
+pub const RANGE_INIT_TERM: u64 = 5;
 
 impl ApplyState {
     pub fn encode(&self) -> Vec<u8> {
@@ -83,6 +76,32 @@ impl ApplyState {
     }
 
     pub fn decode(data: &[u8]) -> Result<ApplyState, StorageError> {
+        Ok(postcard::from_bytes(data)?)
+    }
+
+    /// The apply state of a new range.
+    pub fn initial() -> ApplyState {
+        ApplyState {
+            applied_index: RANGE_INIT_INDEX,
+            applied_term: RANGE_INIT_TERM,
+        }
+    }
+}
+
+/// Where a replica's log starts: entries up to `index` are gone. Written through the
+/// WAL, and only once the applied data those entries produced is flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TruncatedState {
+    pub index: u64,
+    pub term: u64,
+}
+
+impl TruncatedState {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("truncated state always encodes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<TruncatedState, StorageError> {
         Ok(postcard::from_bytes(data)?)
     }
 }

@@ -23,14 +23,38 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Certificates for mutual TLS.
     pub tls: TlsPaths,
-    /// The stores of the first range, used once to bootstrap a new cluster. Every store of
-    /// a new cluster must list the same peers.
+    /// The stores of the first range, used once to bootstrap a new cluster, and the
+    /// addresses this store starts out knowing. Every store of a new cluster lists the
+    /// same peers; a store joining later lists them too but is not among them.
     pub initial_peers: Vec<PeerConfig>,
     pub raft: RaftConfig,
     pub transport: TransportConfig,
     pub engine: EngineConfig,
     pub limits: StoreLimits,
     pub split: SplitConfig,
+    pub log_gc: LogGcConfig,
+}
+
+/// When Raft logs are truncated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LogGcConfig {
+    /// Ticks between truncation checks on each leader.
+    pub interval_ticks: u64,
+    /// Fewest entries worth a truncation.
+    pub entries_min: u64,
+    /// Most applied entries kept for a lagging replica; past this it gets a snapshot.
+    pub entries_max: u64,
+}
+
+impl Default for LogGcConfig {
+    fn default() -> Self {
+        LogGcConfig {
+            interval_ticks: 20,
+            entries_min: 64,
+            entries_max: 10_000,
+        }
+    }
 }
 
 /// When ranges split by size.
@@ -66,6 +90,7 @@ impl Default for StoreConfig {
             engine: EngineConfig::default(),
             limits: StoreLimits::default(),
             split: SplitConfig::default(),
+            log_gc: LogGcConfig::default(),
         }
     }
 }
@@ -201,11 +226,11 @@ impl StoreConfig {
         if ids.len() != self.initial_peers.len() || ids.contains(&0) {
             return bad("initial-peers must have distinct, positive store ids".into());
         }
-        if !self.initial_peers.is_empty() && !ids.contains(&self.store_id) {
-            return bad(format!(
-                "initial-peers must include this store ({})",
-                self.store_id
-            ));
+        if self.log_gc.interval_ticks == 0 || self.log_gc.entries_max < self.log_gc.entries_min {
+            return bad(
+                "log-gc interval-ticks must be positive and entries-max at least entries-min"
+                    .into(),
+            );
         }
         if self.split.range_size_bytes_max == 0 || self.split.check_after_written_bytes == 0 {
             return bad("split sizes must be positive".into());
@@ -255,7 +280,10 @@ mod tests {
             }],
             ..StoreConfig::default()
         };
-        assert!(c.validate().is_err(), "peers must include self");
+        assert!(
+            c.validate().is_ok(),
+            "a joining store lists peers it is not among"
+        );
         assert!(StoreConfig::from_toml("no-such-field = 1").is_err());
     }
 }

@@ -6,6 +6,7 @@ use shale_rpc::RangeId;
 const LOG_SUFFIX: u8 = 0x01;
 const HARD_STATE_SUFFIX: u8 = 0x02;
 const CONF_STATE_SUFFIX: u8 = 0x03;
+const TRUNCATED_STATE_SUFFIX: u8 = 0x04;
 
 const RANGE_STATE_PREFIX: u8 = 0x01;
 const APPLY_STATE_PREFIX: u8 = 0x02;
@@ -44,6 +45,16 @@ pub fn hard_state_key(range_id: RangeId) -> [u8; 9] {
 /// Raft CF: the range's Raft conf state.
 pub fn conf_state_key(range_id: RangeId) -> [u8; 9] {
     range_key(range_id, CONF_STATE_SUFFIX)
+}
+
+/// Raft CF: where the range's log starts.
+pub fn truncated_state_key(range_id: RangeId) -> [u8; 9] {
+    range_key(range_id, TRUNCATED_STATE_SUFFIX)
+}
+
+/// Raft CF: every key of one range (log, hard, conf and truncated state).
+pub fn raft_bounds(range_id: RangeId) -> ([u8; 8], [u8; 8]) {
+    (range_id.to_be_bytes(), (range_id + 1).to_be_bytes())
 }
 
 fn meta_key(prefix: u8, range_id: RangeId) -> [u8; 9] {

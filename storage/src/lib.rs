@@ -6,6 +6,7 @@ pub mod command;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod keys;
 pub mod node;
 pub mod raft_logger;
@@ -13,6 +14,7 @@ pub mod replica;
 pub mod replica_storage;
 pub mod router;
 pub mod server;
+pub mod snapshot;
 pub mod split;
 pub mod store;
 

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::command::{ApplyState, RangeState, ReplicaState, StoreIdent};
 use crate::config::StoreConfig;
 use crate::engine::{Cf, Durability, Engine};
+use crate::faults::Faults;
 use crate::keys;
 use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
@@ -41,6 +42,7 @@ pub struct StoreNode {
     transport: Arc<Transport>,
     serve_task: tokio::task::JoinHandle<()>,
     split_task: tokio::task::JoinHandle<()>,
+    faults: Arc<Faults>,
 }
 
 /// Ranges waiting for a size check; more are dropped (the next writes ask again).
@@ -109,7 +111,11 @@ impl StoreNode {
         let engine = Arc::new(Engine::open(&config.data_dir, &config.engine)?);
         check_ident(&engine, config.store_id)?;
         let mut states = load_ranges(&engine)?;
-        if states.is_empty() && !config.initial_peers.is_empty() {
+        let bootstraps = config
+            .initial_peers
+            .iter()
+            .any(|p| p.store_id == config.store_id);
+        if states.is_empty() && bootstraps {
             states.push(bootstrap_first_range(&engine, &config)?);
         }
         let addresses: AddressBook = Arc::new(RwLock::new(
@@ -139,11 +145,15 @@ impl StoreNode {
         let transport = bind_retrying(listen, identity, config.transport.clone()).await?;
         let addr = transport.local_addr()?;
         let (tx, rx) = sync_channel(config.limits.queue_msgs_max);
+        let faults = Arc::new(Faults::default());
         let router = RaftRouter::new(
+            config.store_id,
             transport.clone(),
             addresses.clone(),
             tokio::runtime::Handle::current(),
             config.limits.peer_queue_batches_max,
+            tx.clone(),
+            faults.clone(),
         );
         let (split_tx, split_rx) = tokio::sync::mpsc::channel(SPLIT_CHECKS_QUEUED_MAX);
         let store = Store::new(
@@ -153,6 +163,7 @@ impl StoreNode {
             router,
             addresses.clone(),
             Some(split_tx),
+            tx.clone(),
         );
         let loop_thread = std::thread::Builder::new()
             .name(format!("store-{}-raft", config.store_id))
@@ -171,6 +182,8 @@ impl StoreNode {
         let service = Arc::new(StoreService::new(
             config.store_id,
             tx.clone(),
+            addresses.clone(),
+            faults.clone(),
             engine.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),
             Arc::new(cluster),
@@ -192,6 +205,7 @@ impl StoreNode {
             transport,
             serve_task,
             split_task,
+            faults,
         })
     }
 
@@ -202,6 +216,11 @@ impl StoreNode {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Fault injection for in-process tests.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// The state of every replica on this store.
@@ -371,7 +390,7 @@ fn bootstrap_first_range(
     batch.put(
         Cf::Meta,
         &keys::apply_state_key(FIRST_RANGE_ID),
-        &ApplyState::default().encode(),
+        &ApplyState::initial().encode(),
     );
     ReplicaStorage::bootstrap(&mut batch, FIRST_RANGE_ID, peers);
     engine.write(batch, Durability::Sync)?;

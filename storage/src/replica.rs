@@ -8,22 +8,24 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft::eraftpb::{Entry, EntryType, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, StateRole};
 use shale_rpc::limits::KEY_BYTES_MAX;
 use shale_rpc::{
-    Epoch, KvError, LeaderHint, RangeDescriptor, ReplicaId, StoreId, WriteOp, ID_ALLOC_KEY,
-    SYSTEM_PREFIX_END,
+    Epoch, KvError, LeaderHint, RangeDescriptor, RangeId, ReplicaDescriptor, ReplicaId, StoreId,
+    WriteOp, ID_ALLOC_KEY, SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::command::{Applied, ApplyState, Command, RangeState, ReplicaState};
 use crate::config::RaftConfig;
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
 use crate::raft_logger::range_logger;
-use crate::replica_storage::ReplicaStorage;
+use crate::replica_storage::{ReplicaStorage, SnapshotSource};
+use crate::snapshot::SnapshotData;
 use crate::StorageError;
 
 /// Where stores can be reached, for leader hints and message routing.
@@ -78,6 +80,14 @@ pub struct Replica {
     next_id: Option<u64>,
     /// Bytes written since the last split check.
     written_bytes: u64,
+    /// Log index up to which a CompactLog entry allows truncation (after a flush).
+    pending_compact: Option<u64>,
+    /// Highest CompactLog index this leader proposed.
+    compact_proposed: u64,
+    /// Stores of replicas learned from their messages (new replicas know no descriptor).
+    peer_stores: HashMap<ReplicaId, StoreId>,
+    /// This replica was removed from its range: the store destroys it.
+    removed: bool,
     engine: Arc<Engine>,
     addresses: AddressBook,
     /// Until then a quorum has promised not to elect another leader: reads need no
@@ -109,7 +119,54 @@ impl Replica {
             Some(b) => ApplyState::decode(&b)?,
             None => ApplyState::default(),
         };
-        let storage = ReplicaStorage::load(engine.clone(), range.id, &apply)?;
+        Self::from_parts(engine, range, replica_id, apply, config, addresses)
+    }
+
+    /// A replica this store learned of from a Raft message only: it has no data and no
+    /// descriptor until the leader's snapshot arrives.
+    pub fn uninitialized(
+        engine: Arc<Engine>,
+        range_id: RangeId,
+        replica: ReplicaDescriptor,
+        config: &RaftConfig,
+        addresses: AddressBook,
+    ) -> Result<Replica, StorageError> {
+        let range = RangeDescriptor {
+            id: range_id,
+            start_key: Bytes::new(),
+            end_key: Bytes::new(),
+            epoch: Epoch::default(),
+            replicas: vec![replica],
+        };
+        Self::from_parts(
+            engine,
+            range,
+            replica.id,
+            ApplyState::default(),
+            config,
+            addresses,
+        )
+    }
+
+    /// True until the replica has data (a snapshot or its creation by bootstrap/split).
+    pub fn is_uninitialized(&self) -> bool {
+        self.range.epoch == Epoch::default()
+    }
+
+    fn from_parts(
+        engine: Arc<Engine>,
+        range: RangeDescriptor,
+        replica_id: ReplicaId,
+        apply: ApplyState,
+        config: &RaftConfig,
+        addresses: AddressBook,
+    ) -> Result<Replica, StorageError> {
+        let mut storage = ReplicaStorage::load(engine.clone(), range.id, &apply)?;
+        storage.set_snapshot_source(SnapshotSource {
+            range: range.clone(),
+            applied_index: apply.applied_index,
+            applied_term: apply.applied_term,
+        });
         let raft_config = raft::Config {
             id: replica_id,
             election_tick: config.election_ticks,
@@ -140,6 +197,10 @@ impl Replica {
             new_ranges: Vec::new(),
             next_id: None,
             written_bytes: 0,
+            pending_compact: None,
+            compact_proposed: 0,
+            peer_stores: HashMap::new(),
+            removed: false,
             engine,
             addresses,
             lease_until: None,
@@ -159,14 +220,149 @@ impl Replica {
         self.apply.applied_index
     }
 
+    pub fn truncated_index(&self) -> u64 {
+        self.node.store().truncated_index()
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.node.store().last_index()
+    }
+
     pub fn commit_index(&self) -> u64 {
         self.node.raft.raft_log.committed
     }
 
     /// The store holding the leader, if known.
     pub fn leader_store(&self) -> Option<StoreId> {
-        let leader = self.node.raft.leader_id;
-        self.range.replica(leader).map(|r| r.store_id)
+        self.store_of(self.node.raft.leader_id)
+    }
+
+    /// The store holding replica `replica_id`, from the descriptor or its messages.
+    pub fn store_of(&self, replica_id: ReplicaId) -> Option<StoreId> {
+        self.range
+            .replica(replica_id)
+            .map(|r| r.store_id)
+            .or_else(|| self.peer_stores.get(&replica_id).copied())
+    }
+
+    /// Remembers which store a replica's message came from.
+    pub fn learn_peer(&mut self, replica_id: ReplicaId, store_id: StoreId) {
+        if replica_id != 0 && self.range.replica(replica_id).is_none() {
+            self.peer_stores.insert(replica_id, store_id);
+        }
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Tells raft how sending a snapshot to `to` went.
+    pub fn report_snapshot(&mut self, to: ReplicaId, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
+        if !ok {
+            self.node.report_unreachable(to);
+        }
+    }
+
+    /// Proposes a membership change; answered once applied.
+    pub fn propose_conf_change(
+        &mut self,
+        change: ConfChangeV2,
+        new_range: RangeDescriptor,
+        reply: WriteReply,
+    ) {
+        let range_id = self.range.id;
+        let refuse = |reason: &str| KvError::InvalidConfChange {
+            range_id,
+            reason: reason.into(),
+        };
+        let err = if !self.is_leader() {
+            Some(self.not_leader())
+        } else if new_range.epoch.conf_ver != self.range.epoch.conf_ver + 1
+            || new_range.epoch.version != self.range.epoch.version
+        {
+            Some(KvError::EpochNotMatch {
+                current: vec![self.range.clone()],
+            })
+        } else if self.node.raft.has_pending_conf() {
+            Some(refuse("another membership change is in progress"))
+        } else {
+            None
+        };
+        if let Some(e) = err {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let context = postcard::to_stdvec(&new_range).expect("descriptor encodes");
+        let before = self.node.raft.raft_log.last_index();
+        match self.node.propose_conf_change(context, change) {
+            Ok(()) if self.node.raft.raft_log.last_index() == before + 1 => {
+                self.proposals.push_back(Proposal {
+                    index: before + 1,
+                    term: self.node.raft.term,
+                    replies: vec![reply],
+                });
+            }
+            Ok(()) => {
+                let _ = reply.send(Err(refuse("raft did not take the change")));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(refuse(&e.to_string())));
+            }
+        }
+    }
+
+    /// On the leader, every so often: proposes dropping log entries every replica has
+    /// (or, past `entries_max`, entries a lagging replica will get by snapshot instead).
+    pub fn maybe_propose_compact(&mut self, entries_min: u64, entries_max: u64) {
+        if !self.is_leader() {
+            return;
+        }
+        let applied = self.apply.applied_index;
+        let truncated = self.node.store().truncated_index();
+        let min_matched = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .map(|(_, p)| p.matched)
+            .min()
+            .unwrap_or(0);
+        let mut index = min_matched.min(applied);
+        if applied.saturating_sub(truncated) > entries_max {
+            index = applied;
+        }
+        if index < truncated + entries_min || index <= self.compact_proposed {
+            return;
+        }
+        let Ok(term) = raft::Storage::term(self.node.store(), index) else {
+            return;
+        };
+        let (reply, _) = oneshot::channel();
+        self.compact_proposed = index;
+        self.propose_entry(Command::CompactLog { index, term }, vec![reply]);
+    }
+
+    /// The log index this replica may truncate to once its applied data is flushed.
+    pub fn pending_compact(&self) -> Option<u64> {
+        self.pending_compact
+    }
+
+    /// Truncates the log to `index` (now safe: applied data up to it is flushed).
+    pub fn compact(&mut self, index: u64, batch: &mut WriteBatch<'_>) {
+        let index = index.min(self.apply.applied_index);
+        if let Err(e) = self.node.mut_store().compact_to(index, batch) {
+            warn!(range_id = self.range.id, error = %e, "log truncation failed");
+            return;
+        }
+        if self.pending_compact.is_some_and(|p| p <= index) {
+            self.pending_compact = None;
+        }
     }
 
     /// The error telling a client where to go instead.
@@ -433,11 +629,10 @@ impl Replica {
             self.on_role_change(ss.raft_state);
         }
         outbox.extend(ready.take_messages());
-        assert!(
-            ready.snapshot().data.is_empty(),
-            "range {}: snapshots are not produced yet",
-            self.range.id
-        );
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.apply_snapshot(&snapshot, batch);
+        }
         for rs in ready.take_read_states() {
             self.on_read_state(&rs.request_ctx, rs.index);
         }
@@ -537,19 +732,81 @@ impl Replica {
             &keys::apply_state_key(self.range.id),
             &self.apply.encode(),
         );
+        self.refresh_snapshot_source();
+    }
+
+    fn refresh_snapshot_source(&mut self) {
+        let source = SnapshotSource {
+            range: self.range.clone(),
+            applied_index: self.apply.applied_index,
+            applied_term: self.apply.applied_term,
+        };
+        self.node.mut_store().set_snapshot_source(source);
+    }
+
+    /// Replaces this replica's data and log with a snapshot, in the round's durable batch
+    /// (the data is in no log to replay from).
+    fn apply_snapshot(&mut self, snapshot: &Snapshot, batch: &mut WriteBatch<'_>) {
+        let meta = snapshot.get_metadata();
+        let data = match SnapshotData::decode(&snapshot.data) {
+            Ok(d) => d,
+            Err(e) => panic!(
+                "range {}: snapshot was checked on receipt but does not decode: {e}",
+                self.range.id
+            ),
+        };
+        assert_eq!(data.range.id, self.range.id, "snapshot of another range");
+        // Whatever this replica held of the key span goes; the snapshot's pairs replace it.
+        let old_span = (!self.is_uninitialized()).then(|| self.range.clone());
+        for span in old_span.iter().chain([&data.range]) {
+            batch.delete_range(Cf::Data, &span.start_key, &span_end(span));
+        }
+        for (k, v) in &data.pairs {
+            batch.put(Cf::Data, k, v);
+        }
+        self.range = data.range;
+        let state = RangeState {
+            descriptor: self.range.clone(),
+            state: ReplicaState::Normal,
+        };
+        batch.put(
+            Cf::Meta,
+            &keys::range_state_key(self.range.id),
+            &state.encode(),
+        );
+        self.apply = ApplyState {
+            applied_index: meta.index,
+            applied_term: meta.term,
+        };
+        batch.put(
+            Cf::Meta,
+            &keys::apply_state_key(self.range.id),
+            &self.apply.encode(),
+        );
+        self.node.mut_store().apply_snapshot(meta, batch);
+        self.next_id = None;
+        self.pending_compact = None;
+        self.refresh_snapshot_source();
+        info!(
+            range_id = self.range.id,
+            index = meta.index,
+            pairs = data.pairs.len(),
+            "applied snapshot"
+        );
     }
 
     /// Applies one entry; returns the answer of each client request it carries.
     fn apply_entry(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> Vec<ApplyResult> {
-        if entry.data.is_empty() {
-            return Vec::new(); // a new leader's empty entry
-        }
         match entry.get_entry_type() {
             EntryType::EntryNormal => {}
-            other => panic!(
-                "range {}: entry type {other:?} is not produced yet",
+            EntryType::EntryConfChangeV2 => return vec![self.apply_conf_change(entry, batch)],
+            EntryType::EntryConfChange => panic!(
+                "range {}: v1 conf changes are never proposed",
                 self.range.id
             ),
+        }
+        if entry.data.is_empty() {
+            return Vec::new(); // a new leader's empty entry
         }
         let command = match Command::decode(&entry.data) {
             Ok(c) => c,
@@ -564,12 +821,75 @@ impl Replica {
                 .map(|ops| self.apply_write(ops, batch))
                 .collect(),
             Command::AllocIds { count } => vec![self.apply_alloc_ids(count, batch)],
+            Command::CompactLog { index, .. } => {
+                // Truncation waits for a flush of the applied data (see the store loop).
+                if index > self.node.store().truncated_index()
+                    && index <= self.apply.applied_index.max(entry.index)
+                {
+                    self.pending_compact =
+                        Some(self.pending_compact.map_or(index, |p| p.max(index)));
+                }
+                vec![Ok(Applied::Written)]
+            }
             Command::Split {
                 epoch,
                 split_key,
                 right,
             } => vec![self.apply_split(epoch, split_key, right, batch)],
         }
+    }
+
+    /// Applies a membership change: raft's configuration, the conf state and the new
+    /// descriptor (carried in the entry's context) land together.
+    fn apply_conf_change(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> ApplyResult {
+        let range_id = self.range.id;
+        let cc = match ConfChangeV2::parse_from_bytes(&entry.data) {
+            Ok(cc) => cc,
+            Err(e) => panic!(
+                "range {range_id}: committed conf change {} does not decode: {e}",
+                entry.index
+            ),
+        };
+        let cs = match self.node.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => panic!(
+                "range {range_id}: raft refused committed conf change {}: {e}",
+                entry.index
+            ),
+        };
+        self.node.mut_store().set_conf_state(cs, batch);
+        if entry.context.is_empty() {
+            return Ok(Applied::Written); // leaving a joint configuration: no new descriptor
+        }
+        let new_range: RangeDescriptor = match postcard::from_bytes(&entry.context) {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "range {range_id}: conf change {} carries no descriptor: {e}",
+                entry.index
+            ),
+        };
+        assert!(
+            new_range.epoch > self.range.epoch,
+            "range {range_id}: epochs only rise"
+        );
+        self.range = new_range.clone();
+        let state = RangeState {
+            descriptor: new_range.clone(),
+            state: ReplicaState::Normal,
+        };
+        batch.put(Cf::Meta, &keys::range_state_key(range_id), &state.encode());
+        if self.range.replica(self.replica_id).is_none() {
+            info!(
+                range_id,
+                replica_id = self.replica_id,
+                "this replica was removed from its range"
+            );
+            self.removed = true;
+        }
+        info!(range_id, conf_ver = new_range.epoch.conf_ver, replicas = ?new_range.replicas, "membership changed");
+        Ok(Applied::ConfChanged {
+            range: Box::new(new_range),
+        })
     }
 
     fn apply_write(&mut self, ops: Vec<WriteOp>, batch: &mut WriteBatch<'_>) -> ApplyResult {
@@ -665,10 +985,10 @@ impl Replica {
         batch.put(
             Cf::Meta,
             &keys::apply_state_key(right.id),
-            &ApplyState::for_split().encode(),
+            &ApplyState::initial().encode(),
         );
         let voters = right.replicas.iter().map(|r| r.id).collect();
-        ReplicaStorage::bootstrap_split(batch, right.id, voters);
+        ReplicaStorage::bootstrap(batch, right.id, voters);
         info!(range_id, right_id = right.id, split_key = ?right.start_key, "range split");
         self.range = left.clone();
         self.new_ranges.push(right_state);
@@ -699,6 +1019,15 @@ impl Replica {
                 self.done.push((r, Err(KvError::ProposalDropped)));
             }
         }
+    }
+}
+
+/// The exclusive end of a range's span as a concrete key (an empty end means "no end").
+pub fn span_end(range: &RangeDescriptor) -> Bytes {
+    if range.end_key.is_empty() {
+        Bytes::from(vec![0xff; KEY_BYTES_MAX + 1])
+    } else {
+        range.end_key.clone()
     }
 }
 

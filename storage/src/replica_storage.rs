@@ -6,11 +6,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use shale_rpc::RangeId;
 
-use crate::command::{ApplyState, SPLIT_INIT_INDEX, SPLIT_INIT_TERM};
+use crate::command::{ApplyState, TruncatedState, RANGE_INIT_INDEX, RANGE_INIT_TERM};
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
 use crate::StorageError;
@@ -33,10 +33,21 @@ pub struct ReplicaStorage {
     /// The newest entries, contiguous, ending at `last_index`.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// The range and applied point, for building snapshots.
+    snapshot_source: Option<SnapshotSource>,
+}
+
+/// What a snapshot of a replica is built from, kept current by the replica.
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    pub range: shale_rpc::RangeDescriptor,
+    pub applied_index: u64,
+    pub applied_term: u64,
 }
 
 impl ReplicaStorage {
-    /// Writes the state of a brand-new replica whose group starts with `voters`.
+    /// Writes the Raft state of a new range whose group is `voters`: its log starts
+    /// after `RANGE_INIT_INDEX`, committed and applied up to there.
     pub fn bootstrap(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
         let mut cs = ConfState::default();
         cs.set_voters(voters);
@@ -45,28 +56,9 @@ impl ReplicaStorage {
             &keys::conf_state_key(range_id),
             &cs.write_to_bytes().expect("conf state encodes"),
         );
-        batch.put(
-            Cf::Raft,
-            &keys::hard_state_key(range_id),
-            &HardState::default()
-                .write_to_bytes()
-                .expect("hard state encodes"),
-        );
-    }
-
-    /// Writes the Raft state of a range just created by a split: its log starts after
-    /// `SPLIT_INIT_INDEX`, committed and applied up to there.
-    pub fn bootstrap_split(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
-        let mut cs = ConfState::default();
-        cs.set_voters(voters);
-        batch.put(
-            Cf::Raft,
-            &keys::conf_state_key(range_id),
-            &cs.write_to_bytes().expect("conf state encodes"),
-        );
         let hs = HardState {
-            term: SPLIT_INIT_TERM,
-            commit: SPLIT_INIT_INDEX,
+            term: RANGE_INIT_TERM,
+            commit: RANGE_INIT_INDEX,
             ..Default::default()
         };
         batch.put(
@@ -74,9 +66,19 @@ impl ReplicaStorage {
             &keys::hard_state_key(range_id),
             &hs.write_to_bytes().expect("hard state encodes"),
         );
+        let truncated = TruncatedState {
+            index: RANGE_INIT_INDEX,
+            term: RANGE_INIT_TERM,
+        };
+        batch.put(
+            Cf::Raft,
+            &keys::truncated_state_key(range_id),
+            &truncated.encode(),
+        );
     }
 
-    /// Loads a replica's Raft state from the engine.
+    /// Loads a replica's Raft state from the engine. A range with no state at all is an
+    /// uninitialized replica: empty log at 0, waiting for a snapshot.
     pub fn load(
         engine: Arc<Engine>,
         range_id: RangeId,
@@ -90,6 +92,10 @@ impl ReplicaStorage {
             Some(b) => ConfState::parse_from_bytes(&b)?,
             None => ConfState::default(),
         };
+        let truncated = match engine.get(Cf::Raft, &keys::truncated_state_key(range_id))? {
+            Some(b) => TruncatedState::decode(&b)?,
+            None => TruncatedState::default(),
+        };
         let start = keys::log_key(range_id, 0);
         let end = keys::log_key(range_id, u64::MAX);
         let (last_index, last_term) = match engine.last_key_in(Cf::Raft, &start, &end)? {
@@ -100,13 +106,22 @@ impl ReplicaStorage {
                 let entry = read_entry(&engine, range_id, index)?;
                 (index, entry.term)
             }
-            None => (apply.truncated_index, apply.truncated_term),
+            None => (truncated.index, truncated.term),
         };
         let mut hard_state = hard_state;
-        if hard_state.commit > last_index || apply.applied_index > last_index {
+        if hard_state.commit > last_index
+            || apply.applied_index > last_index
+            || truncated.index > last_index
+        {
             return Err(StorageError::Corruption(format!(
-                "range {range_id}: applied {} / commit {} past last index {last_index}",
-                apply.applied_index, hard_state.commit
+                "range {range_id}: applied {} / commit {} / truncated {} past last index {last_index}",
+                apply.applied_index, hard_state.commit, truncated.index
+            )));
+        }
+        if apply.applied_index < truncated.index {
+            return Err(StorageError::Corruption(format!(
+                "range {range_id}: log truncated to {} but only {} applied",
+                truncated.index, apply.applied_index
             )));
         }
         // The commit index is persisted lazily; whatever was applied was committed.
@@ -116,13 +131,85 @@ impl ReplicaStorage {
             range_id,
             hard_state,
             conf_state,
-            truncated_index: apply.truncated_index,
-            truncated_term: apply.truncated_term,
+            truncated_index: truncated.index,
+            truncated_term: truncated.term,
             last_index,
             last_term,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            snapshot_source: None,
         })
+    }
+
+    pub fn truncated_index(&self) -> u64 {
+        self.truncated_index
+    }
+
+    /// Deletes log entries up to `index` (which must be applied and flushed) into `batch`.
+    pub fn compact_to(
+        &mut self,
+        index: u64,
+        batch: &mut WriteBatch<'_>,
+    ) -> Result<(), StorageError> {
+        if index <= self.truncated_index {
+            return Ok(());
+        }
+        assert!(
+            index <= self.last_index,
+            "range {}: compact past the last index",
+            self.range_id
+        );
+        let term =
+            raft::Storage::term(self, index).map_err(|e| StorageError::Raft(e.to_string()))?;
+        batch.delete_range(
+            Cf::Raft,
+            &keys::log_key(self.range_id, 0),
+            &keys::log_key(self.range_id, index + 1),
+        );
+        let truncated = TruncatedState { index, term };
+        batch.put(
+            Cf::Raft,
+            &keys::truncated_state_key(self.range_id),
+            &truncated.encode(),
+        );
+        self.truncated_index = index;
+        self.truncated_term = term;
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            let e = self.cache.pop_front().expect("checked non-empty");
+            self.cache_bytes -= e.data.len();
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole log with the snapshot's starting point, into `batch`.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata, batch: &mut WriteBatch<'_>) {
+        let (start, end) = keys::raft_bounds(self.range_id);
+        batch.delete_range(Cf::Raft, &start, &end);
+        let truncated = TruncatedState {
+            index: meta.index,
+            term: meta.term,
+        };
+        batch.put(
+            Cf::Raft,
+            &keys::truncated_state_key(self.range_id),
+            &truncated.encode(),
+        );
+        self.truncated_index = meta.index;
+        self.truncated_term = meta.term;
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.set_conf_state(meta.get_conf_state().clone(), batch);
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        self.set_hard_state(hs, batch);
+    }
+
+    /// What snapshots of this replica are made from: set by the replica after it applies.
+    pub fn set_snapshot_source(&mut self, source: SnapshotSource) {
+        self.snapshot_source = Some(source);
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -324,11 +411,24 @@ impl raft::Storage for ReplicaStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Logs are not truncated yet, so no follower ever needs a snapshot.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// A snapshot of the range's data at its applied index, built on the store loop
+    /// (applied data is all written between rounds, so the view is exact).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
+        let Some(source) = &self.snapshot_source else {
+            return Err(unavailable());
+        };
+        if source.applied_index < request_index || source.applied_index == 0 {
+            return Err(unavailable());
+        }
+        let data = crate::snapshot::build(&self.engine, &source.range).map_err(to_raft)?;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = source.applied_index;
+        meta.term = source.applied_term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }
 
@@ -348,46 +448,75 @@ mod tests {
     }
 
     #[test]
-    fn append_overwrites_conflicting_suffix_and_survives_reload() {
+    fn append_overwrites_conflicting_suffix_compacts_and_survives_reload() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
         let mut batch = engine.batch();
         ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
         engine.write(batch, Durability::Sync).unwrap();
-        let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::default()).unwrap();
+        let applied = ApplyState::initial();
+        let mut s = ReplicaStorage::load(engine.clone(), 7, &applied).unwrap();
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index()),
+            (6, 5),
+            "a new range's log starts after 5"
+        );
+        let ctx = || GetEntriesContext::empty(false);
         let mut batch = engine.batch();
         s.append(
-            &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(),
+            &(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(),
             &mut batch,
         );
         engine.write(batch, Durability::Sync).unwrap();
         let mut batch = engine.batch();
-        s.append(&[entry(3, 2)], &mut batch);
+        s.append(&[entry(8, 7)], &mut batch);
         engine.write(batch, Durability::Sync).unwrap();
-        assert_eq!(s.last_index(), 3);
-        assert_eq!(s.term(3).unwrap(), 2);
-        let got = s
-            .entries(1, 4, None, GetEntriesContext::empty(false))
-            .unwrap();
+        assert_eq!(s.last_index(), 8);
+        assert_eq!(s.term(8).unwrap(), 7);
+        let got = s.entries(6, 9, None, ctx()).unwrap();
         assert_eq!(
             got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
-            vec![(1, 1), (2, 1), (3, 2)]
+            vec![(6, 6), (7, 6), (8, 7)]
         );
 
-        let reloaded = ReplicaStorage::load(engine.clone(), 7, &ApplyState::default()).unwrap();
-        assert_eq!(reloaded.last_index(), 3);
-        assert_eq!(reloaded.term(3).unwrap(), 2);
-        assert_eq!(reloaded.term(2).unwrap(), 1);
-        let got = reloaded
-            .entries(1, 4, Some(0), GetEntriesContext::empty(false))
-            .unwrap();
+        let mut reloaded = ReplicaStorage::load(engine.clone(), 7, &applied).unwrap();
+        assert_eq!(reloaded.last_index(), 8);
+        assert_eq!(reloaded.term(8).unwrap(), 7);
+        assert_eq!(reloaded.term(7).unwrap(), 6);
+        assert_eq!(
+            reloaded.term(5).unwrap(),
+            5,
+            "the truncated entry's term is kept"
+        );
+        let got = reloaded.entries(6, 9, Some(0), ctx()).unwrap();
         assert_eq!(got.len(), 1, "a size limit still returns one entry");
-        assert!(reloaded
-            .entries(1, 5, None, GetEntriesContext::empty(false))
-            .is_err());
+        assert!(reloaded.entries(6, 10, None, ctx()).is_err());
         assert_eq!(
             reloaded.initial_state().unwrap().conf_state.voters,
             vec![1, 2, 3]
         );
+
+        let mut batch = engine.batch();
+        reloaded.compact_to(7, &mut batch).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
+        assert_eq!(reloaded.first_index().unwrap(), 8);
+        assert!(
+            reloaded.entries(7, 9, None, ctx()).is_err(),
+            "compacted entries are gone"
+        );
+        let after = ReplicaStorage::load(
+            engine.clone(),
+            7,
+            &ApplyState {
+                applied_index: 8,
+                applied_term: 7,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (after.first_index().unwrap(), after.term(7).unwrap()),
+            (8, 6)
+        );
+        assert_eq!(after.entries(8, 9, None, ctx()).unwrap()[0].term, 7);
     }
 }

@@ -9,11 +9,14 @@ use std::time::Duration;
 use shale_rpc::client::parse_addr;
 use shale_rpc::transport::{OnewayStream, Transport};
 use shale_rpc::{Frame, FrameKind, RaftBatch, StoreId};
-use tokio::sync::mpsc;
-use tracing::debug;
+use std::sync::mpsc::SyncSender;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info};
 
+use crate::faults::Faults;
 use crate::replica::AddressBook;
-use crate::store::RaftSender;
+use crate::snapshot::SnapshotChunk;
+use crate::store::{OutgoingSnapshot, RaftSender, StoreMsg};
 
 /// Most message bytes merged into one frame when a peer's queue has several batches.
 const FRAME_MESSAGE_BYTES_MAX: usize = 8 << 20;
@@ -22,6 +25,11 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The store loop's `RaftSender` over QUIC.
 pub struct RaftRouter {
+    faults: Arc<Faults>,
+    store_id: StoreId,
+    snapshot_slots: Arc<Semaphore>,
+    store_tx: SyncSender<StoreMsg>,
+    next_transfer_id: u64,
     transport: Arc<Transport>,
     addresses: AddressBook,
     runtime: tokio::runtime::Handle,
@@ -31,23 +39,102 @@ pub struct RaftRouter {
 
 impl RaftRouter {
     pub fn new(
+        store_id: StoreId,
         transport: Arc<Transport>,
         addresses: AddressBook,
         runtime: tokio::runtime::Handle,
         queue_batches_max: usize,
+        store_tx: SyncSender<StoreMsg>,
+        faults: Arc<Faults>,
     ) -> Self {
         RaftRouter {
+            faults,
+            store_id,
             transport,
             addresses,
             runtime,
             queue_batches_max,
             peers: HashMap::new(),
+            snapshot_slots: Arc::new(Semaphore::new(SNAPSHOTS_SENDING_MAX)),
+            store_tx,
+            next_transfer_id: rand::random(),
         }
     }
 }
 
+/// Snapshots being sent at once; more wait for a slot (the loop never blocks on it).
+const SNAPSHOTS_SENDING_MAX: usize = 2;
+
+/// Streams one snapshot message in chunk frames on a fresh one-way stream.
+async fn send_snapshot(
+    transport: Arc<Transport>,
+    addr: Option<String>,
+    chunks: Vec<SnapshotChunk>,
+) -> Result<(), String> {
+    let addr = addr.ok_or("no address for the target store")?;
+    let addr = parse_addr(&addr).map_err(|e| e.to_string())?;
+    let mut stream = transport
+        .open_oneway(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    for chunk in &chunks {
+        let frame = Frame::encode(FrameKind::SnapshotChunk, chunk).map_err(|e| e.to_string())?;
+        stream.send(&frame).await.map_err(|e| e.to_string())?;
+    }
+    stream.finish().await.map_err(|e| e.to_string())
+}
+
 impl RaftSender for RaftRouter {
+    fn send_snapshot(&mut self, snapshot: OutgoingSnapshot) {
+        if self.faults.partitioned() {
+            let _ = self.store_tx.try_send(StoreMsg::SnapshotReport {
+                range_id: snapshot.range_id,
+                to_replica: snapshot.to_replica,
+                ok: false,
+            });
+            return;
+        }
+        self.next_transfer_id = self.next_transfer_id.wrapping_add(1);
+        let chunks = crate::snapshot::chunks(
+            self.store_id,
+            snapshot.to_store,
+            snapshot.range_id,
+            self.next_transfer_id,
+            &snapshot.message,
+        );
+        let addr = self
+            .addresses
+            .read()
+            .expect("address book lock")
+            .get(&snapshot.to_store)
+            .cloned();
+        let (transport, slots, tx) = (
+            self.transport.clone(),
+            self.snapshot_slots.clone(),
+            self.store_tx.clone(),
+        );
+        self.runtime.spawn(async move {
+            let result = match slots.acquire_owned().await {
+                Ok(_permit) => send_snapshot(transport, addr, chunks).await,
+                Err(_) => Err("snapshot slots closed".to_string()),
+            };
+            if let Err(reason) = &result {
+                info!(range_id = snapshot.range_id, to_store = snapshot.to_store, %reason, "snapshot send failed");
+            }
+            let report = StoreMsg::SnapshotReport {
+                range_id: snapshot.range_id,
+                to_replica: snapshot.to_replica,
+                ok: result.is_ok(),
+            };
+            // The loop must hear the outcome, or raft waits on the snapshot forever.
+            let _ = tokio::task::spawn_blocking(move || tx.send(report)).await;
+        });
+    }
+
     fn send(&mut self, batch: RaftBatch) {
+        if self.faults.partitioned() {
+            return;
+        }
         let to = batch.to_store;
         let tx = self.peers.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(self.queue_batches_max);

@@ -2,30 +2,39 @@
 //! checks them, hands them to the store loop, and runs linearizable reads against the
 //! engine once the loop says they may proceed.
 
+use std::net::SocketAddr;
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use shale_rpc::client::{ClientError, KvClient};
 use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
 use shale_rpc::transport::{rejected, Service};
 use shale_rpc::{
     AdminReply, AdminRequest, AdminResponse, Epoch, Frame, FrameKind, KvError, KvOp, KvReply,
-    KvRequest, KvResponse, RaftBatch, RangeDescriptor, RangeId, ReplicaDescriptor, StoreId,
-    WriteOp, SYSTEM_PREFIX_END,
+    KvRequest, KvResponse, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, ReplicaDescriptor,
+    StoreId, WriteOp, SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::command::{Applied, Command};
 use crate::engine::{Cf, Engine};
+use crate::faults::Faults;
+use crate::replica::AddressBook;
+use crate::snapshot::{Assembler, SnapshotChunk, SnapshotData};
 use crate::store::StoreMsg;
 
 /// Serves one store's KV and Raft traffic.
 pub struct StoreService {
     store_id: StoreId,
     tx: SyncSender<StoreMsg>,
+    addresses: AddressBook,
+    snapshots: Mutex<Assembler>,
+    faults: Arc<Faults>,
     engine: Arc<Engine>,
     request_timeout: Duration,
     /// Reaches the range holding the id counter, wherever it is.
@@ -36,6 +45,8 @@ impl StoreService {
     pub fn new(
         store_id: StoreId,
         tx: SyncSender<StoreMsg>,
+        addresses: AddressBook,
+        faults: Arc<Faults>,
         engine: Arc<Engine>,
         request_timeout: Duration,
         cluster: Arc<KvClient>,
@@ -43,6 +54,9 @@ impl StoreService {
         StoreService {
             store_id,
             tx,
+            addresses,
+            snapshots: Mutex::new(Assembler::default()),
+            faults,
             engine,
             request_timeout,
             cluster,
@@ -209,7 +223,174 @@ impl StoreService {
                 let range = self.ask(|reply| StoreMsg::FindRange { key, reply }).await?;
                 Ok(AdminReply::Range(range))
             }
+            AdminRequest::AddReplica {
+                range_id,
+                store_id,
+                addr,
+            } => self
+                .add_replica(range_id, store_id, addr)
+                .await
+                .map(AdminReply::Changed),
+            AdminRequest::RemoveReplica { range_id, store_id } => self
+                .remove_replica(range_id, store_id)
+                .await
+                .map(AdminReply::Changed),
+            AdminRequest::DestroyReplica { range_id, conf_ver } => {
+                self.ask(|reply| StoreMsg::Destroy {
+                    range_id,
+                    conf_ver,
+                    reply,
+                })
+                .await?;
+                Ok(AdminReply::Started)
+            }
         }
+    }
+
+    async fn describe(&self, range_id: RangeId) -> Result<RangeDescriptor, KvError> {
+        self.ask(|reply| StoreMsg::Describe { range_id, reply })
+            .await?
+            .ok_or(KvError::RangeNotFound { range_id })
+    }
+
+    /// Adds a replica of `range_id` on `store_id` through a Raft membership change.
+    pub async fn add_replica(
+        &self,
+        range_id: RangeId,
+        store_id: StoreId,
+        addr: String,
+    ) -> Result<RangeDescriptor, KvError> {
+        let range = self.describe(range_id).await?;
+        if range.replica_on(store_id).is_some() {
+            return Err(KvError::InvalidConfChange {
+                range_id,
+                reason: format!("store {store_id} already holds a replica"),
+            });
+        }
+        self.addresses
+            .write()
+            .expect("address book lock")
+            .insert(store_id, addr);
+        let id = self.cluster.alloc_ids(1).await.map_err(client_err)?;
+        let mut new_range = range.clone();
+        new_range.replicas.push(ReplicaDescriptor { id, store_id });
+        new_range.epoch.conf_ver += 1;
+        self.change(range_id, ConfChangeType::AddNode, id, new_range)
+            .await
+    }
+
+    /// Removes the replica of `range_id` on `store_id`; its store is told to destroy it.
+    pub async fn remove_replica(
+        &self,
+        range_id: RangeId,
+        store_id: StoreId,
+    ) -> Result<RangeDescriptor, KvError> {
+        let range = self.describe(range_id).await?;
+        let Some(target) = range.replica_on(store_id).copied() else {
+            return Err(KvError::InvalidConfChange {
+                range_id,
+                reason: format!("store {store_id} holds no replica"),
+            });
+        };
+        if store_id == self.store_id {
+            return Err(KvError::InvalidConfChange {
+                range_id,
+                reason: "the leader's replica cannot be removed; transfer leadership first".into(),
+            });
+        }
+        let mut new_range = range.clone();
+        new_range.replicas.retain(|r| r.id != target.id);
+        new_range.epoch.conf_ver += 1;
+        let changed = self
+            .change(range_id, ConfChangeType::RemoveNode, target.id, new_range)
+            .await?;
+        // The removed replica may never apply its own removal; tell its store directly.
+        let addr = self
+            .addresses
+            .read()
+            .expect("address book lock")
+            .get(&store_id)
+            .cloned();
+        if let Some(addr) = addr.and_then(|a| shale_rpc::client::parse_addr(&a).ok()) {
+            let req = AdminRequest::DestroyReplica {
+                range_id,
+                conf_ver: changed.epoch.conf_ver,
+            };
+            if let Err(e) = shale_rpc::client::admin(self.cluster.transport(), addr, &req).await {
+                info!(range_id, store_id, error = %e, "could not tell the removed replica's store");
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn change(
+        &self,
+        range_id: RangeId,
+        kind: ConfChangeType,
+        replica_id: u64,
+        new_range: RangeDescriptor,
+    ) -> Result<RangeDescriptor, KvError> {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = replica_id;
+        let mut change = ConfChangeV2::default();
+        change.mut_changes().push(single);
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(StoreMsg::ConfChange {
+            range_id,
+            change,
+            new_range,
+            reply,
+        })?;
+        match self.wait(rx).await? {
+            Applied::ConfChanged { range } => Ok(*range),
+            other => panic!("membership change applied as {other:?}"),
+        }
+    }
+
+    fn learn_address(&self, store_id: StoreId, remote: SocketAddr) {
+        let known = self
+            .addresses
+            .read()
+            .expect("address book lock")
+            .contains_key(&store_id);
+        if !known {
+            info!(store_id, %remote, "learned a store's address from its traffic");
+            self.addresses
+                .write()
+                .expect("address book lock")
+                .insert(store_id, remote.to_string());
+        }
+    }
+
+    /// Adds a snapshot chunk; a complete, well-formed snapshot goes to the store loop.
+    fn snapshot_chunk(&self, frame: Frame) {
+        let chunk: SnapshotChunk = match frame.decode(FrameKind::SnapshotChunk) {
+            Ok(c) => c,
+            Err(e) => return warn!(error = %e, "undecodable snapshot chunk"),
+        };
+        let from_store = chunk.from_store;
+        let done = self
+            .snapshots
+            .lock()
+            .expect("snapshot assembler lock")
+            .add(chunk);
+        let (range_id, message) = match done {
+            Ok(Some(whole)) => whole,
+            Ok(None) => return,
+            Err(reason) => return warn!(from_store, %reason, "snapshot chunk refused"),
+        };
+        if let Err(reason) = check_snapshot_message(&message) {
+            return warn!(range_id, from_store, %reason, "snapshot refused");
+        }
+        let batch = RaftBatch {
+            from_store,
+            to_store: self.store_id,
+            messages: vec![RaftEnvelope { range_id, message }],
+        };
+        // A snapshot is too costly to drop on a full queue: wait for room.
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(StoreMsg::Raft(batch)));
     }
 
     fn get(&self, range: &RangeDescriptor, key: &[u8]) -> KvResponse {
@@ -260,6 +441,29 @@ impl StoreService {
     }
 }
 
+fn client_err(e: ClientError) -> KvError {
+    match e {
+        ClientError::Kv(e) => e,
+        other => KvError::ServerBusy {
+            reason: format!("id allocation failed: {other}"),
+        },
+    }
+}
+
+/// A received snapshot must be a well-formed Raft snapshot message of a range.
+fn check_snapshot_message(message: &[u8]) -> Result<(), String> {
+    let m = raft::eraftpb::Message::parse_from_bytes(message).map_err(|e| e.to_string())?;
+    if m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+        return Err(format!(
+            "a {:?} message on the snapshot stream",
+            m.get_msg_type()
+        ));
+    }
+    SnapshotData::decode(&m.get_snapshot().data)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn storage_err(e: crate::StorageError) -> KvError {
     warn!(error = %e, "engine read failed");
     KvError::Storage {
@@ -293,14 +497,21 @@ impl Service for StoreService {
         encoded.unwrap_or_else(|e| rejected(&e))
     }
 
-    fn message(&self, frame: Frame) {
+    fn message(&self, frame: Frame, remote: SocketAddr) {
+        if self.faults.partitioned() {
+            return;
+        }
+        if frame.kind == FrameKind::SnapshotChunk {
+            return self.snapshot_chunk(frame);
+        }
         match frame.decode::<RaftBatch>(FrameKind::RaftBatch) {
             Ok(batch) => {
+                self.learn_address(batch.from_store, remote);
                 if let Err(e) = self.enqueue(StoreMsg::Raft(batch)) {
                     debug!(error = %e, "dropping raft batch");
                 }
             }
-            Err(e) => warn!(error = %e, "undecodable raft batch"),
+            Err(e) => warn!(error = %e, %remote, "undecodable raft batch"),
         }
     }
 }

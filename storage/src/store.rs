@@ -4,24 +4,25 @@
 //! batched per target store.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChangeV2, Message, MessageType};
 use shale_rpc::{
-    Epoch, KvError, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus, StoreId,
-    WriteOp,
+    Epoch, KvError, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus,
+    ReplicaDescriptor, ReplicaId, StoreId, WriteOp,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::command::{Command, RangeState};
-use crate::config::{RaftConfig, StoreConfig};
-use crate::engine::{Durability, Engine};
-use crate::replica::{AddressBook, ReadReply, Replica, WriteReply};
+use crate::command::{Command, RangeState, ReplicaState};
+use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
+use crate::engine::{Cf, Durability, Engine};
+use crate::keys;
+use crate::replica::{span_end, AddressBook, ReadReply, Replica, WriteReply};
 
 /// What the store loop is asked to do.
 pub enum StoreMsg {
@@ -67,12 +68,39 @@ pub enum StoreMsg {
     Status {
         reply: oneshot::Sender<Vec<RangeStatus>>,
     },
+    /// A membership change of `range_id` to `new_range`.
+    ConfChange {
+        range_id: RangeId,
+        change: ConfChangeV2,
+        new_range: RangeDescriptor,
+        reply: WriteReply,
+    },
+    /// How sending a snapshot went.
+    SnapshotReport {
+        range_id: RangeId,
+        to_replica: ReplicaId,
+        ok: bool,
+    },
+    /// A flush finished: applied data up to these indexes is on disk, so their logs may
+    /// be truncated that far.
+    Flushed {
+        targets: Vec<(RangeId, u64)>,
+    },
+    /// Destroy the local replica of `range_id` if its `conf_ver` is older than this.
+    Destroy {
+        range_id: RangeId,
+        conf_ver: u64,
+        reply: oneshot::Sender<bool>,
+    },
     Shutdown,
 }
 
 /// Where outgoing Raft batches go.
 pub trait RaftSender: Send + 'static {
     fn send(&mut self, batch: RaftBatch);
+    /// Sends a snapshot on its own stream; the outcome comes back as
+    /// `StoreMsg::SnapshotReport`.
+    fn send_snapshot(&mut self, snapshot: OutgoingSnapshot);
 }
 
 /// The loop's state: every replica on the store.
@@ -88,6 +116,11 @@ pub struct Store<S: RaftSender> {
     /// Where ranges due for a size check go (checked off the loop thread).
     split_checks: Option<tokio::sync::mpsc::Sender<RangeDescriptor>>,
     split_check_bytes: u64,
+    log_gc: LogGcConfig,
+    ticks: u64,
+    flush_in_flight: bool,
+    /// The loop's own queue, for background work to report back.
+    self_tx: SyncSender<StoreMsg>,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -98,6 +131,7 @@ impl<S: RaftSender> Store<S> {
         sender: S,
         addresses: AddressBook,
         split_checks: Option<tokio::sync::mpsc::Sender<RangeDescriptor>>,
+        self_tx: SyncSender<StoreMsg>,
     ) -> Self {
         Store {
             store_id: config.store_id,
@@ -110,6 +144,10 @@ impl<S: RaftSender> Store<S> {
             addresses,
             split_checks,
             split_check_bytes: config.split.check_after_written_bytes,
+            log_gc: config.log_gc.clone(),
+            ticks: 0,
+            flush_in_flight: false,
+            self_tx,
         }
     }
 
@@ -144,6 +182,10 @@ impl<S: RaftSender> Store<S> {
                     r.tick();
                 }
                 self.request_split_checks();
+                self.ticks += 1;
+                if self.ticks % self.log_gc.interval_ticks == 0 {
+                    self.log_gc();
+                }
                 next_tick = Instant::now() + self.tick;
             }
             let now = Instant::now();
@@ -196,9 +238,44 @@ impl<S: RaftSender> Store<S> {
                 let found = self
                     .replicas
                     .values()
-                    .find(|r| r.range.contains(&key))
+                    .find(|r| !r.is_uninitialized() && r.range.contains(&key))
                     .map(|r| r.range.clone());
                 let _ = reply.send(found);
+            }
+            StoreMsg::ConfChange {
+                range_id,
+                change,
+                new_range,
+                reply,
+            } => match self.replicas.get_mut(&range_id) {
+                Some(r) => r.propose_conf_change(change, new_range, reply),
+                None => {
+                    let _ = reply.send(Err(KvError::RangeNotFound { range_id }));
+                }
+            },
+            StoreMsg::SnapshotReport {
+                range_id,
+                to_replica,
+                ok,
+            } => {
+                if let Some(r) = self.replicas.get_mut(&range_id) {
+                    r.report_snapshot(to_replica, ok);
+                }
+            }
+            StoreMsg::Flushed { targets } => self.truncate_logs(targets),
+            StoreMsg::Destroy {
+                range_id,
+                conf_ver,
+                reply,
+            } => {
+                let stale = self
+                    .replicas
+                    .get(&range_id)
+                    .is_some_and(|r| r.range.epoch.conf_ver < conf_ver || r.is_removed());
+                if stale {
+                    self.destroy_replica(range_id);
+                }
+                let _ = reply.send(stale);
             }
             StoreMsg::Describe { range_id, reply } => {
                 let _ = reply.send(self.replicas.get(&range_id).map(|r| r.range.clone()));
@@ -255,18 +332,72 @@ impl<S: RaftSender> Store<S> {
             return;
         }
         for env in batch.messages {
-            let Some(replica) = self.replicas.get_mut(&env.range_id) else {
-                debug!(
-                    range_id = env.range_id,
-                    "raft message for a range not on this store"
-                );
-                continue;
-            };
-            match Message::parse_from_bytes(&env.message) {
-                Ok(m) => replica.step(m),
+            let m = match Message::parse_from_bytes(&env.message) {
+                Ok(m) => m,
                 Err(e) => {
-                    warn!(range_id = env.range_id, error = %e, from = batch.from_store, "undecodable raft message")
+                    warn!(range_id = env.range_id, error = %e, from = batch.from_store, "undecodable raft message");
+                    continue;
                 }
+            };
+            if !self.replicas.contains_key(&env.range_id)
+                && !self.create_from_message(env.range_id, &m, batch.from_store)
+            {
+                continue;
+            }
+            let replica = self
+                .replicas
+                .get_mut(&env.range_id)
+                .expect("present or just created");
+            replica.learn_peer(m.from, batch.from_store);
+            replica.step(m);
+        }
+    }
+
+    /// A leader talks to a replica this store does not have yet (it was just added):
+    /// start it empty so it can take the leader's snapshot. Never for a removed one.
+    fn create_from_message(&mut self, range_id: RangeId, m: &Message, from_store: StoreId) -> bool {
+        let from_leader = matches!(
+            m.get_msg_type(),
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        );
+        if !from_leader || m.to == 0 {
+            return false;
+        }
+        match self.engine.get(Cf::Meta, &keys::range_state_key(range_id)) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                debug!(range_id, "message for a removed replica; ignored");
+                return false;
+            }
+            Err(e) => {
+                warn!(range_id, error = %e, "cannot read range state");
+                return false;
+            }
+        }
+        let me = ReplicaDescriptor {
+            id: m.to,
+            store_id: self.store_id,
+        };
+        match Replica::uninitialized(
+            self.engine.clone(),
+            range_id,
+            me,
+            &self.raft,
+            self.addresses.clone(),
+        ) {
+            Ok(mut r) => {
+                r.learn_peer(m.from, from_store);
+                info!(
+                    range_id,
+                    replica_id = m.to,
+                    "created a replica for a new member; waiting for its snapshot"
+                );
+                self.replicas.insert(range_id, r);
+                true
+            }
+            Err(e) => {
+                warn!(range_id, error = %e, "cannot create replica");
+                false
             }
         }
     }
@@ -282,6 +413,8 @@ impl<S: RaftSender> Store<S> {
                 term: r.term(),
                 commit_index: r.commit_index(),
                 applied_index: r.applied_index(),
+                truncated_index: r.truncated_index(),
+                last_index: r.last_index(),
             })
             .collect()
     }
@@ -339,9 +472,13 @@ impl<S: RaftSender> Store<S> {
         for id in &ids {
             let r = self.replicas.get_mut(id).expect("ready replica exists");
             r.after_apply();
-            let (parent_leads, new_ranges) = (r.is_leader(), r.take_new_ranges());
+            let (parent_leads, new_ranges, removed) =
+                (r.is_leader(), r.take_new_ranges(), r.is_removed());
             for state in new_ranges {
                 self.start_replica(state, parent_leads);
+            }
+            if removed {
+                self.destroy_replica(*id);
             }
         }
     }
@@ -371,6 +508,90 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
+    /// Proposes log truncation on the ranges this store leads, and starts a flush when
+    /// replicas wait to truncate (their applied data must be on disk first).
+    fn log_gc(&mut self) {
+        for r in self.replicas.values_mut() {
+            r.maybe_propose_compact(self.log_gc.entries_min, self.log_gc.entries_max);
+        }
+        if self.flush_in_flight {
+            return;
+        }
+        let targets: Vec<(RangeId, u64)> = self
+            .replicas
+            .values()
+            .filter_map(|r| {
+                r.pending_compact()
+                    .map(|p| (r.range.id, p.min(r.applied_index())))
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        self.flush_in_flight = true;
+        let engine = self.engine.clone();
+        let tx = self.self_tx.clone();
+        let store_id = self.store_id;
+        std::thread::spawn(move || {
+            if let Err(e) = engine.flush() {
+                warn!(store_id, error = %e, "flush for log truncation failed");
+                let _ = tx.send(StoreMsg::Flushed {
+                    targets: Vec::new(),
+                });
+                return;
+            }
+            let _ = tx.send(StoreMsg::Flushed { targets });
+        });
+    }
+
+    fn truncate_logs(&mut self, targets: Vec<(RangeId, u64)>) {
+        self.flush_in_flight = false;
+        let engine = self.engine.clone();
+        let mut batch = engine.batch();
+        for (range_id, index) in targets {
+            if let Some(r) = self.replicas.get_mut(&range_id) {
+                r.compact(index, &mut batch);
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = engine.write(batch, Durability::Wal) {
+                panic!("store {}: truncating raft logs failed: {e}", self.store_id);
+            }
+        }
+    }
+
+    /// Removes a replica for good: its data and Raft state go, and a tombstone stays so
+    /// that no message ever brings it back.
+    fn destroy_replica(&mut self, range_id: RangeId) {
+        let Some(r) = self.replicas.remove(&range_id) else {
+            return;
+        };
+        let engine = self.engine.clone();
+        let mut batch = engine.batch();
+        if !r.is_uninitialized() {
+            batch.delete_range(Cf::Data, &r.range.start_key, &span_end(&r.range));
+        }
+        let (start, end) = keys::raft_bounds(range_id);
+        batch.delete_range(Cf::Raft, &start, &end);
+        batch.delete(Cf::Meta, &keys::apply_state_key(range_id));
+        let tombstone = RangeState {
+            descriptor: r.range.clone(),
+            state: ReplicaState::Tombstone,
+        };
+        batch.put(
+            Cf::Meta,
+            &keys::range_state_key(range_id),
+            &tombstone.encode(),
+        );
+        if let Err(e) = engine.write(batch, Durability::Sync) {
+            panic!(
+                "store {}: destroying range {range_id} failed: {e}",
+                self.store_id
+            );
+        }
+        info!(store_id = self.store_id, range_id, "replica destroyed");
+    }
+
     /// Asks for a size check of every leader range that took enough writes since its last.
     fn request_split_checks(&mut self) {
         let Some(tx) = &self.split_checks else { return };
@@ -382,6 +603,9 @@ impl<S: RaftSender> Store<S> {
     }
 
     fn flush(&mut self, outbox: &mut Outbox) {
+        for snapshot in std::mem::take(&mut outbox.snapshots) {
+            self.sender.send_snapshot(snapshot);
+        }
         for (to_store, messages) in std::mem::take(&mut outbox.by_store) {
             if messages.is_empty() {
                 continue;
@@ -396,15 +620,25 @@ impl<S: RaftSender> Store<S> {
 }
 
 /// Outgoing Raft messages of a round, grouped by target store.
+/// Outgoing Raft messages of a round, grouped by target store; snapshots apart.
 #[derive(Default)]
 struct Outbox {
     by_store: HashMap<StoreId, Vec<RaftEnvelope>>,
+    snapshots: Vec<OutgoingSnapshot>,
+}
+
+/// A snapshot message, sent on its own stream.
+pub struct OutgoingSnapshot {
+    pub range_id: RangeId,
+    pub to_store: StoreId,
+    pub to_replica: ReplicaId,
+    pub message: Bytes,
 }
 
 impl Outbox {
     fn add(&mut self, replica: &Replica, msgs: Vec<Message>) {
         for m in msgs {
-            let Some(target) = replica.range.replica(m.to) else {
+            let Some(to_store) = replica.store_of(m.to) else {
                 warn!(
                     range_id = replica.range.id,
                     to = m.to,
@@ -412,13 +646,22 @@ impl Outbox {
                 );
                 continue;
             };
-            let message = m.write_to_bytes().expect("raft message encodes");
+            let message = Bytes::from(m.write_to_bytes().expect("raft message encodes"));
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots.push(OutgoingSnapshot {
+                    range_id: replica.range.id,
+                    to_store,
+                    to_replica: m.to,
+                    message,
+                });
+                continue;
+            }
             self.by_store
-                .entry(target.store_id)
+                .entry(to_store)
                 .or_default()
                 .push(RaftEnvelope {
                     range_id: replica.range.id,
-                    message: message.into(),
+                    message,
                 });
         }
     }

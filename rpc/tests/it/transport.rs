@@ -24,7 +24,7 @@ impl Service for Echo {
         }
     }
 
-    fn message(&self, _frame: Frame) {
+    fn message(&self, _frame: Frame, _remote: SocketAddr) {
         self.messages.fetch_add(1, Ordering::SeqCst);
     }
 }

@@ -1,0 +1,200 @@
+//! Range snapshots: what one holds (the range's descriptor and every pair of its data at
+//! the snapshot's index), and reassembling one from the checksummed chunks it travels in.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use shale_rpc::{RangeDescriptor, RangeId, StoreId};
+
+use crate::engine::{Cf, Engine};
+use crate::StorageError;
+
+/// Largest snapshot built or accepted. Ranges split well below it.
+pub const SNAPSHOT_BYTES_MAX: usize = 512 << 20;
+/// Bytes of snapshot per chunk frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshots being received at once; more are refused (the leader retries).
+pub const SNAPSHOTS_RECEIVING_MAX: usize = 4;
+/// A snapshot whose next chunk does not come within this long is dropped.
+const ASSEMBLY_IDLE_MAX: Duration = Duration::from_secs(60);
+
+/// The payload of a Raft snapshot of a range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotData {
+    pub range: RangeDescriptor,
+    pub pairs: Vec<(Bytes, Bytes)>,
+}
+
+impl SnapshotData {
+    pub fn decode(data: &[u8]) -> Result<SnapshotData, StorageError> {
+        Ok(postcard::from_bytes(data)?)
+    }
+}
+
+/// Reads every pair of `range` into an encoded snapshot payload.
+pub fn build(engine: &Engine, range: &RangeDescriptor) -> Result<Vec<u8>, StorageError> {
+    let mut pairs = Vec::new();
+    let mut bytes = 0usize;
+    engine.scan(Cf::Data, &range.start_key, &range.end_key, |k, v| {
+        bytes += k.len() + v.len();
+        pairs.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
+        bytes <= SNAPSHOT_BYTES_MAX
+    })?;
+    if bytes > SNAPSHOT_BYTES_MAX {
+        return Err(StorageError::Engine(format!(
+            "range {} holds more than {SNAPSHOT_BYTES_MAX} bytes; it must split before it can be snapshotted",
+            range.id
+        )));
+    }
+    let data = SnapshotData {
+        range: range.clone(),
+        pairs,
+    };
+    Ok(postcard::to_stdvec(&data).expect("snapshot encodes"))
+}
+
+/// One chunk of a snapshot message on the wire (each frame carries its own crc32).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub from_store: StoreId,
+    pub to_store: StoreId,
+    pub range_id: RangeId,
+    /// Distinguishes transfers from the same store.
+    pub transfer_id: u64,
+    pub seq: u32,
+    pub chunks: u32,
+    /// Bytes of the whole Raft message the chunks make up.
+    pub total_bytes: u64,
+    pub data: Bytes,
+}
+
+struct Assembly {
+    next_seq: u32,
+    buf: BytesMut,
+    touched: Instant,
+}
+
+/// Reassembles snapshot messages from their chunks, within bounds.
+#[derive(Default)]
+pub struct Assembler {
+    open: HashMap<(StoreId, u64), Assembly>,
+}
+
+impl Assembler {
+    /// Takes one chunk; returns the whole Raft message when this was its last chunk.
+    pub fn add(&mut self, chunk: SnapshotChunk) -> Result<Option<(RangeId, Bytes)>, String> {
+        self.open
+            .retain(|_, a| a.touched.elapsed() < ASSEMBLY_IDLE_MAX);
+        let key = (chunk.from_store, chunk.transfer_id);
+        let total = chunk.total_bytes as usize;
+        if total > SNAPSHOT_BYTES_MAX || chunk.chunks == 0 || chunk.seq >= chunk.chunks {
+            self.open.remove(&key);
+            return Err(format!(
+                "bad snapshot chunk header for range {}",
+                chunk.range_id
+            ));
+        }
+        if chunk.seq == 0 {
+            if self.open.len() >= SNAPSHOTS_RECEIVING_MAX {
+                return Err(format!(
+                    "already receiving {SNAPSHOTS_RECEIVING_MAX} snapshots"
+                ));
+            }
+            self.open.insert(
+                key,
+                Assembly {
+                    next_seq: 0,
+                    buf: BytesMut::with_capacity(total.min(SNAPSHOT_CHUNK_BYTES * 4)),
+                    touched: Instant::now(),
+                },
+            );
+        }
+        let Some(a) = self.open.get_mut(&key) else {
+            return Err(format!(
+                "snapshot chunk {} for an unknown transfer",
+                chunk.seq
+            ));
+        };
+        if chunk.seq != a.next_seq || a.buf.len() + chunk.data.len() > total {
+            self.open.remove(&key);
+            return Err("snapshot chunks out of order or past their total".into());
+        }
+        a.buf.extend_from_slice(&chunk.data);
+        a.next_seq += 1;
+        a.touched = Instant::now();
+        if a.next_seq < chunk.chunks {
+            return Ok(None);
+        }
+        let a = self.open.remove(&key).expect("present");
+        if a.buf.len() != total {
+            return Err(format!(
+                "snapshot of {} bytes, header said {total}",
+                a.buf.len()
+            ));
+        }
+        Ok(Some((chunk.range_id, a.buf.freeze())))
+    }
+}
+
+/// Cuts an encoded Raft message into chunk frames' payloads.
+pub fn chunks(
+    from_store: StoreId,
+    to_store: StoreId,
+    range_id: RangeId,
+    transfer_id: u64,
+    message: &Bytes,
+) -> Vec<SnapshotChunk> {
+    let n = message.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1);
+    (0..n)
+        .map(|i| SnapshotChunk {
+            from_store,
+            to_store,
+            range_id,
+            transfer_id,
+            seq: i as u32,
+            chunks: n as u32,
+            total_bytes: message.len() as u64,
+            data: message.slice(
+                i * SNAPSHOT_CHUNK_BYTES..((i + 1) * SNAPSHOT_CHUNK_BYTES).min(message.len()),
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn chunks_reassemble(len in 0usize..(3 * SNAPSHOT_CHUNK_BYTES + 7), seed in any::<u8>()) {
+            let message = Bytes::from((0..len).map(|i| (i as u8).wrapping_add(seed)).collect::<Vec<_>>());
+            let mut a = Assembler::default();
+            let parts = chunks(1, 2, 9, 77, &message);
+            let last = parts.len() - 1;
+            for (i, c) in parts.into_iter().enumerate() {
+                let out = a.add(c).unwrap();
+                if i == last {
+                    prop_assert_eq!(out, Some((9, message.clone())));
+                } else {
+                    prop_assert!(out.is_none());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_order_and_oversized_chunks_are_refused() {
+        let message = Bytes::from(vec![1u8; SNAPSHOT_CHUNK_BYTES * 2]);
+        let mut parts = chunks(1, 2, 9, 1, &message);
+        let mut a = Assembler::default();
+        let second = parts.pop().unwrap();
+        assert!(a.add(second).is_err(), "a transfer must start at chunk 0");
+        let mut c = chunks(1, 2, 9, 2, &message).remove(0);
+        c.total_bytes = (SNAPSHOT_BYTES_MAX + 1) as u64;
+        assert!(a.add(c).is_err());
+    }
+}
