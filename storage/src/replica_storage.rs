@@ -422,8 +422,10 @@ impl raft::Storage for ReplicaStorage {
             return Err(unavailable());
         }
         let data = crate::snapshot::build(&self.engine, &source.range).map_err(to_raft)?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = source.applied_index;
         meta.term = source.applied_term;

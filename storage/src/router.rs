@@ -127,7 +127,10 @@ impl RaftSender for RaftRouter {
                 ok: result.is_ok(),
             };
             // The loop must hear the outcome, or raft waits on the snapshot forever.
-            let _ = tokio::task::spawn_blocking(move || tx.send(report)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = tx.send(report);
+            })
+            .await;
         });
     }
 

@@ -390,7 +390,9 @@ impl StoreService {
         };
         // A snapshot is too costly to drop on a full queue: wait for room.
         let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(StoreMsg::Raft(batch)));
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(StoreMsg::Raft(batch));
+        });
     }
 
     fn get(&self, range: &RangeDescriptor, key: &[u8]) -> KvResponse {

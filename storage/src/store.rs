@@ -183,7 +183,7 @@ impl<S: RaftSender> Store<S> {
                 }
                 self.request_split_checks();
                 self.ticks += 1;
-                if self.ticks % self.log_gc.interval_ticks == 0 {
+                if self.ticks.is_multiple_of(self.log_gc.interval_ticks) {
                     self.log_gc();
                 }
                 next_tick = Instant::now() + self.tick;

@@ -1,0 +1,206 @@
+//! Membership change and snapshots: add a replica on a new store while writing, remove
+//! an old one, and catch a partitioned replica up after its log was truncated.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shale_rpc::client::{admin, ClientConfig, FIRST_RANGE_ID};
+use shale_rpc::{AdminReply, AdminRequest, RangeStatus};
+use shale_storage::cluster::{cluster_configs_joining, free_udp_ports, LocalCluster};
+use shale_storage::engine::Cf;
+
+use crate::harness::*;
+
+async fn first_range(cluster: &LocalCluster, i: usize) -> Option<RangeStatus> {
+    cluster
+        .node(i)?
+        .status()
+        .await
+        .into_iter()
+        .find(|s| s.range_id() == FIRST_RANGE_ID)
+}
+
+async fn must_admin(cluster: &LocalCluster, leader: usize, req: AdminRequest) -> AdminReply {
+    let transport =
+        shale_rpc::transport::Transport::client(&cluster.identity, Default::default()).unwrap();
+    admin(&transport, cluster.node(leader).unwrap().addr(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("{req:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_a_replica_on_a_new_store_while_writing_then_remove_an_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, identity) = shale_rpc::certs::TlsIdentity::generate_cluster().unwrap();
+    let configs = cluster_configs_joining(dir.path(), &free_udp_ports(4).unwrap(), 3);
+    let cluster = LocalCluster::start(dir.path(), identity, configs)
+        .await
+        .unwrap();
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.expect("leader");
+    assert!(
+        first_range(&cluster, 3).await.is_none(),
+        "the fourth store starts empty"
+    );
+
+    let client = Arc::new(
+        cluster
+            .client_with(ClientConfig {
+                deadline_ms: 30_000,
+                ..ClientConfig::default()
+            })
+            .unwrap(),
+    );
+    for i in 0..200 {
+        must_put(&client, i).await;
+    }
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let writer = {
+        let (client, acked) = (client.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 1000..1400 {
+                if client.put(key(i), value(i)).await.is_ok() {
+                    acked.lock().unwrap().insert(i);
+                }
+            }
+        })
+    };
+    let before = first_range(&cluster, leader).await.unwrap().range.epoch;
+    let added = match must_admin(
+        &cluster,
+        leader,
+        AdminRequest::AddReplica {
+            range_id: FIRST_RANGE_ID,
+            store_id: 4,
+            addr: cluster.configs[3].listen_addr.clone(),
+        },
+    )
+    .await
+    {
+        AdminReply::Changed(range) => range,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(added.replicas.len(), 4);
+    assert_eq!(added.epoch.conf_ver, before.conf_ver + 1);
+
+    // The new replica starts empty and catches up by snapshot (every log starts after
+    // index 5): once it has one, it knows the range and its new membership.
+    let started = Instant::now();
+    while !first_range(&cluster, 3)
+        .await
+        .is_some_and(|s| s.range.epoch.conf_ver == added.epoch.conf_ver && s.applied_index > 5)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the new replica gets a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.await.unwrap();
+    let mut all: Vec<usize> = (0..200).collect();
+    all.extend(acked.lock().unwrap().iter().copied());
+    must_converge(&cluster, 3, &all).await;
+
+    // Remove a follower's replica (not the leader's).
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let victim_store = cluster.configs[victim].store_id;
+    let removed = match must_admin(
+        &cluster,
+        leader,
+        AdminRequest::RemoveReplica {
+            range_id: FIRST_RANGE_ID,
+            store_id: victim_store,
+        },
+    )
+    .await
+    {
+        AdminReply::Changed(range) => range,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(removed.replicas.len(), 3);
+    assert!(removed.replica_on(victim_store).is_none());
+    assert_eq!(removed.epoch.conf_ver, added.epoch.conf_ver + 1);
+    let started = Instant::now();
+    while first_range(&cluster, victim).await.is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the removed replica is destroyed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let engine = cluster.node(victim).unwrap().engine().clone();
+    let mut left = 0;
+    engine
+        .scan(Cf::Data, b"", b"", |_, _| {
+            left += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(left, 0, "the removed store holds no data of the range");
+
+    // Data intact and writable through the new membership.
+    for &i in &all {
+        must_get(&client, i).await;
+    }
+    must_put(&client, 5000).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |c| {
+        c.log_gc.interval_ticks = 4;
+        c.log_gc.entries_min = 8;
+        c.log_gc.entries_max = 50;
+    })
+    .await
+    .unwrap();
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let lagging = (leader + 1) % 3;
+    let client = cluster.client().unwrap();
+    for i in 0..50 {
+        must_put(&client, i).await;
+    }
+    cluster
+        .node(lagging)
+        .unwrap()
+        .faults()
+        .set_partitioned(true);
+    let cut_at = first_range(&cluster, lagging).await.unwrap().last_index;
+    for i in 50..400 {
+        must_put(&client, i).await;
+    }
+    // The leader's log no longer holds what the lagging replica needs.
+    let started = Instant::now();
+    loop {
+        let leader_now = cluster.leader().await.unwrap_or(leader);
+        let st = first_range(&cluster, leader_now).await.unwrap();
+        if st.truncated_index > cut_at + 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the leader truncates its log ({st:?})"
+        );
+        must_put(&client, 10_000 + started.elapsed().as_millis() as usize).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        first_range(&cluster, lagging).await.unwrap().last_index <= cut_at + 1,
+        "cut off meanwhile"
+    );
+    cluster
+        .node(lagging)
+        .unwrap()
+        .faults()
+        .set_partitioned(false);
+    let keys: Vec<usize> = (0..400).collect();
+    must_converge(&cluster, lagging, &keys).await;
+    let st = first_range(&cluster, lagging).await.unwrap();
+    assert!(
+        st.truncated_index > cut_at,
+        "caught up by snapshot, not by log: {st:?}"
+    );
+    cluster.shutdown().await;
+}
