@@ -63,6 +63,10 @@ pub struct RaftBatch {
     pub from_store: StoreId,
     pub to_store: StoreId,
     pub messages: Vec<RaftEnvelope>,
+    /// Ranges whose leader (on `from_store`) went idle: caught-up followers may stop
+    /// ticking until the next message wakes them.
+    #[serde(default)]
+    pub hibernate: Vec<RangeId>,
 }
 
 /// One Raft message of one range; `message` is raft-rs's protobuf encoding.
@@ -237,6 +241,9 @@ pub struct RangeStatus {
     /// The log holds entries after this index only.
     pub truncated_index: u64,
     pub last_index: u64,
+    /// Idle and not ticking (no heartbeats) until the next request or message.
+    #[serde(default)]
+    pub hibernating: bool,
 }
 
 impl RangeStatus {

@@ -143,6 +143,9 @@ pub struct RaftConfig {
     pub max_uncommitted_bytes: u64,
     /// Most committed entry bytes handed to apply in one round.
     pub max_committed_bytes_per_ready: u64,
+    /// Idle ticks after which a leader whose followers are caught up stops ticking (and
+    /// heartbeating) until the next request or message.
+    pub hibernate_after_ticks: u64,
 }
 
 impl Default for RaftConfig {
@@ -155,6 +158,7 @@ impl Default for RaftConfig {
             max_inflight_msgs: 256,
             max_uncommitted_bytes: 256 << 20,
             max_committed_bytes_per_ready: 64 << 20,
+            hibernate_after_ticks: 40,
         }
     }
 }

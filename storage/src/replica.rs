@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use shale_rpc::limits::KEY_BYTES_MAX;
 use shale_rpc::{
@@ -88,6 +88,10 @@ pub struct Replica {
     peer_stores: HashMap<ReplicaId, StoreId>,
     /// This replica was removed from its range: the store destroys it.
     removed: bool,
+    /// Not ticking: idle, with every replica caught up (see `try_hibernate`).
+    hibernating: bool,
+    /// Ticks since the last proposal, read or non-routine message.
+    idle_ticks: u64,
     engine: Arc<Engine>,
     addresses: AddressBook,
     /// Until then a quorum has promised not to elect another leader: reads need no
@@ -201,6 +205,8 @@ impl Replica {
             compact_proposed: 0,
             peer_stores: HashMap::new(),
             removed: false,
+            hibernating: false,
+            idle_ticks: 0,
             engine,
             addresses,
             lease_until: None,
@@ -276,6 +282,7 @@ impl Replica {
         new_range: RangeDescriptor,
         reply: WriteReply,
     ) {
+        self.wake();
         let range_id = self.range.id;
         let refuse = |reason: &str| KvError::InvalidConfChange {
             range_id,
@@ -320,7 +327,7 @@ impl Replica {
     /// On the leader, every so often: proposes dropping log entries every replica has
     /// (or, past `entries_max`, entries a lagging replica will get by snapshot instead).
     pub fn maybe_propose_compact(&mut self, entries_min: u64, entries_max: u64) {
-        if !self.is_leader() {
+        if !self.is_leader() || self.hibernating {
             return;
         }
         let applied = self.apply.applied_index;
@@ -380,11 +387,81 @@ impl Replica {
         }
     }
 
-    pub fn tick(&mut self) {
+    /// Advances Raft's clock, unless hibernating. Returns whether it ticked.
+    pub fn tick(&mut self) -> bool {
+        if self.hibernating {
+            return false;
+        }
+        self.idle_ticks += 1;
         self.node.tick();
+        true
+    }
+
+    /// Back to ticking (any request or message does this).
+    pub fn wake(&mut self) {
+        self.hibernating = false;
+        self.idle_ticks = 0;
+    }
+
+    pub fn is_hibernating(&self) -> bool {
+        self.hibernating
+    }
+
+    /// A leader with nothing in flight whose followers all have its whole log stops
+    /// ticking (no heartbeats) after `after_ticks` idle ticks. True when it just did.
+    pub fn try_hibernate(&mut self, after_ticks: u64) -> bool {
+        if self.hibernating || !self.is_leader() || self.idle_ticks < after_ticks {
+            return false;
+        }
+        let busy = !self.write_batch.is_empty()
+            || !self.read_batch.is_empty()
+            || !self.proposals.is_empty()
+            || !self.reads.is_empty()
+            || self.node.raft.has_pending_conf()
+            || self.node.raft.lead_transferee.is_some()
+            || self.node.has_ready();
+        let last = self.node.raft.raft_log.last_index();
+        let caught_up = self.commit_index() == last
+            && self.apply.applied_index == last
+            && self.node.raft.prs().iter().all(|(_, p)| p.matched == last);
+        if busy || !caught_up {
+            return false;
+        }
+        self.hibernating = true;
+        true
+    }
+
+    /// The stores of this range's other replicas.
+    pub fn follower_stores(&self) -> Vec<StoreId> {
+        self.range
+            .replicas
+            .iter()
+            .filter(|r| r.id != self.replica_id)
+            .map(|r| r.store_id)
+            .collect()
+    }
+
+    /// The leader on `from_store` went idle: sleep too if this replica has its whole log.
+    pub fn hibernate_on_signal(&mut self, from_store: StoreId) {
+        let last = self.node.raft.raft_log.last_index();
+        if !self.is_leader()
+            && self.leader_store() == Some(from_store)
+            && self.commit_index() == last
+            && self.apply.applied_index == last
+        {
+            self.hibernating = true;
+        }
     }
 
     pub fn step(&mut self, msg: Message) {
+        // Routine heartbeats do not count as activity, but they do wake a sleeper.
+        let routine = matches!(
+            msg.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+        );
+        if self.hibernating || !routine {
+            self.wake();
+        }
         if let Err(e) = self.node.step(msg) {
             debug!(range_id = self.range.id, error = %e, "dropped raft message");
         }
@@ -392,6 +469,7 @@ impl Replica {
 
     /// Campaigns to become leader (used to bootstrap quickly and in tests).
     pub fn campaign(&mut self) {
+        self.wake();
         if let Err(e) = self.node.campaign() {
             debug!(range_id = self.range.id, error = %e, "campaign failed");
         }
@@ -399,6 +477,7 @@ impl Replica {
 
     /// Hands leadership to the replica on `store_id`.
     pub fn transfer_leader(&mut self, store_id: StoreId) -> Result<(), KvError> {
+        self.wake();
         if !self.is_leader() {
             return Err(self.not_leader());
         }
@@ -414,6 +493,7 @@ impl Replica {
     /// Queues one client's atomic write; the round's writes become one entry, and each
     /// gets its answer once that entry is applied (or known dropped).
     pub fn propose(&mut self, ops: Vec<WriteOp>, reply: WriteReply) {
+        self.wake();
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;
@@ -430,6 +510,7 @@ impl Replica {
 
     /// Proposes a command of its own entry (id allocation, split).
     pub fn propose_command(&mut self, command: Command, reply: WriteReply) {
+        self.wake();
         if let Command::Split {
             epoch, split_key, ..
         } = &command
@@ -539,6 +620,7 @@ impl Replica {
     /// Queues a linearizable read; it proceeds once the leader has confirmed its commit
     /// index with a quorum and this replica has applied up to it.
     pub fn read(&mut self, reply: ReadReply) {
+        self.wake();
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;

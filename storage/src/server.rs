@@ -387,6 +387,7 @@ impl StoreService {
             from_store,
             to_store: self.store_id,
             messages: vec![RaftEnvelope { range_id, message }],
+            hibernate: Vec::new(),
         };
         // A snapshot is too costly to drop on a full queue: wait for room.
         let tx = self.tx.clone();

@@ -178,8 +178,22 @@ impl<S: RaftSender> Store<S> {
                 }
             }
             if Instant::now() >= next_tick {
+                let mut asleep: HashMap<StoreId, Vec<RangeId>> = HashMap::new();
                 for r in self.replicas.values_mut() {
                     r.tick();
+                    if r.try_hibernate(self.raft.hibernate_after_ticks) {
+                        for store in r.follower_stores() {
+                            asleep.entry(store).or_default().push(r.range.id);
+                        }
+                    }
+                }
+                for (to_store, hibernate) in asleep {
+                    self.sender.send(RaftBatch {
+                        from_store: self.store_id,
+                        to_store,
+                        messages: Vec::new(),
+                        hibernate,
+                    });
                 }
                 self.request_split_checks();
                 self.ticks += 1;
@@ -331,6 +345,11 @@ impl<S: RaftSender> Store<S> {
             );
             return;
         }
+        for range_id in &batch.hibernate {
+            if let Some(r) = self.replicas.get_mut(range_id) {
+                r.hibernate_on_signal(batch.from_store);
+            }
+        }
         for env in batch.messages {
             let m = match Message::parse_from_bytes(&env.message) {
                 Ok(m) => m,
@@ -415,6 +434,7 @@ impl<S: RaftSender> Store<S> {
                 applied_index: r.applied_index(),
                 truncated_index: r.truncated_index(),
                 last_index: r.last_index(),
+                hibernating: r.is_hibernating(),
             })
             .collect()
     }
@@ -614,6 +634,7 @@ impl<S: RaftSender> Store<S> {
                 from_store: self.store_id,
                 to_store,
                 messages,
+                hibernate: Vec::new(),
             });
         }
     }

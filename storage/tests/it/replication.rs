@@ -198,3 +198,63 @@ async fn restarting_every_store_keeps_all_data() {
     must_put(&client, 1000).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_ranges_hibernate_and_a_dead_sleeping_leader_is_replaced_when_clients_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(dir.path(), 3).await;
+    let client = cluster.client().unwrap();
+    for i in 0..20 {
+        must_put(&client, i).await;
+    }
+    // Idle for a while: every replica stops ticking.
+    let started = std::time::Instant::now();
+    loop {
+        let mut asleep = 0;
+        for s in 0..3 {
+            asleep += cluster
+                .node(s)
+                .unwrap()
+                .status()
+                .await
+                .iter()
+                .filter(|r| r.hibernating)
+                .count();
+        }
+        if asleep == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "idle replicas hibernate ({asleep} of 3)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A read wakes the range and is served.
+    must_get(&client, 3).await;
+    // Asleep again, then the leader dies: a client's requests wake the followers, which
+    // elect a new leader.
+    let started = std::time::Instant::now();
+    while cluster
+        .node(0)
+        .unwrap()
+        .status()
+        .await
+        .iter()
+        .all(|r| !r.hibernating)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "hibernates again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = cluster.leader().await.unwrap();
+    cluster.stop_store(leader).await;
+    let fresh = cluster.client().unwrap();
+    for i in 0..20 {
+        must_get(&fresh, i).await;
+    }
+    must_put(&fresh, 100).await;
+    cluster.shutdown().await;
+}
