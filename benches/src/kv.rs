@@ -87,7 +87,8 @@ pub struct KvBenchReport {
     pub get_vs_put: f64,
 }
 
-fn key_of(i: u64) -> Bytes {
+/// The key a benchmark uses for item `i`.
+pub fn key_of(i: u64) -> Bytes {
     Bytes::from(format!("bench/{i:012}"))
 }
 

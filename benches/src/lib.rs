@@ -2,4 +2,5 @@
 //! on the same machine, so the numbers say something about Shale and not the hardware.
 
 pub mod kv;
+pub mod ranges;
 pub mod stats;

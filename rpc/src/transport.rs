@@ -343,6 +343,10 @@ async fn serve_oneway<S: Service>(
         match read_frame(&mut recv).await {
             Ok(Some(frame)) => service.message(frame, remote),
             Ok(None) => return,
+            Err(RpcError::Io(e)) => {
+                debug!(%remote, error = %e, "one-way stream ended");
+                return;
+            }
             Err(e) => {
                 warn!(%remote, error = %e, "dropping one-way stream after a bad frame");
                 let _ = recv.stop(1u32.into());

@@ -153,6 +153,10 @@ impl StoreService {
             .ask(|reply| StoreMsg::Describe { range_id, reply })
             .await?
             .ok_or(KvError::RangeNotFound { range_id })?;
+        // A route gone stale (another split narrowed the range) is the client's to retry.
+        if !range.contains(&split_key) {
+            return Err(KvError::KeyNotInRange { range_id });
+        }
         let count = range.replicas.len() as u32 + 1;
         let first = self.cluster.alloc_ids(count).await.map_err(|e| match e {
             ClientError::Kv(e) => e,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use shale_bench::kv::{cluster_phases, report, rocksdb_baseline, KvBenchOptions, Phases};
+use shale_bench::ranges::{idle_ranges, range_scaling};
 use shale_bench::stats::table;
 use shale_storage::cluster::LocalCluster;
 
@@ -16,6 +17,27 @@ use crate::cluster_file::ClusterFile;
 pub enum BenchCommand {
     /// Replicated KV put/get against a cluster, beside raw RocksDB synced puts.
     Kv(KvBenchArgs),
+    /// The standing cost of many idle ranges: memory and CPU of a local cluster.
+    Idle(IdleBenchArgs),
+}
+
+#[derive(Args)]
+pub struct IdleBenchArgs {
+    /// Ranges to create (by splitting) before measuring.
+    #[arg(long, default_value_t = 10_000)]
+    ranges: u64,
+    /// Stores in the local cluster (each holds a replica of every range).
+    #[arg(long, default_value_t = 3)]
+    stores: usize,
+    /// Seconds to measure once every range is idle.
+    #[arg(long, default_value_t = 10)]
+    measure_secs: u64,
+    /// Folder for the local cluster (default: a temp folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -41,6 +63,10 @@ pub struct KvBenchArgs {
     /// Folder for the local cluster and the baseline DB (default: a temp folder).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also measure puts on fresh local clusters pre-split into each of these range
+    /// counts, comma-separated (e.g. `1,64`), with the same clients and concurrency.
+    #[arg(long)]
+    ranges: Option<String>,
     /// Phases to run, comma-separated: single-put, put, get, baseline.
     #[arg(long, default_value = "single-put,put,get,baseline")]
     phases: String,
@@ -52,7 +78,32 @@ pub struct KvBenchArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Kv(args) => kv(args).await,
+        BenchCommand::Idle(args) => idle(args).await,
     }
+}
+
+async fn idle(args: IdleBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.ranges > 0 && args.stores > 0, "ranges and stores must be positive");
+    let temp = tempfile::Builder::new()
+        .prefix("shale-bench-idle-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let rep = idle_ranges(temp.path(), args.stores, args.ranges, Duration::from_secs(args.measure_secs)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!("{} idle ranges on {} stores (set up in {:.1} s)", rep.ranges, rep.stores, rep.setup_seconds);
+        println!("  hibernating replicas: {} of {}", rep.hibernating_replicas, rep.replicas);
+        println!(
+            "  resident memory: {:.0} MiB in all, {:.0} MiB per store",
+            rep.rss_bytes as f64 / 1048576.0,
+            rep.rss_bytes_per_store as f64 / 1048576.0
+        );
+        println!(
+            "  CPU while idle: {:.2}% of a core in all, {:.2}% per store (over {:.0} s)",
+            rep.cpu_percent, rep.cpu_percent_per_store, rep.measured_seconds
+        );
+    }
+    Ok(())
 }
 
 async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
@@ -101,7 +152,15 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let rep = report(&opts, phases, baseline);
+    let mut rep = report(&opts, phases, baseline);
+    if let Some(list) = &args.ranges {
+        let counts = list
+            .split(',')
+            .map(|c| c.trim().parse::<u64>().context("--ranges takes comma-separated counts"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(counts.iter().all(|&c| c > 0), "range counts must be positive");
+        rep.phases.extend(range_scaling(temp.path(), &counts, &opts).await?);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
