@@ -16,7 +16,12 @@ use crate::stats::OpStats;
 
 /// Splits the cluster into `ranges` ranges over the key space `0..keys` of `key_of`,
 /// `concurrency` splits at a time (splits of the same range retry on the new epoch).
-pub async fn presplit(client: Arc<KvClient>, ranges: u64, keys: u64, concurrency: usize) -> anyhow::Result<()> {
+pub async fn presplit(
+    client: Arc<KvClient>,
+    ranges: u64,
+    keys: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let points: Vec<Bytes> = (1..ranges).map(|j| key_of(keys * j / ranges)).collect();
     let points = Arc::new(std::sync::Mutex::new(points.into_iter()));
     let tasks: Vec<_> = (0..concurrency.max(1))
@@ -27,7 +32,10 @@ pub async fn presplit(client: Arc<KvClient>, ranges: u64, keys: u64, concurrency
                     let Some(point) = points.lock().expect("split points").next() else {
                         return Ok::<(), anyhow::Error>(());
                     };
-                    client.split(point.clone()).await.with_context(|| format!("split at {point:?}"))?;
+                    client
+                        .split(point.clone())
+                        .await
+                        .with_context(|| format!("split at {point:?}"))?;
                 }
             })
         })
@@ -39,20 +47,36 @@ pub async fn presplit(client: Arc<KvClient>, ranges: u64, keys: u64, concurrency
 }
 
 /// Put throughput with each range count, each on a fresh local 3-store cluster.
-pub async fn range_scaling(dir: &std::path::Path, counts: &[u64], opts: &KvBenchOptions) -> anyhow::Result<Vec<OpStats>> {
+pub async fn range_scaling(
+    dir: &std::path::Path,
+    counts: &[u64],
+    opts: &KvBenchOptions,
+) -> anyhow::Result<Vec<OpStats>> {
     let mut out = Vec::new();
     for &count in counts {
-        let cluster = LocalCluster::start_new(&dir.join(format!("ranges-{count}")), 3, |_| {}).await?;
-        cluster.wait_leader(Duration::from_secs(10)).await.context("no leader")?;
+        let cluster =
+            LocalCluster::start_new(&dir.join(format!("ranges-{count}")), 3, |_| {}).await?;
+        cluster
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .context("no leader")?;
         let client = Arc::new(cluster.client()?);
         presplit(client.clone(), count, opts.keys, 8).await?;
         let put_only = KvBenchOptions {
-            phases: Phases { single_put: false, put: true, get: false, baseline: false },
+            phases: Phases {
+                single_put: false,
+                put: true,
+                get: false,
+                baseline: false,
+            },
             ..opts.clone()
         };
         let mut phases = cluster_phases(client, &put_only).await;
         for p in &mut phases {
-            p.name = format!("shale put, {count} range{}", if count == 1 { "" } else { "s" });
+            p.name = format!(
+                "shale put, {count} range{}",
+                if count == 1 { "" } else { "s" }
+            );
         }
         out.extend(phases);
         cluster.shutdown().await;
@@ -79,10 +103,18 @@ pub struct IdleReport {
 
 /// Starts `stores` stores, splits into `ranges` ranges, lets them go idle, and measures
 /// memory and CPU over `measure`.
-pub async fn idle_ranges(dir: &std::path::Path, stores: usize, ranges: u64, measure: Duration) -> anyhow::Result<IdleReport> {
+pub async fn idle_ranges(
+    dir: &std::path::Path,
+    stores: usize,
+    ranges: u64,
+    measure: Duration,
+) -> anyhow::Result<IdleReport> {
     let started = Instant::now();
     let cluster = LocalCluster::start_new(dir, stores, |_| {}).await?;
-    cluster.wait_leader(Duration::from_secs(10)).await.context("no leader")?;
+    cluster
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .context("no leader")?;
     let client = Arc::new(cluster.client()?);
     presplit(client, ranges, 1_000_000_000, 16).await?;
     let setup_seconds = started.elapsed().as_secs_f64();
@@ -122,17 +154,32 @@ pub async fn idle_ranges(dir: &std::path::Path, stores: usize, ranges: u64, meas
 /// User + system CPU seconds of this process (Linux `/proc`, in USER_HZ = 100 ticks).
 fn process_cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
-    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).context("parse /proc/self/stat")?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("parse /proc/self/stat")?;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
-    let ticks: u64 = fields.get(11..13).context("short /proc/self/stat")?.iter().map(|f| f.parse::<u64>().unwrap_or(0)).sum();
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("short /proc/self/stat")?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
     Ok(ticks as f64 / 100.0)
 }
 
 /// Resident set size of this process.
 pub fn process_rss_bytes() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("VmRSS value")?.parse()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?;
     Ok(kib * 1024)
 }

@@ -737,11 +737,6 @@ impl Replica {
         let committed = ready.take_committed_entries();
         self.apply_entries(&committed, batch);
         let mut light = self.node.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.node.store().hard_state().clone();
-            hs.commit = commit;
-            self.node.mut_store().set_hard_state(hs, batch);
-        }
         outbox.extend(light.take_messages());
         let committed = light.take_committed_entries();
         self.apply_entries(&committed, batch);

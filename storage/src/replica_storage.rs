@@ -273,12 +273,17 @@ impl ReplicaStorage {
     }
 
     /// Records a new hard state into `batch`.
+    /// Records a new hard state into `batch` when its term or vote changed. The commit
+    /// index alone is not worth a write: Raft needs only term and vote durable, and a
+    /// load raises commit to the applied index.
     pub fn set_hard_state(&mut self, hs: HardState, batch: &mut WriteBatch<'_>) {
-        batch.put(
-            Cf::Raft,
-            &keys::hard_state_key(self.range_id),
-            &hs.write_to_bytes().expect("hard state encodes"),
-        );
+        if hs.term != self.hard_state.term || hs.vote != self.hard_state.vote {
+            batch.put(
+                Cf::Raft,
+                &keys::hard_state_key(self.range_id),
+                &hs.write_to_bytes().expect("hard state encodes"),
+            );
+        }
         self.hard_state = hs;
     }
 

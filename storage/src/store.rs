@@ -3,7 +3,7 @@
 //! and applied data in one WriteBatch with one fsync, and sends the outgoing Raft messages
 //! batched per target store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,6 +121,8 @@ pub struct Store<S: RaftSender> {
     flush_in_flight: bool,
     /// The loop's own queue, for background work to report back.
     self_tx: SyncSender<StoreMsg>,
+    /// Replicas touched since the last round.
+    active: BTreeSet<RangeId>,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -148,6 +150,7 @@ impl<S: RaftSender> Store<S> {
             ticks: 0,
             flush_in_flight: false,
             self_tx,
+            active: BTreeSet::new(),
         }
     }
 
@@ -180,7 +183,9 @@ impl<S: RaftSender> Store<S> {
             if Instant::now() >= next_tick {
                 let mut asleep: HashMap<StoreId, Vec<RangeId>> = HashMap::new();
                 for r in self.replicas.values_mut() {
-                    r.tick();
+                    if r.tick() {
+                        self.active.insert(r.range.id);
+                    }
                     if r.try_hibernate(self.raft.hibernate_after_ticks) {
                         for store in r.follower_stores() {
                             asleep.entry(store).or_default().push(r.range.id);
@@ -203,17 +208,35 @@ impl<S: RaftSender> Store<S> {
                 next_tick = Instant::now() + self.tick;
             }
             let now = Instant::now();
-            for r in self.replicas.values_mut() {
-                r.flush_proposals();
-                r.flush_reads(now);
+            let active = std::mem::take(&mut self.active);
+            for id in &active {
+                if let Some(r) = self.replicas.get_mut(id) {
+                    r.flush_proposals();
+                    r.flush_reads(now);
+                }
             }
-            self.round();
+            self.round(&active);
         }
         info!(store_id = self.store_id, "store loop stopped");
     }
 
     /// Handles one message; false means stop.
     fn handle(&mut self, msg: StoreMsg) -> bool {
+        match &msg {
+            StoreMsg::Raft(batch) => self
+                .active
+                .extend(batch.messages.iter().map(|e| e.range_id)),
+            StoreMsg::Write { range_id, .. }
+            | StoreMsg::Read { range_id, .. }
+            | StoreMsg::Propose { range_id, .. }
+            | StoreMsg::TransferLeader { range_id, .. }
+            | StoreMsg::Campaign { range_id }
+            | StoreMsg::ConfChange { range_id, .. }
+            | StoreMsg::SnapshotReport { range_id, .. } => {
+                self.active.insert(*range_id);
+            }
+            _ => {}
+        }
         match msg {
             StoreMsg::Raft(batch) => self.on_raft(batch),
             StoreMsg::Write {
@@ -440,13 +463,18 @@ impl<S: RaftSender> Store<S> {
     }
 
     /// One persistence round over every replica with something ready.
-    fn round(&mut self) {
+    /// Only replicas touched since the last round (or with a ready last round) can have
+    /// something ready: idle ones cost nothing here.
+    fn round(&mut self, active: &BTreeSet<RangeId>) {
         let engine = self.engine.clone();
         let mut batch = engine.batch();
         let mut outbox = Outbox::default();
         let mut readies = Vec::new();
         let mut sync = false;
-        for (id, r) in self.replicas.iter_mut() {
+        for id in active {
+            let Some(r) = self.replicas.get_mut(id) else {
+                continue;
+            };
             let mut msgs = Vec::new();
             if let Some(ready) = r.collect_ready(&mut batch, &mut msgs) {
                 sync |= ready.must_sync();
@@ -472,6 +500,8 @@ impl<S: RaftSender> Store<S> {
         }
         let mut apply_batch = engine.batch();
         let ids: Vec<RangeId> = readies.iter().map(|(id, _)| *id).collect();
+        // Work a ready leaves behind (more committed entries, say) shows up next round.
+        self.active.extend(ids.iter().copied());
         for (id, ready) in readies {
             let r = self.replicas.get_mut(&id).expect("ready replica exists");
             let mut msgs = Vec::new();
@@ -520,6 +550,7 @@ impl<S: RaftSender> Store<S> {
                     r.campaign();
                 }
                 self.replicas.insert(range_id, r);
+                self.active.insert(range_id);
             }
             Err(e) => panic!(
                 "store {}: cannot start range {range_id} after its split: {e}",

@@ -83,16 +83,31 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 }
 
 async fn idle(args: IdleBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.ranges > 0 && args.stores > 0, "ranges and stores must be positive");
+    anyhow::ensure!(
+        args.ranges > 0 && args.stores > 0,
+        "ranges and stores must be positive"
+    );
     let temp = tempfile::Builder::new()
         .prefix("shale-bench-idle-")
         .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let rep = idle_ranges(temp.path(), args.stores, args.ranges, Duration::from_secs(args.measure_secs)).await?;
+    let rep = idle_ranges(
+        temp.path(),
+        args.stores,
+        args.ranges,
+        Duration::from_secs(args.measure_secs),
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
-        println!("{} idle ranges on {} stores (set up in {:.1} s)", rep.ranges, rep.stores, rep.setup_seconds);
-        println!("  hibernating replicas: {} of {}", rep.hibernating_replicas, rep.replicas);
+        println!(
+            "{} idle ranges on {} stores (set up in {:.1} s)",
+            rep.ranges, rep.stores, rep.setup_seconds
+        );
+        println!(
+            "  hibernating replicas: {} of {}",
+            rep.hibernating_replicas, rep.replicas
+        );
         println!(
             "  resident memory: {:.0} MiB in all, {:.0} MiB per store",
             rep.rss_bytes as f64 / 1048576.0,
@@ -156,10 +171,18 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
     if let Some(list) = &args.ranges {
         let counts = list
             .split(',')
-            .map(|c| c.trim().parse::<u64>().context("--ranges takes comma-separated counts"))
+            .map(|c| {
+                c.trim()
+                    .parse::<u64>()
+                    .context("--ranges takes comma-separated counts")
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        anyhow::ensure!(counts.iter().all(|&c| c > 0), "range counts must be positive");
-        rep.phases.extend(range_scaling(temp.path(), &counts, &opts).await?);
+        anyhow::ensure!(
+            counts.iter().all(|&c| c > 0),
+            "range counts must be positive"
+        );
+        rep.phases
+            .extend(range_scaling(temp.path(), &counts, &opts).await?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
