@@ -22,7 +22,23 @@ pub async fn presplit(
     keys: u64,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let points: Vec<Bytes> = (1..ranges).map(|j| key_of(keys * j / ranges)).collect();
+    // Bisection order (middle first, then the middles of each half, ...) so concurrent
+    // splits mostly land on different ranges instead of queueing on one.
+    let mut order = Vec::with_capacity(ranges as usize);
+    let mut spans = std::collections::VecDeque::from([(1u64, ranges)]);
+    while let Some((lo, hi)) = spans.pop_front() {
+        if lo >= hi {
+            continue;
+        }
+        let mid = lo + (hi - lo) / 2;
+        order.push(mid);
+        spans.push_back((lo, mid));
+        spans.push_back((mid + 1, hi));
+    }
+    let points: Vec<Bytes> = order
+        .into_iter()
+        .map(|j| key_of(keys * j / ranges))
+        .collect();
     let points = Arc::new(std::sync::Mutex::new(points.into_iter()));
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|_| {

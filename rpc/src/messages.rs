@@ -244,6 +244,9 @@ pub struct RangeStatus {
     /// Idle and not ticking (no heartbeats) until the next request or message.
     #[serde(default)]
     pub hibernating: bool,
+    /// Approximate bytes of the range's data on disk (SST files; memtables not counted).
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 impl RangeStatus {

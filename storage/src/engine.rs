@@ -184,6 +184,16 @@ impl Engine {
         }
     }
 
+    /// Approximate bytes of `[start, end)` in SST files (memtables not counted), for reports.
+    pub fn approximate_size_bytes(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64 {
+        let range = rocksdb::Range::new(start, end);
+        self.db
+            .get_approximate_sizes_cf(self.handle(cf), &[range])
+            .first()
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Bytes the DB holds on disk (SST files), for reports.
     pub fn size_bytes(&self) -> u64 {
         Cf::ALL

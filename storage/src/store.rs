@@ -458,6 +458,11 @@ impl<S: RaftSender> Store<S> {
                 truncated_index: r.truncated_index(),
                 last_index: r.last_index(),
                 hibernating: r.is_hibernating(),
+                size_bytes: self.engine.approximate_size_bytes(
+                    Cf::Data,
+                    &r.range.start_key,
+                    &span_end(&r.range),
+                ),
             })
             .collect()
     }
