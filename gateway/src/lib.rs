@@ -1,1 +1,10 @@
-//! placeholder
+//! The S3 gateway: speaks S3 over HTTP (s3s) and keeps objects in the range cluster.
+//! It holds no durable state of its own.
+
+pub mod error;
+pub mod layout;
+pub mod objects;
+pub mod s3;
+pub mod server;
+
+pub use server::{Gateway, GatewayConfig};

@@ -1,0 +1,221 @@
+//! How objects live in the key space (pure). Bucket records and object metadata are
+//! ordered by (bucket, key), so listing is a range scan; large bodies are cut into
+//! chunks whose keys are spread by a hash so one upload loads many ranges; each chunk
+//! carries a crc32 that is checked on every read.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// Bodies up to this size are stored inline with their metadata (one Raft write a PUT).
+pub const INLINE_BYTES_MAX: usize = 64 << 10;
+/// Size of every chunk of a large body but the last.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+const BUCKET_PREFIX: u8 = b'B';
+const OBJECT_PREFIX: u8 = b'O';
+const CHUNK_PREFIX: u8 = b'C';
+
+/// What a bucket record holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketMeta {
+    pub created_ms: u64,
+}
+
+/// Where an object's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    Inline(Bytes),
+    /// `count` chunks of `version`; chunk `i` is at [`chunk_key`]`(version, i)`.
+    Chunks {
+        version: u128,
+        count: u32,
+    },
+}
+
+/// An object's metadata record: written last, it makes the object visible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// The ETag as S3 computes it, without quotes.
+    pub etag: String,
+    pub content_type: Option<String>,
+    pub last_modified_ms: u64,
+    pub user_metadata: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl ObjectMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("object metadata encodes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<ObjectMeta, String> {
+        postcard::from_bytes(data).map_err(|e| format!("object metadata: {e}"))
+    }
+}
+
+impl BucketMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("bucket record encodes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<BucketMeta, String> {
+        postcard::from_bytes(data).map_err(|e| format!("bucket record: {e}"))
+    }
+}
+
+pub fn bucket_key(bucket: &str) -> Bytes {
+    let mut k = BytesMut::with_capacity(1 + bucket.len());
+    k.put_u8(BUCKET_PREFIX);
+    k.put_slice(bucket.as_bytes());
+    k.freeze()
+}
+
+/// `[start, end)` of every bucket record.
+pub fn bucket_bounds() -> (Bytes, Bytes) {
+    (
+        Bytes::from_static(&[BUCKET_PREFIX]),
+        Bytes::from_static(&[BUCKET_PREFIX + 1]),
+    )
+}
+
+/// The bucket name a bucket record key names.
+pub fn bucket_of_key(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.strip_prefix(&[BUCKET_PREFIX])?).ok()
+}
+
+fn object_prefix(bucket: &str) -> BytesMut {
+    let mut k = BytesMut::with_capacity(2 + bucket.len() + 64);
+    k.put_u8(OBJECT_PREFIX);
+    k.put_slice(bucket.as_bytes());
+    k.put_u8(0);
+    k
+}
+
+pub fn object_key(bucket: &str, key: &str) -> Bytes {
+    let mut k = object_prefix(bucket);
+    k.put_slice(key.as_bytes());
+    k.freeze()
+}
+
+/// `[start, end)` of the object records of `bucket` whose keys start with `prefix`.
+pub fn object_bounds(bucket: &str, prefix: &str) -> (Bytes, Bytes) {
+    let mut start = object_prefix(bucket);
+    start.put_slice(prefix.as_bytes());
+    let start = start.freeze();
+    let end = prefix_end(&start).unwrap_or_else(|| {
+        let mut e = object_prefix(bucket);
+        let last = e.len() - 1;
+        e[last] = 1;
+        e.freeze()
+    });
+    (start, end)
+}
+
+/// The object key an object record key names, given its bucket.
+pub fn key_of_object<'a>(bucket: &str, record: &'a [u8]) -> Option<&'a str> {
+    let rest = record
+        .strip_prefix(&[OBJECT_PREFIX])?
+        .strip_prefix(bucket.as_bytes())?
+        .strip_prefix(&[0])?;
+    std::str::from_utf8(rest).ok()
+}
+
+/// The first key after every key that starts with `prefix` (`None`: no such key).
+pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.last_mut() {
+        if *last < 0xff {
+            *last += 1;
+            return Some(Bytes::from(end));
+        }
+        end.pop();
+    }
+    None
+}
+
+/// Where chunk `index` of body version `version` lives: a hash first, so consecutive
+/// chunks (and concurrent uploads) land on different ranges.
+pub fn chunk_key(version: u128, index: u32) -> Bytes {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&version.to_be_bytes());
+    h.update(&index.to_be_bytes());
+    let mut k = BytesMut::with_capacity(1 + 4 + 16 + 4);
+    k.put_u8(CHUNK_PREFIX);
+    k.put_u32(h.finalize());
+    k.put_u128(version);
+    k.put_u32(index);
+    k.freeze()
+}
+
+/// A chunk as stored: its bytes followed by their crc32.
+pub fn seal_chunk(data: &[u8]) -> Bytes {
+    let mut v = BytesMut::with_capacity(data.len() + 4);
+    v.put_slice(data);
+    v.put_u32(crc32fast::hash(data));
+    v.freeze()
+}
+
+/// Checks a stored chunk's crc32 and returns its bytes.
+pub fn open_chunk(mut stored: Bytes) -> Result<Bytes, String> {
+    if stored.len() < 4 {
+        return Err(format!("chunk of {} bytes has no checksum", stored.len()));
+    }
+    let crc_at = stored.len() - 4;
+    let expected = u32::from_be_bytes(stored[crc_at..].try_into().expect("four bytes"));
+    stored.truncate(crc_at);
+    let actual = crc32fast::hash(&stored);
+    if expected != actual {
+        return Err(format!(
+            "chunk checksum mismatch: stored {expected:#010x}, data {actual:#010x}"
+        ));
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn object_keys_order_by_bucket_then_key(b1 in "[a-z]{3,8}", k1 in "[ -~]{0,20}", b2 in "[a-z]{3,8}", k2 in "[ -~]{0,20}") {
+            let (o1, o2) = (object_key(&b1, &k1), object_key(&b2, &k2));
+            prop_assert_eq!((b1.as_str(), k1.as_str()).cmp(&(b2.as_str(), k2.as_str())), o1.cmp(&o2));
+            prop_assert_eq!(key_of_object(&b1, &o1), Some(k1.as_str()));
+        }
+
+        #[test]
+        fn prefix_bounds_hold_exactly_the_prefixed_keys(bucket in "[a-z]{3,8}", prefix in "[a-c/]{0,4}", key in "[a-c/]{0,6}") {
+            let (start, end) = object_bounds(&bucket, &prefix);
+            let k = object_key(&bucket, &key);
+            prop_assert_eq!(k >= start && k < end, key.starts_with(&prefix));
+        }
+
+        #[test]
+        fn chunks_round_trip_and_any_flip_is_caught(data in proptest::collection::vec(any::<u8>(), 0..300), flip in any::<usize>()) {
+            let sealed = seal_chunk(&data);
+            prop_assert_eq!(open_chunk(sealed.clone()).unwrap(), Bytes::from(data.clone()));
+            let mut bad = sealed.to_vec();
+            let bit = flip % (bad.len() * 8);
+            bad[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(open_chunk(Bytes::from(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn chunk_keys_spread_and_differ() {
+        let a = chunk_key(7, 0);
+        let b = chunk_key(7, 1);
+        assert_ne!(a[1..5], b[1..5], "consecutive chunks hash apart");
+        assert_ne!(chunk_key(7, 0), chunk_key(8, 0));
+    }
+
+    #[test]
+    fn other_buckets_are_outside_a_buckets_bounds() {
+        let (start, end) = object_bounds("abc", "");
+        assert!(object_key("abcd", "x") >= end || object_key("abcd", "x") < start);
+        assert!(object_key("abc", "\u{10FFFF}") < end);
+    }
+}

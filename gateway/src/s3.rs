@@ -1,0 +1,442 @@
+//! The S3 operations, as s3s hands them over: each turns into object store calls.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use s3s::dto::{
+    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
+    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput,
+    DeleteObjectsOutput, DeletedObject, ETag, ETagCondition, GetBucketLocationInput,
+    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectsInput,
+    ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, PutObjectInput, PutObjectOutput,
+    StreamingBlob, Timestamp,
+};
+use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+
+use crate::layout::ObjectMeta;
+use crate::objects::{start_after_token, Listed, ObjectStore};
+
+/// Most keys one listing page returns (S3's own limit).
+const LIST_KEYS_MAX: i32 = 1000;
+
+/// The S3 face of an object store.
+pub struct ShaleS3 {
+    objects: ObjectStore,
+}
+
+impl ShaleS3 {
+    pub fn new(objects: ObjectStore) -> Self {
+        ShaleS3 { objects }
+    }
+}
+
+fn timestamp(ms: u64) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Whole seconds, as HTTP dates carry them.
+fn modified_secs(meta: &ObjectMeta) -> u64 {
+    meta.last_modified_ms / 1000
+}
+
+fn ts_secs(ts: &Timestamp) -> u64 {
+    let odt: time::OffsetDateTime = ts.clone().into();
+    odt.unix_timestamp().max(0) as u64
+}
+
+fn etag_matches(cond: &ETagCondition, etag: &str) -> bool {
+    match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag,
+    }
+}
+
+/// Applies If-Match / If-None-Match / If-(Un)Modified-Since to a GET or HEAD.
+fn check_preconditions(
+    meta: &ObjectMeta,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    if let Some(c) = if_match {
+        if !etag_matches(c, &meta.etag) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "If-Match does not match the object's ETag"
+            ));
+        }
+    } else if let Some(t) = if_unmodified_since {
+        if modified_secs(meta) > ts_secs(t) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "the object was modified since then"
+            ));
+        }
+    }
+    if let Some(c) = if_none_match {
+        if etag_matches(c, &meta.etag) {
+            return Err(s3_error!(NotModified));
+        }
+    } else if let Some(t) = if_modified_since {
+        if modified_secs(meta) <= ts_secs(t) {
+            return Err(s3_error!(NotModified));
+        }
+    }
+    Ok(())
+}
+
+fn user_metadata(meta: &ObjectMeta) -> Option<s3s::dto::Metadata> {
+    (!meta.user_metadata.is_empty()).then(|| meta.user_metadata.iter().cloned().collect())
+}
+
+#[async_trait::async_trait]
+impl S3 for ShaleS3 {
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self
+            .objects
+            .list_buckets()
+            .await?
+            .into_iter()
+            .map(|(name, meta)| Bucket {
+                name: Some(name),
+                creation_date: Some(timestamp(meta.created_ms)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.objects.create_bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{}", req.input.bucket)),
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        if self.objects.bucket(&req.input.bucket).await?.is_none() {
+            return Err(s3_error!(NoSuchBucket));
+        }
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.objects.delete_bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(DeleteBucketOutput {}))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        if self.objects.bucket(&req.input.bucket).await?.is_none() {
+            return Err(s3_error!(NoSuchBucket));
+        }
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        if let Some(ETagCondition::Any) = input.if_none_match {
+            if self.objects.head(&input.bucket, &input.key).await.is_ok() {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "the object exists (If-None-Match: *)"
+                ));
+            }
+        }
+        if let Some(cond) = &input.if_match {
+            let meta = self
+                .objects
+                .head(&input.bucket, &input.key)
+                .await
+                .map_err(|_| s3_error!(PreconditionFailed, "no object to match"))?;
+            if !etag_matches(cond, &meta.etag) {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "If-Match does not match the object's ETag"
+                ));
+            }
+        }
+        let body = input
+            .body
+            .ok_or_else(|| s3_error!(IncompleteBody, "a PUT needs a body"))?;
+        let metadata: Vec<(String, String)> = input
+            .metadata
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
+        let meta = self
+            .objects
+            .put(
+                &input.bucket,
+                &input.key,
+                body,
+                input.content_type,
+                metadata,
+                input.content_md5.as_deref(),
+            )
+            .await?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(meta.etag)),
+            size: Some(meta.size as i64),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let meta = self.objects.head(&input.bucket, &input.key).await?;
+        check_preconditions(
+            &meta,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let (range, content_range) = match input.range {
+            Some(r) => {
+                let r = r.check(meta.size)?;
+                let cr = format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    meta.size
+                );
+                (r, Some(cr))
+            }
+            None => (0..meta.size, None),
+        };
+        let stream = self.objects.read(&meta, range.start, range.end);
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(stream)),
+            content_length: Some((range.end - range.start) as i64),
+            content_range,
+            content_type: meta.content_type.clone(),
+            e_tag: Some(ETag::Strong(meta.etag.clone())),
+            last_modified: Some(timestamp(meta.last_modified_ms)),
+            metadata: user_metadata(&meta),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let meta = self.objects.head(&input.bucket, &input.key).await?;
+        check_preconditions(
+            &meta,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(meta.size as i64),
+            content_type: meta.content_type.clone(),
+            e_tag: Some(ETag::Strong(meta.etag.clone())),
+            last_modified: Some(timestamp(meta.last_modified_ms)),
+            metadata: user_metadata(&meta),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.objects
+            .delete(&req.input.bucket, &req.input.key)
+            .await?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let bucket = req.input.bucket;
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for obj in req.input.delete.objects {
+            match self.objects.delete(&bucket, &obj.key).await {
+                Ok(()) => deleted.push(DeletedObject {
+                    key: Some(obj.key),
+                    ..Default::default()
+                }),
+                Err(e) => errors.push(s3s::dto::Error {
+                    code: Some("InternalError".into()),
+                    key: Some(obj.key),
+                    message: Some(e.to_string()),
+                    ..Default::default()
+                }),
+            }
+        }
+        let quiet = req.input.delete.quiet.unwrap_or(false);
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: (!quiet).then_some(deleted),
+            errors: Some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let max = input
+            .max_keys
+            .unwrap_or(LIST_KEYS_MAX)
+            .clamp(0, LIST_KEYS_MAX) as usize;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let after = input
+            .continuation_token
+            .clone()
+            .or_else(|| input.start_after.as_deref().map(start_after_token));
+        let page = if max == 0 {
+            crate::objects::ListPage {
+                entries: Vec::new(),
+                next: None,
+            }
+        } else {
+            self.objects
+                .list(
+                    &input.bucket,
+                    &prefix,
+                    input.delimiter.as_deref(),
+                    after.as_deref(),
+                    max,
+                )
+                .await?
+        };
+        let url = input
+            .encoding_type
+            .as_ref()
+            .is_some_and(|e| e.as_str() == "url");
+        let (contents, common_prefixes) = split_listing(page.entries, url);
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(max as i32),
+            key_count: Some((contents.len() + common_prefixes.len()) as i32),
+            continuation_token: input.continuation_token,
+            start_after: input.start_after,
+            is_truncated: Some(page.next.is_some()),
+            next_continuation_token: page.next,
+            contents: Some(contents),
+            common_prefixes: Some(common_prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        let max = input
+            .max_keys
+            .unwrap_or(LIST_KEYS_MAX)
+            .clamp(0, LIST_KEYS_MAX) as usize;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let after = input.marker.as_deref().map(start_after_token);
+        let page = self
+            .objects
+            .list(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                after.as_deref(),
+                max.max(1),
+            )
+            .await?;
+        let truncated = page.next.is_some();
+        let url = input
+            .encoding_type
+            .as_ref()
+            .is_some_and(|e| e.as_str() == "url");
+        // V1's next marker is the last key or common prefix returned.
+        let next_marker = page.entries.last().map(|e| match e {
+            Listed::Object { key, .. } => key.clone(),
+            Listed::CommonPrefix(p) => p.clone(),
+        });
+        let (contents, common_prefixes) = split_listing(page.entries, url);
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            marker: input.marker,
+            delimiter: input.delimiter,
+            max_keys: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_marker: if truncated { next_marker } else { None },
+            contents: Some(contents),
+            common_prefixes: Some(common_prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+}
+
+fn encode_key(key: String, url: bool) -> String {
+    if !url {
+        return key;
+    }
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn split_listing(entries: Vec<Listed>, url: bool) -> (Vec<s3s::dto::Object>, Vec<CommonPrefix>) {
+    let mut contents = Vec::new();
+    let mut prefixes = Vec::new();
+    for e in entries {
+        match e {
+            Listed::Object { key, meta } => contents.push(s3s::dto::Object {
+                key: Some(encode_key(key, url)),
+                size: Some(meta.size as i64),
+                e_tag: Some(ETag::Strong(meta.etag)),
+                last_modified: Some(timestamp(meta.last_modified_ms)),
+                ..Default::default()
+            }),
+            Listed::CommonPrefix(p) => prefixes.push(CommonPrefix {
+                prefix: Some(encode_key(p, url)),
+            }),
+        }
+    }
+    (contents, prefixes)
+}

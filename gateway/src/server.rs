@@ -1,0 +1,114 @@
+//! The HTTP side: binds the S3 endpoint and serves connections until shut down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use serde::{Deserialize, Serialize};
+use shale_rpc::client::KvClient;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::objects::ObjectStore;
+use crate::s3::ShaleS3;
+
+/// What a gateway needs besides its cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// TCP address of the S3 endpoint.
+    pub listen_addr: String,
+    /// The access key clients sign requests with.
+    pub access_key: String,
+    /// Its secret.
+    pub secret_key: String,
+    /// The endpoint's public host (with port) for virtual-host-style requests, e.g.
+    /// `s3.example.com:9000`; path-style requests work without it.
+    pub host: Option<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen_addr: "127.0.0.1:9000".into(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            host: None,
+        }
+    }
+}
+
+/// A running S3 endpoint.
+pub struct Gateway {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds the endpoint and starts serving.
+    pub async fn start(config: &GatewayConfig, kv: Arc<KvClient>) -> std::io::Result<Gateway> {
+        if config.access_key.is_empty() || config.secret_key.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the gateway needs an access key and a secret key",
+            ));
+        }
+        let mut builder = S3ServiceBuilder::new(ShaleS3::new(ObjectStore::new(kv)));
+        builder.set_auth(SimpleAuth::from_single(
+            config.access_key.clone(),
+            config.secret_key.clone(),
+        ));
+        if let Some(host) = &config.host {
+            let domain = s3s::host::SingleDomain::new(host).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("host {host:?}: {e}"),
+                )
+            })?;
+            builder.set_host(domain);
+        }
+        let service = builder.build();
+        let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+                            let conn = graceful.watch(conn.into_owned());
+                            tokio::spawn(async move {
+                                if let Err(e) = conn.await {
+                                    debug!(error = %e, "S3 connection ended with an error");
+                                }
+                            });
+                        }
+                        Err(e) => debug!(error = %e, "accept failed"),
+                    },
+                    _ = stopped.changed() => break,
+                }
+            }
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+        });
+        info!(%addr, "S3 endpoint listening");
+        Ok(Gateway { addr, stop, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to 10 s).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,54 @@
+//! The gateway in front of a real in-process cluster (RocksDB, QUIC), driven by a real
+//! S3 client (boto3, installed by scripts/test.sh).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shale_gateway::{Gateway, GatewayConfig};
+use shale_storage::cluster::LocalCluster;
+
+/// The Python with boto3 that scripts/test.sh prepared.
+fn python() -> String {
+    std::env::var("SHALE_PYTHON").unwrap_or_else(|_| {
+        panic!("SHALE_PYTHON is not set: run the tests with scripts/test.sh, which installs boto3 into a venv")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn boto3_drives_buckets_objects_listing_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |_| {})
+        .await
+        .unwrap();
+    cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let config = GatewayConfig {
+        listen_addr: "127.0.0.1:0".into(),
+        access_key: "test-access".into(),
+        secret_key: "test-secret-key".into(),
+        host: None,
+    };
+    let gateway = Gateway::start(&config, Arc::new(cluster.client().unwrap()))
+        .await
+        .unwrap();
+    let endpoint = format!("http://{}", gateway.addr());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/s3_client.py");
+    let (python, endpoint2) = (python(), endpoint.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args([script, &endpoint2, "test-access", "test-secret-key"])
+            .output()
+            .expect("run the boto3 script")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "boto3 checks failed against {endpoint}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("s3 client checks passed"));
+    gateway.shutdown().await;
+    cluster.shutdown().await;
+}

@@ -1,0 +1,134 @@
+"""S3 behaviour through a real client (boto3) against a Shale gateway.
+
+Usage: s3_client.py ENDPOINT ACCESS_KEY SECRET_KEY. Exits non-zero on the first failure,
+printing what differed.
+"""
+import hashlib
+import os
+import sys
+import urllib.request
+
+import boto3
+import botocore
+from botocore.config import Config
+
+endpoint, access, secret = sys.argv[1:4]
+cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2})
+
+
+def client(secret_key=secret):
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access,
+                        aws_secret_access_key=secret_key, region_name="us-east-1", config=cfg)
+
+
+s3 = client()
+
+
+def expect_error(code, fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except botocore.exceptions.ClientError as e:
+        got = e.response["Error"]["Code"]
+        assert got == code, f"expected {code}, got {got}: {e}"
+        return
+    raise AssertionError(f"expected {code}, the call succeeded")
+
+
+# Buckets
+s3.create_bucket(Bucket="photos")
+expect_error("BucketAlreadyOwnedByYou", s3.create_bucket, Bucket="photos")
+assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["photos"]
+s3.head_bucket(Bucket="photos")
+expect_error("404", s3.head_bucket, Bucket="nope")
+expect_error("NoSuchBucket", s3.put_object, Bucket="nope", Key="k", Body=b"x")
+
+# Small object, metadata, content type, ETag = MD5
+small = b"hello shale"
+r = s3.put_object(Bucket="photos", Key="a/small.txt", Body=small, ContentType="text/plain",
+                  Metadata={"owner": "ada"})
+assert r["ETag"] == '"%s"' % hashlib.md5(small).hexdigest(), r["ETag"]
+g = s3.get_object(Bucket="photos", Key="a/small.txt")
+assert g["Body"].read() == small
+assert g["ContentType"] == "text/plain", g["ContentType"]
+assert g["Metadata"] == {"owner": "ada"}, g["Metadata"]
+h = s3.head_object(Bucket="photos", Key="a/small.txt")
+assert h["ContentLength"] == len(small)
+
+# Large object (several 1 MiB chunks), read whole and by range
+big = os.urandom(3 * 1024 * 1024 + 12345)
+s3.put_object(Bucket="photos", Key="a/big.bin", Body=big)
+assert s3.get_object(Bucket="photos", Key="a/big.bin")["Body"].read() == big
+part = s3.get_object(Bucket="photos", Key="a/big.bin", Range="bytes=1048570-2097160")
+assert part["Body"].read() == big[1048570:2097161]
+assert part["ContentRange"] == "bytes 1048570-2097160/%d" % len(big), part["ContentRange"]
+expect_error("InvalidRange", s3.get_object, Bucket="photos", Key="a/big.bin", Range="bytes=%d-" % (len(big) + 10))
+
+# Overwrite: readers see the whole new object
+big2 = os.urandom(2 * 1024 * 1024 + 7)
+s3.put_object(Bucket="photos", Key="a/big.bin", Body=big2)
+assert s3.get_object(Bucket="photos", Key="a/big.bin")["Body"].read() == big2
+
+# Conditional requests
+etag = s3.head_object(Bucket="photos", Key="a/small.txt")["ETag"]
+expect_error("PreconditionFailed", s3.get_object, Bucket="photos", Key="a/small.txt", IfMatch='"0000"')
+expect_error("304", s3.get_object, Bucket="photos", Key="a/small.txt", IfNoneMatch=etag)
+assert s3.get_object(Bucket="photos", Key="a/small.txt", IfMatch=etag)["Body"].read() == small
+expect_error("PreconditionFailed", s3.put_object, Bucket="photos", Key="a/small.txt", Body=b"no", IfNoneMatch="*")
+
+# Bad Content-MD5 is refused and the old object stays
+import base64
+wrong_md5 = base64.b64encode(hashlib.md5(b"something else").digest()).decode()
+expect_error("BadDigest", s3.put_object, Bucket="photos", Key="a/small.txt", Body=b"new body", ContentMD5=wrong_md5)
+assert s3.get_object(Bucket="photos", Key="a/small.txt")["Body"].read() == small
+
+# Listing: prefix, delimiter, common prefixes, pagination
+for i in range(25):
+    s3.put_object(Bucket="photos", Key="list/%02d" % i, Body=b"%d" % i)
+for d in ["x", "y", "z"]:
+    for i in range(3):
+        s3.put_object(Bucket="photos", Key="dirs/%s/%d" % (d, i), Body=b"d")
+s3.put_object(Bucket="photos", Key="dirs/top", Body=b"t")
+r = s3.list_objects_v2(Bucket="photos", Prefix="dirs/", Delimiter="/")
+assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["dirs/x/", "dirs/y/", "dirs/z/"], r.get("CommonPrefixes")
+assert [o["Key"] for o in r["Contents"]] == ["dirs/top"], r.get("Contents")
+keys, token = [], None
+while True:
+    kw = {"Bucket": "photos", "Prefix": "list/", "MaxKeys": 7}
+    if token:
+        kw["ContinuationToken"] = token
+    r = s3.list_objects_v2(**kw)
+    keys += [o["Key"] for o in r.get("Contents", [])]
+    if not r["IsTruncated"]:
+        break
+    token = r["NextContinuationToken"]
+assert keys == ["list/%02d" % i for i in range(25)], keys
+pages = s3.get_paginator("list_objects_v2").paginate(Bucket="photos", Prefix="dirs/", Delimiter="/", PaginationConfig={"PageSize": 2})
+seen = []
+for p in pages:
+    seen += [c["Prefix"] for c in p.get("CommonPrefixes", [])] + [o["Key"] for o in p.get("Contents", [])]
+assert sorted(seen) == ["dirs/top", "dirs/x/", "dirs/y/", "dirs/z/"], seen
+r = s3.list_objects_v2(Bucket="photos", StartAfter="list/20", Prefix="list/")
+assert [o["Key"] for o in r["Contents"]] == ["list/%02d" % i for i in range(21, 25)]
+r = s3.list_objects(Bucket="photos", Prefix="list/", MaxKeys=10)
+assert len(r["Contents"]) == 10 and r["IsTruncated"]
+
+# Delete, batch delete, bucket must be empty to go
+s3.delete_object(Bucket="photos", Key="a/small.txt")
+expect_error("NoSuchKey", s3.get_object, Bucket="photos", Key="a/small.txt")
+expect_error("BucketNotEmpty", s3.delete_bucket, Bucket="photos")
+all_keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket="photos") for o in p.get("Contents", [])]
+s3.delete_objects(Bucket="photos", Delete={"Objects": [{"Key": k} for k in all_keys]})
+assert s3.list_objects_v2(Bucket="photos")["KeyCount"] == 0
+s3.delete_bucket(Bucket="photos")
+assert s3.list_buckets()["Buckets"] == []
+
+# Wrong secret: refused, nothing changes
+expect_error("SignatureDoesNotMatch", client("not-the-secret").create_bucket, Bucket="intruder")
+assert s3.list_buckets()["Buckets"] == []
+
+# Presigned GET works; an expired one does not
+s3.create_bucket(Bucket="share")
+s3.put_object(Bucket="share", Key="f", Body=b"shared")
+url = s3.generate_presigned_url("get_object", Params={"Bucket": "share", "Key": "f"}, ExpiresIn=60)
+assert urllib.request.urlopen(url).read() == b"shared"
+print("s3 client checks passed")
