@@ -20,6 +20,18 @@ pub struct ClusterFile {
     /// A client certificate signed by the cluster CA, and its key.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The S3 endpoint and its credentials, when the cluster has a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Endpoint>,
+}
+
+/// Where a cluster's S3 endpoint is and how to sign requests to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct S3Endpoint {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
 }
 
 impl ClusterFile {

@@ -10,8 +10,9 @@ use shale_rpc::certs::{
 };
 use shale_storage::cluster::{cluster_configs, LocalCluster};
 
-use crate::cluster_file::ClusterFile;
+use crate::cluster_file::{ClusterFile, S3Endpoint};
 use crate::store::wait_for_shutdown_signal;
+use shale_gateway::{Gateway, GatewayConfig};
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -24,6 +25,58 @@ pub struct DevArgs {
     /// First store's UDP port; store N listens on port-base + N - 1.
     #[arg(long, default_value_t = 7101)]
     port_base: u16,
+    /// TCP port of the S3 endpoint on 127.0.0.1.
+    #[arg(long, default_value_t = 9000)]
+    s3_port: u16,
+    /// S3 access key; generated on first start (and kept in DATA_DIR/credentials.json).
+    #[arg(long, env = "SHALE_ACCESS_KEY")]
+    access_key: Option<String>,
+    /// S3 secret key; generated on first start (and kept in DATA_DIR/credentials.json).
+    #[arg(long, env = "SHALE_SECRET_KEY")]
+    secret_key: Option<String>,
+}
+
+/// The dev cluster's S3 credentials, kept across restarts.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Credentials {
+    access_key: String,
+    secret_key: String,
+}
+
+/// Pinned by flags, else the ones kept in the data dir, else new random ones.
+fn dev_credentials(
+    data_dir: &Path,
+    access: Option<String>,
+    secret: Option<String>,
+) -> anyhow::Result<Credentials> {
+    let path = data_dir.join("credentials.json");
+    let kept: Option<Credentials> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let random = |n: usize| -> String {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let mut rng = rand::thread_rng();
+        (0..n)
+            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+            .collect()
+    };
+    let creds = Credentials {
+        access_key: access
+            .or_else(|| kept.as_ref().map(|k| k.access_key.clone()))
+            .unwrap_or_else(|| format!("SHALE{}", random(15))),
+        secret_key: secret
+            .or_else(|| kept.as_ref().map(|k| k.secret_key.clone()))
+            .unwrap_or_else(|| random(40)),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&creds)? + "\n")
+        .with_context(|| format!("write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(creds)
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -46,17 +99,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(&data_dir, identity, configs)
         .await
         .context("start the stores")?;
-    let file = ClusterFile {
+    let creds = dev_credentials(&data_dir, args.access_key, args.secret_key)?;
+    let mut file = ClusterFile {
         stores: cluster.store_addrs(),
         ca_cert: certs.join(CA_CERT_FILE),
         cert: certs.join("client.pem"),
         key: certs.join("client.key"),
+        s3: None,
     };
+    let gateway_config = GatewayConfig {
+        listen_addr: format!("127.0.0.1:{}", args.s3_port),
+        access_key: creds.access_key.clone(),
+        secret_key: creds.secret_key.clone(),
+        host: None,
+    };
+    let gateway = Gateway::start(&gateway_config, file.client()?)
+        .await
+        .with_context(|| {
+            format!(
+                "start the S3 endpoint on {} (is the port free? see --s3-port)",
+                gateway_config.listen_addr
+            )
+        })?;
+    file.s3 = Some(S3Endpoint {
+        endpoint: format!("http://{}", gateway.addr()),
+        access_key: creds.access_key,
+        secret_key: creds.secret_key,
+        region: "us-east-1".into(),
+    });
     let cluster_path = data_dir.join("dev.json");
     file.save(&cluster_path)?;
     print_banner(&file, &cluster_path);
     wait_for_shutdown_signal().await?;
     eprintln!("shutting down...");
+    gateway.shutdown().await;
     cluster.shutdown().await;
     Ok(())
 }
@@ -96,18 +172,33 @@ fn print_banner(file: &ClusterFile, cluster_path: &Path) {
     for s in &file.stores {
         println!("  store {} at {} (QUIC, mutual TLS)", s.store_id, s.addr);
     }
-    println!("cluster file: {}", cluster_path.display());
+    if let Some(s3) = &file.s3 {
+        println!();
+        println!("S3 endpoint: {}", s3.endpoint);
+        println!("  access key: {}", s3.access_key);
+        println!("  secret key: {}", s3.secret_key);
+        println!("  region:     {}", s3.region);
+        println!();
+        println!("try it:");
+        println!(
+            "  export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} AWS_DEFAULT_REGION={}",
+            s3.access_key, s3.secret_key, s3.region
+        );
+        println!("  aws --endpoint-url {} s3 mb s3://demo", s3.endpoint);
+        println!(
+            "  aws --endpoint-url {} s3 cp ./README.md s3://demo/",
+            s3.endpoint
+        );
+        println!("  aws --endpoint-url {} s3 ls s3://demo/", s3.endpoint);
+    }
     println!();
-    println!("try it:");
     println!(
-        "  shale kv --cluster {} put hello world",
+        "key-value access: shale kv --cluster {} put hello world",
         cluster_path.display()
     );
-    println!("  shale kv --cluster {} get hello", cluster_path.display());
     println!(
-        "  shale bench kv --cluster {} --duration-secs 5",
+        "cluster file (stores, certificates, S3 endpoint and keys): {}",
         cluster_path.display()
     );
-    println!();
-    println!("Ctrl-C stops the cluster; starting again on the same --data-dir keeps every key.");
+    println!("Ctrl-C stops the cluster; starting again on the same --data-dir keeps everything.");
 }

@@ -5,6 +5,7 @@ mod bench;
 mod certs;
 mod cluster_file;
 mod dev;
+mod gateway;
 mod kv;
 mod logging;
 mod store;
@@ -13,8 +14,10 @@ use clap::{Parser, Subcommand};
 
 /// Shale: a sharded, strongly consistent, replicated storage engine.
 ///
-/// Start a local three-store cluster with `shale dev`, then use `shale kv` against the
-/// `dev.json` it writes. Run a store of a real cluster with `shale store --config FILE`.
+/// Start a local three-store cluster with an S3 endpoint with `shale dev` (it prints the
+/// endpoint and credentials), then use any S3 client, or `shale kv` with the `dev.json` it
+/// writes. Run a real cluster with `shale store --config FILE` on each machine and
+/// `shale gateway --cluster FILE` in front of it.
 #[derive(Parser)]
 #[command(name = "shale", version, propagate_version = true)]
 struct Cli {
@@ -27,10 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local cluster on loopback: three stores (by default), data in one folder.
+    /// Run a local cluster on loopback: three stores and an S3 endpoint, data in one folder.
     Dev(dev::DevArgs),
     /// Run one store of a cluster from a TOML config file.
     Store(store::StoreArgs),
+    /// Run an S3 endpoint in front of a cluster.
+    Gateway(gateway::GatewayArgs),
     /// Create the cluster CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Store(args) => store::run(args).await,
+            Command::Gateway(args) => gateway::run(args).await,
             Command::Certs(cmd) => certs::run(cmd),
             Command::Kv(args) => kv::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,

@@ -16,12 +16,17 @@ fn kv(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run shale kv")
 }
 
-fn start_dev(dir: &std::path::Path, port_base: u16) -> std::process::Child {
+fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> std::process::Child {
     let _ = std::fs::remove_file(dir.join("dev.json"));
     let child = shale()
         .args(["dev", "--data-dir"])
         .arg(dir)
-        .args(["--port-base", &port_base.to_string()])
+        .args([
+            "--port-base",
+            &port_base.to_string(),
+            "--s3-port",
+            &s3_port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -55,13 +60,51 @@ fn sigterm(mut child: std::process::Child) -> Option<i32> {
     }
 }
 
+/// Runs a boto3 snippet against the endpoint and credentials `shale dev` wrote.
+fn s3(dir: &std::path::Path, code: &str) -> String {
+    let python = std::env::var("SHALE_PYTHON")
+        .expect("SHALE_PYTHON (set by scripts/test.sh) names a Python with boto3");
+    let prelude = r#"
+import json, sys, boto3
+from botocore.config import Config
+dev = json.load(open(sys.argv[1]))["s3"]
+s3 = boto3.client("s3", endpoint_url=dev["endpoint"], aws_access_key_id=dev["access_key"],
+                  aws_secret_access_key=dev["secret_key"], region_name=dev["region"],
+                  config=Config(s3={"addressing_style": "path"}))
+"#;
+    let out = Command::new(python)
+        .args(["-c", &format!("{prelude}\n{code}")])
+        .arg(dir.join("dev.json"))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "boto3 against shale dev failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[test]
 fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let ports = shale_storage::cluster::free_udp_ports(1).unwrap();
     // Three consecutive ports from a free one; retried by the OS rarely enough for a test.
     let base = ports[0];
-    let dev = start_dev(dir.path(), base);
+    let s3_port = free_tcp_port();
+    let dev = start_dev(dir.path(), base, s3_port);
+    s3(
+        dir.path(),
+        "s3.create_bucket(Bucket='demo'); s3.put_object(Bucket='demo', Key='k', Body=b'kept')",
+    );
     let out = kv(dir.path(), &["put", "hello", "world"]);
     assert!(
         out.status.success(),
@@ -74,7 +117,15 @@ fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
     assert_eq!(out.status.code(), Some(1), "a missing key exits 1");
     assert_eq!(sigterm(dev), Some(0), "SIGTERM exits with code 0");
 
-    let dev = start_dev(dir.path(), base);
+    let dev = start_dev(dir.path(), base, s3_port);
+    let got = s3(
+        dir.path(),
+        "print(s3.get_object(Bucket='demo', Key='k')['Body'].read().decode())",
+    );
+    assert_eq!(
+        got, "kept",
+        "objects survive a restart with the same credentials"
+    );
     let out = kv(dir.path(), &["get", "hello"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
