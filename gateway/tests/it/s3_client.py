@@ -12,7 +12,7 @@ import boto3
 import botocore
 from botocore.config import Config
 
-endpoint, access, secret = sys.argv[1:4]
+endpoint, access, secret, endpoint2 = sys.argv[1:5]
 cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2})
 
 
@@ -131,4 +131,52 @@ s3.create_bucket(Bucket="share")
 s3.put_object(Bucket="share", Key="f", Body=b"shared")
 url = s3.generate_presigned_url("get_object", Params={"Bucket": "share", "Key": "f"}, ExpiresIn=60)
 assert urllib.request.urlopen(url).read() == b"shared"
+
+# A client that disconnects mid-upload leaves the previous object intact.
+import socket
+from urllib.parse import urlparse
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+s3.put_object(Bucket="share", Key="victim", Body=b"old and intact")
+length = 3 * 1024 * 1024
+
+
+def raw_put(body, send):
+    """A hand-signed PUT of `length` bytes on a raw socket; sends `send` of them."""
+    req = AWSRequest(method="PUT", url=endpoint + "/share/victim", data=body,
+                     headers={"Content-Length": str(length)})
+    S3SigV4Auth(Credentials(access, secret), "s3", "us-east-1").add_auth(req)
+    u = urlparse(endpoint)
+    sock = socket.create_connection((u.hostname, u.port))
+    head = "PUT /share/victim HTTP/1.1\r\nHost: %s\r\n" % u.netloc
+    head += "".join("%s: %s\r\n" % (k, v) for k, v in req.headers.items() if k.lower() != "host")
+    sock.sendall(head.encode() + b"\r\n" + body[:send])
+    if send == len(body):
+        reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:600]
+    sock.close()
+
+
+body = os.urandom(length)
+raw_put(body, length // 2)  # the client goes away halfway
+import time
+time.sleep(0.5)
+assert s3.get_object(Bucket="share", Key="victim")["Body"].read() == b"old and intact"
+raw_put(body, length)  # control: the same request, whole, does replace it
+assert s3.get_object(Bucket="share", Key="victim")["Body"].read() == body
+
+# Read-after-write and list-after-write across two gateways of one cluster.
+other = boto3.client("s3", endpoint_url=endpoint2, aws_access_key_id=access,
+                     aws_secret_access_key=secret, region_name="us-east-1", config=cfg)
+for i in range(20):
+    body = os.urandom(100 + i * 7000)
+    s3.put_object(Bucket="share", Key="c/%d" % i, Body=body)
+    assert other.get_object(Bucket="share", Key="c/%d" % i)["Body"].read() == body
+    listed = [o["Key"] for o in other.list_objects_v2(Bucket="share", Prefix="c/%d" % i)["Contents"]]
+    assert "c/%d" % i in listed, listed
+    s3.delete_object(Bucket="share", Key="c/%d" % i)
+    expect_error("NoSuchKey", other.get_object, Bucket="share", Key="c/%d" % i)
+    assert other.list_objects_v2(Bucket="share", Prefix="c/%d" % i)["KeyCount"] == 0
 print("s3 client checks passed")
