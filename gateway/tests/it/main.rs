@@ -28,15 +28,25 @@ async fn boto3_drives_buckets_objects_listing_and_auth() {
         secret_key: "test-secret-key".into(),
         host: None,
     };
-    let gateway = Gateway::start(&config, Arc::new(cluster.client().unwrap())).await.unwrap();
-    let second = Gateway::start(&config, Arc::new(cluster.client().unwrap())).await.unwrap();
+    let gateway = Gateway::start(&config, Arc::new(cluster.client().unwrap()))
+        .await
+        .unwrap();
+    let second = Gateway::start(&config, Arc::new(cluster.client().unwrap()))
+        .await
+        .unwrap();
     let endpoint_b = format!("http://{}", second.addr());
     let endpoint = format!("http://{}", gateway.addr());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/s3_client.py");
     let (python, endpoint2) = (python(), endpoint.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
-            .args([script, &endpoint2, "test-access", "test-secret-key", &endpoint_b])
+            .args([
+                script,
+                &endpoint2,
+                "test-access",
+                "test-secret-key",
+                &endpoint_b,
+            ])
             .output()
             .expect("run the boto3 script")
     })

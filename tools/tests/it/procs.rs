@@ -169,3 +169,44 @@ pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
     )
     .unwrap()
 }
+
+/// A `shale gateway` process in front of `procs`, and the endpoint it serves.
+pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (Child, String) {
+    let certs = dir.join("certs");
+    let stores: Vec<serde_json::Value> = procs
+        .iter()
+        .map(|p| serde_json::json!({"store_id": p.config.store_id, "addr": p.config.listen_addr}))
+        .collect();
+    let cluster = serde_json::json!({
+        "stores": stores,
+        "ca_cert": certs.join("ca.pem"),
+        "cert": certs.join("node.pem"),
+        "key": certs.join("node.key"),
+    });
+    let path = dir.join("cluster.json");
+    std::fs::write(&path, cluster.to_string()).unwrap();
+    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+    let child = shale()
+        .args(["gateway", "--cluster"])
+        .arg(&path)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--access-key",
+            "mem-access",
+            "--secret-key",
+            "mem-secret",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn shale gateway");
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// Resident memory of a process, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
