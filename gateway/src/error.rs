@@ -22,6 +22,16 @@ pub enum GwError {
     EntityTooLarge { max: u64 },
     #[error("the request body ended early: {0}")]
     IncompleteBody(String),
+    #[error("the upload does not exist (it was completed or aborted, or never started)")]
+    NoSuchUpload,
+    #[error("part {0} was not uploaded or its ETag does not match")]
+    InvalidPart(u32),
+    #[error("parts must be listed in ascending order of part number")]
+    InvalidPartOrder,
+    #[error("part {part} is {size} bytes; every part but the last must be at least {min}")]
+    EntityTooSmall { part: u32, size: u64, min: u64 },
+    #[error("part numbers run from 1 to 10000")]
+    InvalidPartNumber,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("cluster: {0}")]
@@ -39,6 +49,11 @@ impl From<GwError> for S3Error {
             GwError::InvalidDigest => S3ErrorCode::InvalidDigest,
             GwError::EntityTooLarge { .. } => S3ErrorCode::EntityTooLarge,
             GwError::IncompleteBody(_) => S3ErrorCode::IncompleteBody,
+            GwError::NoSuchUpload => S3ErrorCode::NoSuchUpload,
+            GwError::InvalidPart(_) => S3ErrorCode::InvalidPart,
+            GwError::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
+            GwError::EntityTooSmall { .. } => S3ErrorCode::EntityTooSmall,
+            GwError::InvalidPartNumber => S3ErrorCode::InvalidArgument,
             GwError::Corrupt(_) => S3ErrorCode::InternalError,
             GwError::Cluster(ClientError::Unavailable { .. }) => S3ErrorCode::SlowDown,
             GwError::Cluster(_) => S3ErrorCode::InternalError,

@@ -30,6 +30,139 @@ pub enum Body {
         version: u128,
         count: u32,
     },
+    /// A completed multipart upload: its parts' chunks, in order.
+    Parts(Vec<Segment>),
+}
+
+/// A run of chunks holding `size` bytes: one part of a multipart object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub version: u128,
+    pub count: u32,
+    pub size: u64,
+}
+
+impl Body {
+    /// The chunk runs behind the body (none for an inline body).
+    pub fn segments(&self, size: u64) -> Vec<Segment> {
+        match self {
+            Body::Inline(_) => Vec::new(),
+            Body::Chunks { version, count } => vec![Segment {
+                version: *version,
+                count: *count,
+                size,
+            }],
+            Body::Parts(parts) => parts.clone(),
+        }
+    }
+}
+
+/// An upload in progress (multipart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadMeta {
+    pub created_ms: u64,
+    pub content_type: Option<String>,
+    pub user_metadata: Vec<(String, String)>,
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartMeta {
+    pub size: u64,
+    /// Hex MD5 of the part, as its ETag.
+    pub etag: String,
+    pub version: u128,
+    pub count: u32,
+    pub last_modified_ms: u64,
+}
+
+const UPLOAD_PREFIX: u8 = b'U';
+const PART_PREFIX: u8 = b'P';
+
+/// The record of upload `upload_id` of `key` in `bucket`.
+pub fn upload_key(bucket: &str, key: &str, upload_id: &str) -> Bytes {
+    let mut k = BytesMut::with_capacity(3 + bucket.len() + key.len() + upload_id.len());
+    k.put_u8(UPLOAD_PREFIX);
+    k.put_slice(bucket.as_bytes());
+    k.put_u8(0);
+    k.put_slice(key.as_bytes());
+    k.put_u8(0);
+    k.put_slice(upload_id.as_bytes());
+    k.freeze()
+}
+
+/// `[start, end)` of every upload record in `bucket`.
+pub fn upload_bounds(bucket: &str) -> (Bytes, Bytes) {
+    let mut start = BytesMut::new();
+    start.put_u8(UPLOAD_PREFIX);
+    start.put_slice(bucket.as_bytes());
+    start.put_u8(0);
+    let start = start.freeze();
+    let end = prefix_end(&start).expect("ends in a zero byte");
+    (start, end)
+}
+
+/// The (key, upload id) an upload record key names, given its bucket.
+pub fn upload_of_key<'a>(bucket: &str, record: &'a [u8]) -> Option<(&'a str, &'a str)> {
+    let rest = record
+        .strip_prefix(&[UPLOAD_PREFIX])?
+        .strip_prefix(bucket.as_bytes())?
+        .strip_prefix(&[0])?;
+    let split = rest.iter().rposition(|&b| b == 0)?;
+    Some((
+        std::str::from_utf8(&rest[..split]).ok()?,
+        std::str::from_utf8(&rest[split + 1..]).ok()?,
+    ))
+}
+
+/// The record of part `part_number` of upload `upload_id`.
+pub fn part_key(upload_id: &str, part_number: u32) -> Bytes {
+    let mut k = BytesMut::with_capacity(6 + upload_id.len());
+    k.put_u8(PART_PREFIX);
+    k.put_slice(upload_id.as_bytes());
+    k.put_u8(0);
+    k.put_u32(part_number);
+    k.freeze()
+}
+
+/// `[start, end)` of every part record of upload `upload_id`.
+pub fn part_bounds(upload_id: &str) -> (Bytes, Bytes) {
+    let mut prefix = BytesMut::new();
+    prefix.put_u8(PART_PREFIX);
+    prefix.put_slice(upload_id.as_bytes());
+    prefix.put_u8(0);
+    let end = prefix_end(&prefix).expect("ends in a zero byte");
+    (prefix.freeze(), end)
+}
+
+/// The part number a part record key names.
+pub fn part_number_of_key(record: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        record
+            .get(record.len().checked_sub(4)?..)?
+            .try_into()
+            .ok()?,
+    ))
+}
+
+impl UploadMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("upload record encodes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<UploadMeta, String> {
+        postcard::from_bytes(data).map_err(|e| format!("upload record: {e}"))
+    }
+}
+
+impl PartMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("part record encodes")
+    }
+
+    pub fn decode(data: &[u8]) -> Result<PartMeta, String> {
+        postcard::from_bytes(data).map_err(|e| format!("part record: {e}"))
+    }
 }
 
 /// An object's metadata record: written last, it makes the object visible.

@@ -11,12 +11,19 @@ use md5::{Digest, Md5};
 use shale_rpc::client::KvClient;
 
 use crate::error::GwError;
-use crate::layout::{self, Body, BucketMeta, ObjectMeta, CHUNK_BYTES, INLINE_BYTES_MAX};
+use crate::layout::{
+    self, Body, BucketMeta, ObjectMeta, PartMeta, Segment, UploadMeta, CHUNK_BYTES,
+    INLINE_BYTES_MAX,
+};
 
 /// Largest object a single PUT may store (S3's limit).
 pub const OBJECT_BYTES_MAX: u64 = 5 << 30;
 /// Object records read per scan page while listing.
 const LIST_PAGE: u32 = 1000;
+/// Highest part number of a multipart upload (S3's limit).
+pub const PARTS_MAX: u32 = 10_000;
+/// Smallest part but the last (S3's limit).
+pub const PART_BYTES_MIN: u64 = 5 << 20;
 
 /// One entry of a listing.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,47 +110,43 @@ impl ObjectStore {
         }
     }
 
-    /// Stores a body from `body`; chunks first, metadata last. `content_md5` (base64) is
-    /// checked before anything becomes visible; a failed or cut-off upload leaves the
-    /// previous object as it was.
-    pub async fn put<S, E>(
+    /// Reads `body` to its end: small bodies stay in memory (when `inline` allows), larger
+    /// ones go out in chunks of a new version as they arrive. Checks the size bound and
+    /// `content_md5`; on any failure the chunks written so far are dropped.
+    async fn write_body<S, E>(
         &self,
-        bucket: &str,
-        key: &str,
         mut body: S,
-        content_type: Option<String>,
-        user_metadata: Vec<(String, String)>,
+        inline: bool,
         content_md5: Option<&str>,
-    ) -> Result<ObjectMeta, GwError>
+    ) -> Result<(Body, u64, [u8; 16]), GwError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.must_bucket(bucket).await?;
         let expected_md5 = content_md5.map(decode_md5).transpose()?;
         let mut md5 = Md5::new();
         let mut size = 0u64;
         let mut buf = BytesMut::new();
         let version: u128 = rand::random();
         let mut chunks = 0u32;
-        while let Some(piece) = body.next().await {
-            let piece = match piece {
-                Ok(p) => p,
-                Err(e) => {
-                    self.drop_chunks(version, chunks).await;
-                    return Err(GwError::IncompleteBody(e.to_string()));
-                }
+        let keep_inline =
+            |chunks: u32, len: usize| inline && chunks == 0 && len <= INLINE_BYTES_MAX;
+        let failed = loop {
+            let piece = match body.next().await {
+                None => break None,
+                Some(Ok(p)) => p,
+                Some(Err(e)) => break Some(GwError::IncompleteBody(e.to_string())),
             };
             size += piece.len() as u64;
             if size > OBJECT_BYTES_MAX {
-                self.drop_chunks(version, chunks).await;
-                return Err(GwError::EntityTooLarge {
+                break Some(GwError::EntityTooLarge {
                     max: OBJECT_BYTES_MAX,
                 });
             }
             md5.update(&piece);
             buf.extend_from_slice(&piece);
-            while buf.len() >= CHUNK_BYTES && (chunks > 0 || buf.len() > INLINE_BYTES_MAX) {
+            let mut err = None;
+            while buf.len() >= CHUNK_BYTES && !keep_inline(chunks, buf.len()) {
                 let chunk = buf.split_to(CHUNK_BYTES);
                 if let Err(e) = self
                     .kv
@@ -153,40 +156,82 @@ impl ObjectStore {
                     )
                     .await
                 {
-                    self.drop_chunks(version, chunks).await;
-                    return Err(e.into());
+                    err = Some(e.into());
+                    break;
                 }
                 chunks += 1;
             }
-        }
+            if err.is_some() {
+                break err;
+            }
+        };
         let digest: [u8; 16] = md5.finalize().into();
-        if expected_md5.is_some_and(|m| m != digest) {
+        let failed = failed.or_else(|| {
+            expected_md5
+                .filter(|m| *m != digest)
+                .map(|_| GwError::BadDigest)
+        });
+        if let Some(e) = failed {
             self.drop_chunks(version, chunks).await;
-            return Err(GwError::BadDigest);
+            return Err(e);
         }
-        let body = if chunks == 0 && buf.len() <= INLINE_BYTES_MAX {
-            Body::Inline(buf.freeze())
-        } else {
-            if !buf.is_empty() {
-                let chunk = buf.split();
-                if let Err(e) = self
-                    .kv
-                    .put(
-                        layout::chunk_key(version, chunks),
-                        layout::seal_chunk(&chunk),
-                    )
-                    .await
-                {
-                    self.drop_chunks(version, chunks).await;
-                    return Err(e.into());
-                }
-                chunks += 1;
+        if keep_inline(chunks, buf.len()) {
+            return Ok((Body::Inline(buf.freeze()), size, digest));
+        }
+        if !buf.is_empty() || chunks == 0 {
+            let chunk = buf.split();
+            if let Err(e) = self
+                .kv
+                .put(
+                    layout::chunk_key(version, chunks),
+                    layout::seal_chunk(&chunk),
+                )
+                .await
+            {
+                self.drop_chunks(version, chunks).await;
+                return Err(e.into());
             }
+            chunks += 1;
+        }
+        Ok((
             Body::Chunks {
                 version,
                 count: chunks,
-            }
-        };
+            },
+            size,
+            digest,
+        ))
+    }
+
+    /// Makes `meta` the object at (`bucket`, `key`); the body it replaces is dropped.
+    async fn publish(&self, bucket: &str, key: &str, meta: &ObjectMeta) -> Result<(), GwError> {
+        let record = layout::object_key(bucket, key);
+        let previous = self.kv.get(record.clone()).await?;
+        self.kv.put(record, meta.encode()).await?;
+        if let Some(Ok(old)) = previous.map(|p| ObjectMeta::decode(&p)) {
+            self.drop_body(&old).await;
+        }
+        Ok(())
+    }
+
+    /// Stores a body from `body`; chunks first, metadata last. `content_md5` (base64) is
+    /// checked before anything becomes visible; a failed or cut-off upload leaves the
+    /// previous object as it was.
+    pub async fn put<S, E>(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: S,
+        content_type: Option<String>,
+        user_metadata: Vec<(String, String)>,
+        content_md5: Option<&str>,
+    ) -> Result<ObjectMeta, GwError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        self.must_bucket(bucket).await?;
+        let (body, size, digest) = self.write_body(body, true, content_md5).await?;
         let meta = ObjectMeta {
             size,
             etag: hex(&digest),
@@ -195,17 +240,210 @@ impl ObjectStore {
             user_metadata,
             body,
         };
-        let record = layout::object_key(bucket, key);
-        let previous = self.kv.get(record.clone()).await?;
-        self.kv.put(record, meta.encode()).await?;
-        if let Some(Ok(ObjectMeta {
-            body: Body::Chunks { version, count },
-            ..
-        })) = previous.map(|p| ObjectMeta::decode(&p))
-        {
-            self.drop_chunks(version, count).await;
+        if let Err(e) = self.publish(bucket, key, &meta).await {
+            self.drop_body(&meta).await;
+            return Err(e);
         }
         Ok(meta)
+    }
+
+    /// Starts a multipart upload; returns its id.
+    pub async fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: Option<String>,
+        user_metadata: Vec<(String, String)>,
+    ) -> Result<String, GwError> {
+        self.must_bucket(bucket).await?;
+        let upload_id = hex(&rand::random::<u128>().to_be_bytes());
+        let meta = UploadMeta {
+            created_ms: now_ms(),
+            content_type,
+            user_metadata,
+        };
+        self.kv
+            .put(layout::upload_key(bucket, key, &upload_id), meta.encode())
+            .await?;
+        Ok(upload_id)
+    }
+
+    async fn must_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<UploadMeta, GwError> {
+        self.must_bucket(bucket).await?;
+        match self
+            .kv
+            .get(layout::upload_key(bucket, key, upload_id))
+            .await?
+        {
+            Some(v) => UploadMeta::decode(&v).map_err(GwError::Corrupt),
+            None => Err(GwError::NoSuchUpload),
+        }
+    }
+
+    /// Stores one part; a part uploaded again under the same number replaces the old one.
+    pub async fn upload_part<S, E>(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: S,
+        content_md5: Option<&str>,
+    ) -> Result<PartMeta, GwError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let number = u32::try_from(part_number)
+            .ok()
+            .filter(|n| (1..=PARTS_MAX).contains(n))
+            .ok_or(GwError::InvalidPartNumber)?;
+        self.must_upload(bucket, key, upload_id).await?;
+        let (body, size, digest) = self.write_body(body, false, content_md5).await?;
+        let Body::Chunks { version, count } = body else {
+            unreachable!("parts are never inline");
+        };
+        let part = PartMeta {
+            size,
+            etag: hex(&digest),
+            version,
+            count,
+            last_modified_ms: now_ms(),
+        };
+        let record = layout::part_key(upload_id, number);
+        let previous = self.kv.get(record.clone()).await?;
+        self.kv.put(record, part.encode()).await?;
+        if let Some(Ok(old)) = previous.map(|p| PartMeta::decode(&p)) {
+            self.drop_chunks(old.version, old.count).await;
+        }
+        Ok(part)
+    }
+
+    /// The parts uploaded so far, by part number.
+    pub async fn list_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<(u32, PartMeta)>, GwError> {
+        self.must_upload(bucket, key, upload_id).await?;
+        let (start, end) = layout::part_bounds(upload_id);
+        let pairs = self.kv.scan_all(start, end, LIST_PAGE).await?;
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                let n = layout::part_number_of_key(k)
+                    .ok_or_else(|| GwError::Corrupt("bad part record key".into()))?;
+                Ok((n, PartMeta::decode(v).map_err(GwError::Corrupt)?))
+            })
+            .collect()
+    }
+
+    /// Assembles the listed parts (ascending numbers, matching ETags) into the object;
+    /// parts uploaded but not listed are dropped.
+    pub async fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        listed: Vec<(u32, String)>,
+    ) -> Result<ObjectMeta, GwError> {
+        let upload = self.must_upload(bucket, key, upload_id).await?;
+        let uploaded = self.list_parts(bucket, key, upload_id).await?;
+        if listed.is_empty() {
+            return Err(GwError::InvalidPart(0));
+        }
+        if listed.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(GwError::InvalidPartOrder);
+        }
+        let mut segments = Vec::with_capacity(listed.len());
+        let mut md5s = Md5::new();
+        let mut size = 0u64;
+        for (i, (number, etag)) in listed.iter().enumerate() {
+            let Some((_, part)) = uploaded
+                .iter()
+                .find(|(n, p)| n == number && p.etag == etag.trim_matches('"'))
+            else {
+                return Err(GwError::InvalidPart(*number));
+            };
+            if i + 1 < listed.len() && part.size < PART_BYTES_MIN {
+                return Err(GwError::EntityTooSmall {
+                    part: *number,
+                    size: part.size,
+                    min: PART_BYTES_MIN,
+                });
+            }
+            md5s.update(decode_hex_md5(&part.etag)?);
+            size += part.size;
+            segments.push(Segment {
+                version: part.version,
+                count: part.count,
+                size: part.size,
+            });
+        }
+        let digest: [u8; 16] = md5s.finalize().into();
+        let meta = ObjectMeta {
+            size,
+            etag: format!("{}-{}", hex(&digest), listed.len()),
+            content_type: upload.content_type,
+            last_modified_ms: now_ms(),
+            user_metadata: upload.user_metadata,
+            body: Body::Parts(segments),
+        };
+        self.publish(bucket, key, &meta).await?;
+        self.kv
+            .delete(layout::upload_key(bucket, key, upload_id))
+            .await?;
+        for (number, part) in &uploaded {
+            self.kv.delete(layout::part_key(upload_id, *number)).await?;
+            if !listed.iter().any(|(n, _)| n == number) {
+                self.drop_chunks(part.version, part.count).await;
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Abandons an upload: its parts and their chunks go.
+    pub async fn abort_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), GwError> {
+        for (number, part) in self.list_parts(bucket, key, upload_id).await? {
+            self.drop_chunks(part.version, part.count).await;
+            self.kv.delete(layout::part_key(upload_id, number)).await?;
+        }
+        self.kv
+            .delete(layout::upload_key(bucket, key, upload_id))
+            .await?;
+        Ok(())
+    }
+
+    /// Uploads in progress in `bucket`: (key, upload id, started).
+    pub async fn list_uploads(&self, bucket: &str) -> Result<Vec<(String, String, u64)>, GwError> {
+        self.must_bucket(bucket).await?;
+        let (start, end) = layout::upload_bounds(bucket);
+        let pairs = self.kv.scan_all(start, end, LIST_PAGE).await?;
+        pairs
+            .iter()
+            .filter_map(|(k, v)| {
+                layout::upload_of_key(bucket, k)
+                    .map(|(key, id)| (key.to_string(), id.to_string(), v))
+            })
+            .map(|(key, id, v)| {
+                Ok((
+                    key,
+                    id,
+                    UploadMeta::decode(v).map_err(GwError::Corrupt)?.created_ms,
+                ))
+            })
+            .collect()
     }
 
     /// The bytes `[start, end)` of an object, streamed chunk by chunk, each checked.
@@ -216,24 +454,20 @@ impl ObjectStore {
         end: u64,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
         let kv = self.kv.clone();
-        let body = meta.body.clone();
+        let inline = match &meta.body {
+            Body::Inline(data) => Some(data.clone()),
+            _ => None,
+        };
+        let segments = Arc::new(meta.body.segments(meta.size));
         futures::stream::unfold(start, move |pos| {
-            let (kv, body) = (kv.clone(), body.clone());
+            let (kv, inline, segments) = (kv.clone(), inline.clone(), segments.clone());
             async move {
                 if pos >= end {
                     return None;
                 }
-                let result = match body {
-                    Body::Inline(data) => Ok(data.slice(pos as usize..end as usize)),
-                    Body::Chunks { version, .. } => {
-                        let index = (pos / CHUNK_BYTES as u64) as u32;
-                        let chunk_start = index as u64 * CHUNK_BYTES as u64;
-                        fetch_chunk(&kv, version, index).await.map(|data| {
-                            let from = (pos - chunk_start) as usize;
-                            let to = ((end - chunk_start) as usize).min(data.len());
-                            data.slice(from..to.max(from))
-                        })
-                    }
+                let result = match inline {
+                    Some(data) => Ok(data.slice(pos as usize..end as usize)),
+                    None => read_at(&kv, &segments, pos, end).await,
                 };
                 match result {
                     Ok(piece) if piece.is_empty() => Some((
@@ -260,14 +494,17 @@ impl ObjectStore {
             return Ok(());
         };
         self.kv.delete(record).await?;
-        if let Ok(ObjectMeta {
-            body: Body::Chunks { version, count },
-            ..
-        }) = ObjectMeta::decode(&old)
-        {
-            self.drop_chunks(version, count).await;
+        if let Ok(old) = ObjectMeta::decode(&old) {
+            self.drop_body(&old).await;
         }
         Ok(())
+    }
+
+    /// Drops every chunk behind a body.
+    async fn drop_body(&self, meta: &ObjectMeta) {
+        for s in meta.body.segments(meta.size) {
+            self.drop_chunks(s.version, s.count).await;
+        }
     }
 
     /// Chunks of a body no metadata points at any more. Failures leave garbage behind,
@@ -394,12 +631,41 @@ fn next_key(key: &[u8]) -> Bytes {
     Bytes::from(k)
 }
 
+/// The piece of a chunked body at `pos` (up to `end`, within one chunk).
+async fn read_at(kv: &KvClient, segments: &[Segment], pos: u64, end: u64) -> Result<Bytes, String> {
+    let mut seg_start = 0u64;
+    for seg in segments {
+        if pos < seg_start + seg.size {
+            let offset = pos - seg_start;
+            let index = (offset / CHUNK_BYTES as u64) as u32;
+            let chunk_start = seg_start + index as u64 * CHUNK_BYTES as u64;
+            let data = fetch_chunk(kv, seg.version, index).await?;
+            let from = (pos - chunk_start) as usize;
+            let to = ((end.min(seg_start + seg.size) - chunk_start) as usize).min(data.len());
+            return Ok(data.slice(from..to.max(from)));
+        }
+        seg_start += seg.size;
+    }
+    Ok(Bytes::new())
+}
+
 async fn fetch_chunk(kv: &KvClient, version: u128, index: u32) -> Result<Bytes, String> {
     match kv.get(layout::chunk_key(version, index)).await {
         Ok(Some(stored)) => layout::open_chunk(stored),
         Ok(None) => Err(format!("chunk {index} of the object is missing")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn decode_hex_md5(etag: &str) -> Result<[u8; 16], GwError> {
+    let bytes: Result<Vec<u8>, _> = (0..etag.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(etag.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect();
+    bytes
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| GwError::Corrupt(format!("part ETag {etag:?} is not an MD5")))
 }
 
 fn decode_md5(b64: &str) -> Result<[u8; 16], GwError> {

@@ -3,13 +3,17 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use s3s::dto::{
-    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CreateBucketInput,
+    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
     DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput,
     DeleteObjectsOutput, DeletedObject, ETag, ETagCondition, GetBucketLocationInput,
     GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
-    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectsInput,
-    ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, PutObjectInput, PutObjectOutput,
-    StreamingBlob, Timestamp,
+    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
+    ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectsInput, ListObjectsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload,
+    Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput,
+    UploadPartOutput,
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
@@ -400,6 +404,163 @@ impl S3 for ShaleS3 {
             contents: Some(contents),
             common_prefixes: Some(common_prefixes),
             encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        let metadata: Vec<(String, String)> = input
+            .metadata
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
+        let upload_id = self
+            .objects
+            .create_upload(&input.bucket, &input.key, input.content_type, metadata)
+            .await?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        let body = input
+            .body
+            .ok_or_else(|| s3_error!(IncompleteBody, "a part needs a body"))?;
+        let part = self
+            .objects
+            .upload_part(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                body,
+                input.content_md5.as_deref(),
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(part.etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let listed = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                let number = p
+                    .part_number
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| s3_error!(InvalidPart, "a part has no number"))?;
+                let etag = p.e_tag.map(|e| e.value().to_string()).unwrap_or_default();
+                Ok((number, etag))
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let meta = self
+            .objects
+            .complete_upload(&input.bucket, &input.key, &input.upload_id, listed)
+            .await?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(ETag::Strong(meta.etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.objects
+            .abort_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
+        let max = input.max_parts.unwrap_or(1000).clamp(1, 1000) as usize;
+        let all = self
+            .objects
+            .list_parts(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let mut rest = all.into_iter().filter(|(n, _)| *n > marker).peekable();
+        let mut parts = Vec::new();
+        while parts.len() < max {
+            let Some((n, p)) = rest.next() else { break };
+            parts.push(Part {
+                part_number: Some(n as i32),
+                size: Some(p.size as i64),
+                e_tag: Some(ETag::Strong(p.etag)),
+                last_modified: Some(timestamp(p.last_modified_ms)),
+                ..Default::default()
+            });
+        }
+        let truncated = rest.peek().is_some();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_part_number_marker: if truncated {
+                parts.last().and_then(|p| p.part_number)
+            } else {
+                None
+            },
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads = self
+            .objects
+            .list_uploads(&input.bucket)
+            .await?
+            .into_iter()
+            .filter(|(key, _, _)| key.starts_with(&prefix))
+            .map(|(key, id, started)| MultipartUpload {
+                key: Some(key),
+                upload_id: Some(id),
+                initiated: Some(timestamp(started)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
             ..Default::default()
         }))
     }

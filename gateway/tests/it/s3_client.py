@@ -179,4 +179,50 @@ for i in range(20):
     s3.delete_object(Bucket="share", Key="c/%d" % i)
     expect_error("NoSuchKey", other.get_object, Bucket="share", Key="c/%d" % i)
     assert other.list_objects_v2(Bucket="share", Prefix="c/%d" % i)["KeyCount"] == 0
+
+# Multipart upload: parts, ETag, reads across parts, errors, abort, listing.
+MiB = 1024 * 1024
+parts_data = [os.urandom(5 * MiB), os.urandom(5 * MiB + 3), os.urandom(MiB // 2)]
+up = s3.create_multipart_upload(Bucket="share", Key="multi", ContentType="application/x-test")["UploadId"]
+etags = []
+for n, data in enumerate(parts_data, start=1):
+    etags.append(s3.upload_part(Bucket="share", Key="multi", UploadId=up, PartNumber=n, Body=data)["ETag"])
+listed = s3.list_parts(Bucket="share", Key="multi", UploadId=up)["Parts"]
+assert [p["PartNumber"] for p in listed] == [1, 2, 3] and [p["Size"] for p in listed] == [len(d) for d in parts_data]
+assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket="share")["Uploads"]] == [up]
+expect_error("InvalidPartOrder", s3.complete_multipart_upload, Bucket="share", Key="multi", UploadId=up,
+             MultipartUpload={"Parts": [{"PartNumber": 2, "ETag": etags[1]}, {"PartNumber": 1, "ETag": etags[0]}]})
+expect_error("InvalidPart", s3.complete_multipart_upload, Bucket="share", Key="multi", UploadId=up,
+             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]})
+r = s3.complete_multipart_upload(Bucket="share", Key="multi", UploadId=up,
+                                 MultipartUpload={"Parts": [{"PartNumber": n + 1, "ETag": e} for n, e in enumerate(etags)]})
+want_etag = hashlib.md5(b"".join(hashlib.md5(d).digest() for d in parts_data)).hexdigest() + "-3"
+assert r["ETag"] == '"%s"' % want_etag, (r["ETag"], want_etag)
+whole = b"".join(parts_data)
+got = s3.get_object(Bucket="share", Key="multi")
+assert got["Body"].read() == whole and got["ContentType"] == "application/x-test"
+cross = s3.get_object(Bucket="share", Key="multi", Range="bytes=%d-%d" % (5 * MiB - 10, 10 * MiB + 10))
+assert cross["Body"].read() == whole[5 * MiB - 10:10 * MiB + 11]
+expect_error("NoSuchUpload", s3.upload_part, Bucket="share", Key="multi", UploadId=up, PartNumber=4, Body=b"late")
+# A small part before the last is refused.
+up2 = s3.create_multipart_upload(Bucket="share", Key="small-parts")["UploadId"]
+e1 = s3.upload_part(Bucket="share", Key="small-parts", UploadId=up2, PartNumber=1, Body=b"tiny")["ETag"]
+e2 = s3.upload_part(Bucket="share", Key="small-parts", UploadId=up2, PartNumber=2, Body=b"tiny too")["ETag"]
+expect_error("EntityTooSmall", s3.complete_multipart_upload, Bucket="share", Key="small-parts", UploadId=up2,
+             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+s3.abort_multipart_upload(Bucket="share", Key="small-parts", UploadId=up2)
+expect_error("NoSuchUpload", s3.list_parts, Bucket="share", Key="small-parts", UploadId=up2)
+expect_error("404", s3.head_object, Bucket="share", Key="small-parts")
+# The high-level transfer path (what `aws s3 cp` does for big files).
+from boto3.s3.transfer import TransferConfig
+import tempfile
+src = tempfile.NamedTemporaryFile(delete=False)
+src.write(os.urandom(13 * MiB + 17))
+src.close()
+tc = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4)
+s3.upload_file(src.name, "share", "transfer.bin", Config=tc)
+dst = src.name + ".down"
+s3.download_file("share", "transfer.bin", dst, Config=tc)
+assert open(dst, "rb").read() == open(src.name, "rb").read()
+assert s3.head_object(Bucket="share", Key="transfer.bin")["ETag"].endswith('-3"')
 print("s3 client checks passed")
