@@ -12,12 +12,13 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv >/dev/null
 fi
 venv="$HOME/.cache/shale/venv"
-if ! "$venv/bin/python" -c 'import boto3' >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import boto3' >/dev/null 2>&1 || [ ! -x "$venv/bin/aws" ]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'boto3>=1.34,<2'
+  "$venv/bin/pip" install -q --disable-pip-version-check 'boto3>=1.34,<2' 'awscli>=1.32,<2'
 fi
 export SHALE_PYTHON="$venv/bin/python"
+export SHALE_AWS="$venv/bin/aws"
 cargo build --release --locked --workspace --all-targets
 echo "shale: build took $(( $(date +%s) - started ))s" >&2
 # Clusters in tests run real fsyncs and elections; two test threads keep a 2-core

@@ -63,3 +63,44 @@ async fn boto3_drives_buckets_objects_listing_and_auth() {
     second.shutdown().await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_aws_cli_copies_syncs_lists_and_removes() {
+    let aws = std::env::var("SHALE_AWS").unwrap_or_else(|_| panic!("SHALE_AWS is not set: run the tests with scripts/test.sh, which installs the aws CLI into a venv"));
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(&dir.path().join("cluster"), 3, |_| {})
+        .await
+        .unwrap();
+    cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let config = GatewayConfig {
+        listen_addr: "127.0.0.1:0".into(),
+        access_key: "cli-access".into(),
+        secret_key: "cli-secret".into(),
+        host: None,
+    };
+    let gateway = Gateway::start(&config, Arc::new(cluster.client().unwrap()))
+        .await
+        .unwrap();
+    let endpoint = format!("http://{}", gateway.addr());
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/aws_cli.sh");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .args([script, &aws, &endpoint, "cli-access", "cli-secret"])
+            .arg(&work)
+            .output()
+            .expect("run the aws CLI script")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "aws CLI checks failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("aws cli checks passed"));
+    gateway.shutdown().await;
+    cluster.shutdown().await;
+}
