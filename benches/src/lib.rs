@@ -3,4 +3,5 @@
 
 pub mod kv;
 pub mod ranges;
+pub mod s3;
 pub mod stats;

@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use shale_bench::kv::{cluster_phases, report, rocksdb_baseline, KvBenchOptions, Phases};
 use shale_bench::ranges::{idle_ranges, range_scaling};
+use shale_bench::s3::S3BenchOptions;
+use shale_gateway::{Gateway, GatewayConfig};
 use shale_bench::stats::table;
 use shale_storage::cluster::LocalCluster;
 
@@ -19,6 +21,95 @@ pub enum BenchCommand {
     Kv(KvBenchArgs),
     /// The standing cost of many idle ranges: memory and CPU of a local cluster.
     Idle(IdleBenchArgs),
+    /// S3 PUT, GET and LIST throughput and latency against any S3 endpoint(s).
+    S3(S3BenchArgs),
+}
+
+#[derive(Args)]
+pub struct S3BenchArgs {
+    /// S3 endpoint(s) to spread clients over (repeatable); without one, a local 3-store
+    /// cluster and gateway are started in a temp folder.
+    #[arg(long = "endpoint")]
+    endpoints: Vec<String>,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    access_key: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Bucket to use (created if missing).
+    #[arg(long, default_value = "shale-bench")]
+    bucket: String,
+    /// Object size: bytes, or with KiB/MiB (e.g. 4KiB, 64MiB).
+    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    size: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Keys per LIST request.
+    #[arg(long, default_value_t = 1000)]
+    list_keys: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1 << 20)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1 << 10)
+    } else {
+        (s, 1)
+    };
+    num.trim().parse::<usize>().map(|n| n * mult).map_err(|e| format!("size {s:?}: {e}"))
+}
+
+async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
+    let mut local = None;
+    let temp = tempfile::Builder::new().prefix("shale-bench-s3-").tempdir()?;
+    let (endpoints, access_key, secret_key) = if args.endpoints.is_empty() {
+        let cluster = LocalCluster::start_new(&temp.path().join("cluster"), 3, |_| {}).await?;
+        cluster.wait_leader(Duration::from_secs(10)).await.context("no leader")?;
+        let config = GatewayConfig {
+            listen_addr: "127.0.0.1:0".into(),
+            access_key: "bench-access".into(),
+            secret_key: "bench-secret".into(),
+            host: None,
+        };
+        let gateway = Gateway::start(&config, Arc::new(cluster.client()?)).await?;
+        let endpoint = format!("http://{}", gateway.addr());
+        local = Some((cluster, gateway));
+        (vec![endpoint], config.access_key, config.secret_key)
+    } else {
+        let access = args.access_key.context("--access-key or AWS_ACCESS_KEY_ID")?;
+        let secret = args.secret_key.context("--secret-key or AWS_SECRET_ACCESS_KEY")?;
+        (args.endpoints.clone(), access, secret)
+    };
+    let opts = S3BenchOptions {
+        endpoints,
+        access_key,
+        secret_key,
+        bucket: args.bucket,
+        object_bytes: args.size,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs(args.duration_secs),
+        list_keys: args.list_keys,
+    };
+    let rep = shale_bench::s3::run(&opts).await;
+    if let Some((cluster, gateway)) = local {
+        gateway.shutdown().await;
+        cluster.shutdown().await;
+    }
+    let rep = rep?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        print!("{}", table(&rep.phases));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -79,6 +170,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Kv(args) => kv(args).await,
         BenchCommand::Idle(args) => idle(args).await,
+        BenchCommand::S3(args) => s3(args).await,
     }
 }
 

@@ -1,0 +1,205 @@
+//! `shale bench s3`: PUT, GET and LIST against one or more S3 endpoints, requests signed
+//! as presigned URLs (rusty-s3) and sent with hyper. Any S3 endpoint works.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::{Rng, SeedableRng};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use serde::Serialize;
+
+use crate::stats::{OpStats, Recorder};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct S3BenchOptions {
+    pub endpoints: Vec<String>,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    pub object_bytes: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// Keys listed per LIST request.
+    pub list_keys: usize,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct S3BenchReport {
+    pub object_bytes: usize,
+    pub phases: Vec<OpStats>,
+}
+
+const SIGNED_FOR: Duration = Duration::from_secs(3600);
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+struct Target {
+    bucket: Bucket,
+    creds: Credentials,
+    http: HttpClient,
+}
+
+impl Target {
+    async fn send(&self, method: hyper::Method, url: url::Url, body: Bytes) -> anyhow::Result<(u16, usize)> {
+        let req = hyper::Request::builder().method(method).uri(url.as_str()).body(Full::new(body))?;
+        let resp = self.http.request(req).await?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut bytes = 0;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                bytes += data.len();
+            }
+        }
+        Ok((status, bytes))
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<usize> {
+        let len = body.len();
+        let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGNED_FOR);
+        match self.send(hyper::Method::PUT, url, body).await? {
+            (200, _) => Ok(len),
+            (status, _) => bail!("PUT {key}: HTTP {status}"),
+        }
+    }
+
+    async fn get(&self, key: &str) -> anyhow::Result<usize> {
+        let url = self.bucket.get_object(Some(&self.creds), key).sign(SIGNED_FOR);
+        match self.send(hyper::Method::GET, url, Bytes::new()).await? {
+            (200, n) => Ok(n),
+            (status, _) => bail!("GET {key}: HTTP {status}"),
+        }
+    }
+
+    async fn list(&self, prefix: &str, max: usize) -> anyhow::Result<usize> {
+        let mut action = self.bucket.list_objects_v2(Some(&self.creds));
+        action.with_prefix(prefix);
+        action.with_max_keys(max);
+        let url = action.sign(SIGNED_FOR);
+        match self.send(hyper::Method::GET, url, Bytes::new()).await? {
+            (200, n) => Ok(n),
+            (status, _) => bail!("LIST {prefix}: HTTP {status}"),
+        }
+    }
+}
+
+fn targets(opts: &S3BenchOptions) -> anyhow::Result<Vec<Arc<Target>>> {
+    let http: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(opts.concurrency).build_http();
+    opts.endpoints
+        .iter()
+        .map(|e| {
+            let url: url::Url = e.parse().with_context(|| format!("endpoint {e:?}"))?;
+            let bucket = Bucket::new(url, UrlStyle::Path, opts.bucket.clone(), "us-east-1").context("bucket URL")?;
+            Ok(Arc::new(Target {
+                bucket,
+                creds: Credentials::new(opts.access_key.clone(), opts.secret_key.clone()),
+                http: http.clone(),
+            }))
+        })
+        .collect()
+}
+
+/// Runs `op(worker, seq, target)` from `concurrency` tasks spread over the targets.
+async fn phase<F, Fut>(name: &str, targets: &[Arc<Target>], concurrency: usize, duration: Duration, op: F) -> OpStats
+where
+    F: Fn(usize, u64, Arc<Target>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<usize>> + Send,
+{
+    let op = Arc::new(op);
+    let stop_at = Instant::now() + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (op, target) = (op.clone(), targets[w % targets.len()].clone());
+            tokio::spawn(async move {
+                let mut rec = Recorder::default();
+                let mut seq = 0u64;
+                while Instant::now() < stop_at {
+                    let t = Instant::now();
+                    match op(w, seq, target.clone()).await {
+                        Ok(bytes) => rec.record(t.elapsed(), bytes),
+                        Err(e) => {
+                            rec.errors += 1;
+                            if rec.errors == 1 {
+                                tracing::warn!(error = %e, "bench request failed");
+                            }
+                        }
+                    }
+                    seq += 1;
+                }
+                rec
+            })
+        })
+        .collect();
+    let mut total = Recorder::default();
+    for t in tasks {
+        if let Ok(rec) = t.await {
+            total.merge(&rec);
+        }
+    }
+    total.finish(name, concurrency, duration)
+}
+
+/// PUT for the duration, then GET the objects written, then LIST.
+pub async fn run(opts: &S3BenchOptions) -> anyhow::Result<S3BenchReport> {
+    anyhow::ensure!(!opts.endpoints.is_empty() && opts.concurrency > 0, "need an endpoint and a positive concurrency");
+    let targets = targets(opts)?;
+    let create = targets[0].bucket.create_bucket(&targets[0].creds).sign(SIGNED_FOR);
+    match targets[0].send(hyper::Method::PUT, create, Bytes::new()).await? {
+        (200 | 409, _) => {}
+        (status, _) => bail!("create bucket {}: HTTP {status}", opts.bucket),
+    }
+    let body = Bytes::from((0..opts.object_bytes).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let written: Arc<Vec<AtomicU64>> = Arc::new((0..opts.concurrency).map(|_| AtomicU64::new(0)).collect());
+    let size = opts.object_bytes;
+    let mut phases = Vec::new();
+    let (w2, b2) = (written.clone(), body.clone());
+    phases.push(
+        phase(&format!("s3 put {}", human(size)), &targets, opts.concurrency, opts.duration, move |w, seq, t| {
+            let (written, body) = (w2.clone(), b2.clone());
+            async move {
+                let n = t.put(&format!("bench/{w:04}/{seq:010}"), body).await?;
+                written[w].fetch_max(seq + 1, Ordering::Relaxed);
+                Ok(n)
+            }
+        })
+        .await,
+    );
+    let w3 = written.clone();
+    let workers = opts.concurrency;
+    phases.push(
+        phase(&format!("s3 get {}", human(size)), &targets, opts.concurrency, opts.duration, move |w, seq, t| {
+            let written = w3.clone();
+            async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64((w as u64) << 32 | seq);
+                let owner = rng.gen_range(0..workers);
+                let count = written[owner].load(Ordering::Relaxed).max(1);
+                t.get(&format!("bench/{owner:04}/{:010}", rng.gen_range(0..count))).await
+            }
+        })
+        .await,
+    );
+    let list_keys = opts.list_keys;
+    phases.push(
+        phase(&format!("s3 list {list_keys} keys"), &targets, opts.concurrency.min(8), opts.duration, move |w, _, t| async move {
+            t.list(&format!("bench/{:04}/", w % workers), list_keys).await
+        })
+        .await,
+    );
+    Ok(S3BenchReport { object_bytes: size, phases })
+}
+
+pub fn human(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
