@@ -1,5 +1,6 @@
 //! Tests of the `shale` binary as real processes.
 
+mod bench_json;
 mod dev;
 mod gateway_memory;
 mod procs;
