@@ -48,8 +48,16 @@ struct Target {
 }
 
 impl Target {
-    async fn send(&self, method: hyper::Method, url: url::Url, body: Bytes) -> anyhow::Result<(u16, usize)> {
-        let req = hyper::Request::builder().method(method).uri(url.as_str()).body(Full::new(body))?;
+    async fn send(
+        &self,
+        method: hyper::Method,
+        url: url::Url,
+        body: Bytes,
+    ) -> anyhow::Result<(u16, usize)> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .body(Full::new(body))?;
         let resp = self.http.request(req).await?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
@@ -64,7 +72,10 @@ impl Target {
 
     async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<usize> {
         let len = body.len();
-        let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGNED_FOR);
+        let url = self
+            .bucket
+            .put_object(Some(&self.creds), key)
+            .sign(SIGNED_FOR);
         match self.send(hyper::Method::PUT, url, body).await? {
             (200, _) => Ok(len),
             (status, _) => bail!("PUT {key}: HTTP {status}"),
@@ -72,7 +83,10 @@ impl Target {
     }
 
     async fn get(&self, key: &str) -> anyhow::Result<usize> {
-        let url = self.bucket.get_object(Some(&self.creds), key).sign(SIGNED_FOR);
+        let url = self
+            .bucket
+            .get_object(Some(&self.creds), key)
+            .sign(SIGNED_FOR);
         match self.send(hyper::Method::GET, url, Bytes::new()).await? {
             (200, n) => Ok(n),
             (status, _) => bail!("GET {key}: HTTP {status}"),
@@ -92,12 +106,15 @@ impl Target {
 }
 
 fn targets(opts: &S3BenchOptions) -> anyhow::Result<Vec<Arc<Target>>> {
-    let http: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(opts.concurrency).build_http();
+    let http: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(opts.concurrency)
+        .build_http();
     opts.endpoints
         .iter()
         .map(|e| {
             let url: url::Url = e.parse().with_context(|| format!("endpoint {e:?}"))?;
-            let bucket = Bucket::new(url, UrlStyle::Path, opts.bucket.clone(), "us-east-1").context("bucket URL")?;
+            let bucket = Bucket::new(url, UrlStyle::Path, opts.bucket.clone(), "us-east-1")
+                .context("bucket URL")?;
             Ok(Arc::new(Target {
                 bucket,
                 creds: Credentials::new(opts.access_key.clone(), opts.secret_key.clone()),
@@ -108,7 +125,13 @@ fn targets(opts: &S3BenchOptions) -> anyhow::Result<Vec<Arc<Target>>> {
 }
 
 /// Runs `op(worker, seq, target)` from `concurrency` tasks spread over the targets.
-async fn phase<F, Fut>(name: &str, targets: &[Arc<Target>], concurrency: usize, duration: Duration, op: F) -> OpStats
+async fn phase<F, Fut>(
+    name: &str,
+    targets: &[Arc<Target>],
+    concurrency: usize,
+    duration: Duration,
+    op: F,
+) -> OpStats
 where
     F: Fn(usize, u64, Arc<Target>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<usize>> + Send,
@@ -149,51 +172,88 @@ where
 
 /// PUT for the duration, then GET the objects written, then LIST.
 pub async fn run(opts: &S3BenchOptions) -> anyhow::Result<S3BenchReport> {
-    anyhow::ensure!(!opts.endpoints.is_empty() && opts.concurrency > 0, "need an endpoint and a positive concurrency");
+    anyhow::ensure!(
+        !opts.endpoints.is_empty() && opts.concurrency > 0,
+        "need an endpoint and a positive concurrency"
+    );
     let targets = targets(opts)?;
-    let create = targets[0].bucket.create_bucket(&targets[0].creds).sign(SIGNED_FOR);
-    match targets[0].send(hyper::Method::PUT, create, Bytes::new()).await? {
+    let create = targets[0]
+        .bucket
+        .create_bucket(&targets[0].creds)
+        .sign(SIGNED_FOR);
+    match targets[0]
+        .send(hyper::Method::PUT, create, Bytes::new())
+        .await?
+    {
         (200 | 409, _) => {}
         (status, _) => bail!("create bucket {}: HTTP {status}", opts.bucket),
     }
-    let body = Bytes::from((0..opts.object_bytes).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-    let written: Arc<Vec<AtomicU64>> = Arc::new((0..opts.concurrency).map(|_| AtomicU64::new(0)).collect());
+    let body = Bytes::from(
+        (0..opts.object_bytes)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let written: Arc<Vec<AtomicU64>> =
+        Arc::new((0..opts.concurrency).map(|_| AtomicU64::new(0)).collect());
     let size = opts.object_bytes;
     let mut phases = Vec::new();
     let (w2, b2) = (written.clone(), body.clone());
     phases.push(
-        phase(&format!("s3 put {}", human(size)), &targets, opts.concurrency, opts.duration, move |w, seq, t| {
-            let (written, body) = (w2.clone(), b2.clone());
-            async move {
-                let n = t.put(&format!("bench/{w:04}/{seq:010}"), body).await?;
-                written[w].fetch_max(seq + 1, Ordering::Relaxed);
-                Ok(n)
-            }
-        })
+        phase(
+            &format!("s3 put {}", human(size)),
+            &targets,
+            opts.concurrency,
+            opts.duration,
+            move |w, seq, t| {
+                let (written, body) = (w2.clone(), b2.clone());
+                async move {
+                    let n = t.put(&format!("bench/{w:04}/{seq:010}"), body).await?;
+                    written[w].fetch_max(seq + 1, Ordering::Relaxed);
+                    Ok(n)
+                }
+            },
+        )
         .await,
     );
     let w3 = written.clone();
     let workers = opts.concurrency;
     phases.push(
-        phase(&format!("s3 get {}", human(size)), &targets, opts.concurrency, opts.duration, move |w, seq, t| {
-            let written = w3.clone();
-            async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64((w as u64) << 32 | seq);
-                let owner = rng.gen_range(0..workers);
-                let count = written[owner].load(Ordering::Relaxed).max(1);
-                t.get(&format!("bench/{owner:04}/{:010}", rng.gen_range(0..count))).await
-            }
-        })
+        phase(
+            &format!("s3 get {}", human(size)),
+            &targets,
+            opts.concurrency,
+            opts.duration,
+            move |w, seq, t| {
+                let written = w3.clone();
+                async move {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64((w as u64) << 32 | seq);
+                    let owner = rng.gen_range(0..workers);
+                    let count = written[owner].load(Ordering::Relaxed).max(1);
+                    t.get(&format!("bench/{owner:04}/{:010}", rng.gen_range(0..count)))
+                        .await
+                }
+            },
+        )
         .await,
     );
     let list_keys = opts.list_keys;
     phases.push(
-        phase(&format!("s3 list {list_keys} keys"), &targets, opts.concurrency.min(8), opts.duration, move |w, _, t| async move {
-            t.list(&format!("bench/{:04}/", w % workers), list_keys).await
-        })
+        phase(
+            &format!("s3 list {list_keys} keys"),
+            &targets,
+            opts.concurrency.min(8),
+            opts.duration,
+            move |w, _, t| async move {
+                t.list(&format!("bench/{:04}/", w % workers), list_keys)
+                    .await
+            },
+        )
         .await,
     );
-    Ok(S3BenchReport { object_bytes: size, phases })
+    Ok(S3BenchReport {
+        object_bytes: size,
+        phases,
+    })
 }
 
 pub fn human(bytes: usize) -> String {

@@ -20,6 +20,10 @@ use crate::layout::{
 pub const OBJECT_BYTES_MAX: u64 = 5 << 30;
 /// Object records read per scan page while listing.
 const LIST_PAGE: u32 = 1000;
+/// Chunk writes in flight per upload (memory: this many chunks).
+const CHUNK_WRITES_IN_FLIGHT: usize = 4;
+/// Chunks fetched ahead of the client per download.
+const CHUNK_READS_AHEAD: usize = 4;
 /// Highest part number of a multipart upload (S3's limit).
 pub const PARTS_MAX: u32 = 10_000;
 /// Smallest part but the last (S3's limit).
@@ -127,11 +131,10 @@ impl ObjectStore {
         let mut md5 = Md5::new();
         let mut size = 0u64;
         let mut buf = BytesMut::new();
-        let version: u128 = rand::random();
-        let mut chunks = 0u32;
+        let mut writer = ChunkWriter::new(self.kv.clone(), rand::random());
         let keep_inline =
             |chunks: u32, len: usize| inline && chunks == 0 && len <= INLINE_BYTES_MAX;
-        let failed = loop {
+        let mut failed = loop {
             let piece = match body.next().await {
                 None => break None,
                 Some(Ok(p)) => p,
@@ -146,61 +149,36 @@ impl ObjectStore {
             md5.update(&piece);
             buf.extend_from_slice(&piece);
             let mut err = None;
-            while buf.len() >= CHUNK_BYTES && !keep_inline(chunks, buf.len()) {
-                let chunk = buf.split_to(CHUNK_BYTES);
-                if let Err(e) = self
-                    .kv
-                    .put(
-                        layout::chunk_key(version, chunks),
-                        layout::seal_chunk(&chunk),
-                    )
-                    .await
-                {
-                    err = Some(e.into());
+            while buf.len() >= CHUNK_BYTES && !keep_inline(writer.started(), buf.len()) {
+                if let Err(e) = writer.push(buf.split_to(CHUNK_BYTES).freeze()).await {
+                    err = Some(e);
                     break;
                 }
-                chunks += 1;
             }
             if err.is_some() {
                 break err;
             }
         };
         let digest: [u8; 16] = md5.finalize().into();
-        let failed = failed.or_else(|| {
+        failed = failed.or_else(|| {
             expected_md5
                 .filter(|m| *m != digest)
                 .map(|_| GwError::BadDigest)
         });
-        if let Some(e) = failed {
-            self.drop_chunks(version, chunks).await;
-            return Err(e);
+        let inline_body = failed.is_none() && keep_inline(writer.started(), buf.len());
+        if failed.is_none() && !inline_body && (!buf.is_empty() || writer.started() == 0) {
+            failed = writer.push(buf.split().freeze()).await.err();
         }
-        if keep_inline(chunks, buf.len()) {
-            return Ok((Body::Inline(buf.freeze()), size, digest));
-        }
-        if !buf.is_empty() || chunks == 0 {
-            let chunk = buf.split();
-            if let Err(e) = self
-                .kv
-                .put(
-                    layout::chunk_key(version, chunks),
-                    layout::seal_chunk(&chunk),
-                )
-                .await
-            {
-                self.drop_chunks(version, chunks).await;
-                return Err(e.into());
+        let finished = writer.finish().await;
+        let (version, count) = (writer.version, writer.started());
+        match failed.or(finished.err()) {
+            Some(e) => {
+                self.drop_chunks(version, count).await;
+                Err(e)
             }
-            chunks += 1;
+            None if inline_body => Ok((Body::Inline(buf.freeze()), size, digest)),
+            None => Ok((Body::Chunks { version, count }, size, digest)),
         }
-        Ok((
-            Body::Chunks {
-                version,
-                count: chunks,
-            },
-            size,
-            digest,
-        ))
     }
 
     /// Makes `meta` the object at (`bucket`, `key`); the body it replaces is dropped.
@@ -446,7 +424,8 @@ impl ObjectStore {
             .collect()
     }
 
-    /// The bytes `[start, end)` of an object, streamed chunk by chunk, each checked.
+    /// The bytes `[start, end)` of an object, streamed in order with a few chunks fetched
+    /// ahead; each chunk's crc32 is checked before its bytes go out.
     pub fn read(
         &self,
         meta: &ObjectMeta,
@@ -454,36 +433,36 @@ impl ObjectStore {
         end: u64,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
         let kv = self.kv.clone();
-        let inline = match &meta.body {
-            Body::Inline(data) => Some(data.clone()),
-            _ => None,
+        let pieces: Vec<Piece> = match &meta.body {
+            Body::Inline(data) => vec![Piece::Inline(data.slice(start as usize..end as usize))],
+            body => chunk_pieces(&body.segments(meta.size), start, end),
         };
-        let segments = Arc::new(meta.body.segments(meta.size));
-        futures::stream::unfold(start, move |pos| {
-            let (kv, inline, segments) = (kv.clone(), inline.clone(), segments.clone());
-            async move {
-                if pos >= end {
-                    return None;
-                }
-                let result = match inline {
-                    Some(data) => Ok(data.slice(pos as usize..end as usize)),
-                    None => read_at(&kv, &segments, pos, end).await,
-                };
-                match result {
-                    Ok(piece) if piece.is_empty() => Some((
-                        Err(std::io::Error::other(
-                            "object is shorter than its metadata says",
-                        )),
-                        end,
-                    )),
-                    Ok(piece) => {
-                        let next = pos + piece.len() as u64;
-                        Some((Ok(piece), next))
+        futures::stream::iter(pieces)
+            .map(move |piece| {
+                let kv = kv.clone();
+                async move {
+                    match piece {
+                        Piece::Inline(data) => Ok(data),
+                        Piece::Chunk {
+                            version,
+                            index,
+                            from,
+                            to,
+                        } => {
+                            let data = fetch_chunk(&kv, version, index)
+                                .await
+                                .map_err(std::io::Error::other)?;
+                            if data.len() < to {
+                                return Err(std::io::Error::other(format!(
+                                    "chunk {index} is shorter than the object's metadata says"
+                                )));
+                            }
+                            Ok(data.slice(from..to))
+                        }
                     }
-                    Err(e) => Some((Err(std::io::Error::other(e)), end)),
                 }
-            }
-        })
+            })
+            .buffered(CHUNK_READS_AHEAD)
     }
 
     /// Deletes an object (a missing one is not an error, as in S3).
@@ -631,22 +610,101 @@ fn next_key(key: &[u8]) -> Bytes {
     Bytes::from(k)
 }
 
-/// The piece of a chunked body at `pos` (up to `end`, within one chunk).
-async fn read_at(kv: &KvClient, segments: &[Segment], pos: u64, end: u64) -> Result<Bytes, String> {
+/// One piece of a read: a slice of an inline body or of one chunk.
+enum Piece {
+    Inline(Bytes),
+    Chunk {
+        version: u128,
+        index: u32,
+        from: usize,
+        to: usize,
+    },
+}
+
+/// The chunk slices that make up `[start, end)` of a chunked body.
+fn chunk_pieces(segments: &[Segment], start: u64, end: u64) -> Vec<Piece> {
+    let mut pieces = Vec::new();
     let mut seg_start = 0u64;
     for seg in segments {
-        if pos < seg_start + seg.size {
-            let offset = pos - seg_start;
-            let index = (offset / CHUNK_BYTES as u64) as u32;
+        let seg_end = seg_start + seg.size;
+        let (from, to) = (start.max(seg_start), end.min(seg_end));
+        let mut pos = from;
+        while pos < to {
+            let index = ((pos - seg_start) / CHUNK_BYTES as u64) as u32;
             let chunk_start = seg_start + index as u64 * CHUNK_BYTES as u64;
-            let data = fetch_chunk(kv, seg.version, index).await?;
-            let from = (pos - chunk_start) as usize;
-            let to = ((end.min(seg_start + seg.size) - chunk_start) as usize).min(data.len());
-            return Ok(data.slice(from..to.max(from)));
+            let chunk_end = (chunk_start + CHUNK_BYTES as u64).min(to);
+            pieces.push(Piece::Chunk {
+                version: seg.version,
+                index,
+                from: (pos - chunk_start) as usize,
+                to: (chunk_end - chunk_start) as usize,
+            });
+            pos = chunk_end;
         }
-        seg_start += seg.size;
+        seg_start = seg_end;
     }
-    Ok(Bytes::new())
+    pieces
+}
+
+/// Writes the chunks of one body version, a few at a time, in order of index.
+struct ChunkWriter {
+    kv: Arc<KvClient>,
+    version: u128,
+    next: u32,
+    in_flight: std::collections::VecDeque<
+        tokio::task::JoinHandle<Result<(), shale_rpc::client::ClientError>>,
+    >,
+}
+
+impl ChunkWriter {
+    fn new(kv: Arc<KvClient>, version: u128) -> Self {
+        ChunkWriter {
+            kv,
+            version,
+            next: 0,
+            in_flight: Default::default(),
+        }
+    }
+
+    /// Chunks started so far (written, or being written).
+    fn started(&self) -> u32 {
+        self.next
+    }
+
+    async fn push(&mut self, chunk: Bytes) -> Result<(), GwError> {
+        if self.in_flight.len() >= CHUNK_WRITES_IN_FLIGHT {
+            self.wait_one().await?;
+        }
+        let (kv, key) = (self.kv.clone(), layout::chunk_key(self.version, self.next));
+        self.in_flight.push_back(tokio::spawn(async move {
+            kv.put(key, layout::seal_chunk(&chunk)).await
+        }));
+        self.next += 1;
+        Ok(())
+    }
+
+    async fn wait_one(&mut self) -> Result<(), GwError> {
+        let Some(handle) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        match handle.await {
+            Ok(result) => result.map_err(GwError::from),
+            Err(e) => Err(GwError::Corrupt(format!("chunk write task failed: {e}"))),
+        }
+    }
+
+    /// Waits for every chunk; the first failure, if any (all are waited for regardless).
+    async fn finish(&mut self) -> Result<(), GwError> {
+        let mut first = Ok(());
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.wait_one().await {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
 }
 
 async fn fetch_chunk(kv: &KvClient, version: u128, index: u32) -> Result<Bytes, String> {

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use shale_bench::kv::{cluster_phases, report, rocksdb_baseline, KvBenchOptions, Phases};
 use shale_bench::ranges::{idle_ranges, range_scaling};
 use shale_bench::s3::S3BenchOptions;
-use shale_gateway::{Gateway, GatewayConfig};
 use shale_bench::stats::table;
+use shale_gateway::{Gateway, GatewayConfig};
 use shale_storage::cluster::LocalCluster;
 
 use crate::cluster_file::ClusterFile;
@@ -64,15 +64,23 @@ fn parse_size(s: &str) -> Result<usize, String> {
     } else {
         (s, 1)
     };
-    num.trim().parse::<usize>().map(|n| n * mult).map_err(|e| format!("size {s:?}: {e}"))
+    num.trim()
+        .parse::<usize>()
+        .map(|n| n * mult)
+        .map_err(|e| format!("size {s:?}: {e}"))
 }
 
 async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
     let mut local = None;
-    let temp = tempfile::Builder::new().prefix("shale-bench-s3-").tempdir()?;
+    let temp = tempfile::Builder::new()
+        .prefix("shale-bench-s3-")
+        .tempdir()?;
     let (endpoints, access_key, secret_key) = if args.endpoints.is_empty() {
         let cluster = LocalCluster::start_new(&temp.path().join("cluster"), 3, |_| {}).await?;
-        cluster.wait_leader(Duration::from_secs(10)).await.context("no leader")?;
+        cluster
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .context("no leader")?;
         let config = GatewayConfig {
             listen_addr: "127.0.0.1:0".into(),
             access_key: "bench-access".into(),
@@ -84,8 +92,12 @@ async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
         local = Some((cluster, gateway));
         (vec![endpoint], config.access_key, config.secret_key)
     } else {
-        let access = args.access_key.context("--access-key or AWS_ACCESS_KEY_ID")?;
-        let secret = args.secret_key.context("--secret-key or AWS_SECRET_ACCESS_KEY")?;
+        let access = args
+            .access_key
+            .context("--access-key or AWS_ACCESS_KEY_ID")?;
+        let secret = args
+            .secret_key
+            .context("--secret-key or AWS_SECRET_ACCESS_KEY")?;
         (args.endpoints.clone(), access, secret)
     };
     let opts = S3BenchOptions {

@@ -11,27 +11,68 @@ fn check_phase(p: &serde_json::Value) {
     for q in ["p50", "p99", "p999"] {
         assert!(lat[q].as_f64().is_some(), "latency_ms.{q} missing: {p}");
     }
-    assert!(p["ops_per_sec"].as_f64().unwrap() > 0.0, "the phase did something: {p}");
+    assert!(
+        p["ops_per_sec"].as_f64().unwrap() > 0.0,
+        "the phase did something: {p}"
+    );
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {
-    let out = shale().args(args).env("RUST_LOG", "error").output().expect("run shale bench");
-    assert!(out.status.success(), "shale {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    let out = shale()
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run shale bench");
+    assert!(
+        out.status.success(),
+        "shale {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]
 fn bench_kv_prints_json_with_its_baseline() {
-    let v = run_json(&["bench", "kv", "--json", "--duration-secs", "1", "--warmup-secs", "0", "--concurrency", "4", "--keys", "1000"]);
+    let v = run_json(&[
+        "bench",
+        "kv",
+        "--json",
+        "--duration-secs",
+        "1",
+        "--warmup-secs",
+        "0",
+        "--concurrency",
+        "4",
+        "--keys",
+        "1000",
+    ]);
     let phases = v["phases"].as_array().expect("phases");
-    assert!(phases.iter().any(|p| p["name"].as_str().unwrap().contains("baseline")), "{v}");
+    assert!(
+        phases
+            .iter()
+            .any(|p| p["name"].as_str().unwrap().contains("baseline")),
+        "{v}"
+    );
     phases.iter().for_each(check_phase);
     assert!(v["put_vs_rocksdb"].as_f64().is_some());
 }
 
 #[test]
 fn bench_s3_prints_json() {
-    let v = run_json(&["bench", "s3", "--json", "--duration-secs", "1", "--concurrency", "4", "--size", "16KiB", "--list-keys", "10"]);
+    let v = run_json(&[
+        "bench",
+        "s3",
+        "--json",
+        "--duration-secs",
+        "1",
+        "--concurrency",
+        "4",
+        "--size",
+        "16KiB",
+        "--list-keys",
+        "10",
+    ]);
     let phases = v["phases"].as_array().expect("phases");
     assert_eq!(phases.len(), 3, "put, get, list: {v}");
     phases.iter().for_each(check_phase);
