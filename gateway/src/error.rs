@@ -16,6 +16,10 @@ pub enum GwError {
     BucketNotEmpty,
     #[error("the Content-MD5 does not match the body")]
     BadDigest,
+    #[error("the body does not match its {header}")]
+    ChecksumMismatch { header: &'static str },
+    #[error("the request promised a {header} trailer and sent none")]
+    ChecksumMissing { header: &'static str },
     #[error("Content-MD5 is not a base64 MD5 digest")]
     InvalidDigest,
     #[error("the object is larger than {max} bytes")]
@@ -47,6 +51,8 @@ impl From<GwError> for S3Error {
             GwError::BucketNotEmpty => S3ErrorCode::BucketNotEmpty,
             GwError::BadDigest => S3ErrorCode::BadDigest,
             GwError::InvalidDigest => S3ErrorCode::InvalidDigest,
+            GwError::ChecksumMismatch { .. } => S3ErrorCode::BadDigest,
+            GwError::ChecksumMissing { .. } => S3ErrorCode::InvalidRequest,
             GwError::EntityTooLarge { .. } => S3ErrorCode::EntityTooLarge,
             GwError::IncompleteBody(_) => S3ErrorCode::IncompleteBody,
             GwError::NoSuchUpload => S3ErrorCode::NoSuchUpload,

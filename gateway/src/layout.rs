@@ -178,6 +178,19 @@ pub struct ObjectMeta {
 }
 
 impl ObjectMeta {
+    /// A stand-in record for a body no object points at (to drop its chunks).
+    pub fn orphan(body: Body) -> ObjectMeta {
+        let size = body.segments(0).iter().map(|s| s.size).sum();
+        ObjectMeta {
+            size,
+            etag: String::new(),
+            content_type: None,
+            last_modified_ms: 0,
+            user_metadata: Vec::new(),
+            body,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("object metadata encodes")
     }

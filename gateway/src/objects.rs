@@ -203,6 +203,7 @@ impl ObjectStore {
         content_type: Option<String>,
         user_metadata: Vec<(String, String)>,
         content_md5: Option<&str>,
+        check: impl FnOnce() -> Result<(), GwError>,
     ) -> Result<ObjectMeta, GwError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -210,6 +211,10 @@ impl ObjectStore {
     {
         self.must_bucket(bucket).await?;
         let (body, size, digest) = self.write_body(body, true, content_md5).await?;
+        if let Err(e) = check() {
+            self.drop_body(&ObjectMeta::orphan(body)).await;
+            return Err(e);
+        }
         let meta = ObjectMeta {
             size,
             etag: hex(&digest),
@@ -272,6 +277,7 @@ impl ObjectStore {
         part_number: i32,
         body: S,
         content_md5: Option<&str>,
+        check: impl FnOnce() -> Result<(), GwError>,
     ) -> Result<PartMeta, GwError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -283,6 +289,10 @@ impl ObjectStore {
             .ok_or(GwError::InvalidPartNumber)?;
         self.must_upload(bucket, key, upload_id).await?;
         let (body, size, digest) = self.write_body(body, false, content_md5).await?;
+        if let Err(e) = check() {
+            self.drop_body(&ObjectMeta::orphan(body)).await;
+            return Err(e);
+        }
         let Body::Chunks { version, count } = body else {
             unreachable!("parts are never inline");
         };

@@ -17,6 +17,7 @@ use s3s::dto::{
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
+use crate::checksum::Claims;
 use crate::layout::ObjectMeta;
 use crate::objects::{start_after_token, Listed, ObjectStore};
 
@@ -159,6 +160,7 @@ impl S3 for ShaleS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        let claims = Claims::from_request(&req.headers, req.trailing_headers.clone());
         let input = req.input;
         if let Some(ETagCondition::Any) = input.if_none_match {
             if self.objects.head(&input.bucket, &input.key).await.is_ok() {
@@ -184,6 +186,7 @@ impl S3 for ShaleS3 {
         let body = input
             .body
             .ok_or_else(|| s3_error!(IncompleteBody, "a PUT needs a body"))?;
+        let (body, check) = claims.watch(body);
         let metadata: Vec<(String, String)> = input
             .metadata
             .map(|m| m.into_iter().collect())
@@ -197,6 +200,7 @@ impl S3 for ShaleS3 {
                 input.content_type,
                 metadata,
                 input.content_md5.as_deref(),
+                check,
             )
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -433,10 +437,12 @@ impl S3 for ShaleS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let claims = Claims::from_request(&req.headers, req.trailing_headers.clone());
         let input = req.input;
         let body = input
             .body
             .ok_or_else(|| s3_error!(IncompleteBody, "a part needs a body"))?;
+        let (body, check) = claims.watch(body);
         let part = self
             .objects
             .upload_part(
@@ -446,6 +452,7 @@ impl S3 for ShaleS3 {
                 input.part_number,
                 body,
                 input.content_md5.as_deref(),
+                check,
             )
             .await?;
         Ok(S3Response::new(UploadPartOutput {

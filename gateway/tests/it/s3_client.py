@@ -213,6 +213,16 @@ expect_error("EntityTooSmall", s3.complete_multipart_upload, Bucket="share", Key
 s3.abort_multipart_upload(Bucket="share", Key="small-parts", UploadId=up2)
 expect_error("NoSuchUpload", s3.list_parts, Bucket="share", Key="small-parts", UploadId=up2)
 expect_error("404", s3.head_object, Bucket="share", Key="small-parts")
+# Flexible checksums are verified, not passed through.
+s3.put_object(Bucket="share", Key="ck", Body=b"checked body", ChecksumAlgorithm="CRC32")
+s3.put_object(Bucket="share", Key="ck256", Body=b"checked body", ChecksumAlgorithm="SHA256")
+expect_error("BadDigest", s3.put_object, Bucket="share", Key="ck-bad", Body=b"checked body", ChecksumCRC32="AAAAAA==")
+expect_error("NoSuchKey", s3.get_object, Bucket="share", Key="ck-bad")
+up3 = s3.create_multipart_upload(Bucket="share", Key="ck-part")["UploadId"]
+expect_error("BadDigest", s3.upload_part, Bucket="share", Key="ck-part", UploadId=up3, PartNumber=1,
+             Body=b"part body", ChecksumCRC32="AAAAAA==")
+assert "Parts" not in s3.list_parts(Bucket="share", Key="ck-part", UploadId=up3)
+s3.abort_multipart_upload(Bucket="share", Key="ck-part", UploadId=up3)
 # The high-level transfer path (what `aws s3 cp` does for big files).
 from boto3.s3.transfer import TransferConfig
 import tempfile
