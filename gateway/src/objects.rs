@@ -51,6 +51,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A body arriving from a client, with what it claims about itself.
+pub struct Incoming<'a, S, C> {
+    pub body: S,
+    /// Base64 MD5 from `Content-MD5`, if sent.
+    pub content_md5: Option<&'a str>,
+    /// Run once the body is read, before anything becomes visible (flexible checksums).
+    pub check: C,
+}
+
 /// Object storage over a cluster.
 #[derive(Clone)]
 pub struct ObjectStore {
@@ -195,23 +204,24 @@ impl ObjectStore {
     /// Stores a body from `body`; chunks first, metadata last. `content_md5` (base64) is
     /// checked before anything becomes visible; a failed or cut-off upload leaves the
     /// previous object as it was.
-    pub async fn put<S, E>(
+    pub async fn put<S, E, C>(
         &self,
         bucket: &str,
         key: &str,
-        body: S,
+        incoming: Incoming<'_, S, C>,
         content_type: Option<String>,
         user_metadata: Vec<(String, String)>,
-        content_md5: Option<&str>,
-        check: impl FnOnce() -> Result<(), GwError>,
     ) -> Result<ObjectMeta, GwError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
+        C: FnOnce() -> Result<(), GwError>,
     {
         self.must_bucket(bucket).await?;
-        let (body, size, digest) = self.write_body(body, true, content_md5).await?;
-        if let Err(e) = check() {
+        let (body, size, digest) = self
+            .write_body(incoming.body, true, incoming.content_md5)
+            .await?;
+        if let Err(e) = (incoming.check)() {
             self.drop_body(&ObjectMeta::orphan(body)).await;
             return Err(e);
         }
@@ -269,20 +279,24 @@ impl ObjectStore {
     }
 
     /// Stores one part; a part uploaded again under the same number replaces the old one.
-    pub async fn upload_part<S, E>(
+    pub async fn upload_part<S, E, C>(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
         part_number: i32,
-        body: S,
-        content_md5: Option<&str>,
-        check: impl FnOnce() -> Result<(), GwError>,
+        incoming: Incoming<'_, S, C>,
     ) -> Result<PartMeta, GwError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
+        C: FnOnce() -> Result<(), GwError>,
     {
+        let Incoming {
+            body,
+            content_md5,
+            check,
+        } = incoming;
         let number = u32::try_from(part_number)
             .ok()
             .filter(|n| (1..=PARTS_MAX).contains(n))

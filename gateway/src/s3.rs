@@ -19,7 +19,7 @@ use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
 use crate::checksum::Claims;
 use crate::layout::ObjectMeta;
-use crate::objects::{start_after_token, Listed, ObjectStore};
+use crate::objects::{start_after_token, Incoming, Listed, ObjectStore};
 
 /// Most keys one listing page returns (S3's own limit).
 const LIST_KEYS_MAX: i32 = 1000;
@@ -196,11 +196,13 @@ impl S3 for ShaleS3 {
             .put(
                 &input.bucket,
                 &input.key,
-                body,
+                Incoming {
+                    body,
+                    content_md5: input.content_md5.as_deref(),
+                    check,
+                },
                 input.content_type,
                 metadata,
-                input.content_md5.as_deref(),
-                check,
             )
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -450,9 +452,11 @@ impl S3 for ShaleS3 {
                 &input.key,
                 &input.upload_id,
                 input.part_number,
-                body,
-                input.content_md5.as_deref(),
-                check,
+                Incoming {
+                    body,
+                    content_md5: input.content_md5.as_deref(),
+                    check,
+                },
             )
             .await?;
         Ok(S3Response::new(UploadPartOutput {
