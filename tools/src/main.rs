@@ -4,6 +4,7 @@
 mod bench;
 mod certs;
 mod cluster_file;
+mod ctl;
 mod dev;
 mod gateway;
 mod kv;
@@ -41,6 +42,8 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Read and write keys of a running cluster.
     Kv(kv::KvArgs),
+    /// See and steer a running cluster: status, stores, ranges, split, move, leaders.
+    Ctl(ctl::CtlArgs),
     /// Measure throughput and latency, beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             Command::Gateway(args) => gateway::run(args).await,
             Command::Certs(cmd) => certs::run(cmd),
             Command::Kv(args) => kv::run(args).await,
+            Command::Ctl(args) => ctl::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", store::example_config());

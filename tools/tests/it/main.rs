@@ -1,6 +1,7 @@
 //! Tests of the `shale` binary as real processes.
 
 mod bench_json;
+mod ctl;
 mod dev;
 mod gateway_memory;
 mod procs;

@@ -9,7 +9,7 @@ use shale_rpc::certs::{init_ca_dir, issue_node_cert, write_pair, TlsIdentity};
 use shale_rpc::client::FIRST_RANGE_ID;
 use shale_rpc::transport::{Transport, TransportConfig};
 use shale_rpc::{Frame, FrameKind, KvOp, KvRequest, KvResponse};
-use shale_storage::cluster::{cluster_configs, free_udp_ports};
+use shale_storage::cluster::{cluster_configs_joining, free_udp_ports};
 use shale_storage::config::TlsPaths;
 use shale_storage::StoreConfig;
 
@@ -85,6 +85,16 @@ impl Drop for StoreProc {
 
 /// Writes certificates and configs for `n` stores under `dir`.
 pub fn store_procs(dir: &Path, n: usize) -> (Vec<StoreProc>, TlsIdentity) {
+    store_procs_joining(dir, n, n)
+}
+
+/// Like `store_procs`, but only the first `bootstrap` stores start the first range; the
+/// others join empty.
+pub fn store_procs_joining(
+    dir: &Path,
+    n: usize,
+    bootstrap: usize,
+) -> (Vec<StoreProc>, TlsIdentity) {
     let certs = dir.join("certs");
     let ca = init_ca_dir(&certs).unwrap();
     write_pair(&certs, "node", &issue_node_cert(&ca, "node", &[]).unwrap()).unwrap();
@@ -94,7 +104,7 @@ pub fn store_procs(dir: &Path, n: usize) -> (Vec<StoreProc>, TlsIdentity) {
         &certs.join("node.key"),
     )
     .unwrap();
-    let configs = cluster_configs(dir, &free_udp_ports(n).unwrap());
+    let configs = cluster_configs_joining(dir, &free_udp_ports(n).unwrap(), bootstrap);
     let procs = configs
         .into_iter()
         .map(|mut config| {
@@ -170,8 +180,8 @@ pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
     .unwrap()
 }
 
-/// A `shale gateway` process in front of `procs`, and the endpoint it serves.
-pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (Child, String) {
+/// Writes `DIR/cluster.json` naming `procs` and the node certificate as client identity.
+pub fn write_cluster_file(dir: &Path, procs: &[StoreProc]) -> PathBuf {
     let certs = dir.join("certs");
     let stores: Vec<serde_json::Value> = procs
         .iter()
@@ -185,6 +195,12 @@ pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (Child, Stri
     });
     let path = dir.join("cluster.json");
     std::fs::write(&path, cluster.to_string()).unwrap();
+    path
+}
+
+/// A `shale gateway` process in front of `procs`, and the endpoint it serves.
+pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (Child, String) {
+    let path = write_cluster_file(dir, procs);
     let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
     let child = shale()
         .args(["gateway", "--cluster"])

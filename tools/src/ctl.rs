@@ -1,0 +1,416 @@
+//! `shale ctl`: see and steer a running cluster. Until the placement driver exists, it
+//! asks every store in the cluster file directly; a store that does not answer is down.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use shale_rpc::client::{admin, parse_addr};
+use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::{AdminReply, AdminRequest, RangeStatus, StoreId};
+
+use crate::cluster_file::ClusterFile;
+
+#[derive(Args)]
+pub struct CtlArgs {
+    /// The cluster file (`shale dev` writes DATA_DIR/dev.json).
+    #[arg(long, default_value = "./shale-data/dev.json")]
+    cluster: PathBuf,
+    /// Print JSON (stable field names) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Cluster health at a glance: stores up/down, ranges, under-replicated ranges.
+    Status,
+    /// Every store: state, ranges, leaders, bytes.
+    Stores,
+    /// Every range: bounds, replicas, leader, size (`--key K`: only the range holding K).
+    Ranges {
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Split the range holding KEY at KEY.
+    Split { key: String },
+    /// Make the replica on store TO the leader of the range holding KEY.
+    TransferLeader {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        to: StoreId,
+    },
+    /// Move the replica of the range holding KEY from store FROM to store TO.
+    Move {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        from: StoreId,
+        #[arg(long)]
+        to: StoreId,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct StoreView {
+    id: StoreId,
+    addr: String,
+    /// `up` or `down` (`draining` once placement can drain).
+    state: &'static str,
+    labels: BTreeMap<String, String>,
+    ranges: usize,
+    leaders: usize,
+    used_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct RangeView {
+    id: u64,
+    start_key: String,
+    end_key: String,
+    replicas: Vec<StoreId>,
+    leader: Option<StoreId>,
+    size_bytes: u64,
+    conf_ver: u64,
+    version: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusView {
+    stores: Vec<StoreView>,
+    ranges: usize,
+    under_replicated_ranges: usize,
+}
+
+/// What every reachable store reports.
+struct Snapshot {
+    stores: Vec<(StoreId, String, Option<Vec<RangeStatus>>)>,
+}
+
+async fn snapshot(file: &ClusterFile, transport: &Transport) -> Snapshot {
+    let mut stores = Vec::new();
+    for s in &file.stores {
+        let status = match parse_addr(&s.addr) {
+            Ok(addr) => match admin(transport, addr, &AdminRequest::Status).await {
+                Ok(AdminReply::Status { ranges, .. }) => Some(ranges),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        stores.push((s.store_id, s.addr.clone(), status));
+    }
+    Snapshot { stores }
+}
+
+fn key_text(k: &[u8]) -> String {
+    String::from_utf8_lossy(k).into_owned()
+}
+
+impl Snapshot {
+    /// Each range once, as its freshest replica (highest epoch) describes it.
+    fn ranges(&self) -> Vec<RangeView> {
+        let mut best: BTreeMap<u64, (&RangeStatus, Option<StoreId>)> = BTreeMap::new();
+        for (store, _, status) in &self.stores {
+            for r in status.iter().flatten() {
+                let leader = if r.is_leader {
+                    Some(*store)
+                } else {
+                    r.leader_store
+                };
+                let e = best.entry(r.range_id()).or_insert((r, leader));
+                if r.range.epoch > e.0.range.epoch
+                    || (r.is_leader && r.range.epoch == e.0.range.epoch)
+                {
+                    *e = (r, leader);
+                }
+            }
+        }
+        let mut out: Vec<RangeView> = best
+            .values()
+            .filter(|(r, _)| r.range.epoch.version > 0)
+            .map(|(r, leader)| RangeView {
+                id: r.range.id,
+                start_key: key_text(&r.range.start_key),
+                end_key: key_text(&r.range.end_key),
+                replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
+                leader: *leader,
+                size_bytes: r.size_bytes,
+                conf_ver: r.range.epoch.conf_ver,
+                version: r.range.epoch.version,
+            })
+            .collect();
+        out.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+        out
+    }
+
+    fn stores(&self) -> Vec<StoreView> {
+        self.stores
+            .iter()
+            .map(|(id, addr, status)| StoreView {
+                id: *id,
+                addr: addr.clone(),
+                state: if status.is_some() { "up" } else { "down" },
+                labels: BTreeMap::new(),
+                ranges: status.as_ref().map_or(0, Vec::len),
+                leaders: status
+                    .as_ref()
+                    .map_or(0, |s| s.iter().filter(|r| r.is_leader).count()),
+                used_bytes: status
+                    .as_ref()
+                    .map_or(0, |s| s.iter().map(|r| r.size_bytes).sum()),
+            })
+            .collect()
+    }
+}
+
+/// Replication every range should have: the cluster's store count, up to three.
+fn wanted_replicas(stores: usize) -> usize {
+    stores.min(3)
+}
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let file = ClusterFile::load(&args.cluster)?;
+    let transport = Transport::client(
+        &file.identity()?,
+        TransportConfig {
+            request_timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            ..TransportConfig::default()
+        },
+    )
+    .context("create client endpoint")?;
+    match args.command {
+        CtlCommand::Status => {
+            let snap = snapshot(&file, &transport).await;
+            let stores = snap.stores();
+            let up: Vec<StoreId> = stores
+                .iter()
+                .filter(|s| s.state == "up")
+                .map(|s| s.id)
+                .collect();
+            let ranges = snap.ranges();
+            let wanted = wanted_replicas(file.stores.len());
+            let under = ranges
+                .iter()
+                .filter(|r| {
+                    r.replicas.iter().filter(|s| up.contains(s)).count() < wanted
+                        || r.leader.is_none()
+                })
+                .count();
+            let view = StatusView {
+                ranges: ranges.len(),
+                under_replicated_ranges: under,
+                stores,
+            };
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!(
+                    "stores: {} up, {} down",
+                    up.len(),
+                    view.stores.len() - up.len()
+                );
+                println!(
+                    "ranges: {} ({} under-replicated or leaderless)",
+                    view.ranges, view.under_replicated_ranges
+                );
+                print_stores(&view.stores);
+            }
+        }
+        CtlCommand::Stores => {
+            let stores = snapshot(&file, &transport).await.stores();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&stores)?);
+            } else {
+                print_stores(&stores);
+            }
+        }
+        CtlCommand::Ranges { key } => {
+            let mut ranges = snapshot(&file, &transport).await.ranges();
+            if let Some(k) = key {
+                ranges.retain(|r| {
+                    r.start_key.as_str() <= k.as_str()
+                        && (r.end_key.is_empty() || k.as_str() < r.end_key.as_str())
+                });
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&ranges)?);
+            } else {
+                println!(
+                    "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
+                    "id", "start", "end", "replicas", "leader", "size"
+                );
+                for r in &ranges {
+                    let replicas = r
+                        .replicas
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
+                    println!(
+                        "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
+                        r.id,
+                        trim(&r.start_key),
+                        trim(&r.end_key),
+                        replicas,
+                        leader,
+                        r.size_bytes
+                    );
+                }
+            }
+        }
+        CtlCommand::Split { key } => {
+            let (left, right) = file
+                .client()?
+                .split(Bytes::from(key))
+                .await
+                .context("split")?;
+            println!(
+                "split: range {} now ends at {:?}; range {} starts there",
+                left.id,
+                key_text(&right.start_key),
+                right.id
+            );
+        }
+        CtlCommand::TransferLeader { key, to } => {
+            let (range, leader) = leader_of(&file, &transport, &key).await?;
+            admin(
+                &transport,
+                leader,
+                &AdminRequest::TransferLeader {
+                    range_id: range,
+                    to_store: to,
+                },
+            )
+            .await
+            .context("transfer leadership")?;
+            wait_leader(&file, &transport, &key, to).await?;
+            println!("range {range}: leader is now store {to}");
+        }
+        CtlCommand::Move { key, from, to } => {
+            let to_addr = file
+                .stores
+                .iter()
+                .find(|s| s.store_id == to)
+                .map(|s| s.addr.clone())
+                .context("--to is not in the cluster file")?;
+            let (range, leader) = leader_of(&file, &transport, &key).await?;
+            admin(
+                &transport,
+                leader,
+                &AdminRequest::AddReplica {
+                    range_id: range,
+                    store_id: to,
+                    addr: to_addr,
+                },
+            )
+            .await
+            .context("add the new replica")?;
+            let (range, leader) = leader_of(&file, &transport, &key).await?;
+            let leader_store = file
+                .stores
+                .iter()
+                .find(|s| parse_addr(&s.addr).ok() == Some(leader))
+                .map(|s| s.store_id);
+            if leader_store == Some(from) {
+                admin(
+                    &transport,
+                    leader,
+                    &AdminRequest::TransferLeader {
+                        range_id: range,
+                        to_store: to,
+                    },
+                )
+                .await
+                .context("move leadership off the source")?;
+                wait_leader(&file, &transport, &key, to).await?;
+            }
+            let (range, leader) = leader_of(&file, &transport, &key).await?;
+            admin(
+                &transport,
+                leader,
+                &AdminRequest::RemoveReplica {
+                    range_id: range,
+                    store_id: from,
+                },
+            )
+            .await
+            .context("remove the old replica")?;
+            println!("range {range}: replica moved from store {from} to store {to}");
+        }
+    }
+    Ok(())
+}
+
+fn trim(k: &str) -> String {
+    if k.chars().count() > 18 {
+        format!("{}…", k.chars().take(17).collect::<String>())
+    } else {
+        k.to_string()
+    }
+}
+
+fn print_stores(stores: &[StoreView]) {
+    println!(
+        "{:<6} {:<22} {:<6} {:>7} {:>8} {:>14}",
+        "store", "addr", "state", "ranges", "leaders", "used bytes"
+    );
+    for s in stores {
+        println!(
+            "{:<6} {:<22} {:<6} {:>7} {:>8} {:>14}",
+            s.id, s.addr, s.state, s.ranges, s.leaders, s.used_bytes
+        );
+    }
+}
+
+/// The range holding `key` and the address of its leader.
+async fn leader_of(
+    file: &ClusterFile,
+    transport: &Transport,
+    key: &str,
+) -> anyhow::Result<(u64, std::net::SocketAddr)> {
+    for _ in 0..50 {
+        let snap = snapshot(file, transport).await;
+        if let Some(r) = snap.ranges().into_iter().find(|r| {
+            r.start_key.as_str() <= key && (r.end_key.is_empty() || key < r.end_key.as_str())
+        }) {
+            if let Some(addr) = r
+                .leader
+                .and_then(|l| file.stores.iter().find(|s| s.store_id == l))
+                .and_then(|s| parse_addr(&s.addr).ok())
+            {
+                return Ok((r.id, addr));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader found for the range holding {key:?}")
+}
+
+async fn wait_leader(
+    file: &ClusterFile,
+    transport: &Transport,
+    key: &str,
+    store: StoreId,
+) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        let snap = snapshot(file, transport).await;
+        if snap.ranges().iter().any(|r| {
+            r.leader == Some(store)
+                && r.start_key.as_str() <= key
+                && (r.end_key.is_empty() || key < r.end_key.as_str())
+        }) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("store {store} did not become leader")
+}

@@ -1,0 +1,149 @@
+//! `shale ctl` against real store processes: status, split, leader transfer, replica
+//! move, and a killed store showing up as down.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::procs::*;
+
+fn ctl(cluster: &std::path::Path, args: &[&str]) -> Value {
+    let out = shale()
+        .arg("ctl")
+        .arg("--cluster")
+        .arg(cluster)
+        .arg("--json")
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shale ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.starts_with(b"{") || out.stdout.starts_with(b"[") {
+        serde_json::from_slice(&out.stdout).unwrap()
+    } else {
+        Value::String(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_reports_and_steers_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, identity) = store_procs_joining(dir.path(), 4, 3);
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    let transport = client_transport(&identity);
+    find_leader(&transport, &procs, Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let cluster = write_cluster_file(dir.path(), &procs);
+    let cluster = cluster.as_path();
+    tokio::task::block_in_place(|| {
+        until("every store up and the range replicated", || {
+            let s = ctl(cluster, &["status"]);
+            s["stores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["state"] == "up")
+                && s["under_replicated_ranges"] == 0
+                && s["ranges"] == 1
+        });
+        let status = ctl(cluster, &["status"]);
+        let stores = status["stores"].as_array().unwrap();
+        assert_eq!(stores.len(), 4);
+        for s in stores {
+            for field in ["id", "state", "labels", "ranges", "leaders", "used_bytes"] {
+                assert!(s.get(field).is_some(), "store lacks {field}: {s}");
+            }
+        }
+
+        ctl(cluster, &["split", "m"]);
+        let ranges = ctl(cluster, &["ranges"]);
+        let ranges = ranges.as_array().unwrap();
+        assert_eq!(ranges.len(), 2, "{ranges:?}");
+        for field in [
+            "id",
+            "start_key",
+            "end_key",
+            "replicas",
+            "leader",
+            "size_bytes",
+        ] {
+            assert!(ranges[0].get(field).is_some(), "range lacks {field}");
+        }
+        assert_eq!(ranges[1]["start_key"], "m");
+
+        // Leadership of the range holding "a" moves where we say.
+        let leader = ctl(cluster, &["ranges", "--key", "a"])[0]["leader"]
+            .as_u64()
+            .unwrap();
+        let target = (1..=3).find(|&s| s != leader).unwrap();
+        ctl(
+            cluster,
+            &["transfer-leader", "--key", "a", "--to", &target.to_string()],
+        );
+        assert_eq!(
+            ctl(cluster, &["ranges", "--key", "a"])[0]["leader"].as_u64(),
+            Some(target)
+        );
+
+        // Move a replica of the range holding "z" to the fourth store.
+        let from = ctl(cluster, &["ranges", "--key", "z"])[0]["leader"]
+            .as_u64()
+            .unwrap();
+        ctl(
+            cluster,
+            &[
+                "move",
+                "--key",
+                "z",
+                "--from",
+                &from.to_string(),
+                "--to",
+                "4",
+            ],
+        );
+        until("the moved replica to show", || {
+            let r = ctl(cluster, &["ranges", "--key", "z"]);
+            let replicas: Vec<u64> = r[0]["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            replicas.contains(&4) && !replicas.contains(&from) && replicas.len() == 3
+        });
+    });
+
+    // A killed store shows as down, and the ranges it held as under-replicated.
+    let victim = (0..3).find(|&i| procs[i].config.store_id != 4).unwrap();
+    procs[victim].kill9();
+    let victim_id = procs[victim].config.store_id;
+    tokio::task::block_in_place(|| {
+        until("the killed store to show as down", || {
+            let s = ctl(cluster, &["status"]);
+            let down = s["stores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["id"] == victim_id && s["state"] == "down");
+            down && s["under_replicated_ranges"].as_u64().unwrap() >= 1
+        });
+    });
+}
