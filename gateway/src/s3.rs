@@ -4,16 +4,16 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
-    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CreateBucketInput,
-    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
-    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput,
-    DeleteObjectsOutput, DeletedObject, ETag, ETagCondition, GetBucketLocationInput,
-    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
-    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
-    ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectsInput, ListObjectsOutput,
-    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MultipartUpload,
-    Part, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput,
-    UploadPartOutput,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
+    CopyObjectResult, CopySource, CreateBucketInput, CreateBucketOutput,
+    CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
+    DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
+    ETag, ETagCondition, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
+    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
+    ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
+    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
+    ListPartsOutput, MetadataDirective, MultipartUpload, Part, PutObjectInput, PutObjectOutput,
+    StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
@@ -572,6 +572,84 @@ impl S3 for ShaleS3 {
             prefix: input.prefix,
             is_truncated: Some(false),
             uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+
+    /// Server-side copy: the source streams through the gateway into a new object.
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let (src_bucket, src_key) = match &input.copy_source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "only bucket/key copy sources are supported"
+                ))
+            }
+        };
+        let src = self.objects.head(&src_bucket, &src_key).await?;
+        if let Some(c) = &input.copy_source_if_match {
+            if !etag_matches(c, &src.etag) {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "x-amz-copy-source-if-match does not match"
+                ));
+            }
+        }
+        if let Some(c) = &input.copy_source_if_none_match {
+            if etag_matches(c, &src.etag) {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "x-amz-copy-source-if-none-match matches"
+                ));
+            }
+        }
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && src_bucket == input.bucket && src_key == input.key {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object onto itself needs x-amz-metadata-directive: REPLACE"
+            ));
+        }
+        let (content_type, metadata) = if replace {
+            (
+                input.content_type,
+                input
+                    .metadata
+                    .map(|m| m.into_iter().collect())
+                    .unwrap_or_default(),
+            )
+        } else {
+            (src.content_type.clone(), src.user_metadata.clone())
+        };
+        let body = Box::pin(self.objects.read(&src, 0, src.size));
+        let meta = self
+            .objects
+            .put(
+                &input.bucket,
+                &input.key,
+                Incoming {
+                    body,
+                    content_md5: None,
+                    check: || Ok(()),
+                },
+                content_type,
+                metadata,
+            )
+            .await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(meta.etag)),
+                last_modified: Some(timestamp(meta.last_modified_ms)),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }

@@ -21,6 +21,10 @@ mkdir back && aws s3 sync s3://cli/tree back --only-show-errors
 diff -r tree back
 size=$(aws s3api head-object --bucket cli --key big.bin --query ContentLength --output text)
 [ "$size" = $((100 * 1024 * 1024)) ] || { echo "head-object size $size"; exit 1; }
+aws s3 mv s3://cli/tree/a/file2 s3://cli/moved/file2 --only-show-errors
+aws s3 cp s3://cli/moved/file2 moved.down --only-show-errors
+cmp tree/a/file2 moved.down
+[ -z "$(aws s3 ls s3://cli/tree/a/file2)" ] || { echo "mv left the source"; exit 1; }
 aws s3 rm s3://cli/tree --recursive --only-show-errors
 [ -z "$(aws s3 ls s3://cli/tree/ --recursive)" ] || { echo "rm --recursive left objects"; exit 1; }
 echo "aws cli checks passed"

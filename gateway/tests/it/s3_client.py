@@ -213,6 +213,17 @@ expect_error("EntityTooSmall", s3.complete_multipart_upload, Bucket="share", Key
 s3.abort_multipart_upload(Bucket="share", Key="small-parts", UploadId=up2)
 expect_error("NoSuchUpload", s3.list_parts, Bucket="share", Key="small-parts", UploadId=up2)
 expect_error("404", s3.head_object, Bucket="share", Key="small-parts")
+# Server-side copy, keeping or replacing metadata.
+s3.put_object(Bucket="share", Key="orig", Body=big2, ContentType="image/x-test", Metadata={"k": "v"})
+s3.copy_object(Bucket="share", Key="copy", CopySource={"Bucket": "share", "Key": "orig"})
+c = s3.get_object(Bucket="share", Key="copy")
+assert c["Body"].read() == big2 and c["ContentType"] == "image/x-test" and c["Metadata"] == {"k": "v"}
+s3.copy_object(Bucket="share", Key="copy2", CopySource={"Bucket": "share", "Key": "multi"},
+               MetadataDirective="REPLACE", ContentType="text/x-new", Metadata={"n": "1"})
+c = s3.get_object(Bucket="share", Key="copy2")
+assert c["Body"].read() == whole and c["ContentType"] == "text/x-new" and c["Metadata"] == {"n": "1"}
+expect_error("NoSuchKey", s3.copy_object, Bucket="share", Key="x", CopySource={"Bucket": "share", "Key": "absent"})
+
 # Flexible checksums are verified, not passed through.
 s3.put_object(Bucket="share", Key="ck", Body=b"checked body", ChecksumAlgorithm="CRC32")
 s3.put_object(Bucket="share", Key="ck256", Body=b"checked body", ChecksumAlgorithm="SHA256")
