@@ -3,6 +3,7 @@
 
 pub mod checksum;
 pub mod error;
+pub mod keys;
 pub mod layout;
 pub mod objects;
 pub mod s3;

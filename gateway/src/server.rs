@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use serde::{Deserialize, Serialize};
 use shale_rpc::client::KvClient;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::keys::ClusterAuth;
 use crate::objects::ObjectStore;
 use crate::s3::ShaleS3;
 
@@ -21,7 +21,8 @@ use crate::s3::ShaleS3;
 pub struct GatewayConfig {
     /// TCP address of the S3 endpoint.
     pub listen_addr: String,
-    /// The access key clients sign requests with.
+    /// An access key that always works (besides the keys kept in the cluster, which
+    /// `shale ctl keys` manages); empty for none.
     pub access_key: String,
     /// Its secret.
     pub secret_key: String,
@@ -51,17 +52,16 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the endpoint and starts serving.
     pub async fn start(config: &GatewayConfig, kv: Arc<KvClient>) -> std::io::Result<Gateway> {
-        if config.access_key.is_empty() || config.secret_key.is_empty() {
+        if config.access_key.is_empty() != config.secret_key.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "the gateway needs an access key and a secret key",
+                "give both an access key and a secret key, or neither",
             ));
         }
-        let mut builder = S3ServiceBuilder::new(ShaleS3::new(ObjectStore::new(kv)));
-        builder.set_auth(SimpleAuth::from_single(
-            config.access_key.clone(),
-            config.secret_key.clone(),
-        ));
+        let bootstrap = (!config.access_key.is_empty())
+            .then(|| (config.access_key.clone(), config.secret_key.clone()));
+        let mut builder = S3ServiceBuilder::new(ShaleS3::new(ObjectStore::new(kv.clone())));
+        builder.set_auth(ClusterAuth::new(kv, bootstrap));
         if let Some(host) = &config.host {
             let domain = s3s::host::SingleDomain::new(host).map_err(|e| {
                 std::io::Error::new(

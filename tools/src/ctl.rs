@@ -47,6 +47,9 @@ enum CtlCommand {
         #[arg(long)]
         to: StoreId,
     },
+    /// Manage S3 access keys kept in the cluster (every gateway accepts them).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Move the replica of the range holding KEY from store FROM to store TO.
     Move {
         #[arg(long)]
@@ -56,6 +59,20 @@ enum CtlCommand {
         #[arg(long)]
         to: StoreId,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints its access key and secret (the only time the secret is shown).
+    Create {
+        /// A name to tell keys apart.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (without secrets).
+    List,
+    /// Delete a key; gateways stop accepting it within two seconds.
+    Delete { access_key: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -267,6 +284,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        CtlCommand::Keys(op) => keys(&file, op, args.json).await?,
         CtlCommand::Split { key } => {
             let (left, right) = file
                 .client()?
@@ -345,6 +363,53 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             .await
             .context("remove the old replica")?;
             println!("range {range}: replica moved from store {from} to store {to}");
+        }
+    }
+    Ok(())
+}
+
+async fn keys(file: &ClusterFile, op: KeysCommand, json: bool) -> anyhow::Result<()> {
+    let kv = file.client()?;
+    match op {
+        KeysCommand::Create { name } => {
+            let key = shale_gateway::keys::create(&kv, &name)
+                .await
+                .context("create key")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"access_key": key.access_key, "secret_key": key.secret_key, "name": key.name})
+                );
+            } else {
+                println!(
+                    "access key: {}\nsecret key: {}",
+                    key.access_key, key.secret_key
+                );
+            }
+        }
+        KeysCommand::List => {
+            let keys = shale_gateway::keys::list(&kv).await.context("list keys")?;
+            if json {
+                let out: Vec<_> = keys.iter().map(|k| serde_json::json!({"access_key": k.access_key, "name": k.name, "created_ms": k.created_ms})).collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                for k in keys {
+                    println!("{}\t{}", k.access_key, k.name);
+                }
+            }
+        }
+        KeysCommand::Delete { access_key } => {
+            if !shale_gateway::keys::delete(&kv, &access_key)
+                .await
+                .context("delete key")?
+            {
+                bail!("no key {access_key}");
+            }
+            if json {
+                println!("{}", serde_json::json!({"deleted": access_key}));
+            } else {
+                println!("deleted {access_key}");
+            }
         }
     }
     Ok(())

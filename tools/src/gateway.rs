@@ -19,12 +19,13 @@ pub struct GatewayArgs {
     /// TCP address of the S3 endpoint.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: String,
-    /// The access key clients sign with.
+    /// An access key that always works, besides those kept in the cluster (`shale ctl
+    /// keys create`); optional.
     #[arg(long, env = "SHALE_ACCESS_KEY")]
-    access_key: String,
+    access_key: Option<String>,
     /// The secret of that access key.
     #[arg(long, env = "SHALE_SECRET_KEY", hide_env_values = true)]
-    secret_key: String,
+    secret_key: Option<String>,
     /// Public host (with port) for virtual-host-style requests, e.g. s3.example.com:9000.
     #[arg(long)]
     host: Option<String>,
@@ -34,8 +35,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let file = ClusterFile::load(&args.cluster)?;
     let config = GatewayConfig {
         listen_addr: args.listen,
-        access_key: args.access_key,
-        secret_key: args.secret_key,
+        access_key: args.access_key.unwrap_or_default(),
+        secret_key: args.secret_key.unwrap_or_default(),
         host: args.host,
     };
     let gateway = Gateway::start(&config, file.client()?)

@@ -85,6 +85,49 @@ s3 = boto3.client("s3", endpoint_url=dev["endpoint"], aws_access_key_id=dev["acc
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs a boto3 snippet with the given key against the dev endpoint; Err(stderr) if it fails.
+fn s3_as(dir: &std::path::Path, access: &str, secret: &str, code: &str) -> Result<String, String> {
+    let python = std::env::var("SHALE_PYTHON")
+        .expect("SHALE_PYTHON (set by scripts/test.sh) names a Python with boto3");
+    let prelude = format!(
+        r#"
+import json, sys, boto3
+from botocore.config import Config
+dev = json.load(open(sys.argv[1]))["s3"]
+s3 = boto3.client("s3", endpoint_url=dev["endpoint"], aws_access_key_id="{access}",
+                  aws_secret_access_key="{secret}", region_name=dev["region"],
+                  config=Config(s3={{"addressing_style": "path"}}, retries={{"max_attempts": 1}}))
+"#
+    );
+    let out = Command::new(python)
+        .args(["-c", &format!("{prelude}\n{code}")])
+        .arg(dir.join("dev.json"))
+        .output()
+        .expect("run python");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+fn ctl_json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = shale()
+        .arg("ctl")
+        .arg("--cluster")
+        .arg(dir.join("dev.json"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run shale ctl");
+    assert!(
+        out.status.success(),
+        "shale ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -105,6 +148,31 @@ fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
         dir.path(),
         "s3.create_bucket(Bucket='demo'); s3.put_object(Bucket='demo', Key='k', Body=b'kept')",
     );
+    // Keys kept in the cluster: created, usable, listed, deleted, refused.
+    let key = ctl_json(dir.path(), &["keys", "create", "--name", "ci"]);
+    let (ak, sk) = (
+        key["access_key"].as_str().unwrap(),
+        key["secret_key"].as_str().unwrap(),
+    );
+    let listed = s3_as(
+        dir.path(),
+        ak,
+        sk,
+        "print([b['Name'] for b in s3.list_buckets()['Buckets']])",
+    )
+    .expect("a new key works");
+    assert_eq!(listed, "['demo']");
+    let keys = ctl_json(dir.path(), &["keys", "list"]);
+    assert!(keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["access_key"] == ak && k["name"] == "ci" && k.get("secret_key").is_none()));
+    ctl_json(dir.path(), &["keys", "delete", ak]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let refused =
+        s3_as(dir.path(), ak, sk, "s3.list_buckets()").expect_err("a deleted key is refused");
+    assert!(refused.contains("InvalidAccessKeyId"), "{refused}");
     let out = kv(dir.path(), &["put", "hello", "world"]);
     assert!(
         out.status.success(),
