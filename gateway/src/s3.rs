@@ -225,8 +225,24 @@ impl S3 for ShaleS3 {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        let (range, content_range) = match input.range {
-            Some(r) => {
+        let (range, content_range) = match (input.part_number, input.range) {
+            (Some(_), Some(_)) => {
+                return Err(s3_error!(
+                    InvalidRequest,
+                    "partNumber and Range cannot be combined"
+                ))
+            }
+            (Some(n), None) => {
+                let r = part_range(&meta, n)?;
+                let cr = format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    meta.size
+                );
+                (r, Some(cr))
+            }
+            (None, Some(r)) => {
                 let r = r.check(meta.size)?;
                 let cr = format!(
                     "bytes {}-{}/{}",
@@ -236,8 +252,9 @@ impl S3 for ShaleS3 {
                 );
                 (r, Some(cr))
             }
-            None => (0..meta.size, None),
+            (None, None) => (0..meta.size, None),
         };
+        let parts_count = parts_count(&meta);
         let stream = self.objects.read(&meta, range.start, range.end);
         Ok(S3Response::new(GetObjectOutput {
             body: Some(StreamingBlob::wrap(stream)),
@@ -248,6 +265,7 @@ impl S3 for ShaleS3 {
             last_modified: Some(timestamp(meta.last_modified_ms)),
             metadata: user_metadata(&meta),
             accept_ranges: Some("bytes".into()),
+            parts_count,
             ..Default::default()
         }))
     }
@@ -266,7 +284,14 @@ impl S3 for ShaleS3 {
             input.if_unmodified_since.as_ref(),
         )?;
         Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(meta.size as i64),
+            content_length: Some(match input.part_number {
+                Some(n) => {
+                    let r = part_range(&meta, n)?;
+                    (r.end - r.start) as i64
+                }
+                None => meta.size as i64,
+            }),
+            parts_count: parts_count(&meta),
             content_type: meta.content_type.clone(),
             e_tag: Some(ETag::Strong(meta.etag.clone())),
             last_modified: Some(timestamp(meta.last_modified_ms)),
@@ -652,6 +677,31 @@ impl S3 for ShaleS3 {
             }),
             ..Default::default()
         }))
+    }
+}
+
+/// The byte range of part `n` (1-based) of an object; a simple object is one part.
+fn part_range(meta: &ObjectMeta, n: i32) -> S3Result<std::ops::Range<u64>> {
+    let parts = match &meta.body {
+        crate::layout::Body::Parts(parts) => parts.iter().map(|p| p.size).collect::<Vec<_>>(),
+        _ => vec![meta.size],
+    };
+    let index = usize::try_from(n)
+        .ok()
+        .filter(|&i| i >= 1 && i <= parts.len())
+        .ok_or_else(|| {
+            let mut e = s3_error!(InvalidRange, "the object has {} part(s)", parts.len());
+            e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+            e
+        })?;
+    let start: u64 = parts[..index - 1].iter().sum();
+    Ok(start..start + parts[index - 1])
+}
+
+fn parts_count(meta: &ObjectMeta) -> Option<i32> {
+    match &meta.body {
+        crate::layout::Body::Parts(parts) => Some(parts.len() as i32),
+        _ => None,
     }
 }
 

@@ -204,6 +204,10 @@ assert got["Body"].read() == whole and got["ContentType"] == "application/x-test
 cross = s3.get_object(Bucket="share", Key="multi", Range="bytes=%d-%d" % (5 * MiB - 10, 10 * MiB + 10))
 assert cross["Body"].read() == whole[5 * MiB - 10:10 * MiB + 11]
 expect_error("NoSuchUpload", s3.upload_part, Bucket="share", Key="multi", UploadId=up, PartNumber=4, Body=b"late")
+p2 = s3.get_object(Bucket="share", Key="multi", PartNumber=2)
+assert p2["Body"].read() == parts_data[1] and p2["PartsCount"] == 3, p2.get("PartsCount")
+assert s3.head_object(Bucket="share", Key="multi", PartNumber=3)["ContentLength"] == len(parts_data[2])
+expect_error("InvalidRange", s3.get_object, Bucket="share", Key="multi", PartNumber=4)
 # A small part before the last is refused.
 up2 = s3.create_multipart_upload(Bucket="share", Key="small-parts")["UploadId"]
 e1 = s3.upload_part(Bucket="share", Key="small-parts", UploadId=up2, PartNumber=1, Body=b"tiny")["ETag"]
