@@ -29,6 +29,11 @@ pub struct GatewayConfig {
     /// The endpoint's public host (with port) for virtual-host-style requests, e.g.
     /// `s3.example.com:9000`; path-style requests work without it.
     pub host: Option<String>,
+    /// Multipart uploads older than this are aborted in the background (their parts'
+    /// chunks dropped). Any gateway may do it; aborting twice is harmless.
+    pub abandoned_upload_secs: u64,
+    /// How often the gateway looks for abandoned uploads.
+    pub upload_gc_interval_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -38,6 +43,45 @@ impl Default for GatewayConfig {
             access_key: String::new(),
             secret_key: String::new(),
             host: None,
+            abandoned_upload_secs: 7 * 24 * 3600,
+            upload_gc_interval_secs: 600,
+        }
+    }
+}
+
+/// Aborts multipart uploads older than the configured age, every interval.
+async fn collect_abandoned_uploads(
+    objects: ObjectStore,
+    age_ms: u64,
+    interval: std::time::Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.changed() => return,
+        }
+        let buckets = match objects.list_buckets().await {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(error = %e, "upload GC: cannot list buckets");
+                continue;
+            }
+        };
+        let cutoff = crate::objects::now_ms().saturating_sub(age_ms);
+        for (bucket, _) in buckets {
+            let Ok(uploads) = objects.list_uploads(&bucket).await else {
+                continue;
+            };
+            for (key, upload_id, _) in uploads
+                .into_iter()
+                .filter(|(_, _, started)| *started < cutoff)
+            {
+                match objects.abort_upload(&bucket, &key, &upload_id).await {
+                    Ok(()) => info!(%bucket, %key, %upload_id, "aborted an abandoned upload"),
+                    Err(e) => debug!(%bucket, %key, error = %e, "upload GC: abort failed"),
+                }
+            }
         }
     }
 }
@@ -60,7 +104,8 @@ impl Gateway {
         }
         let bootstrap = (!config.access_key.is_empty())
             .then(|| (config.access_key.clone(), config.secret_key.clone()));
-        let mut builder = S3ServiceBuilder::new(ShaleS3::new(ObjectStore::new(kv.clone())));
+        let objects = ObjectStore::new(kv.clone());
+        let mut builder = S3ServiceBuilder::new(ShaleS3::new(objects.clone()));
         builder.set_auth(ClusterAuth::new(kv, bootstrap));
         if let Some(host) = &config.host {
             let domain = s3s::host::SingleDomain::new(host).map_err(|e| {
@@ -75,6 +120,12 @@ impl Gateway {
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
+        tokio::spawn(collect_abandoned_uploads(
+            objects,
+            config.abandoned_upload_secs.saturating_mul(1000),
+            std::time::Duration::from_secs(config.upload_gc_interval_secs.max(1)),
+            stop.subscribe(),
+        ));
         let task = tokio::spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
             let http = ConnBuilder::new(TokioExecutor::new());

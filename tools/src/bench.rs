@@ -86,6 +86,7 @@ async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
             access_key: "bench-access".into(),
             secret_key: "bench-secret".into(),
             host: None,
+            ..GatewayConfig::default()
         };
         let gateway = Gateway::start(&config, Arc::new(cluster.client()?)).await?;
         let endpoint = format!("http://{}", gateway.addr());

@@ -112,6 +112,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         access_key: creds.access_key.clone(),
         secret_key: creds.secret_key.clone(),
         host: None,
+        ..GatewayConfig::default()
     };
     let gateway = Gateway::start(&gateway_config, file.client()?)
         .await

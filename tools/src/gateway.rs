@@ -38,6 +38,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         access_key: args.access_key.unwrap_or_default(),
         secret_key: args.secret_key.unwrap_or_default(),
         host: args.host,
+        ..GatewayConfig::default()
     };
     let gateway = Gateway::start(&config, file.client()?)
         .await

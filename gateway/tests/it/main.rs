@@ -27,6 +27,7 @@ async fn boto3_drives_buckets_objects_listing_and_auth() {
         access_key: "test-access".into(),
         secret_key: "test-secret-key".into(),
         host: None,
+        ..GatewayConfig::default()
     };
     let gateway = Gateway::start(&config, Arc::new(cluster.client().unwrap()))
         .await
@@ -77,6 +78,7 @@ async fn the_aws_cli_copies_syncs_lists_and_removes() {
         access_key: "cli-access".into(),
         secret_key: "cli-secret".into(),
         host: None,
+        ..GatewayConfig::default()
     };
     let gateway = Gateway::start(&config, Arc::new(cluster.client().unwrap()))
         .await
@@ -101,6 +103,73 @@ async fn the_aws_cli_copies_syncs_lists_and_removes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("aws cli checks passed"));
+    gateway.shutdown().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_uploads_are_aborted_in_the_background() {
+    use shale_gateway::objects::{Incoming, ObjectStore};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |_| {})
+        .await
+        .unwrap();
+    cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let kv = Arc::new(cluster.client().unwrap());
+    let objects = ObjectStore::new(kv.clone());
+    objects.create_bucket("b").await.unwrap();
+    let upload = objects
+        .create_upload("b", "k", None, Vec::new())
+        .await
+        .unwrap();
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(vec![
+        7u8;
+        3 << 20
+    ]))]);
+    objects
+        .upload_part(
+            "b",
+            "k",
+            &upload,
+            1,
+            Incoming {
+                body,
+                content_md5: None,
+                check: || Ok(()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(objects.list_uploads("b").await.unwrap().len(), 1);
+    let config = GatewayConfig {
+        listen_addr: "127.0.0.1:0".into(),
+        abandoned_upload_secs: 1,
+        upload_gc_interval_secs: 1,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::start(&config, kv.clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    while !objects.list_uploads("b").await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the abandoned upload is collected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        objects.list_parts("b", "k", &upload).await.is_err(),
+        "its parts are gone too"
+    );
+    // Its chunks were dropped: nothing is left under the chunk prefix.
+    let left = kv
+        .scan_all(
+            bytes::Bytes::from_static(b"C"),
+            bytes::Bytes::from_static(b"D"),
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{} chunks left behind", left.len());
     gateway.shutdown().await;
     cluster.shutdown().await;
 }
