@@ -163,3 +163,17 @@ impl Gateway {
         let _ = self.task.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_through_toml_and_refuses_unknown_fields() {
+        let text = toml::to_string(&GatewayConfig::default()).unwrap();
+        let back: GatewayConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back.listen_addr, GatewayConfig::default().listen_addr);
+        assert_eq!(back.abandoned_upload_secs, 7 * 24 * 3600);
+        assert!(toml::from_str::<GatewayConfig>("no-such-field = 1").is_err());
+    }
+}

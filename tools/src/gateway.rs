@@ -16,9 +16,12 @@ pub struct GatewayArgs {
     /// The cluster file: store addresses and the client certificate to reach them.
     #[arg(long)]
     cluster: PathBuf,
-    /// TCP address of the S3 endpoint.
-    #[arg(long, default_value = "127.0.0.1:9000")]
-    listen: String,
+    /// A TOML gateway config (`shale config example --role gateway`); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// TCP address of the S3 endpoint [default: 127.0.0.1:9000].
+    #[arg(long)]
+    listen: Option<String>,
     /// An access key that always works, besides those kept in the cluster (`shale ctl
     /// keys create`); optional.
     #[arg(long, env = "SHALE_ACCESS_KEY")]
@@ -31,15 +34,33 @@ pub struct GatewayArgs {
     host: Option<String>,
 }
 
+/// A gateway config with every field at its default, as TOML.
+pub fn example_config() -> String {
+    let body = toml::to_string(&GatewayConfig::default()).expect("default config serializes");
+    format!("# Shale gateway configuration (shale gateway --cluster FILE --config THIS).\n# Every field is optional; shown here at its default.\n\n{body}")
+}
+
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let file = ClusterFile::load(&args.cluster)?;
-    let config = GatewayConfig {
-        listen_addr: args.listen,
-        access_key: args.access_key.unwrap_or_default(),
-        secret_key: args.secret_key.unwrap_or_default(),
-        host: args.host,
-        ..GatewayConfig::default()
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read gateway config {}", path.display()))?;
+            toml::from_str::<GatewayConfig>(&text)
+                .with_context(|| format!("parse gateway config {}", path.display()))?
+        }
+        None => GatewayConfig::default(),
     };
+    if let Some(listen) = args.listen {
+        config.listen_addr = listen;
+    }
+    if let (Some(ak), Some(sk)) = (args.access_key, args.secret_key) {
+        config.access_key = ak;
+        config.secret_key = sk;
+    }
+    if args.host.is_some() {
+        config.host = args.host;
+    }
     let gateway = Gateway::start(&config, file.client()?)
         .await
         .context("start the S3 endpoint")?;

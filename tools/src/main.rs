@@ -54,8 +54,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Print a store config with every field at its default.
-    Example,
+    /// Print a config with every field at its default (`--role store` or `gateway`).
+    Example {
+        #[arg(long, default_value = "store", value_parser = ["store", "gateway"])]
+        role: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,8 +76,11 @@ fn main() -> anyhow::Result<()> {
             Command::Kv(args) => kv::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
-            Command::Config(ConfigCommand::Example) => {
-                print!("{}", store::example_config());
+            Command::Config(ConfigCommand::Example { role }) => {
+                match role.as_str() {
+                    "gateway" => print!("{}", gateway::example_config()),
+                    _ => print!("{}", store::example_config()),
+                }
                 Ok(())
             }
         }
