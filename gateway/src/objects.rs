@@ -78,7 +78,8 @@ impl ObjectStore {
         }
     }
 
-    async fn must_bucket(&self, bucket: &str) -> Result<BucketMeta, GwError> {
+    /// The bucket's record, or `NoSuchBucket`.
+    pub async fn must_bucket(&self, bucket: &str) -> Result<BucketMeta, GwError> {
         self.bucket(bucket).await?.ok_or(GwError::NoSuchBucket)
     }
 

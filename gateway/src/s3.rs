@@ -132,9 +132,7 @@ impl S3 for ShaleS3 {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        if self.objects.bucket(&req.input.bucket).await?.is_none() {
-            return Err(s3_error!(NoSuchBucket));
-        }
+        self.objects.must_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -150,9 +148,7 @@ impl S3 for ShaleS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        if self.objects.bucket(&req.input.bucket).await?.is_none() {
-            return Err(s3_error!(NoSuchBucket));
-        }
+        self.objects.must_bucket(&req.input.bucket).await?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 

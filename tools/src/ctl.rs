@@ -99,6 +99,13 @@ struct RangeView {
     version: u64,
 }
 
+impl RangeView {
+    /// True when `key` lies in the range.
+    fn holds(&self, key: &str) -> bool {
+        self.start_key.as_str() <= key && (self.end_key.is_empty() || key < self.end_key.as_str())
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct StatusView {
     stores: Vec<StoreView>,
@@ -252,10 +259,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Ranges { key } => {
             let mut ranges = snapshot(&file, &transport).await.ranges();
             if let Some(k) = key {
-                ranges.retain(|r| {
-                    r.start_key.as_str() <= k.as_str()
-                        && (r.end_key.is_empty() || k.as_str() < r.end_key.as_str())
-                });
+                ranges.retain(|r| r.holds(&k));
             }
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&ranges)?);
@@ -444,9 +448,7 @@ async fn leader_of(
 ) -> anyhow::Result<(u64, std::net::SocketAddr)> {
     for _ in 0..50 {
         let snap = snapshot(file, transport).await;
-        if let Some(r) = snap.ranges().into_iter().find(|r| {
-            r.start_key.as_str() <= key && (r.end_key.is_empty() || key < r.end_key.as_str())
-        }) {
+        if let Some(r) = snap.ranges().into_iter().find(|r| r.holds(key)) {
             if let Some(addr) = r
                 .leader
                 .and_then(|l| file.stores.iter().find(|s| s.store_id == l))
@@ -468,11 +470,11 @@ async fn wait_leader(
 ) -> anyhow::Result<()> {
     for _ in 0..100 {
         let snap = snapshot(file, transport).await;
-        if snap.ranges().iter().any(|r| {
-            r.leader == Some(store)
-                && r.start_key.as_str() <= key
-                && (r.end_key.is_empty() || key < r.end_key.as_str())
-        }) {
+        if snap
+            .ranges()
+            .iter()
+            .any(|r| r.leader == Some(store) && r.holds(key))
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
