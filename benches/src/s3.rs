@@ -41,13 +41,77 @@ const SIGNED_FOR: Duration = Duration::from_secs(3600);
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-struct Target {
+/// A minimal S3 client: presigned requests (rusty-s3) over hyper, for tools that move
+/// or measure data through any S3 endpoint.
+pub struct Target {
     bucket: Bucket,
     creds: Credentials,
     http: HttpClient,
 }
 
 impl Target {
+    /// A client of `bucket` at `endpoint` (path-style).
+    pub fn new(
+        endpoint: &str,
+        bucket: &str,
+        access_key: &str,
+        secret_key: &str,
+        connections: usize,
+    ) -> anyhow::Result<Target> {
+        let url: url::Url = endpoint
+            .parse()
+            .with_context(|| format!("endpoint {endpoint:?}"))?;
+        Ok(Target {
+            bucket: Bucket::new(url, UrlStyle::Path, bucket.to_string(), "us-east-1")
+                .context("bucket URL")?,
+            creds: Credentials::new(access_key, secret_key),
+            http: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(connections)
+                .build_http(),
+        })
+    }
+
+    /// Creates the bucket; an existing one is fine.
+    pub async fn ensure_bucket(&self) -> anyhow::Result<()> {
+        let url = self.bucket.create_bucket(&self.creds).sign(SIGNED_FOR);
+        match self.send(hyper::Method::PUT, url, Bytes::new()).await? {
+            (200 | 409, _) => Ok(()),
+            (status, _) => bail!("create bucket {}: HTTP {status}", self.bucket.name()),
+        }
+    }
+
+    /// Size and ETag (without quotes) of an object, if it exists.
+    pub async fn head(&self, key: &str) -> anyhow::Result<Option<(u64, String)>> {
+        let url = self
+            .bucket
+            .head_object(Some(&self.creds), key)
+            .sign(SIGNED_FOR);
+        let req = hyper::Request::builder()
+            .method(hyper::Method::HEAD)
+            .uri(url.as_str())
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.http.request(req).await?;
+        match resp.status().as_u16() {
+            200 => {
+                let h = resp.headers();
+                let size = h
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let etag = h
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_string();
+                Ok(Some((size, etag)))
+            }
+            404 => Ok(None),
+            status => bail!("HEAD {key}: HTTP {status}"),
+        }
+    }
+
     async fn send(
         &self,
         method: hyper::Method,
@@ -70,7 +134,8 @@ impl Target {
         Ok((status, bytes))
     }
 
-    async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<usize> {
+    /// Stores `body` as `key`; returns its length.
+    pub async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<usize> {
         let len = body.len();
         let url = self
             .bucket
@@ -82,7 +147,8 @@ impl Target {
         }
     }
 
-    async fn get(&self, key: &str) -> anyhow::Result<usize> {
+    /// Reads `key` to its end; returns its length.
+    pub async fn get(&self, key: &str) -> anyhow::Result<usize> {
         let url = self
             .bucket
             .get_object(Some(&self.creds), key)
@@ -106,20 +172,16 @@ impl Target {
 }
 
 fn targets(opts: &S3BenchOptions) -> anyhow::Result<Vec<Arc<Target>>> {
-    let http: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(opts.concurrency)
-        .build_http();
     opts.endpoints
         .iter()
         .map(|e| {
-            let url: url::Url = e.parse().with_context(|| format!("endpoint {e:?}"))?;
-            let bucket = Bucket::new(url, UrlStyle::Path, opts.bucket.clone(), "us-east-1")
-                .context("bucket URL")?;
-            Ok(Arc::new(Target {
-                bucket,
-                creds: Credentials::new(opts.access_key.clone(), opts.secret_key.clone()),
-                http: http.clone(),
-            }))
+            Ok(Arc::new(Target::new(
+                e,
+                &opts.bucket,
+                &opts.access_key,
+                &opts.secret_key,
+                opts.concurrency,
+            )?))
         })
         .collect()
 }

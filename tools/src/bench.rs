@@ -55,7 +55,7 @@ pub struct S3BenchArgs {
     json: bool,
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
         (n, 1 << 20)

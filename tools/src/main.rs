@@ -8,6 +8,7 @@ mod ctl;
 mod dev;
 mod gateway;
 mod kv;
+mod load;
 mod logging;
 mod store;
 
@@ -44,6 +45,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// See and steer a running cluster: status, stores, ranges, split, move, leaders.
     Ctl(ctl::CtlArgs),
+    /// Bulk-load a directory tree (or generated objects) into a bucket through S3.
+    Load(load::LoadArgs),
     /// Measure throughput and latency, beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Command::Gateway(args) => gateway::run(args).await,
             Command::Certs(cmd) => certs::run(cmd),
             Command::Kv(args) => kv::run(args).await,
+            Command::Load(args) => load::run(args).await,
             Command::Ctl(args) => ctl::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Config(ConfigCommand::Example { role }) => {

@@ -16,7 +16,7 @@ fn kv(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run shale kv")
 }
 
-fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> std::process::Child {
+pub fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> std::process::Child {
     let _ = std::fs::remove_file(dir.join("dev.json"));
     let child = shale()
         .args(["dev", "--data-dir"])
@@ -42,7 +42,7 @@ fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> std::proces
     child
 }
 
-fn sigterm(mut child: std::process::Child) -> Option<i32> {
+pub fn sigterm(mut child: std::process::Child) -> Option<i32> {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -61,7 +61,7 @@ fn sigterm(mut child: std::process::Child) -> Option<i32> {
 }
 
 /// Runs a boto3 snippet against the endpoint and credentials `shale dev` wrote.
-fn s3(dir: &std::path::Path, code: &str) -> String {
+pub fn s3(dir: &std::path::Path, code: &str) -> String {
     let python = std::env::var("SHALE_PYTHON")
         .expect("SHALE_PYTHON (set by scripts/test.sh) names a Python with boto3");
     let prelude = r#"
@@ -128,7 +128,7 @@ fn ctl_json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn free_tcp_port() -> u16 {
+pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -4,5 +4,6 @@ mod bench_json;
 mod ctl;
 mod dev;
 mod gateway_memory;
+mod load;
 mod procs;
 mod store_kill;

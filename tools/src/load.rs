@@ -1,0 +1,268 @@
+//! `shale load`: bulk upload of a directory tree (or a generated dataset) through one or
+//! more S3 endpoints, in parallel, resumable, with every failure reported by path.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use md5::{Digest, Md5};
+use shale_bench::s3::Target;
+
+/// Largest file uploaded (read whole, sent as one PUT).
+const FILE_BYTES_MAX: u64 = 1 << 30;
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// `SRC s3://BUCKET[/PREFIX]`, or just the destination with `--generate`.
+    #[arg(num_args = 1..=2, required = true)]
+    paths: Vec<String>,
+    /// S3 endpoint(s); uploads are spread over them (repeatable).
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<String>,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    access_key: String,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_key: String,
+    /// Uploads in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Instead of a directory, upload this many generated objects...
+    #[arg(long)]
+    generate: Option<u64>,
+    /// ...of this size (bytes, or with KiB/MiB).
+    #[arg(long, default_value = "64KiB", value_parser = crate::bench::parse_size)]
+    size: usize,
+}
+
+/// What one item of the load is.
+enum Item {
+    File { path: PathBuf, key: String },
+    Generated { index: u64, key: String },
+}
+
+impl Item {
+    fn key(&self) -> &str {
+        match self {
+            Item::File { key, .. } | Item::Generated { key, .. } => key,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Item::File { path, .. } => path.display().to_string(),
+            Item::Generated { key, .. } => key.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    uploaded: AtomicU64,
+    skipped: AtomicU64,
+    bytes: AtomicU64,
+    failures: Mutex<Vec<(String, String)>>,
+}
+
+fn parse_dest(dest: &str) -> anyhow::Result<(String, String)> {
+    let rest = dest
+        .strip_prefix("s3://")
+        .context("the destination looks like s3://BUCKET[/PREFIX]")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        bail!("the destination names no bucket");
+    }
+    let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    };
+    Ok((bucket.to_string(), prefix))
+}
+
+/// Every entry below `root` that is not a directory (files, and links that may be broken:
+/// those are reported when they cannot be read, never skipped silently).
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<Item>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("read directory {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            walk(root, &path, prefix, out)?;
+            continue;
+        }
+        let rel = path
+            .strip_prefix(root)
+            .expect("below root")
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        out.push(Item::File {
+            key: format!("{prefix}{rel}"),
+            path,
+        });
+    }
+    Ok(())
+}
+
+fn generated_body(index: u64, size: usize) -> Bytes {
+    let seed = index.to_be_bytes();
+    Bytes::from(
+        (0..size)
+            .map(|i| seed[i % 8] ^ (i as u8))
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn load_one(target: &Target, item: &Item, size: usize) -> anyhow::Result<Option<u64>> {
+    let body = match item {
+        Item::File { path, .. } => {
+            let meta = tokio::fs::metadata(path)
+                .await
+                .context("read file metadata")?;
+            if meta.len() > FILE_BYTES_MAX {
+                bail!(
+                    "{} bytes is over the {} byte limit of this loader",
+                    meta.len(),
+                    FILE_BYTES_MAX
+                );
+            }
+            Bytes::from(tokio::fs::read(path).await.context("read file")?)
+        }
+        Item::Generated { index, .. } => generated_body(*index, size),
+    };
+    let etag: String = Md5::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some((len, existing)) = target.head(item.key()).await? {
+        if len == body.len() as u64 && existing == etag {
+            return Ok(None);
+        }
+    }
+    let len = target.put(item.key(), body).await?;
+    Ok(Some(len as u64))
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let (src, dest) = match (args.paths.as_slice(), args.generate) {
+        ([dest], Some(_)) => (None, dest.clone()),
+        ([src, dest], None) => (Some(PathBuf::from(src)), dest.clone()),
+        _ => {
+            bail!("give SRC and s3://BUCKET[/PREFIX], or --generate COUNT and s3://BUCKET[/PREFIX]")
+        }
+    };
+    anyhow::ensure!(args.concurrency > 0, "concurrency must be positive");
+    let (bucket, prefix) = parse_dest(&dest)?;
+    let mut items = Vec::new();
+    match (&src, args.generate) {
+        (Some(root), _) => walk(root, root, &prefix, &mut items)?,
+        (None, Some(n)) => items.extend((0..n).map(|index| Item::Generated {
+            index,
+            key: format!("{prefix}{index:012}"),
+        })),
+        (None, None) => unreachable!("checked above"),
+    }
+    let targets: Vec<Arc<Target>> = args
+        .endpoints
+        .iter()
+        .map(|e| {
+            Target::new(
+                e,
+                &bucket,
+                &args.access_key,
+                &args.secret_key,
+                args.concurrency,
+            )
+            .map(Arc::new)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    targets[0]
+        .ensure_bucket()
+        .await
+        .context("create the bucket")?;
+    let total = items.len() as u64;
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    let ticker = tokio::spawn(show_progress(progress.clone(), total, started));
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut tasks = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let permit = slots.clone().acquire_owned().await?;
+        let (target, progress, size) = (
+            targets[i % targets.len()].clone(),
+            progress.clone(),
+            args.size,
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            match load_one(&target, &item, size).await {
+                Ok(Some(bytes)) => {
+                    progress.uploaded.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+                Ok(None) => {
+                    progress.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => progress
+                    .failures
+                    .lock()
+                    .expect("failures lock")
+                    .push((item.label(), format!("{e:#}"))),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    ticker.abort();
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let (uploaded, skipped, bytes) = (
+        progress.uploaded.load(Ordering::Relaxed),
+        progress.skipped.load(Ordering::Relaxed),
+        progress.bytes.load(Ordering::Relaxed),
+    );
+    let failures = progress.failures.lock().expect("failures lock").clone();
+    eprintln!();
+    println!(
+        "loaded {uploaded} objects ({:.1} MB) in {secs:.1} s: {:.0} objects/s, {:.1} MB/s; {skipped} already present, {} failed",
+        bytes as f64 / 1e6,
+        uploaded as f64 / secs,
+        bytes as f64 / 1e6 / secs,
+        failures.len()
+    );
+    for (path, reason) in &failures {
+        eprintln!("failed: {path}: {reason}");
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {total} objects failed (listed above); run again to retry them",
+            failures.len()
+        );
+    }
+    Ok(())
+}
+
+async fn show_progress(progress: Arc<Progress>, total: u64, started: Instant) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let done =
+            progress.uploaded.load(Ordering::Relaxed) + progress.skipped.load(Ordering::Relaxed);
+        let failed = progress.failures.lock().expect("failures lock").len() as u64;
+        let secs = started.elapsed().as_secs_f64();
+        let rate = (done + failed) as f64 / secs.max(1e-3);
+        let eta = if rate > 0.0 {
+            (total.saturating_sub(done + failed)) as f64 / rate
+        } else {
+            0.0
+        };
+        let mb = progress.bytes.load(Ordering::Relaxed) as f64 / 1e6 / secs.max(1e-3);
+        eprint!("\r{done}/{total} objects, {failed} failed, {rate:.0} objects/s, {mb:.1} MB/s, ETA {eta:.0} s   ");
+    }
+}
