@@ -1,0 +1,363 @@
+//! The apply side of a replica: committed entries (writes, id allocation, log compaction,
+//! splits, membership changes) and installed snapshots turn into writes of the round's
+//! apply batch, and answers for the clients that proposed them.
+
+use super::*;
+
+impl Replica {
+    pub(super) fn apply_entries(&mut self, entries: &[Entry], batch: &mut WriteBatch<'_>) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        for entry in entries {
+            assert_eq!(
+                entry.index,
+                self.apply.applied_index + 1,
+                "range {}: entries apply in order",
+                self.range.id
+            );
+            let responses = self.apply_entry(entry, batch);
+            self.apply.applied_index = entry.index;
+            self.apply.applied_term = entry.term;
+            self.answer_proposal(entry, responses);
+        }
+        assert!(
+            last.index <= self.commit_index(),
+            "range {}: applied past commit",
+            self.range.id
+        );
+        batch.put(
+            Cf::Meta,
+            &keys::apply_state_key(self.range.id),
+            &self.apply.encode(),
+        );
+        self.refresh_snapshot_source();
+    }
+
+    pub(super) fn refresh_snapshot_source(&mut self) {
+        let source = SnapshotSource {
+            range: self.range.clone(),
+            applied_index: self.apply.applied_index,
+            applied_term: self.apply.applied_term,
+        };
+        self.node.mut_store().set_snapshot_source(source);
+    }
+
+    /// Replaces this replica's data and log with a snapshot, in the round's durable batch
+    /// (the data is in no log to replay from).
+    pub(super) fn apply_snapshot(&mut self, snapshot: &Snapshot, batch: &mut WriteBatch<'_>) {
+        let meta = snapshot.get_metadata();
+        let data = match SnapshotData::decode(&snapshot.data) {
+            Ok(d) => d,
+            Err(e) => panic!(
+                "range {}: snapshot was checked on receipt but does not decode: {e}",
+                self.range.id
+            ),
+        };
+        assert_eq!(data.range.id, self.range.id, "snapshot of another range");
+        // Whatever this replica held of the key span goes; the snapshot's pairs replace it.
+        let old_span = (!self.is_uninitialized()).then(|| self.range.clone());
+        for span in old_span.iter().chain([&data.range]) {
+            batch.delete_range(Cf::Data, &span.start_key, &span_end(span));
+        }
+        for (k, v) in &data.pairs {
+            batch.put(Cf::Data, k, v);
+        }
+        self.range = data.range;
+        let state = RangeState {
+            descriptor: self.range.clone(),
+            state: ReplicaState::Normal,
+        };
+        batch.put(
+            Cf::Meta,
+            &keys::range_state_key(self.range.id),
+            &state.encode(),
+        );
+        self.apply = ApplyState {
+            applied_index: meta.index,
+            applied_term: meta.term,
+        };
+        batch.put(
+            Cf::Meta,
+            &keys::apply_state_key(self.range.id),
+            &self.apply.encode(),
+        );
+        self.node.mut_store().apply_snapshot(meta, batch);
+        self.next_id = None;
+        self.pending_compact = None;
+        self.refresh_snapshot_source();
+        info!(
+            range_id = self.range.id,
+            index = meta.index,
+            pairs = data.pairs.len(),
+            "applied snapshot"
+        );
+    }
+
+    /// Applies one entry; returns the answer of each client request it carries.
+    fn apply_entry(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> Vec<ApplyResult> {
+        match entry.get_entry_type() {
+            EntryType::EntryNormal => {}
+            EntryType::EntryConfChangeV2 => return vec![self.apply_conf_change(entry, batch)],
+            EntryType::EntryConfChange => panic!(
+                "range {}: v1 conf changes are never proposed",
+                self.range.id
+            ),
+        }
+        if entry.data.is_empty() {
+            return Vec::new(); // a new leader's empty entry
+        }
+        let command = match Command::decode(&entry.data) {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "range {}: committed entry {} does not decode: {e}",
+                self.range.id, entry.index
+            ),
+        };
+        match command {
+            Command::Write { writes } => writes
+                .into_iter()
+                .map(|ops| self.apply_write(ops, batch))
+                .collect(),
+            Command::AllocIds { count } => vec![self.apply_alloc_ids(count, batch)],
+            Command::CompactLog { index, .. } => {
+                // Truncation waits for a flush of the applied data (see the store loop).
+                if index > self.node.store().truncated_index()
+                    && index <= self.apply.applied_index.max(entry.index)
+                {
+                    self.pending_compact =
+                        Some(self.pending_compact.map_or(index, |p| p.max(index)));
+                }
+                vec![Ok(Applied::Written)]
+            }
+            Command::Split {
+                epoch,
+                split_key,
+                right,
+            } => vec![self.apply_split(epoch, split_key, right, batch)],
+        }
+    }
+
+    /// Applies a membership change: raft's configuration, the conf state and the new
+    /// descriptor (carried in the entry's context) land together.
+    fn apply_conf_change(&mut self, entry: &Entry, batch: &mut WriteBatch<'_>) -> ApplyResult {
+        let range_id = self.range.id;
+        let cc = match ConfChangeV2::parse_from_bytes(&entry.data) {
+            Ok(cc) => cc,
+            Err(e) => panic!(
+                "range {range_id}: committed conf change {} does not decode: {e}",
+                entry.index
+            ),
+        };
+        let cs = match self.node.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => panic!(
+                "range {range_id}: raft refused committed conf change {}: {e}",
+                entry.index
+            ),
+        };
+        self.node.mut_store().set_conf_state(cs, batch);
+        if entry.context.is_empty() {
+            return Ok(Applied::Written); // leaving a joint configuration: no new descriptor
+        }
+        let new_range: RangeDescriptor = match postcard::from_bytes(&entry.context) {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "range {range_id}: conf change {} carries no descriptor: {e}",
+                entry.index
+            ),
+        };
+        assert!(
+            new_range.epoch > self.range.epoch,
+            "range {range_id}: epochs only rise"
+        );
+        self.range = new_range.clone();
+        let state = RangeState {
+            descriptor: new_range.clone(),
+            state: ReplicaState::Normal,
+        };
+        batch.put(Cf::Meta, &keys::range_state_key(range_id), &state.encode());
+        if self.range.replica(self.replica_id).is_none() {
+            info!(
+                range_id,
+                replica_id = self.replica_id,
+                "this replica was removed from its range"
+            );
+            self.removed = true;
+        }
+        info!(range_id, conf_ver = new_range.epoch.conf_ver, replicas = ?new_range.replicas, "membership changed");
+        Ok(Applied::ConfChanged {
+            range: Box::new(new_range),
+        })
+    }
+
+    fn apply_write(&mut self, ops: Vec<WriteOp>, batch: &mut WriteBatch<'_>) -> ApplyResult {
+        if ops.iter().any(|op| !self.range.contains(op.key())) {
+            return Err(KvError::KeyNotInRange {
+                range_id: self.range.id,
+            });
+        }
+        self.written_bytes += ops
+            .iter()
+            .map(|op| (op.key().len() + write_value_len(op)) as u64)
+            .sum::<u64>();
+        for op in ops {
+            match op {
+                WriteOp::Put { key, value } => batch.put(Cf::Data, &key, &value),
+                WriteOp::Delete { key } => batch.delete(Cf::Data, &key),
+            }
+        }
+        Ok(Applied::Written)
+    }
+
+    fn apply_alloc_ids(&mut self, count: u32, batch: &mut WriteBatch<'_>) -> ApplyResult {
+        if !self.range.contains(ID_ALLOC_KEY) {
+            return Err(KvError::KeyNotInRange {
+                range_id: self.range.id,
+            });
+        }
+        let next = match self.next_id {
+            Some(n) => n,
+            None => read_id_counter(&self.engine, self.range.id)?,
+        };
+        let after = next + u64::from(count);
+        batch.put(Cf::Data, ID_ALLOC_KEY, &after.to_be_bytes());
+        self.next_id = Some(after);
+        Ok(Applied::Ids { first: next, count })
+    }
+
+    /// Narrows this range to `[start, split_key)` and creates `right` for the rest: its
+    /// descriptor, apply state and Raft state land in the same batch as ours, so every
+    /// replica has both ranges or neither.
+    fn apply_split(
+        &mut self,
+        epoch: Epoch,
+        split_key: Bytes,
+        right: RangeDescriptor,
+        batch: &mut WriteBatch<'_>,
+    ) -> ApplyResult {
+        let range_id = self.range.id;
+        if epoch != self.range.epoch {
+            return Err(KvError::EpochNotMatch {
+                current: vec![self.range.clone()],
+            });
+        }
+        if let Err(reason) = check_split(&self.range, &split_key) {
+            return Err(KvError::InvalidSplit { range_id, reason });
+        }
+        let mut left = self.range.clone();
+        left.end_key = split_key.clone();
+        left.epoch.version += 1;
+        let right = RangeDescriptor {
+            start_key: split_key,
+            end_key: self.range.end_key.clone(),
+            epoch: left.epoch,
+            ..right
+        };
+        assert!(
+            left.epoch > self.range.epoch,
+            "range {range_id}: epochs only rise"
+        );
+        assert_eq!(
+            right.replicas.len(),
+            left.replicas.len(),
+            "range {range_id}: split keeps the replica count"
+        );
+        let left_state = RangeState {
+            descriptor: left.clone(),
+            state: ReplicaState::Normal,
+        };
+        let right_state = RangeState {
+            descriptor: right.clone(),
+            state: ReplicaState::Normal,
+        };
+        batch.put(
+            Cf::Meta,
+            &keys::range_state_key(left.id),
+            &left_state.encode(),
+        );
+        batch.put(
+            Cf::Meta,
+            &keys::range_state_key(right.id),
+            &right_state.encode(),
+        );
+        batch.put(
+            Cf::Meta,
+            &keys::apply_state_key(right.id),
+            &ApplyState::initial().encode(),
+        );
+        let voters = right.replicas.iter().map(|r| r.id).collect();
+        ReplicaStorage::bootstrap(batch, right.id, voters);
+        info!(range_id, right_id = right.id, split_key = ?right.start_key, "range split");
+        self.range = left.clone();
+        self.new_ranges.push(right_state);
+        Ok(Applied::Split {
+            left: Box::new(left),
+            right: Box::new(right),
+        })
+    }
+
+    fn answer_proposal(&mut self, entry: &Entry, responses: Vec<ApplyResult>) {
+        while let Some(p) = self.proposals.front() {
+            if p.index > entry.index {
+                return;
+            }
+            let p = self.proposals.pop_front().expect("front exists");
+            if p.index == entry.index && p.term == entry.term {
+                assert_eq!(
+                    p.replies.len(),
+                    responses.len(),
+                    "range {}: one answer per write",
+                    self.range.id
+                );
+                self.done.extend(p.replies.into_iter().zip(responses));
+                return;
+            }
+            // Its entry was replaced by another leader's: it will never apply.
+            for r in p.replies {
+                self.done.push((r, Err(KvError::ProposalDropped)));
+            }
+        }
+    }
+}
+
+/// Why `split_key` cannot split `range`, if it cannot.
+pub(super) fn check_split(range: &RangeDescriptor, split_key: &[u8]) -> Result<(), String> {
+    if split_key <= &range.start_key[..] {
+        return Err("the split key must lie after the range's start".into());
+    }
+    if !range.end_key.is_empty() && split_key >= &range.end_key[..] {
+        return Err("the split key must lie before the range's end".into());
+    }
+    if split_key < SYSTEM_PREFIX_END {
+        return Err("system keys stay in the first range".into());
+    }
+    if split_key.len() > KEY_BYTES_MAX {
+        return Err(format!(
+            "the split key is longer than {KEY_BYTES_MAX} bytes"
+        ));
+    }
+    Ok(())
+}
+
+fn read_id_counter(engine: &Engine, range_id: u64) -> Result<u64, KvError> {
+    let stored = engine
+        .get(Cf::Data, ID_ALLOC_KEY)
+        .map_err(|e| KvError::Storage {
+            message: e.to_string(),
+        })?;
+    match stored {
+        None => Ok(FIRST_ALLOCATED_ID),
+        Some(b) => match <[u8; 8]>::try_from(&b[..]) {
+            Ok(arr) => Ok(u64::from_be_bytes(arr)),
+            Err(_) => panic!(
+                "range {range_id}: id counter holds {} bytes, not 8",
+                b.len()
+            ),
+        },
+    }
+}
+
+/// The first id the allocator hands out: far above any store id an operator would
+/// choose, because bootstrap replicas take their store's id.
+pub const FIRST_ALLOCATED_ID: u64 = 1 << 32;
