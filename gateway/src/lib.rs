@@ -5,6 +5,7 @@ pub mod checksum;
 pub mod error;
 pub mod keys;
 pub mod layout;
+pub mod metrics;
 pub mod objects;
 pub mod s3;
 pub mod server;

@@ -193,6 +193,8 @@ impl ObjectStore {
 
     /// Makes `meta` the object at (`bucket`, `key`); the body it replaces is dropped.
     async fn publish(&self, bucket: &str, key: &str, meta: &ObjectMeta) -> Result<(), GwError> {
+        crate::metrics::METRICS.objects_written.inc();
+        crate::metrics::METRICS.bytes_written.inc_by(meta.size);
         let record = layout::object_key(bucket, key);
         let previous = self.kv.get(record.clone()).await?;
         self.kv.put(record, meta.encode()).await?;
@@ -488,6 +490,13 @@ impl ObjectStore {
                 }
             })
             .buffered(CHUNK_READS_AHEAD)
+            .inspect(|piece| {
+                if let Ok(bytes) = piece {
+                    crate::metrics::METRICS
+                        .bytes_read
+                        .inc_by(bytes.len() as u64);
+                }
+            })
     }
 
     /// Deletes an object (a missing one is not an error, as in S3).
@@ -700,6 +709,7 @@ impl ChunkWriter {
         if self.in_flight.len() >= CHUNK_WRITES_IN_FLIGHT {
             self.wait_one().await?;
         }
+        crate::metrics::METRICS.chunks_written.inc();
         let (kv, key) = (self.kv.clone(), layout::chunk_key(self.version, self.next));
         self.in_flight.push_back(tokio::spawn(async move {
             kv.put(key, layout::seal_chunk(&chunk)).await

@@ -78,7 +78,10 @@ async fn collect_abandoned_uploads(
                 .filter(|(_, _, started)| *started < cutoff)
             {
                 match objects.abort_upload(&bucket, &key, &upload_id).await {
-                    Ok(()) => info!(%bucket, %key, %upload_id, "aborted an abandoned upload"),
+                    Ok(()) => {
+                        crate::metrics::METRICS.uploads_collected.inc();
+                        info!(%bucket, %key, %upload_id, "aborted an abandoned upload");
+                    }
                     Err(e) => debug!(%bucket, %key, error = %e, "upload GC: abort failed"),
                 }
             }

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod faults;
 pub mod keys;
+pub mod metrics;
 pub mod node;
 pub mod raft_logger;
 pub mod replica;

@@ -22,6 +22,7 @@ use crate::command::{Command, RangeState, ReplicaState};
 use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
 use crate::engine::{Cf, Durability, Engine};
 use crate::keys;
+use crate::metrics::METRICS;
 use crate::replica::{span_end, AddressBook, ReadReply, Replica, WriteReply};
 
 /// What the store loop is asked to do.
@@ -182,16 +183,25 @@ impl<S: RaftSender> Store<S> {
             }
             if Instant::now() >= next_tick {
                 let mut asleep: HashMap<StoreId, Vec<RangeId>> = HashMap::new();
+                let (mut leaders, mut sleeping) = (0i64, 0i64);
                 for r in self.replicas.values_mut() {
                     if r.tick() {
                         self.active.insert(r.range.id);
                     }
+                    leaders += i64::from(r.is_leader());
+                    sleeping += i64::from(r.is_hibernating());
                     if r.try_hibernate(self.raft.hibernate_after_ticks) {
                         for store in r.follower_stores() {
                             asleep.entry(store).or_default().push(r.range.id);
                         }
                     }
                 }
+                METRICS.set_store_gauges(
+                    self.store_id,
+                    self.replicas.len() as i64,
+                    leaders,
+                    sleeping,
+                );
                 for (to_store, hibernate) in asleep {
                     self.sender.send(RaftBatch {
                         from_store: self.store_id,
@@ -490,6 +500,10 @@ impl<S: RaftSender> Store<S> {
         if readies.is_empty() {
             return;
         }
+        METRICS.rounds.inc();
+        if sync {
+            METRICS.fsyncs.inc();
+        }
         // Messages a leader may send before its own log is durable (Raft allows it).
         self.flush(&mut outbox);
         if !batch.is_empty() {
@@ -660,12 +674,14 @@ impl<S: RaftSender> Store<S> {
 
     fn flush(&mut self, outbox: &mut Outbox) {
         for snapshot in std::mem::take(&mut outbox.snapshots) {
+            METRICS.snapshots_sent.inc();
             self.sender.send_snapshot(snapshot);
         }
         for (to_store, messages) in std::mem::take(&mut outbox.by_store) {
             if messages.is_empty() {
                 continue;
             }
+            METRICS.raft_messages_sent.inc_by(messages.len() as u64);
             self.sender.send(RaftBatch {
                 from_store: self.store_id,
                 to_store,

@@ -23,6 +23,9 @@ pub struct ClusterFile {
     /// The S3 endpoint and its credentials, when the cluster has a gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Endpoint>,
+    /// The Prometheus metrics endpoint of the process that wrote this file, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// Where a cluster's S3 endpoint is and how to sign requests to it.

@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// TCP port of the S3 endpoint on 127.0.0.1.
     #[arg(long, default_value_t = 9000)]
     s3_port: u16,
+    /// TCP port of the Prometheus metrics endpoint on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 9101)]
+    metrics_port: u16,
     /// S3 access key; generated on first start (and kept in DATA_DIR/credentials.json).
     #[arg(long, env = "SHALE_ACCESS_KEY")]
     access_key: Option<String>,
@@ -106,6 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         cert: certs.join("client.pem"),
         key: certs.join("client.key"),
         s3: None,
+        metrics: None,
     };
     let gateway_config = GatewayConfig {
         listen_addr: format!("127.0.0.1:{}", args.s3_port),
@@ -128,6 +132,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         secret_key: creds.secret_key,
         region: "us-east-1".into(),
     });
+    let metrics = crate::metrics::serve(&format!("127.0.0.1:{}", args.metrics_port)).await?;
+    file.metrics = Some(format!("http://{metrics}/metrics"));
     let cluster_path = data_dir.join("dev.json");
     file.save(&cluster_path)?;
     print_banner(&file, &cluster_path);
@@ -191,6 +197,9 @@ fn print_banner(file: &ClusterFile, cluster_path: &Path) {
             s3.endpoint
         );
         println!("  aws --endpoint-url {} s3 ls s3://demo/", s3.endpoint);
+    }
+    if let Some(m) = &file.metrics {
+        println!("metrics (Prometheus): {m}");
     }
     println!();
     println!(

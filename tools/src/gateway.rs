@@ -32,6 +32,9 @@ pub struct GatewayArgs {
     /// Public host (with port) for virtual-host-style requests, e.g. s3.example.com:9000.
     #[arg(long)]
     host: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9102).
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 /// A gateway config with every field at its default, as TOML.
@@ -65,6 +68,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .context("start the S3 endpoint")?;
     info!(endpoint = %format!("http://{}", gateway.addr()), "gateway ready");
+    if let Some(addr) = &args.metrics_addr {
+        let bound = crate::metrics::serve(addr).await?;
+        info!(%bound, "metrics endpoint listening");
+    }
     wait_for_shutdown_signal().await?;
     info!("shutting down");
     gateway.shutdown().await;

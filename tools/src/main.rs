@@ -10,6 +10,7 @@ mod gateway;
 mod kv;
 mod load;
 mod logging;
+mod metrics;
 mod store;
 
 use clap::{Parser, Subcommand};

@@ -13,6 +13,9 @@ pub struct StoreArgs {
     /// The store's TOML config (`shale config example` prints one with every default).
     #[arg(long)]
     config: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9101).
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
@@ -25,6 +28,10 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let node = StoreNode::start(config, &identity)
         .await
         .context("start store")?;
+    if let Some(addr) = &args.metrics_addr {
+        let bound = crate::metrics::serve(addr).await?;
+        info!(%bound, "metrics endpoint listening");
+    }
     wait_for_shutdown_signal().await?;
     info!("shutting down");
     node.shutdown().await;

@@ -17,6 +17,7 @@ impl Replica {
                 self.range.id
             );
             let responses = self.apply_entry(entry, batch);
+            METRICS.applied_entries.inc();
             self.apply.applied_index = entry.index;
             self.apply.applied_term = entry.term;
             self.answer_proposal(entry, responses);
@@ -85,6 +86,7 @@ impl Replica {
         self.node.mut_store().apply_snapshot(meta, batch);
         self.next_id = None;
         self.pending_compact = None;
+        METRICS.snapshots_applied.inc();
         self.refresh_snapshot_source();
         info!(
             range_id = self.range.id,
@@ -288,6 +290,7 @@ impl Replica {
         );
         let voters = right.replicas.iter().map(|r| r.id).collect();
         ReplicaStorage::bootstrap(batch, right.id, voters);
+        METRICS.splits.inc();
         info!(range_id, right_id = right.id, split_key = ?right.start_key, "range split");
         self.range = left.clone();
         self.new_ranges.push(right_state);

@@ -23,6 +23,7 @@ use crate::command::{Applied, ApplyState, Command, RangeState, ReplicaState};
 use crate::config::RaftConfig;
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
+use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
 use crate::replica_storage::{ReplicaStorage, SnapshotSource};
 use crate::snapshot::SnapshotData;
@@ -510,6 +511,7 @@ impl Replica {
             }));
             return;
         }
+        METRICS.proposals.inc();
         self.write_batch.push((ops, reply));
     }
 
@@ -630,6 +632,7 @@ impl Replica {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
+        METRICS.reads.inc();
         self.read_batch.push(reply);
     }
 
@@ -723,6 +726,7 @@ impl Replica {
         for rs in ready.take_read_states() {
             self.on_read_state(&rs.request_ctx, rs.index);
         }
+        METRICS.log_entries.inc_by(ready.entries().len() as u64);
         self.node.mut_store().append(ready.entries(), batch);
         if let Some(hs) = ready.hs() {
             self.node.mut_store().set_hard_state(hs.clone(), batch);

@@ -26,6 +26,8 @@ pub fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> std::pr
             &port_base.to_string(),
             "--s3-port",
             &s3_port.to_string(),
+            "--metrics-port",
+            "0",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -128,6 +130,35 @@ fn ctl_json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// GETs the metrics endpoint named in dev.json.
+fn fetch_metrics(dir: &std::path::Path) -> String {
+    use std::io::{Read, Write};
+    let dev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dev.json")).unwrap()).unwrap();
+    let url = dev["metrics"]
+        .as_str()
+        .expect("dev.json names the metrics endpoint");
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
+}
+
+/// The value of a metric line `NAME VALUE`.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -173,6 +204,26 @@ fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
     let refused =
         s3_as(dir.path(), ak, sk, "s3.list_buckets()").expect_err("a deleted key is refused");
     assert!(refused.contains("InvalidAccessKeyId"), "{refused}");
+    // Prometheus metrics show the work done so far.
+    let metrics = fetch_metrics(dir.path());
+    for name in [
+        "shale_store_rounds_total",
+        "shale_store_proposals_total",
+        "shale_gateway_objects_written_total",
+    ] {
+        let value =
+            metric(&metrics, name).unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"));
+        assert!(value > 0.0, "{name} is {value}");
+    }
+    let leaders: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("shale_store_leaders{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        leaders, 1.0,
+        "one leader of the one range across the three stores:\n{metrics}"
+    );
     let out = kv(dir.path(), &["put", "hello", "world"]);
     assert!(
         out.status.success(),

@@ -1,0 +1,106 @@
+//! Store metrics (Prometheus): what the store loops and servers of this process did.
+//! Counters are process-wide (a `shale dev` process sums its stores).
+
+use std::sync::LazyLock;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Every store metric.
+#[derive(Default)]
+pub struct StoreMetrics {
+    pub rounds: Counter,
+    pub fsyncs: Counter,
+    pub log_entries: Counter,
+    pub applied_entries: Counter,
+    pub raft_messages_sent: Counter,
+    pub proposals: Counter,
+    pub reads: Counter,
+    pub snapshots_sent: Counter,
+    pub snapshots_applied: Counter,
+    pub splits: Counter,
+    /// Per store (`store` label): a process may run several.
+    pub ranges: Family<Vec<(String, String)>, Gauge>,
+    pub leaders: Family<Vec<(String, String)>, Gauge>,
+    pub hibernating: Family<Vec<(String, String)>, Gauge>,
+}
+
+impl StoreMetrics {
+    /// Sets the per-store gauges of `store_id`.
+    pub fn set_store_gauges(&self, store_id: u64, ranges: i64, leaders: i64, hibernating: i64) {
+        let label = vec![("store".to_string(), store_id.to_string())];
+        self.ranges.get_or_create(&label).set(ranges);
+        self.leaders.get_or_create(&label).set(leaders);
+        self.hibernating.get_or_create(&label).set(hibernating);
+    }
+}
+
+pub static METRICS: LazyLock<StoreMetrics> = LazyLock::new(StoreMetrics::default);
+
+/// Adds the store metrics to `registry`.
+pub fn register(registry: &mut Registry) {
+    let m = &*METRICS;
+    registry.register(
+        "shale_store_rounds",
+        "Store loop rounds that persisted something",
+        m.rounds.clone(),
+    );
+    registry.register(
+        "shale_store_fsyncs",
+        "Synced RocksDB writes (one per round at most)",
+        m.fsyncs.clone(),
+    );
+    registry.register(
+        "shale_store_log_entries",
+        "Raft log entries persisted",
+        m.log_entries.clone(),
+    );
+    registry.register(
+        "shale_store_applied_entries",
+        "Raft log entries applied",
+        m.applied_entries.clone(),
+    );
+    registry.register(
+        "shale_store_raft_messages_sent",
+        "Raft messages handed to peers",
+        m.raft_messages_sent.clone(),
+    );
+    registry.register(
+        "shale_store_proposals",
+        "Client writes proposed",
+        m.proposals.clone(),
+    );
+    registry.register(
+        "shale_store_reads",
+        "Linearizable reads started",
+        m.reads.clone(),
+    );
+    registry.register(
+        "shale_store_snapshots_sent",
+        "Snapshots streamed to a peer",
+        m.snapshots_sent.clone(),
+    );
+    registry.register(
+        "shale_store_snapshots_applied",
+        "Snapshots installed",
+        m.snapshots_applied.clone(),
+    );
+    registry.register(
+        "shale_store_splits",
+        "Range splits applied",
+        m.splits.clone(),
+    );
+    registry.register("shale_store_ranges", "Replicas held", m.ranges.clone());
+    registry.register(
+        "shale_store_leaders",
+        "Replicas that lead their range",
+        m.leaders.clone(),
+    );
+    registry.register(
+        "shale_store_hibernating",
+        "Replicas hibernating (not ticking)",
+        m.hibernating.clone(),
+    );
+}
