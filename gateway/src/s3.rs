@@ -33,6 +33,27 @@ impl ShaleS3 {
     pub fn new(objects: ObjectStore) -> Self {
         ShaleS3 { objects }
     }
+
+    /// An object's metadata, once the GET/HEAD preconditions hold for it.
+    async fn checked_head(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+        if_modified_since: Option<&Timestamp>,
+        if_unmodified_since: Option<&Timestamp>,
+    ) -> S3Result<ObjectMeta> {
+        let meta = self.objects.head(bucket, key).await?;
+        check_preconditions(
+            &meta,
+            if_match,
+            if_none_match,
+            if_modified_since,
+            if_unmodified_since,
+        )?;
+        Ok(meta)
+    }
 }
 
 fn timestamp(ms: u64) -> Timestamp {
@@ -213,14 +234,16 @@ impl S3 for ShaleS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let meta = self.objects.head(&input.bucket, &input.key).await?;
-        check_preconditions(
-            &meta,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
+        let meta = self
+            .checked_head(
+                &input.bucket,
+                &input.key,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            )
+            .await?;
         let (range, content_range) = match (input.part_number, input.range) {
             (Some(_), Some(_)) => {
                 return Err(s3_error!(
@@ -271,14 +294,16 @@ impl S3 for ShaleS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let meta = self.objects.head(&input.bucket, &input.key).await?;
-        check_preconditions(
-            &meta,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
+        let meta = self
+            .checked_head(
+                &input.bucket,
+                &input.key,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            )
+            .await?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(match input.part_number {
                 Some(n) => {

@@ -304,17 +304,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::TransferLeader { key, to } => {
             let (range, leader) = leader_of(&file, &transport, &key).await?;
-            admin(
-                &transport,
-                leader,
-                &AdminRequest::TransferLeader {
-                    range_id: range,
-                    to_store: to,
-                },
-            )
-            .await
-            .context("transfer leadership")?;
-            wait_leader(&file, &transport, &key, to).await?;
+            transfer_leader(&file, &transport, &key, range, leader, to).await?;
             println!("range {range}: leader is now store {to}");
         }
         CtlCommand::Move { key, from, to } => {
@@ -343,17 +333,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .find(|s| parse_addr(&s.addr).ok() == Some(leader))
                 .map(|s| s.store_id);
             if leader_store == Some(from) {
-                admin(
-                    &transport,
-                    leader,
-                    &AdminRequest::TransferLeader {
-                        range_id: range,
-                        to_store: to,
-                    },
-                )
-                .await
-                .context("move leadership off the source")?;
-                wait_leader(&file, &transport, &key, to).await?;
+                transfer_leader(&file, &transport, &key, range, leader, to).await?;
             }
             let (range, leader) = leader_of(&file, &transport, &key).await?;
             admin(
@@ -460,6 +440,28 @@ async fn leader_of(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("no leader found for the range holding {key:?}")
+}
+
+/// Asks `leader` to hand range `range` (holding `key`) to store `to`, and waits until it has.
+async fn transfer_leader(
+    file: &ClusterFile,
+    transport: &Transport,
+    key: &str,
+    range: u64,
+    leader: std::net::SocketAddr,
+    to: StoreId,
+) -> anyhow::Result<()> {
+    admin(
+        transport,
+        leader,
+        &AdminRequest::TransferLeader {
+            range_id: range,
+            to_store: to,
+        },
+    )
+    .await
+    .context("transfer leadership")?;
+    wait_leader(file, transport, key, to).await
 }
 
 async fn wait_leader(
