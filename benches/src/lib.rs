@@ -4,4 +4,5 @@
 pub mod kv;
 pub mod ranges;
 pub mod s3;
+pub mod schedule;
 pub mod stats;

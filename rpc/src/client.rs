@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use crate::placement::{PlacementReply, PlacementRequest};
+use crate::placement_client::PlacementClient;
 use crate::range_cache::{CachedRange, RangeCache};
 use crate::transport::Transport;
 use crate::{
@@ -74,7 +76,9 @@ pub struct ScanPage {
 pub struct KvClient {
     transport: Arc<Transport>,
     /// Every known store, in the order they were given.
-    stores: Vec<(StoreId, SocketAddr)>,
+    stores: RwLock<Vec<(StoreId, SocketAddr)>>,
+    /// Where ranges are looked up first, when the cluster has placement.
+    placement: Option<Arc<PlacementClient>>,
     ranges: Mutex<RangeCache>,
     /// Rotates the store asked first, so lookups spread out.
     next_store: AtomicUsize,
@@ -106,15 +110,72 @@ impl KvClient {
         }
         Ok(KvClient {
             transport,
-            stores,
+            stores: RwLock::new(stores),
+            placement: None,
             ranges: Mutex::new(RangeCache::default()),
             next_store: AtomicUsize::new(0),
             config,
         })
     }
 
+    /// A client that finds ranges and stores through placement.
+    pub fn through_placement(
+        transport: Arc<Transport>,
+        placement: Arc<PlacementClient>,
+        config: ClientConfig,
+    ) -> Self {
+        KvClient {
+            transport,
+            stores: RwLock::new(Vec::new()),
+            placement: Some(placement),
+            ranges: Mutex::new(RangeCache::default()),
+            next_store: AtomicUsize::new(0),
+            config,
+        }
+    }
+
+    /// Also asks `placement` where ranges are (before asking stores).
+    pub fn with_placement(mut self, placement: Arc<PlacementClient>) -> Self {
+        self.placement = Some(placement);
+        self
+    }
+
     pub fn transport(&self) -> &Arc<Transport> {
         &self.transport
+    }
+
+    fn learn_store(&self, store_id: StoreId, addr: &str) {
+        let Ok(addr) = parse_addr(addr) else { return };
+        let mut stores = self.stores.write().expect("stores lock");
+        match stores.iter_mut().find(|(id, _)| *id == store_id) {
+            Some(entry) => entry.1 = addr,
+            None => stores.push((store_id, addr)),
+        }
+    }
+
+    /// The range holding `key` as placement routes it, learning its stores' addresses.
+    async fn locate_by_placement(&self, key: &[u8]) -> Option<RangeDescriptor> {
+        let placement = self.placement.as_ref()?;
+        let req = PlacementRequest::FindRange {
+            key: Bytes::copy_from_slice(key),
+        };
+        match placement.call(&req).await {
+            Ok(PlacementReply::Route(Some(route))) if route.range.contains(key) => {
+                for s in &route.stores {
+                    self.learn_store(s.store_id, &s.addr);
+                }
+                let leader = route.leader.and_then(|l| self.store_addr(l));
+                let mut cache = self.cache();
+                cache.insert(route.range.clone());
+                cache.set_leader(route.range.id, leader);
+                Some(route.range)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                debug!(error = %e, "placement could not route; asking stores");
+                None
+            }
+        }
     }
 
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
@@ -201,10 +262,14 @@ impl KvClient {
 
     /// The range holding `key`, as a store reports it (and the cache now holds).
     pub async fn locate(&self, key: &[u8]) -> Result<RangeDescriptor, ClientError> {
+        if let Some(range) = self.locate_by_placement(key).await {
+            return Ok(range);
+        }
         let mut last = String::from("no store answered");
-        for _ in 0..self.stores.len() {
-            let i = self.next_store.fetch_add(1, Ordering::Relaxed) % self.stores.len();
-            let (_, addr) = self.stores[i];
+        let stores = self.stores.read().expect("stores lock").clone();
+        for _ in 0..stores.len() {
+            let i = self.next_store.fetch_add(1, Ordering::Relaxed) % stores.len();
+            let (_, addr) = stores[i];
             let req = AdminRequest::FindRange {
                 key: Bytes::copy_from_slice(key),
             };
@@ -218,7 +283,7 @@ impl KvClient {
             }
         }
         Err(ClientError::Unavailable {
-            attempts: self.stores.len() as u32,
+            attempts: stores.len() as u32,
             elapsed_ms: 0,
             last,
         })
@@ -406,6 +471,9 @@ impl KvClient {
         let mut cache = self.cache();
         match error {
             KvError::NotLeader { leader, .. } => {
+                if let Some(h) = leader {
+                    self.learn_store(h.store_id, &h.addr);
+                }
                 let hint = leader
                     .as_ref()
                     .and_then(|h| parse_addr(&h.addr).ok())
@@ -433,6 +501,8 @@ impl KvClient {
 
     fn store_addr(&self, store_id: StoreId) -> Option<SocketAddr> {
         self.stores
+            .read()
+            .expect("stores lock")
             .iter()
             .find(|(id, _)| *id == store_id)
             .map(|(_, a)| *a)

@@ -38,6 +38,10 @@ pub enum FrameKind {
     AdminResponse = 6,
     /// One chunk of a Raft snapshot on its own one-way stream.
     SnapshotChunk = 7,
+    /// A request to the placement driver.
+    PlacementRequest = 8,
+    /// The placement driver's answer.
+    PlacementResponse = 9,
 }
 
 impl FrameKind {
@@ -50,6 +54,8 @@ impl FrameKind {
             5 => FrameKind::AdminRequest,
             6 => FrameKind::AdminResponse,
             7 => FrameKind::SnapshotChunk,
+            8 => FrameKind::PlacementRequest,
+            9 => FrameKind::PlacementResponse,
             other => return Err(RpcError::UnknownKind(other)),
         })
     }
@@ -212,6 +218,8 @@ mod tests {
             Just(FrameKind::AdminRequest),
             Just(FrameKind::AdminResponse),
             Just(FrameKind::SnapshotChunk),
+            Just(FrameKind::PlacementRequest),
+            Just(FrameKind::PlacementResponse),
         ]
     }
 

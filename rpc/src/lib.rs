@@ -7,6 +7,8 @@ pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod messages;
+pub mod placement;
+pub mod placement_client;
 pub mod range_cache;
 pub mod transport;
 

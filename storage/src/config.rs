@@ -33,6 +33,10 @@ pub struct StoreConfig {
     pub limits: StoreLimits,
     pub split: SplitConfig,
     pub log_gc: LogGcConfig,
+    /// Labels placement uses to spread replicas, e.g. `zone = "eu-1a"`, `host = "m1"`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The placement driver this store registers with and reports to.
+    pub placement: crate::heartbeat::PlacementLinkConfig,
 }
 
 /// When Raft logs are truncated.
@@ -91,6 +95,8 @@ impl Default for StoreConfig {
             limits: StoreLimits::default(),
             split: SplitConfig::default(),
             log_gc: LogGcConfig::default(),
+            labels: Default::default(),
+            placement: Default::default(),
         }
     }
 }
@@ -201,8 +207,19 @@ impl StoreConfig {
 
     pub fn validate(&self) -> Result<(), StorageError> {
         let bad = |m: String| Err(StorageError::Config(m));
-        if self.store_id == 0 {
-            return bad("store-id must be positive".into());
+        if self.store_id == 0 && self.placement.addrs.is_empty() {
+            return bad(
+                "store-id must be positive (or 0 with placement addrs: placement assigns one)"
+                    .into(),
+            );
+        }
+        if !self.placement.addrs.is_empty()
+            && (self.placement.heartbeat_interval_ms == 0
+                || self.placement.steps_in_flight_max == 0)
+        {
+            return bad(
+                "placement heartbeat-interval-ms and steps-in-flight-max must be positive".into(),
+            );
         }
         if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 {
             return bad("raft tick-ms and heartbeat-ticks must be positive".into());

@@ -13,6 +13,10 @@ pub enum StorageError {
     Config(String),
     #[error("data directory belongs to store {found}, but this store is configured as {configured}; point data-dir at this store's own directory")]
     WrongStore { found: u64, configured: u64 },
+    #[error("placement: {0}")]
+    Placement(String),
+    #[error("this store's data belongs to cluster {got:#x} but placement runs cluster {expected:#x}; point data-dir or placement addrs at the right cluster")]
+    WrongCluster { expected: u64, got: u64 },
     #[error(transparent)]
     Rpc(#[from] shale_rpc::RpcError),
     #[error("I/O: {0}")]
@@ -28,6 +32,8 @@ impl StorageError {
             StorageError::Raft(_) => "raft",
             StorageError::Config(_) => "config",
             StorageError::WrongStore { .. } => "wrong_store",
+            StorageError::Placement(_) => "placement",
+            StorageError::WrongCluster { .. } => "wrong_cluster",
             StorageError::Rpc(_) => "rpc",
             StorageError::Io(_) => "io",
         }

@@ -12,6 +12,8 @@ const RANGE_STATE_PREFIX: u8 = 0x01;
 const APPLY_STATE_PREFIX: u8 = 0x02;
 /// Meta key of the store's identity record.
 pub const STORE_IDENT_KEY: &[u8] = &[0x00, b's', b't', b'o', b'r', b'e'];
+/// The cluster this store joined (8 bytes, big endian), once placement told it.
+pub const CLUSTER_ID_KEY: &[u8] = b"\x00cluster-id";
 
 /// Raft CF: one log entry.
 pub fn log_key(range_id: RangeId, index: u64) -> [u8; 17] {

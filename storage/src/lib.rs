@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod faults;
+pub mod heartbeat;
 pub mod keys;
 pub mod metrics;
 pub mod node;

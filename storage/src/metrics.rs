@@ -20,6 +20,7 @@ pub struct StoreMetrics {
     pub reads: Counter,
     pub snapshots_sent: Counter,
     pub snapshots_applied: Counter,
+    pub snapshot_bytes_sent: Counter,
     pub splits: Counter,
     /// Per store (`store` label): a process may run several.
     pub ranges: Family<Vec<(String, String)>, Gauge>,
@@ -81,6 +82,11 @@ pub fn register(registry: &mut Registry) {
         "shale_store_snapshots_sent",
         "Snapshots streamed to a peer",
         m.snapshots_sent.clone(),
+    );
+    registry.register(
+        "shale_store_snapshot_bytes_sent",
+        "Bytes of snapshot chunks streamed to peers",
+        m.snapshot_bytes_sent.clone(),
     );
     registry.register(
         "shale_store_snapshots_applied",

@@ -11,6 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{parse_addr, ClientConfig, KvClient, FIRST_RANGE_ID};
+use shale_rpc::placement::ClusterId;
+use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::{Transport, TransportConfig};
 use shale_rpc::RpcError;
 use shale_rpc::{
@@ -23,6 +25,7 @@ use crate::command::{ApplyState, RangeState, ReplicaState, StoreIdent};
 use crate::config::StoreConfig;
 use crate::engine::{Cf, Durability, Engine};
 use crate::faults::Faults;
+use crate::heartbeat::{register, Heartbeats};
 use crate::keys;
 use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
@@ -42,6 +45,7 @@ pub struct StoreNode {
     transport: Arc<Transport>,
     serve_task: tokio::task::JoinHandle<()>,
     split_task: tokio::task::JoinHandle<()>,
+    heartbeat_task: Option<tokio::task::JoinHandle<()>>,
     faults: Arc<Faults>,
 }
 
@@ -107,8 +111,21 @@ impl StoreNode {
         identity: &TlsIdentity,
     ) -> Result<StoreNode, StorageError> {
         config.validate()?;
+        let mut config = config;
         std::fs::create_dir_all(&config.data_dir)?;
         let engine = Arc::new(Engine::open(&config.data_dir, &config.engine)?);
+        let listen =
+            parse_addr(&config.listen_addr).map_err(|e| StorageError::Config(e.to_string()))?;
+        let transport = bind_retrying(listen, identity, config.transport.clone()).await?;
+        let placement = match config.placement.addrs.is_empty() {
+            true => None,
+            false => {
+                let (placement, cluster_id, store_id) =
+                    join_placement(&engine, &config, transport.clone()).await?;
+                config.store_id = store_id;
+                Some((placement, cluster_id))
+            }
+        };
         check_ident(&engine, config.store_id)?;
         let mut states = load_ranges(&engine)?;
         let bootstraps = config
@@ -140,9 +157,6 @@ impl StoreNode {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let listen =
-            parse_addr(&config.listen_addr).map_err(|e| StorageError::Config(e.to_string()))?;
-        let transport = bind_retrying(listen, identity, config.transport.clone()).await?;
         let addr = transport.local_addr()?;
         let (tx, rx) = sync_channel(config.limits.queue_msgs_max);
         let faults = Arc::new(Faults::default());
@@ -187,7 +201,23 @@ impl StoreNode {
             engine.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),
             Arc::new(cluster),
+            placement.as_ref().map(|(p, _)| p.clone()),
         ));
+        let heartbeat_task = placement.map(|(placement, cluster_id)| {
+            tokio::spawn(
+                Heartbeats {
+                    service: service.clone(),
+                    placement,
+                    cluster_id,
+                    store_id: config.store_id,
+                    addr: config.advertise_addr().to_string(),
+                    labels: config.labels.clone(),
+                    data_dir: config.data_dir.clone(),
+                    config: config.placement.clone(),
+                }
+                .run(),
+            )
+        });
         let split_task = tokio::spawn(run_split_checks(
             engine.clone(),
             service.clone(),
@@ -205,6 +235,7 @@ impl StoreNode {
             transport,
             serve_task,
             split_task,
+            heartbeat_task,
             faults,
         })
     }
@@ -261,6 +292,10 @@ impl StoreNode {
         self.transport.close();
         self.serve_task.abort();
         self.split_task.abort();
+        if let Some(t) = self.heartbeat_task.take() {
+            t.abort();
+            let _ = t.await;
+        }
         let _ = (&mut self.serve_task).await;
         let _ = (&mut self.split_task).await;
         let _ = self.tx.send(StoreMsg::Shutdown);
@@ -319,6 +354,55 @@ async fn bind_retrying(
             }
             other => return Ok(other?),
         }
+    }
+}
+
+/// Registers with placement: a new store learns its cluster (and its id if it has none
+/// configured); a known one is checked against the cluster it joined. A store that holds
+/// a cluster id starts even when placement is unreachable (heartbeats retry).
+async fn join_placement(
+    engine: &Engine,
+    config: &StoreConfig,
+    transport: Arc<Transport>,
+) -> Result<(Arc<PlacementClient>, ClusterId, StoreId), StorageError> {
+    let client = Arc::new(
+        PlacementClient::new(transport, &config.placement.addrs, ClientConfig::default())
+            .map_err(|e| StorageError::Config(e.to_string()))?,
+    );
+    let stored_id = match engine.get(Cf::Meta, keys::STORE_IDENT_KEY)? {
+        Some(b) => Some(postcard::from_bytes::<StoreIdent>(&b)?.store_id),
+        None => None,
+    };
+    let store_id = match (config.store_id, stored_id) {
+        (0, Some(id)) => id,
+        (configured, _) => configured,
+    };
+    let stored_cluster = match engine.get(Cf::Meta, keys::CLUSTER_ID_KEY)? {
+        Some(b) => Some(u64::from_be_bytes(b[..].try_into().map_err(|_| {
+            StorageError::Corruption("cluster id is not 8 bytes".into())
+        })?)),
+        None => None,
+    };
+    let addr = config.advertise_addr().to_string();
+    match register(&client, stored_cluster, store_id, &addr, &config.labels).await {
+        Ok((cluster_id, store_id)) => {
+            if stored_cluster != Some(cluster_id) {
+                let mut batch = engine.batch();
+                batch.put(Cf::Meta, keys::CLUSTER_ID_KEY, &cluster_id.to_be_bytes());
+                engine.write(batch, Durability::Sync)?;
+            }
+            info!(
+                store_id,
+                cluster_id = format!("{cluster_id:#x}"),
+                "registered with placement"
+            );
+            Ok((client, cluster_id, store_id))
+        }
+        Err(StorageError::Placement(e)) if stored_cluster.is_some() && store_id != 0 => {
+            warn!(store_id, error = %e, "placement unreachable at start; heartbeats will retry");
+            Ok((client, stored_cluster.unwrap_or_default(), store_id))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -80,6 +80,9 @@ async fn send_snapshot(
     for chunk in &chunks {
         let frame = Frame::encode(FrameKind::SnapshotChunk, chunk).map_err(|e| e.to_string())?;
         stream.send(&frame).await.map_err(|e| e.to_string())?;
+        crate::metrics::METRICS
+            .snapshot_bytes_sent
+            .inc_by(frame.body.len() as u64);
     }
     stream.finish().await.map_err(|e| e.to_string())
 }

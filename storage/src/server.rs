@@ -2,6 +2,7 @@
 //! checks them, hands them to the store loop, and runs linearizable reads against the
 //! engine once the loop says they may proceed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,13 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use shale_rpc::client::{ClientError, KvClient};
 use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
+use shale_rpc::placement::{PlacementReply, PlacementRequest};
+use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::{rejected, Service};
 use shale_rpc::{
     AdminReply, AdminRequest, AdminResponse, Epoch, Frame, FrameKind, KvError, KvOp, KvReply,
-    KvRequest, KvResponse, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, ReplicaDescriptor,
-    StoreId, WriteOp, SYSTEM_PREFIX_END,
+    KvRequest, KvResponse, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus,
+    ReplicaDescriptor, StoreId, WriteOp, SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -39,7 +42,23 @@ pub struct StoreService {
     request_timeout: Duration,
     /// Reaches the range holding the id counter, wherever it is.
     cluster: Arc<KvClient>,
+    /// Placement, when the store reports to one: it hands out ids then.
+    placement: Option<Arc<PlacementClient>>,
+    /// Requests per range since the last heartbeat took them.
+    load: Mutex<HashMap<RangeId, RangeLoad>>,
 }
+
+/// Requests one range served since the last report.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RangeLoad {
+    pub write_ops: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub read_bytes: u64,
+}
+
+/// Most ranges whose load is tracked between reports; past it new ranges are not counted.
+const LOAD_RANGES_MAX: usize = 1 << 20;
 
 impl StoreService {
     pub fn new(
@@ -50,6 +69,7 @@ impl StoreService {
         engine: Arc<Engine>,
         request_timeout: Duration,
         cluster: Arc<KvClient>,
+        placement: Option<Arc<PlacementClient>>,
     ) -> Self {
         StoreService {
             store_id,
@@ -60,7 +80,68 @@ impl StoreService {
             engine,
             request_timeout,
             cluster,
+            placement,
+            load: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Hands out `count` new ids: from placement when the store has one, else from the
+    /// cluster's own counter.
+    async fn alloc_ids(&self, count: u32) -> Result<u64, KvError> {
+        let Some(placement) = &self.placement else {
+            return self.cluster.alloc_ids(count).await.map_err(client_err);
+        };
+        match placement.call(&PlacementRequest::AllocIds { count }).await {
+            Ok(PlacementReply::Ids { first, count: got }) if got == count => Ok(first),
+            Ok(other) => Err(KvError::ServerBusy {
+                reason: format!("placement answered {other:?} to an id allocation"),
+            }),
+            Err(e) => Err(KvError::ServerBusy {
+                reason: format!("id allocation failed: {e}"),
+            }),
+        }
+    }
+
+    /// Takes the per-range load counted since the last call.
+    pub fn take_load(&self) -> HashMap<RangeId, RangeLoad> {
+        std::mem::take(&mut *self.load.lock().expect("load lock"))
+    }
+
+    fn count_load(&self, range_id: RangeId, op: &KvOp) {
+        let mut load = self.load.lock().expect("load lock");
+        if load.len() >= LOAD_RANGES_MAX && !load.contains_key(&range_id) {
+            return;
+        }
+        let entry = load.entry(range_id).or_default();
+        match op {
+            KvOp::Get { key } => {
+                entry.read_ops += 1;
+                entry.read_bytes += key.len() as u64;
+            }
+            KvOp::Scan { .. } => entry.read_ops += 1,
+            KvOp::Put { key, value } => {
+                entry.write_ops += 1;
+                entry.write_bytes += (key.len() + value.len()) as u64;
+            }
+            KvOp::Delete { key } => {
+                entry.write_ops += 1;
+                entry.write_bytes += key.len() as u64;
+            }
+            KvOp::Batch { ops } => {
+                entry.write_ops += 1;
+                entry.write_bytes += ops.iter().map(|o| o.key().len() as u64).sum::<u64>();
+            }
+            KvOp::AllocIds { .. } => {}
+        }
+    }
+
+    /// The state of every replica on this store.
+    pub async fn status(&self) -> Result<Vec<RangeStatus>, KvError> {
+        self.ask(|reply| StoreMsg::Status { reply }).await
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     fn enqueue(&self, msg: StoreMsg) -> Result<(), KvError> {
@@ -92,6 +173,7 @@ impl StoreService {
     /// Answers one KV request.
     pub async fn handle(&self, req: KvRequest) -> KvResponse {
         req.op.validate()?;
+        self.count_load(req.range_id, &req.op);
         let KvRequest {
             range_id,
             epoch,
@@ -158,12 +240,7 @@ impl StoreService {
             return Err(KvError::KeyNotInRange { range_id });
         }
         let count = range.replicas.len() as u32 + 1;
-        let first = self.cluster.alloc_ids(count).await.map_err(|e| match e {
-            ClientError::Kv(e) => e,
-            other => KvError::ServerBusy {
-                reason: format!("id allocation failed: {other}"),
-            },
-        })?;
+        let first = self.alloc_ids(count).await?;
         let right = RangeDescriptor {
             id: first,
             start_key: split_key.clone(),
@@ -275,7 +352,7 @@ impl StoreService {
             .write()
             .expect("address book lock")
             .insert(store_id, addr);
-        let id = self.cluster.alloc_ids(1).await.map_err(client_err)?;
+        let id = self.alloc_ids(1).await?;
         let mut new_range = range.clone();
         new_range.replicas.push(ReplicaDescriptor { id, store_id });
         new_range.epoch.conf_ver += 1;

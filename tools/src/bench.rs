@@ -23,6 +23,51 @@ pub enum BenchCommand {
     Idle(IdleBenchArgs),
     /// S3 PUT, GET and LIST throughput and latency against any S3 endpoint(s).
     S3(S3BenchArgs),
+    /// One placement scheduling pass over a large simulated cluster (pure, no I/O).
+    Schedule(ScheduleBenchArgs),
+}
+
+#[derive(Args)]
+pub struct ScheduleBenchArgs {
+    #[arg(long, default_value_t = 100_000)]
+    ranges: u64,
+    #[arg(long, default_value_t = 100)]
+    stores: u64,
+    /// Passes timed per scenario.
+    #[arg(long, default_value_t = 10)]
+    passes: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn schedule_bench(args: ScheduleBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.stores > 10 && args.ranges > 0 && args.passes > 0,
+        "need more than 10 stores, and ranges and passes above 0"
+    );
+    let results = shale_bench::schedule::run(args.ranges, args.stores, args.passes);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    println!(
+        "{:<30} {:>8} {:>7} {:>10} {:>10} {:>10} {:>18}",
+        "scenario", "ranges", "stores", "operators", "p50 ms", "max ms", "baseline walk ms"
+    );
+    for r in results {
+        println!(
+            "{:<30} {:>8} {:>7} {:>10} {:>10.2} {:>10.2} {:>18.2}",
+            r.scenario,
+            r.ranges,
+            r.stores,
+            r.operators,
+            r.pass_ms_p50,
+            r.pass_ms_max,
+            r.baseline_walk_ms
+        );
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -184,6 +229,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Kv(args) => kv(args).await,
         BenchCommand::Idle(args) => idle(args).await,
         BenchCommand::S3(args) => s3(args).await,
+        BenchCommand::Schedule(args) => schedule_bench(args),
     }
 }
 

@@ -8,13 +8,17 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{ClientConfig, KvClient};
+use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::{Transport, TransportConfig};
 use shale_rpc::StoreAddr;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterFile {
-    /// Every store's id and address.
+    /// Every store's id and address (those known when the file was written).
     pub stores: Vec<StoreAddr>,
+    /// Placement nodes' addresses; clients find ranges and new stores through them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
     /// The cluster CA certificate (PEM file).
     pub ca_cert: PathBuf,
     /// A client certificate signed by the cluster CA, and its key.
@@ -59,10 +63,31 @@ impl ClusterFile {
     pub fn client(&self) -> anyhow::Result<Arc<KvClient>> {
         let transport = Transport::client(&self.identity()?, TransportConfig::default())
             .context("create client endpoint")?;
-        Ok(Arc::new(KvClient::new(
+        let client = KvClient::new(transport.clone(), &self.stores, ClientConfig::default())?;
+        Ok(Arc::new(match self.placement_with(transport)? {
+            Some(p) => client.with_placement(p),
+            None => client,
+        }))
+    }
+
+    /// A placement client, when the cluster has placement.
+    pub fn placement(&self) -> anyhow::Result<Option<Arc<PlacementClient>>> {
+        let transport = Transport::client(&self.identity()?, TransportConfig::default())
+            .context("create client endpoint")?;
+        self.placement_with(transport)
+    }
+
+    fn placement_with(
+        &self,
+        transport: Arc<Transport>,
+    ) -> anyhow::Result<Option<Arc<PlacementClient>>> {
+        if self.placement.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(PlacementClient::new(
             transport,
-            &self.stores,
+            &self.placement,
             ClientConfig::default(),
-        )?))
+        )?)))
     }
 }

@@ -1,5 +1,6 @@
-//! `shale ctl`: see and steer a running cluster. Until the placement driver exists, it
-//! asks every store in the cluster file directly; a store that does not answer is down.
+//! `shale ctl`: see and steer a running cluster. With placement in the cluster file it
+//! asks placement (the cluster map, operators, drain, scheduling); without, it asks every
+//! store in the cluster file directly and a store that does not answer is down.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use shale_rpc::{AdminReply, AdminRequest, RangeStatus, StoreId};
 
 use crate::cluster_file::ClusterFile;
 
+mod via_placement;
+
 #[derive(Args)]
 pub struct CtlArgs {
     /// The cluster file (`shale dev` writes DATA_DIR/dev.json).
@@ -28,7 +31,7 @@ pub struct CtlArgs {
 }
 
 #[derive(Subcommand)]
-enum CtlCommand {
+pub enum CtlCommand {
     /// Cluster health at a glance: stores up/down, ranges, under-replicated ranges.
     Status,
     /// Every store: state, ranges, leaders, bytes.
@@ -59,10 +62,24 @@ enum CtlCommand {
         #[arg(long)]
         to: StoreId,
     },
+    /// Decommission a store: placement moves its replicas away until it holds none
+    /// (`--undo` takes it back). Needs placement.
+    Drain {
+        store: StoreId,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Operators placement has in flight (replica moves, leader moves, splits).
+    Operators,
+    /// Pause or resume automatic scheduling (repair of lost replicas keeps running).
+    Scheduling {
+        #[arg(value_parser = ["pause", "resume"])]
+        action: String,
+    },
 }
 
 #[derive(Subcommand)]
-enum KeysCommand {
+pub enum KeysCommand {
     /// Create a key; prints its access key and secret (the only time the secret is shown).
     Create {
         /// A name to tell keys apart.
@@ -76,7 +93,7 @@ enum KeysCommand {
 }
 
 #[derive(Debug, Serialize)]
-struct StoreView {
+pub struct StoreView {
     id: StoreId,
     addr: String,
     /// `up` or `down` (`draining` once placement can drain).
@@ -88,7 +105,7 @@ struct StoreView {
 }
 
 #[derive(Debug, Serialize)]
-struct RangeView {
+pub struct RangeView {
     id: u64,
     start_key: String,
     end_key: String,
@@ -107,7 +124,7 @@ impl RangeView {
 }
 
 #[derive(Debug, Serialize)]
-struct StatusView {
+pub struct StatusView {
     stores: Vec<StoreView>,
     ranges: usize,
     under_replicated_ranges: usize,
@@ -133,7 +150,7 @@ async fn snapshot(file: &ClusterFile, transport: &Transport) -> Snapshot {
     Snapshot { stores }
 }
 
-fn key_text(k: &[u8]) -> String {
+pub fn key_text(k: &[u8]) -> String {
     String::from_utf8_lossy(k).into_owned()
 }
 
@@ -201,6 +218,9 @@ fn wanted_replicas(stores: usize) -> usize {
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let file = ClusterFile::load(&args.cluster)?;
+    if let Some(placement) = file.placement()? {
+        return via_placement::run(&file, &placement, args.command, args.json).await;
+    }
     let transport = Transport::client(
         &file.identity()?,
         TransportConfig {
@@ -233,20 +253,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 under_replicated_ranges: under,
                 stores,
             };
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                println!(
-                    "stores: {} up, {} down",
-                    up.len(),
-                    view.stores.len() - up.len()
-                );
-                println!(
-                    "ranges: {} ({} under-replicated or leaderless)",
-                    view.ranges, view.under_replicated_ranges
-                );
-                print_stores(&view.stores);
-            }
+            print_status(&view, args.json)?;
         }
         CtlCommand::Stores => {
             let stores = snapshot(&file, &transport).await.stores();
@@ -261,32 +268,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             if let Some(k) = key {
                 ranges.retain(|r| r.holds(&k));
             }
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&ranges)?);
-            } else {
-                println!(
-                    "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
-                    "id", "start", "end", "replicas", "leader", "size"
-                );
-                for r in &ranges {
-                    let replicas = r
-                        .replicas
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
-                    println!(
-                        "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
-                        r.id,
-                        trim(&r.start_key),
-                        trim(&r.end_key),
-                        replicas,
-                        leader,
-                        r.size_bytes
-                    );
-                }
-            }
+            print_ranges(&ranges, args.json)?;
+        }
+        CtlCommand::Drain { .. } | CtlCommand::Operators | CtlCommand::Scheduling { .. } => {
+            bail!("this needs placement, and the cluster file names no placement nodes")
         }
         CtlCommand::Keys(op) => keys(&file, op, args.json).await?,
         CtlCommand::Split { key } => {
@@ -352,7 +337,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn keys(file: &ClusterFile, op: KeysCommand, json: bool) -> anyhow::Result<()> {
+pub async fn keys(file: &ClusterFile, op: KeysCommand, json: bool) -> anyhow::Result<()> {
     let kv = file.client()?;
     match op {
         KeysCommand::Create { name } => {
@@ -407,7 +392,52 @@ fn trim(k: &str) -> String {
     }
 }
 
-fn print_stores(stores: &[StoreView]) {
+fn print_status(view: &StatusView, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
+        return Ok(());
+    }
+    let up = view.stores.iter().filter(|s| s.state == "up").count();
+    println!("stores: {} up, {} not up", up, view.stores.len() - up);
+    println!(
+        "ranges: {} ({} under-replicated or leaderless)",
+        view.ranges, view.under_replicated_ranges
+    );
+    print_stores(&view.stores);
+    Ok(())
+}
+
+fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(ranges)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
+        "id", "start", "end", "replicas", "leader", "size"
+    );
+    for r in ranges {
+        let replicas = r
+            .replicas
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
+        println!(
+            "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
+            r.id,
+            trim(&r.start_key),
+            trim(&r.end_key),
+            replicas,
+            leader,
+            r.size_bytes
+        );
+    }
+    Ok(())
+}
+
+pub fn print_stores(stores: &[StoreView]) {
     println!(
         "{:<6} {:<22} {:<6} {:>7} {:>8} {:>14}",
         "store", "addr", "state", "ranges", "leaders", "used bytes"

@@ -13,6 +13,7 @@ use shale_storage::cluster::{cluster_configs, LocalCluster};
 use crate::cluster_file::{ClusterFile, S3Endpoint};
 use crate::store::wait_for_shutdown_signal;
 use shale_gateway::{Gateway, GatewayConfig};
+use shale_placement::{PlacementConfig, PlacementNode, PlacementPeer};
 
 #[derive(Args)]
 pub struct DevArgs {
@@ -25,6 +26,9 @@ pub struct DevArgs {
     /// First store's UDP port; store N listens on port-base + N - 1.
     #[arg(long, default_value_t = 7101)]
     port_base: u16,
+    /// UDP port of the placement node's API; its Raft port is the next one.
+    #[arg(long, default_value_t = 7001)]
+    placement_port: u16,
     /// TCP port of the S3 endpoint on 127.0.0.1.
     #[arg(long, default_value_t = 9000)]
     s3_port: u16,
@@ -89,7 +93,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let certs = data_dir.join("certs");
     let identity = dev_identity(&certs)?;
     let ports: Vec<u16> = (0..args.stores).map(|i| args.port_base + i).collect();
-    let configs = cluster_configs(&data_dir, &ports);
+    let placement_config = dev_placement_config(&data_dir, args.placement_port);
+    let placement_addr = placement_config.listen_addr.clone();
+    let mut configs = cluster_configs(&data_dir, &ports);
+    for c in &mut configs {
+        c.placement.addrs = vec![placement_addr.clone()];
+    }
     if let Some(existing) = existing_store_count(&data_dir) {
         if existing != configs.len() {
             bail!(
@@ -99,12 +108,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let placement = PlacementNode::start(placement_config, &identity)
+        .await
+        .with_context(|| format!("start the placement node on {placement_addr} (is the port free? see --placement-port)"))?;
     let cluster = LocalCluster::start(&data_dir, identity, configs)
         .await
         .context("start the stores")?;
     let creds = dev_credentials(&data_dir, args.access_key, args.secret_key)?;
     let mut file = ClusterFile {
         stores: cluster.store_addrs(),
+        placement: vec![placement_addr],
         ca_cert: certs.join(CA_CERT_FILE),
         cert: certs.join("client.pem"),
         key: certs.join("client.key"),
@@ -141,7 +154,25 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!("shutting down...");
     gateway.shutdown().await;
     cluster.shutdown().await;
+    placement.shutdown().await;
     Ok(())
+}
+
+/// One placement node for the dev cluster, data beside the stores'.
+fn dev_placement_config(data_dir: &Path, port: u16) -> PlacementConfig {
+    let peer = PlacementPeer {
+        node_id: 1,
+        addr: format!("127.0.0.1:{port}"),
+        raft_addr: format!("127.0.0.1:{}", port + 1),
+    };
+    PlacementConfig {
+        node_id: 1,
+        listen_addr: peer.addr.clone(),
+        raft_listen_addr: peer.raft_addr.clone(),
+        data_dir: data_dir.join("placement-1"),
+        peers: vec![peer],
+        ..PlacementConfig::default()
+    }
 }
 
 /// Loads the dev CA and node certificate, creating them on first start.
@@ -178,6 +209,9 @@ fn print_banner(file: &ClusterFile, cluster_path: &Path) {
     );
     for s in &file.stores {
         println!("  store {} at {} (QUIC, mutual TLS)", s.store_id, s.addr);
+    }
+    for p in &file.placement {
+        println!("  placement at {p}");
     }
     if let Some(s3) = &file.s3 {
         println!();

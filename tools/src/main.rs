@@ -11,6 +11,7 @@ mod kv;
 mod load;
 mod logging;
 mod metrics;
+mod placement;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run one store of a cluster from a TOML config file.
     Store(store::StoreArgs),
+    /// Run one placement node (cluster map, ids, repair and balancing) from a TOML config.
+    Placement(placement::PlacementArgs),
     /// Run an S3 endpoint in front of a cluster.
     Gateway(gateway::GatewayArgs),
     /// Create the cluster CA and node certificates for mutual TLS.
@@ -58,9 +61,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Print a config with every field at its default (`--role store` or `gateway`).
+    /// Print a config with every field at its default (`--role store`, `placement` or `gateway`).
     Example {
-        #[arg(long, default_value = "store", value_parser = ["store", "gateway"])]
+        #[arg(long, default_value = "store", value_parser = ["store", "placement", "gateway"])]
         role: String,
     },
 }
@@ -75,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Store(args) => store::run(args).await,
+            Command::Placement(args) => placement::run(args).await,
             Command::Gateway(args) => gateway::run(args).await,
             Command::Certs(cmd) => certs::run(cmd),
             Command::Kv(args) => kv::run(args).await,
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             Command::Config(ConfigCommand::Example { role }) => {
                 match role.as_str() {
                     "gateway" => print!("{}", gateway::example_config()),
+                    "placement" => print!("{}", placement::example_config()),
                     _ => print!("{}", store::example_config()),
                 }
                 Ok(())

@@ -5,5 +5,6 @@ mod ctl;
 mod dev;
 mod gateway_memory;
 mod load;
+mod placement_kill;
 mod procs;
 mod store_kill;

@@ -17,12 +17,14 @@ pub fn shale() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shale"))
 }
 
-/// A store process that is killed when dropped.
+/// A store (or placement) process that is killed when dropped.
 pub struct StoreProc {
     pub config_path: PathBuf,
     pub config: StoreConfig,
     pub child: Option<Child>,
     log: PathBuf,
+    /// `store` or `placement`: the subcommand the process runs.
+    pub role: &'static str,
 }
 
 impl StoreProc {
@@ -34,7 +36,7 @@ impl StoreProc {
             .open(&self.log)
             .unwrap();
         let child = shale()
-            .args(["store", "--config"])
+            .args([self.role, "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -120,10 +122,48 @@ pub fn store_procs_joining(
                 config_path,
                 config,
                 child: None,
+                role: "store",
             }
         })
         .collect();
     (procs, identity)
+}
+
+/// A placement process for `dir`'s certificates (from `store_procs`), scheduling fast:
+/// a store silent 3 s is down. Returns it (its `config` field is unused) and its address.
+pub fn placement_proc(dir: &Path) -> (StoreProc, String) {
+    let certs = dir.join("certs");
+    let mut config = shale_placement::cluster::placement_configs(dir, 1)
+        .unwrap()
+        .remove(0);
+    config.tls = TlsPaths {
+        ca_cert: certs.join("ca.pem"),
+        cert: certs.join("node.pem"),
+        key: certs.join("node.key"),
+    };
+    config.schedule.store_down_after_ms = 3000;
+    config.schedule.interval_ms = 200;
+    config.schedule.step_retry_ms = 3000;
+    let config_path = dir.join("placement.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let addr = config.listen_addr.clone();
+    let proc = StoreProc {
+        log: dir.join("placement.log"),
+        config_path,
+        config: StoreConfig::default(),
+        child: None,
+        role: "placement",
+    };
+    (proc, addr)
+}
+
+/// Points every store at placement `addr` (heartbeats every 200 ms) and rewrites configs.
+pub fn use_placement(procs: &mut [StoreProc], addr: &str) {
+    for p in procs {
+        p.config.placement.addrs = vec![addr.to_string()];
+        p.config.placement.heartbeat_interval_ms = 200;
+        std::fs::write(&p.config_path, toml::to_string(&p.config).unwrap()).unwrap();
+    }
 }
 
 /// Index of the store that answers a read as leader, waiting up to `timeout`.

@@ -1,0 +1,499 @@
+//! The schedulers: a pure function from the cluster view (and what is already in
+//! flight) to new operators. Repair comes first (replicas on down or draining stores,
+//! missing or extra replicas, zones), then replica balance, leader balance and splits
+//! of hot ranges. Every decision respects per-store and per-pass limits.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use shale_rpc::placement::{RangeStep, StoreState};
+use shale_rpc::{RangeId, StoreId};
+
+use crate::operator::{Busy, Operator};
+use crate::view::{ClusterView, HotThresholds, RangeView, StoreView};
+
+/// How the schedulers behave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Replicas every range should have.
+    pub replicas: usize,
+    /// A store silent this long is down; its replicas are re-created elsewhere.
+    pub store_down_after_ms: u64,
+    /// Milliseconds between scheduling passes.
+    pub interval_ms: u64,
+    /// An operator not done after this long is dropped (the next pass plans again).
+    pub operator_timeout_ms: u64,
+    /// A step handed to a leader is handed out again after this long if not done.
+    pub step_retry_ms: u64,
+    /// Operators moving replicas to or from one store at once.
+    pub store_operators_max: u32,
+    /// New operators one pass may start.
+    pub operators_per_pass_max: usize,
+    /// Stores within this fraction of the mean replica (or leader) count are balanced.
+    pub balance_tolerance_ratio: f64,
+    /// A range serving this many requests per second...
+    pub hot_ops_per_sec: f64,
+    /// ...or this many bytes per second...
+    pub hot_bytes_per_sec: f64,
+    /// ...for this long is split in two.
+    pub hot_window_ms: u64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            replicas: 3,
+            store_down_after_ms: 30 * 60 * 1000,
+            interval_ms: 1000,
+            operator_timeout_ms: 10 * 60 * 1000,
+            step_retry_ms: 10_000,
+            store_operators_max: 4,
+            operators_per_pass_max: 64,
+            balance_tolerance_ratio: 0.05,
+            hot_ops_per_sec: 5000.0,
+            hot_bytes_per_sec: 64.0 * 1024.0 * 1024.0,
+            hot_window_ms: 60_000,
+        }
+    }
+}
+
+impl ScheduleConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.replicas == 0 || self.replicas > 7 {
+            return Err("schedule.replicas must be 1..=7".into());
+        }
+        if self.interval_ms == 0 || self.step_retry_ms == 0 || self.operators_per_pass_max == 0 {
+            return Err("schedule intervals and limits must be above 0".into());
+        }
+        if !(0.0..1.0).contains(&self.balance_tolerance_ratio) {
+            return Err("schedule.balance-tolerance-ratio must be in [0, 1)".into());
+        }
+        Ok(())
+    }
+
+    pub fn hot(&self) -> HotThresholds {
+        HotThresholds {
+            ops_per_sec: self.hot_ops_per_sec,
+            bytes_per_sec: self.hot_bytes_per_sec,
+        }
+    }
+}
+
+/// Plans new operators for one pass. `paused` stops everything but repair.
+pub fn schedule(
+    view: &ClusterView,
+    busy: &Busy,
+    config: &ScheduleConfig,
+    now_ms: u64,
+    paused: bool,
+) -> Vec<Operator> {
+    let mut plan = Planner::new(view, busy, config, now_ms);
+    plan.repair();
+    if !paused {
+        plan.balance_replicas();
+        plan.balance_leaders();
+        plan.split_hot();
+    }
+    plan.operators
+}
+
+struct Planner<'a> {
+    view: &'a ClusterView,
+    busy: Busy,
+    config: &'a ScheduleConfig,
+    now_ms: u64,
+    states: HashMap<StoreId, StoreState>,
+    /// Replica and leader counts per store, updated as operators are planned.
+    replicas: HashMap<StoreId, i64>,
+    leaders: HashMap<StoreId, i64>,
+    operators: Vec<Operator>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(view: &'a ClusterView, busy: &Busy, config: &'a ScheduleConfig, now_ms: u64) -> Self {
+        let states = view
+            .stores
+            .values()
+            .map(|s| {
+                (
+                    s.id,
+                    view.store_state(s, now_ms, config.store_down_after_ms),
+                )
+            })
+            .collect();
+        let mut replicas: HashMap<StoreId, i64> = view.stores.keys().map(|&s| (s, 0)).collect();
+        let mut leaders = replicas.clone();
+        for (store, (r, l)) in view.counts() {
+            *replicas.entry(store).or_default() += r as i64;
+            *leaders.entry(store).or_default() += l as i64;
+        }
+        Planner {
+            view,
+            busy: busy.clone(),
+            config,
+            now_ms,
+            states,
+            replicas,
+            leaders,
+            operators: Vec::new(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.operators.len() >= self.config.operators_per_pass_max
+    }
+
+    fn state(&self, store: StoreId) -> StoreState {
+        self.states.get(&store).copied().unwrap_or(StoreState::Down)
+    }
+
+    fn is_up(&self, store: StoreId) -> bool {
+        self.state(store) == StoreState::Up
+    }
+
+    fn has_room(&self, store: StoreId) -> bool {
+        self.busy.stores.get(&store).copied().unwrap_or(0) < self.config.store_operators_max
+    }
+
+    fn store(&self, id: StoreId) -> Option<&StoreView> {
+        self.view.stores.get(&id)
+    }
+
+    fn zone(&self, id: StoreId) -> Option<&str> {
+        self.store(id).and_then(StoreView::zone)
+    }
+
+    fn push(&mut self, range: &RangeView, reason: &'static str, steps: Vec<RangeStep>) {
+        for step in &steps {
+            match step {
+                RangeStep::AddReplica { store_id, .. } => {
+                    *self.replicas.entry(*store_id).or_default() += 1;
+                    *self.busy.stores.entry(*store_id).or_default() += 1;
+                }
+                RangeStep::RemoveReplica { store_id, .. } => {
+                    *self.replicas.entry(*store_id).or_default() -= 1;
+                    *self.busy.stores.entry(*store_id).or_default() += 1;
+                }
+                RangeStep::TransferLeader { to_store, .. } => {
+                    *self.leaders.entry(*to_store).or_default() += 1;
+                    if let Some(from) = range.leader {
+                        *self.leaders.entry(from).or_default() -= 1;
+                    }
+                }
+                RangeStep::Split { .. } => {}
+            }
+        }
+        self.busy.ranges.insert(range.range.id);
+        self.operators
+            .push(Operator::new(range, reason, steps, self.now_ms));
+    }
+
+    /// The best up store to take a new replica of `range`: not holding one, room for
+    /// work, a zone the range does not use yet if there is one, then fewest replicas.
+    fn pick_target(&self, range: &RangeView, ignoring: Option<StoreId>) -> Option<StoreId> {
+        let used_zones: Vec<&str> = range
+            .range
+            .replicas
+            .iter()
+            .filter(|r| Some(r.store_id) != ignoring && self.is_up(r.store_id))
+            .filter_map(|r| self.zone(r.store_id))
+            .collect();
+        self.view
+            .stores
+            .values()
+            .filter(|s| self.is_up(s.id) && self.has_room(s.id))
+            .filter(|s| range.range.replica_on(s.id).is_none())
+            .min_by_key(|s| {
+                let zone_taken = s.zone().is_some_and(|z| used_zones.contains(&z));
+                (
+                    zone_taken,
+                    self.replicas.get(&s.id).copied().unwrap_or(0),
+                    s.used_bytes,
+                    s.id,
+                )
+            })
+            .map(|s| s.id)
+    }
+
+    fn add_step(&self, range: &RangeView, store: StoreId) -> RangeStep {
+        RangeStep::AddReplica {
+            range_id: range.range.id,
+            store_id: store,
+            addr: self
+                .store(store)
+                .map(|s| s.addr.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Which replica of a range with too many to drop: one on a store that is not up,
+    /// then one sharing its zone with another, then the one on the fullest store.
+    fn pick_extra(&self, range: &RangeView) -> Option<StoreId> {
+        let stores: Vec<StoreId> = range.range.replicas.iter().map(|r| r.store_id).collect();
+        let zone_dups = |s: StoreId| {
+            let z = self.zone(s);
+            z.is_some() && stores.iter().filter(|&&o| self.zone(o) == z).count() > 1
+        };
+        stores
+            .iter()
+            .copied()
+            .filter(|&s| self.has_room(s) || !self.is_up(s))
+            .max_by_key(|&s| {
+                (
+                    !self.is_up(s),
+                    zone_dups(s),
+                    self.replicas.get(&s).copied().unwrap_or(0),
+                    s,
+                )
+            })
+    }
+
+    /// Replicas on stores that are down or draining are replaced; missing ones added;
+    /// extra ones removed; a range with two replicas in one zone gets one in another.
+    fn repair(&mut self) {
+        let target = self.config.replicas;
+        let mut ids: Vec<RangeId> = self.view.ranges.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if self.full() {
+                return;
+            }
+            if self.busy.ranges.contains(&id) {
+                continue;
+            }
+            let view = self.view;
+            let range = &view.ranges[&id];
+            if range.leader.is_none() {
+                continue;
+            }
+            let healthy = range
+                .range
+                .replicas
+                .iter()
+                .filter(|r| self.is_up(r.store_id))
+                .count();
+            if healthy < target {
+                if let Some(to) = self.pick_target(range, None) {
+                    let step = self.add_step(range, to);
+                    self.push(range, "repair", vec![step]);
+                }
+                continue;
+            }
+            if range.range.replicas.len() > target {
+                if let Some(from) = self.pick_extra(range) {
+                    let step = RangeStep::RemoveReplica {
+                        range_id: id,
+                        store_id: from,
+                    };
+                    self.push(range, "repair", vec![step]);
+                }
+                continue;
+            }
+            if let Some(to) = self.zone_fix(range) {
+                let step = self.add_step(range, to);
+                self.push(range, "zone", vec![step]);
+            }
+        }
+    }
+
+    /// A store in a zone `range` does not use, when two of its replicas share a zone.
+    fn zone_fix(&self, range: &RangeView) -> Option<StoreId> {
+        let zones: Vec<Option<&str>> = range
+            .range
+            .replicas
+            .iter()
+            .map(|r| self.zone(r.store_id))
+            .collect();
+        let dup = zones
+            .iter()
+            .enumerate()
+            .any(|(i, z)| z.is_some() && zones[..i].contains(z));
+        if !dup {
+            return None;
+        }
+        let to = self.pick_target(range, None)?;
+        let zone = self.zone(to);
+        (zone.is_some() && !zones.contains(&zone)).then_some(to)
+    }
+
+    /// The largest and smallest counts among up stores, with their stores.
+    fn extremes(
+        &self,
+        counts: &HashMap<StoreId, i64>,
+    ) -> Option<((StoreId, i64), (StoreId, i64), f64)> {
+        let up: Vec<(StoreId, i64)> = self
+            .view
+            .stores
+            .keys()
+            .filter(|&&s| self.is_up(s))
+            .map(|&s| (s, counts.get(&s).copied().unwrap_or(0)))
+            .collect();
+        if up.len() < 2 {
+            return None;
+        }
+        let mean = up.iter().map(|(_, c)| *c as f64).sum::<f64>() / up.len() as f64;
+        let max = *up
+            .iter()
+            .filter(|(s, _)| self.has_room(*s))
+            .max_by_key(|(s, c)| (*c, std::cmp::Reverse(*s)))?;
+        let min = *up
+            .iter()
+            .filter(|(s, _)| self.has_room(*s))
+            .min_by_key(|(s, c)| (*c, *s))?;
+        Some((max, min, mean))
+    }
+
+    fn tolerance(&self, mean: f64) -> i64 {
+        ((mean * self.config.balance_tolerance_ratio).ceil() as i64).max(1)
+    }
+
+    /// Moves replicas from the store with the most to the one with the fewest until
+    /// they are within the tolerance.
+    fn balance_replicas(&mut self) {
+        let by_store = self.ranges_by_store();
+        let view = self.view;
+        while !self.full() {
+            let Some(((from, most), (to, fewest), mean)) = self.extremes(&self.replicas) else {
+                return;
+            };
+            if most - fewest <= self.tolerance(mean) {
+                return;
+            }
+            let candidate = by_store.get(&from).and_then(|ids| {
+                ids.iter()
+                    .map(|id| &view.ranges[id])
+                    .filter(|r| !self.busy.ranges.contains(&r.range.id))
+                    .filter(|r| r.range.replica_on(to).is_none() && r.leader.is_some())
+                    .filter(|r| r.range.replicas.len() == self.config.replicas)
+                    .filter(|r| self.zone_allows(r, from, to))
+                    // Moving a follower needs no leader transfer.
+                    .min_by_key(|r| (r.leader == Some(from), r.range.id))
+            });
+            let Some(range) = candidate else { return };
+            let steps = vec![
+                self.add_step(range, to),
+                RangeStep::RemoveReplica {
+                    range_id: range.range.id,
+                    store_id: from,
+                },
+            ];
+            self.push(range, "balance-replicas", steps);
+        }
+    }
+
+    /// True when replacing the replica on `from` with one on `to` keeps zones apart.
+    fn zone_allows(&self, range: &RangeView, from: StoreId, to: StoreId) -> bool {
+        let Some(zone) = self.zone(to) else {
+            return true;
+        };
+        if self.zone(from) == Some(zone) {
+            return true;
+        }
+        !range
+            .range
+            .replicas
+            .iter()
+            .any(|r| r.store_id != from && self.zone(r.store_id) == Some(zone))
+    }
+
+    /// Moves leadership from the store leading the most ranges to one leading fewest.
+    fn balance_leaders(&mut self) {
+        let by_store = self.ranges_by_store();
+        let view = self.view;
+        while !self.full() {
+            let Some(((from, most), (to, fewest), mean)) = self.extremes(&self.leaders) else {
+                return;
+            };
+            if most - fewest <= self.tolerance(mean) {
+                return;
+            }
+            let candidate = by_store.get(&from).and_then(|ids| {
+                ids.iter()
+                    .map(|id| &view.ranges[id])
+                    .filter(|r| r.leader == Some(from) && r.range.replica_on(to).is_some())
+                    .find(|r| !self.busy.ranges.contains(&r.range.id))
+            });
+            let Some(range) = candidate else { return };
+            let step = RangeStep::TransferLeader {
+                range_id: range.range.id,
+                to_store: to,
+            };
+            self.push(range, "balance-leaders", vec![step]);
+        }
+    }
+
+    /// Splits ranges hot for the whole window, then spreads the leaders of hot ranges
+    /// so no store leads two while a replica holder leads none.
+    fn split_hot(&mut self) {
+        let view = self.view;
+        let mut hot: Vec<&RangeView> = view
+            .ranges
+            .values()
+            .filter(|r| r.hot_since_ms.is_some() && r.leader.is_some())
+            .collect();
+        hot.sort_by_key(|r| r.range.id);
+        for range in &hot {
+            if self.full() {
+                return;
+            }
+            let since = range.hot_since_ms.unwrap_or(self.now_ms);
+            if self.now_ms.saturating_sub(since) >= self.config.hot_window_ms
+                && !self.busy.ranges.contains(&range.range.id)
+            {
+                let step = RangeStep::Split {
+                    range_id: range.range.id,
+                    split_key: None,
+                };
+                self.push(range, "split-hot", vec![step]);
+            }
+        }
+        let mut hot_leaders: HashMap<StoreId, usize> = HashMap::new();
+        for r in &hot {
+            *hot_leaders.entry(r.leader.unwrap_or(0)).or_default() += 1;
+        }
+        for range in &hot {
+            if self.full() || self.busy.ranges.contains(&range.range.id) {
+                continue;
+            }
+            let from = range.leader.unwrap_or(0);
+            if hot_leaders.get(&from).copied().unwrap_or(0) < 2 {
+                continue;
+            }
+            let to = range
+                .range
+                .replicas
+                .iter()
+                .map(|r| r.store_id)
+                .filter(|&s| s != from && self.is_up(s))
+                .min_by_key(|s| (hot_leaders.get(s).copied().unwrap_or(0), *s));
+            let Some(to) = to else { continue };
+            if hot_leaders.get(&to).copied().unwrap_or(0) + 1 >= hot_leaders[&from] {
+                continue;
+            }
+            *hot_leaders.entry(from).or_default() -= 1;
+            *hot_leaders.entry(to).or_default() += 1;
+            let step = RangeStep::TransferLeader {
+                range_id: range.range.id,
+                to_store: to,
+            };
+            self.push(range, "spread-hot-leaders", vec![step]);
+        }
+    }
+
+    fn ranges_by_store(&self) -> HashMap<StoreId, Vec<RangeId>> {
+        let mut by_store: HashMap<StoreId, Vec<RangeId>> = HashMap::new();
+        for r in self.view.ranges.values() {
+            for rep in &r.range.replicas {
+                by_store.entry(rep.store_id).or_default().push(r.range.id);
+            }
+        }
+        for ids in by_store.values_mut() {
+            ids.sort_unstable();
+        }
+        by_store
+    }
+}
+
+#[cfg(test)]
+mod tests;

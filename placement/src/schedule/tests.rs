@@ -1,0 +1,345 @@
+//! The schedulers driven against a simulated cluster: every step handed out is applied
+//! to the view as a store would, until nothing more is planned.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use shale_rpc::placement::{Labels, RangeReport};
+use shale_rpc::{Epoch, RangeDescriptor, ReplicaDescriptor};
+
+use super::*;
+
+struct Sim {
+    view: ClusterView,
+    operators: HashMap<RangeId, Operator>,
+    config: ScheduleConfig,
+    now_ms: u64,
+    next_id: u64,
+}
+
+impl Sim {
+    /// `stores` stores (zones from `zone_of`), `ranges` ranges spread over the first
+    /// `on` stores, three replicas each, leaders round robin.
+    fn new(
+        stores: u64,
+        on: u64,
+        ranges: u64,
+        zone_of: impl Fn(u64) -> Option<&'static str>,
+    ) -> Self {
+        let mut view = ClusterView::new(0);
+        for id in 1..=stores {
+            let mut labels = Labels::new();
+            if let Some(z) = zone_of(id) {
+                labels.insert("zone".into(), z.into());
+            }
+            let mut s = StoreView::new(id, format!("127.0.0.1:{id}"), labels);
+            s.last_heartbeat_ms = Some(0);
+            view.stores.insert(id, s);
+        }
+        let mut next_id = 1000;
+        for i in 0..ranges {
+            let start = if i == 0 {
+                Bytes::new()
+            } else {
+                Bytes::from(format!("k{i:06}"))
+            };
+            let end = if i + 1 == ranges {
+                Bytes::new()
+            } else {
+                Bytes::from(format!("k{:06}", i + 1))
+            };
+            let replicas = (0..3)
+                .map(|j| {
+                    next_id += 1;
+                    ReplicaDescriptor {
+                        id: next_id,
+                        store_id: (i + j) % on + 1,
+                    }
+                })
+                .collect::<Vec<_>>();
+            let leader = replicas[0].store_id;
+            let report = RangeReport {
+                range: RangeDescriptor {
+                    id: i + 1,
+                    start_key: start,
+                    end_key: end,
+                    epoch: Epoch {
+                        conf_ver: 1,
+                        version: 1,
+                    },
+                    replicas,
+                },
+                term: 1,
+                size_bytes: 1 << 20,
+                write_ops: 0,
+                write_bytes: 0,
+                read_ops: 0,
+                read_bytes: 0,
+                interval_ms: 1000,
+            };
+            let config = ScheduleConfig::default();
+            view.apply_report(leader, &report, 0, config.hot());
+        }
+        Sim {
+            view,
+            operators: HashMap::new(),
+            config: ScheduleConfig {
+                store_down_after_ms: 5_000,
+                ..ScheduleConfig::default()
+            },
+            now_ms: 0,
+            next_id,
+        }
+    }
+
+    /// Every live store heartbeats.
+    fn heartbeat(&mut self, except: &[StoreId]) {
+        for s in self.view.stores.values_mut() {
+            if !except.contains(&s.id) {
+                s.last_heartbeat_ms = Some(self.now_ms);
+            }
+        }
+    }
+
+    /// One pass: plan, hand out steps, apply them. Returns how many steps ran.
+    fn pass(&mut self, dead: &[StoreId]) -> usize {
+        self.now_ms += 1000;
+        self.heartbeat(dead);
+        // As placement does: drop finished operators, then plan.
+        let view = &self.view;
+        self.operators
+            .retain(|id, op| view.ranges.get(id).is_some_and(|r| !op.advance(r)));
+        let busy = Busy::of(self.operators.values());
+        for op in schedule(&self.view, &busy, &self.config, self.now_ms, false) {
+            self.operators.insert(op.range_id, op);
+        }
+        let mut ran = 0;
+        let ids: Vec<RangeId> = self.operators.keys().copied().collect();
+        for id in ids {
+            let Some(range) = self.view.ranges.get(&id).cloned() else {
+                self.operators.remove(&id);
+                continue;
+            };
+            let op = self.operators.get_mut(&id).unwrap();
+            if op.advance(&range) {
+                self.operators.remove(&id);
+                continue;
+            }
+            let dead = dead.to_vec();
+            if let Some(step) = op.next_step(&range, self.now_ms, 1, |s| !dead.contains(&s)) {
+                self.apply(&range, step);
+                ran += 1;
+            }
+        }
+        ran
+    }
+
+    fn apply(&mut self, range: &RangeView, step: RangeStep) {
+        let mut r = range.range.clone();
+        let mut leader = range.leader.unwrap();
+        let mut extra = None;
+        match step {
+            RangeStep::AddReplica { store_id, .. } => {
+                self.next_id += 1;
+                r.replicas.push(ReplicaDescriptor {
+                    id: self.next_id,
+                    store_id,
+                });
+                r.epoch.conf_ver += 1;
+            }
+            RangeStep::RemoveReplica { store_id, .. } => {
+                assert_ne!(store_id, leader, "a leader is never asked to remove itself");
+                r.replicas.retain(|x| x.store_id != store_id);
+                r.epoch.conf_ver += 1;
+            }
+            RangeStep::TransferLeader { to_store, .. } => leader = to_store,
+            RangeStep::Split { .. } => {
+                let key = Bytes::from(format!("{}~", String::from_utf8_lossy(&r.start_key)));
+                if !r.contains(&key) {
+                    return;
+                }
+                self.next_id += 1;
+                let mut right = r.clone();
+                right.id = self.next_id;
+                right.start_key = key;
+                r.end_key = right.start_key.clone();
+                r.epoch.version += 1;
+                right.epoch.version += 1;
+                extra = Some(right);
+            }
+        }
+        for d in [Some(r), extra].into_iter().flatten() {
+            let report = RangeReport {
+                range: d,
+                term: range.term + 1,
+                size_bytes: range.size_bytes,
+                write_ops: 0,
+                write_bytes: 0,
+                read_ops: 0,
+                read_bytes: 0,
+                interval_ms: 1000,
+            };
+            self.view
+                .apply_report(leader, &report, self.now_ms, self.config.hot());
+        }
+    }
+
+    fn run(&mut self, dead: &[StoreId], passes_max: usize) -> usize {
+        for pass in 0..passes_max {
+            if self.pass(dead) == 0 && self.operators.is_empty() {
+                return pass;
+            }
+        }
+        panic!("no convergence in {passes_max} passes");
+    }
+
+    fn counts(&self, store: StoreId) -> (u32, u32) {
+        self.view.counts().get(&store).copied().unwrap_or_default()
+    }
+}
+
+fn no_zone(_: u64) -> Option<&'static str> {
+    None
+}
+
+#[test]
+fn scale_out_converges_within_ten_percent() {
+    let mut sim = Sim::new(5, 3, 120, no_zone);
+    sim.run(&[], 500);
+    let mean_replicas = 120.0 * 3.0 / 5.0;
+    let mean_leaders = 120.0 / 5.0;
+    for s in 1..=5 {
+        let (r, l) = sim.counts(s);
+        assert!(
+            (r as f64 - mean_replicas).abs() <= mean_replicas * 0.1,
+            "store {s}: {r} replicas"
+        );
+        assert!(
+            (l as f64 - mean_leaders).abs() <= mean_leaders * 0.1 + 1.0,
+            "store {s}: {l} leaders"
+        );
+    }
+    for r in sim.view.ranges.values() {
+        assert_eq!(r.range.replicas.len(), 3);
+    }
+}
+
+#[test]
+fn replicas_on_a_down_store_are_recreated_elsewhere() {
+    let mut sim = Sim::new(4, 4, 40, no_zone);
+    sim.run(&[], 200);
+    // Store 2 stops heartbeating; nothing moves until the down time has passed.
+    for _ in 0..5 {
+        assert_eq!(sim.pass(&[2]), 0, "acted before store 2 was down");
+    }
+    sim.run(&[2], 500);
+    for r in sim.view.ranges.values() {
+        assert_eq!(r.range.replicas.len(), 3, "range {}", r.range.id);
+        assert!(
+            r.range.replica_on(2).is_none(),
+            "range {} still on store 2",
+            r.range.id
+        );
+        assert_ne!(r.leader, Some(2));
+    }
+}
+
+#[test]
+fn a_draining_store_ends_empty() {
+    let mut sim = Sim::new(4, 4, 30, no_zone);
+    sim.view.stores.get_mut(&1).unwrap().draining = true;
+    sim.run(&[], 500);
+    assert_eq!(sim.counts(1), (0, 0));
+    for r in sim.view.ranges.values() {
+        assert_eq!(r.range.replicas.len(), 3);
+    }
+}
+
+#[test]
+fn replicas_end_in_distinct_zones() {
+    // Stores 1-3 in zone a, 4 in b, 5 in c: every range starts with all replicas in a.
+    let zone = |s: u64| {
+        Some(match s {
+            1..=3 => "a",
+            4 => "b",
+            _ => "c",
+        })
+    };
+    let mut sim = Sim::new(5, 3, 30, zone);
+    sim.run(&[], 500);
+    for r in sim.view.ranges.values() {
+        let mut zones: Vec<_> = r.range.replicas.iter().map(|x| zone(x.store_id)).collect();
+        zones.sort();
+        zones.dedup();
+        assert_eq!(
+            zones.len(),
+            3,
+            "range {} zones {:?}",
+            r.range.id,
+            r.range.replicas
+        );
+    }
+}
+
+#[test]
+fn a_hot_range_splits_after_its_window_and_leaders_spread() {
+    let mut sim = Sim::new(3, 3, 1, no_zone);
+    sim.config.hot_window_ms = 3000;
+    sim.config.hot_ops_per_sec = 100.0;
+    let hot = |sim: &mut Sim| {
+        for r in sim.view.ranges.clone().values() {
+            let report = RangeReport {
+                range: r.range.clone(),
+                term: r.term,
+                size_bytes: r.size_bytes,
+                write_ops: 1000,
+                write_bytes: 0,
+                read_ops: 0,
+                read_bytes: 0,
+                interval_ms: 1000,
+            };
+            let hot = sim.config.hot();
+            sim.view
+                .apply_report(r.leader.unwrap(), &report, sim.now_ms, hot);
+        }
+    };
+    for _ in 0..2 {
+        hot(&mut sim);
+        sim.pass(&[]);
+    }
+    assert_eq!(sim.view.ranges.len(), 1, "not split before the window ends");
+    for _ in 0..4 {
+        hot(&mut sim);
+        sim.pass(&[]);
+    }
+    assert!(sim.view.ranges.len() >= 2, "the hot range split");
+    let mut leaders: Vec<_> = sim.view.ranges.values().map(|r| r.leader).collect();
+    leaders.sort();
+    leaders.dedup();
+    assert!(
+        leaders.len() >= 2,
+        "halves led from different stores: {leaders:?}"
+    );
+}
+
+#[test]
+fn paused_scheduling_still_repairs() {
+    let mut sim = Sim::new(4, 3, 10, no_zone);
+    sim.now_ms = 10_000;
+    sim.heartbeat(&[3]);
+    let busy = Busy::default();
+    let ops = schedule(&sim.view, &busy, &sim.config, sim.now_ms, true);
+    assert!(!ops.is_empty());
+    assert!(ops.iter().all(|o| o.reason == "repair"), "{ops:?}");
+}
+
+#[test]
+fn per_store_limits_hold() {
+    let mut sim = Sim::new(5, 3, 200, no_zone);
+    sim.config.store_operators_max = 2;
+    let ops = schedule(&sim.view, &Busy::default(), &sim.config, 1000, false);
+    let busy = Busy::of(ops.iter());
+    assert!(!ops.is_empty());
+    assert!(busy.stores.values().all(|&n| n <= 2), "{:?}", busy.stores);
+    sim.now_ms = 0;
+}

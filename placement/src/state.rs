@@ -1,0 +1,300 @@
+//! The placement leader's state and what it does with each request: heartbeats update
+//! the view and collect steps for the heartbeating store, scheduling passes plan new
+//! operators, admin requests add operators by hand. Pure: persistence is the caller's.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shale_rpc::placement::{
+    ClusterId, Labels, PlacementError, PlacementStatus, RangeStep, StoreHeartbeat, StoreState,
+};
+use shale_rpc::{RangeId, StoreId};
+
+use crate::operator::{Busy, Operator};
+use crate::schedule::{schedule, ScheduleConfig};
+use crate::view::{ClusterView, StoreView};
+
+/// Keys of placement's own state in its Raft group.
+pub mod keys {
+    use bytes::Bytes;
+
+    pub const CLUSTER_ID: &[u8] = b"placement/cluster-id";
+    pub const PAUSED: &[u8] = b"placement/paused";
+    pub const STORE_PREFIX: &[u8] = b"placement/store/";
+    pub const RANGE_PREFIX: &[u8] = b"placement/range/";
+
+    pub fn store(id: u64) -> Bytes {
+        [STORE_PREFIX, &id.to_be_bytes()].concat().into()
+    }
+
+    pub fn range(id: u64) -> Bytes {
+        [RANGE_PREFIX, &id.to_be_bytes()].concat().into()
+    }
+
+    /// The first key after every key starting with `prefix`.
+    pub fn prefix_end(prefix: &[u8]) -> Bytes {
+        let mut end = prefix.to_vec();
+        *end.last_mut().expect("prefix is not empty") += 1;
+        end.into()
+    }
+}
+
+/// A store as placement persists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    pub id: StoreId,
+    pub addr: String,
+    pub labels: Labels,
+    pub draining: bool,
+}
+
+impl StoreRecord {
+    pub fn encode(&self) -> Bytes {
+        postcard::to_stdvec(self)
+            .expect("store record encodes")
+            .into()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(b)
+    }
+
+    fn of(s: &StoreView) -> Self {
+        StoreRecord {
+            id: s.id,
+            addr: s.addr.clone(),
+            labels: s.labels.clone(),
+            draining: s.draining,
+        }
+    }
+}
+
+/// What the placement leader holds in memory.
+pub struct Leader {
+    pub cluster_id: ClusterId,
+    pub view: ClusterView,
+    pub operators: HashMap<RangeId, Operator>,
+    pub paused: bool,
+}
+
+impl Leader {
+    pub fn new(cluster_id: ClusterId, since_ms: u64) -> Self {
+        Leader {
+            cluster_id,
+            view: ClusterView::new(since_ms),
+            operators: HashMap::new(),
+            paused: false,
+        }
+    }
+
+    pub fn restore_store(&mut self, record: StoreRecord) {
+        let mut s = StoreView::new(record.id, record.addr, record.labels);
+        s.draining = record.draining;
+        self.view.stores.insert(s.id, s);
+    }
+
+    /// Records a (re-)registered store; returns the record to persist if it changed.
+    pub fn register(&mut self, id: StoreId, addr: String, labels: Labels) -> Option<StoreRecord> {
+        let before = self.view.stores.get(&id).map(StoreRecord::of);
+        let store = self
+            .view
+            .stores
+            .entry(id)
+            .or_insert_with(|| StoreView::new(id, addr.clone(), labels.clone()));
+        store.addr = addr;
+        store.labels = labels;
+        let after = StoreRecord::of(store);
+        (before.as_ref() != Some(&after)).then_some(after)
+    }
+
+    /// Takes a store's heartbeat; returns the steps for ranges it leads and the store
+    /// record to persist if its address or labels changed.
+    pub fn heartbeat(
+        &mut self,
+        hb: &StoreHeartbeat,
+        now_ms: u64,
+        config: &ScheduleConfig,
+    ) -> Result<(Vec<RangeStep>, Option<StoreRecord>), PlacementError> {
+        if hb.cluster_id != self.cluster_id {
+            return Err(PlacementError::WrongCluster {
+                expected: self.cluster_id,
+                got: hb.cluster_id,
+            });
+        }
+        let Some(store) = self.view.stores.get_mut(&hb.store_id) else {
+            return Err(PlacementError::UnknownStore {
+                store_id: hb.store_id,
+            });
+        };
+        let before = StoreRecord::of(store);
+        store.addr = hb.addr.clone();
+        store.labels = hb.labels.clone();
+        store.capacity_bytes = hb.capacity_bytes;
+        store.available_bytes = hb.available_bytes;
+        store.used_bytes = hb.used_bytes;
+        store.last_heartbeat_ms = Some(now_ms);
+        let after = StoreRecord::of(store);
+        let changed = (before != after).then_some(after);
+        let hot = config.hot();
+        for report in &hb.ranges {
+            self.view.apply_report(hb.store_id, report, now_ms, hot);
+        }
+        let mut steps = Vec::new();
+        for report in &hb.ranges {
+            let id = report.range.id;
+            let Some(range) = self.view.ranges.get(&id) else {
+                continue;
+            };
+            if range.leader != Some(hb.store_id) {
+                continue;
+            }
+            let Some(op) = self.operators.get_mut(&id) else {
+                continue;
+            };
+            if op.advance(range) {
+                self.operators.remove(&id);
+                continue;
+            }
+            let view = &self.view;
+            let usable = |s: StoreId| {
+                view.stores.get(&s).is_some_and(|st| {
+                    view.store_state(st, now_ms, config.store_down_after_ms) == StoreState::Up
+                })
+            };
+            if let Some(step) = op.next_step(range, now_ms, config.step_retry_ms, usable) {
+                steps.push(step);
+            }
+        }
+        Ok((steps, changed))
+    }
+
+    /// Drops finished and expired operators, then plans new ones. Returns how many
+    /// were added.
+    pub fn schedule_pass(&mut self, now_ms: u64, config: &ScheduleConfig) -> usize {
+        let view = &self.view;
+        self.operators.retain(|id, op| match view.ranges.get(id) {
+            None => false,
+            Some(range) => {
+                if op.is_expired(now_ms, config.operator_timeout_ms) {
+                    tracing::info!(range_id = id, reason = op.reason, steps = ?op.steps, "operator timed out");
+                    return false;
+                }
+                !op.advance(range)
+            }
+        });
+        let busy = Busy::of(self.operators.values());
+        let planned = schedule(&self.view, &busy, config, now_ms, self.paused);
+        let n = planned.len();
+        for op in planned {
+            tracing::debug!(range_id = op.range_id, reason = op.reason, steps = ?op.steps, "operator planned");
+            self.operators.insert(op.range_id, op);
+        }
+        n
+    }
+
+    /// An operator asked for by hand; it replaces whatever the range had in flight.
+    pub fn admin_operator(
+        &mut self,
+        range_id: RangeId,
+        steps: Vec<RangeStep>,
+        now_ms: u64,
+    ) -> Result<(), PlacementError> {
+        let range = self
+            .view
+            .ranges
+            .get(&range_id)
+            .ok_or(PlacementError::UnknownRange { range_id })?;
+        for step in &steps {
+            self.check_step(range_id, step)?;
+        }
+        let op = Operator::new(range, "admin", steps, now_ms);
+        self.operators.insert(range_id, op);
+        Ok(())
+    }
+
+    fn check_step(&self, range_id: RangeId, step: &RangeStep) -> Result<(), PlacementError> {
+        let range = &self.view.ranges[&range_id].range;
+        let invalid = |reason: String| Err(PlacementError::Invalid { reason });
+        match step {
+            RangeStep::AddReplica { store_id, .. } => {
+                if !self.view.stores.contains_key(store_id) {
+                    return Err(PlacementError::UnknownStore {
+                        store_id: *store_id,
+                    });
+                }
+                if range.replica_on(*store_id).is_some() {
+                    return invalid(format!("store {store_id} already holds range {range_id}"));
+                }
+            }
+            RangeStep::RemoveReplica { store_id, .. } => {
+                if range.replica_on(*store_id).is_none() {
+                    return invalid(format!(
+                        "store {store_id} holds no replica of range {range_id}"
+                    ));
+                }
+            }
+            RangeStep::TransferLeader { to_store, .. } => {
+                if range.replica_on(*to_store).is_none() {
+                    return invalid(format!(
+                        "store {to_store} holds no replica of range {range_id}"
+                    ));
+                }
+            }
+            RangeStep::Split { split_key, .. } => {
+                if let Some(k) = split_key {
+                    if !range.contains(k) || k == &range.start_key {
+                        return invalid(format!("split key is not inside range {range_id}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a store for decommission or takes it back; returns the record to persist.
+    pub fn drain(&mut self, store_id: StoreId, drain: bool) -> Result<StoreRecord, PlacementError> {
+        let store = self
+            .view
+            .stores
+            .get_mut(&store_id)
+            .ok_or(PlacementError::UnknownStore { store_id })?;
+        store.draining = drain;
+        Ok(StoreRecord::of(store))
+    }
+
+    pub fn status(
+        &self,
+        leader_node: u64,
+        now_ms: u64,
+        config: &ScheduleConfig,
+    ) -> PlacementStatus {
+        let under = self
+            .view
+            .ranges
+            .values()
+            .filter(|r| {
+                r.range
+                    .replicas
+                    .iter()
+                    .filter(|rep| {
+                        self.view.stores.get(&rep.store_id).is_some_and(|s| {
+                            self.view.store_state(s, now_ms, config.store_down_after_ms)
+                                != StoreState::Down
+                        })
+                    })
+                    .count()
+                    < config.replicas
+            })
+            .count();
+        PlacementStatus {
+            cluster_id: self.cluster_id,
+            leader_node,
+            scheduling_paused: self.paused,
+            stores: self.view.stores.len() as u32,
+            ranges: self.view.ranges.len() as u32,
+            under_replicated_ranges: under as u32,
+            operators: self.operators.len() as u32,
+        }
+    }
+}

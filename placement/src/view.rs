@@ -1,0 +1,389 @@
+//! Placement's picture of the cluster: stores and ranges as their heartbeats describe
+//! them. Pure: time comes in as milliseconds, nothing here does I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+use shale_rpc::placement::{is_stale, Labels, RangeReport, Route, StoreInfo, StoreState};
+use shale_rpc::{RangeDescriptor, RangeId, StoreAddr, StoreId};
+
+/// Weight of the newest report in a range's smoothed rates.
+const RATE_SMOOTHING: f64 = 0.5;
+
+/// One store as placement knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreView {
+    pub id: StoreId,
+    pub addr: String,
+    pub labels: Labels,
+    pub draining: bool,
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    /// When the last heartbeat came (placement's clock), if one came since this node
+    /// became leader. A store never heard from counts from `since_ms` on.
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+impl StoreView {
+    pub fn new(id: StoreId, addr: String, labels: Labels) -> Self {
+        StoreView {
+            id,
+            addr,
+            labels,
+            draining: false,
+            capacity_bytes: 0,
+            available_bytes: 0,
+            used_bytes: 0,
+            last_heartbeat_ms: None,
+        }
+    }
+
+    pub fn zone(&self) -> Option<&str> {
+        self.labels.get("zone").map(String::as_str)
+    }
+}
+
+/// One range as its leader last reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeView {
+    pub range: RangeDescriptor,
+    pub leader: Option<StoreId>,
+    pub term: u64,
+    pub size_bytes: u64,
+    pub ops_per_sec: f64,
+    pub bytes_per_sec: f64,
+    /// Since when the range has been hot without a break.
+    pub hot_since_ms: Option<u64>,
+}
+
+/// What makes a range hot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HotThresholds {
+    pub ops_per_sec: f64,
+    pub bytes_per_sec: f64,
+}
+
+/// Stores and ranges.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub stores: BTreeMap<StoreId, StoreView>,
+    pub ranges: HashMap<RangeId, RangeView>,
+    /// Ranges by start key, for routing.
+    by_start: BTreeMap<Bytes, RangeId>,
+    /// When this view started (placement leadership began), for stores never heard from.
+    pub since_ms: u64,
+    /// Ranges whose descriptor changed or that were dropped since placement last
+    /// persisted them.
+    pub dirty: HashSet<RangeId>,
+}
+
+impl ClusterView {
+    pub fn new(since_ms: u64) -> Self {
+        ClusterView {
+            since_ms,
+            ..ClusterView::default()
+        }
+    }
+
+    /// A store's state at `now_ms`, given how long silence means down.
+    pub fn store_state(&self, store: &StoreView, now_ms: u64, down_after_ms: u64) -> StoreState {
+        let heard = store.last_heartbeat_ms.unwrap_or(self.since_ms);
+        if now_ms.saturating_sub(heard) > down_after_ms {
+            StoreState::Down
+        } else if store.draining {
+            StoreState::Draining
+        } else {
+            StoreState::Up
+        }
+    }
+
+    /// Adds or updates a range as loaded from placement's own storage (no leader known).
+    pub fn restore_range(&mut self, range: RangeDescriptor) {
+        let _ = self.insert_range(RangeView {
+            range,
+            leader: None,
+            term: 0,
+            size_bytes: 0,
+            ops_per_sec: 0.0,
+            bytes_per_sec: 0.0,
+            hot_since_ms: None,
+        });
+    }
+
+    /// Takes a range leader's report unless it is stale. Returns true when the range's
+    /// descriptor changed (worth persisting).
+    pub fn apply_report(
+        &mut self,
+        leader: StoreId,
+        report: &RangeReport,
+        now_ms: u64,
+        hot: HotThresholds,
+    ) -> bool {
+        let id = report.range.id;
+        let previous = self.ranges.get(&id);
+        if let Some(known) = previous {
+            if is_stale(
+                (report.range.epoch, report.term),
+                (known.range.epoch, known.term),
+            ) {
+                return false;
+            }
+        }
+        if self.overlapped_by_newer(&report.range) {
+            return false;
+        }
+        let seconds = (report.interval_ms.max(1) as f64) / 1000.0;
+        let ops = (report.read_ops + report.write_ops) as f64 / seconds;
+        let bytes = (report.read_bytes + report.write_bytes) as f64 / seconds;
+        let (ops_per_sec, bytes_per_sec, hot_since_ms) = match previous {
+            Some(p) => (
+                p.ops_per_sec * (1.0 - RATE_SMOOTHING) + ops * RATE_SMOOTHING,
+                p.bytes_per_sec * (1.0 - RATE_SMOOTHING) + bytes * RATE_SMOOTHING,
+                p.hot_since_ms,
+            ),
+            None => (ops, bytes, None),
+        };
+        let is_hot = ops_per_sec >= hot.ops_per_sec || bytes_per_sec >= hot.bytes_per_sec;
+        let changed = previous.is_none_or(|p| p.range != report.range);
+        let dropped = self.insert_range(RangeView {
+            range: report.range.clone(),
+            leader: Some(leader),
+            term: report.term,
+            size_bytes: report.size_bytes,
+            ops_per_sec,
+            bytes_per_sec,
+            hot_since_ms: if is_hot {
+                Some(hot_since_ms.unwrap_or(now_ms))
+            } else {
+                None
+            },
+        });
+        if changed {
+            self.dirty.insert(id);
+        }
+        self.dirty.extend(dropped);
+        changed
+    }
+
+    /// True when another range overlapping `range` has a newer version (a split this
+    /// report has not seen yet).
+    fn overlapped_by_newer(&self, range: &RangeDescriptor) -> bool {
+        self.overlapping(range).any(|other| {
+            other.range.id != range.id && other.range.epoch.version > range.epoch.version
+        })
+    }
+
+    fn overlapping<'a>(
+        &'a self,
+        range: &'a RangeDescriptor,
+    ) -> impl Iterator<Item = &'a RangeView> + 'a {
+        // The range starting at or before `start_key`, then every range starting inside.
+        let before = self
+            .by_start
+            .range(..=range.start_key.clone())
+            .next_back()
+            .map(|(_, id)| *id);
+        let upper = if range.end_key.is_empty() {
+            std::ops::Bound::Unbounded
+        } else {
+            std::ops::Bound::Excluded(range.end_key.clone())
+        };
+        // A malformed (empty or inverted) interval overlaps only what holds its start.
+        let well_formed = range.end_key.is_empty() || range.start_key < range.end_key;
+        let inside = well_formed
+            .then(|| {
+                self.by_start
+                    .range((std::ops::Bound::Excluded(range.start_key.clone()), upper))
+                    .map(|(_, id)| *id)
+            })
+            .into_iter()
+            .flatten();
+        before
+            .into_iter()
+            .chain(inside)
+            .filter_map(|id| self.ranges.get(&id))
+            .filter(move |v| overlaps(&v.range, range))
+    }
+
+    /// Inserts `view`, dropping ranges it overlaps; returns the ids of those dropped.
+    fn insert_range(&mut self, view: RangeView) -> Vec<RangeId> {
+        let stale: Vec<RangeId> = self
+            .overlapping(&view.range)
+            .map(|v| v.range.id)
+            .chain(self.ranges.get(&view.range.id).map(|v| v.range.id))
+            .collect();
+        for &id in &stale {
+            if let Some(old) = self.ranges.remove(&id) {
+                if self.by_start.get(&old.range.start_key) == Some(&id) {
+                    self.by_start.remove(&old.range.start_key);
+                }
+            }
+        }
+        let id = view.range.id;
+        self.by_start.insert(view.range.start_key.clone(), id);
+        self.ranges.insert(id, view);
+        stale.into_iter().filter(|&s| s != id).collect()
+    }
+
+    /// The range holding `key`.
+    pub fn find(&self, key: &[u8]) -> Option<&RangeView> {
+        let (_, id) = self
+            .by_start
+            .range(..=Bytes::copy_from_slice(key))
+            .next_back()?;
+        self.ranges.get(id).filter(|v| v.range.contains(key))
+    }
+
+    /// Up to `limit` ranges in key order from the one holding `start_key`.
+    pub fn scan(&self, start_key: &[u8], limit: usize) -> Vec<&RangeView> {
+        let first = self
+            .find(start_key)
+            .map(|v| v.range.start_key.clone())
+            .unwrap_or_else(|| Bytes::copy_from_slice(start_key));
+        self.by_start
+            .range(first..)
+            .filter_map(|(_, id)| self.ranges.get(id))
+            .take(limit)
+            .collect()
+    }
+
+    /// The route to a range: its descriptor, leader and the addresses of its stores.
+    pub fn route(&self, view: &RangeView) -> Route {
+        Route {
+            range: view.range.clone(),
+            leader: view.leader,
+            stores: view
+                .range
+                .replicas
+                .iter()
+                .filter_map(|r| {
+                    self.stores.get(&r.store_id).map(|s| StoreAddr {
+                        store_id: s.id,
+                        addr: s.addr.clone(),
+                    })
+                })
+                .collect(),
+            size_bytes: view.size_bytes,
+            ops_per_sec: view.ops_per_sec,
+        }
+    }
+
+    /// Replica and leader counts per store.
+    pub fn counts(&self) -> HashMap<StoreId, (u32, u32)> {
+        let mut counts: HashMap<StoreId, (u32, u32)> = HashMap::new();
+        for v in self.ranges.values() {
+            for r in &v.range.replicas {
+                counts.entry(r.store_id).or_default().0 += 1;
+            }
+            if let Some(l) = v.leader {
+                counts.entry(l).or_default().1 += 1;
+            }
+        }
+        counts
+    }
+
+    /// Every store as `shale ctl stores` shows it.
+    pub fn store_infos(&self, now_ms: u64, down_after_ms: u64) -> Vec<StoreInfo> {
+        let counts = self.counts();
+        self.stores
+            .values()
+            .map(|s| {
+                let (ranges, leaders) = counts.get(&s.id).copied().unwrap_or_default();
+                StoreInfo {
+                    id: s.id,
+                    addr: s.addr.clone(),
+                    state: self.store_state(s, now_ms, down_after_ms),
+                    labels: s.labels.clone(),
+                    capacity_bytes: s.capacity_bytes,
+                    available_bytes: s.available_bytes,
+                    used_bytes: s.used_bytes,
+                    ranges,
+                    leaders,
+                    last_heartbeat_ms_ago: s.last_heartbeat_ms.map(|t| now_ms.saturating_sub(t)),
+                }
+            })
+            .collect()
+    }
+}
+
+fn overlaps(a: &RangeDescriptor, b: &RangeDescriptor) -> bool {
+    let a_before_b_ends = b.end_key.is_empty() || a.start_key < b.end_key;
+    let b_before_a_ends = a.end_key.is_empty() || b.start_key < a.end_key;
+    a_before_b_ends && b_before_a_ends
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shale_rpc::{Epoch, ReplicaDescriptor};
+
+    pub(crate) fn range(id: RangeId, start: &str, end: &str, version: u64) -> RangeDescriptor {
+        RangeDescriptor {
+            id,
+            start_key: Bytes::copy_from_slice(start.as_bytes()),
+            end_key: Bytes::copy_from_slice(end.as_bytes()),
+            epoch: Epoch {
+                conf_ver: 1,
+                version,
+            },
+            replicas: vec![ReplicaDescriptor {
+                id: id * 10,
+                store_id: 1,
+            }],
+        }
+    }
+
+    fn report(range: RangeDescriptor, term: u64) -> RangeReport {
+        RangeReport {
+            range,
+            term,
+            size_bytes: 0,
+            write_ops: 0,
+            write_bytes: 0,
+            read_ops: 0,
+            read_bytes: 0,
+            interval_ms: 1000,
+        }
+    }
+
+    const COLD: HotThresholds = HotThresholds {
+        ops_per_sec: 1e9,
+        bytes_per_sec: 1e12,
+    };
+
+    #[test]
+    fn split_report_replaces_the_parent_and_stale_parent_is_ignored() {
+        let mut view = ClusterView::new(0);
+        assert!(view.apply_report(1, &report(range(1, "", "", 1), 1), 0, COLD));
+        assert!(view.apply_report(1, &report(range(1, "", "m", 2), 1), 0, COLD));
+        assert!(view.apply_report(1, &report(range(2, "m", "", 2), 1), 0, COLD));
+        assert_eq!(view.find(b"a").unwrap().range.id, 1);
+        assert_eq!(view.find(b"z").unwrap().range.id, 2);
+        // A late report of the parent from before the split changes nothing.
+        assert!(!view.apply_report(3, &report(range(1, "", "", 1), 5), 0, COLD));
+        assert_eq!(view.find(b"z").unwrap().range.id, 2);
+        let ids: Vec<_> = view.scan(b"", 10).iter().map(|v| v.range.id).collect();
+        assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn older_term_with_same_epoch_is_stale() {
+        let mut view = ClusterView::new(0);
+        view.apply_report(2, &report(range(1, "", "", 1), 5), 0, COLD);
+        view.apply_report(3, &report(range(1, "", "", 1), 4), 0, COLD);
+        assert_eq!(view.ranges[&1].leader, Some(2));
+        view.apply_report(3, &report(range(1, "", "", 1), 6), 0, COLD);
+        assert_eq!(view.ranges[&1].leader, Some(3));
+    }
+
+    #[test]
+    fn a_silent_store_goes_down() {
+        let mut view = ClusterView::new(1_000);
+        view.stores
+            .insert(1, StoreView::new(1, "a".into(), Labels::new()));
+        let s = view.stores[&1].clone();
+        assert_eq!(view.store_state(&s, 5_000, 10_000), StoreState::Up);
+        assert_eq!(view.store_state(&s, 12_000, 10_000), StoreState::Down);
+    }
+}

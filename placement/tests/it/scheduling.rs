@@ -1,0 +1,289 @@
+//! The schedulers on a live cluster: scale-out, a lost store, drain, zones, load split.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shale_rpc::placement::{PlacementReply, PlacementRequest, StoreState};
+use shale_storage::metrics::METRICS;
+
+use crate::harness::*;
+
+/// Writes `writer-N` keys until told to stop (or 5 minutes pass); returns the acked ones.
+fn start_writer(
+    client: Arc<shale_rpc::client::KvClient>,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<usize>> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut acked = Vec::new();
+        let mut i = 100_000;
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(300) {
+            if client.put(key(i), value(i)).await.is_ok() {
+                acked.push(i);
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+            i += 1;
+        }
+        acked
+    })
+}
+
+/// Replica and leader counts of up stores are each within 10% of their means.
+fn balanced(stores: &[shale_rpc::placement::StoreInfo]) -> Result<(), String> {
+    let up: Vec<_> = stores
+        .iter()
+        .filter(|s| s.state == StoreState::Up)
+        .collect();
+    let n = up.len() as f64;
+    let mean_r = up.iter().map(|s| s.ranges as f64).sum::<f64>() / n;
+    let mean_l = up.iter().map(|s| s.leaders as f64).sum::<f64>() / n;
+    for s in &up {
+        if (s.ranges as f64 - mean_r).abs() > mean_r * 0.1
+            || (s.leaders as f64 - mean_l).abs() > (mean_l * 0.1).max(1.0)
+        {
+            let counts: Vec<_> = up.iter().map(|s| (s.id, s.ranges, s.leaders)).collect();
+            return Err(format!("unbalanced (store, replicas, leaders): {counts:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_out_from_three_to_five_stores_balances_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(dir.path(), 1, 3, |_| {}, |_, _| {}).await;
+    let client = Arc::new(cluster.client().unwrap());
+    must_load(&client, 1200, 120).await;
+    must_eventually(
+        "placement knows every range",
+        Duration::from_secs(30),
+        || async {
+            let n = routes(&cluster).await?.len();
+            (n >= 120).then_some(()).ok_or(format!("{n} ranges"))
+        },
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicUsize::new(0));
+    let writer = start_writer(client.clone(), stop.clone(), ops.clone());
+    let bytes_before = METRICS.snapshot_bytes_sent.get();
+    let started = Instant::now();
+    cluster
+        .add_store(Default::default(), fast_store)
+        .await
+        .unwrap();
+    cluster
+        .add_store(Default::default(), fast_store)
+        .await
+        .unwrap();
+    must_eventually(
+        "replicas and leaders balanced",
+        Duration::from_secs(240),
+        || async {
+            settled(&cluster, 3).await?;
+            balanced(&stores(&cluster).await?)
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    let moved = METRICS.snapshot_bytes_sent.get() - bytes_before;
+    eprintln!(
+        "scale-out 3 -> 5 stores, 120 ranges: balanced in {:.1} s, {} snapshot bytes moved, \
+         client writes during the move: {} ({:.0} ops/s)",
+        took.as_secs_f64(),
+        moved,
+        acked.len(),
+        ops.load(Ordering::Relaxed) as f64 / took.as_secs_f64()
+    );
+    for s in stores(&cluster).await.unwrap() {
+        eprintln!(
+            "  store {}: {} replicas, {} leaders",
+            s.id, s.ranges, s.leaders
+        );
+    }
+    assert!(!acked.is_empty(), "the client kept writing during the move");
+    must_read_all(&client, 0..1200).await;
+    must_read_all(&client, acked.into_iter()).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_store_is_replaced_and_no_write_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(dir.path(), 1, 4, |_| {}, |_, _| {}).await;
+    let client = cluster.client().unwrap();
+    must_load(&client, 400, 20).await;
+    must_eventually(
+        "spread over four stores",
+        Duration::from_secs(120),
+        || async {
+            let routes = settled(&cluster, 3).await?;
+            let on_four = routes
+                .iter()
+                .filter(|r| {
+                    r.range
+                        .replica_on(cluster.store(3).unwrap().store_id)
+                        .is_some()
+                })
+                .count();
+            (routes.len() >= 20 && on_four > 0)
+                .then_some(())
+                .ok_or(format!("{on_four} ranges on store 4"))
+        },
+    )
+    .await;
+    let lost = cluster.store(3).unwrap().store_id;
+    cluster.stop_store(3).await;
+    let started = Instant::now();
+    for i in 400..500 {
+        client.put(key(i), value(i)).await.unwrap();
+    }
+    let routes = must_eventually(
+        "every range back to 3 live replicas",
+        Duration::from_secs(120),
+        || async { settled(&cluster, 3).await },
+    )
+    .await;
+    eprintln!(
+        "store {lost} lost: repaired in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(routes.iter().all(|r| r.range.replica_on(lost).is_none()));
+    must_read_all(&client, 0..500).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_store_ends_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 1, 4, |_| {}, |_, _| {}).await;
+    let client = cluster.client().unwrap();
+    must_load(&client, 300, 15).await;
+    let drained = cluster.store(0).unwrap().store_id;
+    let reply = cluster
+        .call(&PlacementRequest::Drain {
+            store_id: drained,
+            drain: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, PlacementReply::Done);
+    must_eventually(
+        "the drained store holds nothing",
+        Duration::from_secs(120),
+        || async {
+            settled(&cluster, 3).await?;
+            let s = stores(&cluster).await?;
+            let d = s.iter().find(|s| s.id == drained).ok_or("store gone")?;
+            if d.state != StoreState::Draining {
+                return Err(format!("state {:?}", d.state));
+            }
+            let local = cluster.store(0).unwrap().status().await.len();
+            (d.ranges == 0 && local == 0).then_some(()).ok_or(format!(
+                "{} ranges per placement, {local} on the store",
+                d.ranges
+            ))
+        },
+    )
+    .await;
+    must_read_all(&client, 0..300).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_spread_over_zones() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first range starts on stores 1-3: two of them in zone a.
+    let zones = ["a", "a", "b", "b", "c", "c"];
+    let cluster = must_cluster(dir.path(), 1, 6, |_| {}, |i, c| c.labels = labels(zones[i])).await;
+    let client = cluster.client().unwrap();
+    must_load(&client, 200, 10).await;
+    let zone_of = |store: u64| zones[(store - 1) as usize];
+    must_eventually(
+        "no range has two replicas in one zone",
+        Duration::from_secs(120),
+        || async {
+            let routes = settled(&cluster, 3).await?;
+            for r in &routes {
+                let mut z: Vec<_> = r
+                    .range
+                    .replicas
+                    .iter()
+                    .map(|x| zone_of(x.store_id))
+                    .collect();
+                z.sort();
+                z.dedup();
+                if z.len() != 3 {
+                    return Err(format!("range {} zones {z:?}", r.range.id));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    must_read_all(&client, 0..200).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_range_is_split_and_its_halves_leaders_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(
+        dir.path(),
+        1,
+        3,
+        |p| {
+            p.schedule.hot_ops_per_sec = 200.0;
+            p.schedule.hot_window_ms = 2000;
+        },
+        |_, _| {},
+    )
+    .await;
+    let client = Arc::new(cluster.client().unwrap());
+    must_load(&client, 200, 1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for t in 0..4 {
+        let (client, stop, ops) = (client.clone(), stop.clone(), ops.clone());
+        readers.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                client.get(key(i % 200)).await.unwrap();
+                ops.fetch_add(1, Ordering::Relaxed);
+                i += 7;
+            }
+        }));
+    }
+    let routes = must_eventually(
+        "the hot range split, halves led apart",
+        Duration::from_secs(60),
+        || async {
+            let routes = routes(&cluster).await?;
+            let mut leaders: Vec<_> = routes.iter().filter_map(|r| r.leader).collect();
+            leaders.sort();
+            leaders.dedup();
+            (routes.len() >= 2 && leaders.len() >= 2)
+                .then_some(routes.clone())
+                .ok_or(format!("{} ranges, leaders on {leaders:?}", routes.len()))
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    eprintln!(
+        "hot range split into {} ranges after {} reads",
+        routes.len(),
+        ops.load(Ordering::Relaxed)
+    );
+    must_read_all(&client, 0..200).await;
+    cluster.shutdown().await;
+}

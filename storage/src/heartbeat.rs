@@ -1,0 +1,271 @@
+//! The store's side of placement: registers the store, sends a heartbeat with its
+//! capacity, load and the ranges it leads every interval, and carries out the steps
+//! placement answers with (add or remove a replica, move leadership, split).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shale_rpc::placement::{
+    ClusterId, PlacementError, PlacementReply, PlacementRequest, RangeReport, RangeStep,
+    StoreHeartbeat,
+};
+use shale_rpc::placement_client::{PlacementCallError, PlacementClient};
+use shale_rpc::{AdminRequest, KvError, RangeDescriptor, StoreId};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::engine::{Cf, Engine};
+use crate::server::StoreService;
+use crate::split::choose_split_key;
+use crate::StorageError;
+
+/// How a store finds and talks to placement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PlacementLinkConfig {
+    /// Placement nodes' addresses (`host:port`); any one will do. Empty: the store runs
+    /// without placement (ids come from the cluster's own counter; nothing is balanced).
+    pub addrs: Vec<String>,
+    /// Milliseconds between heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// Steps from placement carried out at once; more wait for a later heartbeat.
+    pub steps_in_flight_max: usize,
+}
+
+impl Default for PlacementLinkConfig {
+    fn default() -> Self {
+        PlacementLinkConfig {
+            addrs: Vec::new(),
+            heartbeat_interval_ms: 1000,
+            steps_in_flight_max: 8,
+        }
+    }
+}
+
+/// Keys scanned at most to pick a key that halves a range.
+const HALF_SPLIT_KEYS_MAX: usize = 1 << 20;
+
+/// Registers with placement; returns the cluster id and this store's id.
+pub async fn register(
+    placement: &PlacementClient,
+    cluster_id: Option<ClusterId>,
+    store_id: StoreId,
+    addr: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(ClusterId, StoreId), StorageError> {
+    let req = PlacementRequest::Register {
+        cluster_id,
+        store_id,
+        addr: addr.to_string(),
+        labels: labels.clone(),
+    };
+    match placement.call(&req).await {
+        Ok(PlacementReply::Registered {
+            cluster_id,
+            store_id,
+        }) => Ok((cluster_id, store_id)),
+        Ok(other) => Err(StorageError::Config(format!(
+            "placement answered {other:?} to a registration"
+        ))),
+        Err(PlacementCallError::Placement(PlacementError::WrongCluster { expected, got })) => {
+            Err(StorageError::WrongCluster { expected, got })
+        }
+        Err(e) => Err(StorageError::Placement(e.to_string())),
+    }
+}
+
+/// Everything the heartbeat loop needs.
+pub struct Heartbeats {
+    pub service: Arc<StoreService>,
+    pub placement: Arc<PlacementClient>,
+    pub cluster_id: ClusterId,
+    pub store_id: StoreId,
+    pub addr: String,
+    pub labels: BTreeMap<String, String>,
+    pub data_dir: std::path::PathBuf,
+    pub config: PlacementLinkConfig,
+}
+
+impl Heartbeats {
+    /// Runs until the task is aborted.
+    pub async fn run(self) {
+        let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let steps = Arc::new(Semaphore::new(self.config.steps_in_flight_max));
+        let mut last = Instant::now();
+        loop {
+            let beat = match self.heartbeat(last.elapsed()).await {
+                Ok(beat) => beat,
+                Err(e) => {
+                    debug!(store_id = self.store_id, error = %e, "could not gather a heartbeat");
+                    tokio::time::sleep(interval).await;
+                    continue;
+                }
+            };
+            last = Instant::now();
+            match self
+                .placement
+                .call(&PlacementRequest::Heartbeat(beat))
+                .await
+            {
+                Ok(PlacementReply::Heartbeat { steps: todo }) => {
+                    for step in todo {
+                        self.start_step(step, &steps);
+                    }
+                }
+                Ok(other) => warn!(?other, "placement answered a heartbeat oddly"),
+                Err(PlacementCallError::Placement(PlacementError::UnknownStore { .. })) => {
+                    let registered = register(
+                        &self.placement,
+                        Some(self.cluster_id),
+                        self.store_id,
+                        &self.addr,
+                        &self.labels,
+                    )
+                    .await;
+                    if let Err(e) = registered {
+                        warn!(store_id = self.store_id, error = %e, "re-registering failed");
+                    }
+                }
+                Err(e) => debug!(store_id = self.store_id, error = %e, "heartbeat failed"),
+            }
+            tokio::time::sleep_until((last + interval).into()).await;
+        }
+    }
+
+    async fn heartbeat(&self, interval: Duration) -> Result<StoreHeartbeat, KvError> {
+        let ranges = self.service.status().await?;
+        let mut load = self.service.take_load();
+        let (capacity_bytes, available_bytes) = disk_space(&self.data_dir);
+        let reports: Vec<RangeReport> = ranges
+            .iter()
+            .filter(|s| s.is_leader)
+            .map(|s| {
+                let l = load.remove(&s.range.id).unwrap_or_default();
+                RangeReport {
+                    range: s.range.clone(),
+                    term: s.term,
+                    size_bytes: s.size_bytes,
+                    write_ops: l.write_ops,
+                    write_bytes: l.write_bytes,
+                    read_ops: l.read_ops,
+                    read_bytes: l.read_bytes,
+                    interval_ms: interval.as_millis() as u64,
+                }
+            })
+            .collect();
+        Ok(StoreHeartbeat {
+            cluster_id: self.cluster_id,
+            store_id: self.store_id,
+            addr: self.addr.clone(),
+            labels: self.labels.clone(),
+            capacity_bytes,
+            available_bytes,
+            used_bytes: ranges.iter().map(|s| s.size_bytes).sum(),
+            range_count: ranges.len() as u32,
+            leader_count: reports.len() as u32,
+            ranges: reports,
+        })
+    }
+
+    /// Carries out one step in the background, unless too many are running already
+    /// (placement hands it out again later).
+    fn start_step(&self, step: RangeStep, slots: &Arc<Semaphore>) {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!(?step, "too many placement steps running; skipping");
+            return;
+        };
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let range_id = step.range_id();
+            match run_step(&service, step.clone()).await {
+                Ok(()) => info!(range_id, ?step, "placement step done"),
+                Err(e) => info!(range_id, ?step, error = %e, "placement step failed"),
+            }
+        });
+    }
+}
+
+async fn run_step(service: &StoreService, step: RangeStep) -> Result<(), KvError> {
+    match step {
+        RangeStep::AddReplica {
+            range_id,
+            store_id,
+            addr,
+        } => service
+            .add_replica(range_id, store_id, addr)
+            .await
+            .map(drop),
+        RangeStep::RemoveReplica { range_id, store_id } => {
+            service.remove_replica(range_id, store_id).await.map(drop)
+        }
+        RangeStep::TransferLeader { range_id, to_store } => service
+            .admin(AdminRequest::TransferLeader { range_id, to_store })
+            .await
+            .map(drop),
+        RangeStep::Split {
+            range_id,
+            split_key,
+        } => {
+            let key = match split_key {
+                Some(k) => k,
+                None => half_split_key(service, range_id).await?,
+            };
+            service.split(range_id, key).await.map(drop)
+        }
+    }
+}
+
+/// A key that splits the range's data in two halves by size.
+async fn half_split_key(service: &StoreService, range_id: u64) -> Result<Bytes, KvError> {
+    let range = service
+        .status()
+        .await?
+        .into_iter()
+        .find(|s| s.range.id == range_id)
+        .map(|s| s.range)
+        .ok_or(KvError::RangeNotFound { range_id })?;
+    let engine = service.engine().clone();
+    let scanned = range.clone();
+    let key = tokio::task::spawn_blocking(move || half_key(&engine, &scanned))
+        .await
+        .map_err(|e| KvError::Storage {
+            message: e.to_string(),
+        })?
+        .map_err(|e| KvError::Storage {
+            message: e.to_string(),
+        })?;
+    key.ok_or(KvError::InvalidSplit {
+        range_id,
+        reason: "too few keys to split".into(),
+    })
+}
+
+fn half_key(engine: &Engine, range: &RangeDescriptor) -> Result<Option<Bytes>, StorageError> {
+    let mut pairs: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut total = 0usize;
+    engine.scan(Cf::Data, &range.start_key, &range.end_key, |k, v| {
+        pairs.push((k.to_vec(), k.len() + v.len()));
+        total += k.len() + v.len();
+        pairs.len() < HALF_SPLIT_KEYS_MAX
+    })?;
+    // With the whole size as the bound, the key chosen is the one at half of it.
+    Ok(choose_split_key(
+        pairs.iter().map(|(k, s)| (&k[..], *s)),
+        (total as u64).saturating_sub(1),
+    ))
+}
+
+/// Size and free space of the file system holding `dir`; zeros when unknown.
+fn disk_space(dir: &std::path::Path) -> (u64, u64) {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => (
+            s.f_blocks.saturating_mul(s.f_frsize),
+            s.f_bavail.saturating_mul(s.f_frsize),
+        ),
+        Err(_) => (0, 0),
+    }
+}
