@@ -31,7 +31,7 @@ pub fn build_view(stores: u64, filled: u64, ranges: u64) -> ClusterView {
     let mut view = ClusterView::new(0);
     for id in 1..=stores {
         let mut labels = Labels::new();
-        labels.insert("zone".into(), format!("z{}", id % 3));
+        labels.insert("zone".into(), format!("z{}", id % 4));
         let mut s = StoreView::new(id, format!("127.0.0.1:{}", 10_000 + id), labels);
         s.last_heartbeat_ms = Some(0);
         view.stores.insert(id, s);
@@ -45,12 +45,12 @@ pub fn build_view(stores: u64, filled: u64, ranges: u64) -> ClusterView {
                 replica_id += 1;
                 ReplicaDescriptor {
                     id: replica_id,
-                    // Consecutive stores are in different zones.
+                    // Any three consecutive stores are in different zones.
                     store_id: (i * 3 + j) % filled + 1,
                 }
             })
             .collect();
-        let leader = replicas[(i % 3) as usize].store_id;
+        let leader = replicas[0].store_id;
         let report = RangeReport {
             range: RangeDescriptor {
                 id: i + 1,

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod ids;
 pub mod node;
 pub mod operator;
 pub mod schedule;

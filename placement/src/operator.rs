@@ -2,11 +2,12 @@
 //! remove another...), handed one at a time to the range's leader with its heartbeat
 //! answers, each checked off when a later report shows it done. Pure.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use shale_rpc::placement::{OperatorInfo, RangeStep};
 use shale_rpc::{RangeId, StoreId};
 
+use crate::ids::{IdMap, IdSet};
 use crate::view::RangeView;
 
 /// Steps for one range, the current one first.
@@ -124,8 +125,8 @@ fn step_done(step: &RangeStep, range: &RangeView, base_version: u64) -> bool {
 /// What operators in flight keep busy: their ranges, and per store how many.
 #[derive(Debug, Default, Clone)]
 pub struct Busy {
-    pub ranges: HashSet<RangeId>,
-    pub stores: HashMap<StoreId, u32>,
+    pub ranges: IdSet,
+    pub stores: IdMap<u32>,
 }
 
 impl Busy {

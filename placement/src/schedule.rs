@@ -3,14 +3,16 @@
 //! missing or extra replicas, zones), then replica balance, leader balance and splits
 //! of hot ranges. Every decision respects per-store and per-pass limits.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use shale_rpc::placement::{RangeStep, StoreState};
 use shale_rpc::{RangeId, StoreId};
 
+use crate::ids::IdMap;
 use crate::operator::{Busy, Operator};
 use crate::view::{ClusterView, HotThresholds, RangeView, StoreView};
+
+/// Sources (and targets) a balance step tries before giving up for this pass.
+const BALANCE_PAIRS_TRIED: usize = 8;
 
 /// How the schedulers behave.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,16 +105,22 @@ struct Planner<'a> {
     busy: Busy,
     config: &'a ScheduleConfig,
     now_ms: u64,
-    states: HashMap<StoreId, StoreState>,
+    states: IdMap<StoreState>,
     /// Replica and leader counts per store, updated as operators are planned.
-    replicas: HashMap<StoreId, i64>,
-    leaders: HashMap<StoreId, i64>,
+    replicas: IdMap<i64>,
+    leaders: IdMap<i64>,
     operators: Vec<Operator>,
+    /// Zone of each store with a `zone` label.
+    zones: IdMap<u32>,
+    /// Each store's ranges (as the view has them, before this pass's plans).
+    by_store: IdMap<Vec<RangeId>>,
+    /// Ranges repair must look at, by id.
+    needs_repair: Vec<RangeId>,
 }
 
 impl<'a> Planner<'a> {
     fn new(view: &'a ClusterView, busy: &Busy, config: &'a ScheduleConfig, now_ms: u64) -> Self {
-        let states = view
+        let states: IdMap<StoreState> = view
             .stores
             .values()
             .map(|s| {
@@ -122,13 +130,47 @@ impl<'a> Planner<'a> {
                 )
             })
             .collect();
-        let mut replicas: HashMap<StoreId, i64> = view.stores.keys().map(|&s| (s, 0)).collect();
-        let mut leaders = replicas.clone();
-        for (store, (r, l)) in view.counts() {
-            *replicas.entry(store).or_default() += r as i64;
-            *leaders.entry(store).or_default() += l as i64;
+        let mut names: Vec<&str> = Vec::new();
+        let mut zones: IdMap<u32> = IdMap::default();
+        for s in view.stores.values() {
+            if let Some(z) = s.zone() {
+                let n = names.iter().position(|&x| x == z).unwrap_or_else(|| {
+                    names.push(z);
+                    names.len() - 1
+                });
+                zones.insert(s.id, n as u32);
+            }
         }
+        // One walk over every range: counts, each store's ranges, and the ranges repair
+        // must look at (a replica not on an up store, a wrong count, a zone shared).
+        let mut replicas: IdMap<i64> = view.stores.keys().map(|&s| (s, 0)).collect();
+        let mut leaders = replicas.clone();
+        let mut by_store: IdMap<Vec<RangeId>> = IdMap::default();
+        let mut needs_repair = Vec::new();
+        let up = |s: &StoreId| states.get(s) == Some(&StoreState::Up);
+        for r in view.ranges.values() {
+            let reps = &r.range.replicas;
+            for rep in reps {
+                *replicas.entry(rep.store_id).or_default() += 1;
+                by_store.entry(rep.store_id).or_default().push(r.range.id);
+            }
+            if let Some(l) = r.leader {
+                *leaders.entry(l).or_default() += 1;
+            }
+            let zone_at = |i: usize| zones.get(&reps[i].store_id);
+            let suspect = reps.len() != config.replicas
+                || !reps.iter().all(|rep| up(&rep.store_id))
+                || (0..reps.len())
+                    .any(|i| zone_at(i).is_some() && (0..i).any(|j| zone_at(j) == zone_at(i)));
+            if suspect && r.leader.is_some() && !busy.ranges.contains(&r.range.id) {
+                needs_repair.push(r.range.id);
+            }
+        }
+        needs_repair.sort_unstable();
         Planner {
+            zones,
+            by_store,
+            needs_repair,
             view,
             busy: busy.clone(),
             config,
@@ -160,8 +202,9 @@ impl<'a> Planner<'a> {
         self.view.stores.get(&id)
     }
 
-    fn zone(&self, id: StoreId) -> Option<&str> {
-        self.store(id).and_then(StoreView::zone)
+    /// The store's zone, as a small number (zones are interned once per pass).
+    fn zone(&self, id: StoreId) -> Option<u32> {
+        self.zones.get(&id).copied()
     }
 
     fn push(&mut self, range: &RangeView, reason: &'static str, steps: Vec<RangeStep>) {
@@ -192,7 +235,7 @@ impl<'a> Planner<'a> {
     /// The best up store to take a new replica of `range`: not holding one, room for
     /// work, a zone the range does not use yet if there is one, then fewest replicas.
     fn pick_target(&self, range: &RangeView, ignoring: Option<StoreId>) -> Option<StoreId> {
-        let used_zones: Vec<&str> = range
+        let used_zones: Vec<u32> = range
             .range
             .replicas
             .iter()
@@ -205,7 +248,7 @@ impl<'a> Planner<'a> {
             .filter(|s| self.is_up(s.id) && self.has_room(s.id))
             .filter(|s| range.range.replica_on(s.id).is_none())
             .min_by_key(|s| {
-                let zone_taken = s.zone().is_some_and(|z| used_zones.contains(&z));
+                let zone_taken = self.zone(s.id).is_some_and(|z| used_zones.contains(&z));
                 (
                     zone_taken,
                     self.replicas.get(&s.id).copied().unwrap_or(0),
@@ -253,17 +296,15 @@ impl<'a> Planner<'a> {
     /// extra ones removed; a range with two replicas in one zone gets one in another.
     fn repair(&mut self) {
         let target = self.config.replicas;
-        let mut ids: Vec<RangeId> = self.view.ranges.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
+        let view = self.view;
+        for id in std::mem::take(&mut self.needs_repair) {
+            let range = &view.ranges[&id];
             if self.full() {
                 return;
             }
             if self.busy.ranges.contains(&id) {
                 continue;
             }
-            let view = self.view;
-            let range = &view.ranges[&id];
             if range.leader.is_none() {
                 continue;
             }
@@ -299,87 +340,138 @@ impl<'a> Planner<'a> {
 
     /// A store in a zone `range` does not use, when two of its replicas share a zone.
     fn zone_fix(&self, range: &RangeView) -> Option<StoreId> {
-        let zones: Vec<Option<&str>> = range
-            .range
-            .replicas
-            .iter()
-            .map(|r| self.zone(r.store_id))
-            .collect();
-        let dup = zones
-            .iter()
-            .enumerate()
-            .any(|(i, z)| z.is_some() && zones[..i].contains(z));
+        let replicas = &range.range.replicas;
+        let zone_at = |i: usize| self.zone(replicas[i].store_id);
+        let dup = (0..replicas.len())
+            .any(|i| zone_at(i).is_some() && (0..i).any(|j| zone_at(j) == zone_at(i)));
         if !dup {
             return None;
         }
         let to = self.pick_target(range, None)?;
         let zone = self.zone(to);
-        (zone.is_some() && !zones.contains(&zone)).then_some(to)
+        (zone.is_some() && !(0..replicas.len()).any(|i| zone_at(i) == zone)).then_some(to)
     }
 
-    /// The largest and smallest counts among up stores, with their stores.
-    fn extremes(
-        &self,
-        counts: &HashMap<StoreId, i64>,
-    ) -> Option<((StoreId, i64), (StoreId, i64), f64)> {
-        let up: Vec<(StoreId, i64)> = self
+    /// Up stores with room for work, by `counts` (fewest first), and the mean count over
+    /// all up stores.
+    fn ranked(&self, counts: &IdMap<i64>) -> Option<(Vec<(i64, StoreId)>, f64)> {
+        let up: Vec<(i64, StoreId)> = self
             .view
             .stores
             .keys()
             .filter(|&&s| self.is_up(s))
-            .map(|&s| (s, counts.get(&s).copied().unwrap_or(0)))
+            .map(|&s| (counts.get(&s).copied().unwrap_or(0), s))
             .collect();
         if up.len() < 2 {
             return None;
         }
-        let mean = up.iter().map(|(_, c)| *c as f64).sum::<f64>() / up.len() as f64;
-        let max = *up
-            .iter()
-            .filter(|(s, _)| self.has_room(*s))
-            .max_by_key(|(s, c)| (*c, std::cmp::Reverse(*s)))?;
-        let min = *up
-            .iter()
-            .filter(|(s, _)| self.has_room(*s))
-            .min_by_key(|(s, c)| (*c, *s))?;
-        Some((max, min, mean))
+        let mean = up.iter().map(|(c, _)| *c as f64).sum::<f64>() / up.len() as f64;
+        let mut ranked: Vec<(i64, StoreId)> =
+            up.into_iter().filter(|(_, s)| self.has_room(*s)).collect();
+        ranked.sort_unstable();
+        Some((ranked, mean))
     }
 
     fn tolerance(&self, mean: f64) -> i64 {
         ((mean * self.config.balance_tolerance_ratio).ceil() as i64).max(1)
     }
 
-    /// Moves replicas from the store with the most to the one with the fewest until
-    /// they are within the tolerance.
-    fn balance_replicas(&mut self) {
-        let by_store = self.ranges_by_store();
-        let view = self.view;
-        while !self.full() {
-            let Some(((from, most), (to, fewest), mean)) = self.extremes(&self.replicas) else {
-                return;
-            };
-            if most - fewest <= self.tolerance(mean) {
-                return;
+    /// Plans one move from a store with many (replicas or leaders, per `counts`) to one
+    /// with few: the fullest sources and emptiest targets are tried in turn, since zones
+    /// or existing replicas may rule a pair out. False when nothing is worth moving.
+    fn balance_step(&mut self, leaders: bool) -> bool {
+        let counts = if leaders {
+            &self.leaders
+        } else {
+            &self.replicas
+        };
+        let Some((ranked, mean)) = self.ranked(counts) else {
+            return false;
+        };
+        let tolerance = self.tolerance(mean);
+        for &(most, from) in ranked.iter().rev().take(BALANCE_PAIRS_TRIED) {
+            if leaders {
+                if let Some((range, to)) = self.leader_candidate(from, most - tolerance) {
+                    let step = RangeStep::TransferLeader {
+                        range_id: range.range.id,
+                        to_store: to,
+                    };
+                    self.push(range, "balance-leaders", vec![step]);
+                    return true;
+                }
+                continue;
             }
-            let candidate = by_store.get(&from).and_then(|ids| {
-                ids.iter()
-                    .map(|id| &view.ranges[id])
-                    .filter(|r| !self.busy.ranges.contains(&r.range.id))
-                    .filter(|r| r.range.replica_on(to).is_none() && r.leader.is_some())
-                    .filter(|r| r.range.replicas.len() == self.config.replicas)
-                    .filter(|r| self.zone_allows(r, from, to))
-                    // Moving a follower needs no leader transfer.
-                    .min_by_key(|r| (r.leader == Some(from), r.range.id))
-            });
-            let Some(range) = candidate else { return };
-            let steps = vec![
-                self.add_step(range, to),
-                RangeStep::RemoveReplica {
+            for &(fewest, to) in ranked.iter().take(BALANCE_PAIRS_TRIED) {
+                if most - fewest <= tolerance {
+                    break;
+                }
+                let Some(range) = self.replica_candidate(from, to) else {
+                    continue;
+                };
+                let remove = RangeStep::RemoveReplica {
                     range_id: range.range.id,
                     store_id: from,
-                },
-            ];
-            self.push(range, "balance-replicas", steps);
+                };
+                let steps = vec![self.add_step(range, to), remove];
+                self.push(range, "balance-replicas", steps);
+                return true;
+            }
         }
+        false
+    }
+
+    /// A range on `from` whose replica can move to `to`; followers first (no leader
+    /// transfer needed).
+    fn replica_candidate(&self, from: StoreId, to: StoreId) -> Option<&'a RangeView> {
+        let view = self.view;
+        let ids = self
+            .by_store
+            .get(&from)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let movable = |r: &&RangeView| {
+            !self.busy.ranges.contains(&r.range.id)
+                && r.leader.is_some()
+                && r.range.replica_on(to).is_none()
+                && r.range.replicas.len() == self.config.replicas
+                && self.zone_allows(r, from, to)
+        };
+        let mut candidates = ids.iter().map(|id| &view.ranges[id]).filter(movable);
+        let first = candidates.next()?;
+        if first.leader != Some(from) {
+            return Some(first);
+        }
+        candidates.find(|r| r.leader != Some(from)).or(Some(first))
+    }
+
+    /// A range led by `from` with a replica on an up store leading fewer than `below`
+    /// ranges, and that store (the one leading fewest).
+    fn leader_candidate(&self, from: StoreId, below: i64) -> Option<(&'a RangeView, StoreId)> {
+        let view = self.view;
+        let ids = self
+            .by_store
+            .get(&from)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        ids.iter()
+            .map(|id| &view.ranges[id])
+            .filter(|r| r.leader == Some(from) && !self.busy.ranges.contains(&r.range.id))
+            .find_map(|r| {
+                let to = r
+                    .range
+                    .replicas
+                    .iter()
+                    .map(|rep| rep.store_id)
+                    .filter(|&s| s != from && self.is_up(s))
+                    .min_by_key(|s| (self.leaders.get(s).copied().unwrap_or(0), *s))?;
+                (self.leaders.get(&to).copied().unwrap_or(0) < below).then_some((r, to))
+            })
+    }
+
+    /// Moves replicas from stores with the most to stores with the fewest until they are
+    /// within the tolerance.
+    fn balance_replicas(&mut self) {
+        while !self.full() && self.balance_step(false) {}
     }
 
     /// True when replacing the replica on `from` with one on `to` keeps zones apart.
@@ -397,30 +489,9 @@ impl<'a> Planner<'a> {
             .any(|r| r.store_id != from && self.zone(r.store_id) == Some(zone))
     }
 
-    /// Moves leadership from the store leading the most ranges to one leading fewest.
+    /// Moves leadership from stores leading the most ranges to ones leading fewest.
     fn balance_leaders(&mut self) {
-        let by_store = self.ranges_by_store();
-        let view = self.view;
-        while !self.full() {
-            let Some(((from, most), (to, fewest), mean)) = self.extremes(&self.leaders) else {
-                return;
-            };
-            if most - fewest <= self.tolerance(mean) {
-                return;
-            }
-            let candidate = by_store.get(&from).and_then(|ids| {
-                ids.iter()
-                    .map(|id| &view.ranges[id])
-                    .filter(|r| r.leader == Some(from) && r.range.replica_on(to).is_some())
-                    .find(|r| !self.busy.ranges.contains(&r.range.id))
-            });
-            let Some(range) = candidate else { return };
-            let step = RangeStep::TransferLeader {
-                range_id: range.range.id,
-                to_store: to,
-            };
-            self.push(range, "balance-leaders", vec![step]);
-        }
+        while !self.full() && self.balance_step(true) {}
     }
 
     /// Splits ranges hot for the whole window, then spreads the leaders of hot ranges
@@ -432,7 +503,7 @@ impl<'a> Planner<'a> {
             .values()
             .filter(|r| r.hot_since_ms.is_some() && r.leader.is_some())
             .collect();
-        hot.sort_by_key(|r| r.range.id);
+        hot.sort_unstable_by_key(|r| r.range.id);
         for range in &hot {
             if self.full() {
                 return;
@@ -448,7 +519,7 @@ impl<'a> Planner<'a> {
                 self.push(range, "split-hot", vec![step]);
             }
         }
-        let mut hot_leaders: HashMap<StoreId, usize> = HashMap::new();
+        let mut hot_leaders: IdMap<usize> = IdMap::default();
         for r in &hot {
             *hot_leaders.entry(r.leader.unwrap_or(0)).or_default() += 1;
         }
@@ -479,19 +550,6 @@ impl<'a> Planner<'a> {
             };
             self.push(range, "spread-hot-leaders", vec![step]);
         }
-    }
-
-    fn ranges_by_store(&self) -> HashMap<StoreId, Vec<RangeId>> {
-        let mut by_store: HashMap<StoreId, Vec<RangeId>> = HashMap::new();
-        for r in self.view.ranges.values() {
-            for rep in &r.range.replicas {
-                by_store.entry(rep.store_id).or_default().push(r.range.id);
-            }
-        }
-        for ids in by_store.values_mut() {
-            ids.sort_unstable();
-        }
-        by_store
     }
 }
 

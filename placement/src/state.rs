@@ -2,8 +2,6 @@
 //! the view and collect steps for the heartbeating store, scheduling passes plan new
 //! operators, admin requests add operators by hand. Pure: persistence is the caller's.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shale_rpc::placement::{
@@ -11,6 +9,7 @@ use shale_rpc::placement::{
 };
 use shale_rpc::{RangeId, StoreId};
 
+use crate::ids::IdMap;
 use crate::operator::{Busy, Operator};
 use crate::schedule::{schedule, ScheduleConfig};
 use crate::view::{ClusterView, StoreView};
@@ -74,7 +73,7 @@ impl StoreRecord {
 pub struct Leader {
     pub cluster_id: ClusterId,
     pub view: ClusterView,
-    pub operators: HashMap<RangeId, Operator>,
+    pub operators: IdMap<Operator>,
     pub paused: bool,
 }
 
@@ -83,7 +82,7 @@ impl Leader {
         Leader {
             cluster_id,
             view: ClusterView::new(since_ms),
-            operators: HashMap::new(),
+            operators: IdMap::default(),
             paused: false,
         }
     }

@@ -1,11 +1,13 @@
 //! Placement's picture of the cluster: stores and ranges as their heartbeats describe
 //! them. Pure: time comes in as milliseconds, nothing here does I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use shale_rpc::placement::{is_stale, Labels, RangeReport, Route, StoreInfo, StoreState};
 use shale_rpc::{RangeDescriptor, RangeId, StoreAddr, StoreId};
+
+use crate::ids::{IdMap, IdSet};
 
 /// Weight of the newest report in a range's smoothed rates.
 const RATE_SMOOTHING: f64 = 0.5;
@@ -68,14 +70,14 @@ pub struct HotThresholds {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     pub stores: BTreeMap<StoreId, StoreView>,
-    pub ranges: HashMap<RangeId, RangeView>,
+    pub ranges: IdMap<RangeView>,
     /// Ranges by start key, for routing.
     by_start: BTreeMap<Bytes, RangeId>,
     /// When this view started (placement leadership began), for stores never heard from.
     pub since_ms: u64,
     /// Ranges whose descriptor changed or that were dropped since placement last
     /// persisted them.
-    pub dirty: HashSet<RangeId>,
+    pub dirty: IdSet,
 }
 
 impl ClusterView {
@@ -270,8 +272,8 @@ impl ClusterView {
     }
 
     /// Replica and leader counts per store.
-    pub fn counts(&self) -> HashMap<StoreId, (u32, u32)> {
-        let mut counts: HashMap<StoreId, (u32, u32)> = HashMap::new();
+    pub fn counts(&self) -> IdMap<(u32, u32)> {
+        let mut counts: IdMap<(u32, u32)> = IdMap::default();
         for v in self.ranges.values() {
             for r in &v.range.replicas {
                 counts.entry(r.store_id).or_default().0 += 1;
@@ -281,6 +283,11 @@ impl ClusterView {
             }
         }
         counts
+    }
+
+    /// Ranges in key order.
+    pub fn in_key_order(&self) -> impl Iterator<Item = &RangeView> + '_ {
+        self.by_start.values().filter_map(|id| self.ranges.get(id))
     }
 
     /// Every store as `shale ctl stores` shows it.
