@@ -127,6 +127,10 @@ fn step_done(step: &RangeStep, range: &RangeView, base_version: u64) -> bool {
 pub struct Busy {
     pub ranges: IdSet,
     pub stores: IdMap<u32>,
+    /// Replicas each store gains (or loses) once the operators finish.
+    pub replica_delta: IdMap<i64>,
+    /// Leadership moves still to happen: range and target store.
+    pub transfers: Vec<(RangeId, StoreId)>,
 }
 
 impl Busy {
@@ -136,6 +140,20 @@ impl Busy {
             busy.ranges.insert(op.range_id);
             for s in op.stores() {
                 *busy.stores.entry(s).or_default() += 1;
+            }
+            for step in &op.steps {
+                match step {
+                    RangeStep::AddReplica { store_id, .. } => {
+                        *busy.replica_delta.entry(*store_id).or_default() += 1;
+                    }
+                    RangeStep::RemoveReplica { store_id, .. } => {
+                        *busy.replica_delta.entry(*store_id).or_default() -= 1;
+                    }
+                    RangeStep::TransferLeader { to_store, .. } => {
+                        busy.transfers.push((op.range_id, *to_store));
+                    }
+                    RangeStep::Split { .. } => {}
+                }
             }
         }
         busy

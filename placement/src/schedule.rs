@@ -167,6 +167,17 @@ impl<'a> Planner<'a> {
             }
         }
         needs_repair.sort_unstable();
+        // Count what operators in flight will have done, so that a pass does not plan
+        // again what the last one already set going.
+        for (store, delta) in &busy.replica_delta {
+            *replicas.entry(*store).or_default() += delta;
+        }
+        for (range_id, to) in &busy.transfers {
+            if let Some(from) = view.ranges.get(range_id).and_then(|r| r.leader) {
+                *leaders.entry(from).or_default() -= 1;
+                *leaders.entry(*to).or_default() += 1;
+            }
+        }
         Planner {
             zones,
             by_store,

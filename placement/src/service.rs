@@ -249,11 +249,11 @@ impl PlacementService {
                 })
             }
             PlacementRequest::Heartbeat(hb) => {
-                let (steps, record) = self.lead(|l| l.heartbeat(&hb, now, schedule))?;
+                let (steps, wake, record) = self.lead(|l| l.heartbeat(&hb, now, schedule))?;
                 if let Some(record) = record {
                     self.persist_store(record).await?;
                 }
-                Ok(PlacementReply::Heartbeat { steps })
+                Ok(PlacementReply::Heartbeat { steps, wake })
             }
             PlacementRequest::AllocIds { count } => {
                 self.lead(|_| Ok(()))?;

@@ -14,6 +14,9 @@ use crate::operator::{Busy, Operator};
 use crate::schedule::{schedule, ScheduleConfig};
 use crate::view::{ClusterView, StoreView};
 
+/// Most ranges one heartbeat answer asks a store to wake.
+const ORPHANS_PER_HEARTBEAT_MAX: usize = 4096;
+
 /// Keys of placement's own state in its Raft group.
 pub mod keys {
     use bytes::Bytes;
@@ -75,6 +78,8 @@ pub struct Leader {
     pub view: ClusterView,
     pub operators: IdMap<Operator>,
     pub paused: bool,
+    /// Per store: ranges it holds whose leader's store is down (refreshed each pass).
+    pub orphans: IdMap<Vec<RangeId>>,
 }
 
 impl Leader {
@@ -84,6 +89,7 @@ impl Leader {
             view: ClusterView::new(since_ms),
             operators: IdMap::default(),
             paused: false,
+            orphans: IdMap::default(),
         }
     }
 
@@ -114,7 +120,7 @@ impl Leader {
         hb: &StoreHeartbeat,
         now_ms: u64,
         config: &ScheduleConfig,
-    ) -> Result<(Vec<RangeStep>, Option<StoreRecord>), PlacementError> {
+    ) -> Result<(Vec<RangeStep>, Vec<RangeId>, Option<StoreRecord>), PlacementError> {
         if hb.cluster_id != self.cluster_id {
             return Err(PlacementError::WrongCluster {
                 expected: self.cluster_id,
@@ -165,7 +171,8 @@ impl Leader {
                 steps.push(step);
             }
         }
-        Ok((steps, changed))
+        let wake = self.orphans.remove(&hb.store_id).unwrap_or_default();
+        Ok((steps, wake, changed))
     }
 
     /// Drops finished and expired operators, then plans new ones. Returns how many
@@ -182,6 +189,7 @@ impl Leader {
                 !op.advance(range)
             }
         });
+        self.find_orphans(now_ms, config);
         let busy = Busy::of(self.operators.values());
         let planned = schedule(&self.view, &busy, config, now_ms, self.paused);
         let n = planned.len();
@@ -190,6 +198,33 @@ impl Leader {
             self.operators.insert(op.range_id, op);
         }
         n
+    }
+
+    /// Ranges whose reported leader is on a down store, per live store holding a
+    /// replica: their replicas may be hibernating and would never notice.
+    fn find_orphans(&mut self, now_ms: u64, config: &ScheduleConfig) {
+        let view = &self.view;
+        let down = |s: StoreId| {
+            view.stores.get(&s).is_none_or(|st| {
+                view.store_state(st, now_ms, config.store_down_after_ms) == StoreState::Down
+            })
+        };
+        let mut orphans: IdMap<Vec<RangeId>> = IdMap::default();
+        for r in view.ranges.values() {
+            let Some(leader) = r.leader else { continue };
+            if !down(leader) {
+                continue;
+            }
+            for rep in &r.range.replicas {
+                if rep.store_id != leader && !down(rep.store_id) {
+                    let list = orphans.entry(rep.store_id).or_default();
+                    if list.len() < ORPHANS_PER_HEARTBEAT_MAX {
+                        list.push(r.range.id);
+                    }
+                }
+            }
+        }
+        self.orphans = orphans;
     }
 
     /// An operator asked for by hand; it replaces whatever the range had in flight.

@@ -167,6 +167,14 @@ impl KvClient {
                 let leader = route.leader.and_then(|l| self.store_addr(l));
                 let mut cache = self.cache();
                 cache.insert(route.range.clone());
+                // Placement may not have heard of a split this client has seen: then
+                // the cache keeps the newer range and the stores are asked instead.
+                let taken = cache.find(key).is_some_and(|c| {
+                    c.range.id == route.range.id && c.range.epoch == route.range.epoch
+                });
+                if !taken {
+                    return None;
+                }
                 cache.set_leader(route.range.id, leader);
                 Some(route.range)
             }
@@ -329,7 +337,7 @@ impl KvClient {
                     }
                     Err(ClientError::Kv(e)) if e.is_retryable() => {
                         last = e.to_string();
-                        self.learn(&route, &e);
+                        self.learn(&route, &e, key);
                     }
                     Err(ClientError::Rpc(e)) if e.is_unreachable() => {
                         last = e.to_string();
@@ -392,7 +400,7 @@ impl KvClient {
                             }
                             Err(e) if e.is_retryable() => {
                                 last = format!("{}: {e}", route.addr);
-                                wait = !self.learn(&route, &e);
+                                wait = !self.learn(&route, &e, &key);
                             }
                             Err(e) => return Err(ClientError::Kv(e)),
                         },
@@ -467,7 +475,7 @@ impl KvClient {
 
     /// Updates the cache from a retryable error; true when the next attempt should go at
     /// once (the error said exactly where to go).
-    fn learn(&self, route: &Route, error: &KvError) -> bool {
+    fn learn(&self, route: &Route, error: &KvError, key: &[u8]) -> bool {
         let mut cache = self.cache();
         match error {
             KvError::NotLeader { leader, .. } => {
@@ -486,7 +494,8 @@ impl KvClient {
                 for range in current {
                     cache.insert(range.clone());
                 }
-                true
+                // Go at once only if the answer says where the key is now.
+                current.iter().any(|r| r.contains(key))
             }
             KvError::KeyNotInRange { .. } | KvError::RangeNotFound { .. } => {
                 cache.remove(route.range.id);

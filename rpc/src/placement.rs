@@ -207,9 +207,12 @@ pub enum PlacementReply {
         cluster_id: ClusterId,
         store_id: StoreId,
     },
-    /// Steps for ranges the heartbeating store leads.
+    /// Steps for ranges the heartbeating store leads, and ranges whose replicas on it
+    /// should wake up because their leader's store is down.
     Heartbeat {
         steps: Vec<RangeStep>,
+        #[serde(default)]
+        wake: Vec<RangeId>,
     },
     Ids {
         first: u64,

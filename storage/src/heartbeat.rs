@@ -110,7 +110,15 @@ impl Heartbeats {
                 .call(&PlacementRequest::Heartbeat(beat))
                 .await
             {
-                Ok(PlacementReply::Heartbeat { steps: todo }) => {
+                Ok(PlacementReply::Heartbeat { steps: todo, wake }) => {
+                    if !wake.is_empty() {
+                        info!(
+                            store_id = self.store_id,
+                            ranges = wake.len(),
+                            "waking replicas whose leader's store is down"
+                        );
+                        self.service.wake(wake);
+                    }
                     for step in todo {
                         self.start_step(step, &steps);
                     }

@@ -135,6 +135,13 @@ impl StoreService {
         }
     }
 
+    /// Wakes these ranges' replicas on this store (their leader's store is down).
+    pub fn wake(&self, range_ids: Vec<RangeId>) {
+        if let Err(e) = self.enqueue(StoreMsg::Wake { range_ids }) {
+            debug!(error = %e, "could not wake replicas");
+        }
+    }
+
     /// The state of every replica on this store.
     pub async fn status(&self) -> Result<Vec<RangeStatus>, KvError> {
         self.ask(|reply| StoreMsg::Status { reply }).await

@@ -66,6 +66,11 @@ pub enum StoreMsg {
     Campaign {
         range_id: RangeId,
     },
+    /// Start ticking again (placement saw the range's leader store go down): a
+    /// hibernating follower then notices the silence and elects a new leader.
+    Wake {
+        range_ids: Vec<RangeId>,
+    },
     Status {
         reply: oneshot::Sender<Vec<RangeStatus>>,
     },
@@ -343,6 +348,14 @@ impl<S: RaftSender> Store<S> {
                     r.campaign();
                 }
             }
+            StoreMsg::Wake { range_ids } => {
+                for range_id in range_ids {
+                    if let Some(r) = self.replicas.get_mut(&range_id) {
+                        r.wake();
+                        self.active.insert(range_id);
+                    }
+                }
+            }
             StoreMsg::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -417,9 +430,18 @@ impl<S: RaftSender> Store<S> {
         }
         match self.engine.get(Cf::Meta, &keys::range_state_key(range_id)) {
             Ok(None) => {}
-            Ok(Some(_)) => {
-                debug!(range_id, "message for a removed replica; ignored");
-                return false;
+            // The range was here once and was removed. Replica ids only grow, so a
+            // message for an id newer than any the old descriptor knew is for a replica
+            // added back since; anything else is for the removed one.
+            Ok(Some(b)) => {
+                let newer = RangeState::decode(&b).is_ok_and(|s| {
+                    s.state == ReplicaState::Tombstone
+                        && s.descriptor.replicas.iter().all(|r| r.id < m.to)
+                });
+                if !newer {
+                    debug!(range_id, "message for a removed replica; ignored");
+                    return false;
+                }
             }
             Err(e) => {
                 warn!(range_id, error = %e, "cannot read range state");
@@ -644,8 +666,17 @@ impl<S: RaftSender> Store<S> {
         let (start, end) = keys::raft_bounds(range_id);
         batch.delete_range(Cf::Raft, &start, &end);
         batch.delete(Cf::Meta, &keys::apply_state_key(range_id));
+        // The tombstone names the removed replica's own id too, so that only a replica
+        // added back later (a newer id) is ever created here again.
+        let mut descriptor = r.range.clone();
+        if descriptor.replica(r.replica_id).is_none() {
+            descriptor.replicas.push(ReplicaDescriptor {
+                id: r.replica_id,
+                store_id: self.store_id,
+            });
+        }
         let tombstone = RangeState {
-            descriptor: r.range.clone(),
+            descriptor,
             state: ReplicaState::Tombstone,
         };
         batch.put(

@@ -9,7 +9,7 @@ use shale_placement::cluster::PlacedCluster;
 use shale_placement::PlacementConfig;
 use shale_rpc::client::KvClient;
 use shale_rpc::placement::{
-    Labels, PlacementReply, PlacementRequest, Route, StoreInfo, StoreState,
+    Labels, OperatorInfo, PlacementReply, PlacementRequest, Route, StoreInfo, StoreState,
 };
 use shale_storage::config::StoreConfig;
 
@@ -138,9 +138,9 @@ pub async fn routes(cluster: &PlacedCluster) -> Result<Vec<Route>, String> {
     }
 }
 
-pub async fn operators(cluster: &PlacedCluster) -> Result<usize, String> {
+pub async fn operators(cluster: &PlacedCluster) -> Result<Vec<OperatorInfo>, String> {
     match cluster.call(&PlacementRequest::Operators).await {
-        Ok(PlacementReply::Operators(o)) => Ok(o.len()),
+        Ok(PlacementReply::Operators(o)) => Ok(o),
         other => Err(format!("{other:?}")),
     }
 }
@@ -151,12 +151,22 @@ pub async fn settled(cluster: &PlacedCluster, replicas: usize) -> Result<Vec<Rou
     let stores = stores(cluster).await?;
     let up: HashMap<u64, StoreState> = stores.iter().map(|s| (s.id, s.state)).collect();
     let routes = routes(cluster).await?;
+    let ops = operators(cluster).await?;
+    let counts: Vec<_> = stores
+        .iter()
+        .map(|s| (s.id, s.state, s.ranges, s.leaders))
+        .collect();
     for r in &routes {
         if r.range.replicas.len() != replicas {
             return Err(format!(
-                "range {} has {} replicas",
+                "range {} has replicas {:?}, leader {:?}; operators {ops:?}; stores {counts:?}",
                 r.range.id,
-                r.range.replicas.len()
+                r.range
+                    .replicas
+                    .iter()
+                    .map(|x| x.store_id)
+                    .collect::<Vec<_>>(),
+                r.leader
             ));
         }
         if let Some(rep) = r
@@ -171,9 +181,8 @@ pub async fn settled(cluster: &PlacedCluster, replicas: usize) -> Result<Vec<Rou
             ));
         }
     }
-    let ops = operators(cluster).await?;
-    if ops > 0 {
-        return Err(format!("{ops} operators in flight"));
+    if !ops.is_empty() {
+        return Err(format!("operators in flight: {ops:?}; stores {counts:?}"));
     }
     Ok(routes)
 }

@@ -143,6 +143,18 @@ async fn a_lost_store_is_replaced_and_no_write_is_lost() {
     for i in 400..500 {
         client.put(key(i), value(i)).await.unwrap();
     }
+    must_eventually(
+        "placement sees the store down",
+        Duration::from_secs(30),
+        || async {
+            let s = stores(&cluster).await?;
+            s.iter()
+                .any(|s| s.id == lost && s.state == StoreState::Down)
+                .then_some(())
+                .ok_or(format!("{s:?}"))
+        },
+    )
+    .await;
     let routes = must_eventually(
         "every range back to 3 live replicas",
         Duration::from_secs(120),
