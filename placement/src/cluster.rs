@@ -103,7 +103,7 @@ impl PlacedCluster {
     }
 
     pub fn placement_client(&self) -> Result<PlacementClient, StorageError> {
-        let transport = Transport::client(&self.identity, TransportConfig::default())?;
+        let transport = Transport::client(&self.identity, crate::node::control_transport())?;
         PlacementClient::new(transport, &self.placement_addrs(), ClientConfig::default())
             .map_err(|e| StorageError::Config(e.to_string()))
     }

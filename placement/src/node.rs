@@ -48,13 +48,13 @@ impl PlacementNode {
                 addr: p.raft_addr.clone(),
             })
             .collect();
-        let client_transport = Transport::client(identity, TransportConfig::default())?;
+        let client_transport = Transport::client(identity, control_transport())?;
         let kv = KvClient::new(client_transport, &peers, ClientConfig::default())
             .map_err(|e| StorageError::Config(e.to_string()))?;
         let service = Arc::new(PlacementService::new(config.clone(), Arc::new(kv)));
         let listen =
             parse_addr(&config.listen_addr).map_err(|e| StorageError::Config(e.to_string()))?;
-        let api = Transport::bind(listen, identity, TransportConfig::default())?;
+        let api = Transport::bind(listen, identity, control_transport())?;
         let tasks = vec![
             api.serve(service.clone()),
             tokio::spawn(follow_leadership(store.clone(), service.clone())),
@@ -100,6 +100,16 @@ impl PlacementNode {
             ),
         }
         info!(node_id = self.node_id, "placement node stopped");
+    }
+}
+
+/// Transport settings for placement's control traffic: a dead peer is given up on
+/// quickly so that a new placement leader takes over within a few seconds.
+pub fn control_transport() -> TransportConfig {
+    TransportConfig {
+        connect_timeout_ms: 500,
+        request_timeout_ms: 2_000,
+        ..TransportConfig::default()
     }
 }
 
