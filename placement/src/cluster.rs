@@ -10,7 +10,7 @@ use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{ClientConfig, KvClient};
 use shale_rpc::placement::{Labels, PlacementReply, PlacementRequest};
 use shale_rpc::placement_client::{PlacementCallError, PlacementClient};
-use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::transport::Transport;
 use shale_storage::cluster::{cluster_configs_joining, free_udp_ports};
 use shale_storage::config::StoreConfig;
 use shale_storage::{StorageError, StoreNode};

@@ -91,6 +91,15 @@ impl Operator {
         now_ms.saturating_sub(self.created_ms) > timeout_ms
     }
 
+    /// Stores that must be up for the remaining steps: new replicas' and new leaders'.
+    pub fn targets(&self) -> impl Iterator<Item = StoreId> + '_ {
+        self.steps.iter().filter_map(|s| match s {
+            RangeStep::AddReplica { store_id, .. } => Some(*store_id),
+            RangeStep::TransferLeader { to_store, .. } => Some(*to_store),
+            _ => None,
+        })
+    }
+
     /// Stores this operator is still moving data to or from.
     pub fn stores(&self) -> impl Iterator<Item = StoreId> + '_ {
         self.steps.iter().filter_map(|s| match s {

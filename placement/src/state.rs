@@ -179,11 +179,21 @@ impl Leader {
     /// were added.
     pub fn schedule_pass(&mut self, now_ms: u64, config: &ScheduleConfig) -> usize {
         let view = &self.view;
+        let down = |s: StoreId| {
+            view.stores.get(&s).is_none_or(|st| {
+                view.store_state(st, now_ms, config.store_down_after_ms) == StoreState::Down
+            })
+        };
         self.operators.retain(|id, op| match view.ranges.get(id) {
             None => false,
             Some(range) => {
                 if op.is_expired(now_ms, config.operator_timeout_ms) {
                     tracing::info!(range_id = id, reason = op.reason, steps = ?op.steps, "operator timed out");
+                    return false;
+                }
+                // A step that needs a store that went down can never finish.
+                if op.targets().any(down) {
+                    tracing::info!(range_id = id, reason = op.reason, steps = ?op.steps, "operator dropped: its target store is down");
                     return false;
                 }
                 !op.advance(range)
@@ -194,7 +204,7 @@ impl Leader {
         let planned = schedule(&self.view, &busy, config, now_ms, self.paused);
         let n = planned.len();
         for op in planned {
-            tracing::debug!(range_id = op.range_id, reason = op.reason, steps = ?op.steps, "operator planned");
+            tracing::info!(range_id = op.range_id, reason = op.reason, steps = ?op.steps, "operator planned");
             self.operators.insert(op.range_id, op);
         }
         n

@@ -45,8 +45,9 @@ async fn down_stores(placement: &PlacementClient) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_store_gets_its_replicas_recreated_without_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut procs, identity) = store_procs_joining(dir.path(), 4, 3);
-    let (mut placement_proc, placement_addr) = placement_proc(dir.path());
+    let dir = dir.path();
+    let (mut procs, identity) = store_procs_joining(dir, 4, 3);
+    let (mut placement_proc, placement_addr) = placement_proc(dir);
     use_placement(&mut procs, &placement_addr);
     placement_proc.start();
     for p in procs.iter_mut() {

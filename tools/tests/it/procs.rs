@@ -144,6 +144,7 @@ pub fn placement_proc(dir: &Path) -> (StoreProc, String) {
     config.schedule.store_down_after_ms = 3000;
     config.schedule.interval_ms = 200;
     config.schedule.step_retry_ms = 3000;
+    config.schedule.operator_timeout_ms = 60_000;
     let config_path = dir.join("placement.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
     let addr = config.listen_addr.clone();
