@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn scenarios_plan_what_they_should() {
-        let results = run(3_000, 30, 1);
+        // 40 stores: zones (id % 4) of any three consecutive stores differ, wrap included.
+        let results = run(4_000, 40, 1);
         assert_eq!(results[0].operators, 0, "a balanced cluster needs nothing");
         assert!(results[1].operators > 0, "empty stores get replicas");
         assert!(

@@ -18,10 +18,12 @@ use clap::{Parser, Subcommand};
 
 /// Shale: a sharded, strongly consistent, replicated storage engine.
 ///
-/// Start a local three-store cluster with an S3 endpoint with `shale dev` (it prints the
-/// endpoint and credentials), then use any S3 client, or `shale kv` with the `dev.json` it
-/// writes. Run a real cluster with `shale store --config FILE` on each machine and
-/// `shale gateway --cluster FILE` in front of it.
+/// Start a local cluster (a placement node, three stores and an S3 endpoint) with
+/// `shale dev` (it prints the endpoint and credentials), then use any S3 client, or
+/// `shale kv` with the `dev.json` it writes. Run a real cluster with
+/// `shale placement --config FILE` on one or three machines, `shale store --config FILE`
+/// on each storage machine, and `shale gateway --cluster FILE` in front of it;
+/// `shale ctl` operates it.
 #[derive(Parser)]
 #[command(name = "shale", version, propagate_version = true)]
 struct Cli {
@@ -34,7 +36,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local cluster on loopback: three stores and an S3 endpoint, data in one folder.
+    /// Run a local cluster on loopback: placement, three stores and an S3 endpoint, data in one folder.
     Dev(dev::DevArgs),
     /// Run one store of a cluster from a TOML config file.
     Store(store::StoreArgs),
