@@ -120,8 +120,18 @@ impl StoreNode {
         let placement = match config.placement.addrs.is_empty() {
             true => None,
             false => {
+                // Placement traffic has its own endpoint with short timeouts, so a dead
+                // placement node is passed over quickly.
+                let control = Transport::client(
+                    identity,
+                    TransportConfig {
+                        connect_timeout_ms: 500,
+                        request_timeout_ms: 3_000,
+                        ..config.transport.clone()
+                    },
+                )?;
                 let (placement, cluster_id, store_id) =
-                    join_placement(&engine, &config, transport.clone()).await?;
+                    join_placement(&engine, &config, control).await?;
                 config.store_id = store_id;
                 Some((placement, cluster_id))
             }
