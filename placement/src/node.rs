@@ -138,6 +138,7 @@ fn group_store_config(config: &PlacementConfig) -> StoreConfig {
             range_size_bytes_max: u64::MAX / 2,
             check_after_written_bytes: u64::MAX / 2,
         },
+        gauge_label: Some(format!("placement-{}", config.node_id)),
         ..StoreConfig::default()
     }
 }

@@ -37,6 +37,10 @@ pub struct StoreConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The placement driver this store registers with and reports to.
     pub placement: crate::heartbeat::PlacementLinkConfig,
+    /// The `store` label of this store's metrics (default: its id). Not configurable:
+    /// placement nodes set it for their own Raft group's store.
+    #[serde(skip)]
+    pub gauge_label: Option<String>,
 }
 
 /// When Raft logs are truncated.
@@ -97,6 +101,7 @@ impl Default for StoreConfig {
             log_gc: LogGcConfig::default(),
             labels: Default::default(),
             placement: Default::default(),
+            gauge_label: None,
         }
     }
 }

@@ -30,8 +30,8 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     /// Sets the per-store gauges of `store_id`.
-    pub fn set_store_gauges(&self, store_id: u64, ranges: i64, leaders: i64, hibernating: i64) {
-        let label = vec![("store".to_string(), store_id.to_string())];
+    pub fn set_store_gauges(&self, store: &str, ranges: i64, leaders: i64, hibernating: i64) {
+        let label = vec![("store".to_string(), store.to_string())];
         self.ranges.get_or_create(&label).set(ranges);
         self.leaders.get_or_create(&label).set(leaders);
         self.hibernating.get_or_create(&label).set(hibernating);

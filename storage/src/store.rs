@@ -112,6 +112,8 @@ pub trait RaftSender: Send + 'static {
 /// The loop's state: every replica on the store.
 pub struct Store<S: RaftSender> {
     store_id: StoreId,
+    /// The `store` label of this store's gauges.
+    gauge_label: String,
     engine: Arc<Engine>,
     replicas: BTreeMap<RangeId, Replica>,
     sender: S,
@@ -143,6 +145,10 @@ impl<S: RaftSender> Store<S> {
     ) -> Self {
         Store {
             store_id: config.store_id,
+            gauge_label: config
+                .gauge_label
+                .clone()
+                .unwrap_or_else(|| config.store_id.to_string()),
             engine,
             replicas: replicas.into_iter().map(|r| (r.range.id, r)).collect(),
             sender,
@@ -202,7 +208,7 @@ impl<S: RaftSender> Store<S> {
                     }
                 }
                 METRICS.set_store_gauges(
-                    self.store_id,
+                    &self.gauge_label,
                     self.replicas.len() as i64,
                     leaders,
                     sleeping,

@@ -26,9 +26,10 @@ pub struct DevArgs {
     /// First store's UDP port; store N listens on port-base + N - 1.
     #[arg(long, default_value_t = 7101)]
     port_base: u16,
-    /// UDP port of the placement node's API; its Raft port is the next one.
-    #[arg(long, default_value_t = 7001)]
-    placement_port: u16,
+    /// UDP port of the placement node's API; its Raft port is the next one. Default:
+    /// port-base - 100 (7001).
+    #[arg(long)]
+    placement_port: Option<u16>,
     /// TCP port of the S3 endpoint on 127.0.0.1.
     #[arg(long, default_value_t = 9000)]
     s3_port: u16,
@@ -93,7 +94,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let certs = data_dir.join("certs");
     let identity = dev_identity(&certs)?;
     let ports: Vec<u16> = (0..args.stores).map(|i| args.port_base + i).collect();
-    let placement_config = dev_placement_config(&data_dir, args.placement_port);
+    let placement_port = match args.placement_port {
+        Some(p) => p,
+        None => args
+            .port_base
+            .checked_sub(100)
+            .context("--port-base below 100: give --placement-port")?,
+    };
+    let placement_config = dev_placement_config(&data_dir, placement_port);
     let placement_addr = placement_config.listen_addr.clone();
     let mut configs = cluster_configs(&data_dir, &ports);
     for c in &mut configs {
