@@ -658,6 +658,17 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
+    /// The parts of `range`'s key span that no other initialized replica on this store
+    /// covers, as `[start, end)` pairs.
+    fn unowned_spans(&self, range: &RangeDescriptor) -> Vec<(Bytes, Bytes)> {
+        let others = self
+            .replicas
+            .values()
+            .filter(|o| o.range.id != range.id && !o.is_uninitialized())
+            .map(|o| &o.range);
+        unowned_spans(range, others)
+    }
+
     /// Removes a replica for good: its data and Raft state go, and a tombstone stays so
     /// that no message ever brings it back.
     fn destroy_replica(&mut self, range_id: RangeId) {
@@ -667,7 +678,11 @@ impl<S: RaftSender> Store<S> {
         let engine = self.engine.clone();
         let mut batch = engine.batch();
         if !r.is_uninitialized() {
-            batch.delete_range(Cf::Data, &r.range.start_key, &span_end(&r.range));
+            // Only keys no other replica here owns: a removed replica that never applied
+            // a split still spans keys the split's right range (maybe here) holds now.
+            for (start, end) in self.unowned_spans(&r.range) {
+                batch.delete_range(Cf::Data, &start, &end);
+            }
         }
         let (start, end) = keys::raft_bounds(range_id);
         batch.delete_range(Cf::Raft, &start, &end);
@@ -774,5 +789,69 @@ impl Outbox {
                     message,
                 });
         }
+    }
+}
+
+/// The parts of `range`'s key span that none of `others` covers, as `[start, end)`.
+fn unowned_spans<'a>(
+    range: &RangeDescriptor,
+    others: impl Iterator<Item = &'a RangeDescriptor>,
+) -> Vec<(Bytes, Bytes)> {
+    let mut owned: Vec<(Bytes, Bytes)> =
+        others.map(|o| (o.start_key.clone(), span_end(o))).collect();
+    owned.sort();
+    let mut spans = Vec::new();
+    let mut from = range.start_key.clone();
+    let end = span_end(range);
+    for (s, e) in owned {
+        if e <= from || s >= end {
+            continue;
+        }
+        if s > from {
+            spans.push((from.clone(), s.clone()));
+        }
+        from = from.max(e);
+    }
+    if from < end {
+        spans.push((from, end));
+    }
+    spans
+}
+
+#[cfg(test)]
+mod unowned_tests {
+    use super::*;
+    use shale_rpc::Epoch;
+
+    fn r(start: &str, end: &str) -> RangeDescriptor {
+        RangeDescriptor {
+            id: 9,
+            start_key: Bytes::copy_from_slice(start.as_bytes()),
+            end_key: Bytes::copy_from_slice(end.as_bytes()),
+            epoch: Epoch::default(),
+            replicas: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn spans_owned_by_other_replicas_are_kept() {
+        let stale = r("a", "z");
+        let others = [r("m", "p"), r("x", "")];
+        let spans = unowned_spans(&stale, others.iter());
+        let text: Vec<(String, String)> = spans
+            .iter()
+            .map(|(s, e)| {
+                (
+                    String::from_utf8_lossy(s).into(),
+                    String::from_utf8_lossy(e).into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            text,
+            vec![("a".into(), "m".into()), ("p".into(), "x".into())]
+        );
+        assert!(unowned_spans(&r("m", "p"), [r("a", "")].iter()).is_empty());
+        assert_eq!(unowned_spans(&r("a", "b"), std::iter::empty()).len(), 1);
     }
 }

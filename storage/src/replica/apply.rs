@@ -56,11 +56,10 @@ impl Replica {
             ),
         };
         assert_eq!(data.range.id, self.range.id, "snapshot of another range");
-        // Whatever this replica held of the key span goes; the snapshot's pairs replace it.
-        let old_span = (!self.is_uninitialized()).then(|| self.range.clone());
-        for span in old_span.iter().chain([&data.range]) {
-            batch.delete_range(Cf::Data, &span.start_key, &span_end(span));
-        }
+        // The snapshot's span is replaced by its pairs. Keys this replica held beyond
+        // that span (it covered more before a split it never applied) are not touched:
+        // they may belong to another replica on this store now.
+        batch.delete_range(Cf::Data, &data.range.start_key, &span_end(&data.range));
         for (k, v) in &data.pairs {
             batch.put(Cf::Data, k, v);
         }
@@ -278,22 +277,37 @@ impl Replica {
             &keys::range_state_key(left.id),
             &left_state.encode(),
         );
-        batch.put(
-            Cf::Meta,
-            &keys::range_state_key(right.id),
-            &right_state.encode(),
-        );
-        batch.put(
-            Cf::Meta,
-            &keys::apply_state_key(right.id),
-            &ApplyState::initial().encode(),
-        );
-        let voters = right.replicas.iter().map(|r| r.id).collect();
-        ReplicaStorage::bootstrap(batch, right.id, voters);
+        // This replica may apply the split late: the right range may already be here
+        // (it caught up by snapshot, or was since removed). Then it is left alone; its
+        // state is newer than what the split would create.
+        let right_known = match self.engine.get(Cf::Meta, &keys::range_state_key(right.id)) {
+            Ok(known) => known.is_some(),
+            Err(e) => panic!("range {range_id}: cannot read the right range's state: {e}"),
+        };
+        if right_known {
+            info!(
+                range_id,
+                right_id = right.id,
+                "split applied late: the right range is already on this store"
+            );
+        } else {
+            batch.put(
+                Cf::Meta,
+                &keys::range_state_key(right.id),
+                &right_state.encode(),
+            );
+            batch.put(
+                Cf::Meta,
+                &keys::apply_state_key(right.id),
+                &ApplyState::initial().encode(),
+            );
+            let voters = right.replicas.iter().map(|r| r.id).collect();
+            ReplicaStorage::bootstrap(batch, right.id, voters);
+            self.new_ranges.push(right_state);
+        }
         METRICS.splits.inc();
         info!(range_id, right_id = right.id, split_key = ?right.start_key, "range split");
         self.range = left.clone();
-        self.new_ranges.push(right_state);
         Ok(Applied::Split {
             left: Box::new(left),
             right: Box::new(right),
