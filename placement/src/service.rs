@@ -249,11 +249,14 @@ impl PlacementService {
                 })
             }
             PlacementRequest::Heartbeat(hb) => {
-                let (steps, wake, record) = self.lead(|l| l.heartbeat(&hb, now, schedule))?;
-                if let Some(record) = record {
+                let answer = self.lead(|l| l.heartbeat(&hb, now, schedule))?;
+                if let Some(record) = answer.changed {
                     self.persist_store(record).await?;
                 }
-                Ok(PlacementReply::Heartbeat { steps, wake })
+                Ok(PlacementReply::Heartbeat {
+                    steps: answer.steps,
+                    wake: answer.wake,
+                })
             }
             PlacementRequest::AllocIds { count } => {
                 self.lead(|_| Ok(()))?;

@@ -72,6 +72,13 @@ impl StoreRecord {
     }
 }
 
+/// What a heartbeat gets back, and the store record to persist if it changed.
+pub struct HeartbeatAnswer {
+    pub steps: Vec<RangeStep>,
+    pub wake: Vec<RangeId>,
+    pub changed: Option<StoreRecord>,
+}
+
 /// What the placement leader holds in memory.
 pub struct Leader {
     pub cluster_id: ClusterId,
@@ -120,7 +127,7 @@ impl Leader {
         hb: &StoreHeartbeat,
         now_ms: u64,
         config: &ScheduleConfig,
-    ) -> Result<(Vec<RangeStep>, Vec<RangeId>, Option<StoreRecord>), PlacementError> {
+    ) -> Result<HeartbeatAnswer, PlacementError> {
         if hb.cluster_id != self.cluster_id {
             return Err(PlacementError::WrongCluster {
                 expected: self.cluster_id,
@@ -172,7 +179,11 @@ impl Leader {
             }
         }
         let wake = self.orphans.remove(&hb.store_id).unwrap_or_default();
-        Ok((steps, wake, changed))
+        Ok(HeartbeatAnswer {
+            steps,
+            wake,
+            changed,
+        })
     }
 
     /// Drops finished and expired operators, then plans new ones. Returns how many

@@ -30,7 +30,7 @@ use crate::keys;
 use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
 use crate::router::RaftRouter;
-use crate::server::StoreService;
+use crate::server::{IdSource, StoreService};
 use crate::split::choose_split_key;
 use crate::store::{Store, StoreMsg};
 use crate::StorageError;
@@ -210,8 +210,10 @@ impl StoreNode {
             faults.clone(),
             engine.clone(),
             Duration::from_millis(config.limits.request_timeout_ms),
-            Arc::new(cluster),
-            placement.as_ref().map(|(p, _)| p.clone()),
+            IdSource {
+                cluster: Arc::new(cluster),
+                placement: placement.as_ref().map(|(p, _)| p.clone()),
+            },
         ));
         let heartbeat_task = placement.map(|(placement, cluster_id)| {
             tokio::spawn(

@@ -48,6 +48,13 @@ pub struct StoreService {
     load: Mutex<HashMap<RangeId, RangeLoad>>,
 }
 
+/// Where a store gets new range and replica ids: placement when it has one, else the
+/// counter kept in the cluster (reached through `cluster`, also used to reach peers).
+pub struct IdSource {
+    pub cluster: Arc<KvClient>,
+    pub placement: Option<Arc<PlacementClient>>,
+}
+
 /// Requests one range served since the last report.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RangeLoad {
@@ -68,9 +75,9 @@ impl StoreService {
         faults: Arc<Faults>,
         engine: Arc<Engine>,
         request_timeout: Duration,
-        cluster: Arc<KvClient>,
-        placement: Option<Arc<PlacementClient>>,
+        ids: IdSource,
     ) -> Self {
+        let IdSource { cluster, placement } = ids;
         StoreService {
             store_id,
             tx,

@@ -57,7 +57,7 @@ async fn kill_9_of_a_store_gets_its_replicas_recreated_without_loss() {
     let placement = Arc::new(
         PlacementClient::new(
             transport.clone(),
-            &[placement_addr.clone()],
+            std::slice::from_ref(&placement_addr),
             ClientConfig::default(),
         )
         .unwrap(),
