@@ -52,10 +52,12 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
 
     // Writers run until told to stop (bounded by count as well).
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let ack_times = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..8u64)
         .map(|w| {
             let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
+            let ack_times = ack_times.clone();
             tokio::spawn(async move {
                 for n in 0..5_000u64 {
                     if stop.load(Ordering::SeqCst) {
@@ -64,6 +66,7 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
                     let i = w * 1_000_000 + n;
                     if client.put(key(i), value(i)).await.is_ok() {
                         acked.lock().unwrap().insert(i);
+                        ack_times.lock().unwrap().push(std::time::Instant::now());
                     }
                 }
             })
@@ -72,10 +75,12 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before_kill = acked.lock().unwrap().len();
     assert!(before_kill > 0, "writes were acknowledged before the kill");
+    let killed_at = std::time::Instant::now();
     procs[leader].kill9();
     let new_leader = find_leader(&transport, &procs, Duration::from_secs(20))
         .await
         .expect("a new leader after kill -9");
+    let elected_after = killed_at.elapsed();
     assert_ne!(new_leader, leader);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     procs[leader].start();
@@ -86,6 +91,19 @@ async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     }
     let acked: Vec<u64> = acked.lock().unwrap().iter().copied().collect();
     assert!(acked.len() > before_kill, "writes continued after the kill");
+    // Measured, not asserted: how long the range took to serve again.
+    let first_ack_after = ack_times
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > killed_at)
+        .min()
+        .map(|t| t.duration_since(killed_at));
+    eprintln!(
+        "leader kill -9: a new leader answered after {:.2} s; the writers' first acknowledged write after {:?}",
+        elected_after.as_secs_f64(),
+        first_ack_after
+    );
 
     // The killed store lost whatever its memtables held (applied data skips the WAL) and
     // must have replayed it from its Raft log. Make it the leader, so that every read
