@@ -26,6 +26,8 @@ pub struct PlacedCluster {
     pub store_configs: Vec<StoreConfig>,
     placement: Vec<Option<PlacementNode>>,
     stores: Vec<Option<StoreNode>>,
+    /// One placement client (one endpoint) for `call`.
+    admin: PlacementClient,
 }
 
 /// Configs for `n` placement nodes in `dir` on free loopback ports.
@@ -74,7 +76,11 @@ impl PlacedCluster {
             c.placement.addrs = addrs.clone();
             tweak_store(i, c);
         }
+        let transport = Transport::client(&identity, crate::node::control_transport())?;
+        let admin = PlacementClient::new(transport, &addrs, ClientConfig::default())
+            .map_err(|e| StorageError::Config(e.to_string()))?;
         let mut cluster = PlacedCluster {
+            admin,
             dir: dir.to_path_buf(),
             identity,
             placement: placement_configs.iter().map(|_| None).collect(),
@@ -120,23 +126,13 @@ impl PlacedCluster {
     }
 
     /// Sends one request to placement.
+    /// Sends one request to placement through the cluster's own placement client.
     pub async fn call(&self, req: &PlacementRequest) -> Result<PlacementReply, PlacementCallError> {
-        self.placement_client()
-            .map_err(|e| PlacementCallError::Rejected(e.to_string()))?
-            .call(req)
-            .await
+        self.admin.call(req).await
     }
 
     pub fn store(&self, i: usize) -> Option<&StoreNode> {
         self.stores[i].as_ref()
-    }
-
-    pub fn store_count(&self) -> usize {
-        self.stores.len()
-    }
-
-    pub fn placement_node(&self, i: usize) -> Option<&PlacementNode> {
-        self.placement[i].as_ref()
     }
 
     /// Index of the placement node that leads, if one does.

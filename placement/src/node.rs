@@ -78,10 +78,6 @@ impl PlacementNode {
         self.service.is_leader()
     }
 
-    pub fn api_addr(&self) -> Result<std::net::SocketAddr, StorageError> {
-        Ok(self.api.local_addr()?)
-    }
-
     /// Stops the API and loops, then the placement group's store.
     pub async fn shutdown(self) {
         self.api.close();

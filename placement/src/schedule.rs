@@ -431,15 +431,19 @@ impl<'a> Planner<'a> {
         false
     }
 
+    /// The store's ranges as the view had them at the start of the pass.
+    fn ranges_of(&self, store: StoreId) -> &[RangeId] {
+        self.by_store
+            .get(&store)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     /// A range on `from` whose replica can move to `to`; followers first (no leader
     /// transfer needed).
     fn replica_candidate(&self, from: StoreId, to: StoreId) -> Option<&'a RangeView> {
         let view = self.view;
-        let ids = self
-            .by_store
-            .get(&from)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let ids = self.ranges_of(from);
         let movable = |r: &&RangeView| {
             !self.busy.ranges.contains(&r.range.id)
                 && r.leader.is_some()
@@ -459,11 +463,7 @@ impl<'a> Planner<'a> {
     /// ranges, and that store (the one leading fewest).
     fn leader_candidate(&self, from: StoreId, below: i64) -> Option<(&'a RangeView, StoreId)> {
         let view = self.view;
-        let ids = self
-            .by_store
-            .get(&from)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let ids = self.ranges_of(from);
         ids.iter()
             .map(|id| &view.ranges[id])
             .filter(|r| r.leader == Some(from) && !self.busy.ranges.contains(&r.range.id))

@@ -205,7 +205,7 @@ impl ClusterView {
             .into_iter()
             .chain(inside)
             .filter_map(|id| self.ranges.get(&id))
-            .filter(move |v| overlaps(&v.range, range))
+            .filter(move |v| v.range.overlaps(&range.start_key, &range.end_key))
     }
 
     /// Inserts `view`, dropping ranges it overlaps; returns the ids of those dropped.
@@ -285,11 +285,6 @@ impl ClusterView {
         counts
     }
 
-    /// Ranges in key order.
-    pub fn in_key_order(&self) -> impl Iterator<Item = &RangeView> + '_ {
-        self.by_start.values().filter_map(|id| self.ranges.get(id))
-    }
-
     /// Every store as `shale ctl stores` shows it.
     pub fn store_infos(&self, now_ms: u64, down_after_ms: u64) -> Vec<StoreInfo> {
         let counts = self.counts();
@@ -312,12 +307,6 @@ impl ClusterView {
             })
             .collect()
     }
-}
-
-fn overlaps(a: &RangeDescriptor, b: &RangeDescriptor) -> bool {
-    let a_before_b_ends = b.end_key.is_empty() || a.start_key < b.end_key;
-    let b_before_a_ends = a.end_key.is_empty() || b.start_key < a.end_key;
-    a_before_b_ends && b_before_a_ends
 }
 
 #[cfg(test)]

@@ -46,6 +46,39 @@ impl Default for ClientConfig {
     }
 }
 
+/// Pacing of a client's retries: a backoff that doubles up to its bound, and a deadline.
+pub(crate) struct Retry {
+    started: Instant,
+    deadline: Duration,
+    backoff: Duration,
+    backoff_max: Duration,
+}
+
+impl Retry {
+    pub(crate) fn new(config: &ClientConfig) -> Self {
+        Retry {
+            started: Instant::now(),
+            deadline: Duration::from_millis(config.deadline_ms),
+            backoff: Duration::from_millis(config.backoff_initial_ms),
+            backoff_max: Duration::from_millis(config.backoff_max_ms),
+        }
+    }
+
+    pub(crate) fn expired(&self) -> bool {
+        self.started.elapsed() >= self.deadline
+    }
+
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Sleeps the current backoff, then doubles it.
+    pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(self.backoff_max);
+    }
+}
+
 /// Why a request failed for good.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -325,8 +358,7 @@ impl KvClient {
         key: &[u8],
         build: impl Fn(&RangeDescriptor) -> AdminRequest,
     ) -> Result<AdminReply, ClientError> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(self.config.backoff_initial_ms);
+        let mut retry = Retry::new(&self.config);
         let mut last = String::new();
         for attempt in 1..=self.config.attempts_max {
             match self.route(key, attempt).await {
@@ -347,15 +379,14 @@ impl KvClient {
                 },
                 Err(e) => last = e.to_string(),
             }
-            if started.elapsed() >= Duration::from_millis(self.config.deadline_ms) {
+            if retry.expired() {
                 break;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(self.config.backoff_max_ms));
+            retry.wait().await;
         }
         Err(ClientError::Unavailable {
             attempts: self.config.attempts_max,
-            elapsed_ms: started.elapsed().as_millis() as u64,
+            elapsed_ms: retry.elapsed_ms(),
             last,
         })
     }
@@ -364,9 +395,7 @@ impl KvClient {
     pub async fn request(&self, op: KvOp) -> Result<KvReply, ClientError> {
         op.validate().map_err(ClientError::Kv)?;
         let key = Bytes::copy_from_slice(op.routing_key());
-        let started = Instant::now();
-        let deadline = Duration::from_millis(self.config.deadline_ms);
-        let mut backoff = Duration::from_millis(self.config.backoff_initial_ms);
+        let mut retry = Retry::new(&self.config);
         let mut last = String::from("no attempt made");
         let mut op = Some(op);
         for attempt in 1..=self.config.attempts_max {
@@ -414,21 +443,20 @@ impl KvClient {
                 Err(e) => last = e.to_string(),
             }
             debug!(attempt, %last, "retrying KV request");
-            if started.elapsed() >= deadline {
+            if retry.expired() {
                 return Err(ClientError::Unavailable {
                     attempts: attempt,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    elapsed_ms: retry.elapsed_ms(),
                     last,
                 });
             }
             if wait {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(self.config.backoff_max_ms));
+                retry.wait().await;
             }
         }
         Err(ClientError::Unavailable {
             attempts: self.config.attempts_max,
-            elapsed_ms: started.elapsed().as_millis() as u64,
+            elapsed_ms: retry.elapsed_ms(),
             last,
         })
     }

@@ -41,6 +41,13 @@ impl RangeDescriptor {
         key >= &self.start_key[..] && (self.end_key.is_empty() || key < &self.end_key[..])
     }
 
+    /// True when the range shares a key with `[start, end)` (empty `end`: unbounded).
+    pub fn overlaps(&self, start: &[u8], end: &[u8]) -> bool {
+        let before_end = end.is_empty() || &self.start_key[..] < end;
+        let after_start = self.end_key.is_empty() || &self.end_key[..] > start;
+        before_end && after_start
+    }
+
     pub fn replica_on(&self, store_id: StoreId) -> Option<&ReplicaDescriptor> {
         self.replicas.iter().find(|r| r.store_id == store_id)
     }

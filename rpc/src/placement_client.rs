@@ -3,9 +3,8 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use crate::client::{parse_addr, ClientConfig, ClientError};
+use crate::client::{parse_addr, ClientConfig, ClientError, Retry};
 use crate::placement::{PlacementError, PlacementReply, PlacementRequest, PlacementResponse};
 use crate::transport::Transport;
 use crate::{Frame, FrameKind};
@@ -70,9 +69,7 @@ impl PlacementClient {
     pub async fn call(&self, req: &PlacementRequest) -> Result<PlacementReply, PlacementCallError> {
         let frame = Frame::encode(FrameKind::PlacementRequest, req)
             .map_err(|e| PlacementCallError::Rejected(e.to_string()))?;
-        let started = Instant::now();
-        let deadline = Duration::from_millis(self.config.deadline_ms);
-        let mut backoff = Duration::from_millis(self.config.backoff_initial_ms);
+        let mut retry = Retry::new(&self.config);
         let mut last = String::from("no attempt made");
         let mut next = 0usize;
         for attempt in 1..=self.config.attempts_max {
@@ -108,21 +105,20 @@ impl PlacementClient {
                     wait = attempt % self.addrs.len() as u32 == 0;
                 }
             }
-            if started.elapsed() >= deadline {
+            if retry.expired() {
                 return Err(PlacementCallError::Unavailable {
                     attempts: attempt,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    elapsed_ms: retry.elapsed_ms(),
                     last,
                 });
             }
             if wait {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(self.config.backoff_max_ms));
+                retry.wait().await;
             }
         }
         Err(PlacementCallError::Unavailable {
             attempts: self.config.attempts_max,
-            elapsed_ms: started.elapsed().as_millis() as u64,
+            elapsed_ms: retry.elapsed_ms(),
             last,
         })
     }

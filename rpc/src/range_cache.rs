@@ -22,12 +22,6 @@ pub struct RangeCache {
     by_start: BTreeMap<Bytes, CachedRange>,
 }
 
-fn overlaps(a: &RangeDescriptor, start: &[u8], end: &[u8]) -> bool {
-    let a_before_end = end.is_empty() || &a.start_key[..] < end;
-    let a_after_start = a.end_key.is_empty() || &a.end_key[..] > start;
-    a_before_end && a_after_start
-}
-
 impl RangeCache {
     /// The cached range holding `key`.
     pub fn find(&self, key: &[u8]) -> Option<&CachedRange> {
@@ -51,7 +45,7 @@ impl RangeCache {
         let overlapping: Vec<Bytes> = self
             .by_start
             .values()
-            .filter(|c| overlaps(&c.range, &range.start_key, &range.end_key))
+            .filter(|c| c.range.overlaps(&range.start_key, &range.end_key))
             .map(|c| c.range.start_key.clone())
             .collect();
         let mut leader = None;

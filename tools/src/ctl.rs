@@ -274,19 +274,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             bail!("this needs placement, and the cluster file names no placement nodes")
         }
         CtlCommand::Keys(op) => keys(&file, op, args.json).await?,
-        CtlCommand::Split { key } => {
-            let (left, right) = file
-                .client()?
-                .split(Bytes::from(key))
-                .await
-                .context("split")?;
-            println!(
-                "split: range {} now ends at {:?}; range {} starts there",
-                left.id,
-                key_text(&right.start_key),
-                right.id
-            );
-        }
+        CtlCommand::Split { key } => split(&file, key).await?,
         CtlCommand::TransferLeader { key, to } => {
             let (range, leader) = leader_of(&file, &transport, &key).await?;
             transfer_leader(&file, &transport, &key, range, leader, to).await?;
@@ -390,6 +378,22 @@ fn trim(k: &str) -> String {
     } else {
         k.to_string()
     }
+}
+
+/// Splits the range holding `key` at `key` (through the range's leader, either way).
+async fn split(file: &ClusterFile, key: String) -> anyhow::Result<()> {
+    let (left, right) = file
+        .client()?
+        .split(Bytes::from(key))
+        .await
+        .context("split")?;
+    println!(
+        "split: range {} now ends at {:?}; range {} starts there",
+        left.id,
+        key_text(&right.start_key),
+        right.id
+    );
+    Ok(())
 }
 
 fn print_status(view: &StatusView, json: bool) -> anyhow::Result<()> {

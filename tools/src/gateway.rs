@@ -9,7 +9,7 @@ use shale_gateway::{Gateway, GatewayConfig};
 use tracing::info;
 
 use crate::cluster_file::ClusterFile;
-use crate::store::wait_for_shutdown_signal;
+use crate::store::serve_until_signal;
 
 #[derive(Args)]
 pub struct GatewayArgs {
@@ -68,12 +68,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .context("start the S3 endpoint")?;
     info!(endpoint = %format!("http://{}", gateway.addr()), "gateway ready");
-    if let Some(addr) = &args.metrics_addr {
-        let bound = crate::metrics::serve(addr).await?;
-        info!(%bound, "metrics endpoint listening");
-    }
-    wait_for_shutdown_signal().await?;
-    info!("shutting down");
+    serve_until_signal(args.metrics_addr.as_deref()).await?;
     gateway.shutdown().await;
     Ok(())
 }

@@ -5,10 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use shale_placement::{PlacementConfig, PlacementNode};
-use shale_rpc::certs::TlsIdentity;
-use tracing::info;
 
-use crate::store::wait_for_shutdown_signal;
+use crate::store::{load_identity, serve_until_signal};
 
 #[derive(Args)]
 pub struct PlacementArgs {
@@ -28,17 +26,11 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("check placement config")?;
-    let identity = TlsIdentity::from_files(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)
-        .context("load TLS certificates (create them with `shale certs`)")?;
+    let identity = load_identity(&config.tls)?;
     let node = PlacementNode::start(config, &identity)
         .await
         .context("start placement node")?;
-    if let Some(addr) = &args.metrics_addr {
-        let bound = crate::metrics::serve(addr).await?;
-        info!(%bound, "metrics endpoint listening");
-    }
-    wait_for_shutdown_signal().await?;
-    info!("shutting down");
+    serve_until_signal(args.metrics_addr.as_deref()).await?;
     node.shutdown().await;
     Ok(())
 }

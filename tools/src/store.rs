@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use shale_rpc::certs::TlsIdentity;
+use shale_storage::config::TlsPaths;
 use shale_storage::{StoreConfig, StoreNode};
 use tracing::info;
 
@@ -23,18 +24,29 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         .with_context(|| format!("read store config {}", args.config.display()))?;
     let config = StoreConfig::from_toml(&text).context("parse store config")?;
     config.validate().context("check store config")?;
-    let identity = TlsIdentity::from_files(&config.tls.ca_cert, &config.tls.cert, &config.tls.key)
-        .context("load TLS certificates (create them with `shale certs`)")?;
+    let identity = load_identity(&config.tls)?;
     let node = StoreNode::start(config, &identity)
         .await
         .context("start store")?;
-    if let Some(addr) = &args.metrics_addr {
+    serve_until_signal(args.metrics_addr.as_deref()).await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// The node's certificates, as its config names them.
+pub fn load_identity(tls: &TlsPaths) -> anyhow::Result<TlsIdentity> {
+    TlsIdentity::from_files(&tls.ca_cert, &tls.cert, &tls.key)
+        .context("load TLS certificates (create them with `shale certs`)")
+}
+
+/// Serves metrics at `metrics_addr` (if given) and returns on SIGTERM or Ctrl-C.
+pub async fn serve_until_signal(metrics_addr: Option<&str>) -> anyhow::Result<()> {
+    if let Some(addr) = metrics_addr {
         let bound = crate::metrics::serve(addr).await?;
         info!(%bound, "metrics endpoint listening");
     }
     wait_for_shutdown_signal().await?;
     info!("shutting down");
-    node.shutdown().await;
     Ok(())
 }
 

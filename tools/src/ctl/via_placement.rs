@@ -64,19 +64,7 @@ pub async fn run(
             let ranges: Vec<RangeView> = routes.iter().map(range_view).collect();
             print_ranges(&ranges, json)?;
         }
-        CtlCommand::Split { key } => {
-            let (left, right) = file
-                .client()?
-                .split(Bytes::from(key))
-                .await
-                .context("split")?;
-            println!(
-                "split: range {} now ends at {:?}; range {} starts there",
-                left.id,
-                key_text(&right.start_key),
-                right.id
-            );
-        }
+        CtlCommand::Split { key } => super::split(file, key).await?,
         CtlCommand::TransferLeader { key, to } => {
             let route = must_find(placement, &key).await?;
             let req = PlacementRequest::TransferLeader {
