@@ -74,9 +74,38 @@ impl Retry {
 
     /// Sleeps the current backoff, then doubles it.
     pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.backoff).await;
+        self.wait_at_most(self.backoff_max).await
+    }
+
+    /// Sleeps as `next` calls for: while a range elects a leader, never more than
+    /// `ELECTION_POLL`, so the client notices the new leader soon after it is chosen.
+    async fn wait_for(&mut self, next: Next) {
+        match next {
+            Next::Now => {}
+            Next::Poll => self.wait_at_most(ELECTION_POLL).await,
+            Next::Backoff => self.wait().await,
+        }
+    }
+
+    async fn wait_at_most(&mut self, most: Duration) {
+        tokio::time::sleep(self.backoff.min(most)).await;
         self.backoff = (self.backoff * 2).min(self.backoff_max);
     }
+}
+
+/// Longest wait between asks while a range has no leader. An election takes a few
+/// hundred milliseconds; a longer wait would only add to the client's failover time.
+const ELECTION_POLL: Duration = Duration::from_millis(50);
+
+/// What a failed attempt says about the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The answer said where to go: go at once.
+    Now,
+    /// The range is electing a leader: ask again shortly (not counted as an attempt).
+    Poll,
+    /// Back off.
+    Backoff,
 }
 
 /// Why a request failed for good.
@@ -398,8 +427,11 @@ impl KvClient {
         let mut retry = Retry::new(&self.config);
         let mut last = String::from("no attempt made");
         let mut op = Some(op);
-        for attempt in 1..=self.config.attempts_max {
-            let mut wait = true;
+        // Asks that met an election do not count as attempts: only the deadline bounds them.
+        let (mut attempt, mut counted) = (0u32, 0u32);
+        while counted < self.config.attempts_max {
+            attempt += 1;
+            let mut next = Next::Backoff;
             match self.route(&key, attempt).await {
                 Ok(route) => {
                     let req_op = op.take().expect("op is put back after every attempt");
@@ -429,12 +461,18 @@ impl KvClient {
                             }
                             Err(e) if e.is_retryable() => {
                                 last = format!("{}: {e}", route.addr);
-                                wait = !self.learn(&route, &e, &key);
+                                next = self.learn(&route, &e, &key);
                             }
                             Err(e) => return Err(ClientError::Kv(e)),
                         },
                         Err(e) if e.is_unreachable() => {
                             self.cache().set_leader(route.range.id, None);
+                            // Having waited out a probe or a timeout, try the next
+                            // replica (the failed one is now suspect) at once.
+                            if matches!(e, RpcError::Unresponsive { .. } | RpcError::Timeout { .. })
+                            {
+                                next = Next::Now;
+                            }
                             last = e.to_string();
                         }
                         Err(e) => return Err(ClientError::Rpc(e)),
@@ -450,12 +488,13 @@ impl KvClient {
                     last,
                 });
             }
-            if wait {
-                retry.wait().await;
+            if next != Next::Poll {
+                counted += 1;
             }
+            retry.wait_for(next).await;
         }
         Err(ClientError::Unavailable {
-            attempts: self.config.attempts_max,
+            attempts: attempt,
             elapsed_ms: retry.elapsed_ms(),
             last,
         })
@@ -471,7 +510,7 @@ impl KvClient {
                 leader: None,
             },
         };
-        if let Some(addr) = cached.leader {
+        if let Some(addr) = cached.leader.filter(|a| !self.transport.suspected(*a)) {
             return Ok(Route {
                 range: cached.range,
                 addr,
@@ -494,28 +533,37 @@ impl KvClient {
                 ),
             });
         }
-        let addr = addrs[attempt as usize % addrs.len()];
+        // In turn, but stores that just failed last: a dead one would cost a timeout.
+        let n = addrs.len();
+        let addr = (0..n)
+            .map(|i| addrs[(attempt as usize + i) % n])
+            .find(|a| !self.transport.suspected(*a))
+            .unwrap_or(addrs[attempt as usize % n]);
         Ok(Route {
             range: cached.range,
             addr,
         })
     }
 
-    /// Updates the cache from a retryable error; true when the next attempt should go at
-    /// once (the error said exactly where to go).
-    fn learn(&self, route: &Route, error: &KvError, key: &[u8]) -> bool {
+    /// Updates the cache from a retryable error; says how to go on.
+    fn learn(&self, route: &Route, error: &KvError, key: &[u8]) -> Next {
         let mut cache = self.cache();
         match error {
             KvError::NotLeader { leader, .. } => {
                 if let Some(h) = leader {
                     self.learn_store(h.store_id, &h.addr);
                 }
+                // A replica that has not yet noticed its leader died still names it.
                 let hint = leader
                     .as_ref()
                     .and_then(|h| parse_addr(&h.addr).ok())
-                    .filter(|a| *a != route.addr);
+                    .filter(|a| *a != route.addr && !self.transport.suspected(*a));
                 cache.set_leader(route.range.id, hint);
-                hint.is_some()
+                if hint.is_some() {
+                    Next::Now
+                } else {
+                    Next::Poll
+                }
             }
             KvError::EpochNotMatch { current } => {
                 cache.remove(route.range.id);
@@ -523,15 +571,19 @@ impl KvClient {
                     cache.insert(range.clone());
                 }
                 // Go at once only if the answer says where the key is now.
-                current.iter().any(|r| r.contains(key))
+                if current.iter().any(|r| r.contains(key)) {
+                    Next::Now
+                } else {
+                    Next::Backoff
+                }
             }
             KvError::KeyNotInRange { .. } | KvError::RangeNotFound { .. } => {
                 cache.remove(route.range.id);
-                false
+                Next::Backoff
             }
             _ => {
                 cache.set_leader(route.range.id, None);
-                false
+                Next::Backoff
             }
         }
     }

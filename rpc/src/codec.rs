@@ -42,6 +42,8 @@ pub enum FrameKind {
     PlacementRequest = 8,
     /// The placement driver's answer.
     PlacementResponse = 9,
+    /// A liveness probe; the transport answers it with itself, without the service.
+    Ping = 10,
 }
 
 impl FrameKind {
@@ -56,6 +58,7 @@ impl FrameKind {
             7 => FrameKind::SnapshotChunk,
             8 => FrameKind::PlacementRequest,
             9 => FrameKind::PlacementResponse,
+            10 => FrameKind::Ping,
             other => return Err(RpcError::UnknownKind(other)),
         })
     }
@@ -220,6 +223,7 @@ mod tests {
             Just(FrameKind::SnapshotChunk),
             Just(FrameKind::PlacementRequest),
             Just(FrameKind::PlacementResponse),
+            Just(FrameKind::Ping),
         ]
     }
 

@@ -36,6 +36,8 @@ pub enum RpcError {
     Connect { addr: SocketAddr, reason: String },
     #[error("request to {addr} timed out after {timeout_ms} ms")]
     Timeout { addr: SocketAddr, timeout_ms: u64 },
+    #[error("{addr} stopped answering: no reply to a liveness probe within {probe_ms} ms")]
+    Unresponsive { addr: SocketAddr, probe_ms: u64 },
     #[error("stream to {addr}: {reason}")]
     Stream { addr: SocketAddr, reason: String },
     #[error("I/O: {0}")]
@@ -59,6 +61,7 @@ impl RpcError {
             RpcError::Certs(_) => "certs",
             RpcError::Connect { .. } => "connect",
             RpcError::Timeout { .. } => "timeout",
+            RpcError::Unresponsive { .. } => "unresponsive",
             RpcError::Stream { .. } => "stream",
             RpcError::Io(_) => "io",
         }
@@ -68,7 +71,10 @@ impl RpcError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::Stream { .. }
+            RpcError::Connect { .. }
+                | RpcError::Timeout { .. }
+                | RpcError::Unresponsive { .. }
+                | RpcError::Stream { .. }
         )
     }
 }

@@ -1,12 +1,19 @@
 //! The QUIC transport (quinn + rustls, mutual TLS). One request per bidirectional
 //! stream; one-way streams carry long-lived message flows such as Raft traffic.
 //! Connections are cached per peer address and re-established when they fail.
+//!
+//! A crashed peer sends nothing, so a request to it would wait out its whole timeout.
+//! Instead, while a request waits and nothing has been heard from its peer for
+//! `probe-after-ms`, the transport pings the peer on the same connection; no answer
+//! within `probe-timeout-ms` fails the request at once as `Unresponsive` and marks the
+//! address suspect for a while, so callers can try another replica first.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
@@ -31,6 +38,12 @@ pub struct TransportConfig {
     pub keep_alive_ms: u64,
     /// Most concurrent request streams one connection may have open (the in-flight bound).
     pub streams_per_connection_max: u32,
+    /// A waiting request pings its peer once nothing was heard from it this long (0: never).
+    pub probe_after_ms: u64,
+    /// A ping unanswered this long declares the peer unresponsive.
+    pub probe_timeout_ms: u64,
+    /// An address that failed stays suspect this long (callers try others first).
+    pub suspect_ms: u64,
 }
 
 impl Default for TransportConfig {
@@ -41,6 +54,9 @@ impl Default for TransportConfig {
             idle_timeout_ms: 10_000,
             keep_alive_ms: 1_000,
             streams_per_connection_max: 1_024,
+            probe_after_ms: 250,
+            probe_timeout_ms: 400,
+            suspect_ms: 3_000,
         }
     }
 }
@@ -52,6 +68,9 @@ impl TransportConfig {
         }
         if self.keep_alive_ms == 0 || self.keep_alive_ms >= self.idle_timeout_ms {
             return Err("keep-alive-ms must be positive and below idle-timeout-ms".into());
+        }
+        if self.probe_after_ms > 0 && self.probe_timeout_ms == 0 {
+            return Err("probe-timeout-ms must be positive when probing".into());
         }
         if self.streams_per_connection_max == 0 {
             return Err("streams-per-connection-max must be positive".into());
@@ -83,11 +102,22 @@ pub trait Service: Send + Sync + 'static {
     fn message(&self, frame: Frame, remote: SocketAddr);
 }
 
+/// A cached connection and when its peer was last heard from.
+#[derive(Clone)]
+struct Peer {
+    conn: quinn::Connection,
+    /// Milliseconds since the transport's `started`.
+    heard_ms: Arc<AtomicU64>,
+}
+
 /// A QUIC endpoint that can both serve and call.
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    connections: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    connections: Mutex<HashMap<SocketAddr, Peer>>,
+    /// Addresses that recently failed, and when.
+    suspects: Mutex<HashMap<SocketAddr, Instant>>,
+    started: Instant,
     config: TransportConfig,
 }
 
@@ -125,6 +155,8 @@ impl Transport {
             endpoint,
             client_config,
             connections: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
+            started: Instant::now(),
             config,
         }))
     }
@@ -154,52 +186,104 @@ impl Transport {
         })
     }
 
-    /// Sends one request and waits for its answer, within the request timeout.
+    /// Sends one request and waits for its answer, within the request timeout, failing
+    /// early if the peer stops answering probes.
     pub async fn call(&self, addr: SocketAddr, request: &Frame) -> Result<Frame, RpcError> {
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        match tokio::time::timeout(timeout, self.call_inner(addr, request)).await {
-            Ok(Ok(frame)) => Ok(frame),
-            Ok(Err(e)) => {
-                if e.is_unreachable() {
-                    self.forget(addr);
-                }
-                Err(e)
+        let call = async {
+            tokio::select! {
+                answer = self.call_inner(addr, request) => answer,
+                dead = self.watch(addr) => Err(dead),
             }
-            Err(_) => {
+        };
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout {
+                addr,
+                timeout_ms: self.config.request_timeout_ms,
+            }),
+        };
+        if let Err(e) = &result {
+            if e.is_unreachable() {
                 self.forget(addr);
-                Err(RpcError::Timeout {
-                    addr,
-                    timeout_ms: self.config.request_timeout_ms,
-                })
+                self.suspects
+                    .lock()
+                    .expect("suspects lock")
+                    .insert(addr, Instant::now());
+            }
+        }
+        result
+    }
+
+    /// True while `addr` recently failed a request or a connection attempt.
+    pub fn suspected(&self, addr: SocketAddr) -> bool {
+        let window = Duration::from_millis(self.config.suspect_ms);
+        let mut suspects = self.suspects.lock().expect("suspects lock");
+        match suspects.get(&addr) {
+            Some(at) if at.elapsed() < window => true,
+            Some(_) => {
+                suspects.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Resolves only when the peer at `addr` stops answering: whenever nothing has been
+    /// heard from it for `probe-after-ms`, pings it and waits `probe-timeout-ms`.
+    async fn watch(&self, addr: SocketAddr) -> RpcError {
+        if self.config.probe_after_ms == 0 {
+            return std::future::pending().await;
+        }
+        let after = Duration::from_millis(self.config.probe_after_ms);
+        let probe_timeout = Duration::from_millis(self.config.probe_timeout_ms);
+        loop {
+            tokio::time::sleep(after).await;
+            let peer = self
+                .connections
+                .lock()
+                .expect("connections lock")
+                .get(&addr)
+                .cloned();
+            // Still connecting: the connect timeout covers that.
+            let Some(peer) = peer else { continue };
+            let silent_ms = self
+                .now_ms()
+                .saturating_sub(peer.heard_ms.load(Ordering::Relaxed));
+            if silent_ms < self.config.probe_after_ms {
+                continue;
+            }
+            match tokio::time::timeout(probe_timeout, ping(&peer.conn)).await {
+                Ok(Ok(())) => peer.heard_ms.store(self.now_ms(), Ordering::Relaxed),
+                _ => {
+                    return RpcError::Unresponsive {
+                        addr,
+                        probe_ms: self.config.probe_timeout_ms,
+                    }
+                }
             }
         }
     }
 
     async fn call_inner(&self, addr: SocketAddr, request: &Frame) -> Result<Frame, RpcError> {
-        let conn = self.connection(addr).await?;
-        let stream_err = |e: &dyn std::fmt::Display| RpcError::Stream {
-            addr,
-            reason: e.to_string(),
-        };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
-        write_frame(&mut send, request)
-            .await
-            .map_err(|e| stream_err(&e))?;
-        send.finish().map_err(|e| stream_err(&e))?;
-        match read_frame(&mut recv).await {
-            Ok(Some(frame)) => Ok(frame),
-            Ok(None) => Err(stream_err(&"peer closed the stream without an answer")),
-            Err(RpcError::Io(e)) => Err(stream_err(&e)),
-            Err(e) => Err(e),
+        let peer = self.connection(addr).await?;
+        let answer = exchange(&peer.conn, addr, request).await;
+        if answer.is_ok() {
+            peer.heard_ms.store(self.now_ms(), Ordering::Relaxed);
         }
+        answer
     }
 
     /// Opens a one-way stream for a flow of frames (Raft traffic).
     pub async fn open_oneway(&self, addr: SocketAddr) -> Result<OnewayStream, RpcError> {
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let open = async {
-            let conn = self.connection(addr).await?;
-            conn.open_uni().await.map_err(|e| RpcError::Stream {
+            let peer = self.connection(addr).await?;
+            peer.conn.open_uni().await.map_err(|e| RpcError::Stream {
                 addr,
                 reason: e.to_string(),
             })
@@ -231,20 +315,20 @@ impl Transport {
             .lock()
             .expect("connections lock")
             .remove(&addr);
-        if let Some(conn) = conn {
-            conn.close(0u32.into(), b"forgotten");
+        if let Some(peer) = conn {
+            peer.conn.close(0u32.into(), b"forgotten");
         }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
-        if let Some(conn) = self
+    async fn connection(&self, addr: SocketAddr) -> Result<Peer, RpcError> {
+        if let Some(peer) = self
             .connections
             .lock()
             .expect("connections lock")
             .get(&addr)
         {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+            if peer.conn.close_reason().is_none() {
+                return Ok(peer.clone());
             }
         }
         let connect_err = |reason: String| RpcError::Connect { addr, reason };
@@ -263,16 +347,21 @@ impl Transport {
                 )))
             }
         };
+        self.suspects.lock().expect("suspects lock").remove(&addr);
         let mut connections = self.connections.lock().expect("connections lock");
         // Another caller may have connected meanwhile; keep one connection per peer.
         if let Some(existing) = connections.get(&addr) {
-            if existing.close_reason().is_none() {
+            if existing.conn.close_reason().is_none() {
                 conn.close(0u32.into(), b"duplicate");
                 return Ok(existing.clone());
             }
         }
-        connections.insert(addr, conn.clone());
-        Ok(conn)
+        let peer = Peer {
+            conn,
+            heard_ms: Arc::new(AtomicU64::new(self.now_ms())),
+        };
+        connections.insert(addr, peer.clone());
+        Ok(peer)
     }
 
     /// Closes every connection and stops serving.
@@ -319,6 +408,7 @@ async fn serve_request<S: Service>(
     service: Arc<S>,
 ) {
     let reply = match read_frame(&mut recv).await {
+        Ok(Some(frame)) if frame.kind == FrameKind::Ping => frame,
         Ok(Some(frame)) => service.request(frame).await,
         Ok(None) => return,
         Err(e) => rejected(&e),
@@ -326,6 +416,40 @@ async fn serve_request<S: Service>(
     if write_frame(&mut send, &reply).await.is_ok() {
         let _ = send.finish();
     }
+}
+
+/// One request and its answer on a new bidirectional stream of `conn`.
+async fn exchange(
+    conn: &quinn::Connection,
+    addr: SocketAddr,
+    request: &Frame,
+) -> Result<Frame, RpcError> {
+    let stream_err = |e: &dyn std::fmt::Display| RpcError::Stream {
+        addr,
+        reason: e.to_string(),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
+    write_frame(&mut send, request)
+        .await
+        .map_err(|e| stream_err(&e))?;
+    send.finish().map_err(|e| stream_err(&e))?;
+    match read_frame(&mut recv).await {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(stream_err(&"peer closed the stream without an answer")),
+        Err(RpcError::Io(e)) => Err(stream_err(&e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Asks the peer to echo a ping; any answer means it is alive.
+async fn ping(conn: &quinn::Connection) -> Result<(), RpcError> {
+    let frame = Frame {
+        kind: FrameKind::Ping,
+        body: bytes::Bytes::new(),
+    };
+    exchange(conn, conn.remote_address(), &frame)
+        .await
+        .map(|_| ())
 }
 
 /// The answer to a frame that could not be read: says why, so the caller can tell.

@@ -142,8 +142,12 @@ pub struct PeerConfig {
 pub struct RaftConfig {
     /// Length of one Raft tick.
     pub tick_ms: u64,
-    /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+    /// Ticks without a leader before a follower campaigns: at least this many...
     pub election_ticks: usize,
+    /// ...and fewer than this many, chosen at random each time. A narrow window keeps
+    /// failover quick (the new leader is elected within `election-ticks-max` ticks of
+    /// the old one's last heartbeat); a wider one makes split votes rarer.
+    pub election_ticks_max: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
     /// Largest append message sent to a follower.
@@ -162,8 +166,9 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig {
-            tick_ms: 50,
+            tick_ms: 40,
             election_ticks: 10,
+            election_ticks_max: 14,
             heartbeat_ticks: 2,
             max_size_per_msg_bytes: 1 << 20,
             max_inflight_msgs: 256,
@@ -231,6 +236,9 @@ impl StoreConfig {
         }
         if self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft election-ticks must exceed heartbeat-ticks".into());
+        }
+        if self.raft.election_ticks_max <= self.raft.election_ticks {
+            return bad("raft election-ticks-max must exceed election-ticks".into());
         }
         if self.limits.queue_msgs_max == 0
             || self.limits.round_msgs_max == 0

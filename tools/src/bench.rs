@@ -25,6 +25,66 @@ pub enum BenchCommand {
     S3(S3BenchArgs),
     /// One placement scheduling pass over a large simulated cluster (pure, no I/O).
     Schedule(ScheduleBenchArgs),
+    /// Range leader loss: kill -9 the leader's store process again and again while
+    /// clients write; how long until writes are served again, beside the election alone.
+    Failover(FailoverBenchArgs),
+}
+
+#[derive(Args)]
+pub struct FailoverBenchArgs {
+    /// Leader kills to measure.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Folder for the stores (default: a temp folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn failover_bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.trials > 0 && args.writers > 0,
+        "trials and writers must be positive"
+    );
+    let temp = tempfile::Builder::new()
+        .prefix("shale-bench-failover-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let rep = crate::failover::run(temp.path(), args.trials, args.writers).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!(
+            "{} leader kills, {} writers, 3 store processes",
+            rep.trials.len(),
+            rep.writers
+        );
+        println!(
+            "{:<32} {:>8} {:>8} {:>8}",
+            "ms after kill -9", "p50", "p99", "max"
+        );
+        for (name, s) in [
+            ("new leader (baseline: Raft)", &rep.new_leader_ms),
+            ("first writer acknowledged", &rep.first_write_ms),
+            ("every writer acknowledged", &rep.all_writers_ms),
+        ] {
+            println!("{name:<32} {:>8.0} {:>8.0} {:>8.0}", s.p50, s.p99, s.max);
+        }
+        println!(
+            "acknowledged writes: {}, lost: {}",
+            rep.acknowledged_writes, rep.lost_writes
+        );
+    }
+    anyhow::ensure!(
+        rep.lost_writes == 0,
+        "{} acknowledged writes were lost",
+        rep.lost_writes
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -230,6 +290,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Idle(args) => idle(args).await,
         BenchCommand::S3(args) => s3(args).await,
         BenchCommand::Schedule(args) => schedule_bench(args),
+        BenchCommand::Failover(args) => failover_bench(args).await,
     }
 }
 

@@ -6,6 +6,7 @@ mod certs;
 mod cluster_file;
 mod ctl;
 mod dev;
+mod failover;
 mod gateway;
 mod kv;
 mod load;

@@ -195,3 +195,110 @@ async fn endpoint_connect(endpoint: &mut quinn::Endpoint, addr: SocketAddr) -> q
         .await
         .unwrap()
 }
+
+/// Answers after `delay`: a peer that is alive but slow.
+struct Slow {
+    delay: Duration,
+}
+
+impl Service for Slow {
+    async fn request(&self, frame: Frame) -> Frame {
+        tokio::time::sleep(self.delay).await;
+        Frame {
+            kind: FrameKind::KvResponse,
+            body: frame.body,
+        }
+    }
+
+    fn message(&self, _frame: Frame, _remote: SocketAddr) {}
+}
+
+fn probing() -> TransportConfig {
+    TransportConfig {
+        request_timeout_ms: 10_000,
+        probe_after_ms: 100,
+        probe_timeout_ms: 300,
+        ..TransportConfig::default()
+    }
+}
+
+/// A UDP relay between one client and a server that can start dropping every datagram
+/// both ways, the way a crashed machine goes silent (no close, no error).
+struct BlackHole {
+    addr: SocketAddr,
+    dropping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHole {
+    async fn start(server: SocketAddr) -> Self {
+        let socket = Arc::new(tokio::net::UdpSocket::bind(loopback()).await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        let dropping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drop_flag = dropping.clone();
+        tokio::spawn(async move {
+            let mut client = None;
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                if drop_flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let to = if from == server {
+                    match client {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                } else {
+                    client = Some(from);
+                    server
+                };
+                let _ = socket.send_to(&buf[..n], to).await;
+            }
+        });
+        BlackHole { addr, dropping }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_declared_unresponsive_long_before_the_request_timeout() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let (server, _) = echo_server(&identity).await;
+    let relay = BlackHole::start(server.local_addr().unwrap()).await;
+    let client = Transport::client(&identity, probing()).unwrap();
+    client.call(relay.addr, &request(b"hello")).await.unwrap();
+    assert!(!client.suspected(relay.addr));
+
+    relay.dropping.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let err = client
+        .call(relay.addr, &request(b"again"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RpcError::Unresponsive { .. }),
+        "expected Unresponsive, got {err} after {:?}",
+        started.elapsed()
+    );
+    assert!(err.is_unreachable());
+    assert!(client.suspected(relay.addr), "a failed peer is suspect");
+
+    // When it answers again, the next call reconnects and clears the suspicion.
+    relay.dropping.store(false, Ordering::SeqCst);
+    let reply = client.call(relay.addr, &request(b"back")).await.unwrap();
+    assert_eq!(&reply.body[..], b"back");
+    assert!(!client.suspected(relay.addr));
+}
+
+#[tokio::test]
+async fn a_slow_peer_that_answers_probes_is_waited_for() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let server = Transport::bind(loopback(), &identity, probing()).unwrap();
+    server.serve(Arc::new(Slow {
+        delay: Duration::from_millis(1_500),
+    }));
+    let client = Transport::client(&identity, probing()).unwrap();
+    let reply = client
+        .call(server.local_addr().unwrap(), &request(b"slow"))
+        .await
+        .expect("a slow but live peer is not given up on");
+    assert_eq!(&reply.body[..], b"slow");
+}

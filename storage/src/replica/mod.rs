@@ -180,6 +180,8 @@ impl Replica {
         let raft_config = raft::Config {
             id: replica_id,
             election_tick: config.election_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks_max,
             heartbeat_tick: config.heartbeat_ticks,
             applied: apply.applied_index,
             max_size_per_msg: config.max_size_per_msg_bytes,

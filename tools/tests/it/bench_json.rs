@@ -77,3 +77,29 @@ fn bench_s3_prints_json() {
     assert_eq!(phases.len(), 3, "put, get, list: {v}");
     phases.iter().for_each(check_phase);
 }
+
+/// Real processes killed with SIGKILL: the run fails if an acknowledged write is lost.
+#[test]
+fn bench_failover_kills_leaders_and_loses_no_acknowledged_write() {
+    let v = run_json(&[
+        "bench",
+        "failover",
+        "--json",
+        "--trials",
+        "2",
+        "--writers",
+        "4",
+    ]);
+    let trials = v["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 2, "{v}");
+    for t in trials {
+        for field in ["new_leader_ms", "first_write_ms", "all_writers_ms"] {
+            assert!(t[field].as_f64().is_some_and(|ms| ms > 0.0), "{field}: {v}");
+        }
+    }
+    for summary in ["new_leader_ms", "first_write_ms", "all_writers_ms"] {
+        assert!(v[summary]["p99"].as_f64().is_some(), "{summary}: {v}");
+    }
+    assert!(v["acknowledged_writes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["lost_writes"].as_u64(), Some(0), "{v}");
+}
