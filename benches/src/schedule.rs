@@ -68,6 +68,7 @@ pub fn build_view(stores: u64, filled: u64, ranges: u64) -> ClusterView {
             },
             term: 1,
             size_bytes: 64 << 20,
+            key_count: None,
             write_ops: 0,
             write_bytes: 0,
             read_ops: 0,

@@ -133,6 +133,7 @@ fn group_store_config(config: &PlacementConfig) -> StoreConfig {
         split: SplitConfig {
             range_size_bytes_max: u64::MAX / 2,
             check_after_written_bytes: u64::MAX / 2,
+            recheck_after_ms: u64::MAX / 2,
         },
         gauge_label: Some(format!("placement-{}", config.node_id)),
         ..StoreConfig::default()

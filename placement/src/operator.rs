@@ -196,6 +196,7 @@ mod tests {
             leader: Some(leader),
             term: 1,
             size_bytes: 0,
+            key_count: None,
             ops_per_sec: 0.0,
             bytes_per_sec: 0.0,
             hot_since_ms: None,

@@ -53,6 +53,7 @@ pub struct RangeView {
     pub leader: Option<StoreId>,
     pub term: u64,
     pub size_bytes: u64,
+    pub key_count: Option<u64>,
     pub ops_per_sec: f64,
     pub bytes_per_sec: f64,
     /// Since when the range has been hot without a break.
@@ -107,6 +108,7 @@ impl ClusterView {
             leader: None,
             term: 0,
             size_bytes: 0,
+            key_count: None,
             ops_per_sec: 0.0,
             bytes_per_sec: 0.0,
             hot_since_ms: None,
@@ -153,6 +155,10 @@ impl ClusterView {
             leader: Some(leader),
             term: report.term,
             size_bytes: report.size_bytes,
+            // A report before the leader counted keeps the count placement had.
+            key_count: report.key_count.or(previous
+                .filter(|p| p.range == report.range)
+                .and_then(|p| p.key_count)),
             ops_per_sec,
             bytes_per_sec,
             hot_since_ms: if is_hot {
@@ -267,6 +273,7 @@ impl ClusterView {
                 })
                 .collect(),
             size_bytes: view.size_bytes,
+            key_count: view.key_count,
             ops_per_sec: view.ops_per_sec,
         }
     }
@@ -335,6 +342,7 @@ mod tests {
             range,
             term,
             size_bytes: 0,
+            key_count: None,
             write_ops: 0,
             write_bytes: 0,
             read_ops: 0,

@@ -254,6 +254,9 @@ pub struct RangeStatus {
     /// Approximate bytes of the range's data on disk (SST files; memtables not counted).
     #[serde(default)]
     pub size_bytes: u64,
+    /// Keys in the range as its last size check counted them (none yet: not counted).
+    #[serde(default)]
+    pub key_count: Option<u64>,
 }
 
 impl RangeStatus {

@@ -88,6 +88,9 @@ pub struct RangeReport {
     pub range: RangeDescriptor,
     pub term: u64,
     pub size_bytes: u64,
+    /// Keys as the leader last counted them (none: not counted yet).
+    #[serde(default)]
+    pub key_count: Option<u64>,
     /// Requests and bytes since the previous report, and that interval's length.
     pub write_ops: u64,
     pub write_bytes: u64,
@@ -137,6 +140,8 @@ pub struct Route {
     /// Addresses of the stores holding its replicas (those placement knows).
     pub stores: Vec<StoreAddr>,
     pub size_bytes: u64,
+    #[serde(default)]
+    pub key_count: Option<u64>,
     /// Smoothed requests per second over recent reports.
     pub ops_per_sec: f64,
 }

@@ -73,6 +73,10 @@ pub struct SplitConfig {
     pub range_size_bytes_max: u64,
     /// A range's leader checks its size after this many bytes of writes.
     pub check_after_written_bytes: u64,
+    /// ...or, after fewer, once this long has passed since its last check. A check also
+    /// counts the range's keys for placement, so this bounds how stale a written range's
+    /// key count gets. Each check reads the range, so not too often.
+    pub recheck_after_ms: u64,
 }
 
 impl Default for SplitConfig {
@@ -80,6 +84,7 @@ impl Default for SplitConfig {
         SplitConfig {
             range_size_bytes_max: 96 << 20,
             check_after_written_bytes: 8 << 20,
+            recheck_after_ms: 300_000,
         }
     }
 }

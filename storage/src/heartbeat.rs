@@ -156,6 +156,7 @@ impl Heartbeats {
                     range: s.range.clone(),
                     term: s.term,
                     size_bytes: s.size_bytes,
+                    key_count: s.key_count,
                     write_ops: l.write_ops,
                     write_bytes: l.write_bytes,
                     read_ops: l.read_ops,

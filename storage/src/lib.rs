@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod faults;
 pub mod heartbeat;
+pub mod key_counts;
 pub mod keys;
 pub mod metrics;
 pub mod node;

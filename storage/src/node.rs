@@ -26,6 +26,7 @@ use crate::config::StoreConfig;
 use crate::engine::{Cf, Durability, Engine};
 use crate::faults::Faults;
 use crate::heartbeat::{register, Heartbeats};
+use crate::key_counts::KeyCounts;
 use crate::keys;
 use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
@@ -47,6 +48,7 @@ pub struct StoreNode {
     split_task: tokio::task::JoinHandle<()>,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
     faults: Arc<Faults>,
+    key_counts: Arc<KeyCounts>,
 }
 
 /// Ranges waiting for a size check; more are dropped (the next writes ask again).
@@ -54,9 +56,11 @@ const SPLIT_CHECKS_QUEUED_MAX: usize = 256;
 
 /// Checks the size of ranges the store loop names, off the loop thread, and splits
 /// those past `size_bytes_max` at a key chosen from their data.
+/// Each check also counts the range's keys for its reports.
 async fn run_split_checks(
     engine: Arc<Engine>,
     service: Arc<StoreService>,
+    counts: Arc<KeyCounts>,
     size_bytes_max: u64,
     mut ranges: tokio::sync::mpsc::Receiver<RangeDescriptor>,
 ) {
@@ -66,9 +70,15 @@ async fn run_split_checks(
         let key =
             tokio::task::spawn_blocking(move || split_key_of(&engine, &scanned, size_bytes_max))
                 .await;
+        counts.checked(range.id);
         let key = match key {
-            Ok(Ok(Some(key))) => key,
-            Ok(Ok(None)) => continue,
+            Ok(Ok(check)) => {
+                counts.record(&range, check.keys);
+                match check.split_key {
+                    Some(key) => key,
+                    None => continue,
+                }
+            }
             Ok(Err(e)) => {
                 warn!(range_id = range.id, error = %e, "split check failed");
                 continue;
@@ -85,23 +95,40 @@ async fn run_split_checks(
     }
 }
 
+/// What a size check found.
+struct SizeCheck {
+    split_key: Option<Bytes>,
+    /// Keys in the range: counted, or estimated when the scan stopped past the bound.
+    keys: u64,
+}
+
 /// Reads the range's keys and sizes until past the bound and picks a split key.
 fn split_key_of(
     engine: &Engine,
     range: &RangeDescriptor,
     size_bytes_max: u64,
-) -> Result<Option<Bytes>, StorageError> {
+) -> Result<SizeCheck, StorageError> {
     let mut pairs: Vec<(Vec<u8>, usize)> = Vec::new();
     let mut total = 0u64;
+    let mut whole = true;
     engine.scan(Cf::Data, &range.start_key, &range.end_key, |k, v| {
         pairs.push((k.to_vec(), k.len() + v.len()));
         total += (k.len() + v.len()) as u64;
-        total <= size_bytes_max
+        whole = total <= size_bytes_max;
+        whole
     })?;
-    Ok(choose_split_key(
-        pairs.iter().map(|(k, s)| (&k[..], *s)),
-        size_bytes_max,
-    ))
+    let scanned = pairs.len() as u64;
+    let keys = if whole || total == 0 {
+        scanned
+    } else {
+        // Past the bound: extrapolate from the part scanned by the range's size on disk.
+        let size = engine.approximate_size_bytes(Cf::Data, &range.start_key, &range.end_key);
+        scanned.saturating_mul(size.max(total)) / total
+    };
+    Ok(SizeCheck {
+        split_key: choose_split_key(pairs.iter().map(|(k, s)| (&k[..], *s)), size_bytes_max),
+        keys,
+    })
 }
 
 impl StoreNode {
@@ -180,6 +207,7 @@ impl StoreNode {
             faults.clone(),
         );
         let (split_tx, split_rx) = tokio::sync::mpsc::channel(SPLIT_CHECKS_QUEUED_MAX);
+        let key_counts = Arc::new(KeyCounts::new(split_tx.clone()));
         let store = Store::new(
             &config,
             engine.clone(),
@@ -214,6 +242,7 @@ impl StoreNode {
                 cluster: Arc::new(cluster),
                 placement: placement.as_ref().map(|(p, _)| p.clone()),
             },
+            key_counts.clone(),
         ));
         let heartbeat_task = placement.map(|(placement, cluster_id)| {
             tokio::spawn(
@@ -233,6 +262,7 @@ impl StoreNode {
         let split_task = tokio::spawn(run_split_checks(
             engine.clone(),
             service.clone(),
+            key_counts.clone(),
             config.split.range_size_bytes_max,
             split_rx,
         ));
@@ -249,6 +279,7 @@ impl StoreNode {
             split_task,
             heartbeat_task,
             faults,
+            key_counts,
         })
     }
 
@@ -272,7 +303,9 @@ impl StoreNode {
         if self.tx.try_send(StoreMsg::Status { reply }).is_err() {
             return Vec::new();
         }
-        rx.await.unwrap_or_default()
+        let mut ranges = rx.await.unwrap_or_default();
+        self.key_counts.annotate(&mut ranges);
+        ranges
     }
 
     /// Asks the replica of `range_id` on this store to campaign for leadership.

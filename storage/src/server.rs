@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::command::{Applied, Command};
 use crate::engine::{Cf, Engine};
 use crate::faults::Faults;
+use crate::key_counts::KeyCounts;
 use crate::replica::AddressBook;
 use crate::snapshot::{Assembler, SnapshotChunk, SnapshotData};
 use crate::store::StoreMsg;
@@ -46,6 +47,7 @@ pub struct StoreService {
     placement: Option<Arc<PlacementClient>>,
     /// Requests per range since the last heartbeat took them.
     load: Mutex<HashMap<RangeId, RangeLoad>>,
+    key_counts: Arc<KeyCounts>,
 }
 
 /// Where a store gets new range and replica ids: placement when it has one, else the
@@ -76,6 +78,7 @@ impl StoreService {
         engine: Arc<Engine>,
         request_timeout: Duration,
         ids: IdSource,
+        key_counts: Arc<KeyCounts>,
     ) -> Self {
         let IdSource { cluster, placement } = ids;
         StoreService {
@@ -89,6 +92,7 @@ impl StoreService {
             cluster,
             placement,
             load: Mutex::new(HashMap::new()),
+            key_counts,
         }
     }
 
@@ -150,8 +154,12 @@ impl StoreService {
     }
 
     /// The state of every replica on this store.
+    /// Every replica on the store, with key counts where made (led ranges without one
+    /// are queued for counting).
     pub async fn status(&self) -> Result<Vec<RangeStatus>, KvError> {
-        self.ask(|reply| StoreMsg::Status { reply }).await
+        let mut ranges: Vec<RangeStatus> = self.ask(|reply| StoreMsg::Status { reply }).await?;
+        self.key_counts.annotate(&mut ranges);
+        Ok(ranges)
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

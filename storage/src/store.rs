@@ -124,6 +124,8 @@ pub struct Store<S: RaftSender> {
     /// Where ranges due for a size check go (checked off the loop thread).
     split_checks: Option<tokio::sync::mpsc::Sender<RangeDescriptor>>,
     split_check_bytes: u64,
+    /// Ticks after which a range with any writes is checked again.
+    recheck_ticks: u64,
     log_gc: LogGcConfig,
     ticks: u64,
     flush_in_flight: bool,
@@ -158,6 +160,7 @@ impl<S: RaftSender> Store<S> {
             addresses,
             split_checks,
             split_check_bytes: config.split.check_after_written_bytes,
+            recheck_ticks: (config.split.recheck_after_ms / config.raft.tick_ms).max(1),
             log_gc: config.log_gc.clone(),
             ticks: 0,
             flush_in_flight: false,
@@ -501,6 +504,7 @@ impl<S: RaftSender> Store<S> {
                     &r.range.start_key,
                     &span_end(&r.range),
                 ),
+                key_count: None,
             })
             .collect()
     }
@@ -717,8 +721,9 @@ impl<S: RaftSender> Store<S> {
     /// Asks for a size check of every leader range that took enough writes since its last.
     fn request_split_checks(&mut self) {
         let Some(tx) = &self.split_checks else { return };
+        let (now, recheck) = (self.ticks, self.recheck_ticks);
         for r in self.replicas.values_mut() {
-            if r.is_leader() && r.take_split_check(self.split_check_bytes) {
+            if r.is_leader() && r.take_split_check(self.split_check_bytes, now, recheck) {
                 let _ = tx.try_send(r.range.clone());
             }
         }

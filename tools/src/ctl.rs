@@ -112,6 +112,8 @@ pub struct RangeView {
     replicas: Vec<StoreId>,
     leader: Option<StoreId>,
     size_bytes: u64,
+    /// As the leader last counted them; null until counted.
+    key_count: Option<u64>,
     conf_ver: u64,
     version: u64,
 }
@@ -183,6 +185,7 @@ impl Snapshot {
                 replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
                 leader: *leader,
                 size_bytes: r.size_bytes,
+                key_count: r.key_count,
                 conf_ver: r.range.epoch.conf_ver,
                 version: r.range.epoch.version,
             })
@@ -417,8 +420,8 @@ fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
-        "id", "start", "end", "replicas", "leader", "size"
+        "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12} {:>10}",
+        "id", "start", "end", "replicas", "leader", "size", "keys"
     );
     for r in ranges {
         let replicas = r
@@ -428,14 +431,16 @@ fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(",");
         let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
+        let keys = r.key_count.map_or("-".to_string(), |k| k.to_string());
         println!(
-            "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12}",
+            "{:<12} {:<20} {:<20} {:<12} {:>7} {:>12} {:>10}",
             r.id,
             trim(&r.start_key),
             trim(&r.end_key),
             replicas,
             leader,
-            r.size_bytes
+            r.size_bytes,
+            keys
         );
     }
     Ok(())

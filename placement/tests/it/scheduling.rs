@@ -65,6 +65,20 @@ async fn scale_out_from_three_to_five_stores_balances_without_loss() {
         },
     )
     .await;
+    must_eventually(
+        "range leaders report their key counts",
+        Duration::from_secs(30),
+        || async {
+            let routes = routes(&cluster).await?;
+            let uncounted = routes.iter().filter(|r| r.key_count.is_none()).count();
+            let keys: u64 = routes.iter().filter_map(|r| r.key_count).sum();
+            // 1,200 keys loaded; placement hands out ids, so stores hold no id counter.
+            (uncounted == 0 && keys == 1200)
+                .then_some(())
+                .ok_or(format!("{uncounted} ranges uncounted, {keys} keys counted"))
+        },
+    )
+    .await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicUsize::new(0));

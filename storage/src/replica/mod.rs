@@ -86,6 +86,8 @@ pub struct Replica {
     next_id: Option<u64>,
     /// Bytes written since the last split check.
     written_bytes: u64,
+    /// The store tick of the last split check.
+    checked_at_tick: u64,
     /// Log index up to which a CompactLog entry allows truncation (after a flush).
     pending_compact: Option<u64>,
     /// Highest CompactLog index this leader proposed.
@@ -209,6 +211,7 @@ impl Replica {
             new_ranges: Vec::new(),
             next_id: None,
             written_bytes: 0,
+            checked_at_tick: 0,
             pending_compact: None,
             compact_proposed: 0,
             peer_stores: HashMap::new(),
@@ -541,12 +544,16 @@ impl Replica {
         self.propose_entry(command, vec![reply]);
     }
 
-    /// True (once) when the range took `threshold` bytes of writes since the last check.
-    pub fn take_split_check(&mut self, threshold: u64) -> bool {
-        if self.written_bytes < threshold {
+    /// True (once) when the range took `threshold` bytes of writes since the last check,
+    /// or any writes and the last check was `recheck_ticks` or more before tick `now`.
+    pub fn take_split_check(&mut self, threshold: u64, now: u64, recheck_ticks: u64) -> bool {
+        let due = self.written_bytes >= threshold
+            || (self.written_bytes > 0 && now >= self.checked_at_tick + recheck_ticks);
+        if !due {
             return false;
         }
         self.written_bytes = 0;
+        self.checked_at_tick = now;
         true
     }
 

@@ -303,3 +303,55 @@ async fn bad_splits_and_cross_range_batches_are_refused() {
     );
     cluster.shutdown().await;
 }
+
+/// The key count of `range_id` as its leader reports it, once counted.
+async fn leader_key_count(cluster: &LocalCluster, range_id: u64) -> Option<u64> {
+    for i in 0..cluster.len() {
+        let status = cluster.node(i).unwrap().status().await;
+        if let Some(s) = status
+            .iter()
+            .find(|s| s.range_id() == range_id && s.is_leader)
+        {
+            return s.key_count;
+        }
+    }
+    None
+}
+
+async fn wait_key_count(cluster: &LocalCluster, range_id: u64, want: u64) {
+    let started = Instant::now();
+    loop {
+        let got = leader_key_count(cluster, range_id).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "range {range_id} counts {want} keys (has {got:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaders_count_their_ranges_keys_and_recount_after_a_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |c| c.split.recheck_after_ms = 200)
+        .await
+        .unwrap();
+    cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let client = cluster.client().unwrap();
+    for i in 0..300 {
+        must_put(&client, i).await;
+    }
+    client.delete(key(7)).await.unwrap();
+    wait_key_count(&cluster, shale_rpc::client::FIRST_RANGE_ID, 299).await;
+    let (left, right) = client.split(key(100)).await.unwrap();
+    // The split took the new range's id from the cluster's counter: a key of the first
+    // range, counted like any other.
+    let counter = client.get(shale_rpc::ID_ALLOC_KEY).await.unwrap();
+    assert!(counter.is_some(), "the split allocated an id");
+    wait_key_count(&cluster, left.id, 99 + 1).await;
+    wait_key_count(&cluster, right.id, 200).await;
+    cluster.shutdown().await;
+}

@@ -205,6 +205,7 @@ fn range_view(r: &Route) -> RangeView {
         replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
         leader: r.leader,
         size_bytes: r.size_bytes,
+        key_count: r.key_count,
         conf_ver: r.range.epoch.conf_ver,
         version: r.range.epoch.version,
     }
