@@ -112,7 +112,7 @@ where
         .map(|w| {
             let op = op.clone();
             tokio::spawn(async move {
-                let mut rec = Recorder::default();
+                let mut rec = Recorder::starting_at(measure_from);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
                 loop {
                     let t = Instant::now();
@@ -131,7 +131,7 @@ where
             })
         })
         .collect();
-    let mut total = Recorder::default();
+    let mut total = Recorder::starting_at(measure_from);
     for t in tasks {
         if let Ok(rec) = t.await {
             total.merge(&rec);
@@ -226,7 +226,7 @@ pub fn rocksdb_baseline(dir: &std::path::Path, opts: &KvBenchOptions) -> anyhow:
             let value = value.clone();
             let keys = opts.keys;
             std::thread::spawn(move || {
-                let mut rec = Recorder::default();
+                let mut rec = Recorder::starting_at(warm_until);
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
                 loop {
                     let t = Instant::now();
@@ -248,7 +248,7 @@ pub fn rocksdb_baseline(dir: &std::path::Path, opts: &KvBenchOptions) -> anyhow:
             })
         })
         .collect();
-    let mut total = Recorder::default();
+    let mut total = Recorder::starting_at(warm_until);
     for t in threads {
         let rec = t
             .join()

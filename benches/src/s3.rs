@@ -199,12 +199,13 @@ where
     Fut: std::future::Future<Output = anyhow::Result<usize>> + Send,
 {
     let op = Arc::new(op);
-    let stop_at = Instant::now() + duration;
+    let started = Instant::now();
+    let stop_at = started + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
             let (op, target) = (op.clone(), targets[w % targets.len()].clone());
             tokio::spawn(async move {
-                let mut rec = Recorder::default();
+                let mut rec = Recorder::starting_at(started);
                 let mut seq = 0u64;
                 while Instant::now() < stop_at {
                     let t = Instant::now();
@@ -223,7 +224,7 @@ where
             })
         })
         .collect();
-    let mut total = Recorder::default();
+    let mut total = Recorder::starting_at(started);
     for t in tasks {
         if let Ok(rec) = t.await {
             total.merge(&rec);

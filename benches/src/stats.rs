@@ -1,6 +1,6 @@
 //! Latency and throughput bookkeeping for benchmark phases.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -25,6 +25,34 @@ pub struct OpStats {
     pub ops_per_sec: f64,
     pub mb_per_sec: f64,
     pub latency_ms: LatencyMs,
+    /// The same, interval by interval through the phase.
+    pub timeline: Vec<Interval>,
+}
+
+/// One interval of a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interval {
+    /// Seconds from the phase's start to the interval's end.
+    pub until_sec: f64,
+    pub ops_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Intervals a timeline is cut into (at least a second each).
+const TIMELINE_INTERVALS: u32 = 20;
+
+/// Most timeline samples one recorder keeps (12 bytes each); later operations still
+/// count in the totals.
+const TIMELINE_SAMPLES_MAX: usize = 2_000_000;
+
+/// One operation for the timeline: when it ended, how long it took, bytes moved.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    ended_ms: u32,
+    latency_us: u32,
+    bytes: u32,
 }
 
 /// Collects latencies of one worker; merged at the end of a phase.
@@ -32,29 +60,78 @@ pub struct Recorder {
     hist: Histogram<u64>,
     pub bytes: u64,
     pub errors: u64,
+    /// The phase's start, for the timeline.
+    started: Instant,
+    samples: Vec<Sample>,
 }
 
-impl Default for Recorder {
-    fn default() -> Self {
+impl Recorder {
+    /// A recorder for a phase measured from `started`.
+    pub fn starting_at(started: Instant) -> Self {
         Recorder {
             hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
             bytes: 0,
             errors: 0,
+            started,
+            samples: Vec::new(),
         }
     }
-}
 
-impl Recorder {
     pub fn record(&mut self, latency: Duration, bytes: usize) {
         let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
         self.hist.record(us).expect("clamped into bounds");
         self.bytes += bytes as u64;
+        if self.samples.len() < TIMELINE_SAMPLES_MAX {
+            self.samples.push(Sample {
+                ended_ms: self.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+                latency_us: us as u32,
+                bytes: bytes.min(u32::MAX as usize) as u32,
+            });
+        }
     }
 
     pub fn merge(&mut self, other: &Recorder) {
         self.hist.add(&other.hist).expect("same bounds");
         self.bytes += other.bytes;
         self.errors += other.errors;
+        let room = TIMELINE_SAMPLES_MAX.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.iter().take(room));
+    }
+
+    /// Cuts the phase into intervals of at least a second.
+    fn timeline(&self, elapsed: Duration) -> Vec<Interval> {
+        let total_ms = elapsed.as_millis().max(1) as u64;
+        let step_ms = (total_ms / u64::from(TIMELINE_INTERVALS)).max(1000);
+        let mut buckets: Vec<Vec<Sample>> = vec![Vec::new(); total_ms.div_ceil(step_ms) as usize];
+        for s in &self.samples {
+            let i = (u64::from(s.ended_ms) / step_ms) as usize;
+            if let Some(b) = buckets.get_mut(i) {
+                b.push(*s);
+            }
+        }
+        buckets
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut b)| {
+                let until_ms = ((i as u64 + 1) * step_ms).min(total_ms);
+                let secs = (until_ms - i as u64 * step_ms).max(1) as f64 / 1000.0;
+                b.sort_unstable_by_key(|s| s.latency_us);
+                let at = |q: f64| {
+                    let n = b.len();
+                    let i = ((n as f64 * q).ceil() as usize).clamp(1, n.max(1)) - 1;
+                    b.get(i).map_or(0.0, |s| f64::from(s.latency_us) / 1000.0)
+                };
+                Interval {
+                    until_sec: until_ms as f64 / 1000.0,
+                    ops_per_sec: b.len() as f64 / secs,
+                    mb_per_sec: b.iter().map(|s| u64::from(s.bytes)).sum::<u64>() as f64
+                        / secs
+                        / 1e6,
+                    p50_ms: at(0.50),
+                    p99_ms: at(0.99),
+                }
+            })
+            .collect()
     }
 
     pub fn finish(&self, name: &str, concurrency: usize, elapsed: Duration) -> OpStats {
@@ -74,6 +151,7 @@ impl Recorder {
                 p999: ms(0.999),
                 max: self.hist.max() as f64 / 1000.0,
             },
+            timeline: self.timeline(elapsed),
         }
     }
 }
@@ -98,4 +176,143 @@ pub fn table(rows: &[OpStats]) -> String {
         ));
     }
     out
+}
+
+/// Each phase's timeline as text: throughput and latency interval by interval.
+pub fn timeline_table(rows: &[OpStats]) -> String {
+    let mut out = String::new();
+    for r in rows.iter().filter(|r| r.timeline.len() > 1) {
+        out.push_str(&format!(
+            "{} over time:\n  {:>8} {:>10} {:>9} {:>9} {:>9}\n",
+            r.name, "until s", "ops/s", "MB/s", "p50 ms", "p99 ms"
+        ));
+        for i in &r.timeline {
+            out.push_str(&format!(
+                "  {:>8.1} {:>10.0} {:>9.2} {:>9.3} {:>9.3}\n",
+                i.until_sec, i.ops_per_sec, i.mb_per_sec, i.p50_ms, i.p99_ms
+            ));
+        }
+    }
+    out
+}
+
+/// An SVG chart: per phase, throughput and p99 latency over time, side by side.
+pub fn svg_chart(rows: &[OpStats]) -> String {
+    const PANEL_W: f64 = 420.0;
+    const PANEL_H: f64 = 120.0;
+    const ROW_H: f64 = PANEL_H + 50.0;
+    let height = ROW_H * rows.len() as f64 + 10.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" \
+         fill=\"white\"/>\n",
+        2.0 * PANEL_W + 60.0
+    );
+    for (row, r) in rows.iter().enumerate() {
+        let top = row as f64 * ROW_H + 20.0;
+        svg.push_str(&format!(
+            "<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}</text>\n",
+            top - 5.0,
+            escape(&r.name)
+        ));
+        let series: [(&str, &str, Vec<f64>); 2] = [
+            (
+                "ops/s",
+                "#1f77b4",
+                r.timeline.iter().map(|i| i.ops_per_sec).collect(),
+            ),
+            (
+                "p99 ms",
+                "#d62728",
+                r.timeline.iter().map(|i| i.p99_ms).collect(),
+            ),
+        ];
+        let end_sec = r.timeline.last().map_or(1.0, |i| i.until_sec).max(1e-9);
+        for (col, (label, color, values)) in series.iter().enumerate() {
+            let left = 20.0 + col as f64 * (PANEL_W + 20.0);
+            let max = values.iter().copied().fold(0.0, f64::max).max(1e-9);
+            let points: Vec<String> = r
+                .timeline
+                .iter()
+                .zip(values)
+                .map(|(i, v)| {
+                    let x = left + i.until_sec / end_sec * PANEL_W;
+                    let y = top + PANEL_H - v / max * PANEL_H;
+                    format!("{x:.1},{y:.1}")
+                })
+                .collect();
+            svg.push_str(&format!(
+                "<rect x=\"{left}\" y=\"{top}\" width=\"{PANEL_W}\" height=\"{PANEL_H}\" \
+                 fill=\"none\" stroke=\"#999\"/>\n\
+                 <polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
+                 <text x=\"{}\" y=\"{}\">{label} (max {max:.1})</text>\n\
+                 <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{end_sec:.0} s</text>\n",
+                points.join(" "),
+                left + 4.0,
+                top + 14.0,
+                left + PANEL_W,
+                top + PANEL_H + 14.0,
+            ));
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_cuts_a_phase_into_intervals_with_their_own_rates() {
+        let started = Instant::now() - Duration::from_secs(4);
+        let mut rec = Recorder::starting_at(started);
+        // Fake samples: 100 fast ops in the first two seconds, 10 slow ones after.
+        for i in 0..100 {
+            rec.samples.push(Sample {
+                ended_ms: i * 20,
+                latency_us: 1_000,
+                bytes: 1_000,
+            });
+        }
+        for i in 0..10 {
+            rec.samples.push(Sample {
+                ended_ms: 2_000 + i * 200,
+                latency_us: 50_000,
+                bytes: 1_000,
+            });
+        }
+        let t = rec.timeline(Duration::from_secs(4));
+        assert_eq!(t.len(), 4, "4 s in intervals of a second");
+        assert_eq!(t[0].ops_per_sec, 50.0);
+        assert_eq!(t[0].p99_ms, 1.0);
+        assert_eq!(t[2].ops_per_sec, 5.0);
+        assert_eq!(t[3].p50_ms, 50.0);
+        assert_eq!(t[3].until_sec, 4.0);
+        let svg = svg_chart(&[OpStats {
+            name: "put <a>".into(),
+            concurrency: 1,
+            ops: 110,
+            errors: 0,
+            seconds: 4.0,
+            ops_per_sec: 27.5,
+            mb_per_sec: 0.0,
+            latency_ms: LatencyMs {
+                p50: 1.0,
+                p99: 50.0,
+                p999: 50.0,
+                max: 50.0,
+            },
+            timeline: t,
+        }]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("put &lt;a&gt;"));
+    }
 }

@@ -36,6 +36,13 @@ pub enum Listed {
     CommonPrefix(String),
 }
 
+/// What a bucket holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BucketUsage {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
 /// A page of a listing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListPage {
@@ -114,6 +121,26 @@ impl ObjectStore {
             .filter_map(|(k, v)| Some((layout::bucket_of_key(k)?.to_string(), v)))
             .map(|(name, v)| Ok((name, BucketMeta::decode(v).map_err(GwError::Corrupt)?)))
             .collect()
+    }
+
+    /// Objects in `bucket` and their bytes, read page by page (time grows with the
+    /// bucket: for operators, not for requests).
+    pub async fn bucket_usage(&self, bucket: &str) -> Result<BucketUsage, GwError> {
+        self.must_bucket(bucket).await?;
+        let (mut cursor, end) = layout::object_bounds(bucket, "");
+        let mut usage = BucketUsage::default();
+        loop {
+            let page = self.kv.scan(cursor, end.clone(), LIST_PAGE).await?;
+            for (_, v) in &page.pairs {
+                let meta = ObjectMeta::decode(v).map_err(GwError::Corrupt)?;
+                usage.objects += 1;
+                usage.bytes += meta.size;
+            }
+            match page.resume_key {
+                Some(next) if next < end => cursor = next,
+                _ => return Ok(usage),
+            }
+        }
     }
 
     pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, GwError> {

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
     CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
-    CopyObjectResult, CopySource, CreateBucketInput, CreateBucketOutput,
+    CopyObjectResult, CopyPartResult, CopySource, CreateBucketInput, CreateBucketOutput,
     CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
     ETag, ETagCondition, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
@@ -13,7 +13,8 @@ use s3s::dto::{
     ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
     ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
     ListPartsOutput, MetadataDirective, MultipartUpload, Part, PutObjectInput, PutObjectOutput,
-    StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
+    StreamingBlob, Timestamp, UploadPartCopyInput, UploadPartCopyOutput, UploadPartInput,
+    UploadPartOutput,
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
@@ -32,6 +33,38 @@ pub struct ShaleS3 {
 impl ShaleS3 {
     pub fn new(objects: ObjectStore) -> Self {
         ShaleS3 { objects }
+    }
+
+    /// The object a copy reads, once its `x-amz-copy-source-if-*` conditions hold.
+    async fn copy_source(
+        &self,
+        source: &CopySource,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+    ) -> S3Result<(String, String, ObjectMeta)> {
+        let (bucket, key) = match source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => {
+                return Err(s3_error!(
+                    NotImplemented,
+                    "only bucket/key copy sources are supported"
+                ))
+            }
+        };
+        let src = self.objects.head(&bucket, &key).await?;
+        if if_match.is_some_and(|c| !etag_matches(c, &src.etag)) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "x-amz-copy-source-if-match does not match"
+            ));
+        }
+        if if_none_match.is_some_and(|c| etag_matches(c, &src.etag)) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "x-amz-copy-source-if-none-match matches"
+            ));
+        }
+        Ok((bucket, key, src))
     }
 
     /// An object's metadata, once the GET/HEAD preconditions hold for it.
@@ -623,37 +656,56 @@ impl S3 for ShaleS3 {
     }
 
     /// Server-side copy: the source streams through the gateway into a new object.
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        let (_, _, src) = self
+            .copy_source(
+                &input.copy_source,
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+            )
+            .await?;
+        let range = copy_range(input.copy_source_range.as_deref(), src.size)?;
+        let body = Box::pin(self.objects.read(&src, range.start, range.end));
+        let part = self
+            .objects
+            .upload_part(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                Incoming {
+                    body,
+                    content_md5: None,
+                    check: || Ok(()),
+                },
+            )
+            .await?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(part.etag)),
+                last_modified: Some(timestamp(part.last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
     async fn copy_object(
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let input = req.input;
-        let (src_bucket, src_key) = match &input.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => {
-                return Err(s3_error!(
-                    NotImplemented,
-                    "only bucket/key copy sources are supported"
-                ))
-            }
-        };
-        let src = self.objects.head(&src_bucket, &src_key).await?;
-        if let Some(c) = &input.copy_source_if_match {
-            if !etag_matches(c, &src.etag) {
-                return Err(s3_error!(
-                    PreconditionFailed,
-                    "x-amz-copy-source-if-match does not match"
-                ));
-            }
-        }
-        if let Some(c) = &input.copy_source_if_none_match {
-            if etag_matches(c, &src.etag) {
-                return Err(s3_error!(
-                    PreconditionFailed,
-                    "x-amz-copy-source-if-none-match matches"
-                ));
-            }
-        }
+        let (src_bucket, src_key, src) = self
+            .copy_source(
+                &input.copy_source,
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+            )
+            .await?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -699,6 +751,33 @@ impl S3 for ShaleS3 {
             ..Default::default()
         }))
     }
+}
+
+/// The bytes `x-amz-copy-source-range: bytes=FIRST-LAST` names (inclusive, both given),
+/// or the whole object.
+fn copy_range(range: Option<&str>, size: u64) -> S3Result<std::ops::Range<u64>> {
+    let Some(range) = range else {
+        return Ok(0..size);
+    };
+    let invalid = || {
+        let mut e = s3_error!(
+            InvalidArgument,
+            "x-amz-copy-source-range must be bytes=FIRST-LAST within the source's {size} bytes"
+        );
+        e.set_status_code(http::StatusCode::BAD_REQUEST);
+        e
+    };
+    let (first, last) = range
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .ok_or_else(invalid)?;
+    let first: u64 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u64 = last.trim().parse().map_err(|_| invalid())?;
+    if first > last || last >= size {
+        return Err(invalid());
+    }
+    Ok(first..last + 1)
 }
 
 /// The byte range of part `n` (1-based) of an object; a simple object is one part.

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use shale_bench::kv::{cluster_phases, report, rocksdb_baseline, KvBenchOptions, Phases};
 use shale_bench::ranges::{idle_ranges, range_scaling};
 use shale_bench::s3::S3BenchOptions;
-use shale_bench::stats::table;
+use shale_bench::stats::{svg_chart, table, timeline_table, OpStats};
 use shale_gateway::{Gateway, GatewayConfig};
 use shale_storage::cluster::LocalCluster;
 
@@ -158,6 +158,9 @@ pub struct S3BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write an SVG chart of throughput and p99 latency over time to this file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
 }
 
 pub fn parse_size(s: &str) -> Result<usize, String> {
@@ -226,7 +229,17 @@ async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         print!("{}", table(&rep.phases));
+        print!("{}", timeline_table(&rep.phases));
     }
+    write_chart(args.chart.as_deref(), &rep.phases)
+}
+
+/// Writes the phases' SVG chart to `path`, if one was asked for.
+fn write_chart(path: Option<&std::path::Path>, phases: &[OpStats]) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    std::fs::write(path, svg_chart(phases))
+        .with_context(|| format!("write chart {}", path.display()))?;
+    eprintln!("chart written to {}", path.display());
     Ok(())
 }
 
@@ -282,6 +295,9 @@ pub struct KvBenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write an SVG chart of throughput and p99 latency over time to this file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -408,6 +424,7 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
             "linearizable get / replicated put:       {:.2}",
             rep.get_vs_put
         );
+        print!("{}", timeline_table(&rep.phases));
     }
-    Ok(())
+    write_chart(args.chart.as_deref(), &rep.phases)
 }

@@ -53,6 +53,9 @@ pub enum CtlCommand {
     /// Manage S3 access keys kept in the cluster (every gateway accepts them).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Every S3 bucket: when it was created, how many objects and bytes it holds
+    /// (counted by reading the bucket's object records).
+    Buckets,
     /// Move the replica of the range holding KEY from store FROM to store TO.
     Move {
         #[arg(long)]
@@ -277,6 +280,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             bail!("this needs placement, and the cluster file names no placement nodes")
         }
         CtlCommand::Keys(op) => keys(&file, op, args.json).await?,
+        CtlCommand::Buckets => buckets(&file, args.json).await?,
         CtlCommand::Split { key } => split(&file, key).await?,
         CtlCommand::TransferLeader { key, to } => {
             let (range, leader) = leader_of(&file, &transport, &key).await?;
@@ -326,6 +330,65 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct BucketView {
+    name: String,
+    created_ms: u64,
+    objects: u64,
+    bytes: u64,
+}
+
+pub async fn buckets(file: &ClusterFile, json: bool) -> anyhow::Result<()> {
+    let store = shale_gateway::objects::ObjectStore::new(file.client()?);
+    let mut out = Vec::new();
+    for (name, meta) in store.list_buckets().await.context("list buckets")? {
+        // A bucket deleted meanwhile is simply left out.
+        let usage = match store.bucket_usage(&name).await {
+            Ok(u) => u,
+            Err(shale_gateway::error::GwError::NoSuchBucket) => continue,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("count {name}"))),
+        };
+        out.push(BucketView {
+            name,
+            created_ms: meta.created_ms,
+            objects: usage.objects,
+            bytes: usage.bytes,
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<20} {:>10} {:>16}",
+        "bucket", "created (UTC)", "objects", "bytes"
+    );
+    for b in out {
+        println!(
+            "{:<40} {:<20} {:>10} {:>16}",
+            b.name,
+            utc(b.created_ms),
+            b.objects,
+            b.bytes
+        );
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` for milliseconds since the epoch.
+fn utc(ms: u64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64) {
+        Ok(t) => format!(
+            "{} {:02}:{:02}:{:02}",
+            t.date(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{ms} ms"),
+    }
 }
 
 pub async fn keys(file: &ClusterFile, op: KeysCommand, json: bool) -> anyhow::Result<()> {

@@ -227,6 +227,25 @@ s3.copy_object(Bucket="share", Key="copy2", CopySource={"Bucket": "share", "Key"
 c = s3.get_object(Bucket="share", Key="copy2")
 assert c["Body"].read() == whole and c["ContentType"] == "text/x-new" and c["Metadata"] == {"n": "1"}
 expect_error("NoSuchKey", s3.copy_object, Bucket="share", Key="x", CopySource={"Bucket": "share", "Key": "absent"})
+# Multipart copy (UploadPartCopy): parts cut from existing objects, by byte range or whole.
+up3 = s3.create_multipart_upload(Bucket="share", Key="assembled")["UploadId"]
+first = s3.upload_part_copy(Bucket="share", Key="assembled", UploadId=up3, PartNumber=1,
+                            CopySource={"Bucket": "share", "Key": "multi"},
+                            CopySourceRange="bytes=%d-%d" % (MiB, 6 * MiB))["CopyPartResult"]
+assert first["ETag"] == '"%s"' % hashlib.md5(whole[MiB:6 * MiB + 1]).hexdigest(), first
+second = s3.upload_part_copy(Bucket="share", Key="assembled", UploadId=up3, PartNumber=2,
+                             CopySource={"Bucket": "share", "Key": "orig"})["CopyPartResult"]
+expect_error("InvalidArgument", s3.upload_part_copy, Bucket="share", Key="assembled", UploadId=up3, PartNumber=3,
+             CopySource={"Bucket": "share", "Key": "orig"}, CopySourceRange="bytes=0-%d" % len(big2))
+expect_error("PreconditionFailed", s3.upload_part_copy, Bucket="share", Key="assembled", UploadId=up3,
+             PartNumber=3, CopySource={"Bucket": "share", "Key": "orig"}, CopySourceIfMatch='"nope"')
+expect_error("NoSuchKey", s3.upload_part_copy, Bucket="share", Key="assembled", UploadId=up3, PartNumber=3,
+             CopySource={"Bucket": "share", "Key": "absent"})
+expect_error("NoSuchUpload", s3.upload_part_copy, Bucket="share", Key="assembled", UploadId="no-such-upload",
+             PartNumber=1, CopySource={"Bucket": "share", "Key": "orig"})
+s3.complete_multipart_upload(Bucket="share", Key="assembled", UploadId=up3, MultipartUpload={"Parts": [
+    {"PartNumber": 1, "ETag": first["ETag"]}, {"PartNumber": 2, "ETag": second["ETag"]}]})
+assert s3.get_object(Bucket="share", Key="assembled")["Body"].read() == whole[MiB:6 * MiB + 1] + big2
 
 # Flexible checksums are verified, not passed through.
 s3.put_object(Bucket="share", Key="ck", Body=b"checked body", ChecksumAlgorithm="CRC32")

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use shale_rpc::placement::{PlacementReply, PlacementRequest, Route, ROUTE_SCAN_LIMIT_MAX};
 use shale_rpc::placement_client::PlacementClient;
 
-use super::{key_text, keys, print_ranges, print_status, print_stores, CtlCommand};
+use super::{buckets, key_text, keys, print_ranges, print_status, print_stores, CtlCommand};
 use super::{RangeView, StatusView, StoreView};
 use crate::cluster_file::ClusterFile;
 
@@ -129,6 +129,7 @@ pub async fn run(
             println!("scheduling {}", if paused { "paused" } else { "resumed" });
         }
         CtlCommand::Keys(op) => keys(file, op, json).await?,
+        CtlCommand::Buckets => buckets(file, json).await?,
     }
     Ok(())
 }

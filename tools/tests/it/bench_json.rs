@@ -15,6 +15,18 @@ fn check_phase(p: &serde_json::Value) {
         p["ops_per_sec"].as_f64().unwrap() > 0.0,
         "the phase did something: {p}"
     );
+    let timeline = p["timeline"].as_array().expect("a timeline");
+    assert!(!timeline.is_empty(), "{p}");
+    for i in timeline {
+        for field in ["until_sec", "ops_per_sec", "mb_per_sec", "p50_ms", "p99_ms"] {
+            assert!(i[field].as_f64().is_some(), "interval lacks {field}: {p}");
+        }
+    }
+    let ops: f64 = timeline
+        .iter()
+        .map(|i| i["ops_per_sec"].as_f64().unwrap())
+        .sum();
+    assert!(ops > 0.0, "the timeline saw the operations: {p}");
 }
 
 fn run_json(args: &[&str]) -> serde_json::Value {
@@ -34,9 +46,13 @@ fn run_json(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn bench_kv_prints_json_with_its_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("kv.svg");
     let v = run_json(&[
         "bench",
         "kv",
+        "--chart",
+        chart.to_str().unwrap(),
         "--json",
         "--duration-secs",
         "1",
@@ -56,6 +72,11 @@ fn bench_kv_prints_json_with_its_baseline() {
     );
     phases.iter().for_each(check_phase);
     assert!(v["put_vs_rocksdb"].as_f64().is_some());
+    let svg = std::fs::read_to_string(&chart).expect("the chart was written");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
 }
 
 #[test]

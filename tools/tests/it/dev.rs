@@ -183,6 +183,30 @@ fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
         dir.path(),
         "s3.create_bucket(Bucket='demo'); s3.put_object(Bucket='demo', Key='k', Body=b'kept')",
     );
+    s3(
+        dir.path(),
+        "s3.create_bucket(Bucket='other'); \
+         [s3.put_object(Bucket='other', Key=f'o{i}', Body=b'x' * 1000) for i in range(3)]",
+    );
+    let buckets = ctl_json(dir.path(), &["buckets"]);
+    let usage: Vec<(String, u64, u64)> = buckets
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|b| {
+            assert!(b["created_ms"].as_u64().unwrap() > 0, "{b}");
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["objects"].as_u64().unwrap(),
+                b["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        usage,
+        vec![("demo".into(), 1, 4), ("other".into(), 3, 3000)],
+        "{buckets}"
+    );
     // Keys kept in the cluster: created, usable, listed, deleted, refused.
     let key = ctl_json(dir.path(), &["keys", "create", "--name", "ci"]);
     let (ak, sk) = (
@@ -196,7 +220,7 @@ fn dev_cluster_serves_kv_exits_cleanly_and_keeps_data() {
         "print([b['Name'] for b in s3.list_buckets()['Buckets']])",
     )
     .expect("a new key works");
-    assert_eq!(listed, "['demo']");
+    assert_eq!(listed, "['demo', 'other']");
     let keys = ctl_json(dir.path(), &["keys", "list"]);
     assert!(keys
         .as_array()
