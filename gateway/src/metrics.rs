@@ -12,6 +12,7 @@ pub struct GatewayMetrics {
     pub bytes_read: Counter,
     pub chunks_written: Counter,
     pub uploads_collected: Counter,
+    pub corrupt_chunks: Counter,
 }
 
 pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(GatewayMetrics::default);
@@ -28,6 +29,11 @@ pub fn register(registry: &mut Registry) {
         "shale_gateway_bytes_written",
         "Body bytes received and stored",
         m.bytes_written.clone(),
+    );
+    registry.register(
+        "shale_gateway_corrupt_chunks",
+        "Chunk reads whose leader copy failed its checksum (served from another replica)",
+        m.corrupt_chunks.clone(),
     );
     registry.register(
         "shale_gateway_bytes_read",

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use shale_rpc::client::KvClient;
+use tracing::{debug, warn};
 
 use crate::error::GwError;
 use crate::layout::{
@@ -769,12 +770,37 @@ impl ChunkWriter {
     }
 }
 
+/// Reads one chunk through its range's leader. A copy that fails its checksum is
+/// reported and never returned: the chunk is read from the other replicas' own copies
+/// instead (chunks are written once, so any replica's copy is the chunk).
 async fn fetch_chunk(kv: &KvClient, version: u128, index: u32) -> Result<Bytes, String> {
-    match kv.get(layout::chunk_key(version, index)).await {
-        Ok(Some(stored)) => layout::open_chunk(stored),
-        Ok(None) => Err(format!("chunk {index} of the object is missing")),
-        Err(e) => Err(e.to_string()),
+    let key = layout::chunk_key(version, index);
+    let stored = match kv.get(key.clone()).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Err(format!("chunk {index} of the object is missing")),
+        Err(e) => return Err(e.to_string()),
+    };
+    let why = match layout::open_chunk(stored) {
+        Ok(data) => return Ok(data),
+        Err(why) => why,
+    };
+    crate::metrics::METRICS.corrupt_chunks.inc();
+    warn!(chunk = %hex(&key), error = %why, "the leader's copy of a chunk is corrupt; reading another replica");
+    let stores = kv.replica_stores(&key).await.map_err(|e| e.to_string())?;
+    for store_id in stores {
+        match kv.get_on_replica(key.clone(), store_id).await {
+            Ok(Some(stored)) => match layout::open_chunk(stored) {
+                Ok(data) => return Ok(data),
+                Err(e) => warn!(chunk = %hex(&key), store_id, error = %e, "corrupt chunk copy"),
+            },
+            // Not applied there yet, or the store is away: try the next.
+            Ok(None) => {}
+            Err(e) => debug!(chunk = %hex(&key), store_id, error = %e, "replica read failed"),
+        }
     }
+    Err(format!(
+        "chunk {index} of the object: no replica holds a healthy copy ({why})"
+    ))
 }
 
 fn decode_hex_md5(etag: &str) -> Result<[u8; 16], GwError> {

@@ -276,6 +276,59 @@ impl KvClient {
         self.write(KvOp::Batch { ops }).await
     }
 
+    /// The stores holding a replica of the range with `key`, as the client knows it.
+    pub async fn replica_stores(&self, key: &[u8]) -> Result<Vec<StoreId>, ClientError> {
+        Ok(self
+            .known_range(key)
+            .await?
+            .replicas
+            .iter()
+            .map(|r| r.store_id)
+            .collect())
+    }
+
+    /// Reads `key` from the replica on `store_id` alone (no retries, not linearizable:
+    /// see [`KvOp::GetReplica`]).
+    pub async fn get_on_replica(
+        &self,
+        key: impl Into<Bytes>,
+        store_id: StoreId,
+    ) -> Result<Option<Bytes>, ClientError> {
+        let key = key.into();
+        let range = self.known_range(&key).await?;
+        let addr = self
+            .store_addr(store_id)
+            .ok_or_else(|| ClientError::BadAddress {
+                addr: format!("store {store_id}"),
+                reason: "no known address".into(),
+            })?;
+        let req = KvRequest {
+            range_id: range.id,
+            epoch: None,
+            op: KvOp::GetReplica { key },
+        };
+        let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
+        let reply = self
+            .transport
+            .call(addr, &frame)
+            .await
+            .map_err(ClientError::Rpc)?;
+        match decode_reply(&reply)? {
+            Ok(KvReply::Value(v)) => Ok(v),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(ClientError::Kv(e)),
+        }
+    }
+
+    /// The range holding `key`: cached, or looked up.
+    async fn known_range(&self, key: &[u8]) -> Result<RangeDescriptor, ClientError> {
+        let cached = self.cache().find(key).map(|c| c.range.clone());
+        match cached {
+            Some(range) => Ok(range),
+            None => self.locate(key).await,
+        }
+    }
+
     /// Allocates `count` cluster-unique ids; returns the first.
     pub async fn alloc_ids(&self, count: u32) -> Result<u64, ClientError> {
         match self.request(KvOp::AllocIds { count }).await? {

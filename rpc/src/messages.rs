@@ -99,6 +99,12 @@ pub enum KvOp {
     Get {
         key: Bytes,
     },
+    /// Read of one key from the receiving store's own replica of the range, leader or
+    /// not: not linearizable (the replica may lag), so only for keys written once and
+    /// never changed, such as object chunks. `None` may mean "not applied here yet".
+    GetReplica {
+        key: Bytes,
+    },
     Put {
         key: Bytes,
         value: Bytes,
@@ -404,7 +410,7 @@ impl KvOp {
     /// Checks every key, value and batch against the limits before any work is done.
     pub fn validate(&self) -> Result<(), KvError> {
         match self {
-            KvOp::Get { key } => check_key(key),
+            KvOp::Get { key } | KvOp::GetReplica { key } => check_key(key),
             KvOp::Delete { key } => check_user_key(key),
             KvOp::Put { key, value } => {
                 check_user_key(key)?;
@@ -465,7 +471,10 @@ impl KvOp {
     /// The key that decides which range serves the operation (a scan's start).
     pub fn routing_key(&self) -> &[u8] {
         match self {
-            KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key } => key,
+            KvOp::Get { key }
+            | KvOp::GetReplica { key }
+            | KvOp::Put { key, .. }
+            | KvOp::Delete { key } => key,
             KvOp::Scan { start, .. } => start,
             KvOp::Batch { ops } => ops.first().map_or(&[][..], |op| &op.key()[..]),
             KvOp::AllocIds { .. } => ID_ALLOC_KEY,

@@ -127,7 +127,7 @@ impl StoreService {
         }
         let entry = load.entry(range_id).or_default();
         match op {
-            KvOp::Get { key } => {
+            KvOp::Get { key } | KvOp::GetReplica { key } => {
                 entry.read_ops += 1;
                 entry.read_bytes += key.len() as u64;
             }
@@ -205,6 +205,7 @@ impl StoreService {
         } = req;
         let ops = match op {
             KvOp::Get { .. } | KvOp::Scan { .. } => return self.read(range_id, epoch, op).await,
+            KvOp::GetReplica { key } => return self.read_replica(range_id, &key).await,
             KvOp::AllocIds { count } => {
                 let (reply, rx) = oneshot::channel();
                 let command = Command::AllocIds { count };
@@ -246,6 +247,18 @@ impl StoreService {
             KvOp::Scan { start, end, limit } => self.scan(&range, &start, &end, limit),
             _ => unreachable!("only reads come here"),
         }
+    }
+
+    /// Reads `key` from this store's replica of `range_id`, whatever its role.
+    async fn read_replica(&self, range_id: RangeId, key: &[u8]) -> KvResponse {
+        let range = self
+            .ask(|reply| StoreMsg::Describe { range_id, reply })
+            .await?
+            .ok_or(KvError::RangeNotFound { range_id })?;
+        if !range.contains(key) {
+            return Err(KvError::KeyNotInRange { range_id });
+        }
+        self.get(&range, key)
     }
 
     /// Splits `range_id` at `split_key`: allocates the new range's ids, then proposes the

@@ -173,3 +173,85 @@ async fn abandoned_uploads_are_aborted_in_the_background() {
     gateway.shutdown().await;
     cluster.shutdown().await;
 }
+
+/// Overwrites `key` in the data of the store `i` alone, bypassing Raft: a disk that
+/// flipped bits under one replica.
+fn corrupt_on(cluster: &LocalCluster, i: usize, key: &[u8], value: &[u8]) {
+    use shale_storage::engine::{Cf, Durability};
+    let engine = cluster.node(i).unwrap().engine();
+    let mut batch = engine.batch();
+    batch.put(Cf::Data, key, value);
+    engine.write(batch, Durability::Sync).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
+    use futures::TryStreamExt;
+    use shale_gateway::layout::{chunk_key, Body};
+    use shale_gateway::objects::{Incoming, ObjectStore};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |_| {})
+        .await
+        .unwrap();
+    cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let kv = Arc::new(cluster.client().unwrap());
+    let objects = ObjectStore::new(kv.clone());
+    objects.create_bucket("b").await.unwrap();
+    let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 31 % 251) as u8).collect();
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
+    let incoming = Incoming {
+        body,
+        content_md5: None,
+        check: || Ok(()),
+    };
+    objects
+        .put("b", "k", incoming, None, Vec::new())
+        .await
+        .unwrap();
+    let meta = objects.head("b", "k").await.unwrap();
+    let Body::Chunks { version, count } = meta.body else {
+        panic!("a 3 MiB object is chunked: {:?}", meta.body)
+    };
+    assert!(count >= 3);
+    let read_all = || async {
+        let meta = objects.head("b", "k").await.unwrap();
+        objects
+            .read(&meta, 0, meta.size)
+            .try_fold(Vec::new(), |mut all, piece| async move {
+                all.extend_from_slice(&piece);
+                Ok(all)
+            })
+            .await
+    };
+    let leader = cluster.leader().await.expect("one range, one leader");
+    let before = shale_gateway::metrics::METRICS.corrupt_chunks.get();
+
+    // The leader's copy of chunk 1 rots: same length, flipped bytes, stale checksum.
+    let key = chunk_key(version, 1);
+    let mut rotten = kv.get(key.clone()).await.unwrap().unwrap().to_vec();
+    let middle = rotten.len() / 2;
+    rotten[middle] ^= 0xff;
+    corrupt_on(&cluster, leader, &key, &rotten);
+    assert_eq!(
+        read_all()
+            .await
+            .expect("a healthy replica serves the chunk"),
+        data,
+        "the object reads back whole and correct"
+    );
+    assert!(
+        shale_gateway::metrics::METRICS.corrupt_chunks.get() > before,
+        "the corruption was reported"
+    );
+
+    // Every copy rotten: the read fails rather than return bad bytes.
+    for i in 0..3 {
+        corrupt_on(&cluster, i, &key, &rotten);
+    }
+    let err = read_all().await.expect_err("no healthy copy is left");
+    assert!(
+        err.to_string().contains("no replica holds a healthy copy"),
+        "{err}"
+    );
+    cluster.shutdown().await;
+}
