@@ -19,6 +19,14 @@ const CHUNK_PREFIX: u8 = b'C';
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketMeta {
     pub created_ms: u64,
+    /// Anyone, signed or not, may read its objects and list it (canned ACL public-read).
+    pub public_read: bool,
+}
+
+/// A bucket record as written before buckets had an ACL.
+#[derive(Deserialize)]
+struct BucketMetaV1 {
+    created_ms: u64,
 }
 
 /// Where an object's bytes are.
@@ -206,7 +214,16 @@ impl BucketMeta {
     }
 
     pub fn decode(data: &[u8]) -> Result<BucketMeta, String> {
-        postcard::from_bytes(data).map_err(|e| format!("bucket record: {e}"))
+        match postcard::from_bytes::<BucketMeta>(data) {
+            Ok(meta) => Ok(meta),
+            Err(e) => match postcard::from_bytes::<BucketMetaV1>(data) {
+                Ok(old) => Ok(BucketMeta {
+                    created_ms: old.created_ms,
+                    public_read: false,
+                }),
+                Err(_) => Err(format!("bucket record: {e}")),
+            },
+        }
     }
 }
 
@@ -323,6 +340,28 @@ pub fn open_chunk(mut stored: Bytes) -> Result<Bytes, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn bucket_records_written_before_acls_read_as_private() {
+        #[derive(Serialize)]
+        struct Old {
+            created_ms: u64,
+        }
+        let old = postcard::to_stdvec(&Old { created_ms: 42 }).unwrap();
+        assert_eq!(
+            BucketMeta::decode(&old).unwrap(),
+            BucketMeta {
+                created_ms: 42,
+                public_read: false
+            }
+        );
+        let new = BucketMeta {
+            created_ms: 7,
+            public_read: true,
+        };
+        assert_eq!(BucketMeta::decode(&new.encode()).unwrap(), new);
+        assert!(BucketMeta::decode(b"").is_err());
+    }
 
     proptest! {
         #[test]

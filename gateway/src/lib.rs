@@ -1,6 +1,7 @@
 //! The S3 gateway: speaks S3 over HTTP (s3s) and keeps objects in the range cluster.
 //! It holds no durable state of its own.
 
+pub mod access;
 pub mod checksum;
 pub mod error;
 pub mod keys;

@@ -91,13 +91,24 @@ impl ObjectStore {
         self.bucket(bucket).await?.ok_or(GwError::NoSuchBucket)
     }
 
-    pub async fn create_bucket(&self, bucket: &str) -> Result<(), GwError> {
+    pub async fn create_bucket(&self, bucket: &str, public_read: bool) -> Result<(), GwError> {
         if self.bucket(bucket).await?.is_some() {
             return Err(GwError::BucketExists);
         }
         let meta = BucketMeta {
             created_ms: now_ms(),
+            public_read,
         };
+        self.kv
+            .put(layout::bucket_key(bucket), meta.encode())
+            .await?;
+        Ok(())
+    }
+
+    /// Makes a bucket readable by anyone (or by signed requests only again).
+    pub async fn set_public_read(&self, bucket: &str, public_read: bool) -> Result<(), GwError> {
+        let mut meta = self.must_bucket(bucket).await?;
+        meta.public_read = public_read;
         self.kv
             .put(layout::bucket_key(bucket), meta.encode())
             .await?;

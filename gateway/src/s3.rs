@@ -3,18 +3,19 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use s3s::dto::{
-    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, BucketCannedACL, CommonPrefix,
     CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
     CopyObjectResult, CopyPartResult, CopySource, CreateBucketInput, CreateBucketOutput,
     CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
-    ETag, ETagCondition, GetBucketLocationInput, GetBucketLocationOutput, GetObjectInput,
-    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
-    ListBucketsInput, ListBucketsOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
-    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
-    ListPartsOutput, MetadataDirective, MultipartUpload, Part, PutObjectInput, PutObjectOutput,
-    StreamingBlob, Timestamp, UploadPartCopyInput, UploadPartCopyOutput, UploadPartInput,
-    UploadPartOutput,
+    ETag, ETagCondition, GetBucketAclInput, GetBucketAclOutput, GetBucketLocationInput,
+    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, Grant, Grantee, HeadBucketInput,
+    HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
+    ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectsInput, ListObjectsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MetadataDirective,
+    MultipartUpload, Owner, Part, Permission, PutBucketAclInput, PutBucketAclOutput,
+    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, Type, UploadPartCopyInput,
+    UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
@@ -176,9 +177,71 @@ impl S3 for ShaleS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        self.objects.create_bucket(&req.input.bucket).await?;
+        let public_read = public_read(req.input.acl.as_ref())?;
+        self.objects
+            .create_bucket(&req.input.bucket, public_read)
+            .await?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", req.input.bucket)),
+        }))
+    }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = req.input;
+        if input.access_control_policy.is_some()
+            || input.grant_full_control.is_some()
+            || input.grant_read.is_some()
+            || input.grant_read_acp.is_some()
+            || input.grant_write.is_some()
+            || input.grant_write_acp.is_some()
+        {
+            return Err(s3_error!(
+                NotImplemented,
+                "only canned ACLs (x-amz-acl: private or public-read) are supported"
+            ));
+        }
+        let public = public_read(input.acl.as_ref())?;
+        self.objects.set_public_read(&input.bucket, public).await?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let bucket = self.objects.must_bucket(&req.input.bucket).await?;
+        let owner = Owner {
+            display_name: Some("shale".into()),
+            id: Some(OWNER_ID.into()),
+        };
+        let mut grants = vec![Grant {
+            grantee: Some(Grantee {
+                display_name: owner.display_name.clone(),
+                email_address: None,
+                id: owner.id.clone(),
+                type_: Type::from_static(Type::CANONICAL_USER),
+                uri: None,
+            }),
+            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+        }];
+        if bucket.public_read {
+            grants.push(Grant {
+                grantee: Some(Grantee {
+                    display_name: None,
+                    email_address: None,
+                    id: None,
+                    type_: Type::from_static(Type::GROUP),
+                    uri: Some(ALL_USERS.into()),
+                }),
+                permission: Some(Permission::from_static(Permission::READ)),
+            });
+        }
+        Ok(S3Response::new(GetBucketAclOutput {
+            grants: Some(grants),
+            owner: Some(owner),
         }))
     }
 
@@ -750,6 +813,24 @@ impl S3 for ShaleS3 {
             }),
             ..Default::default()
         }))
+    }
+}
+
+/// The canonical id Shale gives the one owner of every bucket.
+const OWNER_ID: &str = "shale";
+
+/// The grantee S3 names for everyone, signed or not.
+const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
+
+/// Whether a canned ACL makes a bucket public-read; ACLs Shale does not keep are refused.
+fn public_read(acl: Option<&BucketCannedACL>) -> S3Result<bool> {
+    match acl.map(BucketCannedACL::as_str) {
+        None | Some(BucketCannedACL::PRIVATE) => Ok(false),
+        Some(BucketCannedACL::PUBLIC_READ) => Ok(true),
+        Some(other) => Err(s3_error!(
+            NotImplemented,
+            "canned ACL {other:?} is not supported (private or public-read)"
+        )),
     }
 }
 

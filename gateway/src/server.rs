@@ -11,6 +11,7 @@ use shale_rpc::client::KvClient;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::access::PublicReadAccess;
 use crate::keys::ClusterAuth;
 use crate::objects::ObjectStore;
 use crate::s3::ShaleS3;
@@ -110,6 +111,7 @@ impl Gateway {
         let objects = ObjectStore::new(kv.clone());
         let mut builder = S3ServiceBuilder::new(ShaleS3::new(objects.clone()));
         builder.set_auth(ClusterAuth::new(kv, bootstrap));
+        builder.set_access(PublicReadAccess::new(objects.clone()));
         if let Some(host) = &config.host {
             let domain = s3s::host::SingleDomain::new(host).map_err(|e| {
                 std::io::Error::new(

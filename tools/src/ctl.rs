@@ -336,6 +336,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
 struct BucketView {
     name: String,
     created_ms: u64,
+    public_read: bool,
     objects: u64,
     bytes: u64,
 }
@@ -353,6 +354,7 @@ pub async fn buckets(file: &ClusterFile, json: bool) -> anyhow::Result<()> {
         out.push(BucketView {
             name,
             created_ms: meta.created_ms,
+            public_read: meta.public_read,
             objects: usage.objects,
             bytes: usage.bytes,
         });
@@ -362,14 +364,15 @@ pub async fn buckets(file: &ClusterFile, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<40} {:<20} {:>10} {:>16}",
-        "bucket", "created (UTC)", "objects", "bytes"
+        "{:<40} {:<20} {:<8} {:>10} {:>16}",
+        "bucket", "created (UTC)", "access", "objects", "bytes"
     );
     for b in out {
         println!(
-            "{:<40} {:<20} {:>10} {:>16}",
+            "{:<40} {:<20} {:<8} {:>10} {:>16}",
             b.name,
             utc(b.created_ms),
+            if b.public_read { "public" } else { "private" },
             b.objects,
             b.bytes
         );

@@ -117,7 +117,7 @@ async fn abandoned_uploads_are_aborted_in_the_background() {
     cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
     let kv = Arc::new(cluster.client().unwrap());
     let objects = ObjectStore::new(kv.clone());
-    objects.create_bucket("b").await.unwrap();
+    objects.create_bucket("b", false).await.unwrap();
     let upload = objects
         .create_upload("b", "k", None, Vec::new())
         .await
@@ -196,7 +196,7 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
     cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
     let kv = Arc::new(cluster.client().unwrap());
     let objects = ObjectStore::new(kv.clone());
-    objects.create_bucket("b").await.unwrap();
+    objects.create_bucket("b", false).await.unwrap();
     let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 31 % 251) as u8).collect();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
     let incoming = Incoming {

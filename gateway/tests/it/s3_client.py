@@ -269,4 +269,33 @@ dst = src.name + ".down"
 s3.download_file("share", "transfer.bin", dst, Config=tc)
 assert open(dst, "rb").read() == open(src.name, "rb").read()
 assert s3.head_object(Bucket="share", Key="transfer.bin")["ETag"].endswith('-3"')
+
+# Public-read buckets: anonymous reads and listings only, and only while public.
+import time
+from botocore import UNSIGNED
+anon = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                    config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"},
+                                  retries={"max_attempts": 1}))
+s3.create_bucket(Bucket="open", ACL="public-read")
+s3.put_object(Bucket="open", Key="pub/a.txt", Body=b"for everyone")
+assert anon.get_object(Bucket="open", Key="pub/a.txt")["Body"].read() == b"for everyone"
+assert anon.head_object(Bucket="open", Key="pub/a.txt")["ContentLength"] == 12
+assert [o["Key"] for o in anon.list_objects_v2(Bucket="open")["Contents"]] == ["pub/a.txt"]
+assert urllib.request.urlopen("%s/open/pub/a.txt" % endpoint).read() == b"for everyone"
+expect_error("AccessDenied", anon.put_object, Bucket="open", Key="x", Body=b"no")
+expect_error("AccessDenied", anon.delete_object, Bucket="open", Key="pub/a.txt")
+expect_error("AccessDenied", anon.get_object, Bucket="share", Key="orig")
+expect_error("AccessDenied", anon.list_buckets)
+assert s3.get_object(Bucket="open", Key="pub/a.txt")["Body"].read() == b"for everyone"
+grants = s3.get_bucket_acl(Bucket="open")["Grants"]
+assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ" for g in grants), grants
+expect_error("NotImplemented", s3.put_bucket_acl, Bucket="open", ACL="public-read-write")
+s3.put_bucket_acl(Bucket="open", ACL="private")
+time.sleep(2.5)  # gateways trust a bucket's flag for 2 s
+expect_error("AccessDenied", anon.get_object, Bucket="open", Key="pub/a.txt")
+assert not any(g["Grantee"].get("URI") for g in s3.get_bucket_acl(Bucket="open")["Grants"])
+s3.put_bucket_acl(Bucket="share", ACL="public-read")
+time.sleep(2.5)
+assert anon.get_object(Bucket="share", Key="orig")["Body"].read() == big2
+s3.put_bucket_acl(Bucket="share", ACL="private")
 print("s3 client checks passed")
