@@ -2,6 +2,7 @@
 //! on the same machine, so the numbers say something about Shale and not the hardware.
 
 pub mod kv;
+pub mod listing;
 pub mod ranges;
 pub mod s3;
 pub mod schedule;

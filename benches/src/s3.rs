@@ -159,6 +159,37 @@ impl Target {
         }
     }
 
+    /// One LIST page of up to `max` keys under `prefix` after `start_after`; returns
+    /// how many keys it held and its size in bytes.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> anyhow::Result<(usize, usize)> {
+        let mut action = self.bucket.list_objects_v2(Some(&self.creds));
+        action.with_prefix(prefix);
+        if let Some(after) = start_after {
+            action.with_start_after(after);
+        }
+        action.with_max_keys(max);
+        let url = action.sign(SIGNED_FOR);
+        let req = hyper::Request::builder()
+            .method(hyper::Method::GET)
+            .uri(url.as_str())
+            .body(Full::new(Bytes::new()))?;
+        let resp = self.http.request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if status != 200 {
+            bail!("LIST {prefix}: HTTP {status}");
+        }
+        let text = std::str::from_utf8(&body).context("LIST answer is not UTF-8")?;
+        let page = rusty_s3::actions::ListObjectsV2::parse_response(text)
+            .map_err(|e| anyhow::anyhow!("LIST answer: {e}"))?;
+        Ok((page.contents.len(), body.len()))
+    }
+
     async fn list(&self, prefix: &str, max: usize) -> anyhow::Result<usize> {
         let mut action = self.bucket.list_objects_v2(Some(&self.creds));
         action.with_prefix(prefix);

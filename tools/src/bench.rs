@@ -25,6 +25,8 @@ pub enum BenchCommand {
     S3(S3BenchArgs),
     /// One placement scheduling pass over a large simulated cluster (pure, no I/O).
     Schedule(ScheduleBenchArgs),
+    /// LIST one page from a bucket of a million objects, beside a bucket of one page.
+    List(ListBenchArgs),
     /// Range leader loss: kill -9 the leader's store process again and again while
     /// clients write; how long until writes are served again, beside the election alone.
     Failover(FailoverBenchArgs),
@@ -184,22 +186,10 @@ async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
         .prefix("shale-bench-s3-")
         .tempdir()?;
     let (endpoints, access_key, secret_key) = if args.endpoints.is_empty() {
-        let cluster = LocalCluster::start_new(&temp.path().join("cluster"), 3, |_| {}).await?;
-        cluster
-            .wait_leader(Duration::from_secs(10))
-            .await
-            .context("no leader")?;
-        let config = GatewayConfig {
-            listen_addr: "127.0.0.1:0".into(),
-            access_key: "bench-access".into(),
-            secret_key: "bench-secret".into(),
-            host: None,
-            ..GatewayConfig::default()
-        };
-        let gateway = Gateway::start(&config, Arc::new(cluster.client()?)).await?;
-        let endpoint = format!("http://{}", gateway.addr());
-        local = Some((cluster, gateway));
-        (vec![endpoint], config.access_key, config.secret_key)
+        let s3 = LocalS3::start(temp.path()).await?;
+        let endpoint = s3.endpoint.clone();
+        local = Some(s3);
+        (vec![endpoint], LOCAL_ACCESS.into(), LOCAL_SECRET.into())
     } else {
         let access = args
             .access_key
@@ -220,9 +210,8 @@ async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
         list_keys: args.list_keys,
     };
     let rep = shale_bench::s3::run(&opts).await;
-    if let Some((cluster, gateway)) = local {
-        gateway.shutdown().await;
-        cluster.shutdown().await;
+    if let Some(s3) = local {
+        s3.shutdown().await;
     }
     let rep = rep?;
     if args.json {
@@ -240,6 +229,97 @@ fn write_chart(path: Option<&std::path::Path>, phases: &[OpStats]) -> anyhow::Re
     std::fs::write(path, svg_chart(phases))
         .with_context(|| format!("write chart {}", path.display()))?;
     eprintln!("chart written to {}", path.display());
+    Ok(())
+}
+
+const LOCAL_ACCESS: &str = "bench-access";
+const LOCAL_SECRET: &str = "bench-secret";
+
+/// A 3-store cluster and a gateway in this process, for benchmarks without an endpoint.
+struct LocalS3 {
+    cluster: LocalCluster,
+    gateway: Gateway,
+    endpoint: String,
+}
+
+impl LocalS3 {
+    async fn start(dir: &std::path::Path) -> anyhow::Result<LocalS3> {
+        let cluster = LocalCluster::start_new(&dir.join("cluster"), 3, |_| {}).await?;
+        cluster
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .context("no leader")?;
+        let config = GatewayConfig {
+            listen_addr: "127.0.0.1:0".into(),
+            access_key: LOCAL_ACCESS.into(),
+            secret_key: LOCAL_SECRET.into(),
+            host: None,
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::start(&config, Arc::new(cluster.client()?)).await?;
+        let endpoint = format!("http://{}", gateway.addr());
+        Ok(LocalS3 {
+            cluster,
+            gateway,
+            endpoint,
+        })
+    }
+
+    async fn shutdown(self) {
+        self.gateway.shutdown().await;
+        self.cluster.shutdown().await;
+    }
+}
+
+#[derive(Args)]
+pub struct ListBenchArgs {
+    /// Objects in the big bucket.
+    #[arg(long, default_value_t = 1_000_000)]
+    objects: u64,
+    /// Keys per LIST page.
+    #[arg(long, default_value_t = 1000)]
+    page: usize,
+    /// LIST requests timed per bucket (one at a time).
+    #[arg(long, default_value_t = 100)]
+    requests: usize,
+    /// Folder for the local cluster (default: a temp folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn list_bench(args: ListBenchArgs) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new()
+        .prefix("shale-bench-list-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let s3 = LocalS3::start(temp.path()).await?;
+    let kv = Arc::new(s3.cluster.client()?);
+    let rep = shale_bench::listing::run(
+        kv,
+        &s3.endpoint,
+        LOCAL_ACCESS,
+        LOCAL_SECRET,
+        args.objects,
+        args.page,
+        args.requests,
+    )
+    .await;
+    s3.shutdown().await;
+    let rep = rep?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        println!(
+            "{} object records written in {:.1} s; LIST of {} keys at random places:",
+            rep.objects, rep.fill_seconds, rep.page_keys
+        );
+        print!(
+            "{}",
+            table(&[rep.big_bucket.clone(), rep.one_page_bucket.clone()])
+        );
+    }
     Ok(())
 }
 
@@ -307,6 +387,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::S3(args) => s3(args).await,
         BenchCommand::Schedule(args) => schedule_bench(args),
         BenchCommand::Failover(args) => failover_bench(args).await,
+        BenchCommand::List(args) => list_bench(args).await,
     }
 }
 

@@ -124,3 +124,25 @@ fn bench_failover_kills_leaders_and_loses_no_acknowledged_write() {
     assert!(v["acknowledged_writes"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["lost_writes"].as_u64(), Some(0), "{v}");
 }
+
+/// The listing bench fills a bucket and checks every page it times holds a full page.
+#[test]
+fn bench_list_times_pages_of_a_big_bucket_beside_a_one_page_bucket() {
+    let v = run_json(&[
+        "bench",
+        "list",
+        "--json",
+        "--objects",
+        "3000",
+        "--page",
+        "100",
+        "--requests",
+        "5",
+    ]);
+    assert_eq!(v["objects"].as_u64(), Some(3000), "{v}");
+    assert_eq!(v["page_keys"].as_u64(), Some(100), "{v}");
+    for phase in ["big_bucket", "one_page_bucket"] {
+        assert_eq!(v[phase]["ops"].as_u64(), Some(5), "{phase}: {v}");
+        check_phase(&v[phase]);
+    }
+}
