@@ -718,7 +718,7 @@ impl S3 for ShaleS3 {
         }))
     }
 
-    /// Server-side copy: the source streams through the gateway into a new object.
+    /// A part cut from an existing object: the source range streams through the gateway.
     async fn upload_part_copy(
         &self,
         req: S3Request<UploadPartCopyInput>,
@@ -757,6 +757,7 @@ impl S3 for ShaleS3 {
         }))
     }
 
+    /// Server-side copy: the source streams through the gateway into a new object.
     async fn copy_object(
         &self,
         req: S3Request<CopyObjectInput>,

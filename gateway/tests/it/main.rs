@@ -107,17 +107,28 @@ async fn the_aws_cli_copies_syncs_lists_and_removes() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn abandoned_uploads_are_aborted_in_the_background() {
-    use shale_gateway::objects::{Incoming, ObjectStore};
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start_new(dir.path(), 3, |_| {})
-        .await
-        .unwrap();
+/// A 3-store cluster, its client, and an object store over it holding bucket `bucket`.
+async fn cluster_with_bucket(
+    dir: &std::path::Path,
+    bucket: &str,
+) -> (
+    LocalCluster,
+    Arc<shale_rpc::client::KvClient>,
+    shale_gateway::objects::ObjectStore,
+) {
+    let cluster = LocalCluster::start_new(dir, 3, |_| {}).await.unwrap();
     cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
     let kv = Arc::new(cluster.client().unwrap());
-    let objects = ObjectStore::new(kv.clone());
-    objects.create_bucket("b", false).await.unwrap();
+    let objects = shale_gateway::objects::ObjectStore::new(kv.clone());
+    objects.create_bucket(bucket, false).await.unwrap();
+    (cluster, kv, objects)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_uploads_are_aborted_in_the_background() {
+    use shale_gateway::objects::Incoming;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
     let upload = objects
         .create_upload("b", "k", None, Vec::new())
         .await
@@ -188,15 +199,9 @@ fn corrupt_on(cluster: &LocalCluster, i: usize, key: &[u8], value: &[u8]) {
 async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
     use futures::TryStreamExt;
     use shale_gateway::layout::{chunk_key, Body};
-    use shale_gateway::objects::{Incoming, ObjectStore};
+    use shale_gateway::objects::Incoming;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start_new(dir.path(), 3, |_| {})
-        .await
-        .unwrap();
-    cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
-    let kv = Arc::new(cluster.client().unwrap());
-    let objects = ObjectStore::new(kv.clone());
-    objects.create_bucket("b", false).await.unwrap();
+    let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
     let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 31 % 251) as u8).collect();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
     let incoming = Incoming {
