@@ -21,6 +21,10 @@ const KEY_PREFIX: u8 = b'K';
 /// working within this long on every gateway).
 const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// Most access keys whose lookup is cached; past it the cache starts over (callers
+/// choose the keys asked for, known or not).
+const KEY_CACHE_MAX: usize = 10_000;
+
 /// An access key's record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessKey {
@@ -123,10 +127,11 @@ impl S3Auth for ClusterAuth {
                 let secret = stored
                     .and_then(|v| postcard::from_bytes::<AccessKey>(&v).ok())
                     .map(|k| k.secret_key);
-                self.cache
-                    .lock()
-                    .expect("key cache lock")
-                    .insert(access_key.to_string(), (secret.clone(), Instant::now()));
+                let mut cache = self.cache.lock().expect("key cache lock");
+                if cache.len() >= KEY_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(access_key.to_string(), (secret.clone(), Instant::now()));
                 secret
             }
         };
