@@ -134,6 +134,100 @@ impl Target {
         Ok((status, bytes))
     }
 
+    /// A request and its whole answer: status, headers, body.
+    async fn exchange(
+        &self,
+        method: hyper::Method,
+        url: url::Url,
+        body: Bytes,
+    ) -> anyhow::Result<(u16, hyper::HeaderMap, Bytes)> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .body(Full::new(body))?;
+        let resp = self.http.request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, headers, body))
+    }
+
+    /// Starts a multipart upload of `key`; returns its upload id.
+    pub async fn create_upload(&self, key: &str) -> anyhow::Result<String> {
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.creds), key)
+            .sign(SIGNED_FOR);
+        match self
+            .exchange(hyper::Method::POST, url, Bytes::new())
+            .await?
+        {
+            (200, _, body) => {
+                let text = std::str::from_utf8(&body).context("answer is not UTF-8")?;
+                let created = rusty_s3::actions::CreateMultipartUpload::parse_response(text)
+                    .map_err(|e| anyhow::anyhow!("CreateMultipartUpload answer: {e}"))?;
+                Ok(created.upload_id().to_string())
+            }
+            (status, _, _) => bail!("CreateMultipartUpload {key}: HTTP {status}"),
+        }
+    }
+
+    /// Stores part `number` of an upload; returns its ETag (unquoted).
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        body: Bytes,
+    ) -> anyhow::Result<String> {
+        let url = self
+            .bucket
+            .upload_part(Some(&self.creds), key, number, upload_id)
+            .sign(SIGNED_FOR);
+        match self.exchange(hyper::Method::PUT, url, body).await? {
+            (200, headers, _) => Ok(headers
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .context("UploadPart answered without an ETag")?
+                .trim_matches('"')
+                .to_string()),
+            (status, _, _) => bail!("UploadPart {key} #{number}: HTTP {status}"),
+        }
+    }
+
+    /// Publishes an upload from its parts' ETags, in part order.
+    pub async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> anyhow::Result<()> {
+        let action = self.bucket.complete_multipart_upload(
+            Some(&self.creds),
+            key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = action.sign(SIGNED_FOR);
+        let body = Bytes::from(action.body());
+        match self.exchange(hyper::Method::POST, url, body).await? {
+            (200, _, _) => Ok(()),
+            (status, _, _) => bail!("CompleteMultipartUpload {key}: HTTP {status}"),
+        }
+    }
+
+    /// Drops an upload and its parts (best effort: the gateway also collects
+    /// abandoned uploads).
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) {
+        let url = self
+            .bucket
+            .abort_multipart_upload(Some(&self.creds), key, upload_id)
+            .sign(SIGNED_FOR);
+        let _ = self
+            .exchange(hyper::Method::DELETE, url, Bytes::new())
+            .await;
+    }
+
     /// Stores `body` as `key`; returns its length.
     pub async fn put(&self, key: &str, body: Bytes) -> anyhow::Result<usize> {
         let len = body.len();

@@ -12,8 +12,8 @@ use clap::Args;
 use md5::{Digest, Md5};
 use shale_bench::s3::Target;
 
-/// Largest file uploaded (read whole, sent as one PUT).
-const FILE_BYTES_MAX: u64 = 1 << 30;
+/// Most parts one multipart upload may have (S3's limit).
+const PARTS_MAX: u64 = 10_000;
 
 #[derive(Args)]
 pub struct LoadArgs {
@@ -36,6 +36,26 @@ pub struct LoadArgs {
     /// ...of this size (bytes, or with KiB/MiB).
     #[arg(long, default_value = "64KiB", value_parser = crate::bench::parse_size)]
     size: usize,
+    /// Files this large or larger go up as multipart uploads, a part at a time...
+    #[arg(long, default_value = "64MiB", value_parser = crate::bench::parse_size)]
+    multipart_threshold: usize,
+    /// ...of this size (at least 5 MiB; raised if a file would need over 10,000 parts).
+    #[arg(long, default_value = "16MiB", value_parser = crate::bench::parse_size)]
+    part_size: usize,
+}
+
+/// How files are cut for upload.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    threshold: u64,
+    size: u64,
+}
+
+impl Parts {
+    /// The part size for a file of `len` bytes, or `None` for a single PUT.
+    fn for_len(&self, len: u64) -> Option<u64> {
+        (len >= self.threshold).then(|| self.size.max(len.div_ceil(PARTS_MAX)))
+    }
 }
 
 /// What one item of the load is.
@@ -120,27 +140,91 @@ fn generated_body(index: u64, size: usize) -> Bytes {
     )
 }
 
-async fn load_one(target: &Target, item: &Item, size: usize) -> anyhow::Result<Option<u64>> {
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads up to `len` bytes of `path` from `offset`.
+async fn read_part(path: &Path, offset: u64, len: u64) -> anyhow::Result<Bytes> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await.context("open file")?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .context("seek in file")?;
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(len)
+        .read_to_end(&mut buf)
+        .await
+        .context("read file")?;
+    anyhow::ensure!(buf.len() as u64 == len, "the file shrank while it was read");
+    Ok(Bytes::from(buf))
+}
+
+/// Uploads a large file a part at a time (one part in memory), unless the bucket
+/// already holds it with the same size and multipart ETag.
+async fn load_multipart(
+    target: &Target,
+    key: &str,
+    path: &Path,
+    len: u64,
+    part: u64,
+) -> anyhow::Result<Option<u64>> {
+    let count = len.div_ceil(part);
+    // One pass for the ETag S3 gives such an upload: MD5 of the parts' MD5s, "-count".
+    let mut digests = Vec::with_capacity(count as usize * 16);
+    for n in 0..count {
+        let piece = read_part(path, n * part, part.min(len - n * part)).await?;
+        digests.extend_from_slice(&Md5::digest(&piece));
+    }
+    let etag = format!("{}-{count}", hex(&Md5::digest(&digests)));
+    if let Some((have, existing)) = target.head(key).await? {
+        if have == len && existing == etag {
+            return Ok(None);
+        }
+    }
+    let upload = target.create_upload(key).await?;
+    let sent = async {
+        let mut etags = Vec::with_capacity(count as usize);
+        for n in 0..count {
+            let piece = read_part(path, n * part, part.min(len - n * part)).await?;
+            let want = hex(&Md5::digest(&piece));
+            let number = u16::try_from(n + 1).context("too many parts")?;
+            let got = target.upload_part(key, &upload, number, piece).await?;
+            anyhow::ensure!(
+                got == want,
+                "part {number}: the gateway stored ETag {got}, the file's part hashes to {want}"
+            );
+            etags.push(got);
+        }
+        target.complete_upload(key, &upload, &etags).await
+    }
+    .await;
+    if let Err(e) = sent {
+        target.abort_upload(key, &upload).await;
+        return Err(e);
+    }
+    Ok(Some(len))
+}
+
+async fn load_one(
+    target: &Target,
+    item: &Item,
+    size: usize,
+    parts: Parts,
+) -> anyhow::Result<Option<u64>> {
     let body = match item {
-        Item::File { path, .. } => {
+        Item::File { path, key } => {
             let meta = tokio::fs::metadata(path)
                 .await
                 .context("read file metadata")?;
-            if meta.len() > FILE_BYTES_MAX {
-                bail!(
-                    "{} bytes is over the {} byte limit of this loader",
-                    meta.len(),
-                    FILE_BYTES_MAX
-                );
+            if let Some(part) = parts.for_len(meta.len()) {
+                return load_multipart(target, key, path, meta.len(), part).await;
             }
             Bytes::from(tokio::fs::read(path).await.context("read file")?)
         }
         Item::Generated { index, .. } => generated_body(*index, size),
     };
-    let etag: String = Md5::digest(&body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let etag = hex(&Md5::digest(&body));
     if let Some((len, existing)) = target.head(item.key()).await? {
         if len == body.len() as u64 && existing == etag {
             return Ok(None);
@@ -159,6 +243,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!(args.concurrency > 0, "concurrency must be positive");
+    anyhow::ensure!(
+        args.part_size >= 5 << 20,
+        "--part-size must be at least 5 MiB (S3's smallest part)"
+    );
+    let parts = Parts {
+        threshold: args.multipart_threshold as u64,
+        size: args.part_size as u64,
+    };
     let (bucket, prefix) = parse_dest(&dest)?;
     let mut items = Vec::new();
     match (&src, args.generate) {
@@ -202,7 +294,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         );
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            match load_one(&target, &item, size).await {
+            match load_one(&target, &item, size, parts).await {
                 Ok(Some(bytes)) => {
                     progress.uploaded.fetch_add(1, Ordering::Relaxed);
                     progress.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -264,5 +356,24 @@ async fn show_progress(progress: Arc<Progress>, total: u64, started: Instant) {
         };
         let mb = progress.bytes.load(Ordering::Relaxed) as f64 / 1e6 / secs.max(1e-3);
         eprint!("\r{done}/{total} objects, {failed} failed, {rate:.0} objects/s, {mb:.1} MB/s, ETA {eta:.0} s   ");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_files_go_multipart_with_at_most_ten_thousand_parts() {
+        let parts = Parts {
+            threshold: 64 << 20,
+            size: 16 << 20,
+        };
+        assert_eq!(parts.for_len(0), None);
+        assert_eq!(parts.for_len((64 << 20) - 1), None);
+        assert_eq!(parts.for_len(64 << 20), Some(16 << 20));
+        // 1 TiB in 16 MiB parts would be 65,536 parts: the part grows instead.
+        let part = parts.for_len(1 << 40).unwrap();
+        assert!(part > 16 << 20 && (1u64 << 40).div_ceil(part) <= PARTS_MAX);
     }
 }
