@@ -86,11 +86,7 @@ impl Target {
             .bucket
             .head_object(Some(&self.creds), key)
             .sign(SIGNED_FOR);
-        let req = hyper::Request::builder()
-            .method(hyper::Method::HEAD)
-            .uri(url.as_str())
-            .body(Full::new(Bytes::new()))?;
-        let resp = self.http.request(req).await?;
+        let resp = self.call(hyper::Method::HEAD, url, Bytes::new()).await?;
         match resp.status().as_u16() {
             200 => {
                 let h = resp.headers();
@@ -118,11 +114,7 @@ impl Target {
         url: url::Url,
         body: Bytes,
     ) -> anyhow::Result<(u16, usize)> {
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(url.as_str())
-            .body(Full::new(body))?;
-        let resp = self.http.request(req).await?;
+        let resp = self.call(method, url, body).await?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
         let mut bytes = 0;
@@ -134,6 +126,20 @@ impl Target {
         Ok((status, bytes))
     }
 
+    /// Sends one request; the answer's body is left to the caller.
+    async fn call(
+        &self,
+        method: hyper::Method,
+        url: url::Url,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .body(Full::new(body))?;
+        Ok(self.http.request(req).await?)
+    }
+
     /// A request and its whole answer: status, headers, body.
     async fn exchange(
         &self,
@@ -141,11 +147,7 @@ impl Target {
         url: url::Url,
         body: Bytes,
     ) -> anyhow::Result<(u16, hyper::HeaderMap, Bytes)> {
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(url.as_str())
-            .body(Full::new(body))?;
-        let resp = self.http.request(req).await?;
+        let resp = self.call(method, url, body).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -268,13 +270,7 @@ impl Target {
         }
         action.with_max_keys(max);
         let url = action.sign(SIGNED_FOR);
-        let req = hyper::Request::builder()
-            .method(hyper::Method::GET)
-            .uri(url.as_str())
-            .body(Full::new(Bytes::new()))?;
-        let resp = self.http.request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let (status, _, body) = self.exchange(hyper::Method::GET, url, Bytes::new()).await?;
         if status != 200 {
             bail!("LIST {prefix}: HTTP {status}");
         }

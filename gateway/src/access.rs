@@ -7,6 +7,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use s3s::access::{S3Access, S3AccessContext};
+use s3s::dto::{
+    BucketCannedACL, GetBucketAclOutput, Grant, Grantee, Owner, Permission, PutBucketAclInput, Type,
+};
 use s3s::path::S3Path;
 use s3s::{s3_error, S3Result};
 
@@ -86,5 +89,74 @@ impl S3Access for PublicReadAccess {
             AccessDenied,
             "a signature is required (the bucket is not public-read, or the operation writes)"
         ))
+    }
+}
+
+/// The canonical id Shale gives the one owner of every bucket.
+const OWNER_ID: &str = "shale";
+
+/// The grantee S3 names for everyone, signed or not.
+const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
+
+/// Whether a canned ACL makes a bucket public-read; ACLs Shale does not keep are refused.
+pub fn public_read(acl: Option<&BucketCannedACL>) -> S3Result<bool> {
+    match acl.map(BucketCannedACL::as_str) {
+        None | Some(BucketCannedACL::PRIVATE) => Ok(false),
+        Some(BucketCannedACL::PUBLIC_READ) => Ok(true),
+        Some(other) => Err(s3_error!(
+            NotImplemented,
+            "canned ACL {other:?} is not supported (private or public-read)"
+        )),
+    }
+}
+
+/// The public flag a PutBucketAcl asks for; only canned ACLs are kept.
+pub fn canned_public_read(input: &PutBucketAclInput) -> S3Result<bool> {
+    if input.access_control_policy.is_some()
+        || input.grant_full_control.is_some()
+        || input.grant_read.is_some()
+        || input.grant_read_acp.is_some()
+        || input.grant_write.is_some()
+        || input.grant_write_acp.is_some()
+    {
+        return Err(s3_error!(
+            NotImplemented,
+            "only canned ACLs (x-amz-acl: private or public-read) are supported"
+        ));
+    }
+    public_read(input.acl.as_ref())
+}
+
+/// A bucket's ACL as S3 grants: the owner's full control, and everyone's read when public.
+pub fn bucket_acl(public_read: bool) -> GetBucketAclOutput {
+    let owner = Owner {
+        display_name: Some(OWNER_ID.into()),
+        id: Some(OWNER_ID.into()),
+    };
+    let mut grants = vec![Grant {
+        grantee: Some(Grantee {
+            display_name: owner.display_name.clone(),
+            email_address: None,
+            id: owner.id.clone(),
+            type_: Type::from_static(Type::CANONICAL_USER),
+            uri: None,
+        }),
+        permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+    }];
+    if public_read {
+        grants.push(Grant {
+            grantee: Some(Grantee {
+                display_name: None,
+                email_address: None,
+                id: None,
+                type_: Type::from_static(Type::GROUP),
+                uri: Some(ALL_USERS.into()),
+            }),
+            permission: Some(Permission::from_static(Permission::READ)),
+        });
+    }
+    GetBucketAclOutput {
+        grants: Some(grants),
+        owner: Some(owner),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod checksum;
+pub mod conditions;
 pub mod error;
 pub mod keys;
 pub mod layout;

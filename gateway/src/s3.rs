@@ -3,23 +3,25 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use s3s::dto::{
-    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, BucketCannedACL, CommonPrefix,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
     CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
     CopyObjectResult, CopyPartResult, CopySource, CreateBucketInput, CreateBucketOutput,
     CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
     DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
     ETag, ETagCondition, GetBucketAclInput, GetBucketAclOutput, GetBucketLocationInput,
-    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, Grant, Grantee, HeadBucketInput,
-    HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
+    GetBucketLocationOutput, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput,
+    HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
     ListMultipartUploadsInput, ListMultipartUploadsOutput, ListObjectsInput, ListObjectsOutput,
     ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, MetadataDirective,
-    MultipartUpload, Owner, Part, Permission, PutBucketAclInput, PutBucketAclOutput,
-    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, Type, UploadPartCopyInput,
-    UploadPartCopyOutput, UploadPartInput, UploadPartOutput,
+    MultipartUpload, Part, PutBucketAclInput, PutBucketAclOutput, PutObjectInput, PutObjectOutput,
+    StreamingBlob, Timestamp, UploadPartCopyInput, UploadPartCopyOutput, UploadPartInput,
+    UploadPartOutput,
 };
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
+use crate::access::{bucket_acl, canned_public_read, public_read};
 use crate::checksum::Claims;
+use crate::conditions::{check_preconditions, copy_range, etag_matches, part_range, parts_count};
 use crate::layout::ObjectMeta;
 use crate::objects::{start_after_token, Incoming, Listed, ObjectStore};
 
@@ -94,58 +96,6 @@ fn timestamp(ms: u64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-/// Whole seconds, as HTTP dates carry them.
-fn modified_secs(meta: &ObjectMeta) -> u64 {
-    meta.last_modified_ms / 1000
-}
-
-fn ts_secs(ts: &Timestamp) -> u64 {
-    let odt: time::OffsetDateTime = ts.clone().into();
-    odt.unix_timestamp().max(0) as u64
-}
-
-fn etag_matches(cond: &ETagCondition, etag: &str) -> bool {
-    match cond {
-        ETagCondition::Any => true,
-        ETagCondition::ETag(e) => e.value() == etag,
-    }
-}
-
-/// Applies If-Match / If-None-Match / If-(Un)Modified-Since to a GET or HEAD.
-fn check_preconditions(
-    meta: &ObjectMeta,
-    if_match: Option<&ETagCondition>,
-    if_none_match: Option<&ETagCondition>,
-    if_modified_since: Option<&Timestamp>,
-    if_unmodified_since: Option<&Timestamp>,
-) -> S3Result<()> {
-    if let Some(c) = if_match {
-        if !etag_matches(c, &meta.etag) {
-            return Err(s3_error!(
-                PreconditionFailed,
-                "If-Match does not match the object's ETag"
-            ));
-        }
-    } else if let Some(t) = if_unmodified_since {
-        if modified_secs(meta) > ts_secs(t) {
-            return Err(s3_error!(
-                PreconditionFailed,
-                "the object was modified since then"
-            ));
-        }
-    }
-    if let Some(c) = if_none_match {
-        if etag_matches(c, &meta.etag) {
-            return Err(s3_error!(NotModified));
-        }
-    } else if let Some(t) = if_modified_since {
-        if modified_secs(meta) <= ts_secs(t) {
-            return Err(s3_error!(NotModified));
-        }
-    }
-    Ok(())
-}
-
 fn user_metadata(meta: &ObjectMeta) -> Option<s3s::dto::Metadata> {
     (!meta.user_metadata.is_empty()).then(|| meta.user_metadata.iter().cloned().collect())
 }
@@ -190,21 +140,10 @@ impl S3 for ShaleS3 {
         &self,
         req: S3Request<PutBucketAclInput>,
     ) -> S3Result<S3Response<PutBucketAclOutput>> {
-        let input = req.input;
-        if input.access_control_policy.is_some()
-            || input.grant_full_control.is_some()
-            || input.grant_read.is_some()
-            || input.grant_read_acp.is_some()
-            || input.grant_write.is_some()
-            || input.grant_write_acp.is_some()
-        {
-            return Err(s3_error!(
-                NotImplemented,
-                "only canned ACLs (x-amz-acl: private or public-read) are supported"
-            ));
-        }
-        let public = public_read(input.acl.as_ref())?;
-        self.objects.set_public_read(&input.bucket, public).await?;
+        let public = canned_public_read(&req.input)?;
+        self.objects
+            .set_public_read(&req.input.bucket, public)
+            .await?;
         Ok(S3Response::new(PutBucketAclOutput::default()))
     }
 
@@ -213,36 +152,7 @@ impl S3 for ShaleS3 {
         req: S3Request<GetBucketAclInput>,
     ) -> S3Result<S3Response<GetBucketAclOutput>> {
         let bucket = self.objects.must_bucket(&req.input.bucket).await?;
-        let owner = Owner {
-            display_name: Some("shale".into()),
-            id: Some(OWNER_ID.into()),
-        };
-        let mut grants = vec![Grant {
-            grantee: Some(Grantee {
-                display_name: owner.display_name.clone(),
-                email_address: None,
-                id: owner.id.clone(),
-                type_: Type::from_static(Type::CANONICAL_USER),
-                uri: None,
-            }),
-            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
-        }];
-        if bucket.public_read {
-            grants.push(Grant {
-                grantee: Some(Grantee {
-                    display_name: None,
-                    email_address: None,
-                    id: None,
-                    type_: Type::from_static(Type::GROUP),
-                    uri: Some(ALL_USERS.into()),
-                }),
-                permission: Some(Permission::from_static(Permission::READ)),
-            });
-        }
-        Ok(S3Response::new(GetBucketAclOutput {
-            grants: Some(grants),
-            owner: Some(owner),
-        }))
+        Ok(S3Response::new(bucket_acl(bucket.public_read)))
     }
 
     async fn head_bucket(
@@ -740,11 +650,7 @@ impl S3 for ShaleS3 {
                 &input.key,
                 &input.upload_id,
                 input.part_number,
-                Incoming {
-                    body,
-                    content_md5: None,
-                    check: || Ok(()),
-                },
+                Incoming::unclaimed(body),
             )
             .await?;
         Ok(S3Response::new(UploadPartCopyOutput {
@@ -797,11 +703,7 @@ impl S3 for ShaleS3 {
             .put(
                 &input.bucket,
                 &input.key,
-                Incoming {
-                    body,
-                    content_md5: None,
-                    check: || Ok(()),
-                },
+                Incoming::unclaimed(body),
                 content_type,
                 metadata,
             )
@@ -814,76 +716,6 @@ impl S3 for ShaleS3 {
             }),
             ..Default::default()
         }))
-    }
-}
-
-/// The canonical id Shale gives the one owner of every bucket.
-const OWNER_ID: &str = "shale";
-
-/// The grantee S3 names for everyone, signed or not.
-const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
-
-/// Whether a canned ACL makes a bucket public-read; ACLs Shale does not keep are refused.
-fn public_read(acl: Option<&BucketCannedACL>) -> S3Result<bool> {
-    match acl.map(BucketCannedACL::as_str) {
-        None | Some(BucketCannedACL::PRIVATE) => Ok(false),
-        Some(BucketCannedACL::PUBLIC_READ) => Ok(true),
-        Some(other) => Err(s3_error!(
-            NotImplemented,
-            "canned ACL {other:?} is not supported (private or public-read)"
-        )),
-    }
-}
-
-/// The bytes `x-amz-copy-source-range: bytes=FIRST-LAST` names (inclusive, both given),
-/// or the whole object.
-fn copy_range(range: Option<&str>, size: u64) -> S3Result<std::ops::Range<u64>> {
-    let Some(range) = range else {
-        return Ok(0..size);
-    };
-    let invalid = || {
-        let mut e = s3_error!(
-            InvalidArgument,
-            "x-amz-copy-source-range must be bytes=FIRST-LAST within the source's {size} bytes"
-        );
-        e.set_status_code(http::StatusCode::BAD_REQUEST);
-        e
-    };
-    let (first, last) = range
-        .trim()
-        .strip_prefix("bytes=")
-        .and_then(|r| r.split_once('-'))
-        .ok_or_else(invalid)?;
-    let first: u64 = first.trim().parse().map_err(|_| invalid())?;
-    let last: u64 = last.trim().parse().map_err(|_| invalid())?;
-    if first > last || last >= size {
-        return Err(invalid());
-    }
-    Ok(first..last + 1)
-}
-
-/// The byte range of part `n` (1-based) of an object; a simple object is one part.
-fn part_range(meta: &ObjectMeta, n: i32) -> S3Result<std::ops::Range<u64>> {
-    let parts = match &meta.body {
-        crate::layout::Body::Parts(parts) => parts.iter().map(|p| p.size).collect::<Vec<_>>(),
-        _ => vec![meta.size],
-    };
-    let index = usize::try_from(n)
-        .ok()
-        .filter(|&i| i >= 1 && i <= parts.len())
-        .ok_or_else(|| {
-            let mut e = s3_error!(InvalidRange, "the object has {} part(s)", parts.len());
-            e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
-            e
-        })?;
-    let start: u64 = parts[..index - 1].iter().sum();
-    Ok(start..start + parts[index - 1])
-}
-
-fn parts_count(meta: &ObjectMeta) -> Option<i32> {
-    match &meta.body {
-        crate::layout::Body::Parts(parts) => Some(parts.len() as i32),
-        _ => None,
     }
 }
 

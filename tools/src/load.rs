@@ -144,20 +144,51 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reads up to `len` bytes of `path` from `offset`.
-async fn read_part(path: &Path, offset: u64, len: u64) -> anyhow::Result<Bytes> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path).await.context("open file")?;
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .context("seek in file")?;
-    let mut buf = Vec::with_capacity(len as usize);
-    file.take(len)
-        .read_to_end(&mut buf)
-        .await
-        .context("read file")?;
-    anyhow::ensure!(buf.len() as u64 == len, "the file shrank while it was read");
-    Ok(Bytes::from(buf))
+/// A file read front to back, one part at a time.
+struct PartReader {
+    file: tokio::fs::File,
+    left: u64,
+    part: u64,
+}
+
+impl PartReader {
+    async fn open(path: &Path, len: u64, part: u64) -> anyhow::Result<PartReader> {
+        let file = tokio::fs::File::open(path).await.context("open file")?;
+        Ok(PartReader {
+            file,
+            left: len,
+            part,
+        })
+    }
+
+    /// The next part, or `None` at the end.
+    async fn next(&mut self) -> anyhow::Result<Option<Bytes>> {
+        use tokio::io::AsyncReadExt;
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let len = self.part.min(self.left);
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut self.file)
+            .take(len)
+            .read_to_end(&mut buf)
+            .await
+            .context("read file")?;
+        anyhow::ensure!(buf.len() as u64 == len, "the file shrank while it was read");
+        self.left -= len;
+        Ok(Some(Bytes::from(buf)))
+    }
+}
+
+/// The ETag S3 gives a multipart upload of the file: MD5 of the parts' MD5s, "-count".
+async fn multipart_etag(path: &Path, len: u64, part: u64) -> anyhow::Result<String> {
+    let mut parts = PartReader::open(path, len, part).await?;
+    let (mut digests, mut count) = (Vec::new(), 0);
+    while let Some(piece) = parts.next().await? {
+        digests.extend_from_slice(&Md5::digest(&piece));
+        count += 1;
+    }
+    Ok(format!("{}-{count}", hex(&Md5::digest(&digests))))
 }
 
 /// Uploads a large file a part at a time (one part in memory), unless the bucket
@@ -169,26 +200,19 @@ async fn load_multipart(
     len: u64,
     part: u64,
 ) -> anyhow::Result<Option<u64>> {
-    let count = len.div_ceil(part);
-    // One pass for the ETag S3 gives such an upload: MD5 of the parts' MD5s, "-count".
-    let mut digests = Vec::with_capacity(count as usize * 16);
-    for n in 0..count {
-        let piece = read_part(path, n * part, part.min(len - n * part)).await?;
-        digests.extend_from_slice(&Md5::digest(&piece));
-    }
-    let etag = format!("{}-{count}", hex(&Md5::digest(&digests)));
+    // The file is hashed only when an object of its size is already there to compare.
     if let Some((have, existing)) = target.head(key).await? {
-        if have == len && existing == etag {
+        if have == len && existing == multipart_etag(path, len, part).await? {
             return Ok(None);
         }
     }
     let upload = target.create_upload(key).await?;
     let sent = async {
-        let mut etags = Vec::with_capacity(count as usize);
-        for n in 0..count {
-            let piece = read_part(path, n * part, part.min(len - n * part)).await?;
+        let mut parts = PartReader::open(path, len, part).await?;
+        let mut etags = Vec::new();
+        while let Some(piece) = parts.next().await? {
             let want = hex(&Md5::digest(&piece));
-            let number = u16::try_from(n + 1).context("too many parts")?;
+            let number = u16::try_from(etags.len() + 1).context("too many parts")?;
             let got = target.upload_part(key, &upload, number, piece).await?;
             anyhow::ensure!(
                 got == want,

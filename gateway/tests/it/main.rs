@@ -138,17 +138,7 @@ async fn abandoned_uploads_are_aborted_in_the_background() {
         3 << 20
     ]))]);
     objects
-        .upload_part(
-            "b",
-            "k",
-            &upload,
-            1,
-            Incoming {
-                body,
-                content_md5: None,
-                check: || Ok(()),
-            },
-        )
+        .upload_part("b", "k", &upload, 1, Incoming::unclaimed(body))
         .await
         .unwrap();
     assert_eq!(objects.list_uploads("b").await.unwrap().len(), 1);
@@ -204,11 +194,7 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
     let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
     let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 31 % 251) as u8).collect();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
-    let incoming = Incoming {
-        body,
-        content_md5: None,
-        check: || Ok(()),
-    };
+    let incoming = Incoming::unclaimed(body);
     objects
         .put("b", "k", incoming, None, Vec::new())
         .await
