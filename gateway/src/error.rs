@@ -36,6 +36,8 @@ pub enum GwError {
     EntityTooSmall { part: u32, size: u64, min: u64 },
     #[error("part numbers run from 1 to 10000")]
     InvalidPartNumber,
+    #[error("the body took longer than the gateway allows an upload")]
+    RequestTimeout,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("cluster: {0}")]
@@ -60,6 +62,7 @@ impl From<GwError> for S3Error {
             GwError::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
             GwError::EntityTooSmall { .. } => S3ErrorCode::EntityTooSmall,
             GwError::InvalidPartNumber => S3ErrorCode::InvalidArgument,
+            GwError::RequestTimeout => S3ErrorCode::RequestTimeout,
             GwError::Corrupt(_) => S3ErrorCode::InternalError,
             GwError::Cluster(ClientError::Unavailable { .. }) => S3ErrorCode::SlowDown,
             GwError::Cluster(_) => S3ErrorCode::InternalError,

@@ -297,6 +297,54 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
     None
 }
 
+/// A new body version: its creation time in milliseconds above 64 random bits, so
+/// a chunk's key tells its age (the orphan-chunk collector spares young chunks).
+pub fn new_version(now_ms: u64) -> u128 {
+    (u128::from(now_ms) << 64) | u128::from(rand::random::<u64>())
+}
+
+/// When `version` was created, in milliseconds (meaningless for versions made before
+/// versions carried their time: those read as far in the future, so are never old).
+pub fn version_time_ms(version: u128) -> u64 {
+    (version >> 64) as u64
+}
+
+/// `[start, end)` of every chunk key.
+pub fn chunk_bounds() -> (Bytes, Bytes) {
+    (
+        Bytes::from_static(&[CHUNK_PREFIX]),
+        Bytes::from_static(&[CHUNK_PREFIX + 1]),
+    )
+}
+
+/// `[start, end)` of every object record, in every bucket.
+pub fn all_object_bounds() -> (Bytes, Bytes) {
+    (
+        Bytes::from_static(&[OBJECT_PREFIX]),
+        Bytes::from_static(&[OBJECT_PREFIX + 1]),
+    )
+}
+
+/// `[start, end)` of every part record, of every upload.
+pub fn all_part_bounds() -> (Bytes, Bytes) {
+    (
+        Bytes::from_static(&[PART_PREFIX]),
+        Bytes::from_static(&[PART_PREFIX + 1]),
+    )
+}
+
+/// The body version a chunk key names.
+pub fn version_of_chunk(key: &[u8]) -> Option<u128> {
+    let rest = key.strip_prefix(&[CHUNK_PREFIX])?;
+    (rest.len() == 4 + 16 + 4)
+        .then(|| u128::from_be_bytes(rest[4..20].try_into().expect("16 bytes")))
+}
+
+/// Where the orphan-chunk collector notes when a sweep last finished (any gateway's).
+pub fn chunk_sweep_key() -> Bytes {
+    Bytes::from_static(b"Mchunk-sweep")
+}
+
 /// Where chunk `index` of body version `version` lives: a hash first, so consecutive
 /// chunks (and concurrent uploads) land on different ranges.
 pub fn chunk_key(version: u128, index: u32) -> Bytes {
@@ -340,6 +388,23 @@ pub fn open_chunk(mut stored: Bytes) -> Result<Bytes, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_chunk_key_tells_its_version_and_age() {
+        let v = new_version(1_700_000_000_123);
+        assert_eq!(version_time_ms(v), 1_700_000_000_123);
+        assert_ne!(
+            new_version(5),
+            new_version(5),
+            "versions of one moment differ"
+        );
+        let key = chunk_key(v, 7);
+        assert_eq!(version_of_chunk(&key), Some(v));
+        let (start, end) = chunk_bounds();
+        assert!(start <= key && key < end);
+        assert_eq!(version_of_chunk(&object_key("b", "k")), None);
+        assert_eq!(version_of_chunk(&key[..key.len() - 1]), None);
+    }
 
     #[test]
     fn bucket_records_written_before_acls_read_as_private() {

@@ -5,6 +5,7 @@ pub mod access;
 pub mod checksum;
 pub mod conditions;
 pub mod error;
+pub mod gc;
 pub mod keys;
 pub mod layout;
 pub mod metrics;

@@ -12,6 +12,7 @@ pub struct GatewayMetrics {
     pub bytes_read: Counter,
     pub chunks_written: Counter,
     pub uploads_collected: Counter,
+    pub orphan_chunks_collected: Counter,
     pub corrupt_chunks: Counter,
 }
 
@@ -49,5 +50,10 @@ pub fn register(registry: &mut Registry) {
         "shale_gateway_uploads_collected",
         "Abandoned multipart uploads aborted",
         m.uploads_collected.clone(),
+    );
+    registry.register(
+        "shale_gateway_orphan_chunks_collected",
+        "Chunks no object or part pointed at, deleted by the chunk sweep",
+        m.orphan_chunks_collected.clone(),
     );
 }

@@ -82,15 +82,33 @@ impl<S> Incoming<'static, S, fn() -> Result<(), GwError>> {
     }
 }
 
+/// How long a body may take to arrive, unless the gateway is configured otherwise.
+pub const BODY_DEADLINE_MS: u64 = 12 * 3600 * 1000;
+
 /// Object storage over a cluster.
 #[derive(Clone)]
 pub struct ObjectStore {
     kv: Arc<KvClient>,
+    body_deadline_ms: u64,
 }
 
 impl ObjectStore {
     pub fn new(kv: Arc<KvClient>) -> Self {
-        ObjectStore { kv }
+        ObjectStore {
+            kv,
+            body_deadline_ms: BODY_DEADLINE_MS,
+        }
+    }
+
+    /// Fails any upload whose body takes longer than `ms` to arrive. The chunk collector
+    /// counts on it: it spares chunks younger than twice this.
+    pub fn with_body_deadline_ms(mut self, ms: u64) -> Self {
+        self.body_deadline_ms = ms;
+        self
+    }
+
+    pub(crate) fn kv(&self) -> &KvClient {
+        &self.kv
     }
 
     pub async fn bucket(&self, bucket: &str) -> Result<Option<BucketMeta>, GwError> {
@@ -179,7 +197,8 @@ impl ObjectStore {
 
     /// Reads `body` to its end: small bodies stay in memory (when `inline` allows), larger
     /// ones go out in chunks of a new version as they arrive. Checks the size bound and
-    /// `content_md5`; on any failure the chunks written so far are dropped.
+    /// `content_md5`; on any failure the chunks written so far are dropped. A body that
+    /// takes longer than the body deadline fails with `RequestTimeout`.
     async fn write_body<S, E>(
         &self,
         mut body: S,
@@ -194,7 +213,9 @@ impl ObjectStore {
         let mut md5 = Md5::new();
         let mut size = 0u64;
         let mut buf = BytesMut::new();
-        let mut writer = ChunkWriter::new(self.kv.clone(), rand::random());
+        let started_ms = now_ms();
+        let late = || now_ms().saturating_sub(started_ms) > self.body_deadline_ms;
+        let mut writer = ChunkWriter::new(self.kv.clone(), layout::new_version(started_ms));
         let keep_inline =
             |chunks: u32, len: usize| inline && chunks == 0 && len <= INLINE_BYTES_MAX;
         let mut failed = loop {
@@ -211,6 +232,9 @@ impl ObjectStore {
             }
             md5.update(&piece);
             buf.extend_from_slice(&piece);
+            if late() {
+                break Some(GwError::RequestTimeout);
+            }
             let mut err = None;
             while buf.len() >= CHUNK_BYTES && !keep_inline(writer.started(), buf.len()) {
                 if let Err(e) = writer.push(buf.split_to(CHUNK_BYTES).freeze()).await {
@@ -234,7 +258,10 @@ impl ObjectStore {
         }
         let finished = writer.finish().await;
         let (version, count) = (writer.version, writer.started());
-        match failed.or(finished.err()) {
+        let failed = failed
+            .or(finished.err())
+            .or_else(|| late().then_some(GwError::RequestTimeout));
+        match failed {
             Some(e) => {
                 self.drop_chunks(version, count).await;
                 Err(e)

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -35,6 +36,14 @@ pub struct GatewayConfig {
     pub abandoned_upload_secs: u64,
     /// How often the gateway looks for abandoned uploads.
     pub upload_gc_interval_secs: u64,
+    /// Chunks that no object or part points at (left by a gateway that died mid-upload,
+    /// say) are deleted once older than this. A single upload's body must arrive within
+    /// half of it, or the upload fails with RequestTimeout. Give every gateway of a
+    /// cluster the same value.
+    pub orphan_chunk_secs: u64,
+    /// How often some gateway sweeps the cluster for such chunks (a full walk of object
+    /// records and chunk keys; a gateway skips it if another did it within this time).
+    pub chunk_gc_interval_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -46,46 +55,8 @@ impl Default for GatewayConfig {
             host: None,
             abandoned_upload_secs: 7 * 24 * 3600,
             upload_gc_interval_secs: 600,
-        }
-    }
-}
-
-/// Aborts multipart uploads older than the configured age, every interval.
-async fn collect_abandoned_uploads(
-    objects: ObjectStore,
-    age_ms: u64,
-    interval: std::time::Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stopped.changed() => return,
-        }
-        let buckets = match objects.list_buckets().await {
-            Ok(b) => b,
-            Err(e) => {
-                debug!(error = %e, "upload GC: cannot list buckets");
-                continue;
-            }
-        };
-        let cutoff = crate::objects::now_ms().saturating_sub(age_ms);
-        for (bucket, _) in buckets {
-            let Ok(uploads) = objects.list_uploads(&bucket).await else {
-                continue;
-            };
-            for (key, upload_id, _) in uploads
-                .into_iter()
-                .filter(|(_, _, started)| *started < cutoff)
-            {
-                match objects.abort_upload(&bucket, &key, &upload_id).await {
-                    Ok(()) => {
-                        crate::metrics::METRICS.uploads_collected.inc();
-                        info!(%bucket, %key, %upload_id, "aborted an abandoned upload");
-                    }
-                    Err(e) => debug!(%bucket, %key, error = %e, "upload GC: abort failed"),
-                }
-            }
+            orphan_chunk_secs: 24 * 3600,
+            chunk_gc_interval_secs: 6 * 3600,
         }
     }
 }
@@ -108,7 +79,8 @@ impl Gateway {
         }
         let bootstrap = (!config.access_key.is_empty())
             .then(|| (config.access_key.clone(), config.secret_key.clone()));
-        let objects = ObjectStore::new(kv.clone());
+        let objects = ObjectStore::new(kv.clone())
+            .with_body_deadline_ms(config.orphan_chunk_secs.saturating_mul(1000) / 2);
         let mut builder = S3ServiceBuilder::new(ShaleS3::new(objects.clone()));
         builder.set_auth(ClusterAuth::new(kv, bootstrap));
         builder.set_access(PublicReadAccess::new(objects.clone()));
@@ -125,12 +97,13 @@ impl Gateway {
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
-        tokio::spawn(collect_abandoned_uploads(
-            objects,
-            config.abandoned_upload_secs.saturating_mul(1000),
-            std::time::Duration::from_secs(config.upload_gc_interval_secs.max(1)),
-            stop.subscribe(),
-        ));
+        let schedule = crate::gc::Schedule {
+            upload_age_ms: config.abandoned_upload_secs.saturating_mul(1000),
+            upload_interval: Duration::from_secs(config.upload_gc_interval_secs.max(1)),
+            chunk_age_ms: config.orphan_chunk_secs.saturating_mul(1000),
+            chunk_interval: Duration::from_secs(config.chunk_gc_interval_secs.max(1)),
+        };
+        tokio::spawn(crate::gc::run(objects, schedule, stop.subscribe()));
         let task = tokio::spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
             let http = ConnBuilder::new(TokioExecutor::new());

@@ -350,6 +350,26 @@ impl KvClient {
             end: end.into(),
             limit,
         };
+        self.scan_page(op).await
+    }
+
+    /// As [`KvClient::scan`], but the pairs carry empty values: for walking the keys of
+    /// large values without moving them.
+    pub async fn scan_keys(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        limit: u32,
+    ) -> Result<ScanPage, ClientError> {
+        let op = KvOp::ScanKeys {
+            start: start.into(),
+            end: end.into(),
+            limit,
+        };
+        self.scan_page(op).await
+    }
+
+    async fn scan_page(&self, op: KvOp) -> Result<ScanPage, ClientError> {
         match self.request(op).await? {
             KvReply::Scanned { pairs, resume_key } => Ok(ScanPage { pairs, resume_key }),
             other => Err(unexpected(other)),

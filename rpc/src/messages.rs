@@ -119,6 +119,13 @@ pub enum KvOp {
         end: Bytes,
         limit: u32,
     },
+    /// As `Scan`, but the pairs carry empty values: for walking keys whose values are
+    /// large (object chunks) without moving them.
+    ScanKeys {
+        start: Bytes,
+        end: Bytes,
+        limit: u32,
+    },
     /// Puts and deletes applied atomically: all or none. All keys in one range.
     Batch {
         ops: Vec<WriteOp>,
@@ -427,7 +434,7 @@ impl KvOp {
                 }
                 Ok(())
             }
-            KvOp::Scan { start, end, .. } => {
+            KvOp::Scan { start, end, .. } | KvOp::ScanKeys { start, end, .. } => {
                 if start.len() > KEY_BYTES_MAX || end.len() > KEY_BYTES_MAX {
                     return Err(KvError::KeyTooLarge {
                         len: start.len().max(end.len()),
@@ -475,7 +482,7 @@ impl KvOp {
             | KvOp::GetReplica { key }
             | KvOp::Put { key, .. }
             | KvOp::Delete { key } => key,
-            KvOp::Scan { start, .. } => start,
+            KvOp::Scan { start, .. } | KvOp::ScanKeys { start, .. } => start,
             KvOp::Batch { ops } => ops.first().map_or(&[][..], |op| &op.key()[..]),
             KvOp::AllocIds { .. } => ID_ALLOC_KEY,
         }
@@ -498,6 +505,11 @@ mod tests {
             (bytes(), bytes()).prop_map(|(key, value)| KvOp::Put { key, value }),
             bytes().prop_map(|key| KvOp::Delete { key }),
             (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| KvOp::Scan {
+                start,
+                end,
+                limit
+            }),
+            (bytes(), bytes(), any::<u32>()).prop_map(|(start, end, limit)| KvOp::ScanKeys {
                 start,
                 end,
                 limit

@@ -131,7 +131,7 @@ impl StoreService {
                 entry.read_ops += 1;
                 entry.read_bytes += key.len() as u64;
             }
-            KvOp::Scan { .. } => entry.read_ops += 1,
+            KvOp::Scan { .. } | KvOp::ScanKeys { .. } => entry.read_ops += 1,
             KvOp::Put { key, value } => {
                 entry.write_ops += 1;
                 entry.write_bytes += (key.len() + value.len()) as u64;
@@ -204,7 +204,9 @@ impl StoreService {
             op,
         } = req;
         let ops = match op {
-            KvOp::Get { .. } | KvOp::Scan { .. } => return self.read(range_id, epoch, op).await,
+            KvOp::Get { .. } | KvOp::Scan { .. } | KvOp::ScanKeys { .. } => {
+                return self.read(range_id, epoch, op).await
+            }
             KvOp::GetReplica { key } => return self.read_replica(range_id, &key).await,
             KvOp::AllocIds { count } => {
                 let (reply, rx) = oneshot::channel();
@@ -244,7 +246,8 @@ impl StoreService {
         let range = self.wait(rx).await?;
         match op {
             KvOp::Get { key } => self.get(&range, &key),
-            KvOp::Scan { start, end, limit } => self.scan(&range, &start, &end, limit),
+            KvOp::Scan { start, end, limit } => self.scan(&range, &start, &end, limit, true),
+            KvOp::ScanKeys { start, end, limit } => self.scan(&range, &start, &end, limit, false),
             _ => unreachable!("only reads come here"),
         }
     }
@@ -522,7 +525,15 @@ impl StoreService {
         Ok(KvReply::Value(value.map(Bytes::from)))
     }
 
-    fn scan(&self, range: &RangeDescriptor, start: &[u8], end: &[u8], limit: u32) -> KvResponse {
+    /// One page of `[start, end)` within `range`; `values: false` leaves values empty.
+    fn scan(
+        &self,
+        range: &RangeDescriptor,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+        values: bool,
+    ) -> KvResponse {
         // Users never see system keys.
         let start = start.max(&range.start_key[..]).max(SYSTEM_PREFIX_END);
         // The scan stops at the nearer of the requested end and the range's end.
@@ -543,6 +554,7 @@ impl StoreService {
                     full = true;
                     return false;
                 }
+                let v = if values { v } else { &[] };
                 bytes += k.len() + v.len();
                 pairs.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
                 true

@@ -246,3 +246,105 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies() {
+    use shale_gateway::layout::{chunk_key, new_version, seal_chunk};
+    use shale_gateway::objects::{now_ms, Incoming};
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "sweep").await;
+    let object: Vec<u8> = (0..(2 << 20) + 9).map(|i| (i % 253) as u8).collect();
+    let body = |data: &Vec<u8>| {
+        Incoming::unclaimed(futures::stream::iter([Ok::<_, std::io::Error>(
+            bytes::Bytes::from(data.clone()),
+        )]))
+    };
+    objects
+        .put("sweep", "object", body(&object), None, Vec::new())
+        .await
+        .unwrap();
+    let upload = objects
+        .create_upload("sweep", "parts", None, Vec::new())
+        .await
+        .unwrap();
+    let part: Vec<u8> = vec![5u8; (5 << 20) + 1];
+    let etag = objects
+        .upload_part("sweep", "parts", &upload, 1, body(&part))
+        .await
+        .unwrap()
+        .etag;
+    // What dead gateways left: a body begun two minutes ago, and one begun just now.
+    let old = new_version(now_ms() - 120_000);
+    let young = new_version(now_ms());
+    for version in [old, young] {
+        for i in 0..3 {
+            kv.put(chunk_key(version, i), seal_chunk(b"orphan"))
+                .await
+                .unwrap();
+        }
+    }
+    let sweep = objects.sweep_orphan_chunks(60_000).await.unwrap();
+    assert_eq!(sweep.live_versions, 2, "the object's and the part's");
+    assert_eq!(sweep.chunks_seen, 3 + 6 + 6);
+    assert_eq!(sweep.chunks_deleted, 3, "only the old orphan's chunks");
+    for i in 0..3 {
+        assert!(kv.get(chunk_key(old, i)).await.unwrap().is_none());
+        assert!(kv.get(chunk_key(young, i)).await.unwrap().is_some());
+    }
+    // Once old enough the young orphan goes too; live bodies never do.
+    let sweep = objects.sweep_orphan_chunks(0).await.unwrap();
+    assert_eq!(sweep.chunks_deleted, 3);
+    let meta = objects.head("sweep", "object").await.unwrap();
+    let read = objects.read(&meta, 0, meta.size);
+    let got: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(read).await.unwrap();
+    assert_eq!(got.concat(), object);
+    objects
+        .complete_upload("sweep", "parts", &upload, vec![(1, etag)])
+        .await
+        .unwrap();
+    let meta = objects.head("sweep", "parts").await.unwrap();
+    let read = objects.read(&meta, 0, meta.size);
+    let got: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(read).await.unwrap();
+    assert_eq!(got.concat(), part);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_slower_than_the_deadline_fails_and_leaves_nothing() {
+    use futures::StreamExt;
+    use shale_gateway::error::GwError;
+    use shale_gateway::objects::Incoming;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "slow").await;
+    let objects = objects.with_body_deadline_ms(300);
+    // 3 MiB, a megabyte every 200 ms: past the deadline after the second.
+    let slow = futures::stream::iter(0..3).then(|_| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 1 << 20]))
+    });
+    let err = objects
+        .put(
+            "slow",
+            "k",
+            Incoming::unclaimed(Box::pin(slow)),
+            None,
+            Vec::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GwError::RequestTimeout), "{err}");
+    assert!(matches!(
+        objects.head("slow", "k").await,
+        Err(GwError::NoSuchKey)
+    ));
+    let chunks = kv
+        .scan_keys(
+            bytes::Bytes::from_static(b"C"),
+            bytes::Bytes::from_static(b"D"),
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(chunks.pairs.is_empty(), "the chunks written were dropped");
+    cluster.shutdown().await;
+}

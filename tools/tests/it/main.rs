@@ -3,6 +3,7 @@
 mod bench_json;
 mod ctl;
 mod dev;
+mod gateway_crash;
 mod gateway_memory;
 mod load;
 mod placement_kill;

@@ -241,8 +241,23 @@ pub fn write_cluster_file(dir: &Path, procs: &[StoreProc]) -> PathBuf {
 
 /// A `shale gateway` process in front of `procs`, and the endpoint it serves.
 pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (Child, String) {
+    start_gateway_with(dir, procs, port, &[])
+}
+
+/// As [`start_gateway`], with more arguments (`--config FILE`, say); logs to
+/// `DIR/gateway.log`, appending.
+pub fn start_gateway_with(
+    dir: &Path,
+    procs: &[StoreProc],
+    port: u16,
+    args: &[&str],
+) -> (Child, String) {
     let path = write_cluster_file(dir, procs);
-    let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .unwrap();
     let child = shale()
         .args(["gateway", "--cluster"])
         .arg(&path)
@@ -254,6 +269,7 @@ pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (Child, Stri
             "--secret-key",
             "mem-secret",
         ])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

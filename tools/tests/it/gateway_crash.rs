@@ -1,0 +1,188 @@
+//! A gateway killed with SIGKILL in the middle of an upload leaves chunks that no object
+//! points at. Another gateway's chunk sweep deletes them once they are older than the
+//! orphan age, and leaves every stored object and every uploaded part alone.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shale_rpc::client::{ClientConfig, KvClient};
+use shale_rpc::StoreAddr;
+
+use crate::dev::free_tcp_port;
+use crate::procs::*;
+
+/// Chunk keys in the whole cluster.
+async fn count_chunks(client: &KvClient) -> usize {
+    let end = Bytes::from_static(b"D");
+    let mut next = Bytes::from_static(b"C");
+    let mut count = 0;
+    loop {
+        let page = client.scan_keys(next, end.clone(), 1000).await.unwrap();
+        count += page.pairs.len();
+        match page.resume_key {
+            Some(k) if k < end => next = k,
+            _ => return count,
+        }
+    }
+}
+
+fn python(code: &str) -> Command {
+    let python = std::env::var("SHALE_PYTHON")
+        .expect("SHALE_PYTHON (set by scripts/test.sh) names a Python with boto3");
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", code]);
+    cmd
+}
+
+fn boto3_client(endpoint: &str) -> String {
+    format!(
+        r#"
+import hashlib, sys, time, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url="{endpoint}", aws_access_key_id="mem-access",
+                  aws_secret_access_key="mem-secret", region_name="us-east-1",
+                  config=Config(s3={{"addressing_style": "path"}}, retries={{"max_attempts": 10}}))
+def body(n, seed):
+    block = bytes((seed * i + i // 7) % 251 for i in range(251 * 64))
+    return (block * (n // len(block) + 1))[:n]
+"#
+    )
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_left_by_a_gateway_killed_mid_upload_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, identity) = store_procs(dir.path(), 3);
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    let transport = client_transport(&identity);
+    find_leader(&transport, &procs, Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let stores: Vec<StoreAddr> = procs
+        .iter()
+        .map(|p| StoreAddr {
+            store_id: p.config.store_id,
+            addr: p.config.listen_addr.clone(),
+        })
+        .collect();
+    let client = Arc::new(KvClient::new(transport, &stores, ClientConfig::default()).unwrap());
+    // Chunks older than 6 s that nothing points at go; any gateway sweeps every second.
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "orphan-chunk-secs = 6\nchunk-gc-interval-secs = 1\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let (mut gateway, endpoint) =
+        start_gateway_with(dir.path(), &procs, free_tcp_port(), &["--config", &config]);
+
+    // What must survive: an object of 9 chunks and an unfinished upload's 5-chunk part.
+    let setup = format!(
+        r#"{}
+for _ in range(100):
+    try:
+        s3.create_bucket(Bucket="crash"); break
+    except Exception:
+        time.sleep(0.2)
+s3.put_object(Bucket="crash", Key="keep", Body=body((8 << 20) + 5, 3))
+up = s3.create_multipart_upload(Bucket="crash", Key="parts")["UploadId"]
+etag = s3.upload_part(Bucket="crash", Key="parts", UploadId=up, PartNumber=1, Body=body(5 << 20, 5))["ETag"]
+print(up, etag)
+"#,
+        boto3_client(&endpoint)
+    );
+    let printed = run_ok(&mut python(&setup), "storing the objects that must survive");
+    let (upload, etag) = printed.trim().split_once(' ').unwrap();
+    let live = count_chunks(&client).await;
+    assert_eq!(live, 9 + 5, "the surviving object and part's chunks");
+
+    // A 128 MiB PUT, and the gateway killed once some of its chunks are written.
+    let put = format!(
+        r#"{}
+s3.put_object(Bucket="crash", Key="big", Body=b"\x07" * (128 << 20))
+"#,
+        boto3_client(&endpoint)
+    );
+    let mut uploader = python(&put)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while count_chunks(&client).await < live + 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the big upload wrote no chunks"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    let _ = uploader.wait();
+    let orphans = count_chunks(&client).await - live;
+    assert!(orphans >= 4, "the killed upload left {orphans} chunks");
+
+    // A new gateway sweeps them once they are old enough.
+    let (mut gateway, endpoint) =
+        start_gateway_with(dir.path(), &procs, free_tcp_port(), &["--config", &config]);
+    let started = Instant::now();
+    loop {
+        let now = count_chunks(&client).await;
+        if now == live {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} chunks still left of {orphans} orphans",
+            now - live
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "{orphans} orphan chunks collected {:.1} s after the new gateway started",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Everything a client stored is whole: the object, and the upload, which completes.
+    let check = format!(
+        r#"{}
+got = s3.get_object(Bucket="crash", Key="keep")["Body"].read()
+assert got == body((8 << 20) + 5, 3), "keep changed"
+s3.complete_multipart_upload(Bucket="crash", Key="parts", UploadId="{upload}",
+    MultipartUpload={{"Parts": [{{"PartNumber": 1, "ETag": {etag:?}}}]}})
+got = s3.get_object(Bucket="crash", Key="parts")["Body"].read()
+assert got == body(5 << 20, 5), "the completed upload changed"
+try:
+    s3.head_object(Bucket="crash", Key="big")
+    raise SystemExit("the killed upload became visible")
+except s3.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"] in ("404", "NoSuchKey"), e.response
+print("intact")
+"#,
+        boto3_client(&endpoint)
+    );
+    let printed = run_ok(&mut python(&check), "reading back what survived");
+    assert_eq!(printed.trim(), "intact");
+    assert_eq!(count_chunks(&client).await, live);
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    for p in procs.iter_mut() {
+        assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
+    }
+}
