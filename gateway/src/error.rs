@@ -36,6 +36,8 @@ pub enum GwError {
     EntityTooSmall { part: u32, size: u64, min: u64 },
     #[error("part numbers run from 1 to 10000")]
     InvalidPartNumber,
+    #[error("the key is {len} bytes; keys are at most {max}")]
+    KeyTooLong { len: usize, max: usize },
     #[error("the body took longer than the gateway allows an upload")]
     RequestTimeout,
     #[error("stored data is corrupt: {0}")]
@@ -63,6 +65,7 @@ impl From<GwError> for S3Error {
             GwError::EntityTooSmall { .. } => S3ErrorCode::EntityTooSmall,
             GwError::InvalidPartNumber => S3ErrorCode::InvalidArgument,
             GwError::RequestTimeout => S3ErrorCode::RequestTimeout,
+            GwError::KeyTooLong { .. } => S3ErrorCode::KeyTooLongError,
             GwError::Corrupt(_) => S3ErrorCode::InternalError,
             GwError::Cluster(ClientError::Unavailable { .. }) => S3ErrorCode::SlowDown,
             GwError::Cluster(_) => S3ErrorCode::InternalError,

@@ -25,6 +25,8 @@ const LIST_PAGE: u32 = 1000;
 const CHUNK_WRITES_IN_FLIGHT: usize = 4;
 /// Chunks fetched ahead of the client per download.
 const CHUNK_READS_AHEAD: usize = 4;
+/// Longest object key, in bytes of UTF-8 (S3's limit).
+pub const KEY_BYTES_MAX: usize = 1024;
 /// Highest part number of a multipart upload (S3's limit).
 pub const PARTS_MAX: u32 = 10_000;
 /// Smallest part but the last (S3's limit).
@@ -300,6 +302,7 @@ impl ObjectStore {
         E: std::fmt::Display,
         C: FnOnce() -> Result<(), GwError>,
     {
+        check_key(key)?;
         self.must_bucket(bucket).await?;
         let (body, size, digest) = self
             .write_body(incoming.body, true, incoming.content_md5)
@@ -331,6 +334,7 @@ impl ObjectStore {
         content_type: Option<String>,
         user_metadata: Vec<(String, String)>,
     ) -> Result<String, GwError> {
+        check_key(key)?;
         self.must_bucket(bucket).await?;
         let upload_id = hex(&rand::random::<u128>().to_be_bytes());
         let meta = UploadMeta {
@@ -758,6 +762,17 @@ fn chunk_pieces(segments: &[Segment], start: u64, end: u64) -> Vec<Piece> {
         seg_start = seg_end;
     }
     pieces
+}
+
+/// Refuses keys longer than S3 allows.
+fn check_key(key: &str) -> Result<(), GwError> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(GwError::KeyTooLong {
+            len: key.len(),
+            max: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
 }
 
 /// Writes the chunks of one body version, a few at a time, in order of index.

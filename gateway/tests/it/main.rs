@@ -1,6 +1,8 @@
 //! The gateway in front of a real in-process cluster (RocksDB, QUIC), driven by a real
 //! S3 client (boto3, installed by scripts/test.sh).
 
+mod sdk;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
