@@ -806,9 +806,11 @@ impl ChunkWriter {
         }
         crate::metrics::METRICS.chunks_written.inc();
         let (kv, key) = (self.kv.clone(), layout::chunk_key(self.version, self.next));
-        self.in_flight.push_back(tokio::spawn(async move {
-            kv.put(key, layout::seal_chunk(&chunk)).await
-        }));
+        // Sealed here so the unsealed copy is freed before the write goes out.
+        let sealed = layout::seal_chunk(&chunk);
+        drop(chunk);
+        self.in_flight
+            .push_back(tokio::spawn(async move { kv.put(key, sealed).await }));
         self.next += 1;
         Ok(())
     }

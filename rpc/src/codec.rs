@@ -198,12 +198,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
     check_frame(rest.freeze()).map(Some)
 }
 
-/// Writes one frame.
+/// Writes one frame: head, body and checksum as they are, without first copying the
+/// body (up to megabytes) into one buffer.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &Frame,
 ) -> Result<(), RpcError> {
-    writer.write_all(&frame.to_wire()).await?;
+    let mut head = [0u8; 7];
+    head[..4].copy_from_slice(&((FRAME_OVERHEAD_BYTES + frame.body.len()) as u32).to_be_bytes());
+    head[4] = FRAME_VERSION;
+    head[5..].copy_from_slice(&(frame.kind as u16).to_be_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[4..]);
+    crc.update(&frame.body);
+    writer.write_all(&head).await?;
+    writer.write_all(&frame.body).await?;
+    writer.write_all(&crc.finalize().to_be_bytes()).await?;
     Ok(())
 }
 
@@ -249,6 +259,15 @@ mod tests {
             let cut = cut % wire.len();
             let err = Frame::from_wire(&wire[..cut]).unwrap_err();
             prop_assert!(matches!(err, RpcError::Truncated { .. }), "{err:?}");
+        }
+
+        #[test]
+        fn write_frame_writes_what_to_wire_gives(kind in kinds(), body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let frame = Frame { kind, body: Bytes::from(body) };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut written = Vec::new();
+            rt.block_on(write_frame(&mut written, &frame)).unwrap();
+            prop_assert_eq!(&written[..], &frame.to_wire()[..]);
         }
 
         #[test]
