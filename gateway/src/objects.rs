@@ -87,11 +87,21 @@ impl<S> Incoming<'static, S, fn() -> Result<(), GwError>> {
 /// How long a body may take to arrive, unless the gateway is configured otherwise.
 pub const BODY_DEADLINE_MS: u64 = 12 * 3600 * 1000;
 
+/// Stores' data in this very process (`shale dev`, benchmarks), read directly by key.
+/// Chunk keys are written once and never changed, so any copy found is the chunk (its
+/// crc32 is still checked); a copy not found (a replica behind, or none here) is read
+/// through the cluster as usual. Bulk bytes then cross neither QUIC nor TLS.
+pub trait LocalChunks: Send + Sync {
+    /// The stored chunk at `key`, if a store in this process holds it.
+    fn get(&self, key: &[u8]) -> Option<Bytes>;
+}
+
 /// Object storage over a cluster.
 #[derive(Clone)]
 pub struct ObjectStore {
     kv: Arc<KvClient>,
     body_deadline_ms: u64,
+    local: Option<Arc<dyn LocalChunks>>,
 }
 
 impl ObjectStore {
@@ -99,7 +109,14 @@ impl ObjectStore {
         ObjectStore {
             kv,
             body_deadline_ms: BODY_DEADLINE_MS,
+            local: None,
         }
+    }
+
+    /// Reads chunks from stores in this process first.
+    pub fn with_local_chunks(mut self, local: Option<Arc<dyn LocalChunks>>) -> Self {
+        self.local = local;
+        self
     }
 
     /// Fails any upload whose body takes longer than `ms` to arrive. The chunk collector
@@ -543,14 +560,14 @@ impl ObjectStore {
         start: u64,
         end: u64,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
-        let kv = self.kv.clone();
+        let (kv, local) = (self.kv.clone(), self.local.clone());
         let pieces: Vec<Piece> = match &meta.body {
             Body::Inline(data) => vec![Piece::Inline(data.slice(start as usize..end as usize))],
             body => chunk_pieces(&body.segments(meta.size), start, end),
         };
         futures::stream::iter(pieces)
             .map(move |piece| {
-                let kv = kv.clone();
+                let (kv, local) = (kv.clone(), local.clone());
                 async move {
                     match piece {
                         Piece::Inline(data) => Ok(data),
@@ -560,7 +577,7 @@ impl ObjectStore {
                             from,
                             to,
                         } => {
-                            let data = fetch_chunk(&kv, version, index)
+                            let data = fetch_chunk(&kv, local, version, index)
                                 .await
                                 .map_err(std::io::Error::other)?;
                             if data.len() < to {
@@ -839,11 +856,32 @@ impl ChunkWriter {
     }
 }
 
-/// Reads one chunk through its range's leader. A copy that fails its checksum is
-/// reported and never returned: the chunk is read from the other replicas' own copies
-/// instead (chunks are written once, so any replica's copy is the chunk).
-async fn fetch_chunk(kv: &KvClient, version: u128, index: u32) -> Result<Bytes, String> {
+/// Reads one chunk: from a store in this process when one has it, else through its
+/// range's leader. A copy that fails its checksum is reported and never returned: the
+/// chunk is read from the other replicas' own copies instead (chunks are written once,
+/// so any replica's copy is the chunk).
+async fn fetch_chunk(
+    kv: &KvClient,
+    local: Option<Arc<dyn LocalChunks>>,
+    version: u128,
+    index: u32,
+) -> Result<Bytes, String> {
     let key = layout::chunk_key(version, index);
+    if let Some(local) = local {
+        let k = key.clone();
+        let found = tokio::task::spawn_blocking(move || local.get(&k))
+            .await
+            .ok()
+            .flatten();
+        match found.map(layout::open_chunk) {
+            Some(Ok(data)) => return Ok(data),
+            Some(Err(why)) => {
+                crate::metrics::METRICS.corrupt_chunks.inc();
+                warn!(chunk = %hex(&key), error = %why, "a local copy of a chunk is corrupt; reading through the cluster");
+            }
+            None => {}
+        }
+    }
     let stored = match kv.get(key.clone()).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return Err(format!("chunk {index} of the object is missing")),

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::access::PublicReadAccess;
 use crate::keys::ClusterAuth;
-use crate::objects::ObjectStore;
+use crate::objects::{LocalChunks, ObjectStore};
 use crate::s3::ShaleS3;
 
 /// What a gateway needs besides its cluster.
@@ -71,6 +71,16 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the endpoint and starts serving.
     pub async fn start(config: &GatewayConfig, kv: Arc<KvClient>) -> std::io::Result<Gateway> {
+        Gateway::start_with_local(config, kv, None).await
+    }
+
+    /// As [`Gateway::start`], for a gateway in the same process as stores: chunks are
+    /// read from their engines directly when they hold them.
+    pub async fn start_with_local(
+        config: &GatewayConfig,
+        kv: Arc<KvClient>,
+        local: Option<Arc<dyn LocalChunks>>,
+    ) -> std::io::Result<Gateway> {
         if config.access_key.is_empty() != config.secret_key.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -80,7 +90,8 @@ impl Gateway {
         let bootstrap = (!config.access_key.is_empty())
             .then(|| (config.access_key.clone(), config.secret_key.clone()));
         let objects = ObjectStore::new(kv.clone())
-            .with_body_deadline_ms(config.orphan_chunk_secs.saturating_mul(1000) / 2);
+            .with_body_deadline_ms(config.orphan_chunk_secs.saturating_mul(1000) / 2)
+            .with_local_chunks(local);
         let mut builder = S3ServiceBuilder::new(ShaleS3::new(objects.clone()));
         builder.set_auth(ClusterAuth::new(kv, bootstrap));
         builder.set_access(PublicReadAccess::new(objects.clone()));

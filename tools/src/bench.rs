@@ -256,7 +256,9 @@ impl LocalS3 {
             host: None,
             ..GatewayConfig::default()
         };
-        let gateway = Gateway::start(&config, Arc::new(cluster.client()?)).await?;
+        let local = Some(crate::local_chunks::of(&cluster));
+        let gateway =
+            Gateway::start_with_local(&config, Arc::new(cluster.client()?), local).await?;
         let endpoint = format!("http://{}", gateway.addr());
         Ok(LocalS3 {
             cluster,

@@ -139,7 +139,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         host: None,
         ..GatewayConfig::default()
     };
-    let gateway = Gateway::start(&gateway_config, file.client()?)
+    let local = Some(crate::local_chunks::of(&cluster));
+    let gateway = Gateway::start_with_local(&gateway_config, file.client()?, local)
         .await
         .with_context(|| {
             format!(

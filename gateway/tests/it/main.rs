@@ -350,3 +350,92 @@ async fn a_body_slower_than_the_deadline_fails_and_leaves_nothing() {
     assert!(chunks.pairs.is_empty(), "the chunks written were dropped");
     cluster.shutdown().await;
 }
+
+/// Chunks from chosen stores' engines, counting what it served.
+struct CountingChunks {
+    engines: Vec<Arc<shale_storage::engine::Engine>>,
+    served: std::sync::atomic::AtomicUsize,
+}
+
+impl shale_gateway::objects::LocalChunks for CountingChunks {
+    fn get(&self, key: &[u8]) -> Option<bytes::Bytes> {
+        let found = self
+            .engines
+            .iter()
+            .find_map(|e| e.get(shale_storage::engine::Cf::Data, key).unwrap())?;
+        self.served
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(bytes::Bytes::from(found))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_are_read_from_local_engines_and_a_bad_local_copy_falls_back() {
+    use futures::TryStreamExt;
+    use shale_gateway::layout::{chunk_key, Body};
+    use shale_gateway::objects::{Incoming, LocalChunks};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "local").await;
+    let data: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 7 % 253) as u8).collect();
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
+    objects
+        .put("local", "k", Incoming::unclaimed(body), None, Vec::new())
+        .await
+        .unwrap();
+    let meta = objects.head("local", "k").await.unwrap();
+    let Body::Chunks { version, count } = meta.body else {
+        panic!("a chunked body")
+    };
+    assert_eq!(count, 4);
+    // Every replica has applied the chunks before they are read locally.
+    for i in 0..count {
+        for s in 0..3 {
+            let engine = cluster.node(s).unwrap().engine();
+            let started = std::time::Instant::now();
+            while engine
+                .get(shale_storage::engine::Cf::Data, &chunk_key(version, i))
+                .unwrap()
+                .is_none()
+            {
+                assert!(started.elapsed() < Duration::from_secs(10));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let read_with = |local: Arc<CountingChunks>| {
+        let objects = objects
+            .clone()
+            .with_local_chunks(Some(local as Arc<dyn LocalChunks>));
+        let meta = meta.clone();
+        async move {
+            let got: Vec<bytes::Bytes> = objects.read(&meta, 0, meta.size).try_collect().await?;
+            Ok::<_, std::io::Error>(got.concat())
+        }
+    };
+    // Served from one store's engine, all four chunks.
+    let local = Arc::new(CountingChunks {
+        engines: vec![cluster.node(2).unwrap().engine().clone()],
+        served: 0.into(),
+    });
+    assert!(read_with(local.clone()).await.unwrap() == data);
+    assert_eq!(local.served.load(Ordering::SeqCst), 4);
+    // That engine's copy of chunk 1 rots: the read goes through the cluster instead.
+    corrupt_on(&cluster, 2, &chunk_key(version, 1), b"rotten bytes");
+    let corrupt_before = shale_gateway::metrics::METRICS.corrupt_chunks.get();
+    let local = Arc::new(CountingChunks {
+        engines: vec![cluster.node(2).unwrap().engine().clone()],
+        served: 0.into(),
+    });
+    assert!(read_with(local.clone()).await.unwrap() == data);
+    assert!(shale_gateway::metrics::METRICS.corrupt_chunks.get() > corrupt_before);
+    // No local store holds anything: every chunk comes through the cluster.
+    let none = Arc::new(CountingChunks {
+        engines: Vec::new(),
+        served: 0.into(),
+    });
+    assert!(read_with(none.clone()).await.unwrap() == data);
+    assert_eq!(none.served.load(Ordering::SeqCst), 0);
+    drop(kv);
+    cluster.shutdown().await;
+}
