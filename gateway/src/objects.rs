@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
 use shale_rpc::client::KvClient;
+use shale_rpc::StoreId;
 use tracing::{debug, warn};
 
 use crate::error::GwError;
@@ -101,7 +102,16 @@ pub trait LocalChunks: Send + Sync {
 pub struct ObjectStore {
     kv: Arc<KvClient>,
     body_deadline_ms: u64,
+    near: NearChunks,
+}
+
+/// Where chunks are read before asking a range's leader: stores in this process, then
+/// stores close by (on the same host, say). Chunks are written once, so any replica's
+/// copy is the chunk once the object's metadata has been read linearizably.
+#[derive(Clone, Default)]
+struct NearChunks {
     local: Option<Arc<dyn LocalChunks>>,
+    stores: Arc<[StoreId]>,
 }
 
 impl ObjectStore {
@@ -109,13 +119,20 @@ impl ObjectStore {
         ObjectStore {
             kv,
             body_deadline_ms: BODY_DEADLINE_MS,
-            local: None,
+            near: NearChunks::default(),
         }
     }
 
     /// Reads chunks from stores in this process first.
     pub fn with_local_chunks(mut self, local: Option<Arc<dyn LocalChunks>>) -> Self {
-        self.local = local;
+        self.near.local = local;
+        self
+    }
+
+    /// Reads chunks from these stores' own replicas (in this order, those that hold the
+    /// chunk's range) before asking the range's leader.
+    pub fn with_near_stores(mut self, stores: &[StoreId]) -> Self {
+        self.near.stores = stores.into();
         self
     }
 
@@ -560,14 +577,14 @@ impl ObjectStore {
         start: u64,
         end: u64,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
-        let (kv, local) = (self.kv.clone(), self.local.clone());
+        let (kv, near) = (self.kv.clone(), self.near.clone());
         let pieces: Vec<Piece> = match &meta.body {
             Body::Inline(data) => vec![Piece::Inline(data.slice(start as usize..end as usize))],
             body => chunk_pieces(&body.segments(meta.size), start, end),
         };
         futures::stream::iter(pieces)
             .map(move |piece| {
-                let (kv, local) = (kv.clone(), local.clone());
+                let (kv, near) = (kv.clone(), near.clone());
                 async move {
                     match piece {
                         Piece::Inline(data) => Ok(data),
@@ -577,7 +594,7 @@ impl ObjectStore {
                             from,
                             to,
                         } => {
-                            let data = fetch_chunk(&kv, local, version, index)
+                            let data = fetch_chunk(&kv, &near, version, index)
                                 .await
                                 .map_err(std::io::Error::other)?;
                             if data.len() < to {
@@ -856,31 +873,67 @@ impl ChunkWriter {
     }
 }
 
-/// Reads one chunk: from a store in this process when one has it, else through its
-/// range's leader. A copy that fails its checksum is reported and never returned: the
-/// chunk is read from the other replicas' own copies instead (chunks are written once,
-/// so any replica's copy is the chunk).
+impl NearChunks {
+    /// The chunk at `key` from a store in this process or a near store, if one has a
+    /// copy that passes its checksum.
+    async fn get(&self, kv: &KvClient, key: &Bytes) -> Option<Bytes> {
+        if let Some(local) = self.local.clone() {
+            let k = key.clone();
+            let found = tokio::task::spawn_blocking(move || local.get(&k))
+                .await
+                .ok()
+                .flatten();
+            if let Some(data) = found.and_then(|stored| checked(key, stored, "local")) {
+                return Some(data);
+            }
+        }
+        if self.stores.is_empty() {
+            return None;
+        }
+        let replicas = kv.replica_stores(key).await.ok()?;
+        for &store_id in self.stores.iter().filter(|s| replicas.contains(s)) {
+            match kv.get_on_replica(key.clone(), store_id).await {
+                Ok(Some(stored)) => {
+                    if let Some(data) = checked(key, stored, "near store") {
+                        return Some(data);
+                    }
+                }
+                // Not applied there yet, or the store is away: the leader has it.
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(chunk = %hex(key), store_id, error = %e, "near replica read failed")
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A stored chunk's bytes if its checksum holds; a bad copy is counted and logged.
+fn checked(key: &[u8], stored: Bytes, whose: &str) -> Option<Bytes> {
+    match layout::open_chunk(stored) {
+        Ok(data) => Some(data),
+        Err(why) => {
+            crate::metrics::METRICS.corrupt_chunks.inc();
+            warn!(chunk = %hex(key), error = %why, "a {whose} copy of a chunk is corrupt; reading through the leader");
+            None
+        }
+    }
+}
+
+/// Reads one chunk: from a store in this process or a near store when one has it, else
+/// through its range's leader. A copy that fails its checksum is reported and never
+/// returned: the chunk is read from the other replicas' own copies instead (chunks are
+/// written once, so any replica's copy is the chunk).
 async fn fetch_chunk(
     kv: &KvClient,
-    local: Option<Arc<dyn LocalChunks>>,
+    near: &NearChunks,
     version: u128,
     index: u32,
 ) -> Result<Bytes, String> {
     let key = layout::chunk_key(version, index);
-    if let Some(local) = local {
-        let k = key.clone();
-        let found = tokio::task::spawn_blocking(move || local.get(&k))
-            .await
-            .ok()
-            .flatten();
-        match found.map(layout::open_chunk) {
-            Some(Ok(data)) => return Ok(data),
-            Some(Err(why)) => {
-                crate::metrics::METRICS.corrupt_chunks.inc();
-                warn!(chunk = %hex(&key), error = %why, "a local copy of a chunk is corrupt; reading through the cluster");
-            }
-            None => {}
-        }
+    if let Some(data) = near.get(kv, &key).await {
+        return Ok(data);
     }
     let stored = match kv.get(key.clone()).await {
         Ok(Some(stored)) => stored,

@@ -44,6 +44,10 @@ pub struct GatewayConfig {
     /// How often some gateway sweeps the cluster for such chunks (a full walk of object
     /// records and chunk keys; a gateway skips it if another did it within this time).
     pub chunk_gc_interval_secs: u64,
+    /// Stores to read object chunks from before asking a range's leader, in this order
+    /// (those holding the chunk's range): the store on this gateway's host, say, so
+    /// bulk bytes stay on the host and reads spread over replicas. Empty: leaders only.
+    pub near_store_ids: Vec<u64>,
 }
 
 impl Default for GatewayConfig {
@@ -57,6 +61,7 @@ impl Default for GatewayConfig {
             upload_gc_interval_secs: 600,
             orphan_chunk_secs: 24 * 3600,
             chunk_gc_interval_secs: 6 * 3600,
+            near_store_ids: Vec::new(),
         }
     }
 }
@@ -91,7 +96,8 @@ impl Gateway {
             .then(|| (config.access_key.clone(), config.secret_key.clone()));
         let objects = ObjectStore::new(kv.clone())
             .with_body_deadline_ms(config.orphan_chunk_secs.saturating_mul(1000) / 2)
-            .with_local_chunks(local);
+            .with_local_chunks(local)
+            .with_near_stores(&config.near_store_ids);
         let mut builder = S3ServiceBuilder::new(ShaleS3::new(objects.clone()));
         builder.set_auth(ClusterAuth::new(kv, bootstrap));
         builder.set_access(PublicReadAccess::new(objects.clone()));

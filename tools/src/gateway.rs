@@ -32,6 +32,10 @@ pub struct GatewayArgs {
     /// Public host (with port) for virtual-host-style requests, e.g. s3.example.com:9000.
     #[arg(long)]
     host: Option<String>,
+    /// Read object chunks from this store's own replica first (repeatable; in order):
+    /// the store on the gateway's host, so bulk bytes stay on the host.
+    #[arg(long = "near-store", value_name = "STORE_ID")]
+    near_stores: Vec<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9102).
     #[arg(long)]
     metrics_addr: Option<String>,
@@ -63,6 +67,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     if args.host.is_some() {
         config.host = args.host;
+    }
+    if !args.near_stores.is_empty() {
+        config.near_store_ids = args.near_stores;
     }
     let gateway = Gateway::start(&config, file.client()?)
         .await

@@ -439,3 +439,67 @@ async fn chunks_are_read_from_local_engines_and_a_bad_local_copy_falls_back() {
     drop(kv);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_are_read_from_near_stores_own_replicas_first() {
+    use futures::TryStreamExt;
+    use shale_gateway::layout::{chunk_key, seal_chunk, Body};
+    use shale_gateway::objects::Incoming;
+    use shale_storage::engine::{Cf, Durability};
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _kv, objects) = cluster_with_bucket(dir.path(), "near").await;
+    let data = vec![1u8; (2 << 20) + 3];
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
+    objects
+        .put("near", "k", Incoming::unclaimed(body), None, Vec::new())
+        .await
+        .unwrap();
+    let meta = objects.head("near", "k").await.unwrap();
+    let Body::Chunks { version, .. } = meta.body else {
+        panic!("a chunked body")
+    };
+    let key = chunk_key(version, 0);
+    let stores: Vec<u64> = cluster.store_addrs().iter().map(|s| s.store_id).collect();
+    // Each store's copy of chunk 0 is made recognisable (white-box: a valid chunk of the
+    // same size, so whose copy was served shows in the bytes).
+    for s in 0..3 {
+        let engine = cluster.node(s).unwrap().engine();
+        let started = std::time::Instant::now();
+        while engine.get(Cf::Data, &key).unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        corrupt_on(
+            &cluster,
+            s,
+            &key,
+            &seal_chunk(&vec![0xA0 + s as u8; 1 << 20]),
+        );
+    }
+    let first_byte = |near: Vec<u64>| {
+        let objects = objects.clone().with_near_stores(&near);
+        let meta = meta.clone();
+        async move {
+            let got: Vec<bytes::Bytes> = objects.read(&meta, 0, 1).try_collect().await.unwrap();
+            got.concat()[0]
+        }
+    };
+    let from_leader = first_byte(Vec::new()).await;
+    for (s, id) in stores.iter().enumerate() {
+        assert_eq!(
+            first_byte(vec![*id]).await,
+            0xA0 + s as u8,
+            "store {id}'s copy"
+        );
+    }
+    // A store that is not a replica is skipped; a near store without the chunk (not
+    // applied yet) leaves the read to the leader.
+    assert_eq!(first_byte(vec![999]).await, from_leader);
+    let follower = (0..3).find(|s| 0xA0 + *s as u8 != from_leader).unwrap();
+    let engine = cluster.node(follower).unwrap().engine();
+    let mut batch = engine.batch();
+    batch.delete(Cf::Data, &key);
+    engine.write(batch, Durability::Sync).unwrap();
+    assert_eq!(first_byte(vec![stores[follower]]).await, from_leader);
+    cluster.shutdown().await;
+}
