@@ -85,6 +85,9 @@ pub struct KvBenchReport {
     pub put_vs_rocksdb: f64,
     /// Linearizable get throughput over replicated put throughput.
     pub get_vs_put: f64,
+    /// With `--ranges`: each range count's median put throughput over its trials.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub range_medians: Vec<crate::ranges::RangeMedian>,
 }
 
 /// The key a benchmark uses for item `i`.
@@ -284,5 +287,6 @@ pub fn report(
         phases: cluster,
         put_vs_rocksdb,
         get_vs_put,
+        range_medians: Vec::new(),
     }
 }

@@ -62,42 +62,90 @@ pub async fn presplit(
     Ok(())
 }
 
-/// Put throughput with each range count, each on a fresh local 3-store cluster.
+/// Median put throughput of one range count over its trials.
+#[derive(Debug, Clone, Serialize)]
+pub struct RangeMedian {
+    pub ranges: u64,
+    pub trials: usize,
+    pub median_ops_per_sec: f64,
+}
+
+/// Put throughput with each range count, each on a fresh local 3-store cluster, over
+/// `trials` rounds that alternate the order of the counts (so neither is always the
+/// one run on a warmer or busier machine); with the median of each count.
 pub async fn range_scaling(
     dir: &std::path::Path,
     counts: &[u64],
+    trials: usize,
+    opts: &KvBenchOptions,
+) -> anyhow::Result<(Vec<OpStats>, Vec<RangeMedian>)> {
+    let mut out = Vec::new();
+    let mut by_count: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    for trial in 0..trials.max(1) {
+        let mut order: Vec<usize> = (0..counts.len()).collect();
+        if trial % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let count = counts[i];
+            let stats = range_trial(dir, count, trial, trials, opts).await?;
+            by_count[i].extend(stats.iter().map(|s| s.ops_per_sec));
+            out.extend(stats);
+        }
+    }
+    let medians = counts
+        .iter()
+        .zip(by_count)
+        .map(|(&ranges, mut rates)| {
+            rates.sort_by(f64::total_cmp);
+            RangeMedian {
+                ranges,
+                trials: rates.len(),
+                median_ops_per_sec: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+            }
+        })
+        .collect();
+    Ok((out, medians))
+}
+
+async fn range_trial(
+    dir: &std::path::Path,
+    count: u64,
+    trial: usize,
+    trials: usize,
     opts: &KvBenchOptions,
 ) -> anyhow::Result<Vec<OpStats>> {
-    let mut out = Vec::new();
-    for &count in counts {
-        let cluster =
-            LocalCluster::start_new(&dir.join(format!("ranges-{count}")), 3, |_| {}).await?;
-        cluster
-            .wait_leader(Duration::from_secs(10))
-            .await
-            .context("no leader")?;
-        let client = Arc::new(cluster.client()?);
-        presplit(client.clone(), count, opts.keys, 8).await?;
-        let put_only = KvBenchOptions {
-            phases: Phases {
-                single_put: false,
-                put: true,
-                get: false,
-                baseline: false,
-            },
-            ..opts.clone()
-        };
-        let mut phases = cluster_phases(client, &put_only).await;
-        for p in &mut phases {
-            p.name = format!(
-                "shale put, {count} range{}",
-                if count == 1 { "" } else { "s" }
-            );
-        }
-        out.extend(phases);
-        cluster.shutdown().await;
+    let cluster =
+        LocalCluster::start_new(&dir.join(format!("ranges-{count}-{trial}")), 3, |_| {}).await?;
+    cluster
+        .wait_leader(Duration::from_secs(10))
+        .await
+        .context("no leader")?;
+    let client = Arc::new(cluster.client()?);
+    presplit(client.clone(), count, opts.keys, 8).await?;
+    let put_only = KvBenchOptions {
+        phases: Phases {
+            single_put: false,
+            put: true,
+            get: false,
+            baseline: false,
+        },
+        ..opts.clone()
+    };
+    let mut phases = cluster_phases(client, &put_only).await;
+    for p in &mut phases {
+        p.name = format!(
+            "shale put, {count} range{}{}",
+            if count == 1 { "" } else { "s" },
+            if trials > 1 {
+                format!(", trial {}", trial + 1)
+            } else {
+                String::new()
+            }
+        );
     }
-    Ok(out)
+    cluster.shutdown().await;
+    Ok(phases)
 }
 
 /// What many idle ranges cost.

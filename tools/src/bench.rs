@@ -371,6 +371,10 @@ pub struct KvBenchArgs {
     /// counts, comma-separated (e.g. `1,64`), with the same clients and concurrency.
     #[arg(long)]
     ranges: Option<String>,
+    /// Rounds of `--ranges` measurements, alternating the order of the counts; the
+    /// median of each count is reported (the machine's noise shows between rounds).
+    #[arg(long, default_value_t = 1)]
+    range_trials: usize,
     /// Phases to run, comma-separated: single-put, put, get, baseline.
     #[arg(long, default_value = "single-put,put,get,baseline")]
     phases: String,
@@ -492,8 +496,10 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
             counts.iter().all(|&c| c > 0),
             "range counts must be positive"
         );
-        rep.phases
-            .extend(range_scaling(temp.path(), &counts, &opts).await?);
+        let (phases, medians) =
+            range_scaling(temp.path(), &counts, args.range_trials, &opts).await?;
+        rep.phases.extend(phases);
+        rep.range_medians = medians;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
@@ -507,6 +513,12 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
             "linearizable get / replicated put:       {:.2}",
             rep.get_vs_put
         );
+        for m in &rep.range_medians {
+            println!(
+                "put with {} range(s): median {:.0} ops/s over {} trial(s)",
+                m.ranges, m.median_ops_per_sec, m.trials
+            );
+        }
         print!("{}", timeline_table(&rep.phases));
     }
     write_chart(args.chart.as_deref(), &rep.phases)
