@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use crate::limits::{INGEST_PAIRS_MAX, WRITE_BYTES_MAX};
 use crate::placement::{PlacementReply, PlacementRequest};
 use crate::placement_client::PlacementClient;
 use crate::range_cache::{CachedRange, RangeCache};
@@ -274,6 +275,48 @@ impl KvClient {
     /// Applies `ops` atomically; all their keys must lie in one range.
     pub async fn batch(&self, ops: Vec<WriteOp>) -> Result<(), ClientError> {
         self.write(KvOp::Batch { ops }).await
+    }
+
+    /// Bulk-loads `pairs` (keys strictly ascending) with [`KvOp::Ingest`]: cut at range
+    /// boundaries as the client knows them and at the ingest limits, one ingest a piece.
+    /// A piece that fails is cut again from a fresh route and retried (a split may have
+    /// landed meanwhile); loading the same pairs twice leaves the same data.
+    pub async fn ingest(&self, pairs: &[(Bytes, Bytes)]) -> Result<(), ClientError> {
+        const RETRIES: u32 = 5;
+        let mut rest = pairs;
+        let mut failures = 0;
+        while let Some((first, _)) = rest.first() {
+            let range = self.known_range(first).await?;
+            let in_range = if range.end_key.is_empty() {
+                rest.len()
+            } else {
+                rest.partition_point(|(k, _)| *k < range.end_key)
+            };
+            let mut n = 0;
+            let mut bytes = 0;
+            while n < in_range.max(1) && n < INGEST_PAIRS_MAX {
+                let (k, v) = &rest[n];
+                if n > 0 && bytes + k.len() + v.len() > WRITE_BYTES_MAX {
+                    break;
+                }
+                bytes += k.len() + v.len();
+                n += 1;
+            }
+            let piece = rest[..n].to_vec();
+            match self.write(KvOp::Ingest { pairs: piece }).await {
+                Ok(()) => {
+                    rest = &rest[n..];
+                    failures = 0;
+                }
+                Err(e) if failures < RETRIES && !is_refusal(&e) => {
+                    debug!(range_id = range.id, error = %e, "ingest piece failed; cutting again");
+                    failures += 1;
+                    self.cache().remove(range.id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The stores holding a replica of the range with `key`, as the client knows it.
@@ -727,4 +770,19 @@ pub fn parse_addr(addr: &str) -> Result<SocketAddr, ClientError> {
             addr: addr.into(),
             reason: "resolves to no address".into(),
         })
+}
+
+/// Errors that no retry can fix: the request itself is refused.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Kv(
+            KvError::InvalidIngest { .. }
+                | KvError::ReservedKey
+                | KvError::EmptyKey
+                | KvError::KeyTooLarge { .. }
+                | KvError::ValueTooLarge { .. }
+                | KvError::BatchTooLarge { .. }
+        )
+    )
 }

@@ -9,6 +9,8 @@ pub const KEY_BYTES_MAX: usize = 8 << 10;
 pub const VALUE_BYTES_MAX: usize = 8 << 20;
 /// Most operations in one atomic batch.
 pub const BATCH_OPS_MAX: usize = 1024;
+/// Most pairs one bulk-load ingest carries.
+pub const INGEST_PAIRS_MAX: usize = 100_000;
 /// Largest sum of key and value bytes in one batch or one write.
 pub const WRITE_BYTES_MAX: usize = 24 << 20;
 /// Most pairs one scan page returns, whatever the caller asks for.

@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{BATCH_OPS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BYTES_MAX};
+use crate::limits::{
+    BATCH_OPS_MAX, INGEST_PAIRS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX, WRITE_BYTES_MAX,
+};
 use crate::{RangeId, ReplicaId, StoreId};
 
 /// A range's version: `conf_ver` rises on every membership change, `version` on every
@@ -119,13 +121,6 @@ pub enum KvOp {
         end: Bytes,
         limit: u32,
     },
-    /// As `Scan`, but the pairs carry empty values: for walking keys whose values are
-    /// large (object chunks) without moving them.
-    ScanKeys {
-        start: Bytes,
-        end: Bytes,
-        limit: u32,
-    },
     /// Puts and deletes applied atomically: all or none. All keys in one range.
     Batch {
         ops: Vec<WriteOp>,
@@ -134,6 +129,21 @@ pub enum KvOp {
     /// [`ID_ALLOC_KEY`]. Used by stores; ids are never handed out twice.
     AllocIds {
         count: u32,
+    },
+    // Newer operations go last, so older peers decode the ones they know.
+    /// As `Scan`, but the pairs carry empty values: for walking keys whose values are
+    /// large (object chunks) without moving them.
+    ScanKeys {
+        start: Bytes,
+        end: Bytes,
+        limit: u32,
+    },
+    /// Bulk load: puts many pairs, keys strictly ascending and all in one range, as one
+    /// SST file that every replica writes and ingests when the command applies (no
+    /// memtable, no WAL beyond the Raft log, no compaction of small files). A pair
+    /// already present is replaced.
+    Ingest {
+        pairs: Vec<(Bytes, Bytes)>,
     },
 }
 
@@ -336,6 +346,8 @@ pub enum KvError {
     Storage { message: String },
     #[error("store is shutting down")]
     ShuttingDown,
+    #[error("bulk load refused: {reason}")]
+    InvalidIngest { reason: String },
 }
 
 impl KvError {
@@ -361,6 +373,7 @@ impl KvError {
             KvError::Malformed { .. } => "malformed",
             KvError::Storage { .. } => "storage",
             KvError::ShuttingDown => "shutting_down",
+            KvError::InvalidIngest { .. } => "invalid_ingest",
         }
     }
 
@@ -446,6 +459,32 @@ impl KvOp {
                 }
                 Ok(())
             }
+            KvOp::Ingest { pairs } => {
+                let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if pairs.len() > INGEST_PAIRS_MAX || bytes > WRITE_BYTES_MAX {
+                    return Err(KvError::BatchTooLarge {
+                        ops: pairs.len(),
+                        bytes,
+                        ops_max: INGEST_PAIRS_MAX,
+                        bytes_max: WRITE_BYTES_MAX,
+                    });
+                }
+                if pairs.is_empty() {
+                    return Err(KvError::InvalidIngest {
+                        reason: "no pairs".into(),
+                    });
+                }
+                if pairs.windows(2).any(|w| w[0].0 >= w[1].0) {
+                    return Err(KvError::InvalidIngest {
+                        reason: "keys must be strictly ascending".into(),
+                    });
+                }
+                for (k, v) in pairs {
+                    check_user_key(k)?;
+                    check_value(v)?;
+                }
+                Ok(())
+            }
             KvOp::Batch { ops } => {
                 let bytes: usize = ops.iter().map(WriteOp::size_bytes).sum();
                 if ops.len() > BATCH_OPS_MAX || bytes > WRITE_BYTES_MAX {
@@ -471,7 +510,11 @@ impl KvOp {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            KvOp::Put { .. } | KvOp::Delete { .. } | KvOp::Batch { .. } | KvOp::AllocIds { .. }
+            KvOp::Put { .. }
+                | KvOp::Delete { .. }
+                | KvOp::Batch { .. }
+                | KvOp::Ingest { .. }
+                | KvOp::AllocIds { .. }
         )
     }
 
@@ -484,6 +527,7 @@ impl KvOp {
             | KvOp::Delete { key } => key,
             KvOp::Scan { start, .. } | KvOp::ScanKeys { start, .. } => start,
             KvOp::Batch { ops } => ops.first().map_or(&[][..], |op| &op.key()[..]),
+            KvOp::Ingest { pairs } => pairs.first().map_or(&[][..], |(k, _)| &k[..]),
             KvOp::AllocIds { .. } => ID_ALLOC_KEY,
         }
     }

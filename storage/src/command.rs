@@ -25,6 +25,9 @@ pub enum Command {
         split_key: Bytes,
         right: RangeDescriptor,
     },
+    /// Bulk load: `pairs` (keys ascending, all in the range) land as one SST file each
+    /// replica writes and ingests, above every write applied before it.
+    Ingest { pairs: Vec<(Bytes, Bytes)> },
 }
 
 /// What applying a command produced, for the client that proposed it.

@@ -1,7 +1,7 @@
 //! The RocksDB engine: the only module that names `rocksdb`. One DB per store with column
 //! families that keep Raft logs, range metadata and user data apart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB,
@@ -74,6 +74,8 @@ fn engine_err(e: rocksdb::Error) -> StorageError {
 /// A store's RocksDB.
 pub struct Engine {
     db: DB,
+    /// Where SST files for bulk ingestion are written before RocksDB takes them.
+    ingest_dir: PathBuf,
 }
 
 impl Engine {
@@ -100,7 +102,13 @@ impl Engine {
             ColumnFamilyDescriptor::new(cf.name(), opts)
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(engine_err)?;
-        Ok(Engine { db })
+        let ingest_dir = path.join("ingest");
+        // Files left by an ingest cut short are never needed: an ingest not finished is
+        // redone from the Raft log.
+        let _ = std::fs::remove_dir_all(&ingest_dir);
+        std::fs::create_dir_all(&ingest_dir)
+            .map_err(|e| StorageError::Engine(format!("create {}: {e}", ingest_dir.display())))?;
+        Ok(Engine { db, ingest_dir })
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -128,6 +136,35 @@ impl Engine {
         opts.disable_wal(durability == Durability::NoWal);
         opts.set_memtable_insert_hint_per_batch(true);
         self.db.write_opt(batch.inner, &opts).map_err(engine_err)
+    }
+
+    /// Writes `pairs` (keys strictly ascending) into an SST file named `name` and ingests
+    /// it into `cf`: the data lands in one file, without the memtable or the WAL, above
+    /// everything written before (RocksDB flushes an overlapping memtable first).
+    pub fn ingest_sorted(
+        &self,
+        cf: Cf,
+        pairs: &[(bytes::Bytes, bytes::Bytes)],
+        name: &str,
+    ) -> Result<(), StorageError> {
+        let path = self.ingest_dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let mut opts = Options::default();
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut writer = rocksdb::SstFileWriter::create(&opts);
+        writer.open(&path).map_err(engine_err)?;
+        for (k, v) in pairs {
+            writer.put(k, v).map_err(engine_err)?;
+        }
+        writer.finish().map_err(engine_err)?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        let result = self
+            .db
+            .ingest_external_file_cf_opts(self.handle(cf), &ingest, vec![&path])
+            .map_err(engine_err);
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
     /// Flushes every memtable (all column families at once) to SST files.
@@ -231,6 +268,15 @@ impl WriteBatch<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
+    }
+
+    /// Writes what the batch holds so far, as durable as asked, and leaves it empty.
+    pub fn write_out(&mut self, durability: Durability) -> Result<(), StorageError> {
+        let full = WriteBatch {
+            engine: self.engine,
+            inner: std::mem::take(&mut self.inner),
+        };
+        self.engine.write(full, durability)
     }
 
     pub fn size_bytes(&self) -> usize {

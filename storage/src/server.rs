@@ -140,6 +140,13 @@ impl StoreService {
                 entry.write_ops += 1;
                 entry.write_bytes += key.len() as u64;
             }
+            KvOp::Ingest { pairs } => {
+                entry.write_ops += pairs.len() as u64;
+                entry.write_bytes += pairs
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
+            }
             KvOp::Batch { ops } => {
                 entry.write_ops += 1;
                 entry.write_bytes += ops.iter().map(|o| o.key().len() as u64).sum::<u64>();
@@ -208,6 +215,16 @@ impl StoreService {
                 return self.read(range_id, epoch, op).await
             }
             KvOp::GetReplica { key } => return self.read_replica(range_id, &key).await,
+            KvOp::Ingest { pairs } => {
+                let (reply, rx) = oneshot::channel();
+                self.enqueue(StoreMsg::Propose {
+                    range_id,
+                    epoch,
+                    command: Command::Ingest { pairs },
+                    reply,
+                })?;
+                return self.wait(rx).await.map(|_| KvReply::Written);
+            }
             KvOp::AllocIds { count } => {
                 let (reply, rx) = oneshot::channel();
                 let command = Command::AllocIds { count };

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::command::{Applied, ApplyState, Command, RangeState, ReplicaState};
 use crate::config::RaftConfig;
-use crate::engine::{Cf, Engine, WriteBatch};
+use crate::engine::{Cf, Durability, Engine, WriteBatch};
 use crate::keys;
 use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
@@ -31,8 +31,8 @@ use crate::StorageError;
 
 mod apply;
 
-use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
+use apply::{check_split, ingest_in_range};
 
 /// Where stores can be reached, for leader hints and message routing.
 pub type AddressBook = Arc<RwLock<HashMap<StoreId, String>>>;
@@ -537,6 +537,14 @@ impl Replica {
                 let _ = reply.send(Err(KvError::InvalidSplit {
                     range_id: self.range.id,
                     reason,
+                }));
+                return;
+            }
+        }
+        if let Command::Ingest { pairs } = &command {
+            if !ingest_in_range(&self.range, pairs) {
+                let _ = reply.send(Err(KvError::KeyNotInRange {
+                    range_id: self.range.id,
                 }));
                 return;
             }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod harness;
+mod ingest;
 mod membership;
 mod replication;
 mod split;
