@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use crate::limits::{INGEST_PAIRS_MAX, WRITE_BYTES_MAX};
+use crate::limits::INGEST_PAIRS_MAX;
 use crate::placement::{PlacementReply, PlacementRequest};
 use crate::placement_client::PlacementClient;
 use crate::range_cache::{CachedRange, RangeCache};
@@ -283,6 +283,9 @@ impl KvClient {
     /// landed meanwhile); loading the same pairs twice leaves the same data.
     pub async fn ingest(&self, pairs: &[(Bytes, Bytes)]) -> Result<(), ClientError> {
         const RETRIES: u32 = 5;
+        // Raft entries of a few MiB replicate without holding up the range's other
+        // traffic for long; larger ones stall it.
+        const INGEST_PIECE_BYTES: usize = 4 << 20;
         let mut rest = pairs;
         let mut failures = 0;
         while let Some((first, _)) = rest.first() {
@@ -296,7 +299,7 @@ impl KvClient {
             let mut bytes = 0;
             while n < in_range.max(1) && n < INGEST_PAIRS_MAX {
                 let (k, v) = &rest[n];
-                if n > 0 && bytes + k.len() + v.len() > WRITE_BYTES_MAX {
+                if n > 0 && bytes + k.len() + v.len() > INGEST_PIECE_BYTES {
                     break;
                 }
                 bytes += k.len() + v.len();

@@ -20,6 +20,7 @@ pub struct StoreMetrics {
     pub reads: Counter,
     pub snapshots_sent: Counter,
     pub snapshots_applied: Counter,
+    pub ingested_files: Counter,
     pub snapshot_bytes_sent: Counter,
     pub splits: Counter,
     /// Per store (`store` label): a process may run several.
@@ -92,6 +93,11 @@ pub fn register(registry: &mut Registry) {
         "shale_store_snapshots_applied",
         "Snapshots installed",
         m.snapshots_applied.clone(),
+    );
+    registry.register(
+        "shale_store_ingested_files",
+        "Bulk-load SST files ingested (the rest were written to a memtable they overlapped)",
+        m.ingested_files.clone(),
     );
     registry.register(
         "shale_store_splits",

@@ -12,6 +12,8 @@ use clap::Args;
 use md5::{Digest, Md5};
 use shale_bench::s3::Target;
 
+use crate::cluster_file::ClusterFile;
+
 /// Most parts one multipart upload may have (S3's limit).
 const PARTS_MAX: u64 = 10_000;
 
@@ -21,12 +23,20 @@ pub struct LoadArgs {
     #[arg(num_args = 1..=2, required = true)]
     paths: Vec<String>,
     /// S3 endpoint(s); uploads are spread over them (repeatable).
-    #[arg(long = "endpoint", required = true)]
+    #[arg(long = "endpoint", required_unless_present = "ingest")]
     endpoints: Vec<String>,
     #[arg(long, env = "AWS_ACCESS_KEY_ID")]
-    access_key: String,
+    access_key: Option<String>,
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    secret_key: String,
+    secret_key: Option<String>,
+    /// Fast path for large imports: lay the objects out here and ingest them into the
+    /// ranges as SST files (only the ingest goes through Raft), straight to the cluster
+    /// named by --cluster rather than through a gateway.
+    #[arg(long, requires = "cluster")]
+    ingest: bool,
+    /// The cluster file (e.g. DATA_DIR/dev.json) for --ingest.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
     /// Uploads in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -59,19 +69,19 @@ impl Parts {
 }
 
 /// What one item of the load is.
-enum Item {
+pub(crate) enum Item {
     File { path: PathBuf, key: String },
     Generated { index: u64, key: String },
 }
 
 impl Item {
-    fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         match self {
             Item::File { key, .. } | Item::Generated { key, .. } => key,
         }
     }
 
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Item::File { path, .. } => path.display().to_string(),
             Item::Generated { key, .. } => key.clone(),
@@ -80,11 +90,11 @@ impl Item {
 }
 
 #[derive(Default)]
-struct Progress {
-    uploaded: AtomicU64,
-    skipped: AtomicU64,
-    bytes: AtomicU64,
-    failures: Mutex<Vec<(String, String)>>,
+pub(crate) struct Progress {
+    pub(crate) uploaded: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) failures: Mutex<Vec<(String, String)>>,
 }
 
 fn parse_dest(dest: &str) -> anyhow::Result<(String, String)> {
@@ -131,7 +141,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<Item>) -> anyhow::R
     Ok(())
 }
 
-fn generated_body(index: u64, size: usize) -> Bytes {
+pub(crate) fn generated_body(index: u64, size: usize) -> Bytes {
     let seed = index.to_be_bytes();
     Bytes::from(
         (0..size)
@@ -140,7 +150,7 @@ fn generated_body(index: u64, size: usize) -> Bytes {
     )
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -285,27 +295,38 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         })),
         (None, None) => unreachable!("checked above"),
     }
+    let total = items.len() as u64;
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    if let (true, Some(cluster)) = (args.ingest, &args.cluster) {
+        let kv = ClusterFile::load(cluster)?.client()?;
+        let ticker = tokio::spawn(show_progress(progress.clone(), total, started));
+        let loaded = crate::load_ingest::load(
+            kv,
+            &bucket,
+            &prefix,
+            items,
+            args.size,
+            args.concurrency,
+            progress.clone(),
+        )
+        .await;
+        ticker.abort();
+        loaded?;
+        return summarize(&progress, total, started);
+    }
+    let (Some(access_key), Some(secret_key)) = (&args.access_key, &args.secret_key) else {
+        bail!("give credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --access-key and --secret-key");
+    };
     let targets: Vec<Arc<Target>> = args
         .endpoints
         .iter()
-        .map(|e| {
-            Target::new(
-                e,
-                &bucket,
-                &args.access_key,
-                &args.secret_key,
-                args.concurrency,
-            )
-            .map(Arc::new)
-        })
+        .map(|e| Target::new(e, &bucket, access_key, secret_key, args.concurrency).map(Arc::new))
         .collect::<anyhow::Result<_>>()?;
     targets[0]
         .ensure_bucket()
         .await
         .context("create the bucket")?;
-    let total = items.len() as u64;
-    let progress = Arc::new(Progress::default());
-    let started = Instant::now();
     let ticker = tokio::spawn(show_progress(progress.clone(), total, started));
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut tasks = Vec::with_capacity(items.len());
@@ -338,6 +359,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         t.await?;
     }
     ticker.abort();
+    summarize(&progress, total, started)
+}
+
+/// Prints the summary and every failure; an error if anything failed.
+fn summarize(progress: &Progress, total: u64, started: Instant) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64().max(1e-3);
     let (uploaded, skipped, bytes) = (
         progress.uploaded.load(Ordering::Relaxed),

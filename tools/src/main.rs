@@ -10,6 +10,7 @@ mod failover;
 mod gateway;
 mod kv;
 mod load;
+mod load_ingest;
 mod local_chunks;
 mod logging;
 mod metrics;

@@ -160,8 +160,18 @@ impl Replica {
             panic!("range {range_id}: writing applied entries before an ingest failed: {e}");
         }
         let name = format!("{range_id}-{index}.sst");
-        if let Err(e) = self.engine.ingest_sorted(Cf::Data, pairs, &name) {
-            panic!("range {range_id}: ingesting entry {index} failed: {e}");
+        match self.engine.ingest_sorted(Cf::Data, pairs, &name) {
+            Ok(true) => {
+                METRICS.ingested_files.inc();
+            }
+            // Keys still in a memtable: written the ordinary way rather than forcing a
+            // flush. Replicas may choose differently; the data is the same.
+            Ok(false) => {
+                for (k, v) in pairs {
+                    batch.put(Cf::Data, k, v);
+                }
+            }
+            Err(e) => panic!("range {range_id}: ingesting entry {index} failed: {e}"),
         }
         self.written_bytes += pairs
             .iter()

@@ -119,3 +119,95 @@ print(len(got))
     assert_eq!(s3(&data, &check), "4");
     assert_eq!(sigterm(dev), Some(0));
 }
+
+fn load_ingest(dir: &std::path::Path, src: &std::path::Path) -> Output {
+    shale()
+        .arg("load")
+        .arg(src)
+        .arg("s3://ingested/pre")
+        .arg("--ingest")
+        .arg("--cluster")
+        .arg(dir.join("dev.json"))
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run shale load --ingest")
+}
+
+#[test]
+fn load_ingest_lays_objects_out_as_the_gateway_reads_them_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("x/y")).unwrap();
+    std::fs::write(src.join("x/y/small.txt"), b"small").unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    let chunked: Vec<u8> = (0..(3 << 20) + 11u32)
+        .map(|i| (i * 13 % 251) as u8)
+        .collect();
+    std::fs::write(src.join("x/chunked.bin"), &chunked).unwrap();
+    // Past the batch size: sent on its own, a window at a time.
+    let mut big = std::fs::File::create(src.join("big.bin")).unwrap();
+    for i in 0..70u32 {
+        big.write_all(&vec![(i % 241) as u8; 1 << 20]).unwrap();
+    }
+    drop(big);
+    std::os::unix::fs::symlink(src.join("no-such-file"), src.join("gone")).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let ports = shale_storage::cluster::free_udp_ports(1).unwrap();
+    let dev = start_dev(&data, ports[0], free_tcp_port());
+
+    let out = load_ingest(&data, &src);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a missing file makes the load fail");
+    assert!(
+        stderr.contains("failed:") && stderr.contains("gone"),
+        "the missing file is named: {stderr}"
+    );
+    // Read back through the S3 endpoint: bytes, sizes and MD5 ETags.
+    let check = format!(
+        r#"
+import hashlib, os
+src = {src:?}
+want = {{}}
+for root, _, files in os.walk(src):
+    for f in files:
+        p = os.path.join(root, f)
+        if os.path.exists(p):
+            want["pre/" + os.path.relpath(p, src)] = open(p, "rb").read()
+listed = {{}}
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket="ingested"):
+    for o in page.get("Contents", []):
+        listed[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
+assert sorted(listed) == sorted(want), (sorted(listed), sorted(want))
+for key, body in want.items():
+    assert listed[key] == (len(body), hashlib.md5(body).hexdigest()), key
+    got = s3.get_object(Bucket="ingested", Key=key)["Body"].read()
+    assert got == body, key
+print(len(want))
+"#,
+        src = src.display().to_string()
+    );
+    assert_eq!(s3(&data, &check), "4", "every present file arrived");
+
+    std::fs::remove_file(src.join("gone")).unwrap();
+    let out = load_ingest(&data, &src);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("loaded 0 objects") && stdout.contains("4 already present"),
+        "a rerun resumes: {stdout}"
+    );
+    std::fs::write(src.join("x/y/small.txt"), b"changed").unwrap();
+    let out = load_ingest(&data, &src);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("loaded 1 objects") && stdout.contains("3 already present"),
+        "only the changed file: {stdout}"
+    );
+    assert_eq!(s3(&data, &check), "4");
+    assert_eq!(sigterm(dev), Some(0));
+}

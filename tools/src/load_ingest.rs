@@ -1,0 +1,328 @@
+//! `shale load --ingest`: the bulk-import fast path. Objects are laid out here exactly
+//! as a gateway would store them (chunks, then metadata records), sorted, and sent to
+//! the ranges as `Ingest` commands: each replica writes the pairs as one SST file and
+//! ingests it when the Raft command applies. No HTTP, no per-object Raft write, no
+//! memtable or compaction of small files on the stores.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use shale_gateway::layout::{self, Body, ObjectMeta, CHUNK_BYTES, INLINE_BYTES_MAX};
+use shale_gateway::objects::{now_ms, ObjectStore, KEY_BYTES_MAX, OBJECT_BYTES_MAX};
+use shale_rpc::client::KvClient;
+use tokio::io::AsyncReadExt;
+
+use crate::load::{generated_body, hex, Item, Progress};
+
+/// Body bytes gathered into one batch of ingests (chunks first, then metadata); a file
+/// this large or larger is sent on its own, a window at a time.
+const BATCH_BYTES: usize = 64 << 20;
+/// Batches in flight at once (memory: about twice this many batches).
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// One object laid out: its chunk pairs and its metadata record.
+struct Laid {
+    label: String,
+    chunks: Vec<(Bytes, Bytes)>,
+    record: (Bytes, Bytes),
+    size: u64,
+}
+
+/// Reads an item and lays it out as the gateway would (inline up to 64 KiB, else 1 MiB
+/// crc-sealed chunks of a new body version); `None` if the same size and ETag are there.
+async fn lay_out(
+    bucket: &str,
+    item: &Item,
+    size: usize,
+    existing: &HashMap<String, (u64, String)>,
+) -> anyhow::Result<Option<Laid>> {
+    let key = item.key();
+    anyhow::ensure!(
+        key.len() <= KEY_BYTES_MAX,
+        "the key is {} bytes; S3 keys are at most {KEY_BYTES_MAX}",
+        key.len()
+    );
+    let data = match item {
+        Item::File { path, .. } => {
+            let mut file = tokio::fs::File::open(path).await.context("open file")?;
+            let len = file.metadata().await.context("read file metadata")?.len();
+            read_exact(&mut file, len).await?
+        }
+        Item::Generated { index, .. } => generated_body(*index, size),
+    };
+    let etag = hex(&Md5::digest(&data));
+    if existing.get(key) == Some(&(data.len() as u64, etag.clone())) {
+        return Ok(None);
+    }
+    let (body, chunks) = if data.len() <= INLINE_BYTES_MAX {
+        (Body::Inline(data.clone()), Vec::new())
+    } else {
+        let version = layout::new_version(now_ms());
+        let chunks: Vec<(Bytes, Bytes)> = data
+            .chunks(CHUNK_BYTES)
+            .enumerate()
+            .map(|(i, c)| (layout::chunk_key(version, i as u32), layout::seal_chunk(c)))
+            .collect();
+        let count = chunks.len() as u32;
+        (Body::Chunks { version, count }, chunks)
+    };
+    let meta = ObjectMeta {
+        size: data.len() as u64,
+        etag,
+        content_type: None,
+        last_modified_ms: now_ms(),
+        user_metadata: Vec::new(),
+        body,
+    };
+    Ok(Some(Laid {
+        label: item.label(),
+        chunks,
+        record: (layout::object_key(bucket, key), Bytes::from(meta.encode())),
+        size: data.len() as u64,
+    }))
+}
+
+/// The next `len` bytes of `file`; a file that ends sooner is an error.
+async fn read_exact(file: &mut tokio::fs::File, len: u64) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while (buf.len() as u64) < len {
+        if file.read_buf(&mut buf).await.context("read file")? == 0 {
+            anyhow::bail!("the file shrank while it was read");
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Loads one large file on its own: its MD5 first (to skip it if already there), then
+/// its chunks a window at a time, then its metadata record. Returns its size, or `None`
+/// if skipped.
+async fn load_large(
+    kv: &KvClient,
+    bucket: &str,
+    key: &str,
+    path: &std::path::Path,
+    len: u64,
+    existing: &HashMap<String, (u64, String)>,
+) -> anyhow::Result<Option<u64>> {
+    anyhow::ensure!(
+        key.len() <= KEY_BYTES_MAX,
+        "the key is {} bytes; S3 keys are at most {KEY_BYTES_MAX}",
+        key.len()
+    );
+    anyhow::ensure!(
+        len <= OBJECT_BYTES_MAX,
+        "the file is {len} bytes; objects are at most {OBJECT_BYTES_MAX}"
+    );
+    let mut md5 = Md5::new();
+    let mut file = tokio::fs::File::open(path).await.context("open file")?;
+    let mut left = len;
+    while left > 0 {
+        let window = read_exact(&mut file, left.min(BATCH_BYTES as u64)).await?;
+        md5.update(&window);
+        left -= window.len() as u64;
+    }
+    let etag = hex(&md5.finalize());
+    if existing.get(key) == Some(&(len, etag.clone())) {
+        return Ok(None);
+    }
+    let version = layout::new_version(now_ms());
+    let mut file = tokio::fs::File::open(path).await.context("open file")?;
+    let (mut index, mut left) = (0u32, len);
+    while left > 0 {
+        let window = read_exact(&mut file, left.min(BATCH_BYTES as u64)).await?;
+        left -= window.len() as u64;
+        let mut pairs: Vec<(Bytes, Bytes)> = window
+            .chunks(CHUNK_BYTES)
+            .map(|c| {
+                index += 1;
+                (layout::chunk_key(version, index - 1), layout::seal_chunk(c))
+            })
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        kv.ingest(&pairs).await.context("ingest chunks")?;
+    }
+    let meta = ObjectMeta {
+        size: len,
+        etag,
+        content_type: None,
+        last_modified_ms: now_ms(),
+        user_metadata: Vec::new(),
+        body: Body::Chunks {
+            version,
+            count: index,
+        },
+    };
+    let record = (layout::object_key(bucket, key), Bytes::from(meta.encode()));
+    kv.ingest(&[record])
+        .await
+        .context("ingest the object record")?;
+    Ok(Some(len))
+}
+
+/// The size and ETag of every object under `prefix`, to skip what is already there.
+async fn existing_objects(
+    kv: &KvClient,
+    bucket: &str,
+    prefix: &str,
+) -> anyhow::Result<HashMap<String, (u64, String)>> {
+    let (start, end) = layout::object_bounds(bucket, prefix);
+    let pairs = kv.scan_all(start, end, 1000).await?;
+    Ok(pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = layout::key_of_object(bucket, k)?;
+            let meta = ObjectMeta::decode(v).ok()?;
+            Some((key.to_string(), (meta.size, meta.etag)))
+        })
+        .collect())
+}
+
+/// Sends one batch: every chunk, then every metadata record (so no object is visible
+/// before its bytes), each sorted and cut at range boundaries by the client.
+async fn ingest_batch(kv: &Arc<KvClient>, batch: Vec<Laid>, progress: &Progress) {
+    let mut chunks: Vec<(Bytes, Bytes)> = batch.iter().flat_map(|l| l.chunks.clone()).collect();
+    chunks.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut records: Vec<(Bytes, Bytes)> = batch.iter().map(|l| l.record.clone()).collect();
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    let result = async {
+        ingest_parallel(kv, &chunks)
+            .await
+            .context("ingest chunks")?;
+        ingest_parallel(kv, &records)
+            .await
+            .context("ingest object records")
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            progress
+                .uploaded
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            progress
+                .bytes
+                .fetch_add(batch.iter().map(|l| l.size).sum::<u64>(), Ordering::Relaxed);
+        }
+        Err(e) => {
+            let mut failures = progress.failures.lock().expect("failures lock");
+            for l in batch {
+                failures.push((l.label, format!("{e:#}")));
+            }
+        }
+    }
+}
+
+/// Ingests sorted `pairs` as a few contiguous slices at once (chunk keys spread over
+/// every range, so the slices mostly reach different ranges).
+async fn ingest_parallel(kv: &Arc<KvClient>, pairs: &[(Bytes, Bytes)]) -> anyhow::Result<()> {
+    const SLICES: usize = 8;
+    let per = pairs.len().div_ceil(SLICES).max(1);
+    let mut set = tokio::task::JoinSet::new();
+    for slice in pairs.chunks(per) {
+        let (kv, slice) = (kv.clone(), slice.to_vec());
+        set.spawn(async move { kv.ingest(&slice).await });
+    }
+    while let Some(done) = set.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Loads `items` into `bucket` (created if missing) through `kv`, `concurrency` batches
+/// at a time.
+pub async fn load(
+    kv: Arc<KvClient>,
+    bucket: &str,
+    prefix: &str,
+    items: Vec<Item>,
+    size: usize,
+    concurrency: usize,
+    progress: Arc<Progress>,
+) -> anyhow::Result<()> {
+    let objects = ObjectStore::new(kv.clone());
+    if objects.bucket(bucket).await?.is_none() {
+        objects
+            .create_bucket(bucket, false)
+            .await
+            .context("create the bucket")?;
+    }
+    let existing = existing_objects(&kv, bucket, prefix).await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        concurrency.clamp(1, BATCHES_IN_FLIGHT),
+    ));
+    let mut tasks = Vec::new();
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
+    for item in items {
+        let large = match &item {
+            Item::File { path, .. } => tokio::fs::metadata(path)
+                .await
+                .ok()
+                .map(|m| m.len())
+                .filter(|len| *len >= BATCH_BYTES as u64),
+            Item::Generated { .. } => None,
+        };
+        let laid = match (large, &item) {
+            (Some(len), Item::File { path, key }) => {
+                match load_large(&kv, bucket, key, path, len, &existing).await {
+                    Ok(Some(bytes)) => {
+                        progress.uploaded.fetch_add(1, Ordering::Relaxed);
+                        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    Ok(None) => {
+                        progress.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => progress
+                        .failures
+                        .lock()
+                        .expect("failures lock")
+                        .push((item.label(), format!("{e:#}"))),
+                }
+                continue;
+            }
+            _ => lay_out(bucket, &item, size, &existing).await,
+        };
+        match laid {
+            Ok(Some(laid)) => {
+                batch_bytes += laid.size as usize + laid.record.1.len();
+                batch.push(laid);
+            }
+            Ok(None) => {
+                progress.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => progress
+                .failures
+                .lock()
+                .expect("failures lock")
+                .push((item.label(), format!("{e:#}"))),
+        }
+        if batch_bytes >= BATCH_BYTES {
+            tasks.push(send(&kv, &slots, std::mem::take(&mut batch), &progress).await?);
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        tasks.push(send(&kv, &slots, batch, &progress).await?);
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
+/// Starts sending `batch` once a slot is free.
+async fn send(
+    kv: &Arc<KvClient>,
+    slots: &Arc<tokio::sync::Semaphore>,
+    batch: Vec<Laid>,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let permit = slots.clone().acquire_owned().await?;
+    let (kv, progress) = (kv.clone(), progress.clone());
+    Ok(tokio::spawn(async move {
+        let _permit = permit;
+        ingest_batch(&kv, batch, &progress).await;
+    }))
+}
