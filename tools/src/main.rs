@@ -54,7 +54,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// See and steer a running cluster: status, stores, ranges, split, move, leaders.
     Ctl(ctl::CtlArgs),
-    /// Bulk-load a directory tree (or generated objects) into a bucket through S3.
+    /// Bulk-load a directory tree (or generated objects) into a bucket through S3, or with
+    /// --ingest straight into the ranges.
     Load(load::LoadArgs),
     /// Measure throughput and latency, beside a baseline measured in the same run.
     #[command(subcommand)]
