@@ -97,6 +97,33 @@ pub(crate) struct Progress {
     pub(crate) failures: Mutex<Vec<(String, String)>>,
 }
 
+impl Progress {
+    /// Counts one object's outcome: loaded (its bytes), already there, or failed.
+    pub(crate) fn record(
+        &self,
+        label: impl FnOnce() -> String,
+        outcome: anyhow::Result<Option<u64>>,
+    ) {
+        match outcome {
+            Ok(Some(bytes)) => {
+                self.uploaded.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.fail(label(), &e),
+        }
+    }
+
+    pub(crate) fn fail(&self, label: String, e: &anyhow::Error) {
+        self.failures
+            .lock()
+            .expect("failures lock")
+            .push((label, format!("{e:#}")));
+    }
+}
+
 fn parse_dest(dest: &str) -> anyhow::Result<(String, String)> {
     let rest = dest
         .strip_prefix("s3://")
@@ -339,20 +366,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         );
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            match load_one(&target, &item, size, parts).await {
-                Ok(Some(bytes)) => {
-                    progress.uploaded.fetch_add(1, Ordering::Relaxed);
-                    progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-                }
-                Ok(None) => {
-                    progress.skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => progress
-                    .failures
-                    .lock()
-                    .expect("failures lock")
-                    .push((item.label(), format!("{e:#}"))),
-            }
+            let outcome = load_one(&target, &item, size, parts).await;
+            progress.record(|| item.label(), outcome);
         }));
     }
     for t in tasks {

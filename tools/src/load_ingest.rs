@@ -207,9 +207,8 @@ async fn ingest_batch(kv: &Arc<KvClient>, batch: Vec<Laid>, progress: &Progress)
                 .fetch_add(batch.iter().map(|l| l.size).sum::<u64>(), Ordering::Relaxed);
         }
         Err(e) => {
-            let mut failures = progress.failures.lock().expect("failures lock");
             for l in batch {
-                failures.push((l.label, format!("{e:#}")));
+                progress.fail(l.label, &e);
             }
         }
     }
@@ -266,20 +265,8 @@ pub async fn load(
         };
         let laid = match (large, &item) {
             (Some(len), Item::File { path, key }) => {
-                match load_large(&kv, bucket, key, path, len, &existing).await {
-                    Ok(Some(bytes)) => {
-                        progress.uploaded.fetch_add(1, Ordering::Relaxed);
-                        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-                    }
-                    Ok(None) => {
-                        progress.skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => progress
-                        .failures
-                        .lock()
-                        .expect("failures lock")
-                        .push((item.label(), format!("{e:#}"))),
-                }
+                let outcome = load_large(&kv, bucket, key, path, len, &existing).await;
+                progress.record(|| item.label(), outcome);
                 continue;
             }
             _ => lay_out(bucket, &item, size, &existing).await,
@@ -289,14 +276,8 @@ pub async fn load(
                 batch_bytes += laid.size as usize + laid.record.1.len();
                 batch.push(laid);
             }
-            Ok(None) => {
-                progress.skipped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => progress
-                .failures
-                .lock()
-                .expect("failures lock")
-                .push((item.label(), format!("{e:#}"))),
+            Ok(None) => progress.record(String::new, Ok(None)),
+            Err(e) => progress.fail(item.label(), &e),
         }
         if batch_bytes >= BATCH_BYTES {
             tasks.push(send(&kv, &slots, std::mem::take(&mut batch), &progress).await?);
