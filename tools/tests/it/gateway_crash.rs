@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shale_rpc::client::{ClientConfig, KvClient};
-use shale_rpc::StoreAddr;
 
 use crate::dev::free_tcp_port;
 use crate::procs::*;
@@ -66,21 +65,8 @@ fn run_ok(cmd: &mut Command, what: &str) -> String {
 async fn chunks_left_by_a_gateway_killed_mid_upload_are_collected() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, identity) = store_procs(dir.path(), 3);
-    for p in procs.iter_mut() {
-        p.start();
-    }
-    let transport = client_transport(&identity);
-    find_leader(&transport, &procs, Duration::from_secs(20))
-        .await
-        .expect("a leader");
-    let stores: Vec<StoreAddr> = procs
-        .iter()
-        .map(|p| StoreAddr {
-            store_id: p.config.store_id,
-            addr: p.config.listen_addr.clone(),
-        })
-        .collect();
-    let client = Arc::new(KvClient::new(transport, &stores, ClientConfig::default()).unwrap());
+    let (transport, _) = start_all(&mut procs, &identity).await;
+    let client = Arc::new(kv_client(transport, &procs, ClientConfig::default()));
     // Chunks older than 6 s that nothing points at go; any gateway sweeps every second.
     let config = dir.path().join("gateway.toml");
     std::fs::write(

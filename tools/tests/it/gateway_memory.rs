@@ -16,13 +16,7 @@ const OBJECT_MIB: u64 = 2048;
 async fn gateway_memory_stays_bounded_moving_a_large_object_each_way() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, identity) = store_procs(dir.path(), 3);
-    for p in procs.iter_mut() {
-        p.start();
-    }
-    let transport = client_transport(&identity);
-    find_leader(&transport, &procs, Duration::from_secs(20))
-        .await
-        .expect("a leader");
+    start_all(&mut procs, &identity).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -283,3 +283,35 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
+
+/// Starts every process of `procs` and waits for the first range's leader; returns a
+/// client transport with the cluster's identity and the leader's index.
+pub async fn start_all(
+    procs: &mut [StoreProc],
+    identity: &TlsIdentity,
+) -> (std::sync::Arc<Transport>, usize) {
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    let transport = client_transport(identity);
+    let leader = find_leader(&transport, procs, Duration::from_secs(20))
+        .await
+        .expect("a leader is elected");
+    (transport, leader)
+}
+
+/// A KV client of `procs` over `transport`.
+pub fn kv_client(
+    transport: std::sync::Arc<Transport>,
+    procs: &[StoreProc],
+    config: shale_rpc::client::ClientConfig,
+) -> shale_rpc::client::KvClient {
+    let stores: Vec<shale_rpc::StoreAddr> = procs
+        .iter()
+        .map(|p| shale_rpc::StoreAddr {
+            store_id: p.config.store_id,
+            addr: p.config.listen_addr.clone(),
+        })
+        .collect();
+    shale_rpc::client::KvClient::new(transport, &stores, config).unwrap()
+}

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use shale_rpc::client::{ClientConfig, KvClient};
-use shale_rpc::StoreAddr;
+use shale_rpc::client::ClientConfig;
 
 use crate::procs::*;
 
@@ -24,31 +23,15 @@ fn value(i: u64) -> Bytes {
 async fn kill_9_of_the_leader_under_writes_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, identity) = store_procs(dir.path(), 3);
-    for p in procs.iter_mut() {
-        p.start();
-    }
-    let transport = client_transport(&identity);
-    let leader = find_leader(&transport, &procs, Duration::from_secs(20))
-        .await
-        .expect("a leader is elected");
-    let stores: Vec<StoreAddr> = procs
-        .iter()
-        .map(|p| StoreAddr {
-            store_id: p.config.store_id,
-            addr: p.config.listen_addr.clone(),
-        })
-        .collect();
-    let client = Arc::new(
-        KvClient::new(
-            transport.clone(),
-            &stores,
-            ClientConfig {
-                deadline_ms: 30_000,
-                ..ClientConfig::default()
-            },
-        )
-        .unwrap(),
-    );
+    let (transport, leader) = start_all(&mut procs, &identity).await;
+    let client = Arc::new(kv_client(
+        transport.clone(),
+        &procs,
+        ClientConfig {
+            deadline_ms: 30_000,
+            ..ClientConfig::default()
+        },
+    ));
 
     // Writers run until told to stop (bounded by count as well).
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
