@@ -29,6 +29,17 @@ fn ctl(cluster: &std::path::Path, args: &[&str]) -> Value {
     }
 }
 
+/// The leader of the range holding `key`, once one is known (a range just split off or
+/// just handed over may briefly have none).
+fn leader_of(cluster: &std::path::Path, key: &str) -> u64 {
+    let mut leader = None;
+    until(&format!("a leader for {key:?}"), || {
+        leader = ctl(cluster, &["ranges", "--key", key])[0]["leader"].as_u64();
+        leader.is_some()
+    });
+    leader.expect("found above")
+}
+
 fn until(what: &str, mut f: impl FnMut() -> bool) {
     let started = Instant::now();
     while !f() {
@@ -90,9 +101,7 @@ async fn ctl_reports_and_steers_a_cluster() {
         assert_eq!(ranges[1]["start_key"], "m");
 
         // Leadership of the range holding "a" moves where we say.
-        let leader = ctl(cluster, &["ranges", "--key", "a"])[0]["leader"]
-            .as_u64()
-            .unwrap();
+        let leader = leader_of(cluster, "a");
         let target = (1..=3).find(|&s| s != leader).unwrap();
         ctl(
             cluster,
@@ -104,9 +113,7 @@ async fn ctl_reports_and_steers_a_cluster() {
         );
 
         // Move a replica of the range holding "z" to the fourth store.
-        let from = ctl(cluster, &["ranges", "--key", "z"])[0]["leader"]
-            .as_u64()
-            .unwrap();
+        let from = leader_of(cluster, "z");
         ctl(
             cluster,
             &[
