@@ -336,8 +336,10 @@ pub fn all_part_bounds() -> (Bytes, Bytes) {
 /// The body version a chunk key names.
 pub fn version_of_chunk(key: &[u8]) -> Option<u128> {
     let rest = key.strip_prefix(&[CHUNK_PREFIX])?;
-    (rest.len() == 4 + 16 + 4)
-        .then(|| u128::from_be_bytes(rest[4..20].try_into().expect("16 bytes")))
+    if rest.len() != 4 + 16 + 4 {
+        return None;
+    }
+    Some(u128::from_be_bytes(rest.get(4..20)?.try_into().ok()?))
 }
 
 /// Where the orphan-chunk collector notes when a sweep last finished (any gateway's).

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod checksum;
+mod chunks;
 pub mod conditions;
 pub mod error;
 pub mod gc;

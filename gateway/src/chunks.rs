@@ -1,0 +1,225 @@
+//! Object bodies as chunks: writing a body's chunks a few at a time, and reading each
+//! chunk from the nearest copy (a store in this process, a near store, then the range's
+//! leader), checked by its crc32.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shale_rpc::client::KvClient;
+use shale_rpc::StoreId;
+use tracing::{debug, warn};
+
+use crate::error::GwError;
+use crate::layout::{self, Segment, CHUNK_BYTES};
+use crate::objects::hex;
+
+/// Chunk writes in flight per upload (memory: this many chunks).
+const CHUNK_WRITES_IN_FLIGHT: usize = 4;
+
+/// Stores' data in this very process (`shale dev`, benchmarks), read directly by key.
+/// Chunk keys are written once and never changed, so any copy found is the chunk (its
+/// crc32 is still checked); a copy not found (a replica behind, or none here) is read
+/// through the cluster as usual. Bulk bytes then cross neither QUIC nor TLS.
+pub trait LocalChunks: Send + Sync {
+    /// The stored chunk at `key`, if a store in this process holds it.
+    fn get(&self, key: &[u8]) -> Option<Bytes>;
+}
+
+/// Where chunks are read before asking a range's leader: stores in this process, then
+/// stores close by (on the same host, say). Chunks are written once, so any replica's
+/// copy is the chunk once the object's metadata has been read linearizably.
+#[derive(Clone, Default)]
+pub(crate) struct NearChunks {
+    pub(crate) local: Option<Arc<dyn LocalChunks>>,
+    pub(crate) stores: Arc<[StoreId]>,
+}
+
+/// One piece of a read: a slice of an inline body or of one chunk.
+pub(crate) enum Piece {
+    Inline(Bytes),
+    Chunk {
+        version: u128,
+        index: u32,
+        from: usize,
+        to: usize,
+    },
+}
+
+/// The chunk slices that make up `[start, end)` of a chunked body.
+pub(crate) fn chunk_pieces(segments: &[Segment], start: u64, end: u64) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut seg_start = 0u64;
+    for seg in segments {
+        let seg_end = seg_start + seg.size;
+        let (from, to) = (start.max(seg_start), end.min(seg_end));
+        let mut pos = from;
+        while pos < to {
+            let index = ((pos - seg_start) / CHUNK_BYTES as u64) as u32;
+            let chunk_start = seg_start + index as u64 * CHUNK_BYTES as u64;
+            let chunk_end = (chunk_start + CHUNK_BYTES as u64).min(to);
+            pieces.push(Piece::Chunk {
+                version: seg.version,
+                index,
+                from: (pos - chunk_start) as usize,
+                to: (chunk_end - chunk_start) as usize,
+            });
+            pos = chunk_end;
+        }
+        seg_start = seg_end;
+    }
+    pieces
+}
+
+/// Writes the chunks of one body version, a few at a time, in order of index.
+pub(crate) struct ChunkWriter {
+    kv: Arc<KvClient>,
+    pub(crate) version: u128,
+    next: u32,
+    in_flight: std::collections::VecDeque<
+        tokio::task::JoinHandle<Result<(), shale_rpc::client::ClientError>>,
+    >,
+}
+
+impl ChunkWriter {
+    pub(crate) fn new(kv: Arc<KvClient>, version: u128) -> Self {
+        ChunkWriter {
+            kv,
+            version,
+            next: 0,
+            in_flight: Default::default(),
+        }
+    }
+
+    /// Chunks started so far (written, or being written).
+    pub(crate) fn started(&self) -> u32 {
+        self.next
+    }
+
+    pub(crate) async fn push(&mut self, chunk: Bytes) -> Result<(), GwError> {
+        if self.in_flight.len() >= CHUNK_WRITES_IN_FLIGHT {
+            self.wait_one().await?;
+        }
+        crate::metrics::METRICS.chunks_written.inc();
+        let (kv, key) = (self.kv.clone(), layout::chunk_key(self.version, self.next));
+        // Sealed here so the unsealed copy is freed before the write goes out.
+        let sealed = layout::seal_chunk(&chunk);
+        drop(chunk);
+        self.in_flight
+            .push_back(tokio::spawn(async move { kv.put(key, sealed).await }));
+        self.next += 1;
+        Ok(())
+    }
+
+    async fn wait_one(&mut self) -> Result<(), GwError> {
+        let Some(handle) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        match handle.await {
+            Ok(result) => result.map_err(GwError::from),
+            Err(e) => Err(GwError::Corrupt(format!("chunk write task failed: {e}"))),
+        }
+    }
+
+    /// Waits for every chunk; the first failure, if any (all are waited for regardless).
+    pub(crate) async fn finish(&mut self) -> Result<(), GwError> {
+        let mut first = Ok(());
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.wait_one().await {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+impl NearChunks {
+    /// The chunk at `key` from a store in this process or a near store, if one has a
+    /// copy that passes its checksum.
+    async fn get(&self, kv: &KvClient, key: &Bytes) -> Option<Bytes> {
+        if let Some(local) = self.local.clone() {
+            let k = key.clone();
+            let found = tokio::task::spawn_blocking(move || local.get(&k))
+                .await
+                .ok()
+                .flatten();
+            if let Some(data) = found.and_then(|stored| checked(key, stored, "local")) {
+                return Some(data);
+            }
+        }
+        if self.stores.is_empty() {
+            return None;
+        }
+        let replicas = kv.replica_stores(key).await.ok()?;
+        for &store_id in self.stores.iter().filter(|s| replicas.contains(s)) {
+            match kv.get_on_replica(key.clone(), store_id).await {
+                Ok(Some(stored)) => {
+                    if let Some(data) = checked(key, stored, "near store") {
+                        return Some(data);
+                    }
+                }
+                // Not applied there yet, or the store is away: the leader has it.
+                Ok(None) => {}
+                Err(e) => {
+                    debug!(chunk = %hex(key), store_id, error = %e, "near replica read failed")
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A stored chunk's bytes if its checksum holds; a bad copy is counted and logged.
+fn checked(key: &[u8], stored: Bytes, whose: &str) -> Option<Bytes> {
+    match layout::open_chunk(stored) {
+        Ok(data) => Some(data),
+        Err(why) => {
+            crate::metrics::METRICS.corrupt_chunks.inc();
+            warn!(chunk = %hex(key), error = %why, "a {whose} copy of a chunk is corrupt; reading through the leader");
+            None
+        }
+    }
+}
+
+/// Reads one chunk: from a store in this process or a near store when one has it, else
+/// through its range's leader. A copy that fails its checksum is reported and never
+/// returned: the chunk is read from the other replicas' own copies instead (chunks are
+/// written once, so any replica's copy is the chunk).
+pub(crate) async fn fetch_chunk(
+    kv: &KvClient,
+    near: &NearChunks,
+    version: u128,
+    index: u32,
+) -> Result<Bytes, String> {
+    let key = layout::chunk_key(version, index);
+    if let Some(data) = near.get(kv, &key).await {
+        return Ok(data);
+    }
+    let stored = match kv.get(key.clone()).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Err(format!("chunk {index} of the object is missing")),
+        Err(e) => return Err(e.to_string()),
+    };
+    let why = match layout::open_chunk(stored) {
+        Ok(data) => return Ok(data),
+        Err(why) => why,
+    };
+    crate::metrics::METRICS.corrupt_chunks.inc();
+    warn!(chunk = %hex(&key), error = %why, "the leader's copy of a chunk is corrupt; reading another replica");
+    let stores = kv.replica_stores(&key).await.map_err(|e| e.to_string())?;
+    for store_id in stores {
+        match kv.get_on_replica(key.clone(), store_id).await {
+            Ok(Some(stored)) => match layout::open_chunk(stored) {
+                Ok(data) => return Ok(data),
+                Err(e) => warn!(chunk = %hex(&key), store_id, error = %e, "corrupt chunk copy"),
+            },
+            // Not applied there yet, or the store is away: try the next.
+            Ok(None) => {}
+            Err(e) => debug!(chunk = %hex(&key), store_id, error = %e, "replica read failed"),
+        }
+    }
+    Err(format!(
+        "chunk {index} of the object: no replica holds a healthy copy ({why})"
+    ))
+}
