@@ -1,0 +1,292 @@
+//! Buckets, objects, ranges, conditional requests, copies and errors through the SDK.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sdk_buckets_objects_conditions_copies_and_errors() {
+    let h = Harness::start(1).await;
+    let s3 = &h.s3;
+    let b = "sdk-objects";
+
+    // Buckets.
+    s3.create_bucket().bucket(b).send().await.unwrap();
+    assert_eq!(
+        fails(s3.create_bucket().bucket(b).send().await),
+        (409, "BucketAlreadyOwnedByYou".into())
+    );
+    assert_eq!(
+        fails(s3.create_bucket().bucket("no_under-scores").send().await),
+        (400, "InvalidBucketName".into())
+    );
+    let buckets = s3.list_buckets().send().await.unwrap();
+    assert!(buckets.buckets().iter().any(|x| x.name() == Some(b)));
+    s3.head_bucket().bucket(b).send().await.unwrap();
+    assert_eq!(
+        fails(s3.head_bucket().bucket("absent-bucket").send().await).0,
+        404
+    );
+    s3.get_bucket_location().bucket(b).send().await.unwrap();
+    assert_eq!(
+        fails(
+            s3.put_object()
+                .bucket("absent-bucket")
+                .key("k")
+                .send()
+                .await
+        ),
+        (404, "NoSuchBucket".into())
+    );
+
+    // PUT and GET of a chunked object, with content type and user metadata.
+    let body = data((3 << 20) + 123, 1);
+    let put = s3
+        .put_object()
+        .bucket(b)
+        .key("dir/big.bin")
+        .content_type("application/x-test")
+        .metadata("colour", "blue")
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .unwrap();
+    let etag = put.e_tag().unwrap().to_string();
+    assert_eq!(etag, format!("\"{}\"", hex(&md5(&body))), "ETag is the MD5");
+    let got = s3
+        .get_object()
+        .bucket(b)
+        .key("dir/big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.content_type(), Some("application/x-test"));
+    assert_eq!(got.content_length(), Some(body.len() as i64));
+    assert_eq!(
+        got.metadata().unwrap().get("colour").map(String::as_str),
+        Some("blue")
+    );
+    assert_eq!(read(got.body).await, body);
+    let head = s3
+        .head_object()
+        .bucket(b)
+        .key("dir/big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.e_tag(), Some(etag.as_str()));
+    assert_eq!(head.content_length(), Some(body.len() as i64));
+
+    // Ranges, across a chunk boundary and from the end.
+    let get_range = |range: &'static str| s3.get_object().bucket(b).key("dir/big.bin").range(range);
+    let got = get_range("bytes=1048000-1049999").send().await.unwrap();
+    assert_eq!(
+        got.content_range(),
+        Some(format!("bytes 1048000-1049999/{}", body.len()).as_str())
+    );
+    assert_eq!(read(got.body).await, body[1_048_000..1_050_000]);
+    let got = get_range("bytes=-500").send().await.unwrap();
+    assert_eq!(read(got.body).await, body[body.len() - 500..]);
+    assert_eq!(
+        fails(get_range("bytes=99999999-").send().await),
+        (416, "InvalidRange".into())
+    );
+
+    // Conditional GETs.
+    let get = || s3.get_object().bucket(b).key("dir/big.bin");
+    get().if_match(&etag).send().await.unwrap();
+    assert_eq!(
+        fails(get().if_match("\"0000\"").send().await),
+        (412, "PreconditionFailed".into())
+    );
+    assert_eq!(fails(get().if_none_match(&etag).send().await).0, 304);
+    get().if_none_match("\"0000\"").send().await.unwrap();
+    let (past, future) = (
+        DateTime::from_secs(now_secs() - 3600),
+        DateTime::from_secs(now_secs() + 3600),
+    );
+    assert_eq!(fails(get().if_modified_since(future).send().await).0, 304);
+    get().if_modified_since(past).send().await.unwrap();
+    assert_eq!(
+        fails(get().if_unmodified_since(past).send().await),
+        (412, "PreconditionFailed".into())
+    );
+    get().if_unmodified_since(future).send().await.unwrap();
+
+    // Conditional PUTs.
+    let put_small = |key: &'static str, body: &'static [u8]| {
+        s3.put_object()
+            .bucket(b)
+            .key(key)
+            .body(ByteStream::from_static(body))
+    };
+    assert_eq!(
+        fails(
+            put_small("dir/big.bin", b"x")
+                .if_none_match("*")
+                .send()
+                .await
+        ),
+        (412, "PreconditionFailed".into())
+    );
+    let created = put_small("new", b"first")
+        .if_none_match("*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fails(
+            put_small("new", b"second")
+                .if_match("\"0000\"")
+                .send()
+                .await
+        ),
+        (412, "PreconditionFailed".into())
+    );
+    put_small("new", b"second")
+        .if_match(created.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let got = s3.get_object().bucket(b).key("new").send().await.unwrap();
+    assert_eq!(read(got.body).await, b"second");
+
+    // Content-MD5: a wrong digest stores nothing and keeps the old object.
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(md5(d));
+    put_small("md5", b"right")
+        .content_md5(b64(b"right"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fails(
+            put_small("md5", b"wrong")
+                .content_md5(b64(b"other"))
+                .send()
+                .await
+        ),
+        (400, "BadDigest".into())
+    );
+    let got = s3.get_object().bucket(b).key("md5").send().await.unwrap();
+    assert_eq!(read(got.body).await, b"right");
+
+    // Copies: metadata copied, or replaced.
+    let copied = s3
+        .copy_object()
+        .bucket(b)
+        .key("copy")
+        .copy_source(format!("{b}/dir/big.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        copied.copy_object_result().unwrap().e_tag(),
+        Some(etag.as_str())
+    );
+    let head = s3.head_object().bucket(b).key("copy").send().await.unwrap();
+    assert_eq!(head.content_type(), Some("application/x-test"));
+    assert_eq!(
+        head.metadata().unwrap().get("colour").map(String::as_str),
+        Some("blue")
+    );
+    s3.copy_object()
+        .bucket(b)
+        .key("copy")
+        .copy_source(format!("{b}/copy"))
+        .metadata_directive(MetadataDirective::Replace)
+        .content_type("text/plain")
+        .metadata("colour", "red")
+        .send()
+        .await
+        .unwrap();
+    let got = s3.get_object().bucket(b).key("copy").send().await.unwrap();
+    assert_eq!(got.content_type(), Some("text/plain"));
+    assert_eq!(
+        got.metadata().unwrap().get("colour").map(String::as_str),
+        Some("red")
+    );
+    assert_eq!(read(got.body).await, body);
+    assert_eq!(
+        fails(
+            s3.copy_object()
+                .bucket(b)
+                .key("copy")
+                .copy_source(format!("{b}/copy"))
+                .send()
+                .await
+        ),
+        (400, "InvalidRequest".into())
+    );
+
+    // Keys at S3's length limit work; one byte more is refused.
+    let longest = "k".repeat(1024);
+    s3.put_object()
+        .bucket(b)
+        .key(&longest)
+        .body(ByteStream::from_static(b"long"))
+        .send()
+        .await
+        .unwrap();
+    let got = s3
+        .get_object()
+        .bucket(b)
+        .key(&longest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(got.body).await, b"long");
+    assert_eq!(
+        fails(
+            s3.put_object()
+                .bucket(b)
+                .key("k".repeat(1025))
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await
+        ),
+        (400, "KeyTooLongError".into())
+    );
+
+    // A wrong secret is refused.
+    let intruder = client(&endpoint(&h.gateways[0]), ACCESS, "not-the-secret");
+    assert_eq!(
+        fails(intruder.list_buckets().send().await),
+        (403, "SignatureDoesNotMatch".into())
+    );
+    assert_eq!(
+        fails(intruder.get_object().bucket(b).key("new").send().await),
+        (403, "SignatureDoesNotMatch".into())
+    );
+
+    // Deletes: one, then many; a bucket goes only once empty.
+    s3.delete_object()
+        .bucket(b)
+        .key("dir/big.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        fails(s3.get_object().bucket(b).key("dir/big.bin").send().await),
+        (404, "NoSuchKey".into())
+    );
+    assert_eq!(
+        fails(s3.delete_bucket().bucket(b).send().await),
+        (409, "BucketNotEmpty".into())
+    );
+    let ids = ["copy", "new", "md5", longest.as_str()]
+        .iter()
+        .map(|k| ObjectIdentifier::builder().key(*k).build().unwrap())
+        .collect::<Vec<_>>();
+    let deleted = s3
+        .delete_objects()
+        .bucket(b)
+        .delete(Delete::builder().set_objects(Some(ids)).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted().len(), 4);
+    assert!(deleted.errors().is_empty());
+    let left = s3.list_objects_v2().bucket(b).send().await.unwrap();
+    assert_eq!(left.key_count(), Some(0));
+    s3.delete_bucket().bucket(b).send().await.unwrap();
+    assert_eq!(fails(s3.head_bucket().bucket(b).send().await).0, 404);
+    h.stop().await;
+}
