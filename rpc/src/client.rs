@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 use crate::limits::INGEST_PAIRS_MAX;
+use crate::messages::pairs_crc32;
 use crate::placement::{PlacementReply, PlacementRequest};
 use crate::placement_client::PlacementClient;
 use crate::range_cache::{CachedRange, RangeCache};
@@ -277,36 +278,31 @@ impl KvClient {
         self.write(KvOp::Batch { ops }).await
     }
 
-    /// Bulk-loads `pairs` (keys strictly ascending) with [`KvOp::Ingest`]: cut at range
-    /// boundaries as the client knows them and at the ingest limits, one ingest a piece.
-    /// A piece that fails is cut again from a fresh route and retried (a split may have
-    /// landed meanwhile); loading the same pairs twice leaves the same data.
+    /// Bulk-loads `pairs` (keys strictly ascending), cut at range boundaries as the
+    /// client knows them and into pieces of at most `INGEST_PIECE_BYTES`. A piece of
+    /// `INGEST_STAGE_BYTES_MIN` or more is staged as an SST file on the store of every
+    /// replica of its range and then ingested through one small Raft entry, so its bytes
+    /// never enter the Raft log; a smaller one rides in the entry ([`KvOp::Ingest`]).
+    /// A piece that fails is cut again from a fresh route and retried (a split or a
+    /// replica move may have landed meanwhile); loading the same pairs twice leaves the
+    /// same data.
     pub async fn ingest(&self, pairs: &[(Bytes, Bytes)]) -> Result<(), ClientError> {
         const RETRIES: u32 = 5;
-        // Raft entries of a few MiB replicate without holding up the range's other
-        // traffic for long; larger ones stall it.
-        const INGEST_PIECE_BYTES: usize = 4 << 20;
         let mut rest = pairs;
         let mut failures = 0;
         while let Some((first, _)) = rest.first() {
             let range = self.known_range(first).await?;
-            let in_range = if range.end_key.is_empty() {
-                rest.len()
+            let (n, bytes) = ingest_piece(&range, rest);
+            let piece = &rest[..n];
+            let result = if bytes >= INGEST_STAGE_BYTES_MIN {
+                self.ingest_staged(&range, piece).await
             } else {
-                rest.partition_point(|(k, _)| *k < range.end_key)
+                self.write(KvOp::Ingest {
+                    pairs: piece.to_vec(),
+                })
+                .await
             };
-            let mut n = 0;
-            let mut bytes = 0;
-            while n < in_range.max(1) && n < INGEST_PAIRS_MAX {
-                let (k, v) = &rest[n];
-                if n > 0 && bytes + k.len() + v.len() > INGEST_PIECE_BYTES {
-                    break;
-                }
-                bytes += k.len() + v.len();
-                n += 1;
-            }
-            let piece = rest[..n].to_vec();
-            match self.write(KvOp::Ingest { pairs: piece }).await {
+            match result {
                 Ok(()) => {
                     rest = &rest[n..];
                     failures = 0;
@@ -315,11 +311,59 @@ impl KvClient {
                     debug!(range_id = range.id, error = %e, "ingest piece failed; cutting again");
                     failures += 1;
                     self.cache().remove(range.id);
+                    tokio::time::sleep(Duration::from_millis(50 << failures)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Stages `pairs` (all in `range`) on the store of every replica of `range` at
+    /// once, then asks the leader to ingest them ([`KvOp::StageIngest`], then
+    /// [`KvOp::IngestStaged`]).
+    async fn ingest_staged(
+        &self,
+        range: &RangeDescriptor,
+        pairs: &[(Bytes, Bytes)],
+    ) -> Result<(), ClientError> {
+        let id: u128 = rand::random();
+        let req = KvRequest {
+            range_id: range.id,
+            epoch: Some(range.epoch),
+            op: KvOp::StageIngest {
+                id,
+                pairs: pairs.to_vec(),
+            },
+        };
+        let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
+        drop(req);
+        let mut calls = tokio::task::JoinSet::new();
+        for r in &range.replicas {
+            let addr = self.known_addr(r.store_id)?;
+            let (transport, frame) = (self.transport.clone(), frame.clone());
+            calls.spawn(async move { call_store(&transport, addr, &frame).await });
+        }
+        drop(frame);
+        while let Some(done) = calls.join_next().await {
+            let reply = done.map_err(|e| ClientError::Rejected(format!("staging task: {e}")))?;
+            match reply? {
+                KvReply::Written => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        let (first_key, last_key) = match (pairs.first(), pairs.last()) {
+            (Some(f), Some(l)) => (f.0.clone(), l.0.clone()),
+            _ => return Ok(()),
+        };
+        self.write(KvOp::IngestStaged {
+            id,
+            crc32: pairs_crc32(pairs),
+            first_key,
+            last_key,
+            stores: range.replicas.iter().map(|r| r.store_id).collect(),
+        })
+        .await
     }
 
     /// The stores holding a replica of the range with `key`, as the client knows it.
@@ -342,28 +386,26 @@ impl KvClient {
     ) -> Result<Option<Bytes>, ClientError> {
         let key = key.into();
         let range = self.known_range(&key).await?;
-        let addr = self
-            .store_addr(store_id)
-            .ok_or_else(|| ClientError::BadAddress {
-                addr: format!("store {store_id}"),
-                reason: "no known address".into(),
-            })?;
+        let addr = self.known_addr(store_id)?;
         let req = KvRequest {
             range_id: range.id,
             epoch: None,
             op: KvOp::GetReplica { key },
         };
         let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
-        let reply = self
-            .transport
-            .call(addr, &frame)
-            .await
-            .map_err(ClientError::Rpc)?;
-        match decode_reply(&reply)? {
-            Ok(KvReply::Value(v)) => Ok(v),
-            Ok(other) => Err(unexpected(other)),
-            Err(e) => Err(ClientError::Kv(e)),
+        match call_store(&self.transport, addr, &frame).await? {
+            KvReply::Value(v) => Ok(v),
+            other => Err(unexpected(other)),
         }
+    }
+
+    /// The address of `store_id`, which must be known.
+    fn known_addr(&self, store_id: StoreId) -> Result<SocketAddr, ClientError> {
+        self.store_addr(store_id)
+            .ok_or_else(|| ClientError::BadAddress {
+                addr: format!("store {store_id}"),
+                reason: "no known address".into(),
+            })
     }
 
     /// The range holding `key`: cached, or looked up.
@@ -554,6 +596,14 @@ impl KvClient {
             match self.route(&key, attempt).await {
                 Ok(route) => {
                     let req_op = op.take().expect("op is put back after every attempt");
+                    if let KvOp::IngestStaged { last_key, .. } = &req_op {
+                        // The staged file spans two ranges now: the caller stages again.
+                        if !route.range.contains(last_key) {
+                            return Err(ClientError::Kv(KvError::KeyNotInRange {
+                                range_id: route.range.id,
+                            }));
+                        }
+                    }
                     if let KvOp::Batch { ops } = &req_op {
                         if let Some(outside) = ops.iter().find(|o| !route.range.contains(o.key())) {
                             let second =
@@ -742,6 +792,45 @@ pub async fn admin(
         .decode(FrameKind::AdminResponse)
         .map_err(ClientError::Rpc)?;
     response.map_err(ClientError::Kv)
+}
+
+/// Sends one KV request frame to the store at `addr` alone (no routing, no retries).
+async fn call_store(
+    transport: &Transport,
+    addr: SocketAddr,
+    frame: &Frame,
+) -> Result<KvReply, ClientError> {
+    let reply = transport
+        .call(addr, frame)
+        .await
+        .map_err(ClientError::Rpc)?;
+    decode_reply(&reply)?.map_err(ClientError::Kv)
+}
+
+/// Pieces of a bulk load are at most this large: a staged SST file each.
+const INGEST_PIECE_BYTES: usize = 16 << 20;
+/// Pieces smaller than this ride in their Raft entry: staging three files and a second
+/// round trip cost more than replicating a few hundred KiB through the log.
+pub const INGEST_STAGE_BYTES_MIN: usize = 256 << 10;
+
+/// How many of `pairs` (sorted, the first in `range`) form the next piece, and their
+/// bytes: those inside `range`, up to the piece bounds (at least one).
+fn ingest_piece(range: &RangeDescriptor, pairs: &[(Bytes, Bytes)]) -> (usize, usize) {
+    let in_range = if range.end_key.is_empty() {
+        pairs.len()
+    } else {
+        pairs.partition_point(|(k, _)| *k < range.end_key)
+    };
+    let (mut n, mut bytes) = (0, 0);
+    while n < in_range.max(1) && n < INGEST_PAIRS_MAX {
+        let (k, v) = &pairs[n];
+        if n > 0 && bytes + k.len() + v.len() > INGEST_PIECE_BYTES {
+            break;
+        }
+        bytes += k.len() + v.len();
+        n += 1;
+    }
+    (n, bytes)
 }
 
 fn decode_reply(frame: &Frame) -> Result<KvResponse, ClientError> {

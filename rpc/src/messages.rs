@@ -145,6 +145,72 @@ pub enum KvOp {
     Ingest {
         pairs: Vec<(Bytes, Bytes)>,
     },
+    /// Bulk load, step 1 of 2, sent to the store of every replica (not only the
+    /// leader's): the store writes `pairs` (keys strictly ascending, all in the range)
+    /// into an SST file it keeps as `id` until step 2 ingests it or it ages out. Nothing
+    /// is visible yet, and nothing goes through Raft.
+    StageIngest {
+        id: u128,
+        pairs: Vec<(Bytes, Bytes)>,
+    },
+    /// Bulk load, step 2 of 2, sent to the leader: one small Raft entry makes every
+    /// replica ingest its own copy of the file staged as `id`, above every write applied
+    /// before it. `crc32` is [`pairs_crc32`] of the staged pairs, `first_key` and
+    /// `last_key` their bounds, and `stores` the stores that staged it, which must
+    /// include the store of every replica.
+    IngestStaged {
+        id: u128,
+        crc32: u32,
+        first_key: Bytes,
+        last_key: Bytes,
+        stores: Vec<StoreId>,
+    },
+}
+
+/// Most stores one staged ingest may name (a range has a handful of replicas).
+pub const INGEST_STORES_MAX: usize = 16;
+
+/// The checksum that ties a staged file to the ingest naming it: crc32 over every pair
+/// as `key length (u32 BE) | key | value length (u32 BE) | value`, in order. Every
+/// replica computes it over what it staged, so copies that differ are never ingested.
+pub fn pairs_crc32(pairs: &[(Bytes, Bytes)]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    for (k, v) in pairs {
+        crc.update(&(k.len() as u32).to_be_bytes());
+        crc.update(k);
+        crc.update(&(v.len() as u32).to_be_bytes());
+        crc.update(v);
+    }
+    crc.finalize()
+}
+
+/// Checks the pairs of a bulk load: within the limits, not empty, keys strictly
+/// ascending, user keys only.
+fn check_ingest_pairs(pairs: &[(Bytes, Bytes)]) -> Result<(), KvError> {
+    let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if pairs.len() > INGEST_PAIRS_MAX || bytes > WRITE_BYTES_MAX {
+        return Err(KvError::BatchTooLarge {
+            ops: pairs.len(),
+            bytes,
+            ops_max: INGEST_PAIRS_MAX,
+            bytes_max: WRITE_BYTES_MAX,
+        });
+    }
+    if pairs.is_empty() {
+        return Err(KvError::InvalidIngest {
+            reason: "no pairs".into(),
+        });
+    }
+    if pairs.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(KvError::InvalidIngest {
+            reason: "keys must be strictly ascending".into(),
+        });
+    }
+    for (k, v) in pairs {
+        check_user_key(k)?;
+        check_value(v)?;
+    }
+    Ok(())
 }
 
 /// Keys starting with this prefix belong to Shale itself; clients cannot write them and
@@ -348,6 +414,8 @@ pub enum KvError {
     ShuttingDown,
     #[error("bulk load refused: {reason}")]
     InvalidIngest { reason: String },
+    #[error("the file to ingest is not staged on store {store_id}; stage it again")]
+    NotStaged { store_id: StoreId },
 }
 
 impl KvError {
@@ -374,6 +442,7 @@ impl KvError {
             KvError::Storage { .. } => "storage",
             KvError::ShuttingDown => "shutting_down",
             KvError::InvalidIngest { .. } => "invalid_ingest",
+            KvError::NotStaged { .. } => "not_staged",
         }
     }
 
@@ -459,29 +528,27 @@ impl KvOp {
                 }
                 Ok(())
             }
-            KvOp::Ingest { pairs } => {
-                let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-                if pairs.len() > INGEST_PAIRS_MAX || bytes > WRITE_BYTES_MAX {
-                    return Err(KvError::BatchTooLarge {
-                        ops: pairs.len(),
-                        bytes,
-                        ops_max: INGEST_PAIRS_MAX,
-                        bytes_max: WRITE_BYTES_MAX,
-                    });
-                }
-                if pairs.is_empty() {
+            KvOp::Ingest { pairs } | KvOp::StageIngest { pairs, .. } => check_ingest_pairs(pairs),
+            KvOp::IngestStaged {
+                first_key,
+                last_key,
+                stores,
+                ..
+            } => {
+                check_user_key(first_key)?;
+                check_user_key(last_key)?;
+                if first_key > last_key {
                     return Err(KvError::InvalidIngest {
-                        reason: "no pairs".into(),
+                        reason: "first key after last key".into(),
                     });
                 }
-                if pairs.windows(2).any(|w| w[0].0 >= w[1].0) {
+                if stores.is_empty() || stores.len() > INGEST_STORES_MAX {
                     return Err(KvError::InvalidIngest {
-                        reason: "keys must be strictly ascending".into(),
+                        reason: format!(
+                            "{} stores named; 1 to {INGEST_STORES_MAX} allowed",
+                            stores.len()
+                        ),
                     });
-                }
-                for (k, v) in pairs {
-                    check_user_key(k)?;
-                    check_value(v)?;
                 }
                 Ok(())
             }
@@ -514,6 +581,7 @@ impl KvOp {
                 | KvOp::Delete { .. }
                 | KvOp::Batch { .. }
                 | KvOp::Ingest { .. }
+                | KvOp::IngestStaged { .. }
                 | KvOp::AllocIds { .. }
         )
     }
@@ -527,7 +595,10 @@ impl KvOp {
             | KvOp::Delete { key } => key,
             KvOp::Scan { start, .. } | KvOp::ScanKeys { start, .. } => start,
             KvOp::Batch { ops } => ops.first().map_or(&[][..], |op| &op.key()[..]),
-            KvOp::Ingest { pairs } => pairs.first().map_or(&[][..], |(k, _)| &k[..]),
+            KvOp::Ingest { pairs } | KvOp::StageIngest { pairs, .. } => {
+                pairs.first().map_or(&[][..], |(k, _)| &k[..])
+            }
+            KvOp::IngestStaged { first_key, .. } => first_key,
             KvOp::AllocIds { .. } => ID_ALLOC_KEY,
         }
     }
@@ -563,6 +634,27 @@ mod tests {
                 0..4
             )
             .prop_map(|ops| KvOp::Batch { ops }),
+            (
+                any::<u128>(),
+                proptest::collection::vec((bytes(), bytes()), 0..4)
+            )
+                .prop_map(|(id, pairs)| KvOp::StageIngest { id, pairs }),
+            (
+                any::<u128>(),
+                any::<u32>(),
+                bytes(),
+                bytes(),
+                proptest::collection::vec(any::<u64>(), 0..4)
+            )
+                .prop_map(|(id, crc32, first_key, last_key, stores)| {
+                    KvOp::IngestStaged {
+                        id,
+                        crc32,
+                        first_key,
+                        last_key,
+                        stores,
+                    }
+                }),
         ]
     }
 
@@ -637,6 +729,37 @@ mod tests {
             limit: 1,
         };
         assert_eq!(scan.validate(), Err(KvError::InvalidScan));
+        let ingest = |first: &'static [u8], last: &'static [u8], stores: Vec<StoreId>| {
+            KvOp::IngestStaged {
+                id: 1,
+                crc32: 0,
+                first_key: Bytes::from_static(first),
+                last_key: Bytes::from_static(last),
+                stores,
+            }
+            .validate()
+        };
+        assert!(ingest(b"a", b"b", vec![1, 2, 3]).is_ok());
+        assert!(matches!(
+            ingest(b"b", b"a", vec![1]),
+            Err(KvError::InvalidIngest { .. })
+        ));
+        assert!(matches!(
+            ingest(b"a", b"b", vec![]),
+            Err(KvError::InvalidIngest { .. })
+        ));
+        assert_eq!(
+            ingest(b"\x00\x00x", b"b", vec![1]),
+            Err(KvError::ReservedKey)
+        );
+        assert!(matches!(
+            KvOp::StageIngest {
+                id: 1,
+                pairs: vec![]
+            }
+            .validate(),
+            Err(KvError::InvalidIngest { .. })
+        ));
         assert!(KvOp::Put {
             key: Bytes::from_static(b"k"),
             value: Bytes::new()

@@ -28,6 +28,18 @@ pub enum Command {
     /// Bulk load: `pairs` (keys ascending, all in the range) land as one SST file each
     /// replica writes and ingests, above every write applied before it.
     Ingest { pairs: Vec<(Bytes, Bytes)> },
+    /// Bulk load staged beforehand: each replica ingests its own copy of the file staged
+    /// as `id` (pairs of checksum `crc32`, keys in `[first_key, last_key]`, all in the
+    /// range), above every write applied before it. The bytes are in no log entry.
+    /// Refused at apply unless the range is still at `epoch`: a replica added since has
+    /// no copy of the file.
+    IngestStaged {
+        epoch: Epoch,
+        id: u128,
+        crc32: u32,
+        first_key: Bytes,
+        last_key: Bytes,
+    },
 }
 
 /// What applying a command produced, for the client that proposed it.
@@ -50,6 +62,23 @@ pub enum Applied {
 }
 
 impl Command {
+    /// For a bulk load, whether all its keys lie in `range`; `None` for other commands.
+    pub fn ingest_in_range(&self, range: &RangeDescriptor) -> Option<bool> {
+        let (first, last) = match self {
+            Command::Ingest { pairs } => match (pairs.first(), pairs.last()) {
+                (Some((first, _)), Some((last, _))) => (first, last),
+                _ => return Some(true),
+            },
+            Command::IngestStaged {
+                first_key,
+                last_key,
+                ..
+            } => (first_key, last_key),
+            _ => return None,
+        };
+        Some(range.contains(first) && range.contains(last))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("commands always encode")
     }

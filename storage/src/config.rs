@@ -33,6 +33,7 @@ pub struct StoreConfig {
     pub limits: StoreLimits,
     pub split: SplitConfig,
     pub log_gc: LogGcConfig,
+    pub ingest: IngestConfig,
     /// Labels placement uses to spread replicas, e.g. `zone = "eu-1a"`, `host = "m1"`.
     pub labels: std::collections::BTreeMap<String, String>,
     /// The placement driver this store registers with and reports to.
@@ -61,6 +62,31 @@ impl Default for LogGcConfig {
             interval_ticks: 20,
             entries_min: 64,
             entries_max: 10_000,
+        }
+    }
+}
+
+/// Bulk loads staged as SST files (`shale load --ingest`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Most bytes of staged files waiting for their ingest on this store; staging more
+    /// is refused with `ServerBusy` until ingests (or the age limit) free room.
+    pub staged_bytes_max: u64,
+    /// A staged file not ingested within this long is deleted (its loader died or gave
+    /// up). Keep it far above any loader's retry time: a lagging replica still needs
+    /// its file when the ingest entry reaches it.
+    pub staged_ttl_secs: u64,
+    /// Staged files written at once (each is CPU and disk work off the store loop).
+    pub stage_builds_max: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            staged_bytes_max: 8 << 30,
+            staged_ttl_secs: 24 * 3600,
+            stage_builds_max: 2,
         }
     }
 }
@@ -104,6 +130,7 @@ impl Default for StoreConfig {
             limits: StoreLimits::default(),
             split: SplitConfig::default(),
             log_gc: LogGcConfig::default(),
+            ingest: IngestConfig::default(),
             labels: Default::default(),
             placement: Default::default(),
             gauge_label: None,
@@ -273,6 +300,15 @@ impl StoreConfig {
         }
         if self.split.range_size_bytes_max == 0 || self.split.check_after_written_bytes == 0 {
             return bad("split sizes must be positive".into());
+        }
+        if self.ingest.staged_bytes_max == 0
+            || self.ingest.staged_ttl_secs == 0
+            || self.ingest.stage_builds_max == 0
+        {
+            return bad(
+                "ingest staged-bytes-max, staged-ttl-secs and stage-builds-max must be positive"
+                    .into(),
+            );
         }
         self.transport.validate().map_err(StorageError::Config)
     }

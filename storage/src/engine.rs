@@ -76,6 +76,8 @@ pub struct Engine {
     db: DB,
     /// Where SST files for bulk ingestion are written before RocksDB takes them.
     ingest_dir: PathBuf,
+    /// Where staged bulk-load files wait for their ingest (kept across restarts).
+    staged_dir: PathBuf,
 }
 
 impl Engine {
@@ -108,7 +110,53 @@ impl Engine {
         let _ = std::fs::remove_dir_all(&ingest_dir);
         std::fs::create_dir_all(&ingest_dir)
             .map_err(|e| StorageError::Engine(format!("create {}: {e}", ingest_dir.display())))?;
-        Ok(Engine { db, ingest_dir })
+        let staged_dir = path.join("staged");
+        std::fs::create_dir_all(&staged_dir)
+            .map_err(|e| StorageError::Engine(format!("create {}: {e}", staged_dir.display())))?;
+        Ok(Engine {
+            db,
+            ingest_dir,
+            staged_dir,
+        })
+    }
+
+    /// Where staged bulk-load files live (see `staging`).
+    pub fn staged_dir(&self) -> &Path {
+        &self.staged_dir
+    }
+
+    /// Writes `pairs` (keys strictly ascending) into a new SST file at `path`, synced to
+    /// disk when this returns; returns its size. Uncompressed: bulk loads are mostly
+    /// object chunks, which do not compress, and compactions compress what does.
+    pub fn write_sst(
+        path: &Path,
+        pairs: &[(bytes::Bytes, bytes::Bytes)],
+    ) -> Result<u64, StorageError> {
+        let mut opts = Options::default();
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let mut writer = rocksdb::SstFileWriter::create(&opts);
+        writer.open(path).map_err(engine_err)?;
+        for (k, v) in pairs {
+            writer.put(k, v).map_err(engine_err)?;
+        }
+        writer.finish().map_err(engine_err)?;
+        let size = std::fs::metadata(path)
+            .map_err(|e| StorageError::Engine(format!("stat {}: {e}", path.display())))?
+            .len();
+        Ok(size)
+    }
+
+    /// Ingests the SST file at `path` into `cf` above everything written before, moving
+    /// (hard-linking) it rather than copying: the file is gone from `path` once this
+    /// returns `Ok`, and still there if it fails. Keys still in a memtable that the file
+    /// overlaps are flushed first (all column families together).
+    pub fn ingest_file(&self, cf: Cf, path: &Path) -> Result<(), StorageError> {
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        ingest.set_allow_blocking_flush(true);
+        self.db
+            .ingest_external_file_cf_opts(self.handle(cf), &ingest, vec![path])
+            .map_err(engine_err)
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {

@@ -7,6 +7,7 @@ const LOG_SUFFIX: u8 = 0x01;
 const HARD_STATE_SUFFIX: u8 = 0x02;
 const CONF_STATE_SUFFIX: u8 = 0x03;
 const TRUNCATED_STATE_SUFFIX: u8 = 0x04;
+const INGESTED_SUFFIX: u8 = 0x05;
 
 const RANGE_STATE_PREFIX: u8 = 0x01;
 const APPLY_STATE_PREFIX: u8 = 0x02;
@@ -30,6 +31,15 @@ pub fn log_index(range_id: RangeId, key: &[u8]) -> Option<u64> {
         return None;
     }
     Some(u64::from_be_bytes(key[9..].try_into().ok()?))
+}
+
+/// Raft CF: written (synced) just before the staged file of the ingest at log `index`
+/// is ingested, so that a replay of that entry after a crash knows a missing file was
+/// ingested already. Dropped with the log entries it follows.
+pub fn ingested_key(range_id: RangeId, index: u64) -> [u8; 17] {
+    let mut k = log_key(range_id, index);
+    k[8] = INGESTED_SUFFIX;
+    k
 }
 
 fn range_key(range_id: RangeId, suffix: u8) -> [u8; 9] {

@@ -19,6 +19,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod split;
+pub mod staging;
 pub mod store;
 
 pub use config::StoreConfig;

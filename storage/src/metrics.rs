@@ -21,6 +21,8 @@ pub struct StoreMetrics {
     pub snapshots_sent: Counter,
     pub snapshots_applied: Counter,
     pub ingested_files: Counter,
+    pub ingested_staged_bytes: Counter,
+    pub staged_files: Counter,
     pub snapshot_bytes_sent: Counter,
     pub splits: Counter,
     /// Per store (`store` label): a process may run several.
@@ -98,6 +100,16 @@ pub fn register(registry: &mut Registry) {
         "shale_store_ingested_files",
         "Bulk-load SST files ingested (the rest were written to a memtable they overlapped)",
         m.ingested_files.clone(),
+    );
+    registry.register(
+        "shale_store_ingested_staged_bytes",
+        "Bytes of staged bulk-load files ingested (written once, then linked into RocksDB)",
+        m.ingested_staged_bytes.clone(),
+    );
+    registry.register(
+        "shale_store_staged_files",
+        "Bulk-load files staged for ingest",
+        m.staged_files.clone(),
     );
     registry.register(
         "shale_store_splits",

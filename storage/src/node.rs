@@ -243,6 +243,8 @@ impl StoreNode {
                 placement: placement.as_ref().map(|(p, _)| p.clone()),
             },
             key_counts.clone(),
+            crate::staging::Staging::new(&engine, &config.ingest),
+            config.ingest.stage_builds_max,
         ));
         let heartbeat_task = placement.map(|(placement, cluster_id)| {
             tokio::spawn(

@@ -166,6 +166,11 @@ impl ReplicaStorage {
             &keys::log_key(self.range_id, 0),
             &keys::log_key(self.range_id, index + 1),
         );
+        batch.delete_range(
+            Cf::Raft,
+            &keys::ingested_key(self.range_id, 0),
+            &keys::ingested_key(self.range_id, index + 1),
+        );
         let truncated = TruncatedState { index, term };
         batch.put(
             Cf::Raft,

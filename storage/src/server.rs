@@ -28,8 +28,10 @@ use crate::command::{Applied, Command};
 use crate::engine::{Cf, Engine};
 use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
+use crate::metrics::METRICS;
 use crate::replica::AddressBook;
 use crate::snapshot::{Assembler, SnapshotChunk, SnapshotData};
+use crate::staging::Staging;
 use crate::store::StoreMsg;
 
 /// Serves one store's KV and Raft traffic.
@@ -48,6 +50,9 @@ pub struct StoreService {
     /// Requests per range since the last heartbeat took them.
     load: Mutex<HashMap<RangeId, RangeLoad>>,
     key_counts: Arc<KeyCounts>,
+    /// Bulk-load files staged here, and a bound on how many are written at once.
+    staging: Arc<Staging>,
+    stage_builds: tokio::sync::Semaphore,
 }
 
 /// Where a store gets new range and replica ids: placement when it has one, else the
@@ -81,6 +86,8 @@ impl StoreService {
         request_timeout: Duration,
         ids: IdSource,
         key_counts: Arc<KeyCounts>,
+        staging: Staging,
+        stage_builds_max: usize,
     ) -> Self {
         let IdSource { cluster, placement } = ids;
         StoreService {
@@ -95,6 +102,8 @@ impl StoreService {
             placement,
             load: Mutex::new(HashMap::new()),
             key_counts,
+            staging: Arc::new(staging),
+            stage_builds: tokio::sync::Semaphore::new(stage_builds_max),
         }
     }
 
@@ -140,7 +149,7 @@ impl StoreService {
                 entry.write_ops += 1;
                 entry.write_bytes += key.len() as u64;
             }
-            KvOp::Ingest { pairs } => {
+            KvOp::Ingest { pairs } | KvOp::StageIngest { pairs, .. } => {
                 entry.write_ops += pairs.len() as u64;
                 entry.write_bytes += pairs
                     .iter()
@@ -151,7 +160,7 @@ impl StoreService {
                 entry.write_ops += 1;
                 entry.write_bytes += ops.iter().map(|o| o.key().len() as u64).sum::<u64>();
             }
-            KvOp::AllocIds { .. } => {}
+            KvOp::AllocIds { .. } | KvOp::IngestStaged { .. } => {}
         }
     }
 
@@ -215,6 +224,50 @@ impl StoreService {
                 return self.read(range_id, epoch, op).await
             }
             KvOp::GetReplica { key } => return self.read_replica(range_id, &key).await,
+            KvOp::StageIngest { id, pairs } => return self.stage(range_id, epoch, id, pairs).await,
+            KvOp::IngestStaged {
+                id,
+                crc32,
+                first_key,
+                last_key,
+                stores,
+            } => {
+                let range = self.described(range_id, epoch).await?;
+                if !range.contains(&first_key) || !range.contains(&last_key) {
+                    return Err(KvError::KeyNotInRange { range_id });
+                }
+                // Every replica must hold its copy before the entry exists: one without
+                // it could not apply the entry.
+                if let Some(r) = range
+                    .replicas
+                    .iter()
+                    .find(|r| !stores.contains(&r.store_id))
+                {
+                    return Err(KvError::NotStaged {
+                        store_id: r.store_id,
+                    });
+                }
+                if !self.staging.has(id, crc32) {
+                    return Err(KvError::NotStaged {
+                        store_id: self.store_id,
+                    });
+                }
+                let command = Command::IngestStaged {
+                    epoch: range.epoch,
+                    id,
+                    crc32,
+                    first_key,
+                    last_key,
+                };
+                let (reply, rx) = oneshot::channel();
+                self.enqueue(StoreMsg::Propose {
+                    range_id,
+                    epoch,
+                    command,
+                    reply,
+                })?;
+                return self.wait(rx).await.map(|_| KvReply::Written);
+            }
             KvOp::Ingest { pairs } => {
                 let (reply, rx) = oneshot::channel();
                 self.enqueue(StoreMsg::Propose {
@@ -267,6 +320,53 @@ impl StoreService {
             KvOp::ScanKeys { start, end, limit } => self.scan(&range, &start, &end, limit, false),
             _ => unreachable!("only reads come here"),
         }
+    }
+
+    /// This store's replica's descriptor of `range_id`, which must match `epoch` if given.
+    async fn described(
+        &self,
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+    ) -> Result<RangeDescriptor, KvError> {
+        let range = self
+            .ask(|reply| StoreMsg::Describe { range_id, reply })
+            .await?
+            .ok_or(KvError::RangeNotFound { range_id })?;
+        if epoch.is_some_and(|e| e != range.epoch) {
+            return Err(KvError::EpochNotMatch {
+                current: vec![range],
+            });
+        }
+        Ok(range)
+    }
+
+    /// Stages a bulk load's pairs (step 1 of a staged ingest) on this store's replica
+    /// of `range_id`: every key must lie in the range as this replica knows it.
+    async fn stage(
+        &self,
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        id: u128,
+        pairs: Vec<(Bytes, Bytes)>,
+    ) -> KvResponse {
+        let range = self.described(range_id, epoch).await?;
+        let inside = |k: Option<&(Bytes, Bytes)>| k.is_some_and(|(k, _)| range.contains(k));
+        if !inside(pairs.first()) || !inside(pairs.last()) {
+            return Err(KvError::KeyNotInRange { range_id });
+        }
+        let _build = self
+            .stage_builds
+            .acquire()
+            .await
+            .map_err(|_| KvError::ShuttingDown)?;
+        let staging = self.staging.clone();
+        tokio::task::spawn_blocking(move || staging.stage(id, &pairs))
+            .await
+            .map_err(|e| KvError::Storage {
+                message: format!("staging task failed: {e}"),
+            })??;
+        METRICS.staged_files.inc();
+        Ok(KvReply::Written)
     }
 
     /// Reads `key` from this store's replica of `range_id`, whatever its role.

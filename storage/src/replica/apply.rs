@@ -136,7 +136,22 @@ impl Replica {
                 split_key,
                 right,
             } => vec![self.apply_split(epoch, split_key, right, batch)],
+            Command::Ingest { .. } | Command::IngestStaged { .. }
+                if command.ingest_in_range(&self.range) == Some(false) =>
+            {
+                vec![Err(KvError::KeyNotInRange {
+                    range_id: self.range.id,
+                })]
+            }
             Command::Ingest { pairs } => vec![self.apply_ingest(&pairs, entry.index, batch)],
+            Command::IngestStaged { epoch, .. } if epoch != self.range.epoch => {
+                vec![Err(KvError::EpochNotMatch {
+                    current: vec![self.range.clone()],
+                })]
+            }
+            Command::IngestStaged { id, crc32, .. } => {
+                vec![self.apply_staged_ingest(id, crc32, entry.index, batch)]
+            }
         }
     }
 
@@ -150,11 +165,6 @@ impl Replica {
         index: u64,
         batch: &mut WriteBatch<'_>,
     ) -> ApplyResult {
-        if !ingest_in_range(&self.range, pairs) {
-            return Err(KvError::KeyNotInRange {
-                range_id: self.range.id,
-            });
-        }
         let range_id = self.range.id;
         if let Err(e) = batch.write_out(Durability::NoWal) {
             panic!("range {range_id}: writing applied entries before an ingest failed: {e}");
@@ -177,6 +187,56 @@ impl Replica {
             .iter()
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum::<u64>();
+        Ok(Applied::Written)
+    }
+
+    /// Ingests this replica's copy of a staged bulk-load file, after writing out what
+    /// this round applied before it (as for `apply_ingest`). A synced marker goes first,
+    /// so that a replay of the entry after a crash can tell a file RocksDB took already
+    /// from one that never arrived. A replica without its file would diverge from the
+    /// others; the leader checked every replica staged it, so that is fatal.
+    fn apply_staged_ingest(
+        &mut self,
+        id: u128,
+        crc32: u32,
+        index: u64,
+        batch: &mut WriteBatch<'_>,
+    ) -> ApplyResult {
+        let range_id = self.range.id;
+        let path = staged_path(self.engine.staged_dir(), id, crc32);
+        let marker = keys::ingested_key(range_id, index);
+        if !path.exists() {
+            match self.engine.get(Cf::Raft, &marker) {
+                Ok(Some(_)) => {
+                    info!(
+                        range_id,
+                        index, "staged ingest was applied before a restart"
+                    );
+                    return Ok(Applied::Written);
+                }
+                Ok(None) => panic!(
+                    "range {range_id}: entry {index} ingests staged file {} which this \
+                     replica does not have; applying past it would diverge",
+                    path.display()
+                ),
+                Err(e) => panic!("range {range_id}: reading ingest marker failed: {e}"),
+            }
+        }
+        if let Err(e) = batch.write_out(Durability::NoWal) {
+            panic!("range {range_id}: writing applied entries before an ingest failed: {e}");
+        }
+        let mut mark = self.engine.batch();
+        mark.put(Cf::Raft, &marker, &index.to_be_bytes());
+        if let Err(e) = self.engine.write(mark, Durability::Sync) {
+            panic!("range {range_id}: writing the ingest marker failed: {e}");
+        }
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = self.engine.ingest_file(Cf::Data, &path) {
+            panic!("range {range_id}: ingesting staged file of entry {index} failed: {e}");
+        }
+        METRICS.ingested_files.inc();
+        METRICS.ingested_staged_bytes.inc_by(size);
+        self.written_bytes += size;
         Ok(Applied::Written)
     }
 
@@ -419,11 +479,3 @@ fn read_id_counter(engine: &Engine, range_id: u64) -> Result<u64, KvError> {
 /// The first id the allocator hands out: far above any store id an operator would
 /// choose, because bootstrap replicas take their store's id.
 pub const FIRST_ALLOCATED_ID: u64 = 1 << 32;
-
-/// True when a bulk load's pairs (keys ascending) all lie in `range`.
-pub(super) fn ingest_in_range(range: &RangeDescriptor, pairs: &[(Bytes, Bytes)]) -> bool {
-    match (pairs.first(), pairs.last()) {
-        (Some((first, _)), Some((last, _))) => range.contains(first) && range.contains(last),
-        _ => true,
-    }
-}

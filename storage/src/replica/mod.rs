@@ -27,12 +27,13 @@ use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
 use crate::replica_storage::{ReplicaStorage, SnapshotSource};
 use crate::snapshot::SnapshotData;
+use crate::staging::staged_path;
 use crate::StorageError;
 
 mod apply;
 
+use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
-use apply::{check_split, ingest_in_range};
 
 /// Where stores can be reached, for leader hints and message routing.
 pub type AddressBook = Arc<RwLock<HashMap<StoreId, String>>>;
@@ -541,13 +542,11 @@ impl Replica {
                 return;
             }
         }
-        if let Command::Ingest { pairs } = &command {
-            if !ingest_in_range(&self.range, pairs) {
-                let _ = reply.send(Err(KvError::KeyNotInRange {
-                    range_id: self.range.id,
-                }));
-                return;
-            }
+        if command.ingest_in_range(&self.range) == Some(false) {
+            let _ = reply.send(Err(KvError::KeyNotInRange {
+                range_id: self.range.id,
+            }));
+            return;
         }
         self.propose_entry(command, vec![reply]);
     }

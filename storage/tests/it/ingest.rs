@@ -1,23 +1,46 @@
-//! Bulk load through `KvOp::Ingest`: pairs land as SST files ingested on every replica,
-//! ordered with ordinary writes, cut at range boundaries by the client, kept across a
-//! restart of every store (the Raft log replays an ingest whose apply was not flushed),
-//! and bad input is refused with nothing stored.
+//! Bulk load: small pieces ride in their Raft entry (`KvOp::Ingest`), large ones are
+//! staged as SST files on every replica's store and ingested through a small entry
+//! (`KvOp::StageIngest`, `KvOp::IngestStaged`). Either way the pairs reach every
+//! replica, ordered with ordinary writes, cut at range boundaries by the client, kept
+//! across a restart of every store, and bad input is refused with nothing stored.
 
 use bytes::Bytes;
 use shale_rpc::client::ClientError;
-use shale_rpc::KvError;
+use shale_rpc::{KvError, KvOp};
 use shale_storage::engine::Cf;
 
 use crate::harness::*;
 
 fn pairs(from: usize, to: usize, tag: &str) -> Vec<(Bytes, Bytes)> {
+    padded_pairs(from, to, tag, 0)
+}
+
+/// Pairs whose values are `tag-i` followed by `pad` bytes.
+fn padded_pairs(from: usize, to: usize, tag: &str, pad: usize) -> Vec<(Bytes, Bytes)> {
     (from..to)
-        .map(|i| (key(i), Bytes::from(format!("{tag}-{i}"))))
+        .map(|i| (key(i), padded(&format!("{tag}-{i}"), pad)))
         .collect()
+}
+
+fn padded(text: &str, pad: usize) -> Bytes {
+    let mut v = text.as_bytes().to_vec();
+    v.resize(v.len() + pad, b'.');
+    Bytes::from(v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ingested_pairs_reach_every_replica_in_order_with_writes_and_survive_restart() {
+    ingest_reaches_every_replica(0).await;
+}
+
+/// 4,000 pairs of about 2 KiB: pieces large enough to be staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn staged_pairs_reach_every_replica_in_order_with_writes_and_survive_restart() {
+    ingest_reaches_every_replica(2_000).await;
+}
+
+async fn ingest_reaches_every_replica(pad: usize) {
+    let staged_before = shale_storage::metrics::METRICS.staged_files.get();
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = must_cluster(dir.path(), 3).await;
     let client = cluster.client().unwrap();
@@ -26,13 +49,20 @@ async fn ingested_pairs_reach_every_replica_in_order_with_writes_and_survive_res
     client.put(key(5_000), "untouched").await.unwrap();
     // Two ranges, so the client cuts the load at the boundary.
     client.split(key(2_000)).await.unwrap();
-    let loaded = pairs(0, 4_000, "bulk");
+    let loaded = padded_pairs(0, 4_000, "bulk", pad);
     client.ingest(&loaded).await.unwrap();
+    let staged = shale_storage::metrics::METRICS.staged_files.get() - staged_before;
+    if pad > 0 {
+        assert!(
+            staged >= 6,
+            "two ranges, three replicas each: {staged} files staged"
+        );
+    }
     // A write after the ingest wins over it.
     client.put(key(20), "after").await.unwrap();
     let want = |i: usize| match i {
         20 => Bytes::from("after"),
-        i if i < 4_000 => Bytes::from(format!("bulk-{i}")),
+        i if i < 4_000 => padded(&format!("bulk-{i}"), pad),
         5_000 => Bytes::from("untouched"),
         _ => unreachable!(),
     };
@@ -64,6 +94,9 @@ async fn ingested_pairs_reach_every_replica_in_order_with_writes_and_survive_res
             let got = engine.get(Cf::Data, &key(i)).unwrap();
             assert_eq!(got.as_deref(), Some(&want(i)[..]), "store {s} key {i}");
         }
+        // Ingest took every staged file (linked into RocksDB, not copied).
+        let left: Vec<_> = std::fs::read_dir(engine.staged_dir()).unwrap().collect();
+        assert!(left.is_empty(), "store {s} keeps staged files: {left:?}");
     }
     for s in 0..3 {
         cluster.stop_store(s).await;
@@ -101,6 +134,93 @@ async fn bad_ingests_are_refused_and_store_nothing() {
     assert!(matches!(
         refused(client.ingest(&system).await),
         KvError::ReservedKey
+    ));
+    let scanned = client
+        .scan_all(Bytes::new(), Bytes::new(), 100)
+        .await
+        .unwrap();
+    assert!(scanned.is_empty(), "nothing was stored: {scanned:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn staged_ingests_that_cannot_apply_everywhere_are_refused_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let config = shale_rpc::client::ClientConfig {
+        attempts_max: 3,
+        deadline_ms: 3_000,
+        ..Default::default()
+    };
+    let client = cluster.client_with(config).unwrap();
+    client.split(key(2_000)).await.unwrap();
+    let stores: Vec<u64> = client.replica_stores(&key(0)).await.unwrap();
+    let loaded = padded_pairs(0, 100, "s", 100);
+    let crc32 = shale_rpc::pairs_crc32(&loaded);
+    let ingest = |id: u128, crc32: u32, stores: Vec<u64>| KvOp::IngestStaged {
+        id,
+        crc32,
+        first_key: key(0),
+        last_key: key(99),
+        stores,
+    };
+    let refused = |r: Result<shale_rpc::KvReply, ClientError>| match r {
+        Err(ClientError::Kv(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Nothing staged anywhere.
+    assert!(matches!(
+        refused(client.request(ingest(1, crc32, stores.clone())).await),
+        KvError::NotStaged { .. }
+    ));
+    // Staged on one store only (the request goes to one replica), but the ingest
+    // names only that store: the other replicas would have nothing to ingest.
+    client
+        .request(KvOp::StageIngest {
+            id: 2,
+            pairs: loaded.clone(),
+        })
+        .await
+        .unwrap();
+    for s in &stores {
+        assert!(matches!(
+            refused(client.request(ingest(2, crc32, vec![*s])).await),
+            KvError::NotStaged { .. }
+        ));
+    }
+    // Named everywhere, but the pairs staged are not the ones the ingest names.
+    assert!(matches!(
+        refused(client.request(ingest(2, crc32 ^ 1, stores.clone())).await),
+        KvError::NotStaged { .. }
+    ));
+    // Staging pairs that cross the split: refused by the store.
+    let across = padded_pairs(1_990, 2_010, "x", 10);
+    let outcome = client
+        .request(KvOp::StageIngest {
+            id: 3,
+            pairs: across,
+        })
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(ClientError::Unavailable { ref last, .. }) if last.contains("not in range")
+        ),
+        "{outcome:?}"
+    );
+    // Bad pairs are refused before any file is written.
+    let mut unsorted = loaded.clone();
+    unsorted.swap(3, 4);
+    assert!(matches!(
+        refused(
+            client
+                .request(KvOp::StageIngest {
+                    id: 4,
+                    pairs: unsorted
+                })
+                .await
+        ),
+        KvError::InvalidIngest { .. }
     ));
     let scanned = client
         .scan_all(Bytes::new(), Bytes::new(), 100)

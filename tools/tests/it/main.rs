@@ -5,6 +5,7 @@ mod ctl;
 mod dev;
 mod gateway_crash;
 mod gateway_memory;
+mod ingest_kill;
 mod load;
 mod placement_kill;
 mod procs;
