@@ -139,7 +139,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path(), &EngineConfig::default()).unwrap();
         let config = IngestConfig {
-            staged_bytes_max: 20_000,
+            staged_bytes_max: 15_000,
             ..IngestConfig::default()
         };
         let staging = Staging::new(&engine, &config);
@@ -150,7 +150,7 @@ mod tests {
         assert!(!staging.has(7, crc ^ 1), "other pairs, other file");
         assert!(!staging.has(8, crc));
         // Past the byte bound: refused, nothing written.
-        let more = pairs(200);
+        let more = pairs(90);
         assert!(matches!(
             staging.stage(9, &more),
             Err(KvError::ServerBusy { .. })

@@ -48,6 +48,14 @@ async fn staged_ingest_survives_kill_9_of_every_store() {
             assert_eq!(v, &value(i), "key {i}");
         }
     }
+    let replayed = procs
+        .iter()
+        .filter(|p| {
+            p.log_text()
+                .contains("staged ingest was applied before a restart")
+        })
+        .count();
+    println!("stores that replayed an ingest whose file RocksDB had taken: {replayed} of 3");
     for p in procs.iter_mut() {
         assert_eq!(p.terminate(), Some(0), "SIGTERM exits cleanly");
     }
