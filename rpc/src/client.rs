@@ -328,6 +328,30 @@ impl KvClient {
         pairs: &[(Bytes, Bytes)],
     ) -> Result<(), ClientError> {
         let id: u128 = rand::random();
+        self.stage(range, id, pairs).await?;
+        let (first_key, last_key) = match (pairs.first(), pairs.last()) {
+            (Some(f), Some(l)) => (f.0.clone(), l.0.clone()),
+            _ => return Ok(()),
+        };
+        self.write(KvOp::IngestStaged {
+            id,
+            crc32: pairs_crc32(pairs),
+            first_key,
+            last_key,
+            stores: range.replicas.iter().map(|r| r.store_id).collect(),
+        })
+        .await
+    }
+
+    /// Stages `pairs` (sorted, all in `range`) as the file `id` on the store of every
+    /// replica of `range`, all at once ([`KvOp::StageIngest`]); [`KvOp::IngestStaged`]
+    /// then makes them visible.
+    pub async fn stage(
+        &self,
+        range: &RangeDescriptor,
+        id: u128,
+        pairs: &[(Bytes, Bytes)],
+    ) -> Result<(), ClientError> {
         let req = KvRequest {
             range_id: range.id,
             epoch: Some(range.epoch),
@@ -352,18 +376,7 @@ impl KvClient {
                 other => return Err(unexpected(other)),
             }
         }
-        let (first_key, last_key) = match (pairs.first(), pairs.last()) {
-            (Some(f), Some(l)) => (f.0.clone(), l.0.clone()),
-            _ => return Ok(()),
-        };
-        self.write(KvOp::IngestStaged {
-            id,
-            crc32: pairs_crc32(pairs),
-            first_key,
-            last_key,
-            stores: range.replicas.iter().map(|r| r.store_id).collect(),
-        })
-        .await
+        Ok(())
     }
 
     /// The stores holding a replica of the range with `key`, as the client knows it.

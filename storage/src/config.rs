@@ -301,6 +301,13 @@ impl StoreConfig {
         if self.split.range_size_bytes_max == 0 || self.split.check_after_written_bytes == 0 {
             return bad("split sizes must be positive".into());
         }
+        if self.engine.level0_slowdown_files <= 0
+            || self.engine.level0_stop_files <= self.engine.level0_slowdown_files
+        {
+            return bad(
+                "engine level0-slowdown-files must be positive and below level0-stop-files".into(),
+            );
+        }
         if self.ingest.staged_bytes_max == 0
             || self.ingest.staged_ttl_secs == 0
             || self.ingest.stage_builds_max == 0

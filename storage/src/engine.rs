@@ -43,6 +43,14 @@ pub struct EngineConfig {
     pub block_cache_bytes: usize,
     /// Background flush and compaction threads.
     pub background_jobs: i32,
+    /// Level-0 files of user data past which RocksDB slows every write of the store
+    /// (Raft log appends included) to a crawl...
+    pub level0_slowdown_files: i32,
+    /// ...and past which it stops them. Bulk ingests and the flushes that log
+    /// truncation asks for add level-0 files faster than a small machine's compaction
+    /// merges them; RocksDB's own defaults (20 and 36) then throttle a store to a few
+    /// MB/s during a load.
+    pub level0_stop_files: i32,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +59,8 @@ impl Default for EngineConfig {
             write_buffer_bytes: 64 << 20,
             block_cache_bytes: 256 << 20,
             background_jobs: 2,
+            level0_slowdown_files: 48,
+            level0_stop_files: 96,
         }
     }
 }
@@ -100,6 +110,10 @@ impl Engine {
             opts.set_block_based_table_factory(&table);
             if *cf != Cf::Raft {
                 opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            if *cf == Cf::Data {
+                opts.set_level_zero_slowdown_writes_trigger(config.level0_slowdown_files);
+                opts.set_level_zero_stop_writes_trigger(config.level0_stop_files);
             }
             ColumnFamilyDescriptor::new(cf.name(), opts)
         });

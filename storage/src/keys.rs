@@ -33,13 +33,25 @@ pub fn log_index(range_id: RangeId, key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key[9..].try_into().ok()?))
 }
 
-/// Raft CF: written (synced) just before the staged file of the ingest at log `index`
-/// is ingested, so that a replay of that entry after a crash knows a missing file was
-/// ingested already. Dropped with the log entries it follows.
-pub fn ingested_key(range_id: RangeId, index: u64) -> [u8; 17] {
-    let mut k = log_key(range_id, index);
+/// Raft CF: written (synced, holding the log index) just before the staged file `id`
+/// with checksum `crc32` is ingested, so that a replay of that entry after a crash
+/// knows a missing file was ingested already. Dropped once the log is truncated past
+/// the index it holds.
+pub fn ingested_key(range_id: RangeId, id: u128, crc32: u32) -> [u8; 29] {
+    let mut k = [0u8; 29];
+    k[..8].copy_from_slice(&range_id.to_be_bytes());
     k[8] = INGESTED_SUFFIX;
+    k[9..25].copy_from_slice(&id.to_be_bytes());
+    k[25..].copy_from_slice(&crc32.to_be_bytes());
     k
+}
+
+/// Raft CF: bounds of every ingest marker of one range.
+pub fn ingested_bounds(range_id: RangeId) -> ([u8; 9], [u8; 9]) {
+    (
+        range_key(range_id, INGESTED_SUFFIX),
+        range_key(range_id, INGESTED_SUFFIX + 1),
+    )
 }
 
 fn range_key(range_id: RangeId, suffix: u8) -> [u8; 9] {

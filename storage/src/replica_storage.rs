@@ -166,11 +166,7 @@ impl ReplicaStorage {
             &keys::log_key(self.range_id, 0),
             &keys::log_key(self.range_id, index + 1),
         );
-        batch.delete_range(
-            Cf::Raft,
-            &keys::ingested_key(self.range_id, 0),
-            &keys::ingested_key(self.range_id, index + 1),
-        );
+        self.drop_ingest_markers(index, batch)?;
         let truncated = TruncatedState { index, term };
         batch.put(
             Cf::Raft,
@@ -182,6 +178,27 @@ impl ReplicaStorage {
         while self.cache.front().is_some_and(|e| e.index <= index) {
             let e = self.cache.pop_front().expect("checked non-empty");
             self.cache_bytes -= e.data.len();
+        }
+        Ok(())
+    }
+
+    /// Deletes the ingest markers of entries up to `index`: no replay reaches them now.
+    fn drop_ingest_markers(
+        &self,
+        index: u64,
+        batch: &mut WriteBatch<'_>,
+    ) -> Result<(), StorageError> {
+        let (start, end) = keys::ingested_bounds(self.range_id);
+        let mut done = Vec::new();
+        self.engine.scan(Cf::Raft, &start, &end, |k, v| {
+            let at = v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if at <= index {
+                done.push(k.to_vec());
+            }
+            true
+        })?;
+        for k in done {
+            batch.delete(Cf::Raft, &k);
         }
         Ok(())
     }

@@ -247,11 +247,6 @@ impl StoreService {
                         store_id: r.store_id,
                     });
                 }
-                if !self.staging.has(id, crc32) {
-                    return Err(KvError::NotStaged {
-                        store_id: self.store_id,
-                    });
-                }
                 let command = Command::IngestStaged {
                     epoch: range.epoch,
                     id,

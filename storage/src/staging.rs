@@ -69,11 +69,6 @@ impl Staging {
         Ok(())
     }
 
-    /// True when the file staged as `id` with checksum `crc32` is here.
-    pub fn has(&self, id: u128, crc32: u32) -> bool {
-        staged_path(&self.dir, id, crc32).exists()
-    }
-
     /// Bytes of the files staged now.
     fn held_bytes(&self) -> u64 {
         self.files().filter_map(|(_, meta)| Some(meta.len())).sum()
@@ -122,6 +117,12 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::engine::{Cf, EngineConfig};
+
+    impl Staging {
+        fn has(&self, id: u128, crc32: u32) -> bool {
+            staged_path(&self.dir, id, crc32).exists()
+        }
+    }
 
     fn pairs(n: usize) -> Vec<(Bytes, Bytes)> {
         (0..n)

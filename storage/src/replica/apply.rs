@@ -204,7 +204,7 @@ impl Replica {
     ) -> ApplyResult {
         let range_id = self.range.id;
         let path = staged_path(self.engine.staged_dir(), id, crc32);
-        let marker = keys::ingested_key(range_id, index);
+        let marker = keys::ingested_key(range_id, id, crc32);
         if !path.exists() {
             match self.engine.get(Cf::Raft, &marker) {
                 Ok(Some(_)) => {

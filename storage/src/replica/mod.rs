@@ -542,6 +542,19 @@ impl Replica {
                 return;
             }
         }
+        if let Command::IngestStaged { id, crc32, .. } = &command {
+            match self.staged_ingest(*id, *crc32) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = reply.send(Ok(Applied::Written));
+                    return;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
         if command.ingest_in_range(&self.range) == Some(false) {
             let _ = reply.send(Err(KvError::KeyNotInRange {
                 range_id: self.range.id,
@@ -549,6 +562,39 @@ impl Replica {
             return;
         }
         self.propose_entry(command, vec![reply]);
+    }
+
+    /// Whether the staged file `id` (checksum `crc32`) may be proposed for ingest: `Ok(true)`
+    /// if it is here and no entry names it yet, `Ok(false)` if an applied entry ingested
+    /// it already (a retried request: nothing to do). A file named by an entry not yet
+    /// applied is never proposed again (two entries could not both find the file),
+    /// and a file not here cannot be.
+    fn staged_ingest(&self, id: u128, crc32: u32) -> Result<bool, KvError> {
+        let marker = keys::ingested_key(self.range.id, id, crc32);
+        if let Ok(Some(_)) = self.engine.get(Cf::Raft, &marker) {
+            return Ok(false);
+        }
+        let log = &self.node.raft.raft_log;
+        let unapplied = log
+            .entries(log.applied + 1, None, raft::GetEntriesContext::empty(false))
+            .unwrap_or_default();
+        let pending = unapplied.iter().any(|e| {
+            e.get_entry_type() == EntryType::EntryNormal
+                && matches!(Command::decode(&e.data), Ok(Command::IngestStaged { id: other, .. }) if other == id)
+        });
+        if pending {
+            return Err(KvError::ServerBusy {
+                reason: "an ingest of this staged file is in flight".into(),
+            });
+        }
+        if !staged_path(self.engine.staged_dir(), id, crc32).exists() {
+            let store_id = self
+                .range
+                .replica(self.replica_id)
+                .map_or(0, |r| r.store_id);
+            return Err(KvError::NotStaged { store_id });
+        }
+        Ok(true)
     }
 
     /// True (once) when the range took `threshold` bytes of writes since the last check,

@@ -229,3 +229,40 @@ async fn staged_ingests_that_cannot_apply_everywhere_are_refused_and_store_nothi
     assert!(scanned.is_empty(), "nothing was stored: {scanned:?}");
     cluster.shutdown().await;
 }
+
+/// A client that retries an ingest (its answer was lost, say) gets it done once: the
+/// second request finds the file ingested and answers at once; no replica is asked to
+/// ingest a file it no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_staged_ingest_applies_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = cluster.client().unwrap();
+    let range = client.locate(&key(0)).await.unwrap();
+    let loaded = padded_pairs(0, 300, "r", 1_000);
+    client.stage(&range, 77, &loaded).await.unwrap();
+    let ingest = || KvOp::IngestStaged {
+        id: 77,
+        crc32: shale_rpc::pairs_crc32(&loaded),
+        first_key: key(0),
+        last_key: key(299),
+        stores: range.replicas.iter().map(|r| r.store_id).collect(),
+    };
+    let (a, b) = tokio::join!(client.request(ingest()), client.request(ingest()));
+    assert_eq!(a.unwrap(), shale_rpc::KvReply::Written);
+    assert_eq!(b.unwrap(), shale_rpc::KvReply::Written);
+    client.put(key(3), "later").await.unwrap();
+    // Once more, well after: still answered as done, and the later write stands.
+    assert_eq!(
+        client.request(ingest()).await.unwrap(),
+        shale_rpc::KvReply::Written
+    );
+    assert_eq!(
+        client.get(key(3)).await.unwrap(),
+        Some(Bytes::from("later"))
+    );
+    let all = client.scan_all(key(0), key(999), 1_000).await.unwrap();
+    assert_eq!(all.len(), 300);
+    assert_eq!(all[10].1, padded("r-10", 1_000));
+    cluster.shutdown().await;
+}
