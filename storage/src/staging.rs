@@ -71,7 +71,7 @@ impl Staging {
 
     /// Bytes of the files staged now.
     fn held_bytes(&self) -> u64 {
-        self.files().filter_map(|(_, meta)| Some(meta.len())).sum()
+        self.files().map(|(_, meta)| meta.len()).sum()
     }
 
     /// Every file in the staging folder with its metadata.
