@@ -254,35 +254,20 @@ impl StoreService {
                     first_key,
                     last_key,
                 };
-                let (reply, rx) = oneshot::channel();
-                self.enqueue(StoreMsg::Propose {
-                    range_id,
-                    epoch,
-                    command,
-                    reply,
-                })?;
-                return self.wait(rx).await.map(|_| KvReply::Written);
+                return self
+                    .propose(range_id, epoch, command)
+                    .await
+                    .map(|_| KvReply::Written);
             }
             KvOp::Ingest { pairs } => {
-                let (reply, rx) = oneshot::channel();
-                self.enqueue(StoreMsg::Propose {
-                    range_id,
-                    epoch,
-                    command: Command::Ingest { pairs },
-                    reply,
-                })?;
-                return self.wait(rx).await.map(|_| KvReply::Written);
+                return self
+                    .propose(range_id, epoch, Command::Ingest { pairs })
+                    .await
+                    .map(|_| KvReply::Written);
             }
             KvOp::AllocIds { count } => {
-                let (reply, rx) = oneshot::channel();
                 let command = Command::AllocIds { count };
-                self.enqueue(StoreMsg::Propose {
-                    range_id,
-                    epoch,
-                    command,
-                    reply,
-                })?;
-                return match self.wait(rx).await? {
+                return match self.propose(range_id, epoch, command).await? {
                     Applied::Ids { first, count } => Ok(KvReply::Ids { first, count }),
                     other => panic!("id allocation applied as {other:?}"),
                 };
@@ -315,6 +300,23 @@ impl StoreService {
             KvOp::ScanKeys { start, end, limit } => self.scan(&range, &start, &end, limit, false),
             _ => unreachable!("only reads come here"),
         }
+    }
+
+    /// Proposes `command` as its own entry of `range_id`; answers once it applied here.
+    async fn propose(
+        &self,
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        command: Command,
+    ) -> Result<Applied, KvError> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(StoreMsg::Propose {
+            range_id,
+            epoch,
+            command,
+            reply,
+        })?;
+        self.wait(rx).await
     }
 
     /// This store's replica's descriptor of `range_id`, which must match `epoch` if given.
@@ -413,14 +415,7 @@ impl StoreService {
             split_key,
             right,
         };
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(StoreMsg::Propose {
-            range_id,
-            epoch: Some(range.epoch),
-            command,
-            reply,
-        })?;
-        match self.wait(rx).await? {
+        match self.propose(range_id, Some(range.epoch), command).await? {
             Applied::Split { left, right } => Ok((*left, *right)),
             other => panic!("split applied as {other:?}"),
         }

@@ -28,6 +28,14 @@ fn padded(text: &str, pad: usize) -> Bytes {
     Bytes::from(v)
 }
 
+async fn must_hold_nothing(client: &shale_rpc::client::KvClient) {
+    let scanned = client
+        .scan_all(Bytes::new(), Bytes::new(), 100)
+        .await
+        .unwrap();
+    assert!(scanned.is_empty(), "nothing was stored: {scanned:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ingested_pairs_reach_every_replica_in_order_with_writes_and_survive_restart() {
     ingest_reaches_every_replica(0).await;
@@ -135,11 +143,7 @@ async fn bad_ingests_are_refused_and_store_nothing() {
         refused(client.ingest(&system).await),
         KvError::ReservedKey
     ));
-    let scanned = client
-        .scan_all(Bytes::new(), Bytes::new(), 100)
-        .await
-        .unwrap();
-    assert!(scanned.is_empty(), "nothing was stored: {scanned:?}");
+    must_hold_nothing(&client).await;
     cluster.shutdown().await;
 }
 
@@ -222,11 +226,7 @@ async fn staged_ingests_that_cannot_apply_everywhere_are_refused_and_store_nothi
         ),
         KvError::InvalidIngest { .. }
     ));
-    let scanned = client
-        .scan_all(Bytes::new(), Bytes::new(), 100)
-        .await
-        .unwrap();
-    assert!(scanned.is_empty(), "nothing was stored: {scanned:?}");
+    must_hold_nothing(&client).await;
     cluster.shutdown().await;
 }
 
