@@ -43,6 +43,15 @@ impl RangeDescriptor {
         key >= &self.start_key[..] && (self.end_key.is_empty() || key < &self.end_key[..])
     }
 
+    /// True when every key of `pairs` (sorted by key) lies in the range: its first and
+    /// last do. True for no pairs.
+    pub fn contains_sorted(&self, pairs: &[(Bytes, Bytes)]) -> bool {
+        match (pairs.first(), pairs.last()) {
+            (Some((first, _)), Some((last, _))) => self.contains(first) && self.contains(last),
+            _ => true,
+        }
+    }
+
     /// True when the range shares a key with `[start, end)` (empty `end`: unbounded).
     pub fn overlaps(&self, start: &[u8], end: &[u8]) -> bool {
         let before_end = end.is_empty() || &self.start_key[..] < end;

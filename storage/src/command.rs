@@ -64,19 +64,15 @@ pub enum Applied {
 impl Command {
     /// For a bulk load, whether all its keys lie in `range`; `None` for other commands.
     pub fn ingest_in_range(&self, range: &RangeDescriptor) -> Option<bool> {
-        let (first, last) = match self {
-            Command::Ingest { pairs } => match (pairs.first(), pairs.last()) {
-                (Some((first, _)), Some((last, _))) => (first, last),
-                _ => return Some(true),
-            },
+        match self {
+            Command::Ingest { pairs } => Some(range.contains_sorted(pairs)),
             Command::IngestStaged {
                 first_key,
                 last_key,
                 ..
-            } => (first_key, last_key),
-            _ => return None,
-        };
-        Some(range.contains(first) && range.contains(last))
+            } => Some(range.contains(first_key) && range.contains(last_key)),
+            _ => None,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {

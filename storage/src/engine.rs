@@ -140,12 +140,12 @@ impl Engine {
     }
 
     /// Writes `pairs` (keys strictly ascending) into a new SST file at `path`, synced to
-    /// disk when this returns; returns its size. Uncompressed: bulk loads are mostly
-    /// object chunks, which do not compress, and compactions compress what does.
+    /// disk when this returns. Uncompressed: bulk loads are mostly object chunks, which
+    /// do not compress, and compactions compress what does.
     pub fn write_sst(
         path: &Path,
         pairs: &[(bytes::Bytes, bytes::Bytes)],
-    ) -> Result<u64, StorageError> {
+    ) -> Result<(), StorageError> {
         let mut opts = Options::default();
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut writer = rocksdb::SstFileWriter::create(&opts);
@@ -153,11 +153,7 @@ impl Engine {
         for (k, v) in pairs {
             writer.put(k, v).map_err(engine_err)?;
         }
-        writer.finish().map_err(engine_err)?;
-        let size = std::fs::metadata(path)
-            .map_err(|e| StorageError::Engine(format!("stat {}: {e}", path.display())))?
-            .len();
-        Ok(size)
+        writer.finish().map_err(engine_err)
     }
 
     /// Ingests the SST file at `path` into `cf` above everything written before, moving
@@ -165,12 +161,17 @@ impl Engine {
     /// returns `Ok`, and still there if it fails. Keys still in a memtable that the file
     /// overlaps are flushed first (all column families together).
     pub fn ingest_file(&self, cf: Cf, path: &Path) -> Result<(), StorageError> {
+        self.ingest_moving(cf, path, true).map_err(engine_err)
+    }
+
+    /// Ingests `path` into `cf` by hard link; `flush` says whether overlapping memtables
+    /// may be flushed first (else RocksDB refuses with "requires flush").
+    fn ingest_moving(&self, cf: Cf, path: &Path, flush: bool) -> Result<(), rocksdb::Error> {
         let mut ingest = rocksdb::IngestExternalFileOptions::default();
         ingest.set_move_files(true);
-        ingest.set_allow_blocking_flush(true);
+        ingest.set_allow_blocking_flush(flush);
         self.db
             .ingest_external_file_cf_opts(self.handle(cf), &ingest, vec![path])
-            .map_err(engine_err)
     }
 
     fn handle(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -213,20 +214,8 @@ impl Engine {
     ) -> Result<bool, StorageError> {
         let path = self.ingest_dir.join(name);
         let _ = std::fs::remove_file(&path);
-        let mut opts = Options::default();
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut writer = rocksdb::SstFileWriter::create(&opts);
-        writer.open(&path).map_err(engine_err)?;
-        for (k, v) in pairs {
-            writer.put(k, v).map_err(engine_err)?;
-        }
-        writer.finish().map_err(engine_err)?;
-        let mut ingest = rocksdb::IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        ingest.set_allow_blocking_flush(false);
-        let result = self
-            .db
-            .ingest_external_file_cf_opts(self.handle(cf), &ingest, vec![&path]);
+        Self::write_sst(&path, pairs)?;
+        let result = self.ingest_moving(cf, &path, false);
         let _ = std::fs::remove_file(&path);
         match result {
             Ok(()) => Ok(true),

@@ -232,10 +232,9 @@ impl StoreService {
                 last_key,
                 stores,
             } => {
+                // Bounds, the file itself and duplicates are checked where it is
+                // proposed (`Replica::propose_command`).
                 let range = self.described(range_id, epoch).await?;
-                if !range.contains(&first_key) || !range.contains(&last_key) {
-                    return Err(KvError::KeyNotInRange { range_id });
-                }
                 // Every replica must hold its copy before the entry exists: one without
                 // it could not apply the entry.
                 if let Some(r) = range
@@ -325,10 +324,7 @@ impl StoreService {
         range_id: RangeId,
         epoch: Option<Epoch>,
     ) -> Result<RangeDescriptor, KvError> {
-        let range = self
-            .ask(|reply| StoreMsg::Describe { range_id, reply })
-            .await?
-            .ok_or(KvError::RangeNotFound { range_id })?;
+        let range = self.describe(range_id).await?;
         if epoch.is_some_and(|e| e != range.epoch) {
             return Err(KvError::EpochNotMatch {
                 current: vec![range],
@@ -347,8 +343,7 @@ impl StoreService {
         pairs: Vec<(Bytes, Bytes)>,
     ) -> KvResponse {
         let range = self.described(range_id, epoch).await?;
-        let inside = |k: Option<&(Bytes, Bytes)>| k.is_some_and(|(k, _)| range.contains(k));
-        if !inside(pairs.first()) || !inside(pairs.last()) {
+        if pairs.is_empty() || !range.contains_sorted(&pairs) {
             return Err(KvError::KeyNotInRange { range_id });
         }
         let _build = self
@@ -368,10 +363,7 @@ impl StoreService {
 
     /// Reads `key` from this store's replica of `range_id`, whatever its role.
     async fn read_replica(&self, range_id: RangeId, key: &[u8]) -> KvResponse {
-        let range = self
-            .ask(|reply| StoreMsg::Describe { range_id, reply })
-            .await?
-            .ok_or(KvError::RangeNotFound { range_id })?;
+        let range = self.describe(range_id).await?;
         if !range.contains(key) {
             return Err(KvError::KeyNotInRange { range_id });
         }
@@ -385,10 +377,7 @@ impl StoreService {
         range_id: RangeId,
         split_key: Bytes,
     ) -> Result<(RangeDescriptor, RangeDescriptor), KvError> {
-        let range = self
-            .ask(|reply| StoreMsg::Describe { range_id, reply })
-            .await?
-            .ok_or(KvError::RangeNotFound { range_id })?;
+        let range = self.describe(range_id).await?;
         // A route gone stale (another split narrowed the range) is the client's to retry.
         if !range.contains(&split_key) {
             return Err(KvError::KeyNotInRange { range_id });

@@ -46,9 +46,8 @@ impl Staging {
     /// `id`, synced before this returns. Refused with `ServerBusy` when the staged files
     /// would pass their byte bound. Blocking: call off the async runtime.
     pub fn stage(&self, id: u128, pairs: &[(Bytes, Bytes)]) -> Result<(), KvError> {
-        self.sweep();
+        let held = self.sweep();
         let incoming: u64 = pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-        let held = self.held_bytes();
         if held + incoming > self.bytes_max {
             return Err(KvError::ServerBusy {
                 reason: format!(
@@ -69,11 +68,6 @@ impl Staging {
         Ok(())
     }
 
-    /// Bytes of the files staged now.
-    fn held_bytes(&self) -> u64 {
-        self.files().map(|(_, meta)| meta.len()).sum()
-    }
-
     /// Every file in the staging folder with its metadata.
     fn files(&self) -> impl Iterator<Item = (PathBuf, std::fs::Metadata)> {
         std::fs::read_dir(&self.dir)
@@ -84,9 +78,11 @@ impl Staging {
             .filter(|(_, meta)| meta.is_file())
     }
 
-    /// Deletes staged (and half-written) files older than the age bound.
-    pub fn sweep(&self) {
+    /// Deletes staged (and half-written) files older than the age bound; returns the
+    /// bytes of those kept.
+    pub fn sweep(&self) -> u64 {
         let now = SystemTime::now();
+        let mut kept = 0;
         for (path, meta) in self.files() {
             let age = meta
                 .modified()
@@ -94,6 +90,7 @@ impl Staging {
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or_default();
             if age < self.ttl {
+                kept += meta.len();
                 continue;
             }
             match std::fs::remove_file(&path) {
@@ -105,6 +102,7 @@ impl Staging {
                 }
             }
         }
+        kept
     }
 }
 

@@ -166,9 +166,7 @@ impl Replica {
         batch: &mut WriteBatch<'_>,
     ) -> ApplyResult {
         let range_id = self.range.id;
-        if let Err(e) = batch.write_out(Durability::NoWal) {
-            panic!("range {range_id}: writing applied entries before an ingest failed: {e}");
-        }
+        write_out_before_ingest(range_id, batch);
         let name = format!("{range_id}-{index}.sst");
         match self.engine.ingest_sorted(Cf::Data, pairs, &name) {
             Ok(true) => {
@@ -222,9 +220,7 @@ impl Replica {
                 Err(e) => panic!("range {range_id}: reading ingest marker failed: {e}"),
             }
         }
-        if let Err(e) = batch.write_out(Durability::NoWal) {
-            panic!("range {range_id}: writing applied entries before an ingest failed: {e}");
-        }
+        write_out_before_ingest(range_id, batch);
         let mut mark = self.engine.batch();
         mark.put(Cf::Raft, &marker, &index.to_be_bytes());
         if let Err(e) = self.engine.write(mark, Durability::Sync) {
@@ -436,6 +432,14 @@ impl Replica {
                 self.done.push((r, Err(KvError::ProposalDropped)));
             }
         }
+    }
+}
+
+/// Writes what the round applied so far, so an ingest lands above it (and below what
+/// follows). Applied state that may or may not be written cannot be reasoned about.
+fn write_out_before_ingest(range_id: RangeId, batch: &mut WriteBatch<'_>) {
+    if let Err(e) = batch.write_out(Durability::NoWal) {
+        panic!("range {range_id}: writing applied entries before an ingest failed: {e}");
     }
 }
 
