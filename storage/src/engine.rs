@@ -201,6 +201,11 @@ impl Engine {
         self.db.write_opt(batch.inner, &opts).map_err(engine_err)
     }
 
+    /// Fsyncs the WAL: every write made before the call survives power loss after it.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(engine_err)
+    }
+
     /// Writes `pairs` (keys strictly ascending) into an SST file named `name` and ingests
     /// it into `cf`: the data lands in one file, without the memtable or the WAL, above
     /// everything written before. `Ok(false)` when the file overlaps keys still in a

@@ -21,6 +21,7 @@ pub mod snapshot;
 pub mod split;
 pub mod staging;
 pub mod store;
+pub mod wal_sync;
 
 pub use config::StoreConfig;
 pub use error::StorageError;

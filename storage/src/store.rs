@@ -1,9 +1,12 @@
 //! The store-wide Raft loop. One thread drives every replica on the store: each round it
-//! takes queued messages, ticks, then persists all ready replicas' log entries, hard state
-//! and applied data in one WriteBatch with one fsync, and sends the outgoing Raft messages
-//! batched per target store.
+//! takes queued messages, ticks, then writes all ready replicas' log entries and hard
+//! state in one WriteBatch, applies what is committed in another, and sends the outgoing
+//! Raft messages batched per target store. The fsync runs on its own thread
+//! (`wal_sync`): one sync covers every round written while the previous one ran, and the
+//! messages and progress that must wait for the disk (a follower's acknowledgement, a
+//! leader's own vote toward a commit) are held until it reports.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use crate::engine::{Cf, Durability, Engine};
 use crate::keys;
 use crate::metrics::METRICS;
 use crate::replica::{span_end, AddressBook, ReadReply, Replica, WriteReply};
+use crate::wal_sync::WalSync;
 
 /// What the store loop is asked to do.
 pub enum StoreMsg {
@@ -98,7 +102,19 @@ pub enum StoreMsg {
         conf_ver: u64,
         reply: oneshot::Sender<bool>,
     },
+    /// The WAL is synced through sync number `upto`.
+    Synced {
+        upto: u64,
+    },
     Shutdown,
+}
+
+/// A ready written to the WAL that waits for sync `sync` to count as persisted.
+struct Unsynced {
+    sync: u64,
+    number: u64,
+    /// Messages that may leave only once the ready is on disk.
+    messages: Vec<Message>,
 }
 
 /// Where outgoing Raft batches go.
@@ -133,6 +149,9 @@ pub struct Store<S: RaftSender> {
     self_tx: SyncSender<StoreMsg>,
     /// Replicas touched since the last round.
     active: BTreeSet<RangeId>,
+    wal_sync: WalSync,
+    /// Per replica, its written readies not yet synced, oldest first.
+    unsynced: BTreeMap<RangeId, VecDeque<Unsynced>>,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -151,7 +170,7 @@ impl<S: RaftSender> Store<S> {
                 .gauge_label
                 .clone()
                 .unwrap_or_else(|| config.store_id.to_string()),
-            engine,
+            engine: engine.clone(),
             replicas: replicas.into_iter().map(|r| (r.range.id, r)).collect(),
             sender,
             tick: Duration::from_millis(config.raft.tick_ms),
@@ -164,8 +183,10 @@ impl<S: RaftSender> Store<S> {
             log_gc: config.log_gc.clone(),
             ticks: 0,
             flush_in_flight: false,
+            wal_sync: WalSync::start(config.store_id, engine.clone(), self_tx.clone()),
             self_tx,
             active: BTreeSet::new(),
+            unsynced: BTreeMap::new(),
         }
     }
 
@@ -241,6 +262,8 @@ impl<S: RaftSender> Store<S> {
             }
             self.round(&active);
         }
+        // The sync thread may be blocked handing a report to this queue: let it go.
+        drop(rx);
         info!(store_id = self.store_id, "store loop stopped");
     }
 
@@ -324,6 +347,7 @@ impl<S: RaftSender> Store<S> {
                 }
             }
             StoreMsg::Flushed { targets } => self.truncate_logs(targets),
+            StoreMsg::Synced { upto } => self.on_synced(upto),
             StoreMsg::Destroy {
                 range_id,
                 conf_ver,
@@ -475,6 +499,8 @@ impl<S: RaftSender> Store<S> {
                     replica_id = m.to,
                     "created a replica for a new member; waiting for its snapshot"
                 );
+                // Held readies of a replica this one replaces mean nothing to it.
+                self.unsynced.remove(&range_id);
                 self.replicas.insert(range_id, r);
                 true
             }
@@ -533,31 +559,39 @@ impl<S: RaftSender> Store<S> {
             return;
         }
         METRICS.rounds.inc();
-        if sync {
-            METRICS.fsyncs.inc();
-        }
         // Messages a leader may send before its own log is durable (Raft allows it).
         self.flush(&mut outbox);
         if !batch.is_empty() {
-            let durability = if sync {
-                Durability::Sync
-            } else {
-                Durability::Wal
-            };
-            if let Err(e) = engine.write(batch, durability) {
+            // Into the WAL now, so Raft reads it back at once; synced by `wal_sync`.
+            if let Err(e) = engine.write(batch, Durability::Wal) {
                 // Raft state that may or may not be on disk cannot be reasoned about.
                 panic!("store {}: persisting raft state failed: {e}", self.store_id);
             }
         }
+        let sync_target = if sync {
+            self.wal_sync.ask()
+        } else {
+            self.wal_sync.last_asked()
+        };
         let mut apply_batch = engine.batch();
         let ids: Vec<RangeId> = readies.iter().map(|(id, _)| *id).collect();
         // Work a ready leaves behind (more committed entries, say) shows up next round.
         self.active.extend(ids.iter().copied());
         for (id, ready) in readies {
             let r = self.replicas.get_mut(&id).expect("ready replica exists");
-            let mut msgs = Vec::new();
-            r.finish_ready(ready, &mut apply_batch, &mut msgs);
-            outbox.add(r, msgs);
+            let must_sync = ready.must_sync();
+            let (number, messages) = r.finish_ready(ready, &mut apply_batch);
+            // Readies count as persisted in order: one behind an unsynced one waits too.
+            if must_sync || self.unsynced.contains_key(&id) {
+                self.unsynced.entry(id).or_default().push_back(Unsynced {
+                    sync: sync_target,
+                    number,
+                    messages,
+                });
+            } else {
+                r.persisted(number);
+                outbox.add(r, messages);
+            }
         }
         if !apply_batch.is_empty() {
             // Applied data skips the WAL: the Raft log is its WAL, and apply state and
@@ -584,6 +618,33 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
+    /// The WAL is on disk through sync `upto`: the readies that waited for it count as
+    /// persisted, and their held messages go out.
+    fn on_synced(&mut self, upto: u64) {
+        let mut outbox = Outbox::default();
+        let ids: Vec<RangeId> = self.unsynced.keys().copied().collect();
+        for id in ids {
+            let queue = self.unsynced.get_mut(&id).expect("listed above");
+            let mut last = None;
+            let mut messages = Vec::new();
+            while queue.front().is_some_and(|u| u.sync <= upto) {
+                let u = queue.pop_front().expect("checked non-empty");
+                last = Some(u.number);
+                messages.extend(u.messages);
+            }
+            if queue.is_empty() {
+                self.unsynced.remove(&id);
+            }
+            let (Some(number), Some(r)) = (last, self.replicas.get_mut(&id)) else {
+                continue;
+            };
+            r.persisted(number);
+            outbox.add(r, messages);
+            self.active.insert(id);
+        }
+        self.flush(&mut outbox);
+    }
+
     /// Starts a replica of a range a split created (its state is already on disk). The
     /// parent's leader campaigns at once so the new range serves without waiting out an
     /// election timeout.
@@ -600,6 +661,8 @@ impl<S: RaftSender> Store<S> {
                 if campaign {
                     r.campaign();
                 }
+                // Held readies of a replica this one replaces mean nothing to it.
+                self.unsynced.remove(&range_id);
                 self.replicas.insert(range_id, r);
                 self.active.insert(range_id);
             }
@@ -679,6 +742,7 @@ impl<S: RaftSender> Store<S> {
         let Some(r) = self.replicas.remove(&range_id) else {
             return;
         };
+        self.unsynced.remove(&range_id);
         let engine = self.engine.clone();
         let mut batch = engine.batch();
         if !r.is_uninitialized() {

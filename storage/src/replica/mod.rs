@@ -192,6 +192,11 @@ impl Replica {
             check_quorum: true,
             pre_vote: true,
             batch_append: true,
+            // A commit is not worth a round of messages of its own to every follower:
+            // they learn it from the next append or heartbeat (within `heartbeat_ticks`).
+            // With many ranges those extra messages, acknowledgements and readies per
+            // write cost more than the replication itself.
+            skip_bcast_commit: true,
             max_uncommitted_size: config.max_uncommitted_bytes,
             max_committed_size_per_ready: config.max_committed_bytes_per_ready,
             ..Default::default()
@@ -796,21 +801,26 @@ impl Replica {
         Some(ready)
     }
 
-    /// Finishes a ready after its batch is on disk: messages that needed persistence go
-    /// into `outbox`; entries committed meanwhile are applied into `batch`.
+    /// Finishes a ready once its batch is written (not yet synced): entries committed
+    /// meanwhile are applied into `batch`. Returns the ready's number and the messages
+    /// that may go only once it is on disk; `persisted` says when it is.
     pub fn finish_ready(
         &mut self,
         mut ready: raft::Ready,
         batch: &mut WriteBatch<'_>,
-        outbox: &mut Vec<Message>,
-    ) {
-        outbox.extend(ready.take_persisted_messages());
+    ) -> (u64, Vec<Message>) {
+        let number = ready.number();
+        let after_sync = ready.take_persisted_messages();
         let committed = ready.take_committed_entries();
         self.apply_entries(&committed, batch);
-        let mut light = self.node.advance(ready);
-        outbox.extend(light.take_messages());
-        let committed = light.take_committed_entries();
-        self.apply_entries(&committed, batch);
+        self.node.advance_append_async(ready);
+        (number, after_sync)
+    }
+
+    /// Every ready up to `number` is on disk. What that unlocks (a leader's own vote
+    /// toward a commit, entries to apply) shows up in the next ready.
+    pub fn persisted(&mut self, number: u64) {
+        self.node.on_persist_ready(number);
     }
 
     /// After the round's apply batch is written: answers writes and reads that are done.
