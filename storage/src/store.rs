@@ -543,7 +543,7 @@ impl<S: RaftSender> Store<S> {
         let mut batch = engine.batch();
         let mut outbox = Outbox::default();
         let mut readies = Vec::new();
-        let mut sync = false;
+        let (mut sync, mut snapshot) = (false, false);
         for id in active {
             let Some(r) = self.replicas.get_mut(id) else {
                 continue;
@@ -551,6 +551,7 @@ impl<S: RaftSender> Store<S> {
             let mut msgs = Vec::new();
             if let Some(ready) = r.collect_ready(&mut batch, &mut msgs) {
                 sync |= ready.must_sync();
+                snapshot |= !ready.snapshot().is_empty();
                 readies.push((*id, ready));
             }
             outbox.add(r, msgs);
@@ -568,10 +569,22 @@ impl<S: RaftSender> Store<S> {
                 panic!("store {}: persisting raft state failed: {e}", self.store_id);
             }
         }
-        let sync_target = if sync {
-            self.wal_sync.ask()
+        if snapshot {
+            // A replica that took a snapshot applies from its index at once (raft-rs
+            // counts it applied right away), which it may only do once the snapshot is on
+            // disk: sync here. That covers every round before too.
+            if let Err(e) = engine.sync_wal() {
+                panic!("store {}: syncing the raft log failed: {e}", self.store_id);
+            }
+            METRICS.fsyncs.inc();
+            self.on_synced(self.wal_sync.last_asked());
+        }
+        let sync_target = if sync && !snapshot {
+            Some(self.wal_sync.ask())
+        } else if !self.unsynced.is_empty() {
+            Some(self.wal_sync.last_asked())
         } else {
-            self.wal_sync.last_asked()
+            None
         };
         let mut apply_batch = engine.batch();
         let ids: Vec<RangeId> = readies.iter().map(|(id, _)| *id).collect();
@@ -582,9 +595,10 @@ impl<S: RaftSender> Store<S> {
             let must_sync = ready.must_sync();
             let (number, messages) = r.finish_ready(ready, &mut apply_batch);
             // Readies count as persisted in order: one behind an unsynced one waits too.
-            if must_sync || self.unsynced.contains_key(&id) {
+            let wait = must_sync || self.unsynced.contains_key(&id);
+            if let (true, Some(sync)) = (wait, sync_target) {
                 self.unsynced.entry(id).or_default().push_back(Unsynced {
-                    sync: sync_target,
+                    sync,
                     number,
                     messages,
                 });
