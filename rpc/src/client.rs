@@ -748,6 +748,14 @@ impl KvClient {
                 }
             }
             KvError::EpochNotMatch { current } => {
+                // A lagging replica's older descriptor must not replace a newer one.
+                if current
+                    .iter()
+                    .any(|r| r.id == route.range.id && route.range.epoch.is_newer_than(&r.epoch))
+                {
+                    cache.set_leader(route.range.id, None);
+                    return Next::Backoff;
+                }
                 cache.remove(route.range.id);
                 for range in current {
                     cache.insert(range.clone());

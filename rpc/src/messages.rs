@@ -19,6 +19,13 @@ pub struct Epoch {
     pub version: u64,
 }
 
+impl Epoch {
+    /// Neither part older and one part newer: `other` is an earlier state of the range.
+    pub fn is_newer_than(&self, other: &Epoch) -> bool {
+        self.conf_ver >= other.conf_ver && self.version >= other.version && self != other
+    }
+}
+
 /// One replica of a range and the store that holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReplicaDescriptor {
@@ -618,6 +625,19 @@ mod tests {
     use super::*;
     use crate::{Frame, FrameKind};
     use proptest::prelude::*;
+
+    #[test]
+    fn an_epoch_is_newer_only_when_no_part_is_older() {
+        let e = |conf_ver, version| Epoch { conf_ver, version };
+        assert!(e(1, 2).is_newer_than(&e(1, 1)), "a split later");
+        assert!(e(2, 1).is_newer_than(&e(1, 1)), "a membership change later");
+        assert!(!e(1, 1).is_newer_than(&e(1, 1)), "the same epoch");
+        assert!(!e(1, 1).is_newer_than(&e(1, 2)), "older");
+        assert!(
+            !e(2, 1).is_newer_than(&e(1, 2)),
+            "diverged: neither is newer"
+        );
+    }
 
     fn bytes() -> impl Strategy<Value = Bytes> {
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)

@@ -407,6 +407,16 @@ impl<S: RaftSender> Store<S> {
             .get_mut(&range_id)
             .ok_or(KvError::RangeNotFound { range_id })?;
         match epoch {
+            // The client knows a newer epoch than this replica has applied: it lags
+            // (say, has yet to learn a split committed). Its descriptor would take the
+            // client's cache backwards, so it points at the leader, or asks for a retry.
+            Some(e) if e.is_newer_than(&r.range.epoch) => Err(if r.is_leader() {
+                KvError::ServerBusy {
+                    reason: format!("range {range_id} is applying a newer epoch"),
+                }
+            } else {
+                r.not_leader()
+            }),
             Some(e) if e != r.range.epoch => Err(KvError::EpochNotMatch {
                 current: vec![r.range.clone()],
             }),
