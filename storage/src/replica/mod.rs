@@ -192,11 +192,6 @@ impl Replica {
             check_quorum: true,
             pre_vote: true,
             batch_append: true,
-            // A commit is not worth a round of messages of its own to every follower:
-            // they learn it from the next append or heartbeat (within `heartbeat_ticks`).
-            // With many ranges those extra messages, acknowledgements and readies per
-            // write cost more than the replication itself.
-            skip_bcast_commit: true,
             max_uncommitted_size: config.max_uncommitted_bytes,
             max_committed_size_per_ready: config.max_committed_bytes_per_ready,
             ..Default::default()
