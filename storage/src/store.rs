@@ -6,7 +6,7 @@
 //! messages and progress that must wait for the disk (a follower's acknowledgement, a
 //! leader's own vote toward a commit) are held until it reports.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use crate::engine::{Cf, Durability, Engine};
 use crate::keys;
 use crate::metrics::METRICS;
 use crate::replica::{span_end, AddressBook, ReadReply, Replica, WriteReply};
-use crate::wal_sync::WalSync;
+use crate::wal_sync::{HeldReadies, WalSync};
 
 /// What the store loop is asked to do.
 pub enum StoreMsg {
@@ -109,14 +109,6 @@ pub enum StoreMsg {
     Shutdown,
 }
 
-/// A ready written to the WAL that waits for sync `sync` to count as persisted.
-struct Unsynced {
-    sync: u64,
-    number: u64,
-    /// Messages that may leave only once the ready is on disk.
-    messages: Vec<Message>,
-}
-
 /// Where outgoing Raft batches go.
 pub trait RaftSender: Send + 'static {
     fn send(&mut self, batch: RaftBatch);
@@ -150,8 +142,8 @@ pub struct Store<S: RaftSender> {
     /// Replicas touched since the last round.
     active: BTreeSet<RangeId>,
     wal_sync: WalSync,
-    /// Per replica, its written readies not yet synced, oldest first.
-    unsynced: BTreeMap<RangeId, VecDeque<Unsynced>>,
+    /// Written readies waiting for their sync.
+    unsynced: HeldReadies,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -186,7 +178,7 @@ impl<S: RaftSender> Store<S> {
             wal_sync: WalSync::start(config.store_id, engine.clone(), self_tx.clone()),
             self_tx,
             active: BTreeSet::new(),
-            unsynced: BTreeMap::new(),
+            unsynced: HeldReadies::default(),
         }
     }
 
@@ -510,7 +502,7 @@ impl<S: RaftSender> Store<S> {
                     "created a replica for a new member; waiting for its snapshot"
                 );
                 // Held readies of a replica this one replaces mean nothing to it.
-                self.unsynced.remove(&range_id);
+                self.unsynced.forget(range_id);
                 self.replicas.insert(range_id, r);
                 true
             }
@@ -605,13 +597,9 @@ impl<S: RaftSender> Store<S> {
             let must_sync = ready.must_sync();
             let (number, messages) = r.finish_ready(ready, &mut apply_batch);
             // Readies count as persisted in order: one behind an unsynced one waits too.
-            let wait = must_sync || self.unsynced.contains_key(&id);
+            let wait = must_sync || self.unsynced.holds(id);
             if let (true, Some(sync)) = (wait, sync_target) {
-                self.unsynced.entry(id).or_default().push_back(Unsynced {
-                    sync,
-                    number,
-                    messages,
-                });
+                self.unsynced.hold(id, sync, number, messages);
             } else {
                 r.persisted(number);
                 outbox.add(r, messages);
@@ -646,20 +634,8 @@ impl<S: RaftSender> Store<S> {
     /// persisted, and their held messages go out.
     fn on_synced(&mut self, upto: u64) {
         let mut outbox = Outbox::default();
-        let ids: Vec<RangeId> = self.unsynced.keys().copied().collect();
-        for id in ids {
-            let queue = self.unsynced.get_mut(&id).expect("listed above");
-            let mut last = None;
-            let mut messages = Vec::new();
-            while queue.front().is_some_and(|u| u.sync <= upto) {
-                let u = queue.pop_front().expect("checked non-empty");
-                last = Some(u.number);
-                messages.extend(u.messages);
-            }
-            if queue.is_empty() {
-                self.unsynced.remove(&id);
-            }
-            let (Some(number), Some(r)) = (last, self.replicas.get_mut(&id)) else {
+        for (id, number, messages) in self.unsynced.release(upto) {
+            let Some(r) = self.replicas.get_mut(&id) else {
                 continue;
             };
             r.persisted(number);
@@ -686,7 +662,7 @@ impl<S: RaftSender> Store<S> {
                     r.campaign();
                 }
                 // Held readies of a replica this one replaces mean nothing to it.
-                self.unsynced.remove(&range_id);
+                self.unsynced.forget(range_id);
                 self.replicas.insert(range_id, r);
                 self.active.insert(range_id);
             }
@@ -766,7 +742,7 @@ impl<S: RaftSender> Store<S> {
         let Some(r) = self.replicas.remove(&range_id) else {
             return;
         };
-        self.unsynced.remove(&range_id);
+        self.unsynced.forget(range_id);
         let engine = self.engine.clone();
         let mut batch = engine.batch();
         if !r.is_uninitialized() {

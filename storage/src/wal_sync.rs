@@ -4,9 +4,13 @@
 //! loop's queue. The loop meanwhile keeps stepping, applying and answering: the one fsync
 //! a round used to wait on no longer stalls every other range on the store.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+use raft::eraftpb::Message;
+use shale_rpc::RangeId;
 
 use crate::engine::Engine;
 use crate::metrics::METRICS;
@@ -100,5 +104,103 @@ fn run(
         if done.send(StoreMsg::Synced { upto }).is_err() {
             return;
         }
+    }
+}
+
+/// A ready written to the WAL that counts as persisted once sync `sync` is done.
+struct Held {
+    sync: u64,
+    number: u64,
+    /// Messages that may leave only once the ready is on disk.
+    messages: Vec<Message>,
+}
+
+/// Per replica, its written readies still waiting for their sync, oldest first.
+#[derive(Default)]
+pub struct HeldReadies {
+    by_range: BTreeMap<RangeId, VecDeque<Held>>,
+}
+
+impl HeldReadies {
+    pub fn hold(&mut self, range_id: RangeId, sync: u64, number: u64, messages: Vec<Message>) {
+        self.by_range.entry(range_id).or_default().push_back(Held {
+            sync,
+            number,
+            messages,
+        });
+    }
+
+    /// Whether `range_id` has a ready waiting: a later one must wait behind it.
+    pub fn holds(&self, range_id: RangeId) -> bool {
+        self.by_range.contains_key(&range_id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_range.is_empty()
+    }
+
+    /// Drops what a replica held (it is gone or replaced: its ready numbers mean nothing
+    /// to a new one).
+    pub fn forget(&mut self, range_id: RangeId) {
+        self.by_range.remove(&range_id);
+    }
+
+    /// Everything synced through `upto`: per range, the last ready number now persisted
+    /// and the held messages, in order.
+    pub fn release(&mut self, upto: u64) -> Vec<(RangeId, u64, Vec<Message>)> {
+        let mut out = Vec::new();
+        self.by_range.retain(|&range_id, queue| {
+            let mut last = None;
+            let mut messages = Vec::new();
+            while queue.front().is_some_and(|h| h.sync <= upto) {
+                let h = queue.pop_front().expect("checked non-empty");
+                last = Some(h.number);
+                messages.extend(h.messages);
+            }
+            if let Some(number) = last {
+                out.push((range_id, number, messages));
+            }
+            !queue.is_empty()
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(index: u64) -> Message {
+        Message {
+            index,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn readies_are_released_in_order_and_only_once_their_sync_is_done() {
+        let mut held = HeldReadies::default();
+        held.hold(1, 1, 10, vec![msg(1)]);
+        held.hold(1, 2, 11, vec![msg(2)]);
+        held.hold(2, 2, 5, vec![]);
+        assert!(held.holds(1) && held.holds(2) && !held.holds(3));
+        let released = held.release(1);
+        assert_eq!(released.len(), 1, "only range 1's first ready was synced");
+        assert_eq!((released[0].0, released[0].1), (1, 10));
+        assert_eq!(released[0].2, vec![msg(1)]);
+        let released = held.release(2);
+        let got: Vec<_> = released.iter().map(|(r, n, m)| (*r, *n, m.len())).collect();
+        assert_eq!(got, vec![(1, 11, 1), (2, 5, 0)]);
+        assert!(held.is_empty());
+        assert!(held.release(3).is_empty(), "nothing is released twice");
+    }
+
+    #[test]
+    fn a_forgotten_replica_releases_nothing() {
+        let mut held = HeldReadies::default();
+        held.hold(7, 1, 3, vec![msg(1)]);
+        held.forget(7);
+        assert!(!held.holds(7));
+        assert!(held.release(1).is_empty());
     }
 }
