@@ -68,6 +68,7 @@ pub struct RangeMedian {
     pub ranges: u64,
     pub trials: usize,
     pub median_ops_per_sec: f64,
+    pub per_put: PerPut,
 }
 
 /// Put throughput with each range count, each on a fresh local 3-store cluster, over
@@ -81,6 +82,7 @@ pub async fn range_scaling(
 ) -> anyhow::Result<(Vec<OpStats>, Vec<RangeMedian>)> {
     let mut out = Vec::new();
     let mut by_count: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    let mut work_by_count = vec![(RaftWork::default(), 0u64); counts.len()];
     for trial in 0..trials.max(1) {
         let mut order: Vec<usize> = (0..counts.len()).collect();
         if trial % 2 == 1 {
@@ -88,7 +90,9 @@ pub async fn range_scaling(
         }
         for i in order {
             let count = counts[i];
-            let stats = range_trial(dir, count, trial, trials, opts).await?;
+            let (stats, work, puts) = range_trial(dir, count, trial, trials, opts).await?;
+            work_by_count[i].0.add(&work);
+            work_by_count[i].1 += puts;
             by_count[i].extend(stats.iter().map(|s| s.ops_per_sec));
             out.extend(stats);
         }
@@ -96,12 +100,14 @@ pub async fn range_scaling(
     let medians = counts
         .iter()
         .zip(by_count)
-        .map(|(&ranges, mut rates)| {
+        .zip(&work_by_count)
+        .map(|((&ranges, mut rates), (work, puts))| {
             rates.sort_by(f64::total_cmp);
             RangeMedian {
                 ranges,
                 trials: rates.len(),
                 median_ops_per_sec: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+                per_put: PerPut::of(work, *puts),
             }
         })
         .collect();
@@ -114,7 +120,7 @@ async fn range_trial(
     trial: usize,
     trials: usize,
     opts: &KvBenchOptions,
-) -> anyhow::Result<Vec<OpStats>> {
+) -> anyhow::Result<(Vec<OpStats>, RaftWork, u64)> {
     let cluster =
         LocalCluster::start_new(&dir.join(format!("ranges-{count}-{trial}")), 3, |_| {}).await?;
     cluster
@@ -132,7 +138,9 @@ async fn range_trial(
         },
         ..opts.clone()
     };
+    let before = RaftWork::now()?;
     let mut phases = cluster_phases(client, &put_only).await;
+    let work = RaftWork::now()?.since(&before);
     for p in &mut phases {
         p.name = format!(
             "shale put, {count} range{}{}",
@@ -145,7 +153,73 @@ async fn range_trial(
         );
     }
     cluster.shutdown().await;
-    Ok(phases)
+    let puts = phases.iter().map(|p| p.ops).sum();
+    Ok((phases, work, puts))
+}
+
+/// Counters of the stores' Raft work (all stores of the process) and its CPU time.
+#[derive(Debug, Clone, Copy, Default)]
+struct RaftWork {
+    rounds: u64,
+    fsyncs: u64,
+    log_entries: u64,
+    messages: u64,
+    cpu_seconds: f64,
+}
+
+impl RaftWork {
+    fn now() -> anyhow::Result<RaftWork> {
+        let m = &shale_storage::metrics::METRICS;
+        Ok(RaftWork {
+            rounds: m.rounds.get(),
+            fsyncs: m.fsyncs.get(),
+            log_entries: m.log_entries.get(),
+            messages: m.raft_messages_sent.get(),
+            cpu_seconds: process_cpu_seconds()?,
+        })
+    }
+
+    fn since(&self, before: &RaftWork) -> RaftWork {
+        RaftWork {
+            rounds: self.rounds - before.rounds,
+            fsyncs: self.fsyncs - before.fsyncs,
+            log_entries: self.log_entries - before.log_entries,
+            messages: self.messages - before.messages,
+            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+        }
+    }
+
+    fn add(&mut self, other: &RaftWork) {
+        self.rounds += other.rounds;
+        self.fsyncs += other.fsyncs;
+        self.log_entries += other.log_entries;
+        self.messages += other.messages;
+        self.cpu_seconds += other.cpu_seconds;
+    }
+}
+
+/// What one put cost, summed over the three stores, averaged over a range count's
+/// trials (the whole process's CPU, clients included).
+#[derive(Debug, Clone, Serialize)]
+pub struct PerPut {
+    pub cpu_us: f64,
+    pub raft_messages: f64,
+    pub log_entries: f64,
+    pub rounds: f64,
+    pub fsyncs: f64,
+}
+
+impl PerPut {
+    fn of(work: &RaftWork, puts: u64) -> PerPut {
+        let n = puts.max(1) as f64;
+        PerPut {
+            cpu_us: work.cpu_seconds * 1e6 / n,
+            raft_messages: work.messages as f64 / n,
+            log_entries: work.log_entries as f64 / n,
+            rounds: work.rounds as f64 / n,
+            fsyncs: work.fsyncs as f64 / n,
+        }
+    }
 }
 
 /// What many idle ranges cost.

@@ -515,8 +515,16 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
         );
         for m in &rep.range_medians {
             println!(
-                "put with {} range(s): median {:.0} ops/s over {} trial(s)",
-                m.ranges, m.median_ops_per_sec, m.trials
+                "put with {} range(s): median {:.0} ops/s over {} trial(s); per put: {:.0} us CPU, \
+                 {:.2} raft messages, {:.2} log entries, {:.2} store rounds, {:.2} fsyncs",
+                m.ranges,
+                m.median_ops_per_sec,
+                m.trials,
+                m.per_put.cpu_us,
+                m.per_put.raft_messages,
+                m.per_put.log_entries,
+                m.per_put.rounds,
+                m.per_put.fsyncs
             );
         }
         print!("{}", timeline_table(&rep.phases));

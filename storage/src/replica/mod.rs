@@ -93,6 +93,8 @@ pub struct Replica {
     pending_compact: Option<u64>,
     /// Highest CompactLog index this leader proposed.
     compact_proposed: u64,
+    /// Until this index applies, commits are broadcast at once (see `propose_entry`).
+    bcast_commit_until: Option<u64>,
     /// Stores of replicas learned from their messages (new replicas know no descriptor).
     peer_stores: HashMap<ReplicaId, StoreId>,
     /// This replica was removed from its range: the store destroys it.
@@ -192,6 +194,10 @@ impl Replica {
             check_quorum: true,
             pre_vote: true,
             batch_append: true,
+            // Followers learn a write's commit from the next append or heartbeat instead
+            // of an extra message per commit; commands other than writes still broadcast
+            // (see `propose_entry`).
+            skip_bcast_commit: true,
             max_uncommitted_size: config.max_uncommitted_bytes,
             max_committed_size_per_ready: config.max_committed_bytes_per_ready,
             ..Default::default()
@@ -215,6 +221,7 @@ impl Replica {
             checked_at_tick: 0,
             pending_compact: None,
             compact_proposed: 0,
+            bcast_commit_until: None,
             peer_stores: HashMap::new(),
             removed: false,
             hibernating: false,
@@ -663,6 +670,13 @@ impl Replica {
                     "range {}: one proposal, one entry",
                     self.range.id
                 );
+                if !matches!(command, Command::Write { .. }) {
+                    // Followers must apply splits, ingests and the like promptly (a
+                    // follower's store checks requests against its own epoch), so their
+                    // commits go out at once.
+                    self.node.skip_bcast_commit(false);
+                    self.bcast_commit_until = Some(index);
+                }
                 self.proposals.push_back(Proposal {
                     index,
                     term: self.node.raft.term,
@@ -821,6 +835,13 @@ impl Replica {
     /// After the round's apply batch is written: answers writes and reads that are done.
     pub fn after_apply(&mut self) {
         self.node.advance_apply();
+        if self
+            .bcast_commit_until
+            .is_some_and(|until| self.apply.applied_index >= until || !self.is_leader())
+        {
+            self.bcast_commit_until = None;
+            self.node.skip_bcast_commit(true);
+        }
         for (reply, response) in self.done.drain(..) {
             let _ = reply.send(response);
         }

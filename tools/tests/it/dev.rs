@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::procs::shale;
+use crate::procs::{shale, KillOnDrop};
 
 fn kv(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     shale()
@@ -16,27 +16,29 @@ fn kv(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run shale kv")
 }
 
-pub fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> std::process::Child {
+pub fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> KillOnDrop {
     let _ = std::fs::remove_file(dir.join("dev.json"));
     // Placement's API and Raft ports: a free one and the next, as with the stores.
     let placement_port = shale_storage::cluster::free_udp_ports(1).unwrap()[0];
-    let child = shale()
-        .args(["dev", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--port-base",
-            &port_base.to_string(),
-            "--s3-port",
-            &s3_port.to_string(),
-            "--metrics-port",
-            "0",
-            "--placement-port",
-            &placement_port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn shale dev");
+    let child = KillOnDrop(
+        shale()
+            .args(["dev", "--data-dir"])
+            .arg(dir)
+            .args([
+                "--port-base",
+                &port_base.to_string(),
+                "--s3-port",
+                &s3_port.to_string(),
+                "--metrics-port",
+                "0",
+                "--placement-port",
+                &placement_port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn shale dev"),
+    );
     let started = Instant::now();
     while !dir.join("dev.json").exists() {
         assert!(
@@ -48,7 +50,7 @@ pub fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> std::pr
     child
 }
 
-pub fn sigterm(mut child: std::process::Child) -> Option<i32> {
+pub fn sigterm(mut child: KillOnDrop) -> Option<i32> {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

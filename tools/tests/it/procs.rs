@@ -17,6 +17,30 @@ pub fn shale() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shale"))
 }
 
+/// A child process killed (and reaped) when dropped, so a failing test leaves no
+/// cluster behind holding its ports.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A store (or placement) process that is killed when dropped.
 pub struct StoreProc {
     pub config_path: PathBuf,
@@ -245,7 +269,7 @@ pub fn write_cluster_file(dir: &Path, procs: &[StoreProc]) -> PathBuf {
 }
 
 /// A `shale gateway` process in front of `procs`, and the endpoint it serves.
-pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (Child, String) {
+pub fn start_gateway(dir: &Path, procs: &[StoreProc], port: u16) -> (KillOnDrop, String) {
     start_gateway_with(dir, procs, port, &[])
 }
 
@@ -256,7 +280,7 @@ pub fn start_gateway_with(
     procs: &[StoreProc],
     port: u16,
     args: &[&str],
-) -> (Child, String) {
+) -> (KillOnDrop, String) {
     let path = write_cluster_file(dir, procs);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -279,7 +303,7 @@ pub fn start_gateway_with(
         .stderr(log)
         .spawn()
         .expect("spawn shale gateway");
-    (child, format!("http://127.0.0.1:{port}"))
+    (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
 }
 
 /// Resident memory of a process, from /proc.
