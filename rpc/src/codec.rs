@@ -74,7 +74,7 @@ pub struct Frame {
 impl Frame {
     /// Serializes `message` as the body of a frame of `kind`.
     pub fn encode<T: Serialize>(kind: FrameKind, message: &T) -> Result<Frame, RpcError> {
-        let body = postcard::to_stdvec(message).map_err(|e| RpcError::Encode(e.to_string()))?;
+        let body = to_vec_sized(message).map_err(|e| RpcError::Encode(e.to_string()))?;
         if body.len() > FRAME_BODY_BYTES_MAX {
             return Err(RpcError::FrameTooLarge {
                 len: body.len(),
@@ -138,6 +138,14 @@ impl Frame {
     }
 }
 
+/// postcard's encoding of `value`, sized first: a message carrying a 1 MiB chunk is
+/// written once into a buffer of its size instead of copied through every doubling of a
+/// growing one.
+pub fn to_vec_sized<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let len = postcard::experimental::serialized_size(value)?;
+    postcard::to_extend(value, Vec::with_capacity(len))
+}
+
 /// Validates a length prefix; returns the number of bytes that follow it.
 fn frame_len(prefix: [u8; 4]) -> Result<usize, RpcError> {
     let len = u32::from_be_bytes(prefix) as usize;
@@ -186,14 +194,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
         got += n;
     }
     let len = frame_len(prefix)?;
-    let mut rest = BytesMut::zeroed(len);
-    let mut got = 0;
-    while got < len {
-        let n = reader.read(&mut rest[got..]).await?;
-        if n == 0 {
-            return Err(RpcError::Truncated { expected: len, got });
+    // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+    let mut rest = BytesMut::with_capacity(len);
+    while rest.len() < len {
+        let want = len - rest.len();
+        let mut room = (&mut rest).limit(want);
+        if reader.read_buf(&mut room).await? == 0 {
+            return Err(RpcError::Truncated {
+                expected: len,
+                got: rest.len(),
+            });
         }
-        got += n;
     }
     check_frame(rest.freeze()).map(Some)
 }

@@ -76,7 +76,7 @@ impl Command {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("commands always encode")
+        shale_rpc::codec::to_vec_sized(self).expect("commands always encode")
     }
 
     pub fn decode(data: &[u8]) -> Result<Command, StorageError> {

@@ -109,7 +109,11 @@ impl Engine {
             table.set_bloom_filter(10.0, false);
             opts.set_block_based_table_factory(&table);
             if *cf != Cf::Raft {
-                opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+                // Level 0 (memtable flushes) uncompressed: it is compacted away soon after,
+                // and compressing it only to decompress it for that compaction cost a few
+                // percent of the CPU of large writes. Lower levels are LZ4.
+                use rocksdb::DBCompressionType::{Lz4, None as Plain};
+                opts.set_compression_per_level(&[Plain, Lz4, Lz4, Lz4, Lz4, Lz4, Lz4]);
             }
             if *cf == Cf::Data {
                 opts.set_level_zero_slowdown_writes_trigger(config.level0_slowdown_files);

@@ -52,7 +52,7 @@ pub fn build(engine: &Engine, range: &RangeDescriptor) -> Result<Vec<u8>, Storag
         range: range.clone(),
         pairs,
     };
-    Ok(postcard::to_stdvec(&data).expect("snapshot encodes"))
+    Ok(shale_rpc::codec::to_vec_sized(&data).expect("snapshot encodes"))
 }
 
 /// One chunk of a snapshot message on the wire (each frame carries its own crc32).
