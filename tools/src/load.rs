@@ -32,7 +32,7 @@ pub struct LoadArgs {
     /// Bulk-import path: lay the objects out here, stage them as SST files on every
     /// replica's store and ingest those through small Raft entries (the bytes never enter
     /// the Raft log), straight to the cluster named by --cluster rather than through a
-    /// gateway. About 1.6x the S3 path's MB/s on one machine (README).
+    /// gateway. 1.2-1.6x the S3 path's MB/s on one 2-core machine (README).
     #[arg(long, requires = "cluster")]
     ingest: bool,
     /// The cluster file (e.g. DATA_DIR/dev.json) for --ingest.
