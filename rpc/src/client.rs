@@ -54,7 +54,13 @@ pub(crate) struct Retry {
     deadline: Duration,
     backoff: Duration,
     backoff_max: Duration,
+    /// Immediate retries in a row: two stores that keep pointing at each other must not
+    /// spend every attempt within a millisecond.
+    now_streak: u32,
 }
+
+/// Immediate retries allowed in a row before the next one backs off.
+const NOW_STREAK_MAX: u32 = 3;
 
 impl Retry {
     pub(crate) fn new(config: &ClientConfig) -> Self {
@@ -63,6 +69,7 @@ impl Retry {
             deadline: Duration::from_millis(config.deadline_ms),
             backoff: Duration::from_millis(config.backoff_initial_ms),
             backoff_max: Duration::from_millis(config.backoff_max_ms),
+            now_streak: 0,
         }
     }
 
@@ -81,12 +88,18 @@ impl Retry {
 
     /// Sleeps as `next` calls for: while a range elects a leader, never more than
     /// `ELECTION_POLL`, so the client notices the new leader soon after it is chosen.
+    /// An answer that says where to go is followed at once, but only `NOW_STREAK_MAX`
+    /// times in a row; then the client backs off as for any other failure.
     async fn wait_for(&mut self, next: Next) {
         match next {
-            Next::Now => {}
+            Next::Now if self.now_streak < NOW_STREAK_MAX => {
+                self.now_streak += 1;
+                return;
+            }
+            Next::Now | Next::Backoff => self.wait().await,
             Next::Poll => self.wait_at_most(ELECTION_POLL).await,
-            Next::Backoff => self.wait().await,
         }
+        self.now_streak = 0;
     }
 
     async fn wait_at_most(&mut self, most: Duration) {
@@ -898,4 +911,39 @@ fn is_refusal(e: &ClientError) -> bool {
                 | KvError::BatchTooLarge { .. }
         )
     )
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn immediate_retries_back_off_after_a_streak() {
+        let config = ClientConfig {
+            backoff_initial_ms: 5,
+            ..ClientConfig::default()
+        };
+        let mut retry = Retry::new(&config);
+        let first = Duration::from_millis(5);
+        for _ in 0..NOW_STREAK_MAX {
+            retry.wait_for(Next::Now).await;
+        }
+        assert_eq!(retry.backoff, first, "no wait within the streak");
+        let t = Instant::now();
+        retry.wait_for(Next::Now).await;
+        assert!(t.elapsed() >= first, "the retry after the streak sleeps");
+        assert_eq!(
+            retry.backoff,
+            first * 2,
+            "and backs off as any failure does"
+        );
+        retry.wait_for(Next::Now).await;
+        assert_eq!(
+            (retry.now_streak, retry.backoff),
+            (1, first * 2),
+            "after a wait the streak starts over"
+        );
+        retry.wait_for(Next::Backoff).await;
+        assert_eq!(retry.now_streak, 0, "any wait ends a streak");
+    }
 }
