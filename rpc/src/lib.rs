@@ -10,6 +10,7 @@ pub mod messages;
 pub mod placement;
 pub mod placement_client;
 pub mod range_cache;
+mod retry;
 pub mod transport;
 
 pub use codec::{Frame, FrameKind};
