@@ -12,6 +12,7 @@ pub mod key_counts;
 pub mod keys;
 pub mod metrics;
 pub mod node;
+mod outbox;
 pub mod raft_logger;
 pub mod replica;
 pub mod replica_storage;

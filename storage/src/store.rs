@@ -15,8 +15,8 @@ use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Message, MessageType};
 use shale_rpc::{
-    Epoch, KvError, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus,
-    ReplicaDescriptor, ReplicaId, StoreId, WriteOp,
+    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, ReplicaId,
+    StoreId, WriteOp,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -26,6 +26,8 @@ use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
 use crate::engine::{Cf, Durability, Engine};
 use crate::keys;
 use crate::metrics::METRICS;
+use crate::outbox::Outbox;
+pub use crate::outbox::OutgoingSnapshot;
 use crate::replica::{span_end, AddressBook, ReadReply, Replica, WriteReply};
 use crate::wal_sync::{HeldReadies, WalSync};
 
@@ -794,70 +796,7 @@ impl<S: RaftSender> Store<S> {
     }
 
     fn flush(&mut self, outbox: &mut Outbox) {
-        for snapshot in std::mem::take(&mut outbox.snapshots) {
-            METRICS.snapshots_sent.inc();
-            self.sender.send_snapshot(snapshot);
-        }
-        for (to_store, messages) in std::mem::take(&mut outbox.by_store) {
-            if messages.is_empty() {
-                continue;
-            }
-            METRICS.raft_messages_sent.inc_by(messages.len() as u64);
-            self.sender.send(RaftBatch {
-                from_store: self.store_id,
-                to_store,
-                messages,
-                hibernate: Vec::new(),
-            });
-        }
-    }
-}
-
-/// Outgoing Raft messages of a round, grouped by target store.
-/// Outgoing Raft messages of a round, grouped by target store; snapshots apart.
-#[derive(Default)]
-struct Outbox {
-    by_store: HashMap<StoreId, Vec<RaftEnvelope>>,
-    snapshots: Vec<OutgoingSnapshot>,
-}
-
-/// A snapshot message, sent on its own stream.
-pub struct OutgoingSnapshot {
-    pub range_id: RangeId,
-    pub to_store: StoreId,
-    pub to_replica: ReplicaId,
-    pub message: Bytes,
-}
-
-impl Outbox {
-    fn add(&mut self, replica: &Replica, msgs: Vec<Message>) {
-        for m in msgs {
-            let Some(to_store) = replica.store_of(m.to) else {
-                warn!(
-                    range_id = replica.range.id,
-                    to = m.to,
-                    "raft message to an unknown replica"
-                );
-                continue;
-            };
-            let message = Bytes::from(m.write_to_bytes().expect("raft message encodes"));
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.snapshots.push(OutgoingSnapshot {
-                    range_id: replica.range.id,
-                    to_store,
-                    to_replica: m.to,
-                    message,
-                });
-                continue;
-            }
-            self.by_store
-                .entry(to_store)
-                .or_default()
-                .push(RaftEnvelope {
-                    range_id: replica.range.id,
-                    message,
-                });
-        }
+        outbox.send(self.store_id, &mut self.sender);
     }
 }
 
