@@ -12,7 +12,7 @@ use shale_rpc::client::KvClient;
 use shale_storage::cluster::LocalCluster;
 
 use crate::kv::{cluster_phases, key_of, KvBenchOptions, Phases};
-use crate::stats::OpStats;
+use crate::stats::{process_cpu_seconds, OpStats};
 
 /// Splits the cluster into `ranges` ranges over the key space `0..keys` of `key_of`,
 /// `concurrency` splits at a time (splits of the same range retry on the new epoch).
@@ -287,24 +287,6 @@ pub async fn idle_ranges(
         cpu_percent,
         cpu_percent_per_store: cpu_percent / stores as f64,
     })
-}
-
-/// User + system CPU seconds of this process (Linux `/proc`, in USER_HZ = 100 ticks).
-fn process_cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
-    let after_comm = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("parse /proc/self/stat")?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
-    let ticks: u64 = fields
-        .get(11..13)
-        .context("short /proc/self/stat")?
-        .iter()
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    Ok(ticks as f64 / 100.0)
 }
 
 /// Resident set size of this process.

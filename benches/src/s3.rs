@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use serde::Serialize;
 
-use crate::stats::{OpStats, Recorder};
+use crate::stats::{OpStats, ProcessUsage, Recorder};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -28,6 +28,13 @@ pub struct S3BenchOptions {
     pub duration: Duration,
     /// Keys listed per LIST request.
     pub list_keys: usize,
+    /// The cluster runs in this process: report each phase's CPU and disk writes per
+    /// payload byte too.
+    pub local_cluster: bool,
+    /// Run the GET phase after the PUT phase.
+    pub get: bool,
+    /// Run the LIST phase last.
+    pub list: bool,
 }
 
 /// Everything one run measured.
@@ -307,12 +314,16 @@ fn targets(opts: &S3BenchOptions) -> anyhow::Result<Vec<Arc<Target>>> {
         .collect()
 }
 
-/// Runs `op(worker, seq, target)` from `concurrency` tasks spread over the targets.
+/// Runs `op(worker, seq, target)` from `concurrency` tasks spread over the targets:
+/// each starts operations until `duration` has passed and finishes the one it is in.
+/// Rates are over the time until the last one finished, so large objects do not make
+/// the result move in steps of one object.
 async fn phase<F, Fut>(
     name: &str,
     targets: &[Arc<Target>],
     concurrency: usize,
     duration: Duration,
+    local_cluster: bool,
     op: F,
 ) -> OpStats
 where
@@ -320,6 +331,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<usize>> + Send,
 {
     let op = Arc::new(op);
+    let usage = local_cluster.then(ProcessUsage::now).and_then(Result::ok);
     let started = Instant::now();
     let stop_at = started + duration;
     let tasks: Vec<_> = (0..concurrency)
@@ -351,7 +363,11 @@ where
             total.merge(&rec);
         }
     }
-    total.finish(name, concurrency, duration)
+    let mut stats = total.finish(name, concurrency, started.elapsed());
+    if let Some(before) = usage {
+        stats.cost = ProcessUsage::cost_since(&before, total.bytes).ok();
+    }
+    stats
 }
 
 /// PUT for the duration, then GET the objects written, then LIST.
@@ -388,6 +404,7 @@ pub async fn run(opts: &S3BenchOptions) -> anyhow::Result<S3BenchReport> {
             &targets,
             opts.concurrency,
             opts.duration,
+            opts.local_cluster,
             move |w, seq, t| {
                 let (written, body) = (w2.clone(), b2.clone());
                 async move {
@@ -399,41 +416,47 @@ pub async fn run(opts: &S3BenchOptions) -> anyhow::Result<S3BenchReport> {
         )
         .await,
     );
-    let w3 = written.clone();
     let workers = opts.concurrency;
-    phases.push(
-        phase(
-            &format!("s3 get {}", human(size)),
-            &targets,
-            opts.concurrency,
-            opts.duration,
-            move |w, seq, t| {
-                let written = w3.clone();
-                async move {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64((w as u64) << 32 | seq);
-                    let owner = rng.gen_range(0..workers);
-                    let count = written[owner].load(Ordering::Relaxed).max(1);
-                    t.get(&format!("bench/{owner:04}/{:010}", rng.gen_range(0..count)))
+    if opts.get {
+        let w3 = written.clone();
+        phases.push(
+            phase(
+                &format!("s3 get {}", human(size)),
+                &targets,
+                opts.concurrency,
+                opts.duration,
+                opts.local_cluster,
+                move |w, seq, t| {
+                    let written = w3.clone();
+                    async move {
+                        let mut rng = rand::rngs::StdRng::seed_from_u64((w as u64) << 32 | seq);
+                        let owner = rng.gen_range(0..workers);
+                        let count = written[owner].load(Ordering::Relaxed).max(1);
+                        t.get(&format!("bench/{owner:04}/{:010}", rng.gen_range(0..count)))
+                            .await
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    if opts.list {
+        let list_keys = opts.list_keys;
+        phases.push(
+            phase(
+                &format!("s3 list {list_keys} keys"),
+                &targets,
+                opts.concurrency.min(8),
+                opts.duration,
+                opts.local_cluster,
+                move |w, _, t| async move {
+                    t.list(&format!("bench/{:04}/", w % workers), list_keys)
                         .await
-                }
-            },
-        )
-        .await,
-    );
-    let list_keys = opts.list_keys;
-    phases.push(
-        phase(
-            &format!("s3 list {list_keys} keys"),
-            &targets,
-            opts.concurrency.min(8),
-            opts.duration,
-            move |w, _, t| async move {
-                t.list(&format!("bench/{:04}/", w % workers), list_keys)
-                    .await
-            },
-        )
-        .await,
-    );
+                },
+            )
+            .await,
+        );
+    }
     Ok(S3BenchReport {
         object_bytes: size,
         phases,

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -27,6 +28,9 @@ pub struct OpStats {
     pub latency_ms: LatencyMs,
     /// The same, interval by interval through the phase.
     pub timeline: Vec<Interval>,
+    /// What the phase cost per payload byte, when the cluster ran in this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<PhaseCost>,
 }
 
 /// One interval of a phase.
@@ -152,6 +156,7 @@ impl Recorder {
                 max: self.hist.max() as f64 / 1000.0,
             },
             timeline: self.timeline(elapsed),
+            cost: None,
         }
     }
 }
@@ -174,6 +179,26 @@ pub fn table(rows: &[OpStats]) -> String {
             r.latency_ms.p999,
             r.errors
         ));
+    }
+    let costs: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.cost.map(|c| (r, c)))
+        .filter(|(r, _)| r.mb_per_sec > 0.0)
+        .collect();
+    if !costs.is_empty() {
+        out.push_str(&format!(
+            "cost (whole process):\n  {:<32} {:>10} {:>8} {:>16}\n",
+            "phase", "CPU ms/MB", "kernel", "disk bytes/byte"
+        ));
+        for (r, c) in costs {
+            out.push_str(&format!(
+                "  {:<32} {:>10.2} {:>7.0}% {:>16.2}\n",
+                r.name,
+                c.cpu_ms_per_mb,
+                c.kernel_share * 100.0,
+                c.disk_bytes_per_byte
+            ));
+        }
     }
     out
 }
@@ -303,6 +328,7 @@ mod tests {
             seconds: 4.0,
             ops_per_sec: 27.5,
             mb_per_sec: 0.0,
+            cost: None,
             latency_ms: LatencyMs {
                 p50: 1.0,
                 p99: 50.0,
@@ -315,4 +341,93 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("put &lt;a&gt;"));
     }
+}
+
+/// What this process has used so far (Linux `/proc`): CPU split into user and kernel
+/// time, and bytes it sent toward the disks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessUsage {
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+    /// `write_bytes` of `/proc/self/io`: page-cache bytes this process dirtied.
+    pub disk_write_bytes: u64,
+}
+
+impl ProcessUsage {
+    pub fn now() -> anyhow::Result<ProcessUsage> {
+        let (user_seconds, system_seconds) = process_cpu_split()?;
+        let io = std::fs::read_to_string("/proc/self/io").context("read /proc/self/io")?;
+        let disk_write_bytes = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .context("no write_bytes in /proc/self/io")?
+            .trim()
+            .parse()
+            .context("parse write_bytes")?;
+        Ok(ProcessUsage {
+            user_seconds,
+            system_seconds,
+            disk_write_bytes,
+        })
+    }
+
+    /// What a phase that moved `bytes` of payload cost, from `before` to now.
+    pub fn cost_since(before: &ProcessUsage, bytes: u64) -> anyhow::Result<PhaseCost> {
+        let now = ProcessUsage::now()?;
+        let mb = (bytes as f64 / 1e6).max(1e-9);
+        Ok(PhaseCost {
+            cpu_ms_per_mb: (now.user_seconds + now.system_seconds
+                - before.user_seconds
+                - before.system_seconds)
+                * 1e3
+                / mb,
+            kernel_share: {
+                let total = now.user_seconds + now.system_seconds
+                    - before.user_seconds
+                    - before.system_seconds;
+                (now.system_seconds - before.system_seconds) / total.max(1e-9)
+            },
+            disk_bytes_per_byte: now.disk_write_bytes.saturating_sub(before.disk_write_bytes)
+                as f64
+                / (bytes.max(1) as f64),
+        })
+    }
+}
+
+/// What a phase cost the whole process per payload byte (meaningful when the cluster
+/// runs in the benchmark's own process; clients are counted too).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PhaseCost {
+    /// CPU milliseconds (user + kernel, all threads) per MB of payload.
+    pub cpu_ms_per_mb: f64,
+    /// Fraction of that CPU spent in the kernel.
+    pub kernel_share: f64,
+    /// Bytes written toward the disks per payload byte (all replicas, all writes).
+    pub disk_bytes_per_byte: f64,
+}
+
+/// User and kernel CPU seconds of this process (in USER_HZ = 100 ticks).
+fn process_cpu_split() -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("parse /proc/self/stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        let t: u64 = fields
+            .get(i)
+            .context("short /proc/self/stat")?
+            .parse()
+            .context("parse /proc/self/stat")?;
+        Ok(t as f64 / 100.0)
+    };
+    Ok((ticks(11)?, ticks(12)?))
+}
+
+/// User + kernel CPU seconds of this process.
+pub fn process_cpu_seconds() -> anyhow::Result<f64> {
+    let (user, system) = process_cpu_split()?;
+    Ok(user + system)
 }

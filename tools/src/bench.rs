@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use shale_bench::kv::{cluster_phases, report, rocksdb_baseline, KvBenchOptions, Phases};
 use shale_bench::ranges::{idle_ranges, range_scaling};
@@ -157,6 +157,10 @@ pub struct S3BenchArgs {
     /// Keys per LIST request.
     #[arg(long, default_value_t = 1000)]
     list_keys: usize,
+    /// Phases after the PUT phase (which always runs: it writes what they read),
+    /// comma-separated: get, list; `none` for neither.
+    #[arg(long, default_value = "get,list")]
+    then: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -181,6 +185,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
+    let then: Vec<&str> = args.then.split(',').map(str::trim).collect();
+    if let Some(bad) = then.iter().find(|p| !["get", "list", "none"].contains(p)) {
+        bail!("--then: unknown phase {bad:?} (get, list or none)");
+    }
     let mut local = None;
     let temp = tempfile::Builder::new()
         .prefix("shale-bench-s3-")
@@ -208,6 +216,9 @@ async fn s3(args: S3BenchArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         duration: Duration::from_secs(args.duration_secs),
         list_keys: args.list_keys,
+        local_cluster: local.is_some(),
+        get: then.contains(&"get"),
+        list: then.contains(&"list"),
     };
     let rep = shale_bench::s3::run(&opts).await;
     if let Some(s3) = local {
