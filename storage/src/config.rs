@@ -50,8 +50,11 @@ pub struct StoreConfig {
 pub struct LogGcConfig {
     /// Ticks between truncation checks on each leader.
     pub interval_ticks: u64,
-    /// Fewest entries worth a truncation.
+    /// Fewest entries worth a truncation...
     pub entries_min: u64,
+    /// ...unless the log holds at least this many payload bytes: large entries (object
+    /// chunks) are truncated soon, before the Raft log's memtable is flushed with them.
+    pub bytes_min: u64,
     /// Most applied entries kept for a lagging replica; past this it gets a snapshot.
     pub entries_max: u64,
 }
@@ -61,6 +64,7 @@ impl Default for LogGcConfig {
         LogGcConfig {
             interval_ticks: 20,
             entries_min: 64,
+            bytes_min: 4 << 20,
             entries_max: 10_000,
         }
     }

@@ -37,8 +37,12 @@ impl Cf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct EngineConfig {
-    /// Memtable size per column family.
+    /// Memtable size of the data and meta column families.
     pub write_buffer_bytes: usize,
+    /// Memtable size of the Raft log. Log truncation flushes only applied data, so
+    /// entries truncated before this memtable fills are dropped by its flush and never
+    /// written to an SST (nor compacted): it should hold a few seconds of writes.
+    pub raft_write_buffer_bytes: usize,
     /// Block cache shared by all column families.
     pub block_cache_bytes: usize,
     /// Background flush and compaction threads.
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             write_buffer_bytes: 64 << 20,
+            raft_write_buffer_bytes: 256 << 20,
             block_cache_bytes: 256 << 20,
             background_jobs: 2,
             level0_slowdown_files: 48,
@@ -103,7 +108,11 @@ impl Engine {
         let cache = rocksdb::Cache::new_lru_cache(config.block_cache_bytes);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut opts = Options::default();
-            opts.set_write_buffer_size(config.write_buffer_bytes);
+            opts.set_write_buffer_size(if *cf == Cf::Raft {
+                config.raft_write_buffer_bytes
+            } else {
+                config.write_buffer_bytes
+            });
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
@@ -231,6 +240,16 @@ impl Engine {
             Err(e) if e.as_ref().contains("requires flush") => Ok(false),
             Err(e) => Err(engine_err(e)),
         }
+    }
+
+    /// Flushes the applied data and its apply state (the data and meta column families,
+    /// atomically) to SST files, leaving the Raft log in its memtable: log entries
+    /// truncated before that memtable fills never reach an SST.
+    pub fn flush_applied(&self) -> Result<(), StorageError> {
+        let cfs = [self.handle(Cf::Meta), self.handle(Cf::Data)];
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(engine_err)
     }
 
     /// Flushes every memtable (all column families at once) to SST files.

@@ -33,6 +33,9 @@ pub struct ReplicaStorage {
     /// The newest entries, contiguous, ending at `last_index`.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// About how many payload bytes the log holds past `truncated_index` (appends
+    /// since this replica was loaded, scaled down at each truncation).
+    log_bytes: u64,
     /// The range and applied point, for building snapshots.
     snapshot_source: Option<SnapshotSource>,
 }
@@ -137,6 +140,7 @@ impl ReplicaStorage {
             last_term,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            log_bytes: 0,
             snapshot_source: None,
         })
     }
@@ -173,6 +177,12 @@ impl ReplicaStorage {
             &keys::truncated_state_key(self.range_id),
             &truncated.encode(),
         );
+        // What the truncation leaves, if entries were of even size.
+        let (kept, held) = (
+            self.last_index - index,
+            self.last_index - self.truncated_index,
+        );
+        self.log_bytes = (self.log_bytes as u128 * kept as u128 / held.max(1) as u128) as u64;
         self.truncated_index = index;
         self.truncated_term = term;
         while self.cache.front().is_some_and(|e| e.index <= index) {
@@ -256,6 +266,7 @@ impl ReplicaStorage {
             self.truncated_index
         );
         for e in entries {
+            self.log_bytes += e.data.len() as u64;
             let bytes = e.write_to_bytes().expect("entry encodes");
             batch.put(Cf::Raft, &keys::log_key(self.range_id, e.index), &bytes);
         }
@@ -294,7 +305,11 @@ impl ReplicaStorage {
         self.last_term = last.term;
     }
 
-    /// Records a new hard state into `batch`.
+    /// About how many payload bytes the log holds past its truncation point.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
     /// Records a new hard state into `batch` when its term or vote changed. The commit
     /// index alone is not worth a write: Raft needs only term and vote durable, and a
     /// load raises commit to the applied index.
@@ -474,6 +489,31 @@ mod tests {
             data: vec![index as u8; 10].into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn log_bytes_grow_with_appends_and_shrink_with_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
+        let mut batch = engine.batch();
+        ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
+        engine.write(batch, Durability::Sync).unwrap();
+        let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::initial()).unwrap();
+        assert_eq!(s.log_bytes(), 0);
+        let mut batch = engine.batch();
+        s.append(
+            &(6..=10).map(|i| entry(i, 6)).collect::<Vec<_>>(),
+            &mut batch,
+        );
+        engine.write(batch, Durability::Sync).unwrap();
+        assert_eq!(s.log_bytes(), 50, "five entries of 10 bytes");
+        let mut batch = engine.batch();
+        s.compact_to(8, &mut batch).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
+        assert_eq!(s.log_bytes(), 20, "two of the five entries are left");
+        let mut batch = engine.batch();
+        s.compact_to(10, &mut batch).unwrap();
+        assert_eq!(s.log_bytes(), 0, "nothing is left");
     }
 
     #[test]

@@ -679,7 +679,7 @@ impl<S: RaftSender> Store<S> {
     /// replicas wait to truncate (their applied data must be on disk first).
     fn log_gc(&mut self) {
         for r in self.replicas.values_mut() {
-            r.maybe_propose_compact(self.log_gc.entries_min, self.log_gc.entries_max);
+            r.maybe_propose_compact(&self.log_gc);
         }
         if self.flush_in_flight {
             return;
@@ -700,7 +700,7 @@ impl<S: RaftSender> Store<S> {
         let tx = self.self_tx.clone();
         let store_id = self.store_id;
         std::thread::spawn(move || {
-            if let Err(e) = engine.flush() {
+            if let Err(e) = engine.flush_applied() {
                 warn!(store_id, error = %e, "flush for log truncation failed");
                 let _ = tx.send(StoreMsg::Flushed {
                     targets: Vec::new(),

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::command::{Applied, ApplyState, Command, RangeState, ReplicaState};
-use crate::config::RaftConfig;
+use crate::config::{LogGcConfig, RaftConfig};
 use crate::engine::{Cf, Durability, Engine, WriteBatch};
 use crate::keys;
 use crate::metrics::METRICS;
@@ -344,8 +344,9 @@ impl Replica {
     }
 
     /// On the leader, every so often: proposes dropping log entries every replica has
-    /// (or, past `entries_max`, entries a lagging replica will get by snapshot instead).
-    pub fn maybe_propose_compact(&mut self, entries_min: u64, entries_max: u64) {
+    /// (or, past `entries_max`, entries a lagging replica will get by snapshot instead),
+    /// once there are `entries_min` of them or the log holds `bytes_min`.
+    pub fn maybe_propose_compact(&mut self, gc: &LogGcConfig) {
         if !self.is_leader() || self.hibernating {
             return;
         }
@@ -360,10 +361,12 @@ impl Replica {
             .min()
             .unwrap_or(0);
         let mut index = min_matched.min(applied);
-        if applied.saturating_sub(truncated) > entries_max {
+        if applied.saturating_sub(truncated) > gc.entries_max {
             index = applied;
         }
-        if index < truncated + entries_min || index <= self.compact_proposed {
+        let worth = index >= truncated + gc.entries_min
+            || (index > truncated && self.node.store().log_bytes() >= gc.bytes_min);
+        if !worth || index <= self.compact_proposed {
             return;
         }
         let Ok(term) = raft::Storage::term(self.node.store(), index) else {

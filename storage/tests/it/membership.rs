@@ -204,3 +204,53 @@ async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncate
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_entries_are_truncated_by_bytes_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Far more entries than are written: only the byte bound can truncate.
+    let mut cluster = LocalCluster::start_new(dir.path(), 3, |c| {
+        c.log_gc.interval_ticks = 4;
+        c.log_gc.entries_min = 10_000;
+        c.log_gc.entries_max = 20_000;
+        c.log_gc.bytes_min = 1 << 20;
+    })
+    .await
+    .unwrap();
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let client = cluster.client().unwrap();
+    let big = |i: usize| bytes::Bytes::from(vec![i as u8; 128 << 10]);
+    let start = first_range(&cluster, leader).await.unwrap();
+    for i in 0..24 {
+        client.put(key(i), big(i)).await.unwrap();
+    }
+    let started = Instant::now();
+    loop {
+        let leader_now = cluster.leader().await.unwrap_or(leader);
+        let st = first_range(&cluster, leader_now).await.unwrap();
+        if st.truncated_index > start.truncated_index {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "3 MiB of entries are truncated though far fewer than entries-min ({st:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in 0..3 {
+        cluster.stop_store(s).await;
+    }
+    for s in 0..3 {
+        cluster.start_store(s).await.unwrap();
+    }
+    cluster
+        .wait_leader(LEADER_TIMEOUT)
+        .await
+        .expect("leader after restart");
+    let client = cluster.client().unwrap();
+    for i in 0..24 {
+        let got = client.get(key(i)).await.unwrap();
+        assert_eq!(got, Some(big(i)), "value {i} after truncation and restart");
+    }
+    cluster.shutdown().await;
+}
