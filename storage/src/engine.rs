@@ -205,6 +205,15 @@ impl Engine {
         }
     }
 
+    /// A new empty batch with room for about `bytes` of keys and values: a batch of
+    /// object chunks then does not copy itself through each doubling as it grows.
+    pub fn batch_with_capacity(&self, bytes: usize) -> WriteBatch<'_> {
+        WriteBatch {
+            engine: self,
+            inner: rocksdb::WriteBatch::with_capacity_bytes(bytes),
+        }
+    }
+
     /// Writes a batch atomically, as durable as asked.
     pub fn write(&self, batch: WriteBatch<'_>, durability: Durability) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();

@@ -139,6 +139,9 @@ pub struct Store<S: RaftSender> {
     log_gc: LogGcConfig,
     ticks: u64,
     flush_in_flight: bool,
+    /// Bytes to reserve for the next round's Raft and apply batches: what the last
+    /// round's took (rounds under a steady load look alike).
+    batch_hint: (usize, usize),
     /// The loop's own queue, for background work to report back.
     self_tx: SyncSender<StoreMsg>,
     /// Replicas touched since the last round.
@@ -177,6 +180,7 @@ impl<S: RaftSender> Store<S> {
             log_gc: config.log_gc.clone(),
             ticks: 0,
             flush_in_flight: false,
+            batch_hint: (0, 0),
             wal_sync: WalSync::start(config.store_id, engine.clone(), self_tx.clone()),
             self_tx,
             active: BTreeSet::new(),
@@ -544,7 +548,7 @@ impl<S: RaftSender> Store<S> {
     /// something ready: idle ones cost nothing here.
     fn round(&mut self, active: &BTreeSet<RangeId>) {
         let engine = self.engine.clone();
-        let mut batch = engine.batch();
+        let mut batch = engine.batch_with_capacity(self.batch_hint.0);
         let mut outbox = Outbox::default();
         let mut readies = Vec::new();
         let (mut sync, mut snapshot) = (false, false);
@@ -566,6 +570,7 @@ impl<S: RaftSender> Store<S> {
         METRICS.rounds.inc();
         // Messages a leader may send before its own log is durable (Raft allows it).
         self.flush(&mut outbox);
+        self.batch_hint.0 = batch_hint(batch.size_bytes());
         if !batch.is_empty() {
             // Into the WAL now, so Raft reads it back at once; synced by `wal_sync`.
             if let Err(e) = engine.write(batch, Durability::Wal) {
@@ -590,7 +595,7 @@ impl<S: RaftSender> Store<S> {
         } else {
             None
         };
-        let mut apply_batch = engine.batch();
+        let mut apply_batch = engine.batch_with_capacity(self.batch_hint.1);
         let ids: Vec<RangeId> = readies.iter().map(|(id, _)| *id).collect();
         // Work a ready leaves behind (more committed entries, say) shows up next round.
         self.active.extend(ids.iter().copied());
@@ -607,6 +612,7 @@ impl<S: RaftSender> Store<S> {
                 outbox.add(r, messages);
             }
         }
+        self.batch_hint.1 = batch_hint(apply_batch.size_bytes());
         if !apply_batch.is_empty() {
             // Applied data skips the WAL: the Raft log is its WAL, and apply state and
             // data are flushed together, so a crash replays the log from a consistent point.
@@ -824,6 +830,18 @@ fn unowned_spans<'a>(
         spans.push((from, end));
     }
     spans
+}
+
+/// Room to reserve in a batch after one of `last` bytes: small batches are left to
+/// grow (reserving costs an allocation the size of the hint), large ones are capped.
+fn batch_hint(last: usize) -> usize {
+    const WORTH: usize = 64 << 10;
+    const MAX: usize = 64 << 20;
+    if last < WORTH {
+        0
+    } else {
+        (last + last / 8).min(MAX)
+    }
 }
 
 #[cfg(test)]
