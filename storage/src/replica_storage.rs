@@ -20,6 +20,15 @@ const CACHE_ENTRIES_MAX: usize = 4096;
 /// Most bytes of entry data kept in the in-memory tail cache.
 const CACHE_BYTES_MAX: usize = 64 << 20;
 
+thread_local! {
+    /// Where a store thread encodes log entries before they are copied into a batch:
+    /// reused, so a chunk-sized entry does not allocate (and fault in) fresh memory.
+    static ENCODE_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Largest scratch buffer a thread keeps between appends.
+const ENCODE_SCRATCH_KEPT: usize = 4 << 20;
+
 /// The Raft storage of one replica.
 pub struct ReplicaStorage {
     engine: Arc<Engine>,
@@ -265,11 +274,17 @@ impl ReplicaStorage {
             self.last_index,
             self.truncated_index
         );
-        for e in entries {
-            self.log_bytes += e.data.len() as u64;
-            let bytes = e.write_to_bytes().expect("entry encodes");
-            batch.put(Cf::Raft, &keys::log_key(self.range_id, e.index), &bytes);
-        }
+        ENCODE_SCRATCH.with_borrow_mut(|scratch| {
+            for e in entries {
+                self.log_bytes += e.data.len() as u64;
+                scratch.clear();
+                e.write_to_vec(scratch).expect("entry encodes");
+                batch.put(Cf::Raft, &keys::log_key(self.range_id, e.index), scratch);
+            }
+            if scratch.capacity() > ENCODE_SCRATCH_KEPT {
+                *scratch = Vec::new();
+            }
+        });
         if last.index < self.last_index {
             batch.delete_range(
                 Cf::Raft,
