@@ -321,9 +321,8 @@ fn targets(opts: &S3BenchOptions) -> anyhow::Result<Vec<Arc<Target>>> {
 async fn phase<F, Fut>(
     name: &str,
     targets: &[Arc<Target>],
+    opts: &S3BenchOptions,
     concurrency: usize,
-    duration: Duration,
-    local_cluster: bool,
     op: F,
 ) -> OpStats
 where
@@ -331,9 +330,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<usize>> + Send,
 {
     let op = Arc::new(op);
-    let usage = local_cluster.then(ProcessUsage::now).and_then(Result::ok);
+    let usage = opts
+        .local_cluster
+        .then(ProcessUsage::now)
+        .and_then(Result::ok);
     let started = Instant::now();
-    let stop_at = started + duration;
+    let stop_at = started + opts.duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
             let (op, target) = (op.clone(), targets[w % targets.len()].clone());
@@ -402,9 +404,8 @@ pub async fn run(opts: &S3BenchOptions) -> anyhow::Result<S3BenchReport> {
         phase(
             &format!("s3 put {}", human(size)),
             &targets,
+            opts,
             opts.concurrency,
-            opts.duration,
-            opts.local_cluster,
             move |w, seq, t| {
                 let (written, body) = (w2.clone(), b2.clone());
                 async move {
@@ -423,9 +424,8 @@ pub async fn run(opts: &S3BenchOptions) -> anyhow::Result<S3BenchReport> {
             phase(
                 &format!("s3 get {}", human(size)),
                 &targets,
+                opts,
                 opts.concurrency,
-                opts.duration,
-                opts.local_cluster,
                 move |w, seq, t| {
                     let written = w3.clone();
                     async move {
@@ -446,9 +446,8 @@ pub async fn run(opts: &S3BenchOptions) -> anyhow::Result<S3BenchReport> {
             phase(
                 &format!("s3 list {list_keys} keys"),
                 &targets,
+                opts,
                 opts.concurrency.min(8),
-                opts.duration,
-                opts.local_cluster,
                 move |w, _, t| async move {
                     t.list(&format!("bench/{:04}/", w % workers), list_keys)
                         .await

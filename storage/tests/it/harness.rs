@@ -29,6 +29,22 @@ pub async fn must_cluster(dir: &std::path::Path, n: usize) -> LocalCluster {
     cluster
 }
 
+/// Stops every store, starts them all again and waits for a leader: a client of the
+/// restarted cluster.
+pub async fn restart_all(cluster: &mut LocalCluster, stores: usize) -> KvClient {
+    for s in 0..stores {
+        cluster.stop_store(s).await;
+    }
+    for s in 0..stores {
+        cluster.start_store(s).await.expect("restart store");
+    }
+    cluster
+        .wait_leader(LEADER_TIMEOUT)
+        .await
+        .expect("leader after restart");
+    cluster.client().unwrap()
+}
+
 pub fn key(i: usize) -> Bytes {
     Bytes::from(format!("key-{i:06}"))
 }

@@ -237,17 +237,7 @@ async fn large_entries_are_truncated_by_bytes_and_survive_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for s in 0..3 {
-        cluster.stop_store(s).await;
-    }
-    for s in 0..3 {
-        cluster.start_store(s).await.unwrap();
-    }
-    cluster
-        .wait_leader(LEADER_TIMEOUT)
-        .await
-        .expect("leader after restart");
-    let client = cluster.client().unwrap();
+    let client = restart_all(&mut cluster, 3).await;
     for i in 0..24 {
         let got = client.get(key(i)).await.unwrap();
         assert_eq!(got, Some(big(i)), "value {i} after truncation and restart");

@@ -176,17 +176,7 @@ async fn restarting_every_store_keeps_all_data() {
         must_put(&client, i).await;
     }
     client.delete(key(5)).await.unwrap();
-    for s in 0..3 {
-        cluster.stop_store(s).await;
-    }
-    for s in 0..3 {
-        cluster.start_store(s).await.unwrap();
-    }
-    cluster
-        .wait_leader(LEADER_TIMEOUT)
-        .await
-        .expect("leader after restart");
-    let client = cluster.client().unwrap();
+    let client = restart_all(&mut cluster, 3).await;
     for i in (0..200).filter(|&i| i != 5) {
         must_get(&client, i).await;
     }
