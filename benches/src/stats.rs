@@ -375,21 +375,13 @@ impl ProcessUsage {
     pub fn cost_since(before: &ProcessUsage, bytes: u64) -> anyhow::Result<PhaseCost> {
         let now = ProcessUsage::now()?;
         let mb = (bytes as f64 / 1e6).max(1e-9);
+        let kernel = now.system_seconds - before.system_seconds;
+        let cpu = now.user_seconds - before.user_seconds + kernel;
+        let written = now.disk_write_bytes.saturating_sub(before.disk_write_bytes);
         Ok(PhaseCost {
-            cpu_ms_per_mb: (now.user_seconds + now.system_seconds
-                - before.user_seconds
-                - before.system_seconds)
-                * 1e3
-                / mb,
-            kernel_share: {
-                let total = now.user_seconds + now.system_seconds
-                    - before.user_seconds
-                    - before.system_seconds;
-                (now.system_seconds - before.system_seconds) / total.max(1e-9)
-            },
-            disk_bytes_per_byte: now.disk_write_bytes.saturating_sub(before.disk_write_bytes)
-                as f64
-                / (bytes.max(1) as f64),
+            cpu_ms_per_mb: cpu * 1e3 / mb,
+            kernel_share: kernel / cpu.max(1e-9),
+            disk_bytes_per_byte: written as f64 / bytes.max(1) as f64,
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -31,9 +31,11 @@ use crate::staging::staged_path;
 use crate::StorageError;
 
 mod apply;
+mod read;
 
 use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
+use read::{read_ctx, Reads};
 
 /// Where stores can be reached, for leader hints and message routing.
 pub type AddressBook = Arc<RwLock<HashMap<StoreId, String>>>;
@@ -57,15 +59,6 @@ struct Proposal {
     replies: Vec<WriteReply>,
 }
 
-struct PendingRead {
-    /// ReadIndex context; 0 for reads served under the lease.
-    id: u64,
-    /// The commit index the read must wait for, once the leader has confirmed it.
-    index: Option<u64>,
-    waiters: Vec<ReadReply>,
-    issued_at: Instant,
-}
-
 /// One range's replica on this store.
 pub struct Replica {
     pub range: RangeDescriptor,
@@ -75,10 +68,7 @@ pub struct Replica {
     proposals: VecDeque<Proposal>,
     /// Writes that arrived this round; they become one entry.
     write_batch: Vec<(Vec<WriteOp>, WriteReply)>,
-    /// Reads that arrived this round; they share one ReadIndex request.
-    read_batch: Vec<ReadReply>,
-    reads: VecDeque<PendingRead>,
-    next_read_id: u64,
+    reads: Reads,
     /// Answers to send once the round's writes are on disk.
     done: Vec<(WriteReply, ApplyResult)>,
     /// Ranges this replica's splits created, for the store loop to start.
@@ -105,10 +95,6 @@ pub struct Replica {
     idle_ticks: u64,
     engine: Arc<Engine>,
     addresses: AddressBook,
-    /// Until then a quorum has promised not to elect another leader: reads need no
-    /// ReadIndex round. Renewed by every ReadIndex confirmation.
-    lease_until: Option<Instant>,
-    lease: Duration,
 }
 
 impl Replica {
@@ -211,9 +197,7 @@ impl Replica {
             apply,
             proposals: VecDeque::new(),
             write_batch: Vec::new(),
-            read_batch: Vec::new(),
-            reads: VecDeque::new(),
-            next_read_id: 1,
+            reads: Reads::new(config.lease()),
             done: Vec::new(),
             new_ranges: Vec::new(),
             next_id: None,
@@ -228,8 +212,6 @@ impl Replica {
             idle_ticks: 0,
             engine,
             addresses,
-            lease_until: None,
-            lease: config.lease(),
         })
     }
 
@@ -436,9 +418,8 @@ impl Replica {
             return false;
         }
         let busy = !self.write_batch.is_empty()
-            || !self.read_batch.is_empty()
             || !self.proposals.is_empty()
-            || !self.reads.is_empty()
+            || !self.reads.is_idle()
             || self.node.raft.has_pending_conf()
             || self.node.raft.lead_transferee.is_some()
             || self.node.has_ready();
@@ -712,20 +693,17 @@ impl Replica {
             return;
         }
         METRICS.reads.inc();
-        self.read_batch.push(reply);
+        self.reads.push(reply);
     }
 
     /// Serves this round's reads under the lease, or issues one ReadIndex request for
     /// them all. Renews the lease ahead of its expiry while reads keep coming.
     pub fn flush_reads(&mut self, now: Instant) {
-        if self.read_batch.is_empty() {
+        if !self.reads.has_batch() {
             return;
         }
         if !self.is_leader() {
-            let err = self.not_leader();
-            for r in self.read_batch.drain(..) {
-                let _ = r.send(Err(err.clone()));
-            }
+            self.reads.refuse_batch(&self.not_leader());
             return;
         }
         // raft-rs ignores ReadIndex until the leader has committed an entry of its term;
@@ -733,52 +711,16 @@ impl Replica {
         if !self.node.raft.commit_to_current_term() {
             return;
         }
-        let waiters = std::mem::take(&mut self.read_batch);
-        let in_lease = self.lease_until.is_some_and(|until| now < until)
-            && self.node.raft.lead_transferee.is_none();
-        if in_lease {
-            let index = self.commit_index();
-            self.reads.push_back(PendingRead {
-                id: 0,
-                index: Some(index),
-                waiters,
-                issued_at: now,
-            });
-            let renew_at = self.lease_until.expect("in lease") - self.lease / 3;
-            if now >= renew_at && !self.reads.iter().any(|r| r.index.is_none()) {
-                self.read_index(Vec::new(), now);
-            }
-            self.serve_reads();
-        } else {
-            self.read_index(waiters, now);
+        let transferring = self.node.raft.lead_transferee.is_some();
+        if let Some(id) = self.reads.flush(now, self.commit_index(), transferring) {
+            self.node.read_index(read_ctx(id));
         }
-    }
-
-    fn read_index(&mut self, waiters: Vec<ReadReply>, now: Instant) {
-        let id = self.next_read_id;
-        self.next_read_id += 1;
-        self.node.read_index(id.to_be_bytes().to_vec());
-        self.reads.push_back(PendingRead {
-            id,
-            index: None,
-            waiters,
-            issued_at: now,
-        });
+        self.serve_reads();
     }
 
     /// Answers, in order, the reads whose index this replica has applied.
     fn serve_reads(&mut self) {
-        while let Some(read) = self.reads.front() {
-            match read.index {
-                Some(index) if index <= self.apply.applied_index => {
-                    let read = self.reads.pop_front().expect("front exists");
-                    for w in read.waiters {
-                        let _ = w.send(Ok(self.range.clone()));
-                    }
-                }
-                _ => break,
-            }
-        }
+        self.reads.serve(self.apply.applied_index, &self.range);
     }
 
     /// Takes the ready state, if any: sendable messages into `outbox`, new entries and
@@ -803,7 +745,7 @@ impl Replica {
             self.apply_snapshot(&snapshot, batch);
         }
         for rs in ready.take_read_states() {
-            self.on_read_state(&rs.request_ctx, rs.index);
+            self.reads.on_read_state(&rs.request_ctx, rs.index);
         }
         METRICS.log_entries.inc_by(ready.entries().len() as u64);
         self.node.mut_store().append(ready.entries(), batch);
@@ -860,26 +802,7 @@ impl Replica {
             "raft role changed"
         );
         if role != StateRole::Leader {
-            self.lease_until = None;
-            let err = self.not_leader();
-            for read in self.reads.drain(..) {
-                for w in read.waiters {
-                    let _ = w.send(Err(err.clone()));
-                }
-            }
-        }
-    }
-
-    fn on_read_state(&mut self, ctx: &[u8], index: u64) {
-        let Ok(id) = <[u8; 8]>::try_from(ctx).map(u64::from_be_bytes) else {
-            return;
-        };
-        if let Some(read) = self.reads.iter_mut().find(|r| r.id == id) {
-            read.index = Some(index);
-            // A quorum heard from this leader after the request was issued: none of them
-            // votes for another candidate within an election timeout of that.
-            let until = read.issued_at + self.lease;
-            self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+            self.reads.lose_leadership(&self.not_leader());
         }
     }
 }
