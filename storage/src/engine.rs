@@ -77,8 +77,9 @@ pub enum Durability {
     Sync,
     /// In the WAL, not yet fsynced: survives a process crash.
     Wal,
-    /// In memtables only, until the next (atomic, all column families) flush. For data
-    /// that can be rebuilt from elsewhere, such as applied Raft commands.
+    /// In memtables only, until the next flush (flushes are atomic across the column
+    /// families they take: data and meta together). For data that can be rebuilt from
+    /// elsewhere, such as applied Raft commands.
     NoWal,
 }
 
