@@ -204,11 +204,16 @@ impl ObjectStore {
         }
     }
 
+    /// The object's record, read linearizably. One read when the object exists: a record
+    /// implies its bucket (a bucket is deleted only when empty); only a miss reads the
+    /// bucket, to tell `NoSuchBucket` from `NoSuchKey`.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, GwError> {
-        self.must_bucket(bucket).await?;
         match self.kv.get(layout::object_key(bucket, key)).await? {
             Some(v) => ObjectMeta::decode(&v).map_err(GwError::Corrupt),
-            None => Err(GwError::NoSuchKey),
+            None => {
+                self.must_bucket(bucket).await?;
+                Err(GwError::NoSuchKey)
+            }
         }
     }
 

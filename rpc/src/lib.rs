@@ -6,6 +6,7 @@ pub mod client;
 pub mod codec;
 pub mod error;
 pub mod limits;
+pub mod local;
 pub mod messages;
 pub mod placement;
 pub mod placement_client;

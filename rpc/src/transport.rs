@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::certs::{TlsIdentity, NODE_SERVER_NAME};
 use crate::codec::{read_frame, write_frame};
+use crate::local::LocalServices;
 use crate::{Frame, FrameKind, RpcError};
 
 /// Transport limits and timeouts.
@@ -161,6 +162,8 @@ pub struct Transport {
     suspects: Mutex<HashMap<SocketAddr, Instant>>,
     started: Instant,
     config: TransportConfig,
+    /// Services in this process that requests reach without QUIC, if any.
+    local: OnceLock<Arc<LocalServices>>,
 }
 
 impl Transport {
@@ -200,6 +203,7 @@ impl Transport {
             suspects: Mutex::new(HashMap::new()),
             started: Instant::now(),
             config,
+            local: OnceLock::new(),
         }))
     }
 
@@ -232,7 +236,18 @@ impl Transport {
     /// early if the peer stops answering probes.
     pub async fn call(&self, addr: SocketAddr, request: &Frame) -> Result<Frame, RpcError> {
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let local = self.local.get().and_then(|l| l.get(addr));
         let call = async {
+            if let Some(service) = local {
+                // Its own task, as on a QUIC server: a caller that gives up does not cut
+                // the handler off halfway.
+                return tokio::spawn(service.request_local(request.clone()))
+                    .await
+                    .map_err(|e| RpcError::Stream {
+                        addr,
+                        reason: format!("in-process handler failed: {e}"),
+                    });
+            }
             tokio::select! {
                 answer = self.call_inner(addr, request) => answer,
                 dead = self.watch(addr) => Err(dead),
@@ -255,6 +270,14 @@ impl Transport {
             }
         }
         result
+    }
+
+    /// From now on, requests to an address in `services` are handed to that service in
+    /// this process instead of going over QUIC (one-way streams are unchanged). Set once.
+    pub fn call_locally(&self, services: Arc<LocalServices>) {
+        if self.local.set(services).is_err() {
+            warn!("this transport already calls local services; keeping the first set");
+        }
     }
 
     /// True while `addr` recently failed a request or a connection attempt.

@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{ClientConfig, KvClient, FIRST_RANGE_ID};
+use shale_rpc::local::LocalServices;
 use shale_rpc::transport::{Transport, TransportConfig};
 use shale_rpc::StoreAddr;
 
@@ -18,6 +21,8 @@ pub struct LocalCluster {
     pub identity: TlsIdentity,
     pub configs: Vec<StoreConfig>,
     nodes: Vec<Option<StoreNode>>,
+    /// The running stores' request handlers, for in-process callers that skip QUIC.
+    local: Arc<LocalServices>,
 }
 
 /// Finds `n` free UDP ports on loopback.
@@ -71,6 +76,7 @@ impl LocalCluster {
             identity,
             nodes: configs.iter().map(|_| None).collect(),
             configs,
+            local: Arc::default(),
         };
         for i in 0..cluster.configs.len() {
             cluster.start_store(i).await?;
@@ -112,6 +118,13 @@ impl LocalCluster {
             .collect()
     }
 
+    /// The running stores' request handlers, kept current as stores stop and start: a
+    /// transport given them ([`Transport::call_locally`]) reaches these stores without
+    /// QUIC. Only for a gateway in this process; tests' clients keep to QUIC.
+    pub fn local_services(&self) -> Arc<LocalServices> {
+        self.local.clone()
+    }
+
     /// A client of this cluster with its own endpoint.
     pub fn client(&self) -> Result<KvClient, StorageError> {
         self.client_with(ClientConfig::default())
@@ -126,13 +139,26 @@ impl LocalCluster {
     /// Starts (or restarts) store `i` from its config.
     pub async fn start_store(&mut self, i: usize) -> Result<(), StorageError> {
         assert!(self.nodes[i].is_none(), "store {i} is already running");
-        self.nodes[i] = Some(StoreNode::start(self.configs[i].clone(), &self.identity).await?);
+        let node = StoreNode::start(self.configs[i].clone(), &self.identity).await?;
+        if let Some(service) = node.local_service() {
+            self.local.insert(self.called_addr(i, &node), service);
+        }
+        self.nodes[i] = Some(node);
         Ok(())
+    }
+
+    /// The address clients call store `i` at: the one it advertises.
+    fn called_addr(&self, i: usize, node: &StoreNode) -> std::net::SocketAddr {
+        self.configs[i]
+            .advertise_addr()
+            .parse()
+            .unwrap_or_else(|_| node.addr())
     }
 
     /// Shuts store `i` down (gracefully; processes are killed in multi-process tests).
     pub async fn stop_store(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
+            self.local.remove(self.called_addr(i, &node));
             node.shutdown().await;
         }
     }

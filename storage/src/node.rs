@@ -49,6 +49,8 @@ pub struct StoreNode {
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
     faults: Arc<Faults>,
     key_counts: Arc<KeyCounts>,
+    /// Dropped at shutdown before waiting for the engine and transport to be let go.
+    service: Option<Arc<StoreService>>,
 }
 
 /// Ranges waiting for a size check; more are dropped (the next writes ask again).
@@ -268,7 +270,7 @@ impl StoreNode {
             config.split.range_size_bytes_max,
             split_rx,
         ));
-        let serve_task = transport.serve(service);
+        let serve_task = transport.serve(service.clone());
         info!(store_id = config.store_id, %addr, data_dir = %config.data_dir.display(), "store started");
         Ok(StoreNode {
             store_id: config.store_id,
@@ -282,6 +284,7 @@ impl StoreNode {
             heartbeat_task,
             faults,
             key_counts,
+            service: Some(service),
         })
     }
 
@@ -292,6 +295,12 @@ impl StoreNode {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// The store's request handler, for a caller in this process to reach without QUIC.
+    pub fn local_service(&self) -> Option<Arc<dyn shale_rpc::local::LocalService>> {
+        let service = self.service.clone()?;
+        Some(service)
     }
 
     /// Fault injection for in-process tests.
@@ -354,6 +363,7 @@ impl StoreNode {
         if let Err(e) = self.engine.flush() {
             tracing::warn!(store_id = self.store_id, error = %e, "flush at shutdown failed");
         }
+        self.service = None;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.transport.wait_idle()).await;
         // Tasks that held the transport or the engine (peer senders, connection handlers)
         // end on their own once closed; wait for them so the port and the RocksDB lock

@@ -268,8 +268,9 @@ impl LocalS3 {
             ..GatewayConfig::default()
         };
         let local = Some(crate::local_chunks::of(&cluster));
-        let gateway =
-            Gateway::start_with_local(&config, Arc::new(cluster.client()?), local).await?;
+        let kv = cluster.client()?;
+        kv.transport().call_locally(cluster.local_services());
+        let gateway = Gateway::start_with_local(&config, Arc::new(kv), local).await?;
         let endpoint = format!("http://{}", gateway.addr());
         Ok(LocalS3 {
             cluster,

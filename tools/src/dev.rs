@@ -140,7 +140,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ..GatewayConfig::default()
     };
     let local = Some(crate::local_chunks::of(&cluster));
-    let gateway = Gateway::start_with_local(&gateway_config, file.client()?, local)
+    let kv = file.client()?;
+    kv.transport().call_locally(cluster.local_services());
+    let gateway = Gateway::start_with_local(&gateway_config, kv, local)
         .await
         .with_context(|| {
             format!(
