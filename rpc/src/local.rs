@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::transport::Service;
@@ -38,6 +39,8 @@ impl<S: Service> LocalService for S {
 #[derive(Default)]
 pub struct LocalServices {
     by_addr: RwLock<HashMap<SocketAddr, Arc<dyn LocalService>>>,
+    /// Requests handed over in-process so far.
+    calls: AtomicU64,
 }
 
 impl LocalServices {
@@ -55,11 +58,20 @@ impl LocalServices {
             .remove(&addr);
     }
 
+    /// The service at `addr`, counted as a call, if it runs in this process.
     pub fn get(&self, addr: SocketAddr) -> Option<Arc<dyn LocalService>> {
-        self.by_addr
+        let service = self
+            .by_addr
             .read()
             .expect("local services lock")
             .get(&addr)
-            .cloned()
+            .cloned()?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Some(service)
+    }
+
+    /// Requests handed to a service in this process so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 }

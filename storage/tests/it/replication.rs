@@ -248,3 +248,42 @@ async fn idle_ranges_hibernate_and_a_dead_sleeping_leader_is_replaced_when_clien
     must_put(&fresh, 100).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_calls_skip_quic_and_follow_stores_that_stop_and_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(dir.path(), 3).await;
+    let local = cluster.local_services();
+    let client = cluster.client().unwrap();
+    client.transport().call_locally(local.clone());
+    for i in 0..50 {
+        must_put(&client, i).await;
+        must_get(&client, i).await;
+    }
+    assert!(
+        local.calls() >= 100,
+        "every put and get went in-process: {} calls",
+        local.calls()
+    );
+    // A stopped store leaves the set: calls to it fail (over QUIC, as from elsewhere) and
+    // the client finds the new leader, in-process again.
+    let old = cluster.leader().await.expect("leader");
+    cluster.stop_store(old).await;
+    let before = local.calls();
+    for i in 50..100 {
+        must_put(&client, i).await;
+    }
+    assert!(local.calls() >= before + 50, "the new leader is called in-process");
+    cluster.start_store(old).await.unwrap();
+    let keys: Vec<usize> = (0..100).collect();
+    must_converge(&cluster, old, &keys).await;
+    for i in 0..100 {
+        must_get(&client, i).await;
+    }
+    // A client that was not told keeps to QUIC.
+    let before = local.calls();
+    let quic = cluster.client().unwrap();
+    must_get(&quic, 7).await;
+    assert_eq!(local.calls(), before);
+    cluster.shutdown().await;
+}
