@@ -111,6 +111,10 @@ impl TransportConfig {
     }
 }
 
+/// quinn's default for the largest datagram an endpoint accepts (Ethernet's 1,500 bytes
+/// less the IP and UDP headers).
+const QUIC_ETHERNET_PAYLOAD: u16 = 1_472;
+
 /// A QUIC endpoint on a UDP socket bound to `addr` with the configured kernel buffers
 /// (serving if `server` is given).
 fn endpoint(
@@ -129,8 +133,14 @@ fn endpoint(
     socket.bind(&addr.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| RpcError::Tls("no async runtime for the QUIC endpoint".into()))?;
+    // The largest datagram this endpoint accepts, told to peers: their MTU discovery stops
+    // there, so it must not stay below the configured bound.
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(config.mtu_bytes_max.max(QUIC_ETHERNET_PAYLOAD))
+        .map_err(|e| RpcError::Tls(format!("mtu-bytes-max: {e}")))?;
     Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         server,
         socket.into(),
         runtime,
@@ -270,6 +280,13 @@ impl Transport {
             }
         }
         result
+    }
+
+    /// The datagram size MTU discovery has settled at so far on the connection to
+    /// `addr`, if there is one.
+    pub fn path_mtu(&self, addr: SocketAddr) -> Option<u16> {
+        let connections = self.connections.lock().expect("connections lock");
+        Some(connections.get(&addr)?.conn.stats().path.current_mtu)
     }
 
     /// From now on, requests to an address in `services` are handed to that service in

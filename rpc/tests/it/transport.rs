@@ -302,3 +302,31 @@ async fn a_slow_peer_that_answers_probes_is_waited_for() {
         .expect("a slow but live peer is not given up on");
     assert_eq!(&reply.body[..], b"slow");
 }
+
+#[tokio::test]
+async fn mtu_discovery_reaches_the_configured_bound_above_ethernets() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let jumbo = TransportConfig {
+        mtu_bytes_max: 9_000,
+        ..fast()
+    };
+    let server = Transport::bind(loopback(), &identity, jumbo.clone()).unwrap();
+    server.serve(Arc::new(Echo::default()));
+    let client = Transport::client(&identity, jumbo).unwrap();
+    let addr = server.local_addr().unwrap();
+    let started = Instant::now();
+    loop {
+        let reply = client.call(addr, &request(b"grow")).await.unwrap();
+        assert_eq!(&reply.body[..], b"grow");
+        let mtu = client.path_mtu(addr).expect("connected");
+        if mtu > 1_472 {
+            assert!(mtu <= 9_000, "never past the bound: {mtu}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "loopback carries 9,000-byte datagrams, but discovery stayed at {mtu}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
