@@ -20,15 +20,11 @@ use crate::Frame;
 /// A request handler that can be called in-process.
 pub trait LocalService: Send + Sync + 'static {
     /// Answers one request frame, as the QUIC server would.
-    fn request_local(self: Arc<Self>, frame: Frame)
-        -> Pin<Box<dyn Future<Output = Frame> + Send>>;
+    fn request_local(self: Arc<Self>, frame: Frame) -> Pin<Box<dyn Future<Output = Frame> + Send>>;
 }
 
 impl<S: Service> LocalService for S {
-    fn request_local(
-        self: Arc<Self>,
-        frame: Frame,
-    ) -> Pin<Box<dyn Future<Output = Frame> + Send>> {
+    fn request_local(self: Arc<Self>, frame: Frame) -> Pin<Box<dyn Future<Output = Frame> + Send>> {
         Box::pin(async move { self.request(frame).await })
     }
 }

@@ -273,7 +273,10 @@ async fn in_process_calls_skip_quic_and_follow_stores_that_stop_and_start() {
     for i in 50..100 {
         must_put(&client, i).await;
     }
-    assert!(local.calls() >= before + 50, "the new leader is called in-process");
+    assert!(
+        local.calls() >= before + 50,
+        "the new leader is called in-process"
+    );
     cluster.start_store(old).await.unwrap();
     let keys: Vec<usize> = (0..100).collect();
     must_converge(&cluster, old, &keys).await;
