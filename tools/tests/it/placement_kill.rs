@@ -92,8 +92,22 @@ async fn kill_9_of_a_store_gets_its_replicas_recreated_without_loss() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "store {victim_id} never got replicas ({on_victim} of {} ranges)",
-            r.len()
+            "store {victim_id} never got replicas ({on_victim} of {} ranges): {:?}\n{}\n{}",
+            r.len(),
+            r.iter()
+                .map(|r| (
+                    r.range.id,
+                    String::from_utf8_lossy(&r.range.start_key).into_owned(),
+                    r.range.epoch,
+                    r.leader
+                ))
+                .collect::<Vec<_>>(),
+            placement_proc.log_tail(),
+            procs
+                .iter()
+                .map(|p| p.log_tail())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
