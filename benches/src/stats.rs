@@ -102,22 +102,28 @@ impl Recorder {
         self.samples.extend(other.samples.iter().take(room));
     }
 
-    /// Cuts the phase into intervals of at least a second.
+    /// Cuts the phase into intervals of at least a second. What is left past the last
+    /// whole step (operations still finishing after the duration ran out) is folded into
+    /// the last interval: a few milliseconds on their own would show one late operation
+    /// as a huge rate.
     fn timeline(&self, elapsed: Duration) -> Vec<Interval> {
         let total_ms = elapsed.as_millis().max(1) as u64;
         let step_ms = (total_ms / u64::from(TIMELINE_INTERVALS)).max(1000);
-        let mut buckets: Vec<Vec<Sample>> = vec![Vec::new(); total_ms.div_ceil(step_ms) as usize];
+        let count = (total_ms / step_ms).max(1) as usize;
+        let mut buckets: Vec<Vec<Sample>> = vec![Vec::new(); count];
         for s in &self.samples {
-            let i = (u64::from(s.ended_ms) / step_ms) as usize;
-            if let Some(b) = buckets.get_mut(i) {
-                b.push(*s);
-            }
+            let i = ((u64::from(s.ended_ms) / step_ms) as usize).min(count - 1);
+            buckets[i].push(*s);
         }
         buckets
             .into_iter()
             .enumerate()
             .map(|(i, mut b)| {
-                let until_ms = ((i as u64 + 1) * step_ms).min(total_ms);
+                let until_ms = if i + 1 == count {
+                    total_ms
+                } else {
+                    (i as u64 + 1) * step_ms
+                };
                 let secs = (until_ms - i as u64 * step_ms).max(1) as f64 / 1000.0;
                 b.sort_unstable_by_key(|s| s.latency_us);
                 let at = |q: f64| {
@@ -340,6 +346,37 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("put &lt;a&gt;"));
+    }
+
+    #[test]
+    fn operations_finishing_after_the_last_whole_interval_join_it_rather_than_spike() {
+        let mut rec = Recorder::starting_at(Instant::now());
+        for i in 0..40 {
+            rec.samples.push(Sample {
+                ended_ms: i * 100,
+                latency_us: 1_000,
+                bytes: 1_000_000,
+            });
+        }
+        // One operation still in flight when the duration ran out, done 8 ms later.
+        rec.samples.push(Sample {
+            ended_ms: 4_005,
+            latency_us: 900_000,
+            bytes: 1_000_000,
+        });
+        let t = rec.timeline(Duration::from_millis(4_008));
+        assert_eq!(t.len(), 4, "no interval of 8 ms of its own");
+        assert_eq!(t[3].until_sec, 4.008);
+        assert!(
+            (t[3].ops_per_sec - 11.0 / 1.008).abs() < 1e-9,
+            "11 ops over 1.008 s, got {}",
+            t[3].ops_per_sec
+        );
+        assert!(t.iter().all(|i| i.mb_per_sec < 11.0), "{t:?}");
+        // A phase shorter than one step is one interval over its whole length.
+        let t = rec.timeline(Duration::from_millis(500));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].until_sec, 0.5);
     }
 }
 
