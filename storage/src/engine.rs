@@ -21,8 +21,22 @@ pub enum Cf {
     Data,
 }
 
+/// Bytes of a Raft column family key that name its memtable bucket: the range id and the
+/// kind of key (log entry, hard state...). Every key of that column family is at least
+/// this long, and every scan of it stays within one such prefix.
+pub const RAFT_PREFIX_LEN: usize = 9;
+
 impl Cf {
     const ALL: [Cf; 3] = [Cf::Raft, Cf::Meta, Cf::Data];
+
+    /// Checks a key of this column family before it reaches RocksDB: the Raft column
+    /// family's prefix extractor reads `RAFT_PREFIX_LEN` bytes of every key.
+    fn check_key(self, key: &[u8]) {
+        assert!(
+            self != Cf::Raft || key.len() >= RAFT_PREFIX_LEN,
+            "raft column family key shorter than its prefix: {key:?}"
+        );
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -106,6 +120,9 @@ impl Engine {
         // Applied data is written without the WAL (the Raft log is its WAL); flushing all
         // column families together keeps applied data and apply state consistent.
         db_opts.set_atomic_flush(true);
+        // The Raft column family's hashed memtable takes one writer at a time; the store
+        // loop is nearly the only writer anyway.
+        db_opts.set_allow_concurrent_memtable_write(false);
         let cache = rocksdb::Cache::new_lru_cache(config.block_cache_bytes);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut opts = Options::default();
@@ -124,6 +141,21 @@ impl Engine {
                 // percent of the CPU of large writes. Lower levels are LZ4.
                 use rocksdb::DBCompressionType::{Lz4, None as Plain};
                 opts.set_compression_per_level(&[Plain, Lz4, Lz4, Lz4, Lz4, Lz4, Lz4]);
+            }
+            if *cf == Cf::Raft {
+                // One memtable bucket per range and kind of key. A store's round appends
+                // entries to many ranges' logs at once; in one skiplist over all of them
+                // each append searched from the top (a fifth of the store loop's time
+                // with 64 busy ranges), while in its own bucket it lands after the last
+                // one without a search. Scans stay within a prefix (see `scan`).
+                opts.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(
+                    RAFT_PREFIX_LEN,
+                ));
+                opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+                    bucket_count: 1 << 16,
+                    height: 12,
+                    branching_factor: 4,
+                });
             }
             if *cf == Cf::Data {
                 opts.set_level_zero_slowdown_writes_trigger(config.level0_slowdown_files);
@@ -195,6 +227,7 @@ impl Engine {
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        cf.check_key(key);
         self.db.get_cf(self.handle(cf), key).map_err(engine_err)
     }
 
@@ -271,7 +304,8 @@ impl Engine {
     }
 
     /// Calls `visit` for each pair in `[start, end)` (empty `end`: no bound) in key order,
-    /// until it returns false.
+    /// until it returns false. In the Raft column family the scan sees only keys sharing
+    /// `start`'s first `RAFT_PREFIX_LEN` bytes (one range's log, say).
     pub fn scan(
         &self,
         cf: Cf,
@@ -279,7 +313,9 @@ impl Engine {
         end: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
+        cf.check_key(start);
         let mut opts = ReadOptions::default();
+        opts.set_prefix_same_as_start(cf == Cf::Raft);
         if !end.is_empty() {
             opts.set_iterate_upper_bound(end.to_vec());
         }
@@ -297,23 +333,20 @@ impl Engine {
         Ok(())
     }
 
-    /// The last key in `[start, end)`, if any.
-    pub fn last_key_in(
+    /// The first key in `[start, end)`, if any (in the Raft column family, among those
+    /// sharing `start`'s prefix).
+    pub fn first_key_in(
         &self,
         cf: Cf,
         start: &[u8],
         end: &[u8],
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(start.to_vec());
-        opts.set_iterate_upper_bound(end.to_vec());
-        let mut iter = self
-            .db
-            .iterator_cf_opt(self.handle(cf), opts, IteratorMode::End);
-        match iter.next() {
-            Some(item) => Ok(Some(item.map_err(engine_err)?.0.to_vec())),
-            None => Ok(None),
-        }
+        let mut first = None;
+        self.scan(cf, start, end, |k, _| {
+            first = Some(k.to_vec());
+            false
+        })?;
+        Ok(first)
     }
 
     /// Approximate bytes of `[start, end)` in SST files (memtables not counted), for reports.
@@ -348,10 +381,12 @@ pub struct WriteBatch<'e> {
 
 impl WriteBatch<'_> {
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        cf.check_key(key);
         self.inner.put_cf(self.engine.handle(cf), key, value);
     }
 
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        cf.check_key(key);
         self.inner.delete_cf(self.engine.handle(cf), key);
     }
 
@@ -402,9 +437,10 @@ mod tests {
             .unwrap();
         assert_eq!(seen, vec![b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(
-            engine.last_key_in(Cf::Data, b"a", b"c").unwrap(),
-            Some(b"b".to_vec())
+            engine.first_key_in(Cf::Data, b"bb", b"d").unwrap(),
+            Some(b"c".to_vec())
         );
+        assert_eq!(engine.first_key_in(Cf::Data, b"e", b"f").unwrap(), None);
         assert_eq!(engine.get(Cf::Data, b"m").unwrap(), None);
         assert_eq!(engine.get(Cf::Meta, b"m").unwrap(), Some(b"x".to_vec()));
     }

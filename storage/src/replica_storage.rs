@@ -108,16 +108,8 @@ impl ReplicaStorage {
             Some(b) => TruncatedState::decode(&b)?,
             None => TruncatedState::default(),
         };
-        let start = keys::log_key(range_id, 0);
-        let end = keys::log_key(range_id, u64::MAX);
-        let (last_index, last_term) = match engine.last_key_in(Cf::Raft, &start, &end)? {
-            Some(k) => {
-                let index = keys::log_index(range_id, &k).ok_or_else(|| {
-                    StorageError::Corruption(format!("range {range_id}: bad log key {k:?}"))
-                })?;
-                let entry = read_entry(&engine, range_id, index)?;
-                (index, entry.term)
-            }
+        let (last_index, last_term) = match last_log_index(&engine, range_id)? {
+            Some(index) => (index, read_entry(&engine, range_id, index)?.term),
             None => (truncated.index, truncated.term),
         };
         let mut hard_state = hard_state;
@@ -358,6 +350,45 @@ impl ReplicaStorage {
     }
 }
 
+/// The index of the last entry in a range's log, if it has any. The log is contiguous,
+/// so this seeks forward in doubling steps and then halves the gap: about twice log2 of
+/// the log's length in seeks (the Raft column family's memtable can only seek forward).
+fn last_log_index(engine: &Engine, range_id: RangeId) -> Result<Option<u64>, StorageError> {
+    let end = keys::log_key(range_id, u64::MAX);
+    // The first index at or after `from` that holds an entry.
+    let at_or_after = |from: u64| -> Result<Option<u64>, StorageError> {
+        match engine.first_key_in(Cf::Raft, &keys::log_key(range_id, from), &end)? {
+            Some(k) => keys::log_index(range_id, &k).map(Some).ok_or_else(|| {
+                StorageError::Corruption(format!("range {range_id}: bad log key {k:?}"))
+            }),
+            None => Ok(None),
+        }
+    };
+    let Some(mut known) = at_or_after(0)? else {
+        return Ok(None);
+    };
+    // `known` holds an entry; find a `past` that holds none.
+    let mut step = 1u64;
+    let mut past = loop {
+        let probe = known.saturating_add(step);
+        match at_or_after(probe)? {
+            Some(i) if probe < u64::MAX => {
+                known = i;
+                step = step.saturating_mul(2);
+            }
+            _ => break probe,
+        }
+    };
+    while past - known > 1 {
+        let mid = known + (past - known) / 2;
+        match at_or_after(mid)? {
+            Some(i) if i < past => known = i,
+            _ => past = mid,
+        }
+    }
+    Ok(Some(known))
+}
+
 fn read_entry(engine: &Engine, range_id: RangeId, index: u64) -> Result<Entry, StorageError> {
     let bytes = engine
         .get(Cf::Raft, &keys::log_key(range_id, index))?
@@ -529,6 +560,61 @@ mod tests {
         let mut batch = engine.batch();
         s.compact_to(10, &mut batch).unwrap();
         assert_eq!(s.log_bytes(), 0, "nothing is left");
+    }
+
+    #[test]
+    fn the_last_log_index_is_found_beside_other_ranges_logs_in_memtable_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
+        // Range r holds entries first..=last; its neighbours hold longer logs, and hard
+        // states sit right after each log.
+        let logs: [(RangeId, u64, u64); 7] = [
+            (1, 1, 5000),
+            (2, 6, 6),
+            (3, 6, 7),
+            (4, 100, 1124),
+            (5, 1, 1025),
+            (7, 40, 1_000_000),
+            (9, 1, 3),
+        ];
+        let mut batch = engine.batch();
+        for &(r, first, last) in &logs {
+            // A sparse tail for the million-entry log: only its last few thousand exist.
+            for i in first.max(last.saturating_sub(3000))..=last {
+                batch.put(Cf::Raft, &keys::log_key(r, i), b"e");
+            }
+            batch.put(Cf::Raft, &keys::hard_state_key(r), b"hs");
+        }
+        engine.write(batch, Durability::Sync).unwrap();
+        for flushed in [false, true] {
+            if flushed {
+                engine.flush().unwrap();
+            }
+            for &(r, _, last) in &logs {
+                assert_eq!(
+                    last_log_index(&engine, r).unwrap(),
+                    Some(last),
+                    "range {r}, flushed {flushed}"
+                );
+            }
+            for empty in [6, 8, 10] {
+                assert_eq!(last_log_index(&engine, empty).unwrap(), None);
+            }
+        }
+        // Appends after the flush land in the memtable above the files.
+        let mut batch = engine.batch();
+        batch.put(Cf::Raft, &keys::log_key(4, 1125), b"e");
+        batch.put(Cf::Raft, &keys::log_key(6, 1), b"e");
+        engine.write(batch, Durability::Sync).unwrap();
+        assert_eq!(last_log_index(&engine, 4).unwrap(), Some(1125));
+        assert_eq!(last_log_index(&engine, 6).unwrap(), Some(1));
+        // A truncated suffix (deleted keys) no longer counts.
+        let mut batch = engine.batch();
+        for i in 1000..=1025 {
+            batch.delete(Cf::Raft, &keys::log_key(5, i));
+        }
+        engine.write(batch, Durability::Sync).unwrap();
+        assert_eq!(last_log_index(&engine, 5).unwrap(), Some(999));
     }
 
     #[test]
