@@ -97,6 +97,11 @@ pub enum Durability {
     NoWal,
 }
 
+/// The memtable bucket of a meta key: its kind and range id (the whole key for most).
+fn meta_bucket(key: &[u8]) -> &[u8] {
+    &key[..key.len().min(RAFT_PREFIX_LEN)]
+}
+
 fn engine_err(e: rocksdb::Error) -> StorageError {
     StorageError::Engine(e.into_string())
 }
@@ -150,6 +155,21 @@ impl Engine {
                 // one without a search. Scans stay within a prefix (see `scan`).
                 opts.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(
                     RAFT_PREFIX_LEN,
+                ));
+                opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+                    bucket_count: 1 << 16,
+                    height: 12,
+                    branching_factor: 4,
+                });
+            }
+            if *cf == Cf::Meta {
+                // Likewise one bucket per key (a range's apply state, rewritten by every
+                // round that applies to it): a new version goes first in its own bucket.
+                // Meta scans (range states, at start only) read in total order.
+                opts.set_prefix_extractor(rocksdb::SliceTransform::create(
+                    "shale-meta-key",
+                    meta_bucket,
+                    None,
                 ));
                 opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
                     bucket_count: 1 << 16,
@@ -305,7 +325,8 @@ impl Engine {
 
     /// Calls `visit` for each pair in `[start, end)` (empty `end`: no bound) in key order,
     /// until it returns false. In the Raft column family the scan sees only keys sharing
-    /// `start`'s first `RAFT_PREFIX_LEN` bytes (one range's log, say).
+    /// `start`'s first `RAFT_PREFIX_LEN` bytes (one range's log, say); a scan of the meta
+    /// column family sorts its whole memtable first (made for reads at start).
     pub fn scan(
         &self,
         cf: Cf,
@@ -316,6 +337,7 @@ impl Engine {
         cf.check_key(start);
         let mut opts = ReadOptions::default();
         opts.set_prefix_same_as_start(cf == Cf::Raft);
+        opts.set_total_order_seek(cf == Cf::Meta);
         if !end.is_empty() {
             opts.set_iterate_upper_bound(end.to_vec());
         }
@@ -443,5 +465,51 @@ mod tests {
         assert_eq!(engine.first_key_in(Cf::Data, b"e", b"f").unwrap(), None);
         assert_eq!(engine.get(Cf::Data, b"m").unwrap(), None);
         assert_eq!(engine.get(Cf::Meta, b"m").unwrap(), Some(b"x".to_vec()));
+    }
+
+    #[test]
+    fn meta_scans_see_every_key_in_order_across_memtable_buckets_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &EngineConfig::default()).unwrap();
+        let key = |kind: u8, id: u64| {
+            let mut k = vec![kind];
+            k.extend_from_slice(&id.to_be_bytes());
+            k
+        };
+        let write = |ids: std::ops::Range<u64>, version: u8| {
+            let mut batch = engine.batch();
+            for id in ids.rev() {
+                batch.put(Cf::Meta, &key(1, id), &[version]);
+                batch.put(Cf::Meta, &key(2, id), &[version]);
+            }
+            engine.write(batch, Durability::Sync).unwrap();
+        };
+        write(0..300, 1);
+        engine.flush().unwrap();
+        write(100..400, 2);
+        let mut seen = Vec::new();
+        engine
+            .scan(Cf::Meta, &key(1, 0), &key(2, 0), |k, v| {
+                seen.push((k.to_vec(), v[0]));
+                true
+            })
+            .unwrap();
+        let want: Vec<_> = (0..400)
+            .map(|id| (key(1, id), if id < 100 { 1 } else { 2 }))
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(engine.get(Cf::Meta, &key(2, 50)).unwrap(), Some(vec![1]));
+        assert_eq!(engine.get(Cf::Meta, &key(2, 350)).unwrap(), Some(vec![2]));
+        assert_eq!(engine.get(Cf::Meta, &key(2, 400)).unwrap(), None);
+        // Keys shorter and longer than a bucket's prefix.
+        let mut batch = engine.batch();
+        batch.put(Cf::Meta, b"\x00abc", b"s");
+        batch.put(Cf::Meta, b"\x00cluster-id", b"c");
+        engine.write(batch, Durability::Sync).unwrap();
+        assert_eq!(engine.get(Cf::Meta, b"\x00abc").unwrap(), Some(b"s".to_vec()));
+        assert_eq!(
+            engine.get(Cf::Meta, b"\x00cluster-id").unwrap(),
+            Some(b"c".to_vec())
+        );
     }
 }
