@@ -81,10 +81,11 @@ impl Phases {
 pub struct KvBenchReport {
     pub value_bytes: usize,
     pub phases: Vec<OpStats>,
-    /// Replicated put throughput over raw RocksDB synced puts at the same concurrency.
-    pub put_vs_rocksdb: f64,
-    /// Linearizable get throughput over replicated put throughput.
-    pub get_vs_put: f64,
+    /// Replicated put throughput over raw RocksDB synced puts at the same concurrency
+    /// (null unless both phases ran).
+    pub put_vs_rocksdb: Option<f64>,
+    /// Linearizable get throughput over replicated put throughput (null unless both ran).
+    pub get_vs_put: Option<f64>,
     /// With `--ranges`: each range count's median put throughput over its trials.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub range_medians: Vec<crate::ranges::RangeMedian>,
@@ -273,14 +274,18 @@ pub fn report(
 ) -> KvBenchReport {
     let find = |rows: &[OpStats], name: &str| {
         rows.iter()
-            .find(|r| r.name == name)
-            .map_or(0.0, |r| r.ops_per_sec)
+            .find(|r| r.name == name && r.ops_per_sec > 0.0)
+            .map(|r| r.ops_per_sec)
     };
     let put = find(&cluster, "shale put");
     let get = find(&cluster, "shale get (linearizable)");
-    let base = baseline.as_ref().map_or(0.0, |b| b.ops_per_sec);
-    let put_vs_rocksdb = if base > 0.0 { put / base } else { 0.0 };
-    let get_vs_put = if put > 0.0 { get / put } else { 0.0 };
+    let base = baseline
+        .as_ref()
+        .map(|b| b.ops_per_sec)
+        .filter(|b| *b > 0.0);
+    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let put_vs_rocksdb = ratio(put, base);
+    let get_vs_put = ratio(get, put);
     cluster.extend(baseline);
     KvBenchReport {
         value_bytes: opts.value_bytes,
@@ -288,5 +293,47 @@ pub fn report(
         put_vs_rocksdb,
         get_vs_put,
         range_medians: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(name: &str, ops: u32) -> OpStats {
+        let mut rec = Recorder::starting_at(Instant::now());
+        for _ in 0..ops {
+            rec.record(Duration::from_millis(1), 10);
+        }
+        rec.finish(name, 1, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn ratios_are_given_only_for_phases_that_ran() {
+        let opts = KvBenchOptions {
+            concurrency: 1,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            value_bytes: 10,
+            keys: 10,
+            phases: Phases {
+                single_put: false,
+                put: true,
+                get: false,
+                baseline: false,
+            },
+        };
+        let only_put = report(&opts, vec![phase("shale put", 100)], None);
+        assert_eq!((only_put.put_vs_rocksdb, only_put.get_vs_put), (None, None));
+        let all = report(
+            &opts,
+            vec![
+                phase("shale put", 100),
+                phase("shale get (linearizable)", 300),
+            ],
+            Some(phase("raw RocksDB synced put", 400)),
+        );
+        assert_eq!(all.put_vs_rocksdb, Some(0.25));
+        assert_eq!(all.get_vs_put, Some(3.0));
     }
 }

@@ -506,7 +506,10 @@ mod tests {
         batch.put(Cf::Meta, b"\x00abc", b"s");
         batch.put(Cf::Meta, b"\x00cluster-id", b"c");
         engine.write(batch, Durability::Sync).unwrap();
-        assert_eq!(engine.get(Cf::Meta, b"\x00abc").unwrap(), Some(b"s".to_vec()));
+        assert_eq!(
+            engine.get(Cf::Meta, b"\x00abc").unwrap(),
+            Some(b"s".to_vec())
+        );
         assert_eq!(
             engine.get(Cf::Meta, b"\x00cluster-id").unwrap(),
             Some(b"c".to_vec())

@@ -517,14 +517,12 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         print!("{}", table(&rep.phases));
-        println!(
-            "replicated put / raw RocksDB synced put: {:.2}",
-            rep.put_vs_rocksdb
-        );
-        println!(
-            "linearizable get / replicated put:       {:.2}",
-            rep.get_vs_put
-        );
+        if let Some(r) = rep.put_vs_rocksdb {
+            println!("replicated put / raw RocksDB synced put: {r:.2}");
+        }
+        if let Some(r) = rep.get_vs_put {
+            println!("linearizable get / replicated put:       {r:.2}");
+        }
         for m in &rep.range_medians {
             println!(
                 "put with {} range(s): median {:.0} ops/s over {} trial(s); per put: {:.0} us CPU, \
