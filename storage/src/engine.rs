@@ -97,6 +97,17 @@ pub enum Durability {
     NoWal,
 }
 
+/// A memtable of one skiplist per `bucket` of keys (hashed into a fixed table), each
+/// tall enough for a busy range's log.
+fn hashed_memtable(opts: &mut Options, bucket: rocksdb::SliceTransform) {
+    opts.set_prefix_extractor(bucket);
+    opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+        bucket_count: 1 << 16,
+        height: 12,
+        branching_factor: 4,
+    });
+}
+
 /// The memtable bucket of a meta key: its kind and range id (the whole key for most).
 fn meta_bucket(key: &[u8]) -> &[u8] {
     &key[..key.len().min(RAFT_PREFIX_LEN)]
@@ -153,29 +164,19 @@ impl Engine {
                 // each append searched from the top (a fifth of the store loop's time
                 // with 64 busy ranges), while in its own bucket it lands after the last
                 // one without a search. Scans stay within a prefix (see `scan`).
-                opts.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(
-                    RAFT_PREFIX_LEN,
-                ));
-                opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
-                    bucket_count: 1 << 16,
-                    height: 12,
-                    branching_factor: 4,
-                });
+                hashed_memtable(
+                    &mut opts,
+                    rocksdb::SliceTransform::create_fixed_prefix(RAFT_PREFIX_LEN),
+                );
             }
             if *cf == Cf::Meta {
                 // Likewise one bucket per key (a range's apply state, rewritten by every
                 // round that applies to it): a new version goes first in its own bucket.
                 // Meta scans (range states, at start only) read in total order.
-                opts.set_prefix_extractor(rocksdb::SliceTransform::create(
-                    "shale-meta-key",
-                    meta_bucket,
-                    None,
-                ));
-                opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
-                    bucket_count: 1 << 16,
-                    height: 12,
-                    branching_factor: 4,
-                });
+                hashed_memtable(
+                    &mut opts,
+                    rocksdb::SliceTransform::create("shale-meta-key", meta_bucket, None),
+                );
             }
             if *cf == Cf::Data {
                 opts.set_level_zero_slowdown_writes_trigger(config.level0_slowdown_files);
