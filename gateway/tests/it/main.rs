@@ -39,12 +39,12 @@ async fn boto3_drives_buckets_objects_listing_and_auth() {
         .unwrap();
     let endpoint_b = format!("http://{}", second.addr());
     let endpoint = format!("http://{}", gateway.addr());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/s3_client.py");
+    let script = test_script("s3_client.py");
     let (python, endpoint2) = (python(), endpoint.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .args([
-                script,
+                script.as_str(),
                 &endpoint2,
                 "test-access",
                 "test-secret-key",
@@ -65,6 +65,15 @@ async fn boto3_drives_buckets_objects_listing_and_auth() {
     gateway.shutdown().await;
     second.shutdown().await;
     cluster.shutdown().await;
+}
+
+/// A script beside these tests. Found from the package folder cargo names when it runs
+/// the tests, not the one it was built in: a target folder reused from another checkout
+/// would point at that checkout's copy.
+fn test_script(name: &str) -> String {
+    let package = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    format!("{package}/tests/it/{name}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -88,10 +97,10 @@ async fn the_aws_cli_copies_syncs_lists_and_removes() {
     let endpoint = format!("http://{}", gateway.addr());
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/aws_cli.sh");
+    let script = test_script("aws_cli.sh");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("bash")
-            .args([script, &aws, &endpoint, "cli-access", "cli-secret"])
+            .args([script.as_str(), &aws, &endpoint, "cli-access", "cli-secret"])
             .arg(&work)
             .output()
             .expect("run the aws CLI script")
