@@ -16,6 +16,50 @@ use crate::objects::hex;
 /// Chunk writes in flight per upload (memory: this many chunks).
 const CHUNK_WRITES_IN_FLIGHT: usize = 4;
 
+/// Chunks at least this large are staged on every replica and ingested
+/// ([`KvClient::put_staged`]): their bytes reach each replica's disk once, instead of
+/// three times (the Raft log, the memtable flush, a compaction). Smaller ones (a small
+/// body, a body's last chunk) go through the Raft log, which costs them less than staging
+/// three files and a second round trip.
+const STAGED_CHUNK_BYTES_MIN: usize = shale_rpc::client::INGEST_STAGE_BYTES_MIN;
+
+/// After a staged chunk write fails (a replica's store down or busy), chunks go through
+/// the Raft log for this long before staging is tried again: a quorum suffices there.
+const STAGING_PAUSE_MS: u64 = 2_000;
+
+/// Until when (ms since the Unix epoch) chunks skip staging; 0 when they do not.
+static STAGING_PAUSED_UNTIL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes one sealed chunk: staged if it is large and staging works lately, else (or if
+/// staging fails) through the Raft log. A chunk key is written once with one value, so
+/// a staged attempt that did land after all and the put that follows it agree.
+async fn write_chunk(
+    kv: &KvClient,
+    key: Bytes,
+    sealed: Bytes,
+) -> Result<(), shale_rpc::client::ClientError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if sealed.len() >= STAGED_CHUNK_BYTES_MIN && STAGING_PAUSED_UNTIL_MS.load(Relaxed) <= now_ms() {
+        match kv.put_staged(key.clone(), sealed.clone()).await {
+            Ok(()) => {
+                crate::metrics::METRICS.chunks_staged.inc();
+                return Ok(());
+            }
+            Err(e) => {
+                debug!(error = %e, "staged chunk write failed; writing through the log");
+                STAGING_PAUSED_UNTIL_MS.store(now_ms() + STAGING_PAUSE_MS, Relaxed);
+            }
+        }
+    }
+    kv.put(key, sealed).await
+}
+
 /// Stores' data in this very process (`shale dev`, benchmarks), read directly by key.
 /// Chunk keys are written once and never changed, so any copy found is the chunk (its
 /// crc32 is still checked); a copy not found (a replica behind, or none here) is read
@@ -104,8 +148,9 @@ impl ChunkWriter {
         // Sealed here so the unsealed copy is freed before the write goes out.
         let sealed = layout::seal_chunk(&chunk);
         drop(chunk);
-        self.in_flight
-            .push_back(tokio::spawn(async move { kv.put(key, sealed).await }));
+        self.in_flight.push_back(tokio::spawn(
+            async move { write_chunk(&kv, key, sealed).await },
+        ));
         self.next += 1;
         Ok(())
     }

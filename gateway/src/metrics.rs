@@ -11,6 +11,7 @@ pub struct GatewayMetrics {
     pub bytes_written: Counter,
     pub bytes_read: Counter,
     pub chunks_written: Counter,
+    pub chunks_staged: Counter,
     pub uploads_collected: Counter,
     pub orphan_chunks_collected: Counter,
     pub corrupt_chunks: Counter,
@@ -45,6 +46,11 @@ pub fn register(registry: &mut Registry) {
         "shale_gateway_chunks_written",
         "Body chunks written to the cluster",
         m.chunks_written.clone(),
+    );
+    registry.register(
+        "shale_gateway_chunks_staged",
+        "Body chunks written by staging them on every replica and ingesting them (the rest went through the Raft log)",
+        m.chunks_staged.clone(),
     );
     registry.register(
         "shale_gateway_uploads_collected",

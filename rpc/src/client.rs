@@ -259,6 +259,44 @@ impl KvClient {
         Ok(())
     }
 
+    /// Writes one large value as a staged ingest (see [`KvClient::ingest`]), one attempt
+    /// against the range as the client knows it: its bytes are written once on each
+    /// replica's store (the staged file RocksDB then takes) instead of through the Raft
+    /// log, a memtable flush and compactions. For values written once under keys never
+    /// reused (object chunks). Fails at once if any replica cannot stage it; the caller
+    /// then writes it the ordinary way ([`KvClient::put`]), so a store being down costs a
+    /// retry, not availability.
+    /// A split or a replica change since the client last looked is learned from the
+    /// refusal and staged again, a few times.
+    pub async fn put_staged(&self, key: Bytes, value: Bytes) -> Result<(), ClientError> {
+        const ATTEMPTS: u32 = 3;
+        let pair = [(key, value)];
+        let mut attempt = 1;
+        loop {
+            let range = self.known_range(&pair[0].0).await?;
+            match self.ingest_staged(&range, &pair).await {
+                Err(ClientError::Kv(e)) if attempt < ATTEMPTS && self.learn_moved(&range, &e) => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Updates the cache from a refusal that says `range` is not what the client took
+    /// it for (split, merged away, or its replicas changed); whether it was one.
+    fn learn_moved(&self, range: &RangeDescriptor, error: &KvError) -> bool {
+        let mut cache = self.cache();
+        match error {
+            KvError::EpochNotMatch { current } => adopt_current(&mut cache, range, current),
+            KvError::KeyNotInRange { .. } | KvError::RangeNotFound { .. } => {
+                cache.remove(range.id);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Stages `pairs` (all in `range`) on the store of every replica of `range` at
     /// once, then asks the leader to ingest them ([`KvOp::StageIngest`], then
     /// [`KvOp::IngestStaged`]).
@@ -688,17 +726,9 @@ impl KvClient {
                 }
             }
             KvError::EpochNotMatch { current } => {
-                // A lagging replica's older descriptor must not replace a newer one.
-                if current
-                    .iter()
-                    .any(|r| r.id == route.range.id && route.range.epoch.is_newer_than(&r.epoch))
-                {
+                if !adopt_current(&mut cache, &route.range, current) {
                     cache.set_leader(route.range.id, None);
                     return Next::Backoff;
-                }
-                cache.remove(route.range.id);
-                for range in current {
-                    cache.insert(range.clone());
                 }
                 // Go at once only if the answer says where the key is now.
                 if current.iter().any(|r| r.contains(key)) {
@@ -766,6 +796,27 @@ async fn call_store(
         .await
         .map_err(ClientError::Rpc)?;
     decode_reply(&reply)?.map_err(ClientError::Kv)
+}
+
+/// Replaces `range` in `cache` with the `current` ranges a refusal named; false (and
+/// nothing changed) if they are older than `range`: a lagging replica's descriptor
+/// must not replace a newer one.
+fn adopt_current(
+    cache: &mut RangeCache,
+    range: &RangeDescriptor,
+    current: &[RangeDescriptor],
+) -> bool {
+    if current
+        .iter()
+        .any(|r| r.id == range.id && range.epoch.is_newer_than(&r.epoch))
+    {
+        return false;
+    }
+    cache.remove(range.id);
+    for r in current {
+        cache.insert(r.clone());
+    }
+    true
 }
 
 /// Pieces of a bulk load are at most this large: a staged SST file each.

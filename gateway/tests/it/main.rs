@@ -186,6 +186,70 @@ async fn abandoned_uploads_are_aborted_in_the_background() {
     cluster.shutdown().await;
 }
 
+/// Reads a whole object through the object store.
+async fn must_read_all(
+    objects: &shale_gateway::objects::ObjectStore,
+    bucket: &str,
+    key: &str,
+) -> Vec<u8> {
+    use futures::TryStreamExt;
+    let meta = objects.head(bucket, key).await.unwrap();
+    objects
+        .read(&meta, 0, meta.size)
+        .try_fold(Vec::new(), |mut all, piece| async move {
+            all.extend_from_slice(&piece);
+            Ok(all)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_through_the_log() {
+    use shale_gateway::layout::{chunk_key, Body};
+    use shale_gateway::metrics::METRICS;
+    use shale_gateway::objects::Incoming;
+    use shale_storage::engine::Cf;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, _kv, objects) = cluster_with_bucket(dir.path(), "b").await;
+    let put = |key: &'static str, data: Vec<u8>| {
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data))]);
+        objects.put("b", key, Incoming::unclaimed(body), None, Vec::new())
+    };
+    // Three full chunks and a short last one.
+    let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 17 % 251) as u8).collect();
+    let staged_before = METRICS.chunks_staged.get();
+    put("staged", data.clone()).await.unwrap();
+    assert!(
+        METRICS.chunks_staged.get() >= staged_before + 3,
+        "the full chunks were staged"
+    );
+    assert_eq!(must_read_all(&objects, "b", "staged").await, data);
+    let Body::Chunks { version, count } = objects.head("b", "staged").await.unwrap().body else {
+        panic!("a 3 MiB object is chunked")
+    };
+    assert_eq!(count, 4);
+    // Every replica holds every chunk, and no staged file is left over: each was taken.
+    for i in 0..3 {
+        let engine = cluster.node(i).unwrap().engine().clone();
+        for index in 0..count {
+            let stored = engine.get(Cf::Data, &chunk_key(version, index)).unwrap();
+            assert!(stored.is_some(), "store {i} lacks chunk {index}");
+        }
+        let left: Vec<_> = std::fs::read_dir(engine.staged_dir()).unwrap().collect();
+        assert!(left.is_empty(), "store {i} kept staged files: {left:?}");
+    }
+
+    // One store down: staging cannot reach every replica, so the chunks go through the
+    // Raft log (a quorum is enough there) and the PUT still succeeds.
+    cluster.stop_store(2).await;
+    let other: Vec<u8> = (0..(2 << 20) + 5).map(|i| (i * 7 % 253) as u8).collect();
+    put("logged", other.clone()).await.unwrap();
+    assert_eq!(must_read_all(&objects, "b", "logged").await, other);
+    assert_eq!(must_read_all(&objects, "b", "staged").await, data);
+    cluster.shutdown().await;
+}
+
 /// Overwrites `key` in the data of the store `i` alone, bypassing Raft: a disk that
 /// flipped bits under one replica.
 fn corrupt_on(cluster: &LocalCluster, i: usize, key: &[u8], value: &[u8]) {

@@ -266,3 +266,46 @@ async fn a_retried_staged_ingest_applies_once() {
     assert_eq!(all[10].1, padded("r-10", 1_000));
     cluster.shutdown().await;
 }
+
+/// `put_staged` writes one large value by staging it; a client whose route is stale
+/// (the range split since it looked) learns the new ranges from the refusal and stages
+/// again rather than fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_staged_put_with_a_stale_route_learns_the_split_and_lands_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let stale = cluster.client().unwrap();
+    let fresh = cluster.client().unwrap();
+    let value = padded("big", 300 << 10);
+    // The stale client learns the one range, then another client splits it.
+    stale.put(key(1), "warm").await.unwrap();
+    fresh.split(key(500)).await.unwrap();
+    let staged_before = shale_storage::metrics::METRICS.staged_files.get();
+    stale.put_staged(key(700), value.clone()).await.unwrap();
+    assert!(
+        shale_storage::metrics::METRICS.staged_files.get() >= staged_before + 3,
+        "staged on the three replicas"
+    );
+    assert_eq!(fresh.get(key(700)).await.unwrap(), Some(value.clone()));
+    // Each replica applies the ingest in its own time; within seconds it holds it.
+    for i in 0..3 {
+        let engine = cluster.node(i).unwrap().engine();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stored = engine.get(Cf::Data, &key(700)).unwrap();
+            if stored.as_deref() == Some(&value[..]) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replica on store {i} never held the value: {:?}",
+                stored.map(|v| v.len())
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // A value staged again under the same key replaces nothing but itself.
+    stale.put_staged(key(700), value.clone()).await.unwrap();
+    assert_eq!(fresh.get(key(700)).await.unwrap(), Some(value));
+    cluster.shutdown().await;
+}
