@@ -16,13 +16,6 @@ use crate::objects::hex;
 /// Chunk writes in flight per upload (memory: this many chunks).
 const CHUNK_WRITES_IN_FLIGHT: usize = 4;
 
-/// Chunks at least this large are staged on every replica and ingested
-/// ([`KvClient::put_staged`]): their bytes reach each replica's disk once, instead of
-/// three times (the Raft log, the memtable flush, a compaction). Smaller ones (a small
-/// body, a body's last chunk) go through the Raft log, which costs them less than staging
-/// three files and a second round trip.
-const STAGED_CHUNK_BYTES_MIN: usize = shale_rpc::client::INGEST_STAGE_BYTES_MIN;
-
 /// After a staged chunk write fails (a replica's store down or busy), chunks go through
 /// the Raft log for this long before staging is tried again: a quorum suffices there.
 const STAGING_PAUSE_MS: u64 = 2_000;
@@ -36,16 +29,22 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Writes one sealed chunk: staged if it is large and staging works lately, else (or if
-/// staging fails) through the Raft log. A chunk key is written once with one value, so
-/// a staged attempt that did land after all and the put that follows it agree.
+/// Writes one sealed chunk. A full chunk is staged on every replica and ingested
+/// ([`KvClient::put_staged`]) while staging works: its bytes reach each replica's disk
+/// once, instead of three times (the Raft log, the memtable flush, a compaction), and
+/// under its own prefix it is not compacted again. A short one (a small body, a body's
+/// last chunk) goes through the Raft log, which costs it less than staging three files
+/// and a second round trip; so does a full one whose staging failed. A chunk key is
+/// written once with one value, so a staged attempt that did land after all and the put
+/// that follows it agree.
 async fn write_chunk(
     kv: &KvClient,
     key: Bytes,
     sealed: Bytes,
+    full: bool,
 ) -> Result<(), shale_rpc::client::ClientError> {
     use std::sync::atomic::Ordering::Relaxed;
-    if sealed.len() >= STAGED_CHUNK_BYTES_MIN && STAGING_PAUSED_UNTIL_MS.load(Relaxed) <= now_ms() {
+    if full && STAGING_PAUSED_UNTIL_MS.load(Relaxed) <= now_ms() {
         match kv.put_staged(key.clone(), sealed.clone()).await {
             Ok(()) => {
                 crate::metrics::METRICS.chunks_staged.inc();
@@ -53,11 +52,30 @@ async fn write_chunk(
             }
             Err(e) => {
                 debug!(error = %e, "staged chunk write failed; writing through the log");
-                STAGING_PAUSED_UNTIL_MS.store(now_ms() + STAGING_PAUSE_MS, Relaxed);
+                if !is_route_churn(&e) {
+                    STAGING_PAUSED_UNTIL_MS.store(now_ms() + STAGING_PAUSE_MS, Relaxed);
+                }
             }
         }
     }
     kv.put(key, sealed).await
+}
+
+/// Whether a failed staged write failed only because the range moved under it (split,
+/// new leader) rather than because a replica's store cannot stage: the next chunk
+/// may well stage, so staging is not paused.
+fn is_route_churn(e: &shale_rpc::client::ClientError) -> bool {
+    use shale_rpc::KvError;
+    matches!(
+        e,
+        shale_rpc::client::ClientError::Kv(
+            KvError::EpochNotMatch { .. }
+                | KvError::NotLeader { .. }
+                | KvError::KeyNotInRange { .. }
+                | KvError::RangeNotFound { .. }
+                | KvError::ProposalDropped
+        )
+    )
 }
 
 /// Stores' data in this very process (`shale dev`, benchmarks), read directly by key.
@@ -84,6 +102,8 @@ pub(crate) enum Piece {
     Chunk {
         version: u128,
         index: u32,
+        /// The chunk holds [`CHUNK_BYTES`] (which says where its key is).
+        full: bool,
         from: usize,
         to: usize,
     },
@@ -104,6 +124,7 @@ pub(crate) fn chunk_pieces(segments: &[Segment], start: u64, end: u64) -> Vec<Pi
             pieces.push(Piece::Chunk {
                 version: seg.version,
                 index,
+                full: layout::chunk_is_full(index, seg.size),
                 from: (pos - chunk_start) as usize,
                 to: (chunk_end - chunk_start) as usize,
             });
@@ -144,13 +165,17 @@ impl ChunkWriter {
             self.wait_one().await?;
         }
         crate::metrics::METRICS.chunks_written.inc();
-        let (kv, key) = (self.kv.clone(), layout::chunk_key(self.version, self.next));
+        let full = chunk.len() == CHUNK_BYTES;
+        let (kv, key) = (
+            self.kv.clone(),
+            layout::chunk_key(self.version, self.next, full),
+        );
         // Sealed here so the unsealed copy is freed before the write goes out.
         let sealed = layout::seal_chunk(&chunk);
         drop(chunk);
-        self.in_flight.push_back(tokio::spawn(
-            async move { write_chunk(&kv, key, sealed).await },
-        ));
+        self.in_flight.push_back(tokio::spawn(async move {
+            write_chunk(&kv, key, sealed, full).await
+        }));
         self.next += 1;
         Ok(())
     }
@@ -236,13 +261,23 @@ pub(crate) async fn fetch_chunk(
     near: &NearChunks,
     version: u128,
     index: u32,
+    full: bool,
 ) -> Result<Bytes, String> {
-    let key = layout::chunk_key(version, index);
+    let key = layout::chunk_key(version, index, full);
     if let Some(data) = near.get(kv, &key).await {
         return Ok(data);
     }
-    let stored = match kv.get(key.clone()).await {
-        Ok(Some(stored)) => stored,
+    let (key, stored) = match kv.get(key.clone()).await {
+        Ok(Some(stored)) => (key, stored),
+        // Written before full chunks had their own prefix, perhaps.
+        Ok(None) if full => {
+            let legacy = layout::legacy_chunk_key(version, index);
+            match kv.get(legacy.clone()).await {
+                Ok(Some(stored)) => (legacy, stored),
+                Ok(None) => return Err(format!("chunk {index} of the object is missing")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         Ok(None) => return Err(format!("chunk {index} of the object is missing")),
         Err(e) => return Err(e.to_string()),
     };

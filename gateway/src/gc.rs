@@ -95,7 +95,22 @@ impl ObjectStore {
             live_versions: live.len(),
             ..Sweep::default()
         };
-        let (mut next, end) = layout::chunk_bounds();
+        for (start, end) in layout::chunk_bounds() {
+            self.sweep_chunk_span(start, end, &live, cutoff, &mut sweep)
+                .await?;
+        }
+        Ok(sweep)
+    }
+
+    /// The orphan sweep over the chunk keys in `[next, end)`.
+    async fn sweep_chunk_span(
+        &self,
+        mut next: Bytes,
+        end: Bytes,
+        live: &HashSet<u128>,
+        cutoff: u64,
+        sweep: &mut Sweep,
+    ) -> Result<(), GwError> {
         loop {
             let page = self.kv().scan_keys(next, end.clone(), PAGE).await?;
             sweep.chunks_seen += page.pairs.len() as u64;
@@ -119,7 +134,7 @@ impl ObjectStore {
             }
             match page.resume_key {
                 Some(k) if k < end => next = k,
-                _ => return Ok(sweep),
+                _ => return Ok(()),
             }
         }
     }

@@ -34,7 +34,7 @@ pub struct AccessKey {
     pub created_ms: u64,
 }
 
-fn record_key(access_key: &str) -> Bytes {
+pub(crate) fn record_key(access_key: &str) -> Bytes {
     let mut k = BytesMut::with_capacity(1 + access_key.len());
     k.put_u8(KEY_PREFIX);
     k.put_slice(access_key.as_bytes());

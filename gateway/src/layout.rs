@@ -13,7 +13,15 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 
 const BUCKET_PREFIX: u8 = b'B';
 const OBJECT_PREFIX: u8 = b'O';
+/// Chunks shorter than [`CHUNK_BYTES`] (a body's last, a small body's only one), and
+/// full chunks written before full chunks had a prefix of their own.
 const CHUNK_PREFIX: u8 = b'C';
+/// Full chunks. They are staged on every replica and ingested as one-key SST files, and
+/// this prefix sorts above every other record's (keep it the highest): no file of other
+/// records, whose keys are written in batches and flushed together, spans their keys, so
+/// RocksDB puts each ingested chunk straight into the bottom level and need not compact
+/// it again.
+const FULL_CHUNK_PREFIX: u8 = b'~';
 
 /// What a bucket record holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +41,8 @@ struct BucketMetaV1 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     Inline(Bytes),
-    /// `count` chunks of `version`; chunk `i` is at [`chunk_key`]`(version, i)`.
+    /// `count` chunks of `version`; chunk `i` is at [`chunk_key`]`(version, i, full)`,
+    /// every one full but perhaps the last.
     Chunks {
         version: u128,
         count: u32,
@@ -309,12 +318,19 @@ pub fn version_time_ms(version: u128) -> u64 {
     (version >> 64) as u64
 }
 
-/// `[start, end)` of every chunk key.
-pub fn chunk_bounds() -> (Bytes, Bytes) {
-    (
-        Bytes::from_static(&[CHUNK_PREFIX]),
-        Bytes::from_static(&[CHUNK_PREFIX + 1]),
-    )
+/// `[start, end)` of each span of chunk keys: short (and older full) chunks, and full
+/// chunks.
+pub fn chunk_bounds() -> [(Bytes, Bytes); 2] {
+    [
+        (
+            Bytes::from_static(&[CHUNK_PREFIX]),
+            Bytes::from_static(&[CHUNK_PREFIX + 1]),
+        ),
+        (
+            Bytes::from_static(&[FULL_CHUNK_PREFIX]),
+            Bytes::from_static(&[FULL_CHUNK_PREFIX + 1]),
+        ),
+    ]
 }
 
 /// `[start, end)` of every object record, in every bucket.
@@ -335,7 +351,9 @@ pub fn all_part_bounds() -> (Bytes, Bytes) {
 
 /// The body version a chunk key names.
 pub fn version_of_chunk(key: &[u8]) -> Option<u128> {
-    let rest = key.strip_prefix(&[CHUNK_PREFIX])?;
+    let rest = key
+        .strip_prefix(&[CHUNK_PREFIX])
+        .or_else(|| key.strip_prefix(&[FULL_CHUNK_PREFIX]))?;
     if rest.len() != 4 + 16 + 4 {
         return None;
     }
@@ -347,14 +365,38 @@ pub fn chunk_sweep_key() -> Bytes {
     Bytes::from_static(b"Mchunk-sweep")
 }
 
-/// Where chunk `index` of body version `version` lives: a hash first, so consecutive
-/// chunks (and concurrent uploads) land on different ranges.
-pub fn chunk_key(version: u128, index: u32) -> Bytes {
+/// Whether chunk `index` of a run of chunks holding `size` bytes is a full one.
+pub fn chunk_is_full(index: u32, size: u64) -> bool {
+    (u64::from(index) + 1) * CHUNK_BYTES as u64 <= size
+}
+
+/// Where chunk `index` of body version `version` lives (`full`: it holds
+/// [`CHUNK_BYTES`]): a hash first, so consecutive chunks (and concurrent uploads) land
+/// on different ranges.
+pub fn chunk_key(version: u128, index: u32, full: bool) -> Bytes {
+    chunk_key_under(
+        if full {
+            FULL_CHUNK_PREFIX
+        } else {
+            CHUNK_PREFIX
+        },
+        version,
+        index,
+    )
+}
+
+/// Where a full chunk lived when it was written before full chunks had their own prefix:
+/// reads that miss a full chunk look there too.
+pub fn legacy_chunk_key(version: u128, index: u32) -> Bytes {
+    chunk_key_under(CHUNK_PREFIX, version, index)
+}
+
+fn chunk_key_under(prefix: u8, version: u128, index: u32) -> Bytes {
     let mut h = crc32fast::Hasher::new();
     h.update(&version.to_be_bytes());
     h.update(&index.to_be_bytes());
     let mut k = BytesMut::with_capacity(1 + 4 + 16 + 4);
-    k.put_u8(CHUNK_PREFIX);
+    k.put_u8(prefix);
     k.put_u32(h.finalize());
     k.put_u128(version);
     k.put_u32(index);
@@ -400,10 +442,14 @@ mod tests {
             new_version(5),
             "versions of one moment differ"
         );
-        let key = chunk_key(v, 7);
-        assert_eq!(version_of_chunk(&key), Some(v));
-        let (start, end) = chunk_bounds();
-        assert!(start <= key && key < end);
+        let [short_span, full_span] = chunk_bounds();
+        for (full, span) in [(false, &short_span), (true, &full_span)] {
+            let key = chunk_key(v, 7, full);
+            assert_eq!(version_of_chunk(&key), Some(v));
+            assert!(span.0 <= key && key < span.1);
+        }
+        let key = chunk_key(v, 7, false);
+        assert_eq!(version_of_chunk(&legacy_chunk_key(v, 7)), Some(v));
         assert_eq!(version_of_chunk(&object_key("b", "k")), None);
         assert_eq!(version_of_chunk(&key[..key.len() - 1]), None);
     }
@@ -458,10 +504,38 @@ mod tests {
 
     #[test]
     fn chunk_keys_spread_and_differ() {
-        let a = chunk_key(7, 0);
-        let b = chunk_key(7, 1);
+        let a = chunk_key(7, 0, true);
+        let b = chunk_key(7, 1, true);
         assert_ne!(a[1..5], b[1..5], "consecutive chunks hash apart");
-        assert_ne!(chunk_key(7, 0), chunk_key(8, 0));
+        assert_ne!(chunk_key(7, 0, true), chunk_key(8, 0, true));
+        assert_ne!(chunk_key(7, 0, true), chunk_key(7, 0, false));
+        assert_eq!(legacy_chunk_key(7, 0), chunk_key(7, 0, false));
+    }
+
+    #[test]
+    fn full_chunks_sort_above_every_other_record() {
+        let [(_, short_end), (full_start, _)] = chunk_bounds();
+        let others = [
+            bucket_key("zzz"),
+            object_key("zzz", "\u{10ffff}"),
+            upload_key("zzz", "k", "u"),
+            part_key("u", u32::MAX),
+            chunk_sweep_key(),
+            short_end,
+            crate::keys::record_key("zzz"),
+        ];
+        for other in others {
+            assert!(other < full_start, "{other:?} sorts below full chunks");
+        }
+    }
+
+    #[test]
+    fn only_a_runs_last_chunk_may_be_short() {
+        let size = 3 * CHUNK_BYTES as u64 + 5;
+        assert!((0..3).all(|i| chunk_is_full(i, size)));
+        assert!(!chunk_is_full(3, size));
+        assert!(chunk_is_full(2, 3 * CHUNK_BYTES as u64));
+        assert!(!chunk_is_full(0, 10));
     }
 
     #[test]

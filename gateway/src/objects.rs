@@ -577,10 +577,11 @@ impl ObjectStore {
                         Piece::Chunk {
                             version,
                             index,
+                            full,
                             from,
                             to,
                         } => {
-                            let data = fetch_chunk(&kv, &near, version, index)
+                            let data = fetch_chunk(&kv, &near, version, index, full)
                                 .await
                                 .map_err(std::io::Error::other)?;
                             if data.len() < to {
@@ -625,10 +626,21 @@ impl ObjectStore {
     }
 
     /// Chunks of a body no metadata points at any more. Failures leave garbage behind,
-    /// never a broken object: the metadata that pointed at them is already gone.
+    /// never a broken object: the metadata that pointed at them is already gone. Every
+    /// chunk but the last is full; the last may be either. (Full chunks written before
+    /// they had their own prefix are left to the orphan sweep.)
     async fn drop_chunks(&self, version: u128, count: u32) {
-        for i in 0..count {
-            if let Err(e) = self.kv.delete(layout::chunk_key(version, i)).await {
+        let keys = (0..count).flat_map(|i| {
+            let last = i + 1 == count;
+            [
+                Some(layout::chunk_key(version, i, true)),
+                last.then(|| layout::chunk_key(version, i, false)),
+            ]
+            .into_iter()
+            .flatten()
+        });
+        for key in keys {
+            if let Err(e) = self.kv.delete(key).await {
                 tracing::info!(error = %e, "could not delete a dropped chunk; it stays until collected");
                 return;
             }

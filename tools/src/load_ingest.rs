@@ -65,7 +65,10 @@ async fn lay_out(
         let chunks: Vec<(Bytes, Bytes)> = data
             .chunks(CHUNK_BYTES)
             .enumerate()
-            .map(|(i, c)| (layout::chunk_key(version, i as u32), layout::seal_chunk(c)))
+            .map(|(i, c)| {
+                let key = layout::chunk_key(version, i as u32, c.len() == CHUNK_BYTES);
+                (key, layout::seal_chunk(c))
+            })
             .collect();
         let count = chunks.len() as u32;
         (Body::Chunks { version, count }, chunks)
@@ -139,7 +142,8 @@ async fn load_large(
             .chunks(CHUNK_BYTES)
             .map(|c| {
                 index += 1;
-                (layout::chunk_key(version, index - 1), layout::seal_chunk(c))
+                let key = layout::chunk_key(version, index - 1, c.len() == CHUNK_BYTES);
+                (key, layout::seal_chunk(c))
             })
             .collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));

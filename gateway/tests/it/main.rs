@@ -206,12 +206,12 @@ async fn must_read_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_through_the_log() {
-    use shale_gateway::layout::{chunk_key, Body};
+    use shale_gateway::layout::{chunk_key, legacy_chunk_key, Body};
     use shale_gateway::metrics::METRICS;
     use shale_gateway::objects::Incoming;
     use shale_storage::engine::Cf;
     let dir = tempfile::tempdir().unwrap();
-    let (mut cluster, _kv, objects) = cluster_with_bucket(dir.path(), "b").await;
+    let (mut cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
     let put = |key: &'static str, data: Vec<u8>| {
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data))]);
         objects.put("b", key, Incoming::unclaimed(body), None, Vec::new())
@@ -233,12 +233,26 @@ async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_thr
     for i in 0..3 {
         let engine = cluster.node(i).unwrap().engine().clone();
         for index in 0..count {
-            let stored = engine.get(Cf::Data, &chunk_key(version, index)).unwrap();
+            let stored = engine
+                .get(Cf::Data, &chunk_key(version, index, index < 3))
+                .unwrap();
             assert!(stored.is_some(), "store {i} lacks chunk {index}");
         }
         let left: Vec<_> = std::fs::read_dir(engine.staged_dir()).unwrap().collect();
         assert!(left.is_empty(), "store {i} kept staged files: {left:?}");
     }
+
+    // Full chunks a gateway wrote before they had their own prefix are still read.
+    for index in 0..3 {
+        let (new, old) = (
+            chunk_key(version, index, true),
+            legacy_chunk_key(version, index),
+        );
+        let stored = kv.get(new.clone()).await.unwrap().expect("chunk stored");
+        kv.put(old, stored).await.unwrap();
+        kv.delete(new).await.unwrap();
+    }
+    assert_eq!(must_read_all(&objects, "b", "staged").await, data);
 
     // One store down: staging cannot reach every replica, so the chunks go through the
     // Raft log (a quorum is enough there) and the PUT still succeeds.
@@ -293,7 +307,7 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
     let before = shale_gateway::metrics::METRICS.corrupt_chunks.get();
 
     // The leader's copy of chunk 1 rots: same length, flipped bytes, stale checksum.
-    let key = chunk_key(version, 1);
+    let key = chunk_key(version, 1, true);
     let mut rotten = kv.get(key.clone()).await.unwrap().unwrap().to_vec();
     let middle = rotten.len() / 2;
     rotten[middle] ^= 0xff;
@@ -350,10 +364,12 @@ async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies
         .etag;
     // What dead gateways left: a body begun two minutes ago, and one begun just now.
     let old = new_version(now_ms() - 120_000);
+    // Full chunks and a short last one: the sweep walks both spans of chunk keys.
+    let orphan_key = |version, i| chunk_key(version, i, i < 2);
     let young = new_version(now_ms());
     for version in [old, young] {
         for i in 0..3 {
-            kv.put(chunk_key(version, i), seal_chunk(b"orphan"))
+            kv.put(orphan_key(version, i), seal_chunk(b"orphan"))
                 .await
                 .unwrap();
         }
@@ -363,8 +379,8 @@ async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies
     assert_eq!(sweep.chunks_seen, 3 + 6 + 6);
     assert_eq!(sweep.chunks_deleted, 3, "only the old orphan's chunks");
     for i in 0..3 {
-        assert!(kv.get(chunk_key(old, i)).await.unwrap().is_none());
-        assert!(kv.get(chunk_key(young, i)).await.unwrap().is_some());
+        assert!(kv.get(orphan_key(old, i)).await.unwrap().is_none());
+        assert!(kv.get(orphan_key(young, i)).await.unwrap().is_some());
     }
     // Once old enough the young orphan goes too; live bodies never do.
     let sweep = objects.sweep_orphan_chunks(0).await.unwrap();
@@ -467,7 +483,10 @@ async fn chunks_are_read_from_local_engines_and_a_bad_local_copy_falls_back() {
             let engine = cluster.node(s).unwrap().engine();
             let started = std::time::Instant::now();
             while engine
-                .get(shale_storage::engine::Cf::Data, &chunk_key(version, i))
+                .get(
+                    shale_storage::engine::Cf::Data,
+                    &chunk_key(version, i, i < 3),
+                )
                 .unwrap()
                 .is_none()
             {
@@ -494,7 +513,7 @@ async fn chunks_are_read_from_local_engines_and_a_bad_local_copy_falls_back() {
     assert!(read_with(local.clone()).await.unwrap() == data);
     assert_eq!(local.served.load(Ordering::SeqCst), 4);
     // That engine's copy of chunk 1 rots: the read goes through the cluster instead.
-    corrupt_on(&cluster, 2, &chunk_key(version, 1), b"rotten bytes");
+    corrupt_on(&cluster, 2, &chunk_key(version, 1, true), b"rotten bytes");
     let corrupt_before = shale_gateway::metrics::METRICS.corrupt_chunks.get();
     let local = Arc::new(CountingChunks {
         engines: vec![cluster.node(2).unwrap().engine().clone()],
@@ -531,7 +550,7 @@ async fn chunks_are_read_from_near_stores_own_replicas_first() {
     let Body::Chunks { version, .. } = meta.body else {
         panic!("a chunked body")
     };
-    let key = chunk_key(version, 0);
+    let key = chunk_key(version, 0, true);
     let stores: Vec<u64> = cluster.store_addrs().iter().map(|s| s.store_id).collect();
     // Each store's copy of chunk 0 is made recognisable (white-box: a valid chunk of the
     // same size, so whose copy was served shows in the bytes).
