@@ -312,6 +312,9 @@ impl StoreConfig {
                 "engine level0-slowdown-files must be positive and below level0-stop-files".into(),
             );
         }
+        if self.engine.open_files_max < 64 {
+            return bad("engine open-files-max must be at least 64".into());
+        }
         if self.ingest.staged_bytes_max == 0
             || self.ingest.staged_ttl_secs == 0
             || self.ingest.stage_builds_max == 0

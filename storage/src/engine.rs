@@ -69,6 +69,11 @@ pub struct EngineConfig {
     /// merges them; RocksDB's own defaults (20 and 36) then throttle a store to a few
     /// MB/s during a load.
     pub level0_stop_files: i32,
+    /// SST files RocksDB keeps open at once (others are opened when read, least used
+    /// closed first). Each full object chunk lands as a file of its own, so a store
+    /// holds about one file per MiB of object data: keep this below the process's open
+    /// file limit (`ulimit -n`), less the sockets and logs it needs.
+    pub open_files_max: i32,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +85,7 @@ impl Default for EngineConfig {
             background_jobs: 2,
             level0_slowdown_files: 48,
             level0_stop_files: 96,
+            open_files_max: 4_096,
         }
     }
 }
@@ -132,6 +138,7 @@ impl Engine {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(config.background_jobs);
+        db_opts.set_max_open_files(config.open_files_max);
         db_opts.set_bytes_per_sync(1 << 20);
         // Applied data is written without the WAL (the Raft log is its WAL); flushing all
         // column families together keeps applied data and apply state consistent.
