@@ -6,7 +6,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use shale_rpc::client::{ClientConfig, KvClient};
 
 use crate::dev::free_tcp_port;
@@ -14,17 +13,18 @@ use crate::procs::*;
 
 /// Chunk keys in the whole cluster.
 async fn count_chunks(client: &KvClient) -> usize {
-    let end = Bytes::from_static(b"D");
-    let mut next = Bytes::from_static(b"C");
     let mut count = 0;
-    loop {
-        let page = client.scan_keys(next, end.clone(), 1000).await.unwrap();
-        count += page.pairs.len();
-        match page.resume_key {
-            Some(k) if k < end => next = k,
-            _ => return count,
+    for (mut next, end) in shale_gateway::layout::chunk_bounds() {
+        loop {
+            let page = client.scan_keys(next, end.clone(), 1000).await.unwrap();
+            count += page.pairs.len();
+            match page.resume_key {
+                Some(k) if k < end => next = k,
+                _ => break,
+            }
         }
     }
+    count
 }
 
 fn python(code: &str) -> Command {
