@@ -216,27 +216,42 @@ async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_thr
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data))]);
         objects.put("b", key, Incoming::unclaimed(body), None, Vec::new())
     };
-    // Three full chunks and a short last one.
+    // Three full chunks and a short last one. Staging pauses for the whole process for
+    // 2 s after a store could not stage, which another test may have caused just now:
+    // the PUT is repeated (same bytes) until its chunks are staged, for up to 10 s.
     let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 17 % 251) as u8).collect();
-    let staged_before = METRICS.chunks_staged.get();
-    put("staged", data.clone()).await.unwrap();
-    assert!(
-        METRICS.chunks_staged.get() >= staged_before + 3,
-        "the full chunks were staged"
-    );
+    let started = std::time::Instant::now();
+    loop {
+        let staged_before = METRICS.chunks_staged.get();
+        put("staged", data.clone()).await.unwrap();
+        if METRICS.chunks_staged.get() >= staged_before + 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the full chunks were never staged"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_eq!(must_read_all(&objects, "b", "staged").await, data);
     let Body::Chunks { version, count } = objects.head("b", "staged").await.unwrap().body else {
         panic!("a 3 MiB object is chunked")
     };
     assert_eq!(count, 4);
-    // Every replica holds every chunk, and no staged file is left over: each was taken.
+    // Every replica comes to hold every chunk (each applies in its own time), and no
+    // staged file is left over then: each was taken.
     for i in 0..3 {
         let engine = cluster.node(i).unwrap().engine().clone();
+        let started = std::time::Instant::now();
         for index in 0..count {
-            let stored = engine
-                .get(Cf::Data, &chunk_key(version, index, index < 3))
-                .unwrap();
-            assert!(stored.is_some(), "store {i} lacks chunk {index}");
+            let key = chunk_key(version, index, index < 3);
+            while engine.get(Cf::Data, &key).unwrap().is_none() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "store {i} never held chunk {index}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let left: Vec<_> = std::fs::read_dir(engine.staged_dir()).unwrap().collect();
         assert!(left.is_empty(), "store {i} kept staged files: {left:?}");
