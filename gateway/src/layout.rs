@@ -385,6 +385,11 @@ pub fn chunk_key(version: u128, index: u32, full: bool) -> Bytes {
     )
 }
 
+/// Whether `key` is a full chunk's.
+pub fn is_full_chunk_key(key: &[u8]) -> bool {
+    key.first() == Some(&FULL_CHUNK_PREFIX) && version_of_chunk(key).is_some()
+}
+
 /// Where a full chunk lived when it was written before full chunks had their own prefix:
 /// reads that miss a full chunk look there too.
 pub fn legacy_chunk_key(version: u128, index: u32) -> Bytes {
@@ -449,6 +454,9 @@ mod tests {
             assert!(span.0 <= key && key < span.1);
         }
         let key = chunk_key(v, 7, false);
+        assert!(is_full_chunk_key(&chunk_key(v, 7, true)));
+        assert!(!is_full_chunk_key(&key));
+        assert!(!is_full_chunk_key(&legacy_chunk_key(v, 7)));
         assert_eq!(version_of_chunk(&legacy_chunk_key(v, 7)), Some(v));
         assert_eq!(version_of_chunk(&object_key("b", "k")), None);
         assert_eq!(version_of_chunk(&key[..key.len() - 1]), None);

@@ -1,8 +1,9 @@
 //! `shale load --ingest`: the bulk-import fast path. Objects are laid out here exactly
 //! as a gateway would store them (chunks, then metadata records), sorted, and sent to
-//! the ranges as `Ingest` commands: each replica writes the pairs as one SST file and
-//! ingests it when the Raft command applies. No HTTP, no per-object Raft write, no
-//! memtable or compaction of small files on the stores.
+//! the ranges as ingests: each replica writes the pairs as SST files and ingests them
+//! when the Raft command applies (full chunks one file each, as a gateway stages them).
+//! No HTTP, no per-object Raft write, no memtable or compaction of small files on the
+//! stores.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -104,7 +105,7 @@ async fn read_exact(file: &mut tokio::fs::File, len: u64) -> anyhow::Result<Byte
 /// its chunks a window at a time, then its metadata record. Returns its size, or `None`
 /// if skipped.
 async fn load_large(
-    kv: &KvClient,
+    kv: &Arc<KvClient>,
     bucket: &str,
     key: &str,
     path: &std::path::Path,
@@ -147,7 +148,7 @@ async fn load_large(
             })
             .collect();
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        kv.ingest(&pairs).await.context("ingest chunks")?;
+        ingest_chunks(kv, &pairs).await.context("ingest chunks")?;
     }
     let meta = ObjectMeta {
         size: len,
@@ -193,9 +194,7 @@ async fn ingest_batch(kv: &Arc<KvClient>, batch: Vec<Laid>, progress: &Progress)
     let mut records: Vec<(Bytes, Bytes)> = batch.iter().map(|l| l.record.clone()).collect();
     records.sort_by(|a, b| a.0.cmp(&b.0));
     let result = async {
-        ingest_parallel(kv, &chunks)
-            .await
-            .context("ingest chunks")?;
+        ingest_chunks(kv, &chunks).await.context("ingest chunks")?;
         ingest_parallel(kv, &records)
             .await
             .context("ingest object records")
@@ -216,6 +215,39 @@ async fn ingest_batch(kv: &Arc<KvClient>, batch: Vec<Laid>, progress: &Progress)
             }
         }
     }
+}
+
+/// Ingests sorted chunk pairs. Full chunks are staged one file each, as a gateway
+/// stages them ([`KvClient::put_staged`]): a file of many hash-spread chunks would span
+/// other full chunks' keys, and RocksDB would then place it above them and compact it
+/// again. A full chunk that cannot be staged (a replica's store down) goes through the
+/// Raft log. Short chunks are cut and ingested in pieces.
+async fn ingest_chunks(kv: &Arc<KvClient>, pairs: &[(Bytes, Bytes)]) -> anyhow::Result<()> {
+    /// Full chunks staged at once.
+    const STAGED_IN_FLIGHT: usize = 8;
+    let (full, short): (Vec<_>, Vec<_>) = pairs
+        .iter()
+        .cloned()
+        .partition(|(k, _)| layout::is_full_chunk_key(k));
+    let mut set = tokio::task::JoinSet::new();
+    for (key, value) in full {
+        if set.len() >= STAGED_IN_FLIGHT {
+            if let Some(done) = set.join_next().await {
+                done??;
+            }
+        }
+        let kv = kv.clone();
+        set.spawn(async move {
+            match kv.put_staged(key.clone(), value.clone()).await {
+                Ok(()) => Ok(()),
+                Err(_) => kv.put(key, value).await,
+            }
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done??;
+    }
+    ingest_parallel(kv, &short).await
 }
 
 /// Ingests sorted `pairs` as a few contiguous slices at once (chunk keys spread over
