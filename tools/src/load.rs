@@ -32,7 +32,9 @@ pub struct LoadArgs {
     /// Bulk-import path: lay the objects out here, stage them as SST files on every
     /// replica's store and ingest those through small Raft entries (the bytes never enter
     /// the Raft log), straight to the cluster named by --cluster rather than through a
-    /// gateway. 1.2-1.6x the S3 path's MB/s on one 2-core machine (README).
+    /// gateway. On one 2-core machine 1.1-1.6x the S3 path's MB/s for small files, and
+    /// slower than it for files of several MiB, whose full chunks the gateway stages too
+    /// (README).
     #[arg(long, requires = "cluster")]
     ingest: bool,
     /// The cluster file (e.g. DATA_DIR/dev.json) for --ingest.
