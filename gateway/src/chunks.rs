@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use crate::error::GwError;
 use crate::layout::{self, Segment, CHUNK_BYTES};
-use crate::objects::hex;
+use crate::objects::{hex, now_ms};
 
 /// Chunk writes in flight per upload (memory: this many chunks).
 const CHUNK_WRITES_IN_FLIGHT: usize = 4;
@@ -23,12 +23,6 @@ const STAGING_PAUSE_MS: u64 = 2_000;
 /// Until when (ms since the Unix epoch) chunks skip staging; 0 when they do not.
 static STAGING_PAUSED_UNTIL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Writes one sealed chunk. A full chunk is staged on every replica and ingested
 /// ([`KvClient::put_staged`]) while staging works: its bytes reach each replica's disk
 /// once, instead of three times (the Raft log, the memtable flush, a compaction), and
@@ -37,7 +31,7 @@ fn now_ms() -> u64 {
 /// and a second round trip; so does a full one whose staging failed. A chunk key is
 /// written once with one value, so a staged attempt that did land after all and the put
 /// that follows it agree.
-async fn write_chunk(
+pub async fn write_chunk(
     kv: &KvClient,
     key: Bytes,
     sealed: Bytes,

@@ -14,4 +14,5 @@ pub mod objects;
 pub mod s3;
 pub mod server;
 
+pub use chunks::write_chunk;
 pub use server::{Gateway, GatewayConfig};

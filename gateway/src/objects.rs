@@ -630,15 +630,12 @@ impl ObjectStore {
     /// chunk but the last is full; the last may be either. (Full chunks written before
     /// they had their own prefix are left to the orphan sweep.)
     async fn drop_chunks(&self, version: u128, count: u32) {
-        let keys = (0..count).flat_map(|i| {
-            let last = i + 1 == count;
-            [
-                Some(layout::chunk_key(version, i, true)),
-                last.then(|| layout::chunk_key(version, i, false)),
-            ]
-            .into_iter()
-            .flatten()
-        });
+        let mut keys: Vec<Bytes> = (0..count)
+            .map(|i| layout::chunk_key(version, i, true))
+            .collect();
+        if let Some(last) = count.checked_sub(1) {
+            keys.push(layout::chunk_key(version, last, false));
+        }
         for key in keys {
             if let Err(e) = self.kv.delete(key).await {
                 tracing::info!(error = %e, "could not delete a dropped chunk; it stays until collected");

@@ -217,11 +217,11 @@ async fn ingest_batch(kv: &Arc<KvClient>, batch: Vec<Laid>, progress: &Progress)
     }
 }
 
-/// Ingests sorted chunk pairs. Full chunks are staged one file each, as a gateway
-/// stages them ([`KvClient::put_staged`]): a file of many hash-spread chunks would span
-/// other full chunks' keys, and RocksDB would then place it above them and compact it
-/// again. A full chunk that cannot be staged (a replica's store down) goes through the
-/// Raft log. Short chunks are cut and ingested in pieces.
+/// Ingests sorted chunk pairs. Full chunks are written one file each, the way a gateway
+/// writes them ([`shale_gateway::write_chunk`]: staged, or through the Raft log when a
+/// replica's store cannot stage): a file of many hash-spread chunks would span other
+/// full chunks' keys, and RocksDB would then place it above them and compact it again.
+/// Short chunks are cut and ingested in pieces.
 async fn ingest_chunks(kv: &Arc<KvClient>, pairs: &[(Bytes, Bytes)]) -> anyhow::Result<()> {
     /// Full chunks staged at once.
     const STAGED_IN_FLIGHT: usize = 8;
@@ -237,12 +237,7 @@ async fn ingest_chunks(kv: &Arc<KvClient>, pairs: &[(Bytes, Bytes)]) -> anyhow::
             }
         }
         let kv = kv.clone();
-        set.spawn(async move {
-            match kv.put_staged(key.clone(), value.clone()).await {
-                Ok(()) => Ok(()),
-                Err(_) => kv.put(key, value).await,
-            }
-        });
+        set.spawn(async move { shale_gateway::write_chunk(&kv, key, value, true).await });
     }
     while let Some(done) = set.join_next().await {
         done??;
