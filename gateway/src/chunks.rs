@@ -10,7 +10,7 @@ use shale_rpc::StoreId;
 use tracing::{debug, warn};
 
 use crate::error::GwError;
-use crate::layout::{self, Segment, CHUNK_BYTES};
+use crate::layout::{self, Segment, LARGE_CHUNK_BYTES_MIN};
 use crate::objects::{hex, now_ms};
 
 /// Chunk writes in flight per upload (memory: this many chunks).
@@ -23,22 +23,22 @@ const STAGING_PAUSE_MS: u64 = 2_000;
 /// Until when (ms since the Unix epoch) chunks skip staging; 0 when they do not.
 static STAGING_PAUSED_UNTIL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Writes one sealed chunk. A full chunk is staged on every replica and ingested
+/// Writes one sealed chunk. A large chunk is staged on every replica and ingested
 /// ([`KvClient::put_staged`]) while staging works: its bytes reach each replica's disk
 /// once, instead of three times (the Raft log, the memtable flush, a compaction), and
-/// under its own prefix it is not compacted again. A short one (a small body, a body's
-/// last chunk) goes through the Raft log, which costs it less than staging three files
-/// and a second round trip; so does a full one whose staging failed. A chunk key is
+/// under its own prefix it is not compacted again. A small one (a small body, a body's
+/// short last chunk) goes through the Raft log, which costs it less than staging three
+/// files and a second round trip; so does a large one whose staging failed. A chunk key is
 /// written once with one value, so a staged attempt that did land after all and the put
 /// that follows it agree.
 pub async fn write_chunk(
     kv: &KvClient,
     key: Bytes,
     sealed: Bytes,
-    full: bool,
+    large: bool,
 ) -> Result<(), shale_rpc::client::ClientError> {
     use std::sync::atomic::Ordering::Relaxed;
-    if full && STAGING_PAUSED_UNTIL_MS.load(Relaxed) <= now_ms() {
+    if large && STAGING_PAUSED_UNTIL_MS.load(Relaxed) <= now_ms() {
         match kv.put_staged(key.clone(), sealed.clone()).await {
             Ok(()) => {
                 crate::metrics::METRICS.chunks_staged.inc();
@@ -96,8 +96,8 @@ pub(crate) enum Piece {
     Chunk {
         version: u128,
         index: u32,
-        /// The chunk holds [`CHUNK_BYTES`] (which says where its key is).
-        full: bool,
+        /// The chunk is a large one (which says where its key is).
+        large: bool,
         from: usize,
         to: usize,
     },
@@ -112,13 +112,14 @@ pub(crate) fn chunk_pieces(segments: &[Segment], start: u64, end: u64) -> Vec<Pi
         let (from, to) = (start.max(seg_start), end.min(seg_end));
         let mut pos = from;
         while pos < to {
-            let index = ((pos - seg_start) / CHUNK_BYTES as u64) as u32;
-            let chunk_start = seg_start + index as u64 * CHUNK_BYTES as u64;
-            let chunk_end = (chunk_start + CHUNK_BYTES as u64).min(to);
+            let chunk_bytes = u64::from(seg.chunk_bytes.max(1));
+            let index = ((pos - seg_start) / chunk_bytes) as u32;
+            let chunk_start = seg_start + u64::from(index) * chunk_bytes;
+            let chunk_end = (chunk_start + chunk_bytes).min(to);
             pieces.push(Piece::Chunk {
                 version: seg.version,
                 index,
-                full: layout::chunk_is_full(index, seg.size),
+                large: seg.chunk_is_large(index),
                 from: (pos - chunk_start) as usize,
                 to: (chunk_end - chunk_start) as usize,
             });
@@ -159,16 +160,16 @@ impl ChunkWriter {
             self.wait_one().await?;
         }
         crate::metrics::METRICS.chunks_written.inc();
-        let full = chunk.len() == CHUNK_BYTES;
+        let large = chunk.len() >= LARGE_CHUNK_BYTES_MIN;
         let (kv, key) = (
             self.kv.clone(),
-            layout::chunk_key(self.version, self.next, full),
+            layout::chunk_key(self.version, self.next, large),
         );
         // Sealed here so the unsealed copy is freed before the write goes out.
         let sealed = layout::seal_chunk(&chunk);
         drop(chunk);
         self.in_flight.push_back(tokio::spawn(async move {
-            write_chunk(&kv, key, sealed, full).await
+            write_chunk(&kv, key, sealed, large).await
         }));
         self.next += 1;
         Ok(())
@@ -255,16 +256,16 @@ pub(crate) async fn fetch_chunk(
     near: &NearChunks,
     version: u128,
     index: u32,
-    full: bool,
+    large: bool,
 ) -> Result<Bytes, String> {
-    let key = layout::chunk_key(version, index, full);
+    let key = layout::chunk_key(version, index, large);
     if let Some(data) = near.get(kv, &key).await {
         return Ok(data);
     }
     let (key, stored) = match kv.get(key.clone()).await {
         Ok(Some(stored)) => (key, stored),
-        // Written before full chunks had their own prefix, perhaps.
-        Ok(None) if full => {
+        // Written before large chunks had their own prefix, perhaps.
+        Ok(None) if large => {
             let legacy = layout::legacy_chunk_key(version, index);
             match kv.get(legacy.clone()).await {
                 Ok(Some(stored)) => (legacy, stored),

@@ -15,7 +15,7 @@ pub use crate::chunks::LocalChunks;
 use crate::chunks::{chunk_pieces, fetch_chunk, ChunkWriter, NearChunks, Piece};
 use crate::error::GwError;
 use crate::layout::{
-    self, Body, BucketMeta, ObjectMeta, PartMeta, Segment, UploadMeta, CHUNK_BYTES,
+    self, Body, BucketMeta, ObjectMeta, PartMeta, UploadMeta, CHUNK_BYTES,
     INLINE_BYTES_MAX,
 };
 
@@ -289,7 +289,15 @@ impl ObjectStore {
                 Err(e)
             }
             None if inline_body => Ok((Body::Inline(buf.freeze()), size, digest)),
-            None => Ok((Body::Chunks { version, count }, size, digest)),
+            None => Ok((
+                Body::Chunks {
+                    version,
+                    count,
+                    chunk_bytes: CHUNK_BYTES as u32,
+                },
+                size,
+                digest,
+            )),
         }
     }
 
@@ -414,7 +422,12 @@ impl ObjectStore {
             self.drop_body(&ObjectMeta::orphan(body)).await;
             return Err(e);
         }
-        let Body::Chunks { version, count } = body else {
+        let Body::Chunks {
+            version,
+            count,
+            chunk_bytes,
+        } = body
+        else {
             unreachable!("parts are never inline");
         };
         let part = PartMeta {
@@ -423,6 +436,7 @@ impl ObjectStore {
             version,
             count,
             last_modified_ms: now_ms(),
+            chunk_bytes,
         };
         let record = layout::part_key(upload_id, number);
         let previous = self.kv.get(record.clone()).await?;
@@ -489,11 +503,7 @@ impl ObjectStore {
             }
             md5s.update(decode_hex_md5(&part.etag)?);
             size += part.size;
-            segments.push(Segment {
-                version: part.version,
-                count: part.count,
-                size: part.size,
-            });
+            segments.push(part.segment());
         }
         let digest: [u8; 16] = md5s.finalize().into();
         let meta = ObjectMeta {
@@ -577,11 +587,11 @@ impl ObjectStore {
                         Piece::Chunk {
                             version,
                             index,
-                            full,
+                            large,
                             from,
                             to,
                         } => {
-                            let data = fetch_chunk(&kv, &near, version, index, full)
+                            let data = fetch_chunk(&kv, &near, version, index, large)
                                 .await
                                 .map_err(std::io::Error::other)?;
                             if data.len() < to {
@@ -627,7 +637,7 @@ impl ObjectStore {
 
     /// Chunks of a body no metadata points at any more. Failures leave garbage behind,
     /// never a broken object: the metadata that pointed at them is already gone. Every
-    /// chunk but the last is full; the last may be either. (Full chunks written before
+    /// chunk but the last is large; the last may be either. (Large chunks written before
     /// they had their own prefix are left to the orphan sweep.)
     async fn drop_chunks(&self, version: u128, count: u32) {
         let mut keys: Vec<Bytes> = (0..count)

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
-use shale_gateway::layout::{self, Body, ObjectMeta, CHUNK_BYTES, INLINE_BYTES_MAX};
+use shale_gateway::layout::{
+    self, Body, ObjectMeta, CHUNK_BYTES, INLINE_BYTES_MAX, LARGE_CHUNK_BYTES_MIN,
+};
 use shale_gateway::objects::{now_ms, ObjectStore, KEY_BYTES_MAX, OBJECT_BYTES_MAX};
 use shale_rpc::client::KvClient;
 use tokio::io::AsyncReadExt;
@@ -22,6 +24,7 @@ use crate::load::{generated_body, hex, Item, Progress};
 /// Body bytes gathered into one batch of ingests (chunks first, then metadata); a file
 /// this large or larger is sent on its own, a window at a time.
 const BATCH_BYTES: usize = 64 << 20;
+const _: () = assert!(BATCH_BYTES % CHUNK_BYTES == 0, "windows hold whole chunks");
 /// Batches in flight at once (memory: about twice this many batches).
 const BATCHES_IN_FLIGHT: usize = 2;
 
@@ -67,12 +70,18 @@ async fn lay_out(
             .chunks(CHUNK_BYTES)
             .enumerate()
             .map(|(i, c)| {
-                let key = layout::chunk_key(version, i as u32, c.len() == CHUNK_BYTES);
+                let key = layout::chunk_key(version, i as u32, c.len() >= LARGE_CHUNK_BYTES_MIN);
                 (key, layout::seal_chunk(c))
             })
             .collect();
         let count = chunks.len() as u32;
-        (Body::Chunks { version, count }, chunks)
+        let chunk_bytes = CHUNK_BYTES as u32;
+        let body = Body::Chunks {
+            version,
+            count,
+            chunk_bytes,
+        };
+        (body, chunks)
     };
     let meta = ObjectMeta {
         size: data.len() as u64,
@@ -143,7 +152,7 @@ async fn load_large(
             .chunks(CHUNK_BYTES)
             .map(|c| {
                 index += 1;
-                let key = layout::chunk_key(version, index - 1, c.len() == CHUNK_BYTES);
+                let key = layout::chunk_key(version, index - 1, c.len() >= LARGE_CHUNK_BYTES_MIN);
                 (key, layout::seal_chunk(c))
             })
             .collect();
@@ -159,6 +168,7 @@ async fn load_large(
         body: Body::Chunks {
             version,
             count: index,
+            chunk_bytes: CHUNK_BYTES as u32,
         },
     };
     let record = (layout::object_key(bucket, key), Bytes::from(meta.encode()));
@@ -217,20 +227,20 @@ async fn ingest_batch(kv: &Arc<KvClient>, batch: Vec<Laid>, progress: &Progress)
     }
 }
 
-/// Ingests sorted chunk pairs. Full chunks are written one file each, the way a gateway
+/// Ingests sorted chunk pairs. Large chunks are written one file each, the way a gateway
 /// writes them ([`shale_gateway::write_chunk`]: staged, or through the Raft log when a
 /// replica's store cannot stage): a file of many hash-spread chunks would span other
-/// full chunks' keys, and RocksDB would then place it above them and compact it again.
-/// Short chunks are cut and ingested in pieces.
+/// large chunks' keys, and RocksDB would then place it above them and compact it again.
+/// Small chunks are cut and ingested in pieces.
 async fn ingest_chunks(kv: &Arc<KvClient>, pairs: &[(Bytes, Bytes)]) -> anyhow::Result<()> {
-    /// Full chunks staged at once.
+    /// Large chunks staged at once.
     const STAGED_IN_FLIGHT: usize = 8;
-    let (full, short): (Vec<_>, Vec<_>) = pairs
+    let (large, small): (Vec<_>, Vec<_>) = pairs
         .iter()
         .cloned()
-        .partition(|(k, _)| layout::is_full_chunk_key(k));
+        .partition(|(k, _)| layout::is_large_chunk_key(k));
     let mut set = tokio::task::JoinSet::new();
-    for (key, value) in full {
+    for (key, value) in large {
         if set.len() >= STAGED_IN_FLIGHT {
             if let Some(done) = set.join_next().await {
                 done??;
@@ -242,7 +252,7 @@ async fn ingest_chunks(kv: &Arc<KvClient>, pairs: &[(Bytes, Bytes)]) -> anyhow::
     while let Some(done) = set.join_next().await {
         done??;
     }
-    ingest_parallel(kv, &short).await
+    ingest_parallel(kv, &small).await
 }
 
 /// Ingests sorted `pairs` as a few contiguous slices at once (chunk keys spread over

@@ -212,8 +212,8 @@ async fn must_read_all(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_through_the_log() {
-    use shale_gateway::layout::{chunk_key, legacy_chunk_key, Body};
+async fn large_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_through_the_log() {
+    use shale_gateway::layout::{chunk_key, legacy_chunk_key, Body, CHUNK_BYTES};
     use shale_gateway::metrics::METRICS;
     use shale_gateway::objects::Incoming;
     use shale_storage::engine::Cf;
@@ -223,10 +223,12 @@ async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_thr
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data))]);
         objects.put("b", key, Incoming::unclaimed(body), None, Vec::new())
     };
-    // Three full chunks and a short last one. Staging pauses for the whole process for
+    // Three large chunks and a small last one. Staging pauses for the whole process for
     // 2 s after a store could not stage, which another test may have caused just now:
     // the PUT is repeated (same bytes) until its chunks are staged, for up to 10 s.
-    let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 17 % 251) as u8).collect();
+    let data: Vec<u8> = (0..3 * CHUNK_BYTES + 77)
+        .map(|i| (i * 17 % 251) as u8)
+        .collect();
     let started = std::time::Instant::now();
     loop {
         let staged_before = METRICS.chunks_staged.get();
@@ -236,13 +238,14 @@ async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_thr
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "the full chunks were never staged"
+            "the large chunks were never staged"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(must_read_all(&objects, "b", "staged").await, data);
-    let Body::Chunks { version, count } = objects.head("b", "staged").await.unwrap().body else {
-        panic!("a 3 MiB object is chunked")
+    let Body::Chunks { version, count, .. } = objects.head("b", "staged").await.unwrap().body
+    else {
+        panic!("a 12 MiB object is chunked")
     };
     assert_eq!(count, 4);
     // Every replica comes to hold every chunk (each applies in its own time), and no
@@ -264,7 +267,7 @@ async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_thr
         assert!(left.is_empty(), "store {i} kept staged files: {left:?}");
     }
 
-    // Full chunks a gateway wrote before they had their own prefix are still read.
+    // Large chunks a gateway wrote before they had their own prefix are still read.
     for index in 0..3 {
         let (new, old) = (
             chunk_key(version, index, true),
@@ -286,6 +289,133 @@ async fn full_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_thr
     cluster.shutdown().await;
 }
 
+/// Objects recorded before records held a chunk size (1 MiB chunks, single PUT and
+/// multipart) read whole and by ranges across chunk edges; overwriting one drops its
+/// chunks; new objects use the current chunk size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_of_one_mebibyte_chunks_recorded_in_the_older_form_still_read() {
+    use futures::TryStreamExt;
+    use serde::Serialize;
+    use shale_gateway::layout::{
+        chunk_key, new_version, object_key, seal_chunk, Body, CHUNK_BYTES, LEGACY_CHUNK_BYTES,
+    };
+    use shale_gateway::objects::{now_ms, Incoming};
+    #[derive(Serialize)]
+    struct OldMeta {
+        size: u64,
+        etag: String,
+        content_type: Option<String>,
+        last_modified_ms: u64,
+        user_metadata: Vec<(String, String)>,
+        body: OldBody,
+    }
+    #[derive(Serialize)]
+    #[allow(dead_code)]
+    enum OldBody {
+        Inline(bytes::Bytes),
+        Chunks { version: u128, count: u32 },
+        Parts(Vec<(u128, u32, u64)>),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "old").await;
+    let mib = LEGACY_CHUNK_BYTES as usize;
+    // Writes `data` as an older gateway did: 1 MiB chunks, full ones under their prefix.
+    let write_run = |data: Vec<u8>| {
+        let kv = kv.clone();
+        async move {
+            let version = new_version(now_ms());
+            let mut count = 0;
+            for (i, c) in data.chunks(mib).enumerate() {
+                kv.put(chunk_key(version, i as u32, c.len() == mib), seal_chunk(c))
+                    .await
+                    .unwrap();
+                count += 1;
+            }
+            (version, count)
+        }
+    };
+    let single: Vec<u8> = (0..3 * mib + 77).map(|i| (i * 13 % 251) as u8).collect();
+    let (version, count) = write_run(single.clone()).await;
+    let part_a: Vec<u8> = (0..2 * mib + 3).map(|i| (i * 5 % 249) as u8).collect();
+    let part_b: Vec<u8> = (0..mib + 1).map(|i| (i * 3 % 241) as u8).collect();
+    let (va, ca) = write_run(part_a.clone()).await;
+    let (vb, cb) = write_run(part_b.clone()).await;
+    let record = |size: usize, body| {
+        let meta = OldMeta {
+            size: size as u64,
+            etag: "0123".into(),
+            content_type: None,
+            last_modified_ms: now_ms(),
+            user_metadata: Vec::new(),
+            body,
+        };
+        bytes::Bytes::from(postcard::to_stdvec(&meta).unwrap())
+    };
+    kv.put(
+        object_key("old", "single"),
+        record(single.len(), OldBody::Chunks { version, count }),
+    )
+    .await
+    .unwrap();
+    let parts = OldBody::Parts(vec![
+        (va, ca, part_a.len() as u64),
+        (vb, cb, part_b.len() as u64),
+    ]);
+    kv.put(
+        object_key("old", "parts"),
+        record(part_a.len() + part_b.len(), parts),
+    )
+    .await
+    .unwrap();
+    let multipart = [part_a.clone(), part_b.clone()].concat();
+
+    let read = |key: &'static str, start: usize, end: usize| {
+        let objects = objects.clone();
+        async move {
+            let meta = objects.head("old", key).await.unwrap();
+            let got: Vec<bytes::Bytes> = objects
+                .read(&meta, start as u64, end as u64)
+                .try_collect()
+                .await
+                .unwrap();
+            got.concat()
+        }
+    };
+    for (key, data) in [("single", &single), ("parts", &multipart)] {
+        assert!(read(key, 0, data.len()).await == *data, "{key} whole");
+        for (start, end) in [(mib - 5, 2 * mib + 7), (2 * mib, 2 * mib + 3), (1, mib)] {
+            assert!(
+                read(key, start, end).await == data[start..end],
+                "{key} bytes {start}..{end}"
+            );
+        }
+    }
+
+    // Overwritten, the old object's chunks go; the new one has the current chunk size.
+    let fresh: Vec<u8> = (0..CHUNK_BYTES + (1 << 20) + 9)
+        .map(|i| (i * 11 % 239) as u8)
+        .collect();
+    let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(fresh.clone()))]);
+    objects
+        .put("old", "single", Incoming::unclaimed(body), None, Vec::new())
+        .await
+        .unwrap();
+    for i in 0..count {
+        for large in [true, false] {
+            assert!(kv.get(chunk_key(version, i, large)).await.unwrap().is_none());
+        }
+    }
+    let meta = objects.head("old", "single").await.unwrap();
+    assert!(matches!(
+        meta.body,
+        Body::Chunks { count: 2, chunk_bytes, .. } if chunk_bytes as usize == CHUNK_BYTES
+    ));
+    let (start, end) = (CHUNK_BYTES - 3, CHUNK_BYTES + 4);
+    assert!(read("single", start, end).await == fresh[start..end]);
+    assert!(read("single", 0, fresh.len()).await == fresh);
+    cluster.shutdown().await;
+}
+
 /// Overwrites `key` in the data of the store `i` alone, bypassing Raft: a disk that
 /// flipped bits under one replica.
 fn corrupt_on(cluster: &LocalCluster, i: usize, key: &[u8], value: &[u8]) {
@@ -298,11 +428,13 @@ fn corrupt_on(cluster: &LocalCluster, i: usize, key: &[u8], value: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
-    use shale_gateway::layout::{chunk_key, Body};
+    use shale_gateway::layout::{chunk_key, Body, CHUNK_BYTES};
     use shale_gateway::objects::Incoming;
     let dir = tempfile::tempdir().unwrap();
     let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
-    let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i * 31 % 251) as u8).collect();
+    let data: Vec<u8> = (0..2 * CHUNK_BYTES + 77)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
     let incoming = Incoming::unclaimed(body);
     objects
@@ -310,10 +442,10 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
         .await
         .unwrap();
     let meta = objects.head("b", "k").await.unwrap();
-    let Body::Chunks { version, count } = meta.body else {
-        panic!("a 3 MiB object is chunked: {:?}", meta.body)
+    let Body::Chunks { version, count, .. } = meta.body else {
+        panic!("an 8 MiB object is chunked: {:?}", meta.body)
     };
-    assert!(count >= 3);
+    assert_eq!(count, 3);
     let leader = cluster.leader().await.expect("one range, one leader");
     let before = shale_gateway::metrics::METRICS.corrupt_chunks.get();
 
@@ -351,7 +483,7 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies() {
-    use shale_gateway::layout::{chunk_key, new_version, seal_chunk};
+    use shale_gateway::layout::{chunk_key, new_version, seal_chunk, CHUNK_BYTES};
     use shale_gateway::objects::{now_ms, Incoming};
     let dir = tempfile::tempdir().unwrap();
     let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "sweep").await;
@@ -377,7 +509,7 @@ async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies
         .etag;
     // What dead gateways left: a body begun two minutes ago, and one begun just now.
     let old = new_version(now_ms() - 120_000);
-    // Full chunks and a short last one: the sweep walks both spans of chunk keys.
+    // Large chunks and a small last one: the sweep walks both spans of chunk keys.
     let orphan_key = |version, i| chunk_key(version, i, i < 2);
     let young = new_version(now_ms());
     for version in [old, young] {
@@ -389,7 +521,8 @@ async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies
     }
     let sweep = objects.sweep_orphan_chunks(60_000).await.unwrap();
     assert_eq!(sweep.live_versions, 2, "the object's and the part's");
-    assert_eq!(sweep.chunks_seen, 3 + 6 + 6);
+    let live_chunks = object.len().div_ceil(CHUNK_BYTES) + part.len().div_ceil(CHUNK_BYTES);
+    assert_eq!(sweep.chunks_seen as usize, live_chunks + 6);
     assert_eq!(sweep.chunks_deleted, 3, "only the old orphan's chunks");
     for i in 0..3 {
         assert!(kv.get(orphan_key(old, i)).await.unwrap().is_none());
@@ -474,19 +607,21 @@ impl shale_gateway::objects::LocalChunks for CountingChunks {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chunks_are_read_from_local_engines_and_a_bad_local_copy_falls_back() {
     use futures::TryStreamExt;
-    use shale_gateway::layout::{chunk_key, Body};
+    use shale_gateway::layout::{chunk_key, Body, CHUNK_BYTES};
     use shale_gateway::objects::{Incoming, LocalChunks};
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "local").await;
-    let data: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i * 7 % 253) as u8).collect();
+    let data: Vec<u8> = (0..3 * CHUNK_BYTES + 5)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
     objects
         .put("local", "k", Incoming::unclaimed(body), None, Vec::new())
         .await
         .unwrap();
     let meta = objects.head("local", "k").await.unwrap();
-    let Body::Chunks { version, count } = meta.body else {
+    let Body::Chunks { version, count, .. } = meta.body else {
         panic!("a chunked body")
     };
     assert_eq!(count, 4);
