@@ -14,7 +14,7 @@ use crate::layout::{self, Segment, LARGE_CHUNK_BYTES_MIN};
 use crate::objects::{hex, now_ms};
 
 /// Chunk writes in flight per upload (memory: this many chunks).
-const CHUNK_WRITES_IN_FLIGHT: usize = 4;
+const CHUNK_WRITES_IN_FLIGHT: usize = 1;
 
 /// After a staged chunk write fails (a replica's store down or busy), chunks go through
 /// the Raft log for this long before staging is tried again: a quorum suffices there.
@@ -155,7 +155,8 @@ impl ChunkWriter {
         self.next
     }
 
-    pub(crate) async fn push(&mut self, chunk: Bytes) -> Result<(), GwError> {
+    /// Starts writing `chunk` (sealed in place: give it room for the checksum).
+    pub(crate) async fn push(&mut self, chunk: bytes::BytesMut) -> Result<(), GwError> {
         if self.in_flight.len() >= CHUNK_WRITES_IN_FLIGHT {
             self.wait_one().await?;
         }
@@ -165,9 +166,7 @@ impl ChunkWriter {
             self.kv.clone(),
             layout::chunk_key(self.version, self.next, large),
         );
-        // Sealed here so the unsealed copy is freed before the write goes out.
-        let sealed = layout::seal_chunk(&chunk);
-        drop(chunk);
+        let sealed = layout::seal_chunk_in_place(chunk);
         self.in_flight.push_back(tokio::spawn(async move {
             write_chunk(&kv, key, sealed, large).await
         }));

@@ -75,7 +75,9 @@ impl Segment {
     /// Chunk `index`'s length.
     pub fn chunk_len(&self, index: u32) -> u64 {
         let start = u64::from(index) * u64::from(self.chunk_bytes);
-        self.size.saturating_sub(start).min(u64::from(self.chunk_bytes))
+        self.size
+            .saturating_sub(start)
+            .min(u64::from(self.chunk_bytes))
     }
 
     /// Whether chunk `index` is a large one (which says where its key is).
@@ -109,7 +111,10 @@ impl Body {
 #[derive(Serialize, Deserialize)]
 enum BodyRecord {
     Inline(Bytes),
-    Chunks { version: u128, count: u32 },
+    Chunks {
+        version: u128,
+        count: u32,
+    },
     Parts(Vec<SegmentV1>),
     SizedChunks {
         version: u128,
@@ -543,12 +548,21 @@ fn chunk_key_under(prefix: u8, version: u128, index: u32) -> Bytes {
     k.freeze()
 }
 
+/// Bytes a stored chunk has past its data: the crc32.
+pub const CHUNK_SEAL_BYTES: usize = 4;
+
 /// A chunk as stored: its bytes followed by their crc32.
 pub fn seal_chunk(data: &[u8]) -> Bytes {
-    let mut v = BytesMut::with_capacity(data.len() + 4);
+    let mut v = BytesMut::with_capacity(data.len() + CHUNK_SEAL_BYTES);
     v.put_slice(data);
-    v.put_u32(crc32fast::hash(data));
-    v.freeze()
+    seal_chunk_in_place(v)
+}
+
+/// [`seal_chunk`] without a copy when `data` has room for the checksum.
+pub fn seal_chunk_in_place(mut data: BytesMut) -> Bytes {
+    let crc = crc32fast::hash(&data);
+    data.put_u32(crc);
+    data.freeze()
 }
 
 /// Checks a stored chunk's crc32 and returns its bytes.

@@ -15,7 +15,7 @@ pub use crate::chunks::LocalChunks;
 use crate::chunks::{chunk_pieces, fetch_chunk, ChunkWriter, NearChunks, Piece};
 use crate::error::GwError;
 use crate::layout::{
-    self, Body, BucketMeta, ObjectMeta, PartMeta, UploadMeta, CHUNK_BYTES,
+    self, Body, BucketMeta, ObjectMeta, PartMeta, UploadMeta, CHUNK_BYTES, CHUNK_SEAL_BYTES,
     INLINE_BYTES_MAX,
 };
 
@@ -24,7 +24,7 @@ pub const OBJECT_BYTES_MAX: u64 = 5 << 30;
 /// Object records read per scan page while listing.
 const LIST_PAGE: u32 = 1000;
 /// Chunks fetched ahead of the client per download.
-const CHUNK_READS_AHEAD: usize = 4;
+const CHUNK_READS_AHEAD: usize = 2;
 /// Longest object key, in bytes of UTF-8 (S3's limit).
 pub const KEY_BYTES_MAX: usize = 1024;
 /// Highest part number of a multipart upload (S3's limit).
@@ -253,15 +253,28 @@ impl ObjectStore {
                 });
             }
             md5.update(&piece);
-            buf.extend_from_slice(&piece);
             if late() {
                 break Some(GwError::RequestTimeout);
             }
+            let mut rest = &piece[..];
             let mut err = None;
-            while buf.len() >= CHUNK_BYTES && !keep_inline(writer.started(), buf.len()) {
-                if let Err(e) = writer.push(buf.split_to(CHUNK_BYTES).freeze()).await {
-                    err = Some(e);
-                    break;
+            while !rest.is_empty() {
+                let take = (CHUNK_BYTES - buf.len()).min(rest.len());
+                if buf.capacity() < CHUNK_BYTES + CHUNK_SEAL_BYTES
+                    && !keep_inline(writer.started(), buf.len() + take)
+                {
+                    // Not an inline body: hold whole chunks, with room for the checksum
+                    // so sealing one copies nothing.
+                    buf.reserve(CHUNK_BYTES + CHUNK_SEAL_BYTES - buf.len());
+                }
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == CHUNK_BYTES {
+                    let next = BytesMut::with_capacity(CHUNK_BYTES + CHUNK_SEAL_BYTES);
+                    if let Err(e) = writer.push(std::mem::replace(&mut buf, next)).await {
+                        err = Some(e);
+                        break;
+                    }
                 }
             }
             if err.is_some() {
@@ -276,7 +289,7 @@ impl ObjectStore {
         });
         let inline_body = failed.is_none() && keep_inline(writer.started(), buf.len());
         if failed.is_none() && !inline_body && (!buf.is_empty() || writer.started() == 0) {
-            failed = writer.push(buf.split().freeze()).await.err();
+            failed = writer.push(std::mem::take(&mut buf)).await.err();
         }
         let finished = writer.finish().await;
         let (version, count) = (writer.version, writer.started());

@@ -211,7 +211,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
 
 /// Bodies up to this size go out in one write with their head and checksum; larger
 /// ones are written as they are, without first being copied into one buffer.
-const FRAME_COPY_BYTES_MAX: usize = 64 << 10;
+pub(crate) const FRAME_COPY_BYTES_MAX: usize = 64 << 10;
 
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
@@ -222,17 +222,26 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         writer.write_all(&frame.to_wire()).await?;
         return Ok(());
     }
-    let mut head = [0u8; 7];
-    head[..4].copy_from_slice(&((FRAME_OVERHEAD_BYTES + frame.body.len()) as u32).to_be_bytes());
-    head[4] = FRAME_VERSION;
-    head[5..].copy_from_slice(&(frame.kind as u16).to_be_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[4..]);
-    crc.update(&frame.body);
+    let (head, crc) = frame.head_and_crc();
     writer.write_all(&head).await?;
     writer.write_all(&frame.body).await?;
-    writer.write_all(&crc.finalize().to_be_bytes()).await?;
+    writer.write_all(&crc).await?;
     Ok(())
+}
+
+impl Frame {
+    /// What goes before the body on the wire (length, version, kind) and what after it
+    /// (the crc32 of all but the length), for writing a large body without copying it.
+    pub(crate) fn head_and_crc(&self) -> ([u8; 7], [u8; 4]) {
+        let mut head = [0u8; 7];
+        head[..4].copy_from_slice(&((FRAME_OVERHEAD_BYTES + self.body.len()) as u32).to_be_bytes());
+        head[4] = FRAME_VERSION;
+        head[5..].copy_from_slice(&(self.kind as u16).to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head[4..]);
+        crc.update(&self.body);
+        (head, crc.finalize().to_be_bytes())
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::certs::{TlsIdentity, NODE_SERVER_NAME};
-use crate::codec::{read_frame, write_frame};
+use crate::codec::{read_frame, write_frame, FRAME_COPY_BYTES_MAX};
 use crate::local::LocalServices;
 use crate::{Frame, FrameKind, RpcError};
 
@@ -484,6 +484,25 @@ async fn serve_connection<S: Service>(conn: quinn::Connection, service: Arc<S>) 
     }
 }
 
+/// Writes one frame to a QUIC stream. A large body is handed to quinn as it is, shared
+/// rather than copied: a request sent to several stores at once holds one copy of its
+/// body between them, however slowly each acknowledges it.
+async fn send_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), RpcError> {
+    if frame.body.len() <= FRAME_COPY_BYTES_MAX {
+        return write_frame(send, frame).await;
+    }
+    let (head, crc) = frame.head_and_crc();
+    let mut pieces = [
+        bytes::Bytes::copy_from_slice(&head),
+        frame.body.clone(),
+        bytes::Bytes::copy_from_slice(&crc),
+    ];
+    send.write_all_chunks(&mut pieces)
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
 async fn serve_request<S: Service>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -495,7 +514,7 @@ async fn serve_request<S: Service>(
         Ok(None) => return,
         Err(e) => rejected(&e),
     };
-    if write_frame(&mut send, &reply).await.is_ok() {
+    if send_frame(&mut send, &reply).await.is_ok() {
         let _ = send.finish();
     }
 }
@@ -511,7 +530,7 @@ async fn exchange(
         reason: e.to_string(),
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
-    write_frame(&mut send, request)
+    send_frame(&mut send, request)
         .await
         .map_err(|e| stream_err(&e))?;
     send.finish().map_err(|e| stream_err(&e))?;
@@ -592,7 +611,7 @@ impl OnewayStream {
 
     /// Sends one frame; fails if the peer does not take it within the request timeout.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), RpcError> {
-        match tokio::time::timeout(self.timeout, write_frame(&mut self.send, frame)).await {
+        match tokio::time::timeout(self.timeout, send_frame(&mut self.send, frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(RpcError::Stream {
                 addr: self.addr,

@@ -402,7 +402,11 @@ async fn objects_of_one_mebibyte_chunks_recorded_in_the_older_form_still_read() 
         .unwrap();
     for i in 0..count {
         for large in [true, false] {
-            assert!(kv.get(chunk_key(version, i, large)).await.unwrap().is_none());
+            assert!(kv
+                .get(chunk_key(version, i, large))
+                .await
+                .unwrap()
+                .is_none());
         }
     }
     let meta = objects.head("old", "single").await.unwrap();

@@ -24,15 +24,17 @@ async fn gateway_memory_stays_bounded_moving_a_large_object_each_way() {
         .port();
     let (mut gateway, endpoint) = start_gateway(dir.path(), &procs, port);
     let pid = gateway.id();
-    let peak = Arc::new(AtomicU64::new(0));
+    // Peaks while uploading and while downloading (the script marks the switch).
+    let peaks = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let done = Arc::new(AtomicBool::new(false));
+    let put_done = dir.path().join("put.done");
     let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
+        let (peaks, done, put_done) = (peaks.clone(), done.clone(), put_done.clone());
         std::thread::spawn(move || {
             let started = Instant::now();
             while !done.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(600) {
                 if let Some(rss) = rss_bytes(pid) {
-                    peak.fetch_max(rss, Ordering::SeqCst);
+                    peaks[usize::from(put_done.exists())].fetch_max(rss, Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -67,6 +69,7 @@ t1 = time.time()
 with open(path, "rb") as f:
     s3.put_object(Bucket="big", Key="blob", Body=f)
 t2 = time.time()
+open(sys.argv[2], "w").close()
 got = hashlib.md5()
 size = 0
 for piece in s3.get_object(Bucket="big", Key="blob")["Body"].iter_chunks(1 << 20):
@@ -83,6 +86,7 @@ print("file %.1f s, PUT %.1f s (%.0f MB/s), GET %.1f s (%.0f MB/s)" % (
         Command::new(python)
             .args(["-c", &script])
             .arg(&file)
+            .arg(&put_done)
             .output()
             .unwrap()
     })
@@ -100,10 +104,12 @@ print("file %.1f s, PUT %.1f s (%.0f MB/s), GET %.1f s (%.0f MB/s)" % (
         String::from_utf8_lossy(&out.stderr),
         log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
-    let peak = peak.load(Ordering::SeqCst);
+    let [put_peak, get_peak] = [0, 1].map(|i| peaks[i].load(Ordering::SeqCst));
+    let peak = put_peak.max(get_peak);
     println!(
-        "gateway peak RSS while moving {OBJECT_MIB} MiB each way: {} MiB; {}",
-        peak >> 20,
+        "gateway peak RSS moving {OBJECT_MIB} MiB: {} MiB up, {} MiB down; {}",
+        put_peak >> 20,
+        get_peak >> 20,
         String::from_utf8_lossy(&out.stdout).trim()
     );
     assert!(peak > 0, "the gateway's memory was sampled");
