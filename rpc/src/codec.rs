@@ -95,7 +95,8 @@ impl Frame {
                 got: self.kind,
             });
         }
-        postcard::from_bytes(&self.body).map_err(|e| RpcError::Malformed(e.to_string()))
+        crate::shared::decoding_from(&self.body, || postcard::from_bytes(&self.body))
+            .map_err(|e| RpcError::Malformed(e.to_string()))
     }
 
     /// The frame as bytes on the wire.

@@ -12,6 +12,7 @@ pub mod placement;
 pub mod placement_client;
 pub mod range_cache;
 mod retry;
+pub mod shared;
 pub mod transport;
 
 pub use codec::{Frame, FrameKind};

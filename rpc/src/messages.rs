@@ -125,6 +125,7 @@ pub enum KvOp {
     },
     Put {
         key: Bytes,
+        #[serde(deserialize_with = "crate::shared::bytes")]
         value: Bytes,
     },
     Delete {
@@ -159,6 +160,7 @@ pub enum KvOp {
     /// memtable, no WAL beyond the Raft log, no compaction of small files). A pair
     /// already present is replaced.
     Ingest {
+        #[serde(deserialize_with = "crate::shared::pairs")]
         pairs: Vec<(Bytes, Bytes)>,
     },
     /// Bulk load, step 1 of 2, sent to the store of every replica (not only the
@@ -167,6 +169,7 @@ pub enum KvOp {
     /// is visible yet, and nothing goes through Raft.
     StageIngest {
         id: u128,
+        #[serde(deserialize_with = "crate::shared::pairs")]
         pairs: Vec<(Bytes, Bytes)>,
     },
     /// Bulk load, step 2 of 2, sent to the leader: one small Raft entry makes every
@@ -272,7 +275,7 @@ pub type KvResponse = Result<KvReply, KvError>;
 /// What a successful KV request returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum KvReply {
-    Value(Option<Bytes>),
+    Value(#[serde(deserialize_with = "crate::shared::option")] Option<Bytes>),
     Written,
     Scanned {
         pairs: Vec<(Bytes, Bytes)>,
