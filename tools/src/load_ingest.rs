@@ -24,7 +24,7 @@ use crate::load::{generated_body, hex, Item, Progress};
 /// Body bytes gathered into one batch of ingests (chunks first, then metadata); a file
 /// this large or larger is sent on its own, a window at a time.
 const BATCH_BYTES: usize = 64 << 20;
-const _: () = assert!(BATCH_BYTES % CHUNK_BYTES == 0, "windows hold whole chunks");
+const _: () = assert!(BATCH_BYTES.is_multiple_of(CHUNK_BYTES), "windows hold whole chunks");
 /// Batches in flight at once (memory: about twice this many batches).
 const BATCHES_IN_FLIGHT: usize = 2;
 
