@@ -33,7 +33,7 @@ pub struct LoadArgs {
     /// replica's store and ingest those through small Raft entries (the bytes never enter
     /// the Raft log), straight to the cluster named by --cluster rather than through a
     /// gateway. On one 2-core machine 1.1-1.6x the S3 path's MB/s for small files, and
-    /// slower than it for files of several MiB, whose full chunks the gateway stages too
+    /// no faster than it for files of several MiB, whose large chunks the gateway stages too
     /// (README).
     #[arg(long, requires = "cluster")]
     ingest: bool,

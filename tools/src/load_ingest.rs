@@ -1,7 +1,7 @@
 //! `shale load --ingest`: the bulk-import fast path. Objects are laid out here exactly
 //! as a gateway would store them (chunks, then metadata records), sorted, and sent to
 //! the ranges as ingests: each replica writes the pairs as SST files and ingests them
-//! when the Raft command applies (full chunks one file each, as a gateway stages them).
+//! when the Raft command applies (large chunks one file each, as a gateway stages them).
 //! No HTTP, no per-object Raft write, no memtable or compaction of small files on the
 //! stores.
 
@@ -24,7 +24,10 @@ use crate::load::{generated_body, hex, Item, Progress};
 /// Body bytes gathered into one batch of ingests (chunks first, then metadata); a file
 /// this large or larger is sent on its own, a window at a time.
 const BATCH_BYTES: usize = 64 << 20;
-const _: () = assert!(BATCH_BYTES.is_multiple_of(CHUNK_BYTES), "windows hold whole chunks");
+const _: () = assert!(
+    BATCH_BYTES.is_multiple_of(CHUNK_BYTES),
+    "windows hold whole chunks"
+);
 /// Batches in flight at once (memory: about twice this many batches).
 const BATCHES_IN_FLIGHT: usize = 2;
 
@@ -36,7 +39,7 @@ struct Laid {
     size: u64,
 }
 
-/// Reads an item and lays it out as the gateway would (inline up to 64 KiB, else 1 MiB
+/// Reads an item and lays it out as the gateway would (inline up to 64 KiB, else 4 MiB
 /// crc-sealed chunks of a new body version); `None` if the same size and ETag are there.
 async fn lay_out(
     bucket: &str,
