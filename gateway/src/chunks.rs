@@ -10,7 +10,7 @@ use shale_rpc::StoreId;
 use tracing::{debug, warn};
 
 use crate::error::GwError;
-use crate::layout::{self, Segment, LARGE_CHUNK_BYTES_MIN};
+use crate::layout::{self, Segment};
 use crate::objects::{hex, now_ms};
 
 /// Chunk writes in flight per upload (memory: this many chunks).
@@ -161,7 +161,7 @@ impl ChunkWriter {
             self.wait_one().await?;
         }
         crate::metrics::METRICS.chunks_written.inc();
-        let large = chunk.len() >= LARGE_CHUNK_BYTES_MIN;
+        let large = layout::is_large_chunk(chunk.len());
         let (kv, key) = (
             self.kv.clone(),
             layout::chunk_key(self.version, self.next, large),

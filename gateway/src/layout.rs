@@ -19,6 +19,11 @@ pub const LEGACY_CHUNK_BYTES: u32 = 1 << 20;
 /// under their own prefix. Smaller ones go through the Raft log.
 pub const LARGE_CHUNK_BYTES_MIN: usize = 1 << 20;
 
+/// Whether a chunk of `len` bytes is a large one (which says where its key is).
+pub fn is_large_chunk(len: usize) -> bool {
+    len >= LARGE_CHUNK_BYTES_MIN
+}
+
 const BUCKET_PREFIX: u8 = b'B';
 const OBJECT_PREFIX: u8 = b'O';
 /// Chunks smaller than [`LARGE_CHUNK_BYTES_MIN`] (a body's last, a small body's only
@@ -82,7 +87,7 @@ impl Segment {
 
     /// Whether chunk `index` is a large one (which says where its key is).
     pub fn chunk_is_large(&self, index: u32) -> bool {
-        self.chunk_len(index) >= LARGE_CHUNK_BYTES_MIN as u64
+        is_large_chunk(self.chunk_len(index) as usize)
     }
 }
 
@@ -130,6 +135,55 @@ struct SegmentV1 {
     version: u128,
     count: u32,
     size: u64,
+}
+
+/// `meta` encoded the way builds before chunk sizes were recorded wrote it (its chunks
+/// must hold [`LEGACY_CHUNK_BYTES`]): for tests that read such records back.
+#[doc(hidden)]
+pub fn encode_legacy_object_record(meta: &ObjectMeta) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Legacy<'a> {
+        size: u64,
+        etag: &'a str,
+        content_type: &'a Option<String>,
+        last_modified_ms: u64,
+        user_metadata: &'a [(String, String)],
+        body: BodyRecord,
+    }
+    let legacy = |chunk_bytes: u32| assert_eq!(chunk_bytes, LEGACY_CHUNK_BYTES);
+    let body = match &meta.body {
+        Body::Inline(data) => BodyRecord::Inline(data.clone()),
+        &Body::Chunks {
+            version,
+            count,
+            chunk_bytes,
+        } => {
+            legacy(chunk_bytes);
+            BodyRecord::Chunks { version, count }
+        }
+        Body::Parts(parts) => BodyRecord::Parts(
+            parts
+                .iter()
+                .map(|p| {
+                    legacy(p.chunk_bytes);
+                    SegmentV1 {
+                        version: p.version,
+                        count: p.count,
+                        size: p.size,
+                    }
+                })
+                .collect(),
+        ),
+    };
+    postcard::to_stdvec(&Legacy {
+        size: meta.size,
+        etag: &meta.etag,
+        content_type: &meta.content_type,
+        last_modified_ms: meta.last_modified_ms,
+        user_metadata: &meta.user_metadata,
+        body,
+    })
+    .expect("object metadata encodes")
 }
 
 impl From<BodyRecord> for Body {
@@ -735,7 +789,10 @@ mod tests {
                 user_metadata: vec![("a".into(), "b".into())],
                 body,
             };
-            ObjectMeta::decode(&postcard::to_stdvec(&meta).unwrap()).unwrap()
+            let bytes = postcard::to_stdvec(&meta).unwrap();
+            let decoded = ObjectMeta::decode(&bytes).unwrap();
+            assert_eq!(encode_legacy_object_record(&decoded), bytes);
+            decoded
         };
         let meta = old(OldBody::Chunks {
             version: 9,

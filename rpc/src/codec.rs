@@ -212,28 +212,27 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<F
 
 /// Bodies up to this size go out in one write with their head and checksum; larger
 /// ones are written as they are, without first being copied into one buffer.
-pub(crate) const FRAME_COPY_BYTES_MAX: usize = 64 << 10;
+const FRAME_COPY_BYTES_MAX: usize = 64 << 10;
 
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
     frame: &Frame,
 ) -> Result<(), RpcError> {
-    if frame.body.len() <= FRAME_COPY_BYTES_MAX {
-        writer.write_all(&frame.to_wire()).await?;
-        return Ok(());
+    for piece in frame.wire_pieces() {
+        writer.write_all(&piece).await?;
     }
-    let (head, crc) = frame.head_and_crc();
-    writer.write_all(&head).await?;
-    writer.write_all(&frame.body).await?;
-    writer.write_all(&crc).await?;
     Ok(())
 }
 
 impl Frame {
-    /// What goes before the body on the wire (length, version, kind) and what after it
-    /// (the crc32 of all but the length), for writing a large body without copying it.
-    pub(crate) fn head_and_crc(&self) -> ([u8; 7], [u8; 4]) {
+    /// The frame on the wire as pieces to write in order: one buffer for a small body;
+    /// for a large one its head (length, version, kind), the body itself (shared, not
+    /// copied) and the crc32 of all but the length.
+    pub fn wire_pieces(&self) -> Vec<Bytes> {
+        if self.body.len() <= FRAME_COPY_BYTES_MAX {
+            return vec![self.to_wire()];
+        }
         let mut head = [0u8; 7];
         head[..4].copy_from_slice(&((FRAME_OVERHEAD_BYTES + self.body.len()) as u32).to_be_bytes());
         head[4] = FRAME_VERSION;
@@ -241,7 +240,11 @@ impl Frame {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&head[4..]);
         crc.update(&self.body);
-        (head, crc.finalize().to_be_bytes())
+        vec![
+            Bytes::copy_from_slice(&head),
+            self.body.clone(),
+            Bytes::copy_from_slice(&crc.finalize().to_be_bytes()),
+        ]
     }
 }
 

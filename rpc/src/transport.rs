@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::certs::{TlsIdentity, NODE_SERVER_NAME};
-use crate::codec::{read_frame, write_frame, FRAME_COPY_BYTES_MAX};
+use crate::codec::read_frame;
 use crate::local::LocalServices;
 use crate::{Frame, FrameKind, RpcError};
 
@@ -488,16 +488,7 @@ async fn serve_connection<S: Service>(conn: quinn::Connection, service: Arc<S>) 
 /// rather than copied: a request sent to several stores at once holds one copy of its
 /// body between them, however slowly each acknowledges it.
 async fn send_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), RpcError> {
-    if frame.body.len() <= FRAME_COPY_BYTES_MAX {
-        return write_frame(send, frame).await;
-    }
-    let (head, crc) = frame.head_and_crc();
-    let mut pieces = [
-        bytes::Bytes::copy_from_slice(&head),
-        frame.body.clone(),
-        bytes::Bytes::copy_from_slice(&crc),
-    ];
-    send.write_all_chunks(&mut pieces)
+    send.write_all_chunks(&mut frame.wire_pieces())
         .await
         .map_err(std::io::Error::from)?;
     Ok(())

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
-use shale_gateway::layout::{
-    self, Body, ObjectMeta, CHUNK_BYTES, INLINE_BYTES_MAX, LARGE_CHUNK_BYTES_MIN,
-};
+use shale_gateway::layout::{self, Body, ObjectMeta, CHUNK_BYTES, INLINE_BYTES_MAX};
 use shale_gateway::objects::{now_ms, ObjectStore, KEY_BYTES_MAX, OBJECT_BYTES_MAX};
 use shale_rpc::client::KvClient;
 use tokio::io::AsyncReadExt;
@@ -73,7 +71,7 @@ async fn lay_out(
             .chunks(CHUNK_BYTES)
             .enumerate()
             .map(|(i, c)| {
-                let key = layout::chunk_key(version, i as u32, c.len() >= LARGE_CHUNK_BYTES_MIN);
+                let key = layout::chunk_key(version, i as u32, layout::is_large_chunk(c.len()));
                 (key, layout::seal_chunk(c))
             })
             .collect();
@@ -155,7 +153,7 @@ async fn load_large(
             .chunks(CHUNK_BYTES)
             .map(|c| {
                 index += 1;
-                let key = layout::chunk_key(version, index - 1, c.len() >= LARGE_CHUNK_BYTES_MIN);
+                let key = layout::chunk_key(version, index - 1, layout::is_large_chunk(c.len()));
                 (key, layout::seal_chunk(c))
             })
             .collect();

@@ -295,27 +295,11 @@ async fn large_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn objects_of_one_mebibyte_chunks_recorded_in_the_older_form_still_read() {
     use futures::TryStreamExt;
-    use serde::Serialize;
     use shale_gateway::layout::{
-        chunk_key, new_version, object_key, seal_chunk, Body, CHUNK_BYTES, LEGACY_CHUNK_BYTES,
+        chunk_key, encode_legacy_object_record, new_version, object_key, seal_chunk, Body,
+        ObjectMeta, Segment, CHUNK_BYTES, LEGACY_CHUNK_BYTES,
     };
     use shale_gateway::objects::{now_ms, Incoming};
-    #[derive(Serialize)]
-    struct OldMeta {
-        size: u64,
-        etag: String,
-        content_type: Option<String>,
-        last_modified_ms: u64,
-        user_metadata: Vec<(String, String)>,
-        body: OldBody,
-    }
-    #[derive(Serialize)]
-    #[allow(dead_code)]
-    enum OldBody {
-        Inline(bytes::Bytes),
-        Chunks { version: u128, count: u32 },
-        Parts(Vec<(u128, u32, u64)>),
-    }
     let dir = tempfile::tempdir().unwrap();
     let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "old").await;
     let mib = LEGACY_CHUNK_BYTES as usize;
@@ -341,7 +325,7 @@ async fn objects_of_one_mebibyte_chunks_recorded_in_the_older_form_still_read() 
     let (va, ca) = write_run(part_a.clone()).await;
     let (vb, cb) = write_run(part_b.clone()).await;
     let record = |size: usize, body| {
-        let meta = OldMeta {
+        let meta = ObjectMeta {
             size: size as u64,
             etag: "0123".into(),
             content_type: None,
@@ -349,18 +333,27 @@ async fn objects_of_one_mebibyte_chunks_recorded_in_the_older_form_still_read() 
             user_metadata: Vec::new(),
             body,
         };
-        bytes::Bytes::from(postcard::to_stdvec(&meta).unwrap())
+        bytes::Bytes::from(encode_legacy_object_record(&meta))
+    };
+    let chunk_bytes = LEGACY_CHUNK_BYTES;
+    let single_body = Body::Chunks {
+        version,
+        count,
+        chunk_bytes,
     };
     kv.put(
         object_key("old", "single"),
-        record(single.len(), OldBody::Chunks { version, count }),
+        record(single.len(), single_body),
     )
     .await
     .unwrap();
-    let parts = OldBody::Parts(vec![
-        (va, ca, part_a.len() as u64),
-        (vb, cb, part_b.len() as u64),
-    ]);
+    let segment = |version, count, data: &Vec<u8>| Segment {
+        version,
+        count,
+        size: data.len() as u64,
+        chunk_bytes,
+    };
+    let parts = Body::Parts(vec![segment(va, ca, &part_a), segment(vb, cb, &part_b)]);
     kv.put(
         object_key("old", "parts"),
         record(part_a.len() + part_b.len(), parts),
