@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod command;
 pub mod config;
+mod early;
 pub mod engine;
 pub mod error;
 pub mod faults;

@@ -26,7 +26,7 @@ use crate::config::StoreConfig;
 use crate::engine::{Cf, Durability, Engine};
 use crate::faults::Faults;
 use crate::heartbeat::{register, Heartbeats};
-use crate::key_counts::KeyCounts;
+use crate::key_counts::{CheckRequest, Counted, KeyCounts};
 use crate::keys;
 use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
@@ -64,20 +64,32 @@ async fn run_split_checks(
     service: Arc<StoreService>,
     counts: Arc<KeyCounts>,
     size_bytes_max: u64,
-    mut ranges: tokio::sync::mpsc::Receiver<RangeDescriptor>,
+    mut requests: tokio::sync::mpsc::Receiver<CheckRequest>,
 ) {
-    while let Some(range) = ranges.recv().await {
+    while let Some(CheckRequest {
+        range,
+        written_bytes,
+    }) = requests.recv().await
+    {
+        // Most checks end here: the range cannot have passed the bound yet.
+        let under_bound = written_bytes
+            .and_then(|written| counts.grow(&range, written))
+            .is_some_and(|bytes| bytes <= size_bytes_max);
+        if under_bound || counts.is_outdated(&range) {
+            counts.checked(range.id);
+            continue;
+        }
         let engine = engine.clone();
         let scanned = range.clone();
-        let key =
+        let check =
             tokio::task::spawn_blocking(move || split_key_of(&engine, &scanned, size_bytes_max))
                 .await;
         counts.checked(range.id);
-        let key = match key {
+        let check = match check {
             Ok(Ok(check)) => {
-                counts.record(&range, check.keys);
-                match check.split_key {
-                    Some(key) => key,
+                counts.record(&range, check.count);
+                match check.split {
+                    Some(split) => split,
                     None => continue,
                 }
             }
@@ -90,18 +102,33 @@ async fn run_split_checks(
                 continue;
             }
         };
-        match service.split(range.id, key).await {
-            Ok((left, right)) => info!(range_id = left.id, right_id = right.id, "split by size"),
+        match service.split(range.id, check.key).await {
+            Ok((left, right)) => {
+                info!(range_id = left.id, right_id = right.id, "split by size");
+                // The right side is counted by its first check: the scan stopped past
+                // the bound, so how much lies beyond it is not known.
+                counts.record(&left, check.left);
+            }
             Err(e) => info!(range_id = range.id, error = %e, "split by size did not happen"),
         }
     }
 }
 
 /// What a size check found.
+#[derive(Debug)]
 struct SizeCheck {
-    split_key: Option<Bytes>,
-    /// Keys in the range: counted, or estimated when the scan stopped past the bound.
-    keys: u64,
+    /// Keys (counted, or estimated when the scan stopped past the bound) and bytes
+    /// (counted as far as the scan went).
+    count: Counted,
+    split: Option<SplitAt>,
+}
+
+/// Where to split, and what the left side holds (counted exactly: the scan went past
+/// the split key).
+#[derive(Debug)]
+struct SplitAt {
+    key: Bytes,
+    left: Counted,
 }
 
 /// Reads the range's keys and sizes until past the bound and picks a split key.
@@ -127,10 +154,17 @@ fn split_key_of(
         let size = engine.approximate_size_bytes(Cf::Data, &range.start_key, &range.end_key);
         scanned.saturating_mul(size.max(total)) / total
     };
-    Ok(SizeCheck {
-        split_key: choose_split_key(pairs.iter().map(|(k, s)| (&k[..], *s)), size_bytes_max),
-        keys,
-    })
+    let count = Counted { keys, bytes: total };
+    let split =
+        choose_split_key(pairs.iter().map(|(k, s)| (&k[..], *s)), size_bytes_max).map(|key| {
+            let before = pairs.partition_point(|(k, _)| k[..] < key[..]);
+            let left = Counted {
+                keys: before as u64,
+                bytes: pairs[..before].iter().map(|(_, s)| *s as u64).sum(),
+            };
+            SplitAt { key, left }
+        });
+    Ok(SizeCheck { count, split })
 }
 
 impl StoreNode {

@@ -23,12 +23,14 @@ use tracing::{debug, info, warn};
 
 use crate::command::{Command, RangeState, ReplicaState};
 use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
+use crate::early::EarlyMessages;
 use crate::engine::{Cf, Durability, Engine};
+use crate::key_counts::CheckRequest;
 use crate::keys;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
-use crate::replica::{span_end, AddressBook, ReadReply, Replica, WriteReply};
+use crate::replica::{span_end, AddressBook, CheckDue, ReadReply, Replica, WriteReply};
 use crate::wal_sync::{HeldReadies, WalSync};
 
 /// What the store loop is asked to do.
@@ -132,7 +134,7 @@ pub struct Store<S: RaftSender> {
     raft: RaftConfig,
     addresses: AddressBook,
     /// Where ranges due for a size check go (checked off the loop thread).
-    split_checks: Option<tokio::sync::mpsc::Sender<RangeDescriptor>>,
+    split_checks: Option<tokio::sync::mpsc::Sender<CheckRequest>>,
     split_check_bytes: u64,
     /// Ticks after which a range with any writes is checked again.
     recheck_ticks: u64,
@@ -149,6 +151,8 @@ pub struct Store<S: RaftSender> {
     wal_sync: WalSync,
     /// Written readies waiting for their sync.
     unsynced: HeldReadies,
+    /// Messages for ranges a split here may be about to create.
+    early: EarlyMessages,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -158,7 +162,7 @@ impl<S: RaftSender> Store<S> {
         replicas: Vec<Replica>,
         sender: S,
         addresses: AddressBook,
-        split_checks: Option<tokio::sync::mpsc::Sender<RangeDescriptor>>,
+        split_checks: Option<tokio::sync::mpsc::Sender<CheckRequest>>,
         self_tx: SyncSender<StoreMsg>,
     ) -> Self {
         Store {
@@ -185,6 +189,7 @@ impl<S: RaftSender> Store<S> {
             self_tx,
             active: BTreeSet::new(),
             unsynced: HeldReadies::default(),
+            early: EarlyMessages::default(),
         }
     }
 
@@ -247,6 +252,7 @@ impl<S: RaftSender> Store<S> {
                 self.ticks += 1;
                 if self.ticks.is_multiple_of(self.log_gc.interval_ticks) {
                     self.log_gc();
+                    self.early.expire(Instant::now());
                 }
                 next_tick = Instant::now() + self.tick;
             }
@@ -445,11 +451,18 @@ impl<S: RaftSender> Store<S> {
                     continue;
                 }
             };
-            if !self.replicas.contains_key(&env.range_id)
-                && !self.create_from_message(env.range_id, &m, batch.from_store)
-            {
-                continue;
-            }
+            let m = if self.replicas.contains_key(&env.range_id) {
+                m
+            } else {
+                let now = Instant::now();
+                let Some(m) = self.early.offer(env.range_id, m, batch.from_store, now) else {
+                    continue;
+                };
+                if !self.create_from_message(env.range_id, &m, batch.from_store) {
+                    continue;
+                }
+                m
+            };
             let replica = self
                 .replicas
                 .get_mut(&env.range_id)
@@ -669,6 +682,11 @@ impl<S: RaftSender> Store<S> {
                 if campaign {
                     r.campaign();
                 }
+                // Its leader may have called already (see `early`).
+                for (m, from_store) in self.early.take(range_id) {
+                    r.learn_peer(m.from, from_store);
+                    r.step(m);
+                }
                 // Held readies of a replica this one replaces mean nothing to it.
                 self.unsynced.forget(range_id);
                 self.replicas.insert(range_id, r);
@@ -794,9 +812,19 @@ impl<S: RaftSender> Store<S> {
     fn request_split_checks(&mut self) {
         let Some(tx) = &self.split_checks else { return };
         let (now, recheck) = (self.ticks, self.recheck_ticks);
-        for r in self.replicas.values_mut() {
-            if r.is_leader() && r.take_split_check(self.split_check_bytes, now, recheck) {
-                let _ = tx.try_send(r.range.clone());
+        for r in self.replicas.values_mut().filter(|r| r.is_leader()) {
+            let Some(due) = r.take_split_check(self.split_check_bytes, now, recheck) else {
+                continue;
+            };
+            let request = CheckRequest {
+                range: r.range.clone(),
+                written_bytes: match due {
+                    CheckDue::Written(bytes) => Some(bytes),
+                    CheckDue::Stale => None,
+                },
+            };
+            if tx.try_send(request).is_err() {
+                r.untake_split_check(due);
             }
         }
     }

@@ -37,6 +37,15 @@ use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
 use read::{read_ctx, Reads};
 
+/// Why a leader asks for a size check of its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckDue {
+    /// It took this many bytes of writes since the last check.
+    Written(u64),
+    /// Its last check is old: count it afresh whatever the estimate says.
+    Stale,
+}
+
 /// Where stores can be reached, for leader hints and message routing.
 pub type AddressBook = Arc<RwLock<HashMap<StoreId, String>>>;
 
@@ -588,17 +597,33 @@ impl Replica {
         Ok(true)
     }
 
-    /// True (once) when the range took `threshold` bytes of writes since the last check,
-    /// or any writes and the last check was `recheck_ticks` or more before tick `now`.
-    pub fn take_split_check(&mut self, threshold: u64, now: u64, recheck_ticks: u64) -> bool {
-        let due = self.written_bytes >= threshold
-            || (self.written_bytes > 0 && now >= self.checked_at_tick + recheck_ticks);
-        if !due {
-            return false;
-        }
+    /// Whether a size check is due (once): `Written` when the range took `threshold`
+    /// bytes of writes since the last check, `Stale` when it took any and the last check
+    /// was `recheck_ticks` or more before tick `now`.
+    pub fn take_split_check(
+        &mut self,
+        threshold: u64,
+        now: u64,
+        recheck_ticks: u64,
+    ) -> Option<CheckDue> {
+        let due = if now >= self.checked_at_tick + recheck_ticks && self.written_bytes > 0 {
+            CheckDue::Stale
+        } else if self.written_bytes >= threshold {
+            CheckDue::Written(self.written_bytes)
+        } else {
+            return None;
+        };
         self.written_bytes = 0;
         self.checked_at_tick = now;
-        true
+        Some(due)
+    }
+
+    /// A check `take_split_check` called for could not be queued: its bytes count
+    /// toward the next one.
+    pub fn untake_split_check(&mut self, due: CheckDue) {
+        if let CheckDue::Written(bytes) = due {
+            self.written_bytes += bytes;
+        }
     }
 
     /// Ranges created by splits applied since the last call.

@@ -355,3 +355,82 @@ async fn leaders_count_their_ranges_keys_and_recount_after_a_split() {
     wait_key_count(&cluster, right.id, 200).await;
     cluster.shutdown().await;
 }
+
+/// The status of range `range_id` on store `i`, once it holds an initialized replica.
+async fn range_status_on(
+    cluster: &LocalCluster,
+    i: usize,
+    range_id: u64,
+) -> Option<shale_rpc::RangeStatus> {
+    cluster
+        .node(i)?
+        .status()
+        .await
+        .into_iter()
+        .find(|s| s.range_id() == range_id && s.range.epoch.version > 0)
+}
+
+/// A store cut off while a range split applies the split late, when its link heals. The
+/// new range's leader has been calling it meanwhile; those first messages wait for the
+/// store's own split instead of making it an empty replica that needs a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let lagging = (leader + 1) % 3;
+    let client = cluster.client().unwrap();
+    for i in 0..100 {
+        must_put(&client, i).await;
+    }
+    let before: Vec<usize> = (0..100).collect();
+    must_converge(&cluster, lagging, &before).await;
+    let faults = cluster.node(lagging).unwrap().faults();
+    faults.set_partitioned(true);
+    let (_, right) = client.split(key(50)).await.unwrap();
+    for i in 100..140 {
+        must_put(&client, i).await;
+    }
+    // Long enough for the new range to elect its leader and call the cut-off store.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    faults.set_partitioned(false);
+    let started = Instant::now();
+    let caught_up = loop {
+        let mut theirs = None;
+        for s in (0..3).filter(|&s| s != lagging) {
+            theirs = theirs.or(range_status_on(&cluster, s, right.id)
+                .await
+                .filter(|st| st.is_leader));
+        }
+        let mine = range_status_on(&cluster, lagging, right.id).await;
+        if let (Some(mine), Some(theirs)) = (mine, theirs) {
+            if mine.applied_index >= theirs.commit_index && theirs.commit_index > 0 {
+                break mine;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "store {lagging} did not catch up on range {}",
+            right.id
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        caught_up.truncated_index,
+        shale_storage::command::RANGE_INIT_INDEX,
+        "the new range was built by the store's own split, not sent as a snapshot: {caught_up:?}"
+    );
+    let all: Vec<usize> = (0..140).collect();
+    let engine = cluster.node(lagging).unwrap().engine().clone();
+    for &k in &all {
+        let got = engine
+            .get(shale_storage::engine::Cf::Data, &key(k))
+            .unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(&value(k)[..]),
+            "key {k} on the late store"
+        );
+    }
+    cluster.shutdown().await;
+}
