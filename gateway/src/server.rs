@@ -110,7 +110,7 @@ impl Gateway {
             })?;
             builder.set_host(domain);
         }
-        let service = builder.build();
+        let service = CloseAfterRefusal(builder.build());
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
@@ -159,6 +159,48 @@ impl Gateway {
     }
 }
 
+/// The S3 service, closing the connection after an error answer to a request that
+/// declared a body. Such answers often come before the body is read (a refused
+/// signature, a missing bucket or upload), and clients disagree on what follows: one
+/// waiting for `100 Continue` may send the body anyway, another not at all, so the next
+/// request on the connection would be read from the wrong byte. Closing settles it; the
+/// client's next request opens a fresh connection.
+#[derive(Clone)]
+struct CloseAfterRefusal(s3s::service::S3Service);
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for CloseAfterRefusal {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let declares_body = declares_body(req.headers());
+        let answer = hyper::service::Service::call(&self.0, req);
+        Box::pin(async move {
+            let mut resp = answer.await?;
+            let status = resp.status();
+            if declares_body && (status.is_client_error() || status.is_server_error()) {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// True when a request's headers announce a body (a length above zero, or chunks).
+fn declares_body(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +212,20 @@ mod tests {
         assert_eq!(back.listen_addr, GatewayConfig::default().listen_addr);
         assert_eq!(back.abandoned_upload_secs, 7 * 24 * 3600);
         assert!(toml::from_str::<GatewayConfig>("no-such-field = 1").is_err());
+    }
+
+    #[test]
+    fn requests_with_a_length_or_chunks_declare_a_body() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, http::HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(declares_body(&headers(&[("content-length", "4")])));
+        assert!(declares_body(&headers(&[("transfer-encoding", "chunked")])));
+        assert!(!declares_body(&headers(&[("content-length", "0")])));
+        assert!(!declares_body(&headers(&[])));
     }
 }

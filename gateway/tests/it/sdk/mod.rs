@@ -122,3 +122,4 @@ mod listing;
 mod multipart;
 mod objects;
 mod presign;
+mod wire;
