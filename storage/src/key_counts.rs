@@ -12,6 +12,7 @@
 //! split bound, a check needs no scan (see `grow`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use shale_rpc::{RangeDescriptor, RangeId, RangeStatus};
@@ -41,6 +42,9 @@ pub struct KeyCounts {
     /// Ranges asked for and not checked yet, so each is queued once.
     pending: Mutex<HashSet<RangeId>>,
     checks: Sender<CheckRequest>,
+    /// Checks made, and how many of them scanned (this store's, for tests and reports).
+    made: AtomicU64,
+    scanned: AtomicU64,
 }
 
 impl KeyCounts {
@@ -49,6 +53,8 @@ impl KeyCounts {
             counted: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashSet::new()),
             checks,
+            made: AtomicU64::new(0),
+            scanned: AtomicU64::new(0),
         }
     }
 
@@ -102,6 +108,24 @@ impl KeyCounts {
         if pending.insert(range.id) && self.checks.try_send(request).is_err() {
             pending.remove(&range.id);
         }
+    }
+
+    /// Counts a check made, `scanned` or spared by the estimate.
+    pub fn note_check(&self, scanned: bool) {
+        self.made.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.size_checks.inc();
+        if scanned {
+            self.scanned.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::METRICS.size_check_scans.inc();
+        }
+    }
+
+    /// Checks made so far and how many of them scanned.
+    pub fn check_stats(&self) -> (u64, u64) {
+        (
+            self.made.load(Ordering::Relaxed),
+            self.scanned.load(Ordering::Relaxed),
+        )
     }
 
     /// A check of `range_id` ended (counted or not): it may be asked for again.

@@ -25,6 +25,8 @@ pub struct StoreMetrics {
     pub staged_files: Counter,
     pub snapshot_bytes_sent: Counter,
     pub splits: Counter,
+    pub size_checks: Counter,
+    pub size_check_scans: Counter,
     /// Per store (`store` label): a process may run several.
     pub ranges: Family<Vec<(String, String)>, Gauge>,
     pub leaders: Family<Vec<(String, String)>, Gauge>,
@@ -80,6 +82,16 @@ pub fn register(registry: &mut Registry) {
         "shale_store_reads",
         "Linearizable reads started",
         m.reads.clone(),
+    );
+    registry.register(
+        "shale_store_size_checks",
+        "Size checks of ranges (after writes, or for a missing key count)",
+        m.size_checks.clone(),
+    );
+    registry.register(
+        "shale_store_size_check_scans",
+        "Size checks that scanned their range (the rest were under the bound by estimate)",
+        m.size_check_scans.clone(),
     );
     registry.register(
         "shale_store_snapshots_sent",

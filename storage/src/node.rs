@@ -76,9 +76,11 @@ async fn run_split_checks(
             .and_then(|written| counts.grow(&range, written))
             .is_some_and(|bytes| bytes <= size_bytes_max);
         if under_bound || counts.is_outdated(&range) {
+            counts.note_check(false);
             counts.checked(range.id);
             continue;
         }
+        counts.note_check(true);
         let engine = engine.clone();
         let scanned = range.clone();
         let check =
@@ -335,6 +337,11 @@ impl StoreNode {
     pub fn local_service(&self) -> Option<Arc<dyn shale_rpc::local::LocalService>> {
         let service = self.service.clone()?;
         Some(service)
+    }
+
+    /// Size checks this store made, and how many of them scanned their range.
+    pub fn size_check_stats(&self) -> (u64, u64) {
+        self.key_counts.check_stats()
     }
 
     /// Fault injection for in-process tests.

@@ -434,3 +434,64 @@ async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
     }
     cluster.shutdown().await;
 }
+
+/// Size checks after writes scan a range only once its estimated size (the last count
+/// plus the bytes written since) passes the bound; past it, the range still splits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn size_checks_under_the_bound_spare_the_scan_and_a_range_past_it_still_splits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |c| {
+        c.split.range_size_bytes_max = 1 << 20;
+        c.split.check_after_written_bytes = 8 << 10;
+    })
+    .await
+    .unwrap();
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let client = cluster.client().unwrap();
+    let value = Bytes::from(vec![b'v'; 8 << 10]);
+    // 480 KiB, one check's worth at a time (a leader asks at most once a tick), all
+    // well under the bound.
+    for i in 0..60 {
+        client.put(key(i), value.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = cluster.node(leader).unwrap();
+    let started = Instant::now();
+    let (checks, scans) = loop {
+        let (checks, scans) = node.size_check_stats();
+        if checks >= 20 {
+            break (checks, scans);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "writes ask for size checks ({checks} so far)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        (1..=3).contains(&scans),
+        "{checks} checks scanned {scans} times: the first counts, the rest estimate"
+    );
+    assert_eq!(ranges_on(&cluster, leader).await.len(), 1);
+    // Past the bound: a check scans and the range splits.
+    for i in 60..200 {
+        client.put(key(i), value.clone()).await.unwrap();
+    }
+    let started = Instant::now();
+    while ranges_on(&cluster, leader).await.len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a range past the bound splits ({:?} checks, scans)",
+            node.size_check_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in (0..200).step_by(7) {
+        assert_eq!(
+            client.get(key(i)).await.unwrap(),
+            Some(value.clone()),
+            "key {i}"
+        );
+    }
+    cluster.shutdown().await;
+}
