@@ -18,13 +18,20 @@ use std::sync::Mutex;
 use shale_rpc::{RangeDescriptor, RangeId, RangeStatus};
 use tokio::sync::mpsc::Sender;
 
+/// Why a size check of a range is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckDue {
+    /// The range took this many bytes of writes since its previous check.
+    Written(u64),
+    /// Its count is missing or old: scan, whatever the estimate says.
+    Stale,
+}
+
 /// A request for a size check of one range.
 #[derive(Debug, Clone)]
 pub struct CheckRequest {
     pub range: RangeDescriptor,
-    /// Bytes the range took since its previous request; `None` asks for a scan whatever
-    /// the estimate says (a count is missing or old).
-    pub written_bytes: Option<u64>,
+    pub due: CheckDue,
 }
 
 /// What one check counted in one span.
@@ -103,7 +110,7 @@ impl KeyCounts {
         let mut pending = self.pending.lock().expect("pending counts lock");
         let request = CheckRequest {
             range: range.clone(),
-            written_bytes: None,
+            due: CheckDue::Stale,
         };
         if pending.insert(range.id) && self.checks.try_send(request).is_err() {
             pending.remove(&range.id);

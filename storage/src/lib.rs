@@ -23,6 +23,7 @@ pub mod snapshot;
 pub mod split;
 pub mod staging;
 pub mod store;
+mod store_msg;
 pub mod wal_sync;
 
 pub use config::StoreConfig;

@@ -26,7 +26,7 @@ use crate::config::StoreConfig;
 use crate::engine::{Cf, Durability, Engine};
 use crate::faults::Faults;
 use crate::heartbeat::{register, Heartbeats};
-use crate::key_counts::{CheckRequest, Counted, KeyCounts};
+use crate::key_counts::{CheckDue, CheckRequest, Counted, KeyCounts};
 use crate::keys;
 use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
@@ -66,15 +66,14 @@ async fn run_split_checks(
     size_bytes_max: u64,
     mut requests: tokio::sync::mpsc::Receiver<CheckRequest>,
 ) {
-    while let Some(CheckRequest {
-        range,
-        written_bytes,
-    }) = requests.recv().await
-    {
+    while let Some(CheckRequest { range, due }) = requests.recv().await {
         // Most checks end here: the range cannot have passed the bound yet.
-        let under_bound = written_bytes
-            .and_then(|written| counts.grow(&range, written))
-            .is_some_and(|bytes| bytes <= size_bytes_max);
+        let under_bound = match due {
+            CheckDue::Written(written) => counts
+                .grow(&range, written)
+                .is_some_and(|bytes| bytes <= size_bytes_max),
+            CheckDue::Stale => false,
+        };
         if under_bound || counts.is_outdated(&range) {
             counts.note_check(false);
             counts.checked(range.id);

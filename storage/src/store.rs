@@ -13,15 +13,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeV2, Message, MessageType};
+use raft::eraftpb::{Message, MessageType};
 use shale_rpc::{
-    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, ReplicaId,
-    StoreId, WriteOp,
+    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreId,
 };
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::command::{Command, RangeState, ReplicaState};
+use crate::command::{RangeState, ReplicaState};
 use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
 use crate::early::EarlyMessages;
 use crate::engine::{Cf, Durability, Engine};
@@ -30,96 +28,9 @@ use crate::keys;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
-use crate::replica::{span_end, AddressBook, CheckDue, ReadReply, Replica, WriteReply};
+use crate::replica::{span_end, AddressBook, Replica};
+pub use crate::store_msg::{RaftSender, StoreMsg};
 use crate::wal_sync::{HeldReadies, WalSync};
-
-/// What the store loop is asked to do.
-pub enum StoreMsg {
-    /// Raft traffic from another store.
-    Raft(RaftBatch),
-    /// One client's atomic write.
-    Write {
-        range_id: RangeId,
-        epoch: Option<Epoch>,
-        ops: Vec<WriteOp>,
-        reply: WriteReply,
-    },
-    Read {
-        range_id: RangeId,
-        epoch: Option<Epoch>,
-        reply: ReadReply,
-    },
-    /// A command of its own entry: id allocation or split.
-    Propose {
-        range_id: RangeId,
-        epoch: Option<Epoch>,
-        command: Command,
-        reply: WriteReply,
-    },
-    TransferLeader {
-        range_id: RangeId,
-        to_store: StoreId,
-        reply: oneshot::Sender<Result<(), KvError>>,
-    },
-    /// The local range holding `key`.
-    FindRange {
-        key: Bytes,
-        reply: oneshot::Sender<Option<RangeDescriptor>>,
-    },
-    /// The local range with this id.
-    Describe {
-        range_id: RangeId,
-        reply: oneshot::Sender<Option<RangeDescriptor>>,
-    },
-    Campaign {
-        range_id: RangeId,
-    },
-    /// Start ticking again (placement saw the range's leader store go down): a
-    /// hibernating follower then notices the silence and elects a new leader.
-    Wake {
-        range_ids: Vec<RangeId>,
-    },
-    Status {
-        reply: oneshot::Sender<Vec<RangeStatus>>,
-    },
-    /// A membership change of `range_id` to `new_range`.
-    ConfChange {
-        range_id: RangeId,
-        change: ConfChangeV2,
-        new_range: RangeDescriptor,
-        reply: WriteReply,
-    },
-    /// How sending a snapshot went.
-    SnapshotReport {
-        range_id: RangeId,
-        to_replica: ReplicaId,
-        ok: bool,
-    },
-    /// A flush finished: applied data up to these indexes is on disk, so their logs may
-    /// be truncated that far.
-    Flushed {
-        targets: Vec<(RangeId, u64)>,
-    },
-    /// Destroy the local replica of `range_id` if its `conf_ver` is older than this.
-    Destroy {
-        range_id: RangeId,
-        conf_ver: u64,
-        reply: oneshot::Sender<bool>,
-    },
-    /// The WAL is synced through sync number `upto`.
-    Synced {
-        upto: u64,
-    },
-    Shutdown,
-}
-
-/// Where outgoing Raft batches go.
-pub trait RaftSender: Send + 'static {
-    fn send(&mut self, batch: RaftBatch);
-    /// Sends a snapshot on its own stream; the outcome comes back as
-    /// `StoreMsg::SnapshotReport`.
-    fn send_snapshot(&mut self, snapshot: OutgoingSnapshot);
-}
 
 /// The loop's state: every replica on the store.
 pub struct Store<S: RaftSender> {
@@ -818,10 +729,7 @@ impl<S: RaftSender> Store<S> {
             };
             let request = CheckRequest {
                 range: r.range.clone(),
-                written_bytes: match due {
-                    CheckDue::Written(bytes) => Some(bytes),
-                    CheckDue::Stale => None,
-                },
+                due,
             };
             if tx.try_send(request).is_err() {
                 r.untake_split_check(due);

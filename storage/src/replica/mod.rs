@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::command::{Applied, ApplyState, Command, RangeState, ReplicaState};
 use crate::config::{LogGcConfig, RaftConfig};
 use crate::engine::{Cf, Durability, Engine, WriteBatch};
+use crate::key_counts::CheckDue;
 use crate::keys;
 use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
@@ -36,15 +37,6 @@ mod read;
 use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
 use read::{read_ctx, Reads};
-
-/// Why a leader asks for a size check of its range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckDue {
-    /// It took this many bytes of writes since the last check.
-    Written(u64),
-    /// Its last check is old: count it afresh whatever the estimate says.
-    Stale,
-}
 
 /// Where stores can be reached, for leader hints and message routing.
 pub type AddressBook = Arc<RwLock<HashMap<StoreId, String>>>;

@@ -1,0 +1,101 @@
+//! What the store loop takes in (`StoreMsg`, from servers, the sync thread and its own
+//! background work) and where its outgoing Raft traffic goes (`RaftSender`).
+
+use bytes::Bytes;
+use raft::eraftpb::ConfChangeV2;
+use shale_rpc::{
+    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaId, StoreId, WriteOp,
+};
+use tokio::sync::oneshot;
+
+use crate::command::Command;
+use crate::outbox::OutgoingSnapshot;
+use crate::replica::{ReadReply, WriteReply};
+
+/// What the store loop is asked to do.
+pub enum StoreMsg {
+    /// Raft traffic from another store.
+    Raft(RaftBatch),
+    /// One client's atomic write.
+    Write {
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        ops: Vec<WriteOp>,
+        reply: WriteReply,
+    },
+    Read {
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        reply: ReadReply,
+    },
+    /// A command of its own entry: id allocation or split.
+    Propose {
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        command: Command,
+        reply: WriteReply,
+    },
+    TransferLeader {
+        range_id: RangeId,
+        to_store: StoreId,
+        reply: oneshot::Sender<Result<(), KvError>>,
+    },
+    /// The local range holding `key`.
+    FindRange {
+        key: Bytes,
+        reply: oneshot::Sender<Option<RangeDescriptor>>,
+    },
+    /// The local range with this id.
+    Describe {
+        range_id: RangeId,
+        reply: oneshot::Sender<Option<RangeDescriptor>>,
+    },
+    Campaign {
+        range_id: RangeId,
+    },
+    /// Start ticking again (placement saw the range's leader store go down): a
+    /// hibernating follower then notices the silence and elects a new leader.
+    Wake {
+        range_ids: Vec<RangeId>,
+    },
+    Status {
+        reply: oneshot::Sender<Vec<RangeStatus>>,
+    },
+    /// A membership change of `range_id` to `new_range`.
+    ConfChange {
+        range_id: RangeId,
+        change: ConfChangeV2,
+        new_range: RangeDescriptor,
+        reply: WriteReply,
+    },
+    /// How sending a snapshot went.
+    SnapshotReport {
+        range_id: RangeId,
+        to_replica: ReplicaId,
+        ok: bool,
+    },
+    /// A flush finished: applied data up to these indexes is on disk, so their logs may
+    /// be truncated that far.
+    Flushed {
+        targets: Vec<(RangeId, u64)>,
+    },
+    /// Destroy the local replica of `range_id` if its `conf_ver` is older than this.
+    Destroy {
+        range_id: RangeId,
+        conf_ver: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The WAL is synced through sync number `upto`.
+    Synced {
+        upto: u64,
+    },
+    Shutdown,
+}
+
+/// Where outgoing Raft batches go.
+pub trait RaftSender: Send + 'static {
+    fn send(&mut self, batch: RaftBatch);
+    /// Sends a snapshot on its own stream; the outcome comes back as
+    /// `StoreMsg::SnapshotReport`.
+    fn send_snapshot(&mut self, snapshot: OutgoingSnapshot);
+}
