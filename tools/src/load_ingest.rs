@@ -37,11 +37,58 @@ struct Laid {
     size: u64,
 }
 
+/// Objects whose body versions are chosen at once, at most this many bytes of them: they
+/// are then loaded in the order of their small chunks' keys (see [`plan`]). Their
+/// versions carry the time the window was planned, minutes at most before their chunks
+/// land, far inside the orphan-chunk age of a day.
+const WINDOW_BYTES: u64 = 2 << 30;
+
+/// An object of the load, its body version chosen ahead.
+struct Planned {
+    item: Item,
+    version: u128,
+}
+
+/// Chooses body versions for `window` (each with the length it is expected to have) and
+/// orders it so that batches of its small chunks are ingested in ascending key order.
+/// Chunk keys are hash-spread, so batches taken in list order would each span the whole
+/// chunk key space: every ingested file but the first would then overlap earlier ones,
+/// land in L0 and be compacted again with all of them. In key order, each file lies
+/// above the ones before and goes straight to the bottom level. Objects without a small
+/// chunk (inline bodies, whose records hold them, or bodies of large chunks only, which
+/// are ingested one file per chunk anyway) come first, in list order.
+fn plan(window: Vec<(Item, Option<u64>)>, now_ms: u64) -> Vec<Planned> {
+    let mut keyed: Vec<(Option<Bytes>, Planned)> = window
+        .into_iter()
+        .map(|(item, len)| {
+            let version = layout::new_version(now_ms);
+            let key = len.and_then(|len| small_chunk_key(len, version));
+            (key, Planned { item, version })
+        })
+        .collect();
+    // Stable: the unkeyed (`None` sorts first) keep their order.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The key of the one small chunk (its last, under [`layout::LARGE_CHUNK_BYTES_MIN`]) a
+/// body of `len` bytes stored as `version` has, if it has one.
+fn small_chunk_key(len: u64, version: u128) -> Option<Bytes> {
+    if len <= INLINE_BYTES_MAX as u64 {
+        return None;
+    }
+    let count = len.div_ceil(CHUNK_BYTES as u64);
+    let last = len - (count - 1) * CHUNK_BYTES as u64;
+    (!layout::is_large_chunk(last as usize))
+        .then(|| layout::chunk_key(version, (count - 1) as u32, false))
+}
+
 /// Reads an item and lays it out as the gateway would (inline up to 64 KiB, else 4 MiB
-/// crc-sealed chunks of a new body version); `None` if the same size and ETag are there.
+/// crc-sealed chunks of body `version`); `None` if the same size and ETag are there.
 async fn lay_out(
     bucket: &str,
     item: &Item,
+    version: u128,
     size: usize,
     existing: &HashMap<String, (u64, String)>,
 ) -> anyhow::Result<Option<Laid>> {
@@ -66,7 +113,6 @@ async fn lay_out(
     let (body, chunks) = if data.len() <= INLINE_BYTES_MAX {
         (Body::Inline(data.clone()), Vec::new())
     } else {
-        let version = layout::new_version(now_ms());
         let chunks: Vec<(Bytes, Bytes)> = data
             .chunks(CHUNK_BYTES)
             .enumerate()
@@ -296,34 +342,38 @@ pub async fn load(
     ));
     let mut tasks = Vec::new();
     let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
-    for item in items {
-        let large = match &item {
-            Item::File { path, .. } => tokio::fs::metadata(path)
-                .await
-                .ok()
-                .map(|m| m.len())
-                .filter(|len| *len >= BATCH_BYTES as u64),
-            Item::Generated { .. } => None,
-        };
-        let laid = match (large, &item) {
-            (Some(len), Item::File { path, key }) => {
-                let outcome = load_large(&kv, bucket, key, path, len, &existing).await;
-                progress.record(|| item.label(), outcome);
-                continue;
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let (mut window, mut window_bytes) = (Vec::new(), 0u64);
+        while window_bytes < WINDOW_BYTES {
+            let Some(item) = items.next() else { break };
+            let len = match &item {
+                Item::File { path, .. } => tokio::fs::metadata(path).await.ok().map(|m| m.len()),
+                Item::Generated { .. } => Some(size as u64),
+            };
+            if let (Some(len), Item::File { path, key }) = (len, &item) {
+                if len >= BATCH_BYTES as u64 {
+                    let outcome = load_large(&kv, bucket, key, path, len, &existing).await;
+                    progress.record(|| item.label(), outcome);
+                    continue;
+                }
             }
-            _ => lay_out(bucket, &item, size, &existing).await,
-        };
-        match laid {
-            Ok(Some(laid)) => {
-                batch_bytes += laid.size as usize + laid.record.1.len();
-                batch.push(laid);
-            }
-            Ok(None) => progress.record(String::new, Ok(None)),
-            Err(e) => progress.fail(item.label(), &e),
+            window_bytes += len.unwrap_or(0);
+            window.push((item, len));
         }
-        if batch_bytes >= BATCH_BYTES {
-            tasks.push(send(&kv, &slots, std::mem::take(&mut batch), &progress).await?);
-            batch_bytes = 0;
+        for Planned { item, version } in plan(window, now_ms()) {
+            match lay_out(bucket, &item, version, size, &existing).await {
+                Ok(Some(laid)) => {
+                    batch_bytes += laid.size as usize + laid.record.1.len();
+                    batch.push(laid);
+                }
+                Ok(None) => progress.record(String::new, Ok(None)),
+                Err(e) => progress.fail(item.label(), &e),
+            }
+            if batch_bytes >= BATCH_BYTES {
+                tasks.push(send(&kv, &slots, std::mem::take(&mut batch), &progress).await?);
+                batch_bytes = 0;
+            }
         }
     }
     if !batch.is_empty() {
@@ -348,4 +398,67 @@ async fn send(
         let _permit = permit;
         ingest_batch(&kv, batch, &progress).await;
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_body_whose_last_chunk_is_small_has_a_small_chunk() {
+        let v = 7u128 << 64;
+        let mib = 1u64 << 20;
+        assert_eq!(small_chunk_key(INLINE_BYTES_MAX as u64, v), None, "inline");
+        assert_eq!(
+            small_chunk_key(200 << 10, v),
+            Some(layout::chunk_key(v, 0, false))
+        );
+        assert_eq!(small_chunk_key(4 * mib, v), None, "one large chunk");
+        assert_eq!(
+            small_chunk_key(5 * mib, v),
+            None,
+            "a 1 MiB last chunk is large"
+        );
+        assert_eq!(
+            small_chunk_key(8 * mib + 100, v),
+            Some(layout::chunk_key(v, 2, false))
+        );
+    }
+
+    #[test]
+    fn a_plan_keeps_bodies_without_small_chunks_first_and_orders_the_rest_by_chunk_key() {
+        let item = |index: u64| Item::Generated {
+            index,
+            key: format!("k{index}"),
+        };
+        let lens = [200 << 10, 10, 300 << 10, 4 << 20, 100 << 10, 70 << 10, 20];
+        let window = lens
+            .iter()
+            .enumerate()
+            .map(|(i, len)| (item(i as u64), Some(*len as u64)))
+            .chain([(item(99), None)])
+            .collect();
+        let planned = plan(window, 1_000);
+        let order: Vec<u64> = planned
+            .iter()
+            .map(|p| match p.item {
+                Item::Generated { index, .. } => index,
+                Item::File { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order[..4], [1, 3, 6, 99], "unkeyed first, in list order");
+        let keys: Vec<Bytes> = planned[4..]
+            .iter()
+            .map(|p| {
+                let Item::Generated { index, .. } = p.item else {
+                    unreachable!()
+                };
+                small_chunk_key(lens[index as usize], p.version).expect("keyed")
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "ascending chunk keys");
+        assert!(planned
+            .iter()
+            .all(|p| layout::version_time_ms(p.version) == 1_000));
+    }
 }
