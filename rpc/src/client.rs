@@ -148,6 +148,11 @@ impl KvClient {
         &self.transport
     }
 
+    /// Where ranges are looked up first, when the cluster has placement.
+    pub fn placement(&self) -> Option<&Arc<PlacementClient>> {
+        self.placement.as_ref()
+    }
+
     fn learn_store(&self, store_id: StoreId, addr: &str) {
         let Ok(addr) = parse_addr(addr) else { return };
         let mut stores = self.stores.write().expect("stores lock");

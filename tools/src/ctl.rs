@@ -18,6 +18,8 @@ use crate::cluster_file::ClusterFile;
 
 mod via_placement;
 
+pub(crate) use via_placement::all_routes;
+
 #[derive(Args)]
 pub struct CtlArgs {
     /// The cluster file (`shale dev` writes DATA_DIR/dev.json).

@@ -43,9 +43,17 @@ struct Laid {
 /// land, far inside the orphan-chunk age of a day.
 const WINDOW_BYTES: u64 = 2 << 30;
 
+/// A window asks for a range boundary after about this many bytes of its keys, so that
+/// its ranges are cut before the load rather than split under it (a split in the middle
+/// of an ingest refuses its staged files, and they are sent again). Below the default
+/// `split.range-size-bytes-max` (96 MiB), so the ranges are not split again at once.
+const PRESPLIT_BYTES: u64 = 64 << 20;
+
 /// An object of the load, its body version chosen ahead.
 struct Planned {
     item: Item,
+    /// The length it is expected to have, if known.
+    len: Option<u64>,
     version: u128,
 }
 
@@ -63,12 +71,105 @@ fn plan(window: Vec<(Item, Option<u64>)>, now_ms: u64) -> Vec<Planned> {
         .map(|(item, len)| {
             let version = layout::new_version(now_ms);
             let key = len.and_then(|len| small_chunk_key(len, version));
-            (key, Planned { item, version })
+            (key, Planned { item, len, version })
         })
         .collect();
     // Stable: the unkeyed (`None` sorts first) keep their order.
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     keyed.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The keys loading `planned` into `bucket` writes, ascending, each with the bytes it
+/// holds: chunks, and the records of inline bodies (which hold them). Bodies of unknown
+/// length are left out.
+fn planned_keys(bucket: &str, planned: &[Planned]) -> Vec<(Bytes, u64)> {
+    let mut keys: Vec<(Bytes, u64)> = Vec::new();
+    for p in planned {
+        let Some(len) = p.len else { continue };
+        if len <= INLINE_BYTES_MAX as u64 {
+            keys.push((layout::object_key(bucket, p.item.key()), len));
+            continue;
+        }
+        let count = len.div_ceil(CHUNK_BYTES as u64);
+        keys.extend((0..count).map(|i| {
+            let chunk = (len - i * CHUNK_BYTES as u64).min(CHUNK_BYTES as u64);
+            let large = layout::is_large_chunk(chunk as usize);
+            (layout::chunk_key(p.version, i as u32, large), chunk)
+        }));
+    }
+    keys.sort_unstable();
+    keys
+}
+
+/// Where to cut ranges before writing `keys` (ascending, with their bytes) so that no
+/// range ends up past [`PRESPLIT_BYTES`]. `ranges` are the ranges there are, by start key
+/// ascending with the bytes each holds; the first starts at the empty key. A range cut
+/// in `n` is cut at the keys that share its new bytes out evenly, as its old bytes are
+/// taken to be spread like them (chunk keys are hashed).
+fn split_points(ranges: &[(Bytes, u64)], keys: &[(Bytes, u64)]) -> Vec<Bytes> {
+    let mut points = Vec::new();
+    let mut rest = keys;
+    for (i, (_, held)) in ranges.iter().enumerate() {
+        let inside = match ranges.get(i + 1) {
+            Some((next, _)) => rest.partition_point(|(k, _)| k < next),
+            None => rest.len(),
+        };
+        let (here, after) = rest.split_at(inside);
+        rest = after;
+        let new: u64 = here.iter().map(|(_, len)| len).sum();
+        if new == 0 {
+            continue;
+        }
+        let pieces = (held + new).div_ceil(PRESPLIT_BYTES);
+        let mut before = 0;
+        let mut cut = 1;
+        for (j, (key, len)) in here.iter().enumerate() {
+            // Cut before this key once the bytes before it reach the next share.
+            if j > 0 && cut < pieces && before * pieces >= cut * new {
+                points.push(key.clone());
+                while cut < pieces && before * pieces >= cut * new {
+                    cut += 1;
+                }
+            }
+            before += len;
+        }
+    }
+    points
+}
+
+/// Every range by start key with the bytes it holds, as placement last heard; without
+/// placement, one range of unknown size (the cuts then count only the load's bytes).
+async fn ranges_held(kv: &KvClient) -> Vec<(Bytes, u64)> {
+    let routes = match kv.placement() {
+        Some(placement) => crate::ctl::all_routes(placement).await,
+        None => Ok(Vec::new()),
+    };
+    match routes {
+        Ok(routes) if !routes.is_empty() => routes
+            .into_iter()
+            .map(|r| (r.range.start_key, r.size_bytes))
+            .collect(),
+        Ok(_) => vec![(Bytes::new(), 0)],
+        Err(e) => {
+            tracing::debug!(error = %e, "no range sizes; pre-split counts the load only");
+            vec![(Bytes::new(), 0)]
+        }
+    }
+}
+
+/// Cuts ranges at `points` (ascending) where none starts yet. A cut that fails is
+/// left to the stores' own size-based splits: it costs speed, not data.
+async fn presplit(kv: &KvClient, points: &[Bytes]) {
+    for key in points {
+        let done = match kv.locate(key).await {
+            Ok(range) if range.start_key == *key => continue,
+            Ok(_) => kv.split(key.clone()).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "pre-split failed; the range splits by size instead");
+        }
+    }
 }
 
 /// The key of the one small chunk (its last, under [`layout::LARGE_CHUNK_BYTES_MIN`]) a
@@ -361,7 +462,10 @@ pub async fn load(
             window_bytes += len.unwrap_or(0);
             window.push((item, len));
         }
-        for Planned { item, version } in plan(window, now_ms()) {
+        let planned = plan(window, now_ms());
+        let keys = planned_keys(bucket, &planned);
+        presplit(&kv, &split_points(&ranges_held(&kv).await, &keys)).await;
+        for Planned { item, version, .. } in planned {
             match lay_out(bucket, &item, version, size, &existing).await {
                 Ok(Some(laid)) => {
                     batch_bytes += laid.size as usize + laid.record.1.len();
@@ -460,5 +564,49 @@ mod tests {
         assert!(planned
             .iter()
             .all(|p| layout::version_time_ms(p.version) == 1_000));
+    }
+
+    fn mib_keys(lens_mib: &[u64]) -> Vec<(Bytes, u64)> {
+        let keys = lens_mib.iter().enumerate();
+        keys.map(|(i, len)| (Bytes::from(format!("k{i:03}")), len << 20))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_cluster_is_cut_every_presplit_share_of_the_load() {
+        let empty = [(Bytes::new(), 0)];
+        let keys = mib_keys(&[32; 10]);
+        let points = split_points(&empty, &keys);
+        let want: Vec<Bytes> = [2, 4, 6, 8].map(|i| keys[i].0.clone()).to_vec();
+        assert_eq!(points, want, "320 MiB in five 64 MiB ranges");
+        assert!(split_points(&empty, &mib_keys(&[1; 60])).is_empty(), "60 MiB fits");
+        assert!(split_points(&empty, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_range_already_holding_data_is_cut_so_that_no_piece_passes_the_share() {
+        let keys = mib_keys(&[8; 12]);
+        // Three ranges: [.., k004) empty, [k004, k008) holding 100 MiB, [k008, ..) full.
+        let ranges = [
+            (Bytes::new(), 0),
+            (keys[4].0.clone(), 100 << 20),
+            (keys[8].0.clone(), 200 << 20),
+        ];
+        let points = split_points(&ranges, &keys);
+        // 32 MiB new fits the first; 132 MiB is cut in three, each third of its new
+        // 32 MiB starting past the share (k006, k007); 232 MiB in four (k009..k011).
+        let want: Vec<Bytes> = [6, 7, 9, 10, 11].map(|i| keys[i].0.clone()).to_vec();
+        assert_eq!(points, want);
+        assert!(points.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
+        assert!(
+            points.iter().all(|p| ranges.iter().all(|(start, _)| start != p)),
+            "never at a start a range has already"
+        );
+    }
+
+    #[test]
+    fn a_range_holding_data_but_getting_none_is_left_to_its_own_split() {
+        let keys = mib_keys(&[0, 0, 0]);
+        assert!(split_points(&[(Bytes::new(), 500 << 20)], &keys).is_empty());
     }
 }

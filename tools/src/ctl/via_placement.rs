@@ -176,7 +176,7 @@ async fn must_find(placement: &PlacementClient, key: &str) -> anyhow::Result<Rou
 }
 
 /// Every range in key order, page by page.
-async fn all_routes(placement: &PlacementClient) -> anyhow::Result<Vec<Route>> {
+pub(crate) async fn all_routes(placement: &PlacementClient) -> anyhow::Result<Vec<Route>> {
     let mut out: Vec<Route> = Vec::new();
     let mut start = Bytes::new();
     loop {
