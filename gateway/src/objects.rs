@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
-use shale_rpc::client::KvClient;
+use shale_rpc::client::{KvClient, ScanPage};
 use shale_rpc::StoreId;
 
 pub use crate::chunks::LocalChunks;
@@ -167,7 +167,7 @@ impl ObjectStore {
     pub async fn delete_bucket(&self, bucket: &str) -> Result<(), GwError> {
         self.must_bucket(bucket).await?;
         let (start, end) = layout::object_bounds(bucket, "");
-        if !self.kv.scan(start, end, 1).await?.pairs.is_empty() {
+        if !self.scan_on(start, end, 1).await?.pairs.is_empty() {
             return Err(GwError::BucketNotEmpty);
         }
         self.kv.delete(layout::bucket_key(bucket)).await?;
@@ -694,8 +694,7 @@ impl ObjectStore {
         let mut last_token = None;
         while entries.len() < max && cursor < end {
             let page = self
-                .kv
-                .scan(cursor.clone(), end.clone(), LIST_PAGE.min(max as u32 + 1))
+                .scan_on(cursor.clone(), end.clone(), LIST_PAGE.min(max as u32 + 1))
                 .await?;
             if page.pairs.is_empty() {
                 break;
@@ -746,11 +745,26 @@ impl ObjectStore {
         // More may follow only if the page is full; one look ahead settles it.
         let more = entries.len() == max
             && cursor < end
-            && !self.kv.scan(cursor, end, 1).await?.pairs.is_empty();
+            && !self.scan_on(cursor, end, 1).await?.pairs.is_empty();
         Ok(ListPage {
             entries,
             next: if more { last_token } else { None },
         })
+    }
+
+    /// The first page of `[start, end)` that has pairs in it, going on past ranges that
+    /// end with none left (a page stops at its range's end); empty only at `end`.
+    async fn scan_on(&self, start: Bytes, end: Bytes, limit: u32) -> Result<ScanPage, GwError> {
+        let mut cursor = start;
+        loop {
+            let page = self.kv.scan(cursor, end.clone(), limit).await?;
+            match &page.resume_key {
+                Some(next) if page.pairs.is_empty() && (end.is_empty() || *next < end) => {
+                    cursor = next.clone();
+                }
+                _ => return Ok(page),
+            }
+        }
     }
 }
 

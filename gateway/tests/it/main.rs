@@ -135,6 +135,62 @@ async fn cluster_with_bucket(
     (cluster, kv, objects)
 }
 
+/// Ranges cut between a bucket's objects, one of them holding none past the cursor: a
+/// listing and the emptiness check of a bucket delete go on into the next range (a page
+/// stops at its range's end, empty or not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_and_bucket_delete_see_objects_past_a_range_with_none_left() {
+    use shale_gateway::layout::object_key;
+    use shale_gateway::objects::{Incoming, Listed};
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
+    let put = |key: &'static str| {
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(key))]);
+        objects.put("b", key, Incoming::unclaimed(body), None, Vec::new())
+    };
+    for key in ["a", "m", "z"] {
+        put(key).await.unwrap();
+    }
+    // Ranges: [.., "b") [.., "c") [.., "n") [.., "y") [..): two of them hold no object.
+    for cut in ["b", "c", "n", "y"] {
+        kv.split(object_key("b", cut)).await.unwrap();
+    }
+    let names = |page: &shale_gateway::objects::ListPage| -> Vec<String> {
+        let entries = page.entries.iter();
+        entries
+            .map(|e| match e {
+                Listed::Object { key, .. } => key.clone(),
+                Listed::CommonPrefix(p) => p.clone(),
+            })
+            .collect()
+    };
+    let all = objects.list("b", "", None, None, 1000).await.unwrap();
+    assert_eq!(names(&all), ["a", "m", "z"]);
+    assert_eq!(all.next, None);
+    // One a page: every page but the last says more follows, across the empty ranges.
+    let (mut got, mut after) = (Vec::new(), None);
+    loop {
+        let page = objects.list("b", "", None, after.as_deref(), 1).await.unwrap();
+        got.extend(names(&page));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(got, ["a", "m", "z"]);
+    objects.delete("b", "a").await.unwrap();
+    objects.delete("b", "m").await.unwrap();
+    // Only "z" is left, behind two ranges with no objects: the bucket is not empty.
+    assert!(matches!(
+        objects.delete_bucket("b").await,
+        Err(shale_gateway::error::GwError::BucketNotEmpty)
+    ));
+    assert_eq!(names(&objects.list("b", "", None, None, 10).await.unwrap()), ["z"]);
+    objects.delete("b", "z").await.unwrap();
+    objects.delete_bucket("b").await.unwrap();
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn abandoned_uploads_are_aborted_in_the_background() {
     use shale_gateway::objects::Incoming;
