@@ -43,11 +43,19 @@ struct Laid {
 /// land, far inside the orphan-chunk age of a day.
 const WINDOW_BYTES: u64 = 2 << 30;
 
-/// A window asks for a range boundary after about this many bytes of its keys, so that
-/// its ranges are cut before the load rather than split under it (a split in the middle
-/// of an ingest refuses its staged files, and they are sent again). Below the default
-/// `split.range-size-bytes-max` (96 MiB), so the ranges are not split again at once.
-const PRESPLIT_BYTES: u64 = 64 << 20;
+/// How `shale load --ingest` shapes its work.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestShape {
+    /// The size of generated objects.
+    pub size: usize,
+    /// Batches in flight, at most [`BATCHES_IN_FLIGHT`].
+    pub concurrency: usize,
+    /// Before each window, ranges are cut so that none would pass this many bytes with
+    /// the window's keys in it: cut before the load rather than split under it (a split
+    /// in the middle of an ingest refuses its staged files, and they are sent again).
+    /// Below the cluster's `split.range-size-bytes-max`, so they are not split again.
+    pub range_bytes: u64,
+}
 
 /// An object of the load, its body version chosen ahead.
 struct Planned {
@@ -102,11 +110,11 @@ fn planned_keys(bucket: &str, planned: &[Planned]) -> Vec<(Bytes, u64)> {
 }
 
 /// Where to cut ranges before writing `keys` (ascending, with their bytes) so that no
-/// range ends up past [`PRESPLIT_BYTES`]. `ranges` are the ranges there are, by start key
+/// range ends up past `share` bytes. `ranges` are the ranges there are, by start key
 /// ascending with the bytes each holds; the first starts at the empty key. A range cut
 /// in `n` is cut at the keys that share its new bytes out evenly, as its old bytes are
 /// taken to be spread like them (chunk keys are hashed).
-fn split_points(ranges: &[(Bytes, u64)], keys: &[(Bytes, u64)]) -> Vec<Bytes> {
+fn split_points(ranges: &[(Bytes, u64)], keys: &[(Bytes, u64)], share: u64) -> Vec<Bytes> {
     let mut points = Vec::new();
     let mut rest = keys;
     for (i, (_, held)) in ranges.iter().enumerate() {
@@ -120,7 +128,7 @@ fn split_points(ranges: &[(Bytes, u64)], keys: &[(Bytes, u64)]) -> Vec<Bytes> {
         if new == 0 {
             continue;
         }
-        let pieces = (held + new).div_ceil(PRESPLIT_BYTES);
+        let pieces = (held + new).div_ceil(share.max(1));
         let mut before = 0;
         let mut cut = 1;
         for (j, (key, len)) in here.iter().enumerate() {
@@ -160,6 +168,7 @@ async fn ranges_held(kv: &KvClient) -> Vec<(Bytes, u64)> {
 /// Cuts ranges at `points` (ascending) where none starts yet. A cut that fails is
 /// left to the stores' own size-based splits: it costs speed, not data.
 async fn presplit(kv: &KvClient, points: &[Bytes]) {
+    tracing::debug!(points = points.len(), "pre-split");
     for key in points {
         let done = match kv.locate(key).await {
             Ok(range) if range.start_key == *key => continue,
@@ -426,10 +435,14 @@ pub async fn load(
     bucket: &str,
     prefix: &str,
     items: Vec<Item>,
-    size: usize,
-    concurrency: usize,
+    shape: IngestShape,
     progress: Arc<Progress>,
 ) -> anyhow::Result<()> {
+    let IngestShape {
+        size,
+        concurrency,
+        range_bytes,
+    } = shape;
     let objects = ObjectStore::new(kv.clone());
     if objects.bucket(bucket).await?.is_none() {
         objects
@@ -464,7 +477,11 @@ pub async fn load(
         }
         let planned = plan(window, now_ms());
         let keys = planned_keys(bucket, &planned);
-        presplit(&kv, &split_points(&ranges_held(&kv).await, &keys)).await;
+        presplit(
+            &kv,
+            &split_points(&ranges_held(&kv).await, &keys, range_bytes),
+        )
+        .await;
         for Planned { item, version, .. } in planned {
             match lay_out(bucket, &item, version, size, &existing).await {
                 Ok(Some(laid)) => {
@@ -576,11 +593,14 @@ mod tests {
     fn an_empty_cluster_is_cut_every_presplit_share_of_the_load() {
         let empty = [(Bytes::new(), 0)];
         let keys = mib_keys(&[32; 10]);
-        let points = split_points(&empty, &keys);
+        let points = split_points(&empty, &keys, 64 << 20);
         let want: Vec<Bytes> = [2, 4, 6, 8].map(|i| keys[i].0.clone()).to_vec();
         assert_eq!(points, want, "320 MiB in five 64 MiB ranges");
-        assert!(split_points(&empty, &mib_keys(&[1; 60])).is_empty(), "60 MiB fits");
-        assert!(split_points(&empty, &[]).is_empty());
+        assert!(
+            split_points(&empty, &mib_keys(&[1; 60]), 64 << 20).is_empty(),
+            "60 MiB fits"
+        );
+        assert!(split_points(&empty, &[], 64 << 20).is_empty());
     }
 
     #[test]
@@ -592,14 +612,19 @@ mod tests {
             (keys[4].0.clone(), 100 << 20),
             (keys[8].0.clone(), 200 << 20),
         ];
-        let points = split_points(&ranges, &keys);
+        let points = split_points(&ranges, &keys, 64 << 20);
         // 32 MiB new fits the first; 132 MiB is cut in three, each third of its new
         // 32 MiB starting past the share (k006, k007); 232 MiB in four (k009..k011).
         let want: Vec<Bytes> = [6, 7, 9, 10, 11].map(|i| keys[i].0.clone()).to_vec();
         assert_eq!(points, want);
-        assert!(points.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
         assert!(
-            points.iter().all(|p| ranges.iter().all(|(start, _)| start != p)),
+            points.windows(2).all(|w| w[0] < w[1]),
+            "ascending, no repeats"
+        );
+        assert!(
+            points
+                .iter()
+                .all(|p| ranges.iter().all(|(start, _)| start != p)),
             "never at a start a range has already"
         );
     }
@@ -607,6 +632,6 @@ mod tests {
     #[test]
     fn a_range_holding_data_but_getting_none_is_left_to_its_own_split() {
         let keys = mib_keys(&[0, 0, 0]);
-        assert!(split_points(&[(Bytes::new(), 500 << 20)], &keys).is_empty());
+        assert!(split_points(&[(Bytes::new(), 500 << 20)], &keys, 64 << 20).is_empty());
     }
 }

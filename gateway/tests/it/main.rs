@@ -170,7 +170,10 @@ async fn listing_and_bucket_delete_see_objects_past_a_range_with_none_left() {
     // One a page: every page but the last says more follows, across the empty ranges.
     let (mut got, mut after) = (Vec::new(), None);
     loop {
-        let page = objects.list("b", "", None, after.as_deref(), 1).await.unwrap();
+        let page = objects
+            .list("b", "", None, after.as_deref(), 1)
+            .await
+            .unwrap();
         got.extend(names(&page));
         match page.next {
             Some(next) => after = Some(next),
@@ -185,7 +188,10 @@ async fn listing_and_bucket_delete_see_objects_past_a_range_with_none_left() {
         objects.delete_bucket("b").await,
         Err(shale_gateway::error::GwError::BucketNotEmpty)
     ));
-    assert_eq!(names(&objects.list("b", "", None, None, 10).await.unwrap()), ["z"]);
+    assert_eq!(
+        names(&objects.list("b", "", None, None, 10).await.unwrap()),
+        ["z"]
+    );
     objects.delete("b", "z").await.unwrap();
     objects.delete_bucket("b").await.unwrap();
     cluster.shutdown().await;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::procs::*;
 
-fn ctl(cluster: &std::path::Path, args: &[&str]) -> Value {
+pub(crate) fn ctl(cluster: &std::path::Path, args: &[&str]) -> Value {
     let out = shale()
         .arg("ctl")
         .arg("--cluster")

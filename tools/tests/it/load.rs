@@ -1,10 +1,12 @@
 //! `shale load` into a `shale dev` cluster: a tree with nested folders, an empty file and
 //! a 200 MiB file (sent as a 13-part multipart upload) arrives byte for byte; a file that is gone is reported, not skipped;
-//! a rerun resumes (uploads only what changed).
+//! a rerun resumes (uploads only what changed). `--ingest` does the same, its ranges cut
+//! ahead of the load.
 
 use std::io::Write;
 use std::process::Output;
 
+use crate::ctl::ctl;
 use crate::dev::{free_tcp_port, s3, sigterm, start_dev};
 use crate::procs::shale;
 
@@ -128,6 +130,8 @@ fn load_ingest(dir: &std::path::Path, src: &std::path::Path) -> Output {
         .arg("--ingest")
         .arg("--cluster")
         .arg(dir.join("dev.json"))
+        // Small, so that this load's ranges are cut ahead of it.
+        .args(["--ingest-range-bytes", "512KiB"])
         .env("RUST_LOG", "error")
         .output()
         .expect("run shale load --ingest")
@@ -145,6 +149,11 @@ fn load_ingest_lays_objects_out_as_the_gateway_reads_them_and_resumes() {
         .map(|i| (i * 13 % 251) as u8)
         .collect();
     std::fs::write(src.join("x/chunked.bin"), &chunked).unwrap();
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    for i in 0..8u32 {
+        let body: Vec<u8> = (0..300 << 10).map(|j: u32| (j * 7 + i) as u8).collect();
+        std::fs::write(src.join(format!("many/f{i}")), body).unwrap();
+    }
     // Past the batch size: sent on its own, a window at a time.
     let mut big = std::fs::File::create(src.join("big.bin")).unwrap();
     for i in 0..70u32 {
@@ -155,6 +164,8 @@ fn load_ingest_lays_objects_out_as_the_gateway_reads_them_and_resumes() {
     std::fs::create_dir_all(&data).unwrap();
     let ports = shale_storage::cluster::free_udp_ports(1).unwrap();
     let dev = start_dev(&data, ports[0], free_tcp_port());
+    let cluster = data.join("dev.json");
+    let ranges_before = ctl(&cluster, &["ranges"]).as_array().unwrap().len();
 
     let out = load_ingest(&data, &src);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -187,7 +198,21 @@ print(len(want))
 "#,
         src = src.display().to_string()
     );
-    assert_eq!(s3(&data, &check), "4", "every present file arrived");
+    assert_eq!(s3(&data, &check), "12", "every present file arrived");
+    // About 5.5 MiB in 512 KiB shares: cut ahead of the load into several ranges (the
+    // cluster's own split bound, 96 MiB, would not have split it at all).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ranges = ctl(&cluster, &["ranges"]).as_array().unwrap().len();
+        if ranges >= ranges_before + 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pre-split: {ranges_before} ranges before the load, {ranges} after"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     std::fs::remove_file(src.join("gone")).unwrap();
     let out = load_ingest(&data, &src);
@@ -198,16 +223,16 @@ print(len(want))
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("loaded 0 objects") && stdout.contains("4 already present"),
+        stdout.contains("loaded 0 objects") && stdout.contains("12 already present"),
         "a rerun resumes: {stdout}"
     );
     std::fs::write(src.join("x/y/small.txt"), b"changed").unwrap();
     let out = load_ingest(&data, &src);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("loaded 1 objects") && stdout.contains("3 already present"),
+        stdout.contains("loaded 1 objects") && stdout.contains("11 already present"),
         "only the changed file: {stdout}"
     );
-    assert_eq!(s3(&data, &check), "4");
+    assert_eq!(s3(&data, &check), "12");
     assert_eq!(sigterm(dev), Some(0));
 }
