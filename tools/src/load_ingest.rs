@@ -38,10 +38,13 @@ struct Laid {
 }
 
 /// Objects whose body versions are chosen at once, at most this many bytes of them: they
-/// are then loaded in the order of their small chunks' keys (see [`plan`]). Their
-/// versions carry the time the window was planned, minutes at most before their chunks
-/// land, far inside the orphan-chunk age of a day.
-const WINDOW_BYTES: u64 = 2 << 30;
+/// are then loaded in the order of their small chunks' keys (see [`plan`]). Chunk keys
+/// are hashed, so the files of the next window overlap this one's and land above the
+/// bottom level, to be compacted into it later: the larger the window, the less of a
+/// load is written twice. Their versions carry the time the window was planned: at
+/// 10 MB/s a window's last chunks land within an hour of it, far inside the orphan-chunk
+/// age of a day. The plan holds a version and a few keys per object, not their bytes.
+const WINDOW_BYTES: u64 = 32 << 30;
 
 /// How `shale load --ingest` shapes its work.
 #[derive(Debug, Clone, Copy)]
