@@ -559,7 +559,7 @@ mod tests {
         let window = lens
             .iter()
             .enumerate()
-            .map(|(i, len)| (item(i as u64), Some(*len as u64)))
+            .map(|(i, len)| (item(i as u64), Some(*len)))
             .chain([(item(99), None)])
             .collect();
         let planned = plan(window, 1_000);
