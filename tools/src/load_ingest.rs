@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
-use shale_gateway::layout::{self, Body, ObjectMeta, CHUNK_BYTES, INLINE_BYTES_MAX};
+use shale_gateway::layout::{self, Body, ObjectMeta, Segment, CHUNK_BYTES, INLINE_BYTES_MAX};
 use shale_gateway::objects::{now_ms, ObjectStore, KEY_BYTES_MAX, OBJECT_BYTES_MAX};
 use shale_rpc::client::KvClient;
 use tokio::io::AsyncReadExt;
@@ -101,11 +101,10 @@ fn planned_keys(bucket: &str, planned: &[Planned]) -> Vec<(Bytes, u64)> {
             keys.push((layout::object_key(bucket, p.item.key()), len));
             continue;
         }
-        let count = len.div_ceil(CHUNK_BYTES as u64);
-        keys.extend((0..count).map(|i| {
-            let chunk = (len - i * CHUNK_BYTES as u64).min(CHUNK_BYTES as u64);
-            let large = layout::is_large_chunk(chunk as usize);
-            (layout::chunk_key(p.version, i as u32, large), chunk)
+        let run = chunk_run(len, p.version);
+        keys.extend((0..run.count).map(|i| {
+            let key = layout::chunk_key(run.version, i, run.chunk_is_large(i));
+            (key, run.chunk_len(i))
         }));
     }
     keys.sort_unstable();
@@ -132,15 +131,13 @@ fn split_points(ranges: &[(Bytes, u64)], keys: &[(Bytes, u64)], share: u64) -> V
             continue;
         }
         let pieces = (held + new).div_ceil(share.max(1));
-        let mut before = 0;
-        let mut cut = 1;
+        let (mut before, mut cut) = (0, 1);
         for (j, (key, len)) in here.iter().enumerate() {
             // Cut before this key once the bytes before it reach the next share.
-            if j > 0 && cut < pieces && before * pieces >= cut * new {
+            let reached = (before * pieces / new).min(pieces - 1);
+            if j > 0 && reached >= cut {
                 points.push(key.clone());
-                while cut < pieces && before * pieces >= cut * new {
-                    cut += 1;
-                }
+                cut = reached + 1;
             }
             before += len;
         }
@@ -168,17 +165,13 @@ async fn ranges_held(kv: &KvClient) -> Vec<(Bytes, u64)> {
     }
 }
 
-/// Cuts ranges at `points` (ascending) where none starts yet. A cut that fails is
-/// left to the stores' own size-based splits: it costs speed, not data.
+/// Cuts ranges at `points` (ascending, none a range's start as the cuts were planned). A
+/// cut that fails (say, a range split there meanwhile) is left to the stores' own
+/// size-based splits: it costs speed, not data.
 async fn presplit(kv: &KvClient, points: &[Bytes]) {
     tracing::debug!(points = points.len(), "pre-split");
     for key in points {
-        let done = match kv.locate(key).await {
-            Ok(range) if range.start_key == *key => continue,
-            Ok(_) => kv.split(key.clone()).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = done {
+        if let Err(e) = kv.split(key.clone()).await {
             tracing::debug!(error = %e, "pre-split failed; the range splits by size instead");
         }
     }
@@ -190,10 +183,19 @@ fn small_chunk_key(len: u64, version: u128) -> Option<Bytes> {
     if len <= INLINE_BYTES_MAX as u64 {
         return None;
     }
-    let count = len.div_ceil(CHUNK_BYTES as u64);
-    let last = len - (count - 1) * CHUNK_BYTES as u64;
-    (!layout::is_large_chunk(last as usize))
-        .then(|| layout::chunk_key(version, (count - 1) as u32, false))
+    let run = chunk_run(len, version);
+    let last = run.count - 1;
+    (!run.chunk_is_large(last)).then(|| layout::chunk_key(version, last, false))
+}
+
+/// The chunks a body of `len` bytes (past inline) stored as `version` is cut into.
+fn chunk_run(len: u64, version: u128) -> Segment {
+    Segment {
+        version,
+        count: len.div_ceil(CHUNK_BYTES as u64) as u32,
+        size: len,
+        chunk_bytes: CHUNK_BYTES as u32,
+    }
 }
 
 /// Reads an item and lays it out as the gateway would (inline up to 64 KiB, else 4 MiB
