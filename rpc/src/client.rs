@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use crate::codec::SharedFrame;
 use crate::limits::INGEST_PAIRS_MAX;
 use crate::messages::pairs_crc32;
 use crate::placement::{PlacementReply, PlacementRequest};
@@ -345,6 +346,8 @@ impl KvClient {
         };
         let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
         drop(req);
+        // One checksum pass over the pieces for all the replicas, not one each.
+        let frame = Arc::new(SharedFrame::new(frame));
         let mut calls = tokio::task::JoinSet::new();
         for r in &range.replicas {
             let addr = self.known_addr(r.store_id)?;
@@ -389,7 +392,7 @@ impl KvClient {
             op: KvOp::GetReplica { key },
         };
         let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(ClientError::Rpc)?;
-        match call_store(&self.transport, addr, &frame).await? {
+        match call_store(&self.transport, addr, &SharedFrame::new(frame)).await? {
             KvReply::Value(v) => Ok(v),
             other => Err(unexpected(other)),
         }
@@ -794,10 +797,10 @@ pub async fn admin(
 async fn call_store(
     transport: &Transport,
     addr: SocketAddr,
-    frame: &Frame,
+    frame: &SharedFrame,
 ) -> Result<KvReply, ClientError> {
     let reply = transport
-        .call(addr, frame)
+        .call_shared(addr, frame)
         .await
         .map_err(ClientError::Rpc)?;
     decode_reply(&reply)?.map_err(ClientError::Kv)

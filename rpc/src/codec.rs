@@ -248,6 +248,33 @@ impl Frame {
     }
 }
 
+/// A frame sent to several peers (a chunk staged on every replica): its wire pieces, and
+/// so its checksum, a pass over the whole body, are made on the first send over the wire
+/// and shared by the others.
+#[derive(Debug)]
+pub struct SharedFrame {
+    frame: Frame,
+    pieces: std::sync::OnceLock<Vec<Bytes>>,
+}
+
+impl SharedFrame {
+    pub fn new(frame: Frame) -> SharedFrame {
+        SharedFrame {
+            frame,
+            pieces: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn frame(&self) -> &Frame {
+        &self.frame
+    }
+
+    /// What [`Frame::wire_pieces`] gives, made once.
+    pub fn wire_pieces(&self) -> Vec<Bytes> {
+        self.pieces.get_or_init(|| self.frame.wire_pieces()).clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +293,28 @@ mod tests {
             Just(FrameKind::PlacementResponse),
             Just(FrameKind::Ping),
         ]
+    }
+
+    #[test]
+    fn a_shared_frame_goes_on_the_wire_as_the_frame_does() {
+        for body_len in [0, 10, FRAME_COPY_BYTES_MAX + 1, 3 << 20] {
+            let body: Vec<u8> = (0..body_len).map(|i| (i % 251) as u8).collect();
+            let frame = Frame {
+                kind: FrameKind::KvRequest,
+                body: Bytes::from(body),
+            };
+            let shared = SharedFrame::new(frame.clone());
+            let joined = |pieces: Vec<Bytes>| pieces.concat();
+            assert_eq!(joined(shared.wire_pieces()), joined(frame.wire_pieces()));
+            // Every later send gets the same pieces, body shared and not copied.
+            let (first, again) = (shared.wire_pieces(), shared.wire_pieces());
+            assert_eq!(first, again);
+            if body_len > FRAME_COPY_BYTES_MAX {
+                assert_eq!(first[1].as_ptr(), again[1].as_ptr());
+                assert_eq!(first[1].as_ptr(), frame.body.as_ptr());
+            }
+            assert_eq!(Frame::from_wire(&joined(again)).unwrap(), frame);
+        }
     }
 
     proptest! {

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::certs::{TlsIdentity, NODE_SERVER_NAME};
-use crate::codec::read_frame;
+use crate::codec::{read_frame, SharedFrame};
 use crate::local::LocalServices;
 use crate::{Frame, FrameKind, RpcError};
 
@@ -245,13 +245,24 @@ impl Transport {
     /// Sends one request and waits for its answer, within the request timeout, failing
     /// early if the peer stops answering probes.
     pub async fn call(&self, addr: SocketAddr, request: &Frame) -> Result<Frame, RpcError> {
+        self.call_shared(addr, &SharedFrame::new(request.clone()))
+            .await
+    }
+
+    /// [`Transport::call`] with a frame that may go to other peers too: its checksum is
+    /// computed once for all of them.
+    pub async fn call_shared(
+        &self,
+        addr: SocketAddr,
+        request: &SharedFrame,
+    ) -> Result<Frame, RpcError> {
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
         let local = self.local.get().and_then(|l| l.get(addr));
         let call = async {
             if let Some(service) = local {
                 // Its own task, as on a QUIC server: a caller that gives up does not cut
                 // the handler off halfway.
-                return tokio::spawn(service.request_local(request.clone()))
+                return tokio::spawn(service.request_local(request.frame().clone()))
                     .await
                     .map_err(|e| RpcError::Stream {
                         addr,
@@ -351,7 +362,7 @@ impl Transport {
         }
     }
 
-    async fn call_inner(&self, addr: SocketAddr, request: &Frame) -> Result<Frame, RpcError> {
+    async fn call_inner(&self, addr: SocketAddr, request: &SharedFrame) -> Result<Frame, RpcError> {
         let peer = self.connection(addr).await?;
         let answer = exchange(&peer.conn, addr, request).await;
         if answer.is_ok() {
@@ -488,7 +499,14 @@ async fn serve_connection<S: Service>(conn: quinn::Connection, service: Arc<S>) 
 /// rather than copied: a request sent to several stores at once holds one copy of its
 /// body between them, however slowly each acknowledges it.
 async fn send_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), RpcError> {
-    send.write_all_chunks(&mut frame.wire_pieces())
+    send_pieces(send, frame.wire_pieces()).await
+}
+
+async fn send_pieces(
+    send: &mut quinn::SendStream,
+    mut pieces: Vec<bytes::Bytes>,
+) -> Result<(), RpcError> {
+    send.write_all_chunks(&mut pieces)
         .await
         .map_err(std::io::Error::from)?;
     Ok(())
@@ -514,14 +532,14 @@ async fn serve_request<S: Service>(
 async fn exchange(
     conn: &quinn::Connection,
     addr: SocketAddr,
-    request: &Frame,
+    request: &SharedFrame,
 ) -> Result<Frame, RpcError> {
     let stream_err = |e: &dyn std::fmt::Display| RpcError::Stream {
         addr,
         reason: e.to_string(),
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
-    send_frame(&mut send, request)
+    send_pieces(&mut send, request.wire_pieces())
         .await
         .map_err(|e| stream_err(&e))?;
     send.finish().map_err(|e| stream_err(&e))?;
@@ -539,7 +557,7 @@ async fn ping(conn: &quinn::Connection) -> Result<(), RpcError> {
         kind: FrameKind::Ping,
         body: bytes::Bytes::new(),
     };
-    exchange(conn, conn.remote_address(), &frame)
+    exchange(conn, conn.remote_address(), &SharedFrame::new(frame))
         .await
         .map(|_| ())
 }
