@@ -69,6 +69,10 @@ pub struct RangeMedian {
     pub trials: usize,
     pub median_ops_per_sec: f64,
     pub per_put: PerPut,
+    /// CPU time of the whole process over wall time while the trials ran (warm-up
+    /// included): near the machine's core count when puts are CPU-bound, well under it
+    /// when they wait on latency (rounds, fsyncs, hand-offs).
+    pub cores_busy: f64,
 }
 
 /// Put throughput with each range count, each on a fresh local 3-store cluster, over
@@ -108,6 +112,7 @@ pub async fn range_scaling(
                 trials: rates.len(),
                 median_ops_per_sec: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
                 per_put: PerPut::of(work, *puts),
+                cores_busy: work.cores_busy(),
             }
         })
         .collect();
@@ -139,8 +144,10 @@ async fn range_trial(
         ..opts.clone()
     };
     let before = RaftWork::now()?;
+    let started = Instant::now();
     let mut phases = cluster_phases(client, &put_only).await;
-    let work = RaftWork::now()?.since(&before);
+    let mut work = RaftWork::now()?.since(&before);
+    work.wall_seconds = started.elapsed().as_secs_f64();
     for p in &mut phases {
         p.name = format!(
             "shale put, {count} range{}{}",
@@ -165,6 +172,8 @@ struct RaftWork {
     log_entries: u64,
     messages: u64,
     cpu_seconds: f64,
+    /// Wall time the counters were taken over (set by the caller of `since`).
+    wall_seconds: f64,
 }
 
 impl RaftWork {
@@ -176,6 +185,7 @@ impl RaftWork {
             log_entries: m.log_entries.get(),
             messages: m.raft_messages_sent.get(),
             cpu_seconds: process_cpu_seconds()?,
+            wall_seconds: 0.0,
         })
     }
 
@@ -186,6 +196,7 @@ impl RaftWork {
             log_entries: self.log_entries - before.log_entries,
             messages: self.messages - before.messages,
             cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+            wall_seconds: 0.0,
         }
     }
 
@@ -195,6 +206,16 @@ impl RaftWork {
         self.log_entries += other.log_entries;
         self.messages += other.messages;
         self.cpu_seconds += other.cpu_seconds;
+        self.wall_seconds += other.wall_seconds;
+    }
+
+    /// Cores' worth of CPU the process used on average (0 without a wall time).
+    fn cores_busy(&self) -> f64 {
+        if self.wall_seconds > 0.0 {
+            self.cpu_seconds / self.wall_seconds
+        } else {
+            0.0
+        }
     }
 }
 

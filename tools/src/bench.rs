@@ -380,7 +380,8 @@ pub struct KvBenchArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Also measure puts on fresh local clusters pre-split into each of these range
-    /// counts, comma-separated (e.g. `1,64`), with the same clients and concurrency.
+    /// counts, comma-separated (e.g. `1,64`), with the same clients and concurrency;
+    /// each count's line gives what a put cost and how many cores were busy.
     #[arg(long)]
     ranges: Option<String>,
     /// Rounds of `--ranges` measurements, alternating the order of the counts; the
@@ -526,7 +527,8 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
         for m in &rep.range_medians {
             println!(
                 "put with {} range(s): median {:.0} ops/s over {} trial(s); per put: {:.0} us CPU, \
-                 {:.2} raft messages, {:.2} log entries, {:.2} store rounds, {:.2} fsyncs",
+                 {:.2} raft messages, {:.2} log entries, {:.2} store rounds, {:.2} fsyncs; \
+                 {:.2} cores busy",
                 m.ranges,
                 m.median_ops_per_sec,
                 m.trials,
@@ -534,7 +536,8 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
                 m.per_put.raft_messages,
                 m.per_put.log_entries,
                 m.per_put.rounds,
-                m.per_put.fsyncs
+                m.per_put.fsyncs,
+                m.cores_busy
             );
         }
         print!("{}", timeline_table(&rep.phases));

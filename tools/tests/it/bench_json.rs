@@ -80,6 +80,48 @@ fn bench_kv_prints_json_with_its_baseline() {
 }
 
 #[test]
+fn bench_kv_ranges_prints_each_range_counts_median_and_costs() {
+    let v = run_json(&[
+        "bench",
+        "kv",
+        "--json",
+        "--phases",
+        "put",
+        "--ranges",
+        "1,4",
+        "--duration-secs",
+        "1",
+        "--warmup-secs",
+        "0",
+        "--concurrency",
+        "4",
+        "--keys",
+        "1000",
+    ]);
+    let medians = v["range_medians"].as_array().expect("range_medians");
+    let counts: Vec<u64> = medians
+        .iter()
+        .map(|m| m["ranges"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![1, 4], "{v}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for m in medians {
+        assert!(m["median_ops_per_sec"].as_f64().unwrap() > 0.0, "{m}");
+        let per_put = &m["per_put"];
+        for field in ["cpu_us", "log_entries", "raft_messages", "fsyncs"] {
+            assert!(
+                per_put[field].as_f64().unwrap() > 0.0,
+                "per_put.{field}: {m}"
+            );
+        }
+        // CPU over wall time of the whole process: something, and no more than the
+        // machine has (a little slack for the clock reads' order).
+        let busy = m["cores_busy"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy <= cores * 1.1, "cores_busy {busy}: {m}");
+    }
+}
+
+#[test]
 fn bench_s3_prints_json() {
     let v = run_json(&[
         "bench",
