@@ -29,6 +29,18 @@ fn check_phase(p: &serde_json::Value) {
     assert!(ops > 0.0, "the timeline saw the operations: {p}");
 }
 
+/// A KV bench short enough for the suite: one second, no warm-up, few clients and keys.
+const KV_SHORT: [&str; 8] = [
+    "--duration-secs",
+    "1",
+    "--warmup-secs",
+    "0",
+    "--concurrency",
+    "4",
+    "--keys",
+    "1000",
+];
+
 fn run_json(args: &[&str]) -> serde_json::Value {
     let out = shale()
         .args(args)
@@ -48,21 +60,13 @@ fn run_json(args: &[&str]) -> serde_json::Value {
 fn bench_kv_prints_json_with_its_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let chart = dir.path().join("kv.svg");
-    let v = run_json(&[
-        "bench",
-        "kv",
-        "--chart",
-        chart.to_str().unwrap(),
-        "--json",
-        "--duration-secs",
-        "1",
-        "--warmup-secs",
-        "0",
-        "--concurrency",
-        "4",
-        "--keys",
-        "1000",
-    ]);
+    let v = run_json(
+        &[
+            &["bench", "kv", "--chart", chart.to_str().unwrap(), "--json"][..],
+            &KV_SHORT,
+        ]
+        .concat(),
+    );
     let phases = v["phases"].as_array().expect("phases");
     assert!(
         phases
@@ -81,23 +85,15 @@ fn bench_kv_prints_json_with_its_baseline() {
 
 #[test]
 fn bench_kv_ranges_prints_each_range_counts_median_and_costs() {
-    let v = run_json(&[
-        "bench",
-        "kv",
-        "--json",
-        "--phases",
-        "put",
-        "--ranges",
-        "1,4",
-        "--duration-secs",
-        "1",
-        "--warmup-secs",
-        "0",
-        "--concurrency",
-        "4",
-        "--keys",
-        "1000",
-    ]);
+    let v = run_json(
+        &[
+            &[
+                "bench", "kv", "--json", "--phases", "put", "--ranges", "1,4",
+            ][..],
+            &KV_SHORT,
+        ]
+        .concat(),
+    );
     let medians = v["range_medians"].as_array().expect("range_medians");
     let counts: Vec<u64> = medians
         .iter()
