@@ -12,7 +12,7 @@ use shale_rpc::client::KvClient;
 use shale_storage::cluster::LocalCluster;
 
 use crate::kv::{cluster_phases, key_of, KvBenchOptions, Phases};
-use crate::stats::{process_cpu_seconds, OpStats};
+use crate::stats::{process_cpu_seconds, OpStats, ThreadCpu};
 
 /// Splits the cluster into `ranges` ranges over the key space `0..keys` of `key_of`,
 /// `concurrency` splits at a time (splits of the same range retry on the new epoch).
@@ -171,7 +171,8 @@ struct RaftWork {
     fsyncs: u64,
     log_entries: u64,
     messages: u64,
-    cpu_seconds: f64,
+    /// CPU time of the whole process, by thread group.
+    cpu: ThreadCpu,
     /// Wall time the counters were taken over (set by the caller of `since`).
     wall_seconds: f64,
 }
@@ -184,7 +185,7 @@ impl RaftWork {
             fsyncs: m.fsyncs.get(),
             log_entries: m.log_entries.get(),
             messages: m.raft_messages_sent.get(),
-            cpu_seconds: process_cpu_seconds()?,
+            cpu: ThreadCpu::now()?,
             wall_seconds: 0.0,
         })
     }
@@ -195,7 +196,7 @@ impl RaftWork {
             fsyncs: self.fsyncs - before.fsyncs,
             log_entries: self.log_entries - before.log_entries,
             messages: self.messages - before.messages,
-            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+            cpu: self.cpu.since(&before.cpu),
             wall_seconds: 0.0,
         }
     }
@@ -205,14 +206,14 @@ impl RaftWork {
         self.fsyncs += other.fsyncs;
         self.log_entries += other.log_entries;
         self.messages += other.messages;
-        self.cpu_seconds += other.cpu_seconds;
+        self.cpu.add(&other.cpu);
         self.wall_seconds += other.wall_seconds;
     }
 
     /// Cores' worth of CPU the process used on average (0 without a wall time).
     fn cores_busy(&self) -> f64 {
         if self.wall_seconds > 0.0 {
-            self.cpu_seconds / self.wall_seconds
+            self.cpu.total() / self.wall_seconds
         } else {
             0.0
         }
@@ -224,6 +225,8 @@ impl RaftWork {
 #[derive(Debug, Clone, Serialize)]
 pub struct PerPut {
     pub cpu_us: f64,
+    /// `cpu_us` by thread group: where the extra CPU of more ranges goes.
+    pub cpu_us_by_thread: ThreadCpu,
     pub raft_messages: f64,
     pub log_entries: f64,
     pub rounds: f64,
@@ -234,7 +237,8 @@ impl PerPut {
     fn of(work: &RaftWork, puts: u64) -> PerPut {
         let n = puts.max(1) as f64;
         PerPut {
-            cpu_us: work.cpu_seconds * 1e6 / n,
+            cpu_us: work.cpu.total() * 1e6 / n,
+            cpu_us_by_thread: work.cpu.per(n, 1e6),
             raft_messages: work.messages as f64 / n,
             log_entries: work.log_entries as f64 / n,
             rounds: work.rounds as f64 / n,

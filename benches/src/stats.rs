@@ -301,6 +301,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn thread_cpu_counts_a_named_threads_work_in_its_group() {
+        let before = ThreadCpu::now().unwrap();
+        // A thread named like a store loop spins for 300 ms of CPU.
+        std::thread::Builder::new()
+            .name("store-9-raft".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let mut x = 0u64;
+                while t.elapsed() < Duration::from_millis(300) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                // Still alive while measured: an ended thread's CPU falls to `other`.
+                let after = ThreadCpu::now().unwrap().since(&before);
+                assert!(after.store_loops >= 0.2, "{after:?}");
+                assert!(
+                    after.fsync < 0.1 && after.rocksdb_background < 0.1,
+                    "{after:?}"
+                );
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (comm, user, system) =
+            parse_stat("42 (store-1-sync) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0").unwrap();
+        assert_eq!((comm, user, system), ("store-1-sync", 2.5, 0.5));
+        let mut cpu = ThreadCpu::default();
+        *cpu.group("rocksdb:low") += 1.0;
+        *cpu.group("tokio-rt-worker") += 2.0;
+        assert_eq!((cpu.rocksdb_background, cpu.other), (1.0, 2.0));
+        assert_eq!(cpu.per(4.0, 1e6).other, 500_000.0);
+    }
+
+    #[test]
     fn a_timeline_cuts_a_phase_into_intervals_with_their_own_rates() {
         let started = Instant::now() - Duration::from_secs(4);
         let mut rec = Recorder::starting_at(started);
@@ -438,21 +471,94 @@ pub struct PhaseCost {
 /// User and kernel CPU seconds of this process (in USER_HZ = 100 ticks).
 fn process_cpu_split() -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").context("read /proc/self/stat")?;
-    let after_comm = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("parse /proc/self/stat")?;
+    let (_, user, system) = parse_stat(&stat).context("parse /proc/self/stat")?;
+    Ok((user, system))
+}
+
+/// The command (thread) name and user and kernel CPU seconds of a `/proc/.../stat` line.
+fn parse_stat(stat: &str) -> Option<(&str, f64, f64)> {
+    let (head, after_comm) = stat.rsplit_once(')')?;
+    let (_, comm) = head.split_once('(')?;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        let t: u64 = fields
-            .get(i)
-            .context("short /proc/self/stat")?
-            .parse()
-            .context("parse /proc/self/stat")?;
-        Ok(t as f64 / 100.0)
-    };
-    Ok((ticks(11)?, ticks(12)?))
+    let ticks =
+        |i: usize| -> Option<f64> { Some(fields.get(i)?.parse::<u64>().ok()? as f64 / 100.0) };
+    Some((comm, ticks(11)?, ticks(12)?))
+}
+
+/// CPU seconds of this process's threads, grouped by what the storage engine's threads
+/// are named: store loops (`store-N-raft`), their fsync threads (`store-N-sync`),
+/// RocksDB's flushes and compactions (`rocksdb:*`), and everything else (the async
+/// runtime's workers: QUIC, request handling, clients). Threads that ended are counted
+/// in `other` (the process total less the named groups).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ThreadCpu {
+    pub store_loops: f64,
+    pub fsync: f64,
+    pub rocksdb_background: f64,
+    pub other: f64,
+}
+
+impl ThreadCpu {
+    pub fn now() -> anyhow::Result<ThreadCpu> {
+        let mut cpu = ThreadCpu::default();
+        let tasks = std::fs::read_dir("/proc/self/task").context("read /proc/self/task")?;
+        for task in tasks.flatten() {
+            // A thread that ended since the listing has no stat any more.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let Some((comm, user, system)) = parse_stat(&stat) {
+                *cpu.group(comm) += user + system;
+            }
+        }
+        let named = cpu.store_loops + cpu.fsync + cpu.rocksdb_background;
+        cpu.other = (process_cpu_seconds()? - named).max(0.0);
+        Ok(cpu)
+    }
+
+    fn group(&mut self, thread: &str) -> &mut f64 {
+        if thread.starts_with("store-") && thread.ends_with("-raft") {
+            &mut self.store_loops
+        } else if thread.starts_with("store-") && thread.ends_with("-sync") {
+            &mut self.fsync
+        } else if thread.starts_with("rocksdb:") {
+            &mut self.rocksdb_background
+        } else {
+            &mut self.other
+        }
+    }
+
+    pub fn since(&self, before: &ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            store_loops: self.store_loops - before.store_loops,
+            fsync: self.fsync - before.fsync,
+            rocksdb_background: self.rocksdb_background - before.rocksdb_background,
+            other: self.other - before.other,
+        }
+    }
+
+    pub fn add(&mut self, other: &ThreadCpu) {
+        self.store_loops += other.store_loops;
+        self.fsync += other.fsync;
+        self.rocksdb_background += other.rocksdb_background;
+        self.other += other.other;
+    }
+
+    pub fn total(&self) -> f64 {
+        self.store_loops + self.fsync + self.rocksdb_background + self.other
+    }
+
+    /// Each group divided by `n` and scaled by `scale` (e.g. microseconds per put).
+    pub fn per(&self, n: f64, scale: f64) -> ThreadCpu {
+        let f = |x: f64| x * scale / n.max(1e-9);
+        ThreadCpu {
+            store_loops: f(self.store_loops),
+            fsync: f(self.fsync),
+            rocksdb_background: f(self.rocksdb_background),
+            other: f(self.other),
+        }
+    }
 }
 
 /// User + kernel CPU seconds of this process.

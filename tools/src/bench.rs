@@ -381,7 +381,8 @@ pub struct KvBenchArgs {
     dir: Option<PathBuf>,
     /// Also measure puts on fresh local clusters pre-split into each of these range
     /// counts, comma-separated (e.g. `1,64`), with the same clients and concurrency;
-    /// each count's line gives what a put cost and how many cores were busy.
+    /// each count's line gives what a put cost (CPU split by thread: store loops, fsync
+    /// threads, RocksDB flushes and compactions, the rest) and how many cores were busy.
     #[arg(long)]
     ranges: Option<String>,
     /// Rounds of `--ranges` measurements, alternating the order of the counts; the
@@ -525,14 +526,20 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
             println!("linearizable get / replicated put:       {r:.2}");
         }
         for m in &rep.range_medians {
+            let by = &m.per_put.cpu_us_by_thread;
             println!(
-                "put with {} range(s): median {:.0} ops/s over {} trial(s); per put: {:.0} us CPU, \
-                 {:.2} raft messages, {:.2} log entries, {:.2} store rounds, {:.2} fsyncs; \
-                 {:.2} cores busy",
+                "put with {} range(s): median {:.0} ops/s over {} trial(s); per put: {:.0} us CPU \
+                 (store loops {:.0}, fsync threads {:.0}, RocksDB flushes and compactions {:.0}, \
+                 the rest {:.0}), {:.2} raft messages, {:.2} log entries, {:.2} store rounds, \
+                 {:.2} fsyncs; {:.2} cores busy",
                 m.ranges,
                 m.median_ops_per_sec,
                 m.trials,
                 m.per_put.cpu_us,
+                by.store_loops,
+                by.fsync,
+                by.rocksdb_background,
+                by.other,
                 m.per_put.raft_messages,
                 m.per_put.log_entries,
                 m.per_put.rounds,

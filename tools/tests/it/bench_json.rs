@@ -110,6 +110,20 @@ fn bench_kv_ranges_prints_each_range_counts_median_and_costs() {
                 "per_put.{field}: {m}"
             );
         }
+        // The thread groups split the same CPU: store loops did work, and the groups
+        // add up to the total.
+        let by = &per_put["cpu_us_by_thread"];
+        let group = |g: &str| by[g].as_f64().unwrap_or_else(|| panic!("{g}: {m}"));
+        assert!(group("store_loops") > 0.0, "{m}");
+        let sum: f64 = ["store_loops", "fsync", "rocksdb_background", "other"]
+            .into_iter()
+            .map(group)
+            .sum();
+        let cpu_us = per_put["cpu_us"].as_f64().unwrap();
+        assert!(
+            (sum - cpu_us).abs() <= cpu_us * 0.01 + 1.0,
+            "{sum} vs {cpu_us}: {m}"
+        );
         // CPU over wall time of the whole process: something, and no more than the
         // machine has (a little slack for the clock reads' order).
         let busy = m["cores_busy"].as_f64().unwrap();
