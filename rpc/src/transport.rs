@@ -92,7 +92,18 @@ impl TransportConfig {
         Ok(())
     }
 
-    fn quinn_transport(&self) -> Result<Arc<quinn::TransportConfig>, RpcError> {
+    /// The bound MTU discovery searches to on the connections of an endpoint bound to
+    /// `local`: the configured one, or loopback's for a loopback endpoint (whose peers
+    /// are all on loopback).
+    fn mtu_bound(&self, local: SocketAddr) -> u16 {
+        if local.ip().is_loopback() {
+            self.mtu_bytes_max.max(LOOPBACK_MTU_BYTES)
+        } else {
+            self.mtu_bytes_max
+        }
+    }
+
+    fn quinn_transport(&self, mtu_bound: u16) -> Result<Arc<quinn::TransportConfig>, RpcError> {
         let mut t = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
             .map_err(|e| RpcError::Tls(format!("idle timeout: {e}")))?;
@@ -105,10 +116,28 @@ impl TransportConfig {
         t.receive_window((256u32 << 20).into());
         t.send_window(256 << 20);
         let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.mtu_bytes_max);
+        mtu.upper_bound(mtu_bound);
         t.mtu_discovery_config(Some(mtu));
         Ok(Arc::new(t))
     }
+}
+
+/// Largest UDP payload MTU discovery looks for on a loopback endpoint: the loopback
+/// interface carries 64 KiB datagrams (less the IP and UDP headers), and fewer, larger
+/// packets cost much less CPU per byte in a local cluster (`shale dev`, tests).
+const LOOPBACK_MTU_BYTES: u16 = 65_000;
+
+/// Client settings for connections of an endpoint whose MTU bound is `mtu_bound`.
+fn client_config(
+    identity: &TlsIdentity,
+    config: &TransportConfig,
+    mtu_bound: u16,
+) -> Result<quinn::ClientConfig, RpcError> {
+    let quic_client = QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| RpcError::Tls(e.to_string()))?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
+    client_config.transport_config(config.quinn_transport(mtu_bound)?);
+    Ok(client_config)
 }
 
 /// quinn's default for the largest datagram an endpoint accepts (Ethernet's 1,500 bytes
@@ -135,16 +164,77 @@ fn endpoint(
         .ok_or_else(|| RpcError::Tls("no async runtime for the QUIC endpoint".into()))?;
     // The largest datagram this endpoint accepts, told to peers: their MTU discovery stops
     // there, so it must not stay below the configured bound.
+    let mtu_bound = config.mtu_bound(addr);
     let mut endpoint_config = quinn::EndpointConfig::default();
     endpoint_config
-        .max_udp_payload_size(config.mtu_bytes_max.max(QUIC_ETHERNET_PAYLOAD))
+        .max_udp_payload_size(mtu_bound.max(QUIC_ETHERNET_PAYLOAD))
         .map_err(|e| RpcError::Tls(format!("mtu-bytes-max: {e}")))?;
-    Ok(quinn::Endpoint::new(
+    let socket = Arc::new(BoundedGso {
+        inner: runtime.wrap_udp_socket(socket.into())?,
+        segments_max: gso_segments_max(mtu_bound),
+    });
+    Ok(quinn::Endpoint::new_with_abstract_socket(
         endpoint_config,
         server,
-        socket.into(),
+        socket,
         runtime,
     )?)
+}
+
+/// Largest UDP payload the kernel takes in one send, segmented (GSO) or not: an IPv4
+/// packet's 65,535 bytes less the IP and UDP headers.
+const UDP_SEND_BYTES_MAX: usize = 65_507;
+
+/// The endpoint's UDP socket, with segmented sends (GSO) bounded to what the kernel
+/// takes in one send. quinn batches up to 10 datagrams of the path MTU per send; past
+/// 64 KiB (datagrams over ~6,500 bytes, as on jumbo-frame links and loopback) the
+/// kernel refuses the send with EMSGSIZE, which quinn-udp ignores as it does for MTU
+/// probes, so the whole batch would be lost. Such losses look like an MTU black hole,
+/// and the connection would fall back to 1,200-byte packets for a minute at a time.
+#[derive(Debug)]
+struct BoundedGso {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    segments_max: usize,
+}
+
+/// Most datagrams of up to `mtu_bytes` each that one segmented send may carry.
+fn gso_segments_max(mtu_bytes: u16) -> usize {
+    (UDP_SEND_BYTES_MAX / usize::from(mtu_bytes).max(1)).max(1)
+}
+
+impl quinn::AsyncUdpSocket for BoundedGso {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.segments_max)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 /// What a node serves: requests on bidirectional streams, messages on one-way streams.
@@ -167,6 +257,11 @@ struct Peer {
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    /// A second, calling-only endpoint bound to loopback, for peers on loopback when
+    /// `endpoint` is not (loopback endpoints search for larger packets); made on first
+    /// use.
+    loopback: Mutex<Option<(quinn::Endpoint, quinn::ClientConfig)>>,
+    identity: TlsIdentity,
     connections: Mutex<HashMap<SocketAddr, Peer>>,
     /// Addresses that recently failed, and when.
     suspects: Mutex<HashMap<SocketAddr, Instant>>,
@@ -186,7 +281,7 @@ impl Transport {
         let quic_server = QuicServerConfig::try_from(identity.server_config()?)
             .map_err(|e| RpcError::Tls(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-        server_config.transport_config(config.quinn_transport()?);
+        server_config.transport_config(config.quinn_transport(config.mtu_bound(addr))?);
         let endpoint = endpoint(addr, Some(server_config), &config)?;
         Self::with_endpoint(endpoint, identity, config)
     }
@@ -202,13 +297,13 @@ impl Transport {
         identity: &TlsIdentity,
         config: TransportConfig,
     ) -> Result<Arc<Self>, RpcError> {
-        let quic_client = QuicClientConfig::try_from(identity.client_config()?)
-            .map_err(|e| RpcError::Tls(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
-        client_config.transport_config(config.quinn_transport()?);
+        let mtu_bound = config.mtu_bound(endpoint.local_addr()?);
+        let client_config = client_config(identity, &config, mtu_bound)?;
         Ok(Arc::new(Transport {
             endpoint,
             client_config,
+            loopback: Mutex::new(None),
+            identity: identity.clone(),
             connections: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -413,6 +508,29 @@ impl Transport {
         }
     }
 
+    /// The endpoint (and its client settings) that calls `addr`: a loopback peer of a
+    /// transport not bound to loopback is called from a loopback endpoint of its own.
+    fn endpoint_for(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(quinn::Endpoint, quinn::ClientConfig), RpcError> {
+        let local = self.endpoint.local_addr()?;
+        if !addr.ip().is_loopback() || local.ip().is_loopback() {
+            return Ok((self.endpoint.clone(), self.client_config.clone()));
+        }
+        let mut loopback = self.loopback.lock().expect("loopback lock");
+        if let Some(made) = loopback.as_ref() {
+            return Ok(made.clone());
+        }
+        let local = SocketAddr::new(addr.ip(), 0);
+        let made = (
+            endpoint(local, None, &self.config)?,
+            client_config(&self.identity, &self.config, self.config.mtu_bound(local))?,
+        );
+        *loopback = Some(made.clone());
+        Ok(made)
+    }
+
     async fn connection(&self, addr: SocketAddr) -> Result<Peer, RpcError> {
         if let Some(peer) = self
             .connections
@@ -425,9 +543,9 @@ impl Transport {
             }
         }
         let connect_err = |reason: String| RpcError::Connect { addr, reason };
-        let connecting = self
-            .endpoint
-            .connect_with(self.client_config.clone(), addr, NODE_SERVER_NAME)
+        let (endpoint, client_config) = self.endpoint_for(addr)?;
+        let connecting = endpoint
+            .connect_with(client_config, addr, NODE_SERVER_NAME)
             .map_err(|e| connect_err(e.to_string()))?;
         let timeout = Duration::from_millis(self.config.connect_timeout_ms);
         let conn = match tokio::time::timeout(timeout, connecting).await {
@@ -461,11 +579,18 @@ impl Transport {
     pub fn close(&self) {
         self.connections.lock().expect("connections lock").clear();
         self.endpoint.close(0u32.into(), b"shutdown");
+        if let Some((loopback, _)) = self.loopback.lock().expect("loopback lock").as_ref() {
+            loopback.close(0u32.into(), b"shutdown");
+        }
     }
 
     /// Waits until every connection's close has been sent.
     pub async fn wait_idle(&self) {
         self.endpoint.wait_idle().await;
+        let loopback = self.loopback.lock().expect("loopback lock").clone();
+        if let Some((loopback, _)) = loopback {
+            loopback.wait_idle().await;
+        }
     }
 }
 
@@ -631,5 +756,39 @@ impl OnewayStream {
                 timeout_ms: self.timeout.as_millis() as u64,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segmented_sends_stay_within_one_kernel_send() {
+        assert_eq!(gso_segments_max(1_200), 54);
+        assert_eq!(gso_segments_max(9_000), 7);
+        assert_eq!(gso_segments_max(40_000), 1);
+        for mtu in [1_200u16, 1_452, 6_000, 9_000, 16_000, 32_000, 65_000] {
+            let n = gso_segments_max(mtu);
+            assert!(
+                n >= 1 && n * usize::from(mtu) <= UDP_SEND_BYTES_MAX,
+                "{mtu}: {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_endpoints_search_past_the_configured_mtu_bound() {
+        let config = TransportConfig::default();
+        let lan: SocketAddr = "10.0.0.7:7000".parse().unwrap();
+        assert_eq!(config.mtu_bound(lan), 1_452);
+        assert_eq!(config.mtu_bound("0.0.0.0:0".parse().unwrap()), 1_452);
+        assert_eq!(config.mtu_bound("127.0.0.3:7000".parse().unwrap()), 65_000);
+        assert_eq!(config.mtu_bound("[::1]:7000".parse().unwrap()), 65_000);
+        let jumbo = TransportConfig {
+            mtu_bytes_max: 9_000,
+            ..config
+        };
+        assert_eq!(jumbo.mtu_bound(lan), 9_000);
     }
 }
