@@ -520,13 +520,24 @@ impl Transport {
         }
         let mut loopback = self.loopback.lock().expect("loopback lock");
         if let Some(made) = loopback.as_ref() {
+            // Made for the other address family: such a peer takes the main endpoint.
+            if made.0.local_addr()?.is_ipv4() != addr.is_ipv4() {
+                return Ok((self.endpoint.clone(), self.client_config.clone()));
+            }
             return Ok(made.clone());
         }
         let local = SocketAddr::new(addr.ip(), 0);
-        let made = (
-            endpoint(local, None, &self.config)?,
-            client_config(&self.identity, &self.config, self.config.mtu_bound(local))?,
-        );
+        let made = match endpoint(local, None, &self.config) {
+            Ok(endpoint) => (
+                endpoint,
+                client_config(&self.identity, &self.config, self.config.mtu_bound(local))?,
+            ),
+            Err(e) => {
+                // Calls still work from the main endpoint, with smaller packets.
+                warn!(%local, error = %e, "could not bind a loopback endpoint");
+                return Ok((self.endpoint.clone(), self.client_config.clone()));
+            }
+        };
         *loopback = Some(made.clone());
         Ok(made)
     }
