@@ -529,20 +529,22 @@ impl ThreadCpu {
         }
     }
 
-    pub fn since(&self, before: &ThreadCpu) -> ThreadCpu {
+    /// Each group of `self` combined with the same group of `other` by `f`.
+    fn zip(&self, other: &ThreadCpu, f: impl Fn(f64, f64) -> f64) -> ThreadCpu {
         ThreadCpu {
-            store_loops: self.store_loops - before.store_loops,
-            fsync: self.fsync - before.fsync,
-            rocksdb_background: self.rocksdb_background - before.rocksdb_background,
-            other: self.other - before.other,
+            store_loops: f(self.store_loops, other.store_loops),
+            fsync: f(self.fsync, other.fsync),
+            rocksdb_background: f(self.rocksdb_background, other.rocksdb_background),
+            other: f(self.other, other.other),
         }
     }
 
+    pub fn since(&self, before: &ThreadCpu) -> ThreadCpu {
+        self.zip(before, |now, then| now - then)
+    }
+
     pub fn add(&mut self, other: &ThreadCpu) {
-        self.store_loops += other.store_loops;
-        self.fsync += other.fsync;
-        self.rocksdb_background += other.rocksdb_background;
-        self.other += other.other;
+        *self = self.zip(other, |a, b| a + b);
     }
 
     pub fn total(&self) -> f64 {
@@ -551,13 +553,7 @@ impl ThreadCpu {
 
     /// Each group divided by `n` and scaled by `scale` (e.g. microseconds per put).
     pub fn per(&self, n: f64, scale: f64) -> ThreadCpu {
-        let f = |x: f64| x * scale / n.max(1e-9);
-        ThreadCpu {
-            store_loops: f(self.store_loops),
-            fsync: f(self.fsync),
-            rocksdb_background: f(self.rocksdb_background),
-            other: f(self.other),
-        }
+        self.zip(self, |x, _| x * scale / n.max(1e-9))
     }
 }
 

@@ -261,6 +261,8 @@ pub struct Transport {
     /// `endpoint` is not (loopback endpoints search for larger packets); made on first
     /// use.
     loopback: Mutex<Option<(quinn::Endpoint, quinn::ClientConfig)>>,
+    /// Whether `endpoint` itself is bound to loopback (then it calls loopback peers).
+    on_loopback: bool,
     identity: TlsIdentity,
     connections: Mutex<HashMap<SocketAddr, Peer>>,
     /// Addresses that recently failed, and when.
@@ -297,12 +299,13 @@ impl Transport {
         identity: &TlsIdentity,
         config: TransportConfig,
     ) -> Result<Arc<Self>, RpcError> {
-        let mtu_bound = config.mtu_bound(endpoint.local_addr()?);
-        let client_config = client_config(identity, &config, mtu_bound)?;
+        let local = endpoint.local_addr()?;
+        let client_config = client_config(identity, &config, config.mtu_bound(local))?;
         Ok(Arc::new(Transport {
             endpoint,
             client_config,
             loopback: Mutex::new(None),
+            on_loopback: local.ip().is_loopback(),
             identity: identity.clone(),
             connections: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
@@ -514,8 +517,7 @@ impl Transport {
         &self,
         addr: SocketAddr,
     ) -> Result<(quinn::Endpoint, quinn::ClientConfig), RpcError> {
-        let local = self.endpoint.local_addr()?;
-        if !addr.ip().is_loopback() || local.ip().is_loopback() {
+        if !addr.ip().is_loopback() || self.on_loopback {
             return Ok((self.endpoint.clone(), self.client_config.clone()));
         }
         let mut loopback = self.loopback.lock().expect("loopback lock");
