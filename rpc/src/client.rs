@@ -535,6 +535,10 @@ impl KvClient {
                 let mut cache = self.cache();
                 cache.insert(left.clone());
                 cache.insert(right.clone());
+                // The left keeps the range's id and leader, whose store campaigns for the
+                // right at once: the right's leader is most likely there too.
+                let leader = cache.find(&left.start_key).and_then(|c| c.leader);
+                cache.set_leader(right.id, leader);
                 Ok((left, right))
             }
             other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
@@ -550,6 +554,7 @@ impl KvClient {
         let mut retry = Retry::new(&self.config);
         let mut last = String::new();
         for attempt in 1..=self.config.attempts_max {
+            let mut next = Next::Backoff;
             match self.route(key, attempt).await {
                 Ok(route) => match admin(&self.transport, route.addr, &build(&route.range)).await {
                     Ok(reply) => {
@@ -558,7 +563,7 @@ impl KvClient {
                     }
                     Err(ClientError::Kv(e)) if e.is_retryable() => {
                         last = e.to_string();
-                        self.learn(&route, &e, key);
+                        next = self.learn(&route, &e, key);
                     }
                     Err(ClientError::Rpc(e)) if e.is_unreachable() => {
                         last = e.to_string();
@@ -571,7 +576,7 @@ impl KvClient {
             if retry.expired() {
                 break;
             }
-            retry.wait().await;
+            retry.wait_for(next).await;
         }
         Err(ClientError::Unavailable {
             attempts: self.config.attempts_max,

@@ -18,6 +18,7 @@ use shale_rpc::client::KvClient;
 use tokio::io::AsyncReadExt;
 
 use crate::load::{generated_body, hex, Item, Progress};
+use crate::md5_lanes::md5_each;
 
 /// Body bytes gathered into one batch of ingests (chunks first, then metadata); a file
 /// this large or larger is sent on its own, a window at a time.
@@ -165,16 +166,61 @@ async fn ranges_held(kv: &KvClient) -> Vec<(Bytes, u64)> {
     }
 }
 
-/// Cuts ranges at `points` (ascending, none a range's start as the cuts were planned). A
-/// cut that fails (say, a range split there meanwhile) is left to the stores' own
-/// size-based splits: it costs speed, not data.
-async fn presplit(kv: &KvClient, points: &[Bytes]) {
-    tracing::debug!(points = points.len(), "pre-split");
-    for key in points {
-        if let Err(e) = kv.split(key.clone()).await {
-            tracing::debug!(error = %e, "pre-split failed; the range splits by size instead");
+/// Cuts ranges at `points` (ascending, none a range's start as the cuts were planned), in
+/// the rounds of [`split_rounds`], each round's splits at once. A cut that fails (say, a
+/// range split there meanwhile) is left to the stores' own size-based splits: it costs
+/// speed, not data.
+async fn presplit(kv: &Arc<KvClient>, points: &[Bytes]) {
+    /// Splits sent at once.
+    const SPLITS_IN_FLIGHT: usize = 16;
+    let started = std::time::Instant::now();
+    for round in split_rounds(points) {
+        for group in round.chunks(SPLITS_IN_FLIGHT) {
+            let mut set = tokio::task::JoinSet::new();
+            for key in group {
+                let (kv, key) = (kv.clone(), key.clone());
+                set.spawn(async move { kv.split(key).await });
+            }
+            while let Some(done) = set.join_next().await {
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "pre-split failed; the range splits by size instead")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "pre-split task failed"),
+                }
+            }
         }
     }
+    tracing::debug!(
+        points = points.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "pre-split"
+    );
+}
+
+/// `points` (ascending) in rounds whose splits can run at once: the middle point first,
+/// then the middles of the two halves, and so on. No two points of a round lie in one
+/// range once the rounds before it are done, so a range cut at `n` points takes about
+/// log2(n) round trips of splits instead of `n`, and each split is of a range that has
+/// served (a range just cut off is split no sooner than the next round).
+fn split_rounds(points: &[Bytes]) -> Vec<Vec<Bytes>> {
+    let mut rounds = Vec::new();
+    let mut spans = vec![points];
+    while !spans.is_empty() {
+        let mut round = Vec::new();
+        let mut halves = Vec::new();
+        for span in spans.into_iter().filter(|s| !s.is_empty()) {
+            let mid = span.len() / 2;
+            round.push(span[mid].clone());
+            halves.extend([&span[..mid], &span[mid + 1..]]);
+        }
+        if !round.is_empty() {
+            rounds.push(round);
+        }
+        spans = halves;
+    }
+    rounds
 }
 
 /// The key of the one small chunk (its last, under [`layout::LARGE_CHUNK_BYTES_MIN`]) a
@@ -198,32 +244,67 @@ fn chunk_run(len: u64, version: u128) -> Segment {
     }
 }
 
-/// Reads an item and lays it out as the gateway would (inline up to 64 KiB, else 4 MiB
-/// crc-sealed chunks of body `version`); `None` if the same size and ETag are there.
-async fn lay_out(
-    bucket: &str,
-    item: &Item,
-    version: u128,
-    size: usize,
-    existing: &HashMap<String, (u64, String)>,
-) -> anyhow::Result<Option<Laid>> {
+/// Objects read before their MD5s are taken side by side ([`md5_each`]), at most this
+/// many, or until they pass [`GROUP_BYTES`].
+const GROUP_OBJECTS: usize = 64;
+const GROUP_BYTES: usize = 16 << 20;
+
+/// Reads (or generates) an item's body.
+async fn read_body(item: &Item, size: usize) -> anyhow::Result<Bytes> {
     let key = item.key();
     anyhow::ensure!(
         key.len() <= KEY_BYTES_MAX,
         "the key is {} bytes; S3 keys are at most {KEY_BYTES_MAX}",
         key.len()
     );
-    let data = match item {
+    Ok(match item {
         Item::File { path, .. } => {
             let mut file = tokio::fs::File::open(path).await.context("open file")?;
             let len = file.metadata().await.context("read file metadata")?.len();
             read_exact(&mut file, len).await?
         }
         Item::Generated { index, .. } => generated_body(*index, size),
-    };
-    let etag = hex(&Md5::digest(&data));
+    })
+}
+
+/// Reads a group of planned objects (see [`GROUP_OBJECTS`]) and lays out each as the
+/// gateway would; `Ok(None)` for one whose same size and ETag are there already.
+async fn lay_out_group(
+    bucket: &str,
+    group: &[Planned],
+    size: usize,
+    existing: &HashMap<String, (u64, String)>,
+) -> Vec<anyhow::Result<Option<Laid>>> {
+    let mut bodies = Vec::with_capacity(group.len());
+    for p in group {
+        bodies.push(read_body(&p.item, size).await);
+    }
+    let read: Vec<&[u8]> = bodies.iter().flatten().map(|b| &b[..]).collect();
+    let mut etags = md5_each(&read).into_iter().map(|d| hex(&d));
+    group
+        .iter()
+        .zip(bodies)
+        .map(|(p, body)| {
+            let data = body?;
+            let etag = etags.next().expect("a digest for every body read");
+            Ok(lay_out(bucket, &p.item, p.version, data, etag, existing))
+        })
+        .collect()
+}
+
+/// Lays out `data` as the gateway would (inline up to 64 KiB, else 4 MiB crc-sealed
+/// chunks of body `version`); `None` if the same size and ETag are there.
+fn lay_out(
+    bucket: &str,
+    item: &Item,
+    version: u128,
+    data: Bytes,
+    etag: String,
+    existing: &HashMap<String, (u64, String)>,
+) -> Option<Laid> {
+    let key = item.key();
     if existing.get(key) == Some(&(data.len() as u64, etag.clone())) {
-        return Ok(None);
+        return None;
     }
     let (body, chunks) = if data.len() <= INLINE_BYTES_MAX {
         (Body::Inline(data.clone()), Vec::new())
@@ -253,12 +334,12 @@ async fn lay_out(
         user_metadata: Vec::new(),
         body,
     };
-    Ok(Some(Laid {
+    Some(Laid {
         label: item.label(),
         chunks,
         record: (layout::object_key(bucket, key), Bytes::from(meta.encode())),
         size: data.len() as u64,
-    }))
+    })
 }
 
 /// The next `len` bytes of `file`; a file that ends sooner is an error.
@@ -487,18 +568,23 @@ pub async fn load(
             &split_points(&ranges_held(&kv).await, &keys, range_bytes),
         )
         .await;
-        for Planned { item, version, .. } in planned {
-            match lay_out(bucket, &item, version, size, &existing).await {
-                Ok(Some(laid)) => {
-                    batch_bytes += laid.size as usize + laid.record.1.len();
-                    batch.push(laid);
+        for group in groups(&planned) {
+            for (p, laid) in group
+                .iter()
+                .zip(lay_out_group(bucket, group, size, &existing).await)
+            {
+                match laid {
+                    Ok(Some(laid)) => {
+                        batch_bytes += laid.size as usize + laid.record.1.len();
+                        batch.push(laid);
+                    }
+                    Ok(None) => progress.record(String::new, Ok(None)),
+                    Err(e) => progress.fail(p.item.label(), &e),
                 }
-                Ok(None) => progress.record(String::new, Ok(None)),
-                Err(e) => progress.fail(item.label(), &e),
-            }
-            if batch_bytes >= BATCH_BYTES {
-                tasks.push(send(&kv, &slots, std::mem::take(&mut batch), &progress).await?);
-                batch_bytes = 0;
+                if batch_bytes >= BATCH_BYTES {
+                    tasks.push(send(&kv, &slots, std::mem::take(&mut batch), &progress).await?);
+                    batch_bytes = 0;
+                }
             }
         }
     }
@@ -509,6 +595,24 @@ pub async fn load(
         t.await?;
     }
     Ok(())
+}
+
+/// `planned` cut into groups of at most [`GROUP_OBJECTS`] objects, each group ending once
+/// its expected bytes reach [`GROUP_BYTES`].
+fn groups(planned: &[Planned]) -> Vec<&[Planned]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, p) in planned.iter().enumerate() {
+        bytes += p.len.unwrap_or(0);
+        if i + 1 - start == GROUP_OBJECTS || bytes >= GROUP_BYTES as u64 {
+            groups.push(&planned[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < planned.len() {
+        groups.push(&planned[start..]);
+    }
+    groups
 }
 
 /// Starts sending `batch` once a slot is free.
@@ -632,6 +736,33 @@ mod tests {
                 .all(|p| ranges.iter().all(|(start, _)| start != p)),
             "never at a start a range has already"
         );
+    }
+
+    #[test]
+    fn split_rounds_take_every_point_once_and_never_two_in_one_range() {
+        for n in [0usize, 1, 2, 3, 7, 8, 39, 100] {
+            let points: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("p{i:03}"))).collect();
+            let rounds = split_rounds(&points);
+            let mut all: Vec<Bytes> = rounds.iter().flatten().cloned().collect();
+            all.sort();
+            assert_eq!(all, points, "{n} points: each exactly once");
+            let depth = (usize::BITS - n.leading_zeros()) as usize;
+            assert_eq!(rounds.len(), depth, "{n} points in log2 rounds");
+            let mut done: Vec<Bytes> = Vec::new();
+            for round in &rounds {
+                let mut keys = round.clone();
+                keys.sort();
+                for pair in keys.windows(2) {
+                    assert!(
+                        done.iter().any(|d| pair[0] < *d && *d <= pair[1]),
+                        "{n} points: {:?} and {:?} split one range at once",
+                        pair[0],
+                        pair[1]
+                    );
+                }
+                done.extend(round.iter().cloned());
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod load;
 mod load_ingest;
 mod local_chunks;
 mod logging;
+mod md5_lanes;
 mod metrics;
 mod placement;
 mod store;
