@@ -553,7 +553,10 @@ impl KvClient {
     ) -> Result<AdminReply, ClientError> {
         let mut retry = Retry::new(&self.config);
         let mut last = String::new();
-        for attempt in 1..=self.config.attempts_max {
+        // As in `request`: asks that met an election do not count, only the deadline.
+        let (mut attempt, mut counted) = (0u32, 0u32);
+        while counted < self.config.attempts_max {
+            attempt += 1;
             let mut next = Next::Backoff;
             match self.route(key, attempt).await {
                 Ok(route) => match admin(&self.transport, route.addr, &build(&route.range)).await {
@@ -576,10 +579,13 @@ impl KvClient {
             if retry.expired() {
                 break;
             }
+            if next != Next::Poll {
+                counted += 1;
+            }
             retry.wait_for(next).await;
         }
         Err(ClientError::Unavailable {
-            attempts: self.config.attempts_max,
+            attempts: attempt,
             elapsed_ms: retry.elapsed_ms(),
             last,
         })
