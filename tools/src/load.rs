@@ -44,7 +44,7 @@ pub struct LoadArgs {
     /// keep it below the cluster's split.range-size-bytes-max (96 MiB by default).
     #[arg(long, default_value = "64MiB", value_parser = crate::bench::parse_size)]
     ingest_range_bytes: usize,
-    /// Uploads in flight at once.
+    /// Uploads in flight at once (with --ingest: 64 MiB batches in flight, at most 4).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Instead of a directory, upload this many generated objects...

@@ -27,8 +27,10 @@ const _: () = assert!(
     BATCH_BYTES.is_multiple_of(CHUNK_BYTES),
     "windows hold whole chunks"
 );
-/// Batches in flight at once (memory: about twice this many batches).
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Batches in flight at once (memory: about twice this many batches; a 2.6 GB load of
+/// 64 KiB objects peaks at ~350 MB resident). Each batch waits on syncs of its staged
+/// files and ingests; four keep the stores busier than two (~10% more MB/s here).
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// One object laid out: its chunk pairs and its metadata record.
 struct Laid {
