@@ -553,10 +553,7 @@ impl KvClient {
     ) -> Result<AdminReply, ClientError> {
         let mut retry = Retry::new(&self.config);
         let mut last = String::new();
-        // As in `request`: asks that met an election do not count, only the deadline.
-        let (mut attempt, mut counted) = (0u32, 0u32);
-        while counted < self.config.attempts_max {
-            attempt += 1;
+        while let Some(attempt) = retry.next_attempt() {
             let mut next = Next::Backoff;
             match self.route(key, attempt).await {
                 Ok(route) => match admin(&self.transport, route.addr, &build(&route.range)).await {
@@ -579,16 +576,9 @@ impl KvClient {
             if retry.expired() {
                 break;
             }
-            if next != Next::Poll {
-                counted += 1;
-            }
             retry.wait_for(next).await;
         }
-        Err(ClientError::Unavailable {
-            attempts: attempt,
-            elapsed_ms: retry.elapsed_ms(),
-            last,
-        })
+        Err(retry.unavailable(last))
     }
 
     /// Sends `op` to the leader of the range holding its key, retrying what can be retried.
@@ -598,10 +588,7 @@ impl KvClient {
         let mut retry = Retry::new(&self.config);
         let mut last = String::from("no attempt made");
         let mut op = Some(op);
-        // Asks that met an election do not count as attempts: only the deadline bounds them.
-        let (mut attempt, mut counted) = (0u32, 0u32);
-        while counted < self.config.attempts_max {
-            attempt += 1;
+        while let Some(attempt) = retry.next_attempt() {
             let mut next = Next::Backoff;
             match self.route(&key, attempt).await {
                 Ok(route) => {
@@ -661,22 +648,11 @@ impl KvClient {
             }
             debug!(attempt, %last, "retrying KV request");
             if retry.expired() {
-                return Err(ClientError::Unavailable {
-                    attempts: attempt,
-                    elapsed_ms: retry.elapsed_ms(),
-                    last,
-                });
-            }
-            if next != Next::Poll {
-                counted += 1;
+                break;
             }
             retry.wait_for(next).await;
         }
-        Err(ClientError::Unavailable {
-            attempts: attempt,
-            elapsed_ms: retry.elapsed_ms(),
-            last,
-        })
+        Err(retry.unavailable(last))
     }
 
     /// Picks the range and the store to try for `key` on this attempt.

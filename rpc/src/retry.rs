@@ -3,11 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::ClientConfig;
+use crate::client::{ClientConfig, ClientError};
 
-/// Pacing of a client's retries: a backoff that doubles up to its bound, and a deadline.
+/// Pacing of a client's retries: a backoff that doubles up to its bound, a deadline, and
+/// a bound on attempts that asks meeting an election do not count against.
 pub(crate) struct Retry {
     started: Instant,
+    attempts_max: u32,
+    /// Attempts started, and those of them that count against `attempts_max`.
+    attempt: u32,
+    counted: u32,
     deadline: Duration,
     backoff: Duration,
     backoff_max: Duration,
@@ -23,10 +28,31 @@ impl Retry {
     pub(crate) fn new(config: &ClientConfig) -> Self {
         Retry {
             started: Instant::now(),
+            attempts_max: config.attempts_max,
+            attempt: 0,
+            counted: 0,
             deadline: Duration::from_millis(config.deadline_ms),
             backoff: Duration::from_millis(config.backoff_initial_ms),
             backoff_max: Duration::from_millis(config.backoff_max_ms),
             now_streak: 0,
+        }
+    }
+
+    /// Starts the next attempt and returns its number (from 1), or `None` once
+    /// `attempts_max` attempts have counted.
+    pub(crate) fn next_attempt(&mut self) -> Option<u32> {
+        (self.counted < self.attempts_max).then(|| {
+            self.attempt += 1;
+            self.attempt
+        })
+    }
+
+    /// The error for giving up, `last` saying what the last attempt met.
+    pub(crate) fn unavailable(&self, last: String) -> ClientError {
+        ClientError::Unavailable {
+            attempts: self.attempt,
+            elapsed_ms: self.elapsed_ms(),
+            last,
         }
     }
 
@@ -48,6 +74,9 @@ impl Retry {
     /// An answer that says where to go is followed at once, but only `NOW_STREAK_MAX`
     /// times in a row; then the client backs off as for any other failure.
     pub(crate) async fn wait_for(&mut self, next: Next) {
+        if next != Next::Poll {
+            self.counted += 1;
+        }
         match next {
             Next::Now if self.now_streak < NOW_STREAK_MAX => {
                 self.now_streak += 1;
@@ -83,6 +112,31 @@ pub(crate) enum Next {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn asks_that_met_an_election_do_not_count_as_attempts() {
+        let config = ClientConfig {
+            attempts_max: 2,
+            backoff_initial_ms: 1,
+            ..ClientConfig::default()
+        };
+        let mut retry = Retry::new(&config);
+        assert_eq!(retry.next_attempt(), Some(1));
+        retry.wait_for(Next::Poll).await;
+        assert_eq!(retry.next_attempt(), Some(2));
+        retry.wait_for(Next::Poll).await;
+        assert_eq!(retry.next_attempt(), Some(3), "polls are free");
+        retry.wait_for(Next::Backoff).await;
+        assert_eq!(retry.next_attempt(), Some(4));
+        retry.wait_for(Next::Now).await;
+        assert_eq!(retry.next_attempt(), None, "two counted attempts");
+        match retry.unavailable("gone".into()) {
+            ClientError::Unavailable { attempts, last, .. } => {
+                assert_eq!((attempts, last.as_str()), (4, "gone"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 
     #[tokio::test]
     async fn immediate_retries_back_off_after_a_streak() {
