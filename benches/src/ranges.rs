@@ -75,45 +75,116 @@ pub struct RangeMedian {
     pub cores_busy: f64,
 }
 
-/// Put throughput with each range count, each on a fresh local 3-store cluster, over
-/// `trials` rounds that alternate the order of the counts (so neither is always the
-/// one run on a warmer or busier machine); with the median of each count.
-pub async fn range_scaling(
-    dir: &std::path::Path,
+/// Work a trial measured besides its throughput, summed over a count's trials.
+pub trait TrialWork: Default {
+    fn add(&mut self, other: &Self);
+}
+
+/// One range count's trials: each trial's throughput and their summed work and puts.
+pub struct CountTrials<W> {
+    pub ranges: u64,
+    pub rates: Vec<f64>,
+    pub work: W,
+    pub puts: u64,
+}
+
+impl<W> CountTrials<W> {
+    /// The median trial's throughput (the upper one of an even count).
+    pub fn median_ops_per_sec(&self) -> f64 {
+        let mut rates = self.rates.clone();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+/// Runs `run(count, trial)` for every count in `trials` rounds that alternate the
+/// order of the counts (so neither is always the one run on a warmer or busier
+/// machine). `run` gives the trial's phases, its work and its puts.
+pub async fn alternate_counts<W, F, Fut>(
     counts: &[u64],
     trials: usize,
-    opts: &KvBenchOptions,
-) -> anyhow::Result<(Vec<OpStats>, Vec<RangeMedian>)> {
+    mut run: F,
+) -> anyhow::Result<(Vec<OpStats>, Vec<CountTrials<W>>)>
+where
+    W: TrialWork,
+    F: FnMut(u64, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<OpStats>, W, u64)>>,
+{
     let mut out = Vec::new();
-    let mut by_count: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
-    let mut work_by_count = vec![(RaftWork::default(), 0u64); counts.len()];
+    let mut by_count: Vec<CountTrials<W>> = counts
+        .iter()
+        .map(|&ranges| CountTrials {
+            ranges,
+            rates: Vec::new(),
+            work: W::default(),
+            puts: 0,
+        })
+        .collect();
     for trial in 0..trials.max(1) {
         let mut order: Vec<usize> = (0..counts.len()).collect();
         if trial % 2 == 1 {
             order.reverse();
         }
         for i in order {
-            let count = counts[i];
-            let (stats, work, puts) = range_trial(dir, count, trial, trials, opts).await?;
-            work_by_count[i].0.add(&work);
-            work_by_count[i].1 += puts;
-            by_count[i].extend(stats.iter().map(|s| s.ops_per_sec));
+            let (stats, work, puts) = run(counts[i], trial).await?;
+            let c = &mut by_count[i];
+            c.work.add(&work);
+            c.puts += puts;
+            c.rates.extend(stats.iter().map(|s| s.ops_per_sec));
             out.extend(stats);
         }
     }
-    let medians = counts
-        .iter()
-        .zip(by_count)
-        .zip(&work_by_count)
-        .map(|((&ranges, mut rates), (work, puts))| {
-            rates.sort_by(f64::total_cmp);
-            RangeMedian {
-                ranges,
-                trials: rates.len(),
-                median_ops_per_sec: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
-                per_put: PerPut::of(work, *puts),
-                cores_busy: work.cores_busy(),
+    Ok((out, by_count))
+}
+
+/// Names a trial's put phase by its range count (and trial, when there are several).
+pub fn name_trial(phases: &mut [OpStats], count: u64, trial: usize, trials: usize, how: &str) {
+    for p in phases {
+        p.name = format!(
+            "shale put, {count} range{}{how}{}",
+            if count == 1 { "" } else { "s" },
+            if trials > 1 {
+                format!(", trial {}", trial + 1)
+            } else {
+                String::new()
             }
+        );
+    }
+}
+
+/// The put-only phase of `opts`.
+pub fn put_only(opts: &KvBenchOptions) -> KvBenchOptions {
+    KvBenchOptions {
+        phases: Phases {
+            single_put: false,
+            put: true,
+            get: false,
+            baseline: false,
+        },
+        ..opts.clone()
+    }
+}
+
+/// Put throughput with each range count, each on a fresh local 3-store cluster in this
+/// process, over `trials` alternating rounds; with the median of each count.
+pub async fn range_scaling(
+    dir: &std::path::Path,
+    counts: &[u64],
+    trials: usize,
+    opts: &KvBenchOptions,
+) -> anyhow::Result<(Vec<OpStats>, Vec<RangeMedian>)> {
+    let (out, by_count) = alternate_counts(counts, trials, |count, trial| {
+        range_trial(dir, count, trial, trials, opts)
+    })
+    .await?;
+    let medians = by_count
+        .iter()
+        .map(|c| RangeMedian {
+            ranges: c.ranges,
+            trials: c.rates.len(),
+            median_ops_per_sec: c.median_ops_per_sec(),
+            per_put: PerPut::of(&c.work, c.puts),
+            cores_busy: c.work.cores_busy(),
         })
         .collect();
     Ok((out, medians))
@@ -134,31 +205,12 @@ async fn range_trial(
         .context("no leader")?;
     let client = Arc::new(cluster.client()?);
     presplit(client.clone(), count, opts.keys, 8).await?;
-    let put_only = KvBenchOptions {
-        phases: Phases {
-            single_put: false,
-            put: true,
-            get: false,
-            baseline: false,
-        },
-        ..opts.clone()
-    };
     let before = RaftWork::now()?;
     let started = Instant::now();
-    let mut phases = cluster_phases(client, &put_only).await;
+    let mut phases = cluster_phases(client, &put_only(opts)).await;
     let mut work = RaftWork::now()?.since(&before);
     work.wall_seconds = started.elapsed().as_secs_f64();
-    for p in &mut phases {
-        p.name = format!(
-            "shale put, {count} range{}{}",
-            if count == 1 { "" } else { "s" },
-            if trials > 1 {
-                format!(", trial {}", trial + 1)
-            } else {
-                String::new()
-            }
-        );
-    }
+    name_trial(&mut phases, count, trial, trials, "");
     cluster.shutdown().await;
     let puts = phases.iter().map(|p| p.ops).sum();
     Ok((phases, work, puts))
@@ -201,15 +253,6 @@ impl RaftWork {
         }
     }
 
-    fn add(&mut self, other: &RaftWork) {
-        self.rounds += other.rounds;
-        self.fsyncs += other.fsyncs;
-        self.log_entries += other.log_entries;
-        self.messages += other.messages;
-        self.cpu.add(&other.cpu);
-        self.wall_seconds += other.wall_seconds;
-    }
-
     /// Cores' worth of CPU the process used on average (0 without a wall time).
     fn cores_busy(&self) -> f64 {
         if self.wall_seconds > 0.0 {
@@ -217,6 +260,17 @@ impl RaftWork {
         } else {
             0.0
         }
+    }
+}
+
+impl TrialWork for RaftWork {
+    fn add(&mut self, other: &Self) {
+        self.rounds += other.rounds;
+        self.fsyncs += other.fsyncs;
+        self.log_entries += other.log_entries;
+        self.messages += other.messages;
+        self.cpu.add(&other.cpu);
+        self.wall_seconds += other.wall_seconds;
     }
 }
 

@@ -389,6 +389,12 @@ pub struct KvBenchArgs {
     /// median of each count is reported (the machine's noise shows between rounds).
     #[arg(long, default_value_t = 1)]
     range_trials: usize,
+    /// With `--ranges`: run each trial's three stores as processes of their own (as on
+    /// separate machines) with the ranges' leaders spread over them (as placement
+    /// balances them), and report each store's CPU per put (the busiest sets the pace
+    /// on real machines), instead of three stores in this process.
+    #[arg(long, requires = "ranges")]
+    processes: bool,
     /// Phases to run, comma-separated: single-put, put, get, baseline.
     #[arg(long, default_value = "single-put,put,get,baseline")]
     phases: String,
@@ -497,6 +503,7 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
         None
     };
     let mut rep = report(&opts, phases, baseline);
+    let mut proc_medians = Vec::new();
     if let Some(list) = &args.ranges {
         let counts = list
             .split(',')
@@ -510,13 +517,29 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
             counts.iter().all(|&c| c > 0),
             "range counts must be positive"
         );
-        let (phases, medians) =
-            range_scaling(temp.path(), &counts, args.range_trials, &opts).await?;
-        rep.phases.extend(phases);
-        rep.range_medians = medians;
+        if args.processes {
+            let (phases, medians) = crate::range_procs::range_scaling_in_processes(
+                temp.path(),
+                &counts,
+                args.range_trials,
+                &opts,
+            )
+            .await?;
+            rep.phases.extend(phases);
+            proc_medians = medians;
+        } else {
+            let (phases, medians) =
+                range_scaling(temp.path(), &counts, args.range_trials, &opts).await?;
+            rep.phases.extend(phases);
+            rep.range_medians = medians;
+        }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
+        let mut json = serde_json::to_value(&rep)?;
+        if !proc_medians.is_empty() {
+            json["range_medians_store_processes"] = serde_json::to_value(&proc_medians)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", table(&rep.phases));
         if let Some(r) = rep.put_vs_rocksdb {
@@ -545,6 +568,30 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
                 m.per_put.rounds,
                 m.per_put.fsyncs,
                 m.cores_busy
+            );
+        }
+        for m in &proc_medians {
+            let by: Vec<String> = m
+                .store_cpu_us_by_store
+                .iter()
+                .map(|us| format!("{us:.0}"))
+                .collect();
+            let leaders: Vec<String> = m.leaders_by_store.iter().map(|n| n.to_string()).collect();
+            println!(
+                "put with {} range(s), store processes (leaders by store: {}): median {:.0} \
+                 ops/s over {} trial(s); per put: {:.0} us of store CPU (by store, busiest \
+                 first: {}), {:.2} raft messages, {:.2} log entries, {:.2} store rounds, \
+                 {:.2} fsyncs",
+                m.ranges,
+                leaders.join("/"),
+                m.median_ops_per_sec,
+                m.trials,
+                m.store_cpu_us,
+                by.join(", "),
+                m.raft_messages,
+                m.log_entries,
+                m.rounds,
+                m.fsyncs
             );
         }
         print!("{}", timeline_table(&rep.phases));

@@ -1,6 +1,6 @@
 //! `shale bench failover`: how long writes stop when a range's leader dies.
 //!
-//! Three `shale store` processes (this binary) serve one range while writers put keys
+//! Three `shale store` processes (this binary, see `store_procs`) serve one range while writers put keys
 //! without pause. Each trial kill -9s the leader's process and measures, from the kill:
 //! when another replica leads (the floor Raft sets: the baseline), when the first
 //! writer is acknowledged again, and when every writer is. The killed store is then
@@ -10,19 +10,17 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use shale_rpc::certs::{init_ca_dir, issue_node_cert, write_pair, TlsIdentity};
-use shale_rpc::client::{admin, ClientConfig, KvClient, FIRST_RANGE_ID};
+use shale_rpc::client::{admin, FIRST_RANGE_ID};
 use shale_rpc::transport::{Transport, TransportConfig};
-use shale_rpc::{AdminReply, AdminRequest, RangeStatus, StoreAddr};
-use shale_storage::cluster::{cluster_configs, free_udp_ports};
-use shale_storage::config::TlsPaths;
+use shale_rpc::{AdminReply, AdminRequest, RangeStatus};
+
+use crate::store_procs::{StoreProc, StoreProcs};
 
 /// Longest a trial waits for anything before it is reported as failed.
 const TRIAL_WAIT: Duration = Duration::from_secs(20);
@@ -60,81 +58,14 @@ pub struct FailoverReport {
     pub lost_writes: usize,
 }
 
-struct Proc {
-    config_path: std::path::PathBuf,
-    log: std::path::PathBuf,
-    addr: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(&self.log)?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["store", "--config"])
-            .arg(&self.config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawn shale store")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// Runs `trials` leader kills with `writers` concurrent writers under `dir`.
 pub async fn run(dir: &Path, trials: usize, writers: usize) -> anyhow::Result<FailoverReport> {
-    let certs = dir.join("certs");
-    let ca = init_ca_dir(&certs)?;
-    write_pair(&certs, "node", &issue_node_cert(&ca, "node", &[])?)?;
-    let tls = TlsPaths {
-        ca_cert: certs.join("ca.pem"),
-        cert: certs.join("node.pem"),
-        key: certs.join("node.key"),
-    };
-    let identity = TlsIdentity::from_files(&tls.ca_cert, &tls.cert, &tls.key)?;
-    let mut procs = Vec::new();
-    let mut stores = Vec::new();
-    for mut config in cluster_configs(&dir.join("stores"), &free_udp_ports(3)?) {
-        config.tls = tls.clone();
-        let config_path = dir.join(format!("store-{}.toml", config.store_id));
-        std::fs::write(&config_path, toml::to_string(&config)?)?;
-        stores.push(StoreAddr {
-            store_id: config.store_id,
-            addr: config.listen_addr.clone(),
-        });
-        procs.push(Proc {
-            config_path,
-            log: dir.join(format!("store-{}.log", config.store_id)),
-            addr: config.listen_addr.parse()?,
-            child: None,
-        });
-    }
-    for p in &mut procs {
-        p.start()?;
-    }
+    let mut cluster = StoreProcs::create(dir, 3, false)?;
+    cluster.start_all()?;
     // Clients use the transport's defaults: what a gateway would run with.
-    let transport = Transport::client(&identity, TransportConfig::default())?;
-    let client = Arc::new(KvClient::new(
-        transport.clone(),
-        &stores,
-        ClientConfig::default(),
-    )?);
+    let client = Arc::new(cluster.client()?);
     // The admin transport is separate so its probes and suspicion do not help the writers.
-    let admin_transport = Transport::client(&identity, TransportConfig::default())?;
+    let admin_transport = Transport::client(&cluster.identity, TransportConfig::default())?;
     let started = Instant::now();
     while client.put("warm", "up").await.is_err() {
         anyhow::ensure!(started.elapsed() < TRIAL_WAIT, "no leader elected");
@@ -166,10 +97,11 @@ pub async fn run(dir: &Path, trials: usize, writers: usize) -> anyhow::Result<Fa
     let outcome = async {
         for t in 0..trials {
             tokio::time::sleep(Duration::from_millis(1_000)).await;
-            let leader = wait_for_leader(&admin_transport, &procs, None).await?;
+            let leader = wait_for_leader(&admin_transport, &cluster.procs, None).await?;
             let killed_at = Instant::now();
-            procs[leader].kill9();
-            let new_leader = wait_for_leader(&admin_transport, &procs, Some(leader)).await?;
+            cluster.procs[leader].kill9();
+            let new_leader =
+                wait_for_leader(&admin_transport, &cluster.procs, Some(leader)).await?;
             let new_leader_ms = ms(killed_at.elapsed());
             let (first, all) = wait_for_writers(&acks, writers, killed_at + KILL_GUARD).await?;
             let (first, all) = (first + KILL_GUARD, all + KILL_GUARD);
@@ -186,8 +118,8 @@ pub async fn run(dir: &Path, trials: usize, writers: usize) -> anyhow::Result<Fa
                 trial.all_writers_ms
             );
             results.push(trial);
-            procs[leader].start()?;
-            wait_caught_up(&admin_transport, &procs, leader, new_leader).await?;
+            cluster.procs[leader].start()?;
+            wait_caught_up(&admin_transport, &cluster.procs, leader, new_leader).await?;
         }
         anyhow::Ok(())
     }
@@ -261,13 +193,13 @@ async fn first_range_status(transport: &Transport, addr: SocketAddr) -> Option<R
 /// The index of the running store that leads the range (other than `not`).
 async fn wait_for_leader(
     transport: &Transport,
-    procs: &[Proc],
+    procs: &[StoreProc],
     not: Option<usize>,
 ) -> anyhow::Result<usize> {
     let started = Instant::now();
     while started.elapsed() < TRIAL_WAIT {
         for (i, p) in procs.iter().enumerate() {
-            if p.child.is_none() || Some(i) == not {
+            if !p.is_running() || Some(i) == not {
                 continue;
             }
             if first_range_status(transport, p.addr)
@@ -313,7 +245,7 @@ async fn wait_for_writers(
 /// Waits until the restarted store has applied everything the leader committed.
 async fn wait_caught_up(
     transport: &Transport,
-    procs: &[Proc],
+    procs: &[StoreProc],
     restarted: usize,
     leader: usize,
 ) -> anyhow::Result<()> {

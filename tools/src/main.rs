@@ -16,7 +16,9 @@ mod logging;
 mod md5_lanes;
 mod metrics;
 mod placement;
+mod range_procs;
 mod store;
+mod store_procs;
 
 use clap::{Parser, Subcommand};
 

@@ -132,6 +132,66 @@ fn bench_kv_ranges_prints_each_range_counts_median_and_costs() {
 }
 
 #[test]
+fn bench_kv_ranges_in_store_processes_spreads_leaders_and_reports_each_store() {
+    let v = run_json(
+        &[
+            &[
+                "bench",
+                "kv",
+                "--json",
+                "--phases",
+                "put",
+                "--ranges",
+                "1,6",
+                "--processes",
+            ][..],
+            &KV_SHORT,
+        ]
+        .concat(),
+    );
+    let medians = v["range_medians_store_processes"]
+        .as_array()
+        .expect("range_medians_store_processes");
+    let counts: Vec<u64> = medians
+        .iter()
+        .map(|m| m["ranges"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![1, 6], "{v}");
+    for m in medians {
+        assert!(m["median_ops_per_sec"].as_f64().unwrap() > 0.0, "{m}");
+        for field in ["store_cpu_us", "log_entries", "raft_messages", "fsyncs"] {
+            assert!(m[field].as_f64().unwrap() > 0.0, "{field}: {m}");
+        }
+        let by: Vec<f64> = m["store_cpu_us_by_store"]
+            .as_array()
+            .expect("by store")
+            .iter()
+            .map(|c| c.as_f64().unwrap())
+            .collect();
+        assert_eq!(by.len(), 3, "{m}");
+        assert!(by.windows(2).all(|w| w[0] >= w[1]), "busiest first: {m}");
+        let total = m["store_cpu_us"].as_f64().unwrap();
+        assert!(
+            (by.iter().sum::<f64>() - total).abs() <= total * 0.01,
+            "{m}"
+        );
+        assert!(by.iter().all(|&c| c > 0.0), "every store worked: {m}");
+    }
+    // Leaders spread round-robin in key order: the one range on store 1, the six two to
+    // a store.
+    let leaders = |i: usize| -> Vec<u64> {
+        medians[i]["leaders_by_store"]
+            .as_array()
+            .expect("leaders_by_store")
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(leaders(0), vec![1, 0, 0], "{v}");
+    assert_eq!(leaders(1), vec![2, 2, 2], "{v}");
+}
+
+#[test]
 fn bench_s3_prints_json() {
     let v = run_json(&[
         "bench",
