@@ -355,7 +355,8 @@ impl<S: RaftSender> Store<S> {
             }
         }
         for env in batch.messages {
-            let m = match Message::parse_from_bytes(&env.message) {
+            // Entries' data share the envelope's bytes instead of being copied out.
+            let m = match Message::parse_from_carllerche_bytes(&env.message) {
                 Ok(m) => m,
                 Err(e) => {
                     warn!(range_id = env.range_id, error = %e, from = batch.from_store, "undecodable raft message");
