@@ -69,8 +69,8 @@ pub struct RangeMedian {
     pub trials: usize,
     pub median_ops_per_sec: f64,
     pub per_put: PerPut,
-    /// CPU time of the whole process over wall time while the trials ran (warm-up
-    /// included): near the machine's core count when puts are CPU-bound, well under it
+    /// CPU time of the whole process over wall time while the trials were measured:
+    /// near the machine's core count when puts are CPU-bound, well under it
     /// when they wait on latency (rounds, fsyncs, hand-offs).
     pub cores_busy: f64,
 }
@@ -152,7 +152,8 @@ pub fn name_trial(phases: &mut [OpStats], count: u64, trial: usize, trials: usiz
     }
 }
 
-/// The put-only phase of `opts`.
+/// The put phase of `opts` alone, without its warm-up: `warm_up` runs that first, so
+/// that the work counted from after it is only the measured puts'.
 pub fn put_only(opts: &KvBenchOptions) -> KvBenchOptions {
     KvBenchOptions {
         phases: Phases {
@@ -161,7 +162,19 @@ pub fn put_only(opts: &KvBenchOptions) -> KvBenchOptions {
             get: false,
             baseline: false,
         },
+        warmup: Duration::ZERO,
         ..opts.clone()
+    }
+}
+
+/// Puts for `opts.warmup`, unmeasured (the warm-up of `put_only`'s phase).
+pub async fn warm_up(client: Arc<KvClient>, opts: &KvBenchOptions) {
+    if !opts.warmup.is_zero() {
+        let warm = KvBenchOptions {
+            duration: opts.warmup,
+            ..put_only(opts)
+        };
+        cluster_phases(client, &warm).await;
     }
 }
 
@@ -205,6 +218,7 @@ async fn range_trial(
         .context("no leader")?;
     let client = Arc::new(cluster.client()?);
     presplit(client.clone(), count, opts.keys, 8).await?;
+    warm_up(client.clone(), opts).await;
     let before = RaftWork::now()?;
     let started = Instant::now();
     let mut phases = cluster_phases(client, &put_only(opts)).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use shale_bench::kv::{cluster_phases, KvBenchOptions};
-use shale_bench::ranges::{alternate_counts, name_trial, presplit, put_only, TrialWork};
+use shale_bench::ranges::{alternate_counts, name_trial, presplit, put_only, warm_up, TrialWork};
 use shale_bench::stats::OpStats;
 use shale_rpc::transport::{Transport, TransportConfig};
 
@@ -133,6 +133,7 @@ async fn proc_trial(
         .spread_leaders(&admin, Duration::from_secs(60))
         .await
         .context("spread the leaders")?;
+    warm_up(client.clone(), opts).await;
     let before = measure(&cluster).await?;
     let mut phases = cluster_phases(client, &put_only(opts)).await;
     let after = measure(&cluster).await?;
