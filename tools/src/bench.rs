@@ -395,6 +395,10 @@ pub struct KvBenchArgs {
     /// on real machines), instead of three stores in this process.
     #[arg(long, requires = "ranges")]
     processes: bool,
+    /// With `--processes`: leave every range's leader on the store that led the first
+    /// range (where pre-splitting puts them) instead of spreading them.
+    #[arg(long, requires = "processes")]
+    leaders_together: bool,
     /// Phases to run, comma-separated: single-put, put, get, baseline.
     #[arg(long, default_value = "single-put,put,get,baseline")]
     phases: String,
@@ -523,6 +527,11 @@ async fn kv(args: KvBenchArgs) -> anyhow::Result<()> {
                 &counts,
                 args.range_trials,
                 &opts,
+                if args.leaders_together {
+                    crate::range_procs::Leaders::Together
+                } else {
+                    crate::range_procs::Leaders::Spread
+                },
             )
             .await?;
             rep.phases.extend(phases);

@@ -1,8 +1,9 @@
 //! `shale bench kv --ranges ... --processes`: the range-count comparison with each store
 //! a process of its own, as on separate machines, and the ranges' leaders spread over
-//! the stores as placement's balancing leaves them (the in-process comparison keeps
-//! every split range's leader on the store that led the first range). Each store's CPU
-//! per put is reported on its own: on real machines the busiest store sets the pace.
+//! the stores as placement's balancing leaves them (or, with `--leaders-together`, all
+//! on the store that led the first range, as the in-process comparison has them). Each
+//! store's CPU per put is reported on its own: on real machines the busiest store sets
+//! the pace.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,15 @@ use shale_bench::stats::OpStats;
 use shale_rpc::transport::{Transport, TransportConfig};
 
 use crate::store_procs::{scrape_counters, StoreProcs};
+
+/// Where the ranges' leaders are while puts are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaders {
+    /// Round-robin over the stores in key order, as placement's balancing leaves them.
+    Spread,
+    /// Where the pre-split left them: every range led by the store that led the first.
+    Together,
+}
 
 /// Stores of each trial's cluster.
 const STORES: usize = 3;
@@ -77,9 +87,10 @@ pub async fn range_scaling_in_processes(
     counts: &[u64],
     trials: usize,
     opts: &KvBenchOptions,
+    leaders: Leaders,
 ) -> anyhow::Result<(Vec<OpStats>, Vec<ProcRangeMedian>)> {
     let (out, by_count) = alternate_counts(counts, trials, |count, trial| {
-        proc_trial(dir, count, trial, trials, opts)
+        proc_trial(dir, count, trial, trials, opts, leaders)
     })
     .await?;
     let medians = by_count
@@ -112,6 +123,7 @@ async fn proc_trial(
     trial: usize,
     trials: usize,
     opts: &KvBenchOptions,
+    leaders: Leaders,
 ) -> anyhow::Result<(Vec<OpStats>, ProcWork, u64)> {
     let dir = dir.join(format!("procs-{count}-{trial}"));
     std::fs::create_dir_all(&dir)?;
@@ -129,15 +141,25 @@ async fn proc_trial(
     }
     presplit(client.clone(), count, opts.keys, 8).await?;
     let admin = Transport::client(&cluster.identity, TransportConfig::default())?;
+    let wait = Duration::from_secs(60);
+    if leaders == Leaders::Spread {
+        cluster
+            .spread_leaders(&admin, wait)
+            .await
+            .context("spread the leaders")?;
+    }
     let leaders_by_store = cluster
-        .spread_leaders(&admin, Duration::from_secs(60))
-        .await
-        .context("spread the leaders")?;
+        .leaders_by_store(&admin, count as usize, wait)
+        .await?;
     warm_up(client.clone(), opts).await;
     let before = measure(&cluster).await?;
     let mut phases = cluster_phases(client, &put_only(opts)).await;
     let after = measure(&cluster).await?;
-    name_trial(&mut phases, count, trial, trials, ", store processes");
+    let how = match leaders {
+        Leaders::Spread => ", store processes",
+        Leaders::Together => ", store processes, leaders together",
+    };
+    name_trial(&mut phases, count, trial, trials, how);
     let work = ProcWork {
         counters: std::array::from_fn(|i| after.counters[i] - before.counters[i]),
         cpu_by_store: after

@@ -164,24 +164,57 @@ impl StoreProcs {
         out
     }
 
-    /// Hands the leadership of the ranges round-robin over the stores in key order (as
-    /// placement's leader balancing would), and waits until each store leads its share.
-    /// Gives how many ranges each store leads then, in store order.
-    pub async fn spread_leaders(
+    /// Each range led now, with its leader's store, in key order.
+    async fn leaders(&self, transport: &Transport) -> Vec<(RangeStatus, StoreId)> {
+        let mut leaders: Vec<(RangeStatus, StoreId)> = self
+            .statuses(transport)
+            .await
+            .into_iter()
+            .flat_map(|(store, ranges)| {
+                ranges
+                    .into_iter()
+                    .filter(|r| r.is_leader)
+                    .map(move |r| (r, store))
+            })
+            .collect();
+        leaders.sort_by(|a, b| a.0.range.start_key.cmp(&b.0.range.start_key));
+        leaders
+    }
+
+    /// How many ranges each store leads, in store order, once `ranges` ranges have a
+    /// leader (new ranges elect theirs a moment after their split).
+    pub async fn leaders_by_store(
         &self,
         transport: &Transport,
+        ranges: usize,
         wait: Duration,
     ) -> anyhow::Result<Vec<usize>> {
         let started = Instant::now();
         loop {
-            let statuses = self.statuses(transport).await;
-            let mut leaders: Vec<(&RangeStatus, StoreId)> = statuses
-                .iter()
-                .flat_map(|(store, ranges)| {
-                    ranges.iter().filter(|r| r.is_leader).map(|r| (r, *store))
-                })
-                .collect();
-            leaders.sort_by(|a, b| a.0.range.start_key.cmp(&b.0.range.start_key));
+            let leaders = self.leaders(transport).await;
+            if leaders.len() >= ranges {
+                let led = |store: StoreId| leaders.iter().filter(|(_, l)| *l == store).count();
+                return Ok(self.stores.iter().map(|s| led(s.store_id)).collect());
+            }
+            anyhow::ensure!(
+                started.elapsed() < wait,
+                "{} of {ranges} ranges have a leader after {wait:?}",
+                leaders.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Hands the leadership of the ranges round-robin over the stores in key order (as
+    /// placement's leader balancing would), and waits until each store leads its share.
+    pub async fn spread_leaders(
+        &self,
+        transport: &Transport,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let leaders = self.leaders(transport).await;
             let mut moves = 0;
             for (i, (status, leader)) in leaders.iter().enumerate() {
                 let want = self.stores[i % self.stores.len()].store_id;
@@ -204,8 +237,7 @@ impl StoreProcs {
                 .await;
             }
             if moves == 0 && !leaders.is_empty() {
-                let led = |store: StoreId| leaders.iter().filter(|(_, l)| *l == store).count();
-                return Ok(self.stores.iter().map(|s| led(s.store_id)).collect());
+                return Ok(());
             }
             anyhow::ensure!(
                 started.elapsed() < wait,

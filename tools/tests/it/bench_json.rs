@@ -192,6 +192,37 @@ fn bench_kv_ranges_in_store_processes_spreads_leaders_and_reports_each_store() {
 }
 
 #[test]
+fn bench_kv_ranges_in_store_processes_can_keep_leaders_together() {
+    let v = run_json(
+        &[
+            &[
+                "bench",
+                "kv",
+                "--json",
+                "--phases",
+                "put",
+                "--ranges",
+                "4",
+                "--processes",
+                "--leaders-together",
+            ][..],
+            &KV_SHORT,
+        ]
+        .concat(),
+    );
+    let m = &v["range_medians_store_processes"][0];
+    assert!(m["median_ops_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    let mut leaders: Vec<u64> = m["leaders_by_store"]
+        .as_array()
+        .expect("leaders_by_store")
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    leaders.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(leaders, vec![4, 0, 0], "one store leads every range: {v}");
+}
+
+#[test]
 fn bench_s3_prints_json() {
     let v = run_json(&[
         "bench",
