@@ -131,24 +131,15 @@ fn bench_kv_ranges_prints_each_range_counts_median_and_costs() {
     }
 }
 
+/// `shale bench kv --ranges ... --processes`, short, put phases only, plus `args`.
+fn run_in_store_processes(args: &[&str]) -> serde_json::Value {
+    let fixed = ["bench", "kv", "--json", "--phases", "put", "--processes"];
+    run_json(&[&fixed[..], args, &KV_SHORT].concat())
+}
+
 #[test]
 fn bench_kv_ranges_in_store_processes_spreads_leaders_and_reports_each_store() {
-    let v = run_json(
-        &[
-            &[
-                "bench",
-                "kv",
-                "--json",
-                "--phases",
-                "put",
-                "--ranges",
-                "1,6",
-                "--processes",
-            ][..],
-            &KV_SHORT,
-        ]
-        .concat(),
-    );
+    let v = run_in_store_processes(&["--ranges", "1,6"]);
     let medians = v["range_medians_store_processes"]
         .as_array()
         .expect("range_medians_store_processes");
@@ -193,23 +184,7 @@ fn bench_kv_ranges_in_store_processes_spreads_leaders_and_reports_each_store() {
 
 #[test]
 fn bench_kv_ranges_in_store_processes_can_keep_leaders_together() {
-    let v = run_json(
-        &[
-            &[
-                "bench",
-                "kv",
-                "--json",
-                "--phases",
-                "put",
-                "--ranges",
-                "4",
-                "--processes",
-                "--leaders-together",
-            ][..],
-            &KV_SHORT,
-        ]
-        .concat(),
-    );
+    let v = run_in_store_processes(&["--ranges", "4", "--leaders-together"]);
     let m = &v["range_medians_store_processes"][0];
     assert!(m["median_ops_per_sec"].as_f64().unwrap() > 0.0, "{v}");
     let mut leaders: Vec<u64> = m["leaders_by_store"]
