@@ -1,11 +1,11 @@
 //! `shale bench failover`: how long writes stop when a range's leader dies.
 //!
-//! Three `shale store` processes (this binary, see `store_procs`) serve one range while writers put keys
-//! without pause. Each trial kill -9s the leader's process and measures, from the kill:
-//! when another replica leads (the floor Raft sets: the baseline), when the first
-//! writer is acknowledged again, and when every writer is. The killed store is then
-//! restarted and caught up before the next trial. At the end every acknowledged key is
-//! read back; a lost one fails the run.
+//! Three `shale store` processes (this binary, see `store_procs`) serve one range while
+//! writers put keys without pause. Each trial kill -9s the leader's process and
+//! measures, from the kill: when another replica leads (the floor Raft sets: the
+//! baseline), when the first writer is acknowledged again, and when every writer is.
+//! The killed store is then restarted and caught up before the next trial. At the end
+//! every acknowledged key is read back; a lost one fails the run.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -29,7 +29,7 @@ pub enum Leaders {
 /// Stores of each trial's cluster.
 const STORES: usize = 3;
 
-/// The store counters read from each store's metrics, in `Counters` order.
+/// The store counters read from each store's metrics, in `ProcWork::counters` order.
 const COUNTER_NAMES: [&str; 4] = [
     "shale_store_rounds_total",
     "shale_store_fsyncs_total",

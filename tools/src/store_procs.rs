@@ -152,7 +152,7 @@ impl StoreProcs {
     }
 
     /// Every range a running store holds, as that store reports it.
-    pub async fn statuses(&self, transport: &Transport) -> Vec<(StoreId, Vec<RangeStatus>)> {
+    async fn statuses(&self, transport: &Transport) -> Vec<(StoreId, Vec<RangeStatus>)> {
         let mut out = Vec::new();
         for p in self.procs.iter().filter(|p| p.is_running()) {
             if let Ok(AdminReply::Status { ranges, .. }) =
