@@ -22,6 +22,10 @@ mod store_procs;
 
 use clap::{Parser, Subcommand};
 
+/// Small allocations through mimalloc, large ones through the system (see `shale_alloc`).
+#[global_allocator]
+static ALLOC: shale_alloc::SplitAlloc = shale_alloc::SplitAlloc;
+
 /// Shale: a sharded, strongly consistent, replicated storage engine.
 ///
 /// Start a local cluster (a placement node, three stores and an S3 endpoint) with
