@@ -117,6 +117,17 @@ fn meta_bucket(key: &[u8]) -> &[u8] {
     &key[..key.len().min(RAFT_PREFIX_LEN)]
 }
 
+/// Read options of a scan of `cf` up to `end` (empty: no bound).
+fn scan_options(cf: Cf, end: &[u8]) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_prefix_same_as_start(cf == Cf::Raft);
+    opts.set_total_order_seek(cf == Cf::Meta);
+    if !end.is_empty() {
+        opts.set_iterate_upper_bound(end.to_vec());
+    }
+    opts
+}
+
 fn engine_err(e: rocksdb::Error) -> StorageError {
     StorageError::Engine(e.into_string())
 }
@@ -338,15 +349,37 @@ impl Engine {
         cf: Cf,
         start: &[u8],
         end: &[u8],
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        self.scan_with(cf, start, scan_options(cf, end), visit)
+    }
+
+    /// Like `scan`, over the engine as it stands when this is called: `pinned` runs once
+    /// that view is fixed, so a writer that waits for it knows none of its later writes
+    /// is seen, however long the scan then takes.
+    pub fn scan_pinned(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        pinned: impl FnOnce(),
+        visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let view = self.db.snapshot();
+        pinned();
+        let mut opts = scan_options(cf, end);
+        opts.set_snapshot(&view);
+        self.scan_with(cf, start, opts, visit)
+    }
+
+    fn scan_with(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        opts: ReadOptions,
         mut visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         cf.check_key(start);
-        let mut opts = ReadOptions::default();
-        opts.set_prefix_same_as_start(cf == Cf::Raft);
-        opts.set_total_order_seek(cf == Cf::Meta);
-        if !end.is_empty() {
-            opts.set_iterate_upper_bound(end.to_vec());
-        }
         // The raw iterator lends each pair from RocksDB's block: nothing is copied for a
         // visit that only looks (size checks, counts) or copies what it keeps.
         let mut iter = self.db.raw_iterator_cf_opt(self.handle(cf), opts);

@@ -1,12 +1,20 @@
 //! Fault injection for tests of a whole cluster in one process: a store can be cut off
-//! from Raft traffic (both ways) while clients still reach it.
+//! from Raft traffic (both ways) while clients still reach it, and its snapshot builds
+//! can be held midway.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Longest a snapshot build waits for a hold to be lifted (a test that forgot to lift it
+/// still ends).
+const HOLD_MAX: Duration = Duration::from_secs(60);
 
 /// Faults a store is told to suffer.
 #[derive(Debug, Default)]
 pub struct Faults {
     partitioned: AtomicBool,
+    snapshot_builds_held: AtomicBool,
+    snapshot_builds_waiting: AtomicUsize,
 }
 
 impl Faults {
@@ -17,5 +25,29 @@ impl Faults {
 
     pub fn partitioned(&self) -> bool {
         self.partitioned.load(Ordering::Relaxed)
+    }
+
+    /// Make snapshot builds wait (or stop waiting) after pinning their view of the
+    /// engine and before reading it, as a build of a large range would take long.
+    pub fn hold_snapshot_builds(&self, on: bool) {
+        self.snapshot_builds_held.store(on, Ordering::SeqCst);
+    }
+
+    /// Snapshot builds waiting on the hold now.
+    pub fn snapshot_builds_waiting(&self) -> usize {
+        self.snapshot_builds_waiting.load(Ordering::SeqCst)
+    }
+
+    /// Called by a snapshot build: waits while builds are held (at most `HOLD_MAX`).
+    pub fn snapshot_build_may_go(&self) {
+        if !self.snapshot_builds_held.load(Ordering::SeqCst) {
+            return;
+        }
+        self.snapshot_builds_waiting.fetch_add(1, Ordering::SeqCst);
+        let started = Instant::now();
+        while self.snapshot_builds_held.load(Ordering::SeqCst) && started.elapsed() < HOLD_MAX {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.snapshot_builds_waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }

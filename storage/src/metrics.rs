@@ -18,6 +18,7 @@ pub struct StoreMetrics {
     pub raft_messages_sent: Counter,
     pub proposals: Counter,
     pub reads: Counter,
+    pub snapshots_built: Counter,
     pub snapshots_sent: Counter,
     pub snapshots_applied: Counter,
     pub ingested_files: Counter,
@@ -92,6 +93,11 @@ pub fn register(registry: &mut Registry) {
         "shale_store_size_check_scans",
         "Size checks that scanned their range (the rest were under the bound by estimate)",
         m.size_check_scans.clone(),
+    );
+    registry.register(
+        "shale_store_snapshots_built",
+        "Snapshots built (off the store loop) for followers that need one",
+        m.snapshots_built.clone(),
     );
     registry.register(
         "shale_store_snapshots_sent",

@@ -253,7 +253,8 @@ impl StoreNode {
             addresses.clone(),
             Some(split_tx),
             tx.clone(),
-        );
+        )
+        .with_faults(faults.clone());
         let loop_thread = std::thread::Builder::new()
             .name(format!("store-{}-raft", config.store_id))
             .spawn(move || store.run(rx))?;

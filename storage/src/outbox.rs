@@ -25,7 +25,7 @@ pub struct OutgoingSnapshot {
     pub range_id: RangeId,
     pub to_store: StoreId,
     pub to_replica: ReplicaId,
-    pub message: Bytes,
+    pub message: Message,
 }
 
 impl Outbox {
@@ -39,16 +39,17 @@ impl Outbox {
                 );
                 continue;
             };
-            let message = Bytes::from(m.write_to_bytes().expect("raft message encodes"));
             if m.get_msg_type() == MessageType::MsgSnapshot {
+                // Encoded by the sender, off the loop: it carries the range's data.
                 self.snapshots.push(OutgoingSnapshot {
                     range_id: replica.range.id,
                     to_store,
                     to_replica: m.to,
-                    message,
+                    message: m,
                 });
                 continue;
             }
+            let message = Bytes::from(m.write_to_bytes().expect("raft message encodes"));
             self.by_store
                 .entry(to_store)
                 .or_default()

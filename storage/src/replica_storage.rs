@@ -2,8 +2,10 @@
 //! engine's Raft column family with the recent tail cached in memory. Writes go into the
 //! round's shared WriteBatch; this type only tracks what that batch will make true.
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -13,6 +15,7 @@ use shale_rpc::RangeId;
 use crate::command::{ApplyState, TruncatedState, RANGE_INIT_INDEX, RANGE_INIT_TERM};
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
+use crate::snapshot::BuildJob;
 use crate::StorageError;
 
 /// Most entries kept in the in-memory tail cache.
@@ -47,6 +50,11 @@ pub struct ReplicaStorage {
     log_bytes: u64,
     /// The range and applied point, for building snapshots.
     snapshot_source: Option<SnapshotSource>,
+    /// Raft asked for a snapshot that is not built yet; the store loop starts a build.
+    snapshot_wanted: Cell<bool>,
+    /// A snapshot built off the loop, kept until raft takes it (or it grows stale), and
+    /// when it was built.
+    snapshot_built: RefCell<Option<(Snapshot, Instant)>>,
 }
 
 /// What a snapshot of a replica is built from, kept current by the replica.
@@ -143,6 +151,8 @@ impl ReplicaStorage {
             cache_bytes: 0,
             log_bytes: 0,
             snapshot_source: None,
+            snapshot_wanted: Cell::new(false),
+            snapshot_built: RefCell::new(None),
         })
     }
 
@@ -243,6 +253,48 @@ impl ReplicaStorage {
     /// What snapshots of this replica are made from: set by the replica after it applies.
     pub fn set_snapshot_source(&mut self, source: SnapshotSource) {
         self.snapshot_source = Some(source);
+    }
+
+    /// Whether raft asked for a snapshot that is not built yet.
+    pub fn wants_snapshot(&self) -> bool {
+        self.snapshot_wanted.get()
+    }
+
+    /// What to build the snapshot raft asked for from: the range as applied now. Call
+    /// only when every applied write is in the engine (between rounds).
+    pub fn take_build_job(&mut self) -> Option<BuildJob> {
+        if !self.snapshot_wanted.replace(false) {
+            return None;
+        }
+        let source = self.snapshot_source.as_ref()?;
+        if source.applied_index == 0 {
+            return None;
+        }
+        Some(BuildJob {
+            range: source.range.clone(),
+            index: source.applied_index,
+            term: source.applied_term,
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    /// Keeps a built snapshot for raft's next request.
+    pub fn offer_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
+        *self.snapshot_built.borrow_mut() = Some((snapshot, now));
+    }
+
+    /// Drops a built snapshot nobody took within `max_age` (its follower went away).
+    pub fn expire_snapshot(&mut self, max_age: Duration) {
+        let built = self.snapshot_built.get_mut();
+        if built.as_ref().is_some_and(|(_, at)| at.elapsed() > max_age) {
+            *built = None;
+        }
+    }
+
+    /// Forgets any wanted or built snapshot (the replica stopped leading).
+    pub fn drop_snapshot(&mut self) {
+        self.snapshot_wanted.set(false);
+        *self.snapshot_built.get_mut() = None;
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -499,26 +551,22 @@ impl raft::Storage for ReplicaStorage {
         Ok(self.last_index)
     }
 
-    /// A snapshot of the range's data at its applied index, built on the store loop
-    /// (applied data is all written between rounds, so the view is exact).
+    /// The snapshot built for this replica off the store loop, if it is recent enough;
+    /// otherwise "temporarily unavailable", and the loop is asked to build one (see
+    /// `take_build_job`). Raft asks again at the follower's next heartbeat response, or
+    /// when the built snapshot is offered.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let unavailable = || raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
-        let Some(source) = &self.snapshot_source else {
-            return Err(unavailable());
-        };
-        if source.applied_index < request_index || source.applied_index == 0 {
-            return Err(unavailable());
+        if let Some((snapshot, _)) = self.snapshot_built.borrow_mut().take() {
+            let index = snapshot.get_metadata().index;
+            // From an older one the follower would need entries truncated since.
+            if index >= request_index && index >= self.truncated_index {
+                return Ok(snapshot);
+            }
         }
-        let data = crate::snapshot::build(&self.engine, &source.range).map_err(to_raft)?;
-        let mut snap = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
-        let meta = snap.mut_metadata();
-        meta.index = source.applied_index;
-        meta.term = source.applied_term;
-        meta.set_conf_state(self.conf_state.clone());
-        Ok(snap)
+        self.snapshot_wanted.set(true);
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -615,6 +663,74 @@ mod tests {
         }
         engine.write(batch, Durability::Sync).unwrap();
         assert_eq!(last_log_index(&engine, 5).unwrap(), Some(999));
+    }
+
+    /// Raft's request for a snapshot is answered "not yet" and recorded; the build job
+    /// takes the applied point; the built snapshot is handed out once, and one the log
+    /// has since been truncated past is refused and asked for again.
+    #[test]
+    fn snapshots_are_asked_for_built_elsewhere_and_handed_out_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
+        let mut batch = engine.batch();
+        ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
+        engine.write(batch, Durability::Sync).unwrap();
+        let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::initial()).unwrap();
+        let mut batch = engine.batch();
+        s.append(
+            &(6..=20).map(|i| entry(i, 6)).collect::<Vec<_>>(),
+            &mut batch,
+        );
+        engine.write(batch, Durability::Sync).unwrap();
+        let unavailable = raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
+        assert_eq!(s.take_build_job().map(|j| j.index), None, "nobody asked");
+        assert_eq!(s.snapshot(0, 2).unwrap_err(), unavailable);
+        assert!(s.wants_snapshot());
+        s.set_snapshot_source(SnapshotSource {
+            range: shale_rpc::RangeDescriptor {
+                id: 7,
+                start_key: bytes::Bytes::new(),
+                end_key: bytes::Bytes::new(),
+                epoch: shale_rpc::Epoch::default(),
+                replicas: Vec::new(),
+            },
+            applied_index: 12,
+            applied_term: 6,
+        });
+        let job = s.take_build_job().expect("asked for");
+        assert_eq!((job.index, job.term, job.range.id), (12, 6, 7));
+        assert_eq!(job.conf_state.voters, vec![1, 2, 3]);
+        assert!(!s.wants_snapshot(), "taken");
+        let built = |index: u64| {
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = index;
+            snapshot.mut_metadata().term = 6;
+            snapshot
+        };
+        s.offer_snapshot(built(12), Instant::now());
+        assert_eq!(s.snapshot(0, 2).unwrap().get_metadata().index, 12);
+        assert_eq!(
+            s.snapshot(0, 3).unwrap_err(),
+            unavailable,
+            "handed out once"
+        );
+        assert!(s.wants_snapshot());
+        let mut batch = engine.batch();
+        s.compact_to(15, &mut batch).unwrap();
+        engine.write(batch, Durability::Sync).unwrap();
+        s.offer_snapshot(built(12), Instant::now());
+        assert_eq!(
+            s.snapshot(0, 2).unwrap_err(),
+            unavailable,
+            "the log no longer continues from index 12"
+        );
+        s.offer_snapshot(built(16), Instant::now());
+        s.expire_snapshot(Duration::ZERO);
+        assert_eq!(s.snapshot(0, 2).unwrap_err(), unavailable, "expired");
+        s.offer_snapshot(built(16), Instant::now());
+        s.drop_snapshot();
+        assert!(!s.wants_snapshot());
+        assert_eq!(s.snapshot(0, 2).unwrap_err(), unavailable, "dropped");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use protobuf::Message as _;
 use shale_rpc::client::parse_addr;
 use shale_rpc::transport::{OnewayStream, Transport};
 use shale_rpc::{Frame, FrameKind, RaftBatch, StoreId};
@@ -15,7 +17,7 @@ use tracing::{debug, info};
 
 use crate::faults::Faults;
 use crate::replica::AddressBook;
-use crate::snapshot::SnapshotChunk;
+use crate::snapshot::{chunks, SnapshotChunk};
 use crate::store::{OutgoingSnapshot, RaftSender, StoreMsg};
 
 /// Most message bytes merged into one frame when a peer's queue has several batches.
@@ -98,13 +100,7 @@ impl RaftSender for RaftRouter {
             return;
         }
         self.next_transfer_id = self.next_transfer_id.wrapping_add(1);
-        let chunks = crate::snapshot::chunks(
-            self.store_id,
-            snapshot.to_store,
-            snapshot.range_id,
-            self.next_transfer_id,
-            &snapshot.message,
-        );
+        let (from_store, transfer_id) = (self.store_id, self.next_transfer_id);
         let addr = self
             .addresses
             .read()
@@ -116,17 +112,35 @@ impl RaftSender for RaftRouter {
             self.snapshot_slots.clone(),
             self.store_tx.clone(),
         );
+        let (range_id, to_store, to_replica, message) = (
+            snapshot.range_id,
+            snapshot.to_store,
+            snapshot.to_replica,
+            snapshot.message,
+        );
         self.runtime.spawn(async move {
             let result = match slots.acquire_owned().await {
-                Ok(_permit) => send_snapshot(transport, addr, chunks).await,
+                Ok(_permit) => {
+                    // Encoding copies the range's data: not on the runtime's workers.
+                    let encoded = tokio::task::spawn_blocking(move || {
+                        let message =
+                            Bytes::from(message.write_to_bytes().expect("raft message encodes"));
+                        chunks(from_store, to_store, range_id, transfer_id, &message)
+                    })
+                    .await;
+                    match encoded {
+                        Ok(chunks) => send_snapshot(transport, addr, chunks).await,
+                        Err(e) => Err(format!("encoding the snapshot: {e}")),
+                    }
+                }
                 Err(_) => Err("snapshot slots closed".to_string()),
             };
             if let Err(reason) = &result {
-                info!(range_id = snapshot.range_id, to_store = snapshot.to_store, %reason, "snapshot send failed");
+                info!(range_id, to_store, %reason, "snapshot send failed");
             }
             let report = StoreMsg::SnapshotReport {
-                range_id: snapshot.range_id,
-                to_replica: snapshot.to_replica,
+                range_id,
+                to_replica,
                 ok: result.is_ok(),
             };
             // The loop must hear the outcome, or raft waits on the snapshot forever.

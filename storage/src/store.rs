@@ -23,12 +23,14 @@ use crate::command::{RangeState, ReplicaState};
 use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
 use crate::early::EarlyMessages;
 use crate::engine::{Cf, Durability, Engine};
+use crate::faults::Faults;
 use crate::key_counts::CheckRequest;
 use crate::keys;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
 use crate::replica::{span_end, AddressBook, Replica};
+use crate::snapshot::{self, SNAPSHOT_BUILDS_MAX};
 pub use crate::store_msg::{RaftSender, StoreMsg};
 use crate::wal_sync::{HeldReadies, WalSync};
 
@@ -64,6 +66,9 @@ pub struct Store<S: RaftSender> {
     unsynced: HeldReadies,
     /// Messages for ranges a split here may be about to create.
     early: EarlyMessages,
+    /// Snapshot builds running off the loop (at most `SNAPSHOT_BUILDS_MAX`).
+    snapshot_builds: usize,
+    faults: Arc<Faults>,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -101,7 +106,15 @@ impl<S: RaftSender> Store<S> {
             active: BTreeSet::new(),
             unsynced: HeldReadies::default(),
             early: EarlyMessages::default(),
+            snapshot_builds: 0,
+            faults: Arc::default(),
         }
+    }
+
+    /// Shares the store's fault switches (tests) with its snapshot builds.
+    pub fn with_faults(mut self, faults: Arc<Faults>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Runs rounds until told to shut down or every sender is gone.
@@ -176,6 +189,7 @@ impl<S: RaftSender> Store<S> {
                 }
             }
             self.round(&active);
+            self.start_snapshot_builds(&active);
         }
         // The sync thread may be blocked handing a report to this queue: let it go.
         drop(rx);
@@ -194,6 +208,7 @@ impl<S: RaftSender> Store<S> {
             | StoreMsg::TransferLeader { range_id, .. }
             | StoreMsg::Campaign { range_id }
             | StoreMsg::ConfChange { range_id, .. }
+            | StoreMsg::SnapshotBuilt { range_id, .. }
             | StoreMsg::SnapshotReport { range_id, .. } => {
                 self.active.insert(*range_id);
             }
@@ -259,6 +274,18 @@ impl<S: RaftSender> Store<S> {
             } => {
                 if let Some(r) = self.replicas.get_mut(&range_id) {
                     r.report_snapshot(to_replica, ok);
+                }
+            }
+            StoreMsg::SnapshotBuilt { range_id, result } => {
+                self.snapshot_builds -= 1;
+                match (result, self.replicas.get_mut(&range_id)) {
+                    (Ok(snapshot), Some(r)) => {
+                        r.offer_snapshot(snapshot);
+                    }
+                    (Ok(_), None) => {}
+                    (Err(error), _) => {
+                        warn!(store_id = self.store_id, range_id, %error, "snapshot build failed");
+                    }
                 }
             }
             StoreMsg::Flushed { targets } => self.truncate_logs(targets),
@@ -559,6 +586,44 @@ impl<S: RaftSender> Store<S> {
             }
             if removed {
                 self.destroy_replica(*id);
+            }
+        }
+    }
+
+    /// Starts building the snapshots that leaders among `active` were asked for, each on
+    /// a thread of its own, as many as `SNAPSHOT_BUILDS_MAX` allows (the rest are asked
+    /// for again). Runs between rounds, when every applied write is in the engine.
+    fn start_snapshot_builds(&mut self, active: &BTreeSet<RangeId>) {
+        for id in active {
+            if self.snapshot_builds >= SNAPSHOT_BUILDS_MAX {
+                return;
+            }
+            let Some(r) = self.replicas.get_mut(id) else {
+                continue;
+            };
+            if !r.wants_snapshot() {
+                continue;
+            }
+            let Some(job) = r.take_snapshot_job() else {
+                continue;
+            };
+            let tx = self.self_tx.clone();
+            let started = snapshot::spawn_build(
+                format!("store-{}-snap", self.store_id),
+                self.engine.clone(),
+                self.faults.clone(),
+                job,
+                move |range_id, result| {
+                    let result = result.map_err(|e| e.to_string());
+                    // A closed queue means the loop stopped: nobody needs the snapshot.
+                    let _ = tx.send(StoreMsg::SnapshotBuilt { range_id, result });
+                },
+            );
+            match started {
+                Ok(()) => self.snapshot_builds += 1,
+                Err(error) => {
+                    warn!(store_id = self.store_id, range_id = id, %error, "snapshot build not started")
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! background work) and where its outgoing Raft traffic goes (`RaftSender`).
 
 use bytes::Bytes;
-use raft::eraftpb::ConfChangeV2;
+use raft::eraftpb::{ConfChangeV2, Snapshot};
 use shale_rpc::{
     Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaId, StoreId, WriteOp,
 };
@@ -67,6 +67,11 @@ pub enum StoreMsg {
         change: ConfChangeV2,
         new_range: RangeDescriptor,
         reply: WriteReply,
+    },
+    /// A snapshot build started by the loop ended (`snapshot::spawn_build`).
+    SnapshotBuilt {
+        range_id: RangeId,
+        result: Result<Snapshot, String>,
     },
     /// How sending a snapshot went.
     SnapshotReport {

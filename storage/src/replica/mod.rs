@@ -5,12 +5,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
-use raft::{RawNode, StateRole};
+use raft::{ProgressState, RawNode, StateRole};
 use shale_rpc::limits::KEY_BYTES_MAX;
 use shale_rpc::{
     Epoch, KvError, LeaderHint, RangeDescriptor, RangeId, ReplicaDescriptor, ReplicaId, StoreId,
@@ -27,7 +27,7 @@ use crate::keys;
 use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
 use crate::replica_storage::{ReplicaStorage, SnapshotSource};
-use crate::snapshot::SnapshotData;
+use crate::snapshot::{BuildJob, SnapshotData};
 use crate::staging::staged_path;
 use crate::StorageError;
 
@@ -52,6 +52,9 @@ pub type ReadReply = oneshot::Sender<Result<RangeDescriptor, KvError>>;
 const PROPOSAL_WRITES_MAX: usize = 1024;
 /// Most bytes of client writes merged into one entry.
 const PROPOSAL_BYTES_MAX: usize = 4 << 20;
+/// A built snapshot that raft has not taken within this long is dropped (the follower
+/// that wanted it went away); a later request builds a fresh one.
+const SNAPSHOT_UNTAKEN_MAX: Duration = Duration::from_secs(30);
 
 /// One Raft entry in flight and the clients waiting on its writes, in order.
 struct Proposal {
@@ -399,6 +402,49 @@ impl Replica {
         }
         self.idle_ticks += 1;
         self.node.tick();
+        if self.is_leader() {
+            self.node.mut_store().expire_snapshot(SNAPSHOT_UNTAKEN_MAX);
+        } else {
+            self.node.mut_store().drop_snapshot();
+        }
+        true
+    }
+
+    /// Whether raft asked for a snapshot that is not built yet (`take_snapshot_job`).
+    pub fn wants_snapshot(&self) -> bool {
+        self.node.store().wants_snapshot()
+    }
+
+    /// What to build the snapshot raft asked for from, while this replica leads. Call
+    /// between rounds, when every applied write is in the engine.
+    pub fn take_snapshot_job(&mut self) -> Option<BuildJob> {
+        if !self.is_leader() {
+            self.node.mut_store().drop_snapshot();
+            return None;
+        }
+        self.node.mut_store().take_build_job()
+    }
+
+    /// Gives raft a snapshot built off the loop and sends it at once to the followers
+    /// being probed (one of them asked for it). False if this replica no longer leads.
+    pub fn offer_snapshot(&mut self, snapshot: Snapshot) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        self.node
+            .mut_store()
+            .offer_snapshot(snapshot, Instant::now());
+        let probed: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, p)| **id != self.replica_id && p.state == ProgressState::Probe)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in probed {
+            self.node.raft.send_append(id);
+        }
         true
     }
 

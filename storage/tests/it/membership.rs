@@ -1,5 +1,6 @@
 //! Membership change and snapshots: add a replica on a new store while writing, remove
-//! an old one, and catch a partitioned replica up after its log was truncated.
+//! an old one, and catch a partitioned replica up after its log was truncated, with the
+//! range serving while its snapshot is built.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -146,36 +147,43 @@ async fn add_a_replica_on_a_new_store_while_writing_then_remove_an_old_one() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncated() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start_new(dir.path(), 3, |c| {
+/// A cluster whose leaders truncate their logs after a few dozen entries.
+async fn start_with_eager_log_gc(dir: &std::path::Path) -> LocalCluster {
+    LocalCluster::start_new(dir, 3, |c| {
         c.log_gc.interval_ticks = 4;
         c.log_gc.entries_min = 8;
         c.log_gc.entries_max = 50;
     })
     .await
-    .unwrap();
-    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
-    let lagging = (leader + 1) % 3;
-    let client = cluster.client().unwrap();
+    .unwrap()
+}
+
+/// Partitions store `lagging` after keys 0..50, writes 50..400 and more until the
+/// leader's log is truncated past what `lagging` holds; returns `lagging`'s last index
+/// when it was cut off. The partition is left in place.
+async fn lag_behind_a_truncation(
+    cluster: &LocalCluster,
+    client: &shale_rpc::client::KvClient,
+    leader: usize,
+    lagging: usize,
+) -> u64 {
     for i in 0..50 {
-        must_put(&client, i).await;
+        must_put(client, i).await;
     }
     cluster
         .node(lagging)
         .unwrap()
         .faults()
         .set_partitioned(true);
-    let cut_at = first_range(&cluster, lagging).await.unwrap().last_index;
+    let cut_at = first_range(cluster, lagging).await.unwrap().last_index;
     for i in 50..400 {
-        must_put(&client, i).await;
+        must_put(client, i).await;
     }
     // The leader's log no longer holds what the lagging replica needs.
     let started = Instant::now();
     loop {
         let leader_now = cluster.leader().await.unwrap_or(leader);
-        let st = first_range(&cluster, leader_now).await.unwrap();
+        let st = first_range(cluster, leader_now).await.unwrap();
         if st.truncated_index > cut_at + 1 {
             break;
         }
@@ -183,25 +191,95 @@ async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncate
             started.elapsed() < Duration::from_secs(20),
             "the leader truncates its log ({st:?})"
         );
-        must_put(&client, 10_000 + started.elapsed().as_millis() as usize).await;
+        must_put(client, 10_000 + started.elapsed().as_millis() as usize).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        first_range(&cluster, lagging).await.unwrap().last_index <= cut_at + 1,
+        first_range(cluster, lagging).await.unwrap().last_index <= cut_at + 1,
         "cut off meanwhile"
     );
+    cut_at
+}
+
+/// `lagging` holds `keys` and got them by a snapshot past `cut_at`, not by the log.
+async fn must_catch_up_by_snapshot(
+    cluster: &LocalCluster,
+    lagging: usize,
+    cut_at: u64,
+    keys: &[usize],
+) {
+    must_converge(cluster, lagging, keys).await;
+    let st = first_range(cluster, lagging).await.unwrap();
+    assert!(
+        st.truncated_index > cut_at,
+        "caught up by snapshot, not by log: {st:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_with_eager_log_gc(dir.path()).await;
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let lagging = (leader + 1) % 3;
+    let client = cluster.client().unwrap();
+    let cut_at = lag_behind_a_truncation(&cluster, &client, leader, lagging).await;
     cluster
         .node(lagging)
         .unwrap()
         .faults()
         .set_partitioned(false);
     let keys: Vec<usize> = (0..400).collect();
-    must_converge(&cluster, lagging, &keys).await;
-    let st = first_range(&cluster, lagging).await.unwrap();
+    must_catch_up_by_snapshot(&cluster, lagging, cut_at, &keys).await;
+    cluster.shutdown().await;
+}
+
+/// Snapshots are built off the store loop: while the leader's build is held midway
+/// (as reading a large range would take), the range keeps taking writes, and the
+/// lagging replica then catches up, the writes made meanwhile included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_keeps_serving_writes_while_its_snapshot_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_with_eager_log_gc(dir.path()).await;
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let lagging = (leader + 1) % 3;
+    let client = cluster.client().unwrap();
+    let cut_at = lag_behind_a_truncation(&cluster, &client, leader, lagging).await;
+    let hold = |on: bool| {
+        for i in 0..cluster.len() {
+            cluster.node(i).unwrap().faults().hold_snapshot_builds(on);
+        }
+    };
+    hold(true);
+    cluster
+        .node(lagging)
+        .unwrap()
+        .faults()
+        .set_partitioned(false);
+    let started = Instant::now();
+    let held = || {
+        (0..cluster.len())
+            .map(|i| cluster.node(i).unwrap().faults().snapshot_builds_waiting())
+            .sum::<usize>()
+    };
+    while held() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the leader starts building a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 400..500 {
+        must_put(&client, i).await;
+    }
+    assert!(held() > 0, "the build was still held");
     assert!(
-        st.truncated_index > cut_at,
-        "caught up by snapshot, not by log: {st:?}"
+        first_range(&cluster, lagging).await.unwrap().last_index <= cut_at + 1,
+        "no snapshot reached the lagging replica while the build was held"
     );
+    hold(false);
+    let keys: Vec<usize> = (0..500).collect();
+    must_catch_up_by_snapshot(&cluster, lagging, cut_at, &keys).await;
     cluster.shutdown().await;
 }
 
