@@ -256,6 +256,7 @@ impl PlacementService {
                 Ok(PlacementReply::Heartbeat {
                     steps: answer.steps,
                     wake: answer.wake,
+                    removed: answer.removed,
                 })
             }
             PlacementRequest::AllocIds { count } => {

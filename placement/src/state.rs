@@ -5,7 +5,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shale_rpc::placement::{
-    ClusterId, Labels, PlacementError, PlacementStatus, RangeStep, StoreHeartbeat, StoreState,
+    ClusterId, Labels, PlacementError, PlacementStatus, RangeStep, RemovedReplica, StoreHeartbeat,
+    StoreState,
 };
 use shale_rpc::{RangeId, StoreId};
 
@@ -76,6 +77,8 @@ impl StoreRecord {
 pub struct HeartbeatAnswer {
     pub steps: Vec<RangeStep>,
     pub wake: Vec<RangeId>,
+    /// Replicas the store reported leaderless that are no longer members of their range.
+    pub removed: Vec<RemovedReplica>,
     pub changed: Option<StoreRecord>,
 }
 
@@ -179,9 +182,11 @@ impl Leader {
             }
         }
         let wake = self.orphans.remove(&hb.store_id).unwrap_or_default();
+        let removed = self.view.removed_replicas(hb.store_id, &hb.leaderless);
         Ok(HeartbeatAnswer {
             steps,
             wake,
+            removed,
             changed,
         })
     }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use shale_rpc::placement::{is_stale, Labels, RangeReport, Route, StoreInfo, StoreState};
+use shale_rpc::placement::{
+    is_stale, Labels, LeaderlessReplica, RangeReport, RemovedReplica, Route, StoreInfo, StoreState,
+};
 use shale_rpc::{RangeDescriptor, RangeId, StoreAddr, StoreId};
 
 use crate::ids::{IdMap, IdSet};
@@ -99,6 +101,30 @@ impl ClusterView {
         } else {
             StoreState::Up
         }
+    }
+
+    /// Of the replicas `store` reports leaderless, those removed from their range: the
+    /// range's descriptor here is of a newer membership that leaves `store` out. Replica
+    /// ids are never reused and a descriptor changes membership only through a committed
+    /// change, so such a replica can never serve again. A range unknown here, or whose
+    /// descriptor still lists the store, or is no newer than the replica's, is left alone.
+    pub fn removed_replicas(
+        &self,
+        store: StoreId,
+        leaderless: &[LeaderlessReplica],
+    ) -> Vec<RemovedReplica> {
+        leaderless
+            .iter()
+            .filter_map(|r| {
+                let known = &self.ranges.get(&r.range_id)?.range;
+                let removed =
+                    known.epoch.conf_ver > r.conf_ver && known.replica_on(store).is_none();
+                removed.then_some(RemovedReplica {
+                    range_id: r.range_id,
+                    conf_ver: known.epoch.conf_ver,
+                })
+            })
+            .collect()
     }
 
     /// Adds or updates a range as loaded from placement's own storage (no leader known).
@@ -355,6 +381,37 @@ mod tests {
         ops_per_sec: 1e9,
         bytes_per_sec: 1e12,
     };
+
+    #[test]
+    fn only_replicas_a_newer_membership_leaves_out_are_named_removed() {
+        let mut view = ClusterView::new(0);
+        let mut a = range(1, "", "m", 1);
+        a.epoch.conf_ver = 4;
+        a.replicas.push(ReplicaDescriptor {
+            id: 11,
+            store_id: 2,
+        });
+        view.restore_range(a);
+        let leaderless = |range_id, conf_ver| LeaderlessReplica {
+            range_id,
+            replica_id: 99,
+            conf_ver,
+        };
+        let removed =
+            view.removed_replicas(3, &[leaderless(1, 3), leaderless(1, 4), leaderless(7, 1)]);
+        assert_eq!(
+            removed,
+            vec![RemovedReplica {
+                range_id: 1,
+                conf_ver: 4
+            }],
+            "an older membership without store 3; not the current one, not an unknown range"
+        );
+        assert!(
+            view.removed_replicas(2, &[leaderless(1, 3)]).is_empty(),
+            "store 2 is still a member (partitioned, not removed)"
+        );
+    }
 
     #[test]
     fn split_report_replaces_the_parent_and_stale_parent_is_ignored() {

@@ -365,6 +365,9 @@ pub struct RangeStatus {
     /// Keys in the range as its last size check counted them (none yet: not counted).
     #[serde(default)]
     pub key_count: Option<u64>,
+    /// How long the replica has ticked without knowing a leader (0: it knows one).
+    #[serde(default)]
+    pub leader_missing_ms: u64,
 }
 
 impl RangeStatus {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{Epoch, RangeDescriptor, RangeId, StoreAddr, StoreId};
+use crate::{Epoch, RangeDescriptor, RangeId, ReplicaId, StoreAddr, StoreId};
 
 /// Names one cluster; a store that belongs to another cluster is refused.
 pub type ClusterId = u64;
@@ -80,6 +80,31 @@ pub struct StoreHeartbeat {
     pub leader_count: u32,
     /// One report per range this store leads.
     pub ranges: Vec<RangeReport>,
+    /// Replicas on this store that have heard from no leader for a while (at most
+    /// `LEADERLESS_REPORTED_MAX`): placement names those removed from their range.
+    #[serde(default)]
+    pub leaderless: Vec<LeaderlessReplica>,
+}
+
+/// Most leaderless replicas one heartbeat reports; the rest wait for later ones.
+pub const LEADERLESS_REPORTED_MAX: usize = 256;
+
+/// A replica that has heard from no leader for a while: partitioned away, or removed
+/// from its range while its store was down (nobody then told the store to drop it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderlessReplica {
+    pub range_id: RangeId,
+    pub replica_id: ReplicaId,
+    /// The membership version the replica knows.
+    pub conf_ver: u64,
+}
+
+/// A replica placement knows was removed from its range: the range's membership at
+/// `conf_ver` (newer than the replica's) does not include its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedReplica {
+    pub range_id: RangeId,
+    pub conf_ver: u64,
 }
 
 /// A range leader's view of its range.
@@ -212,12 +237,15 @@ pub enum PlacementReply {
         cluster_id: ClusterId,
         store_id: StoreId,
     },
-    /// Steps for ranges the heartbeating store leads, and ranges whose replicas on it
-    /// should wake up because their leader's store is down.
+    /// Steps for ranges the heartbeating store leads, ranges whose replicas on it
+    /// should wake up because their leader's store is down, and replicas it reported
+    /// leaderless that were removed from their ranges (to destroy).
     Heartbeat {
         steps: Vec<RangeStep>,
         #[serde(default)]
         wake: Vec<RangeId>,
+        #[serde(default)]
+        removed: Vec<RemovedReplica>,
     },
     Ids {
         first: u64,

@@ -261,10 +261,11 @@ impl StoreConfig {
         }
         if !self.placement.addrs.is_empty()
             && (self.placement.heartbeat_interval_ms == 0
-                || self.placement.steps_in_flight_max == 0)
+                || self.placement.steps_in_flight_max == 0
+                || self.placement.leaderless_report_after_ms == 0)
         {
             return bad(
-                "placement heartbeat-interval-ms and steps-in-flight-max must be positive".into(),
+                "placement heartbeat-interval-ms, steps-in-flight-max and leaderless-report-after-ms must be positive".into(),
             );
         }
         if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 {

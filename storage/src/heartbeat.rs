@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shale_rpc::placement::{
-    ClusterId, PlacementError, PlacementReply, PlacementRequest, RangeReport, RangeStep,
-    StoreHeartbeat,
+    ClusterId, LeaderlessReplica, PlacementError, PlacementReply, PlacementRequest, RangeReport,
+    RangeStep, RemovedReplica, StoreHeartbeat, LEADERLESS_REPORTED_MAX,
 };
 use shale_rpc::placement_client::{PlacementCallError, PlacementClient};
-use shale_rpc::{AdminRequest, KvError, RangeDescriptor, StoreId};
+use shale_rpc::{AdminRequest, KvError, RangeDescriptor, RangeStatus, StoreId};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -33,6 +33,10 @@ pub struct PlacementLinkConfig {
     pub heartbeat_interval_ms: u64,
     /// Steps from placement carried out at once; more wait for a later heartbeat.
     pub steps_in_flight_max: usize,
+    /// A replica that has known no leader this long is reported to placement, which
+    /// names it if it was removed from its range (while this store was down, say) so
+    /// the store destroys it.
+    pub leaderless_report_after_ms: u64,
 }
 
 impl Default for PlacementLinkConfig {
@@ -41,6 +45,7 @@ impl Default for PlacementLinkConfig {
             addrs: Vec::new(),
             heartbeat_interval_ms: 1000,
             steps_in_flight_max: 8,
+            leaderless_report_after_ms: 30_000,
         }
     }
 }
@@ -110,7 +115,14 @@ impl Heartbeats {
                 .call(&PlacementRequest::Heartbeat(beat))
                 .await
             {
-                Ok(PlacementReply::Heartbeat { steps: todo, wake }) => {
+                Ok(PlacementReply::Heartbeat {
+                    steps: todo,
+                    wake,
+                    removed,
+                }) => {
+                    for r in removed {
+                        self.destroy_removed(r);
+                    }
                     if !wake.is_empty() {
                         info!(
                             store_id = self.store_id,
@@ -176,7 +188,31 @@ impl Heartbeats {
             range_count: ranges.len() as u32,
             leader_count: reports.len() as u32,
             ranges: reports,
+            leaderless: leaderless(&ranges, self.config.leaderless_report_after_ms),
         })
+    }
+
+    /// Destroys a replica placement says was removed from its range, in the background
+    /// (the store checks that its replica is older than `removed.conf_ver`).
+    fn destroy_removed(&self, removed: RemovedReplica) {
+        let service = self.service.clone();
+        let store_id = self.store_id;
+        tokio::spawn(async move {
+            let req = AdminRequest::DestroyReplica {
+                range_id: removed.range_id,
+                conf_ver: removed.conf_ver,
+            };
+            let range_id = removed.range_id;
+            match service.admin(req).await {
+                Ok(_) => info!(
+                    store_id,
+                    range_id, "placement named a removed replica: destroyed if older"
+                ),
+                Err(e) => {
+                    info!(store_id, range_id, error = %e, "destroying a removed replica failed")
+                }
+            }
+        });
     }
 
     /// Carries out one step in the background, unless too many are running already
@@ -266,6 +302,21 @@ fn half_key(engine: &Engine, range: &RangeDescriptor) -> Result<Option<Bytes>, S
         pairs.iter().map(|(k, s)| (&k[..], *s)),
         (total as u64).saturating_sub(1),
     ))
+}
+
+/// The replicas among `ranges` that have known no leader for `after_ms` or more, at
+/// most `LEADERLESS_REPORTED_MAX`.
+fn leaderless(ranges: &[RangeStatus], after_ms: u64) -> Vec<LeaderlessReplica> {
+    ranges
+        .iter()
+        .filter(|s| !s.is_leader && s.leader_missing_ms >= after_ms)
+        .take(LEADERLESS_REPORTED_MAX)
+        .map(|s| LeaderlessReplica {
+            range_id: s.range.id,
+            replica_id: s.replica_id,
+            conf_ver: s.range.epoch.conf_ver,
+        })
+        .collect()
 }
 
 /// Size and free space of the file system holding `dir`; zeros when unknown.

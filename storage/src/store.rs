@@ -390,6 +390,28 @@ impl<S: RaftSender> Store<S> {
                     continue;
                 }
             };
+            if let Some(local) = self.replicas.get(&env.range_id).map(|r| r.replica_id) {
+                if m.to != 0 && m.to != local {
+                    if m.to < local {
+                        debug!(
+                            range_id = env.range_id,
+                            to = m.to,
+                            local,
+                            "message for an older replica of this range; ignored"
+                        );
+                        continue;
+                    }
+                    // Replica ids only grow: the range was given a new replica here, so the
+                    // local one was removed (while this store was down, say) and is stale.
+                    info!(
+                        range_id = env.range_id,
+                        local,
+                        newer = m.to,
+                        "a newer replica of this range was added here: destroying the stale one"
+                    );
+                    self.destroy_replica(env.range_id);
+                }
+            }
             let m = if self.replicas.contains_key(&env.range_id) {
                 m
             } else {
@@ -491,6 +513,7 @@ impl<S: RaftSender> Store<S> {
                     &span_end(&r.range),
                 ),
                 key_count: None,
+                leader_missing_ms: r.leaderless_ticks() * self.tick.as_millis() as u64,
             })
             .collect()
     }

@@ -97,6 +97,9 @@ pub struct Replica {
     hibernating: bool,
     /// Ticks since the last proposal, read or non-routine message.
     idle_ticks: u64,
+    /// Ticks in a row without a known leader (a removed replica whose store was down
+    /// when it was removed never learns one).
+    leaderless_ticks: u64,
     engine: Arc<Engine>,
     addresses: AddressBook,
 }
@@ -214,6 +217,7 @@ impl Replica {
             removed: false,
             hibernating: false,
             idle_ticks: 0,
+            leaderless_ticks: 0,
             engine,
             addresses,
         })
@@ -244,6 +248,11 @@ impl Replica {
     }
 
     /// The store holding the leader, if known.
+    /// Ticks in a row this replica has gone without a known leader.
+    pub fn leaderless_ticks(&self) -> u64 {
+        self.leaderless_ticks
+    }
+
     pub fn leader_store(&self) -> Option<StoreId> {
         self.store_of(self.node.raft.leader_id)
     }
@@ -402,6 +411,11 @@ impl Replica {
         }
         self.idle_ticks += 1;
         self.node.tick();
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            self.leaderless_ticks += 1;
+        } else {
+            self.leaderless_ticks = 0;
+        }
         if self.is_leader() {
             self.node.mut_store().expire_snapshot(SNAPSHOT_UNTAKEN_MAX);
         } else {

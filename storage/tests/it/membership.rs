@@ -147,6 +147,79 @@ async fn add_a_replica_on_a_new_store_while_writing_then_remove_an_old_one() {
     cluster.shutdown().await;
 }
 
+/// A replica removed while its store was down, and then added back there (a new replica
+/// id), is replaced when the store returns, though the log no longer holds its removal
+/// (which it would apply and destroy itself by): messages for the new id destroy the
+/// stale one, which would otherwise take them, and the new replica's snapshot, as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_removed_while_its_store_was_down_and_added_back_replaces_the_stale_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_with_eager_log_gc(dir.path()).await;
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let victim = (leader + 1) % 3;
+    let victim_store = cluster.configs[victim].store_id;
+    let client = cluster.client().unwrap();
+    for i in 0..100 {
+        must_put(&client, i).await;
+    }
+    must_converge(&cluster, victim, &(0..100).collect::<Vec<_>>()).await;
+    let old_id = first_range(&cluster, victim).await.unwrap().replica_id;
+    cluster.stop_store(victim).await;
+    let removed = match must_admin(
+        &cluster,
+        leader,
+        AdminRequest::RemoveReplica {
+            range_id: FIRST_RANGE_ID,
+            store_id: victim_store,
+        },
+    )
+    .await
+    {
+        AdminReply::Changed(range) => range,
+        other => panic!("{other:?}"),
+    };
+    assert!(removed.replica_on(victim_store).is_none());
+    for i in 100..200 {
+        must_put(&client, i).await;
+    }
+    let added = match must_admin(
+        &cluster,
+        leader,
+        AdminRequest::AddReplica {
+            range_id: FIRST_RANGE_ID,
+            store_id: victim_store,
+            addr: cluster.configs[victim].listen_addr.clone(),
+        },
+    )
+    .await
+    {
+        AdminReply::Changed(range) => range,
+        other => panic!("{other:?}"),
+    };
+    let new_id = added.replica_on(victim_store).unwrap().id;
+    assert!(new_id > old_id, "replica ids only grow");
+    let removed_at = first_range(&cluster, leader).await.unwrap().last_index;
+    let mut i = 200;
+    let started = Instant::now();
+    while first_range(&cluster, leader).await.unwrap().truncated_index <= removed_at {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the leader truncates its log past the membership changes"
+        );
+        must_put(&client, i).await;
+        i += 1;
+    }
+    cluster.start_store(victim).await.unwrap();
+    must_converge(&cluster, victim, &(0..i).collect::<Vec<_>>()).await;
+    let st = first_range(&cluster, victim).await.unwrap();
+    assert_eq!(
+        st.replica_id, new_id,
+        "the stale replica was replaced: {st:?}"
+    );
+    assert_eq!(st.range.epoch.conf_ver, added.epoch.conf_ver);
+    cluster.shutdown().await;
+}
+
 /// A cluster whose leaders truncate their logs after a few dozen entries.
 async fn start_with_eager_log_gc(dir: &std::path::Path) -> LocalCluster {
     LocalCluster::start_new(dir, 3, |c| {
