@@ -585,14 +585,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn log_bytes_grow_with_appends_and_shrink_with_truncation() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
+    /// Range 7's storage, just bootstrapped with voters 1, 2 and 3, in a fresh engine.
+    fn bootstrapped(dir: &std::path::Path) -> (Arc<Engine>, ReplicaStorage) {
+        let engine = Arc::new(Engine::open(dir, &EngineConfig::default()).unwrap());
         let mut batch = engine.batch();
         ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
         engine.write(batch, Durability::Sync).unwrap();
-        let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::initial()).unwrap();
+        let s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::initial()).unwrap();
+        (engine, s)
+    }
+
+    #[test]
+    fn log_bytes_grow_with_appends_and_shrink_with_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
         assert_eq!(s.log_bytes(), 0);
         let mut batch = engine.batch();
         s.append(
@@ -671,11 +677,7 @@ mod tests {
     #[test]
     fn snapshots_are_asked_for_built_elsewhere_and_handed_out_once() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
-        let mut batch = engine.batch();
-        ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
-        engine.write(batch, Durability::Sync).unwrap();
-        let mut s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::initial()).unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
         let mut batch = engine.batch();
         s.append(
             &(6..=20).map(|i| entry(i, 6)).collect::<Vec<_>>(),
@@ -736,12 +738,8 @@ mod tests {
     #[test]
     fn append_overwrites_conflicting_suffix_compacts_and_survives_reload() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Arc::new(Engine::open(dir.path(), &EngineConfig::default()).unwrap());
-        let mut batch = engine.batch();
-        ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
-        engine.write(batch, Durability::Sync).unwrap();
+        let (engine, mut s) = bootstrapped(dir.path());
         let applied = ApplyState::initial();
-        let mut s = ReplicaStorage::load(engine.clone(), 7, &applied).unwrap();
         assert_eq!(
             (s.first_index().unwrap(), s.last_index()),
             (6, 5),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shale_rpc::client::{admin, ClientConfig, FIRST_RANGE_ID};
-use shale_rpc::{AdminReply, AdminRequest, RangeStatus};
+use shale_rpc::{AdminReply, AdminRequest, RangeDescriptor, RangeStatus};
 use shale_storage::cluster::{cluster_configs_joining, free_udp_ports, LocalCluster};
 use shale_storage::engine::Cf;
 
@@ -28,6 +28,25 @@ async fn must_admin(cluster: &LocalCluster, leader: usize, req: AdminRequest) ->
     admin(&transport, cluster.node(leader).unwrap().addr(), &req)
         .await
         .unwrap_or_else(|e| panic!("{req:?}: {e}"))
+}
+
+/// A membership change through the store at `leader`; the range's new descriptor.
+async fn must_change(cluster: &LocalCluster, leader: usize, req: AdminRequest) -> RangeDescriptor {
+    match must_admin(cluster, leader, req).await {
+        AdminReply::Changed(range) => range,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Removes the first range's replica on `store_id`; the range's new descriptor.
+async fn must_remove(cluster: &LocalCluster, leader: usize, store_id: u64) -> RangeDescriptor {
+    let req = AdminRequest::RemoveReplica {
+        range_id: FIRST_RANGE_ID,
+        store_id,
+    };
+    let removed = must_change(cluster, leader, req).await;
+    assert!(removed.replica_on(store_id).is_none());
+    removed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -67,7 +86,7 @@ async fn add_a_replica_on_a_new_store_while_writing_then_remove_an_old_one() {
         })
     };
     let before = first_range(&cluster, leader).await.unwrap().range.epoch;
-    let added = match must_admin(
+    let added = must_change(
         &cluster,
         leader,
         AdminRequest::AddReplica {
@@ -76,11 +95,7 @@ async fn add_a_replica_on_a_new_store_while_writing_then_remove_an_old_one() {
             addr: cluster.configs[3].listen_addr.clone(),
         },
     )
-    .await
-    {
-        AdminReply::Changed(range) => range,
-        other => panic!("{other:?}"),
-    };
+    .await;
     assert_eq!(added.replicas.len(), 4);
     assert_eq!(added.epoch.conf_ver, before.conf_ver + 1);
 
@@ -105,21 +120,8 @@ async fn add_a_replica_on_a_new_store_while_writing_then_remove_an_old_one() {
     // Remove a follower's replica (not the leader's).
     let victim = (0..3).find(|&i| i != leader).unwrap();
     let victim_store = cluster.configs[victim].store_id;
-    let removed = match must_admin(
-        &cluster,
-        leader,
-        AdminRequest::RemoveReplica {
-            range_id: FIRST_RANGE_ID,
-            store_id: victim_store,
-        },
-    )
-    .await
-    {
-        AdminReply::Changed(range) => range,
-        other => panic!("{other:?}"),
-    };
+    let removed = must_remove(&cluster, leader, victim_store).await;
     assert_eq!(removed.replicas.len(), 3);
-    assert!(removed.replica_on(victim_store).is_none());
     assert_eq!(removed.epoch.conf_ver, added.epoch.conf_ver + 1);
     let started = Instant::now();
     while first_range(&cluster, victim).await.is_some() {
@@ -165,24 +167,11 @@ async fn a_replica_removed_while_its_store_was_down_and_added_back_replaces_the_
     must_converge(&cluster, victim, &(0..100).collect::<Vec<_>>()).await;
     let old_id = first_range(&cluster, victim).await.unwrap().replica_id;
     cluster.stop_store(victim).await;
-    let removed = match must_admin(
-        &cluster,
-        leader,
-        AdminRequest::RemoveReplica {
-            range_id: FIRST_RANGE_ID,
-            store_id: victim_store,
-        },
-    )
-    .await
-    {
-        AdminReply::Changed(range) => range,
-        other => panic!("{other:?}"),
-    };
-    assert!(removed.replica_on(victim_store).is_none());
+    must_remove(&cluster, leader, victim_store).await;
     for i in 100..200 {
         must_put(&client, i).await;
     }
-    let added = match must_admin(
+    let added = must_change(
         &cluster,
         leader,
         AdminRequest::AddReplica {
@@ -191,11 +180,7 @@ async fn a_replica_removed_while_its_store_was_down_and_added_back_replaces_the_
             addr: cluster.configs[victim].listen_addr.clone(),
         },
     )
-    .await
-    {
-        AdminReply::Changed(range) => range,
-        other => panic!("{other:?}"),
-    };
+    .await;
     let new_id = added.replica_on(victim_store).unwrap().id;
     assert!(new_id > old_id, "replica ids only grow");
     let removed_at = first_range(&cluster, leader).await.unwrap().last_index;
@@ -274,6 +259,19 @@ async fn lag_behind_a_truncation(
     cut_at
 }
 
+/// A cluster with eager log truncation whose store `lagging` is partitioned away and
+/// behind the leader's truncated log; with a client, `lagging` and where it was cut off.
+async fn with_a_lagging_replica(
+    dir: &std::path::Path,
+) -> (LocalCluster, shale_rpc::client::KvClient, usize, u64) {
+    let cluster = start_with_eager_log_gc(dir).await;
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let lagging = (leader + 1) % 3;
+    let client = cluster.client().unwrap();
+    let cut_at = lag_behind_a_truncation(&cluster, &client, leader, lagging).await;
+    (cluster, client, lagging, cut_at)
+}
+
 /// `lagging` holds `keys` and got them by a snapshot past `cut_at`, not by the log.
 async fn must_catch_up_by_snapshot(
     cluster: &LocalCluster,
@@ -292,11 +290,7 @@ async fn must_catch_up_by_snapshot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncated() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = start_with_eager_log_gc(dir.path()).await;
-    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
-    let lagging = (leader + 1) % 3;
-    let client = cluster.client().unwrap();
-    let cut_at = lag_behind_a_truncation(&cluster, &client, leader, lagging).await;
+    let (cluster, _client, lagging, cut_at) = with_a_lagging_replica(dir.path()).await;
     cluster
         .node(lagging)
         .unwrap()
@@ -313,11 +307,7 @@ async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncate
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_range_keeps_serving_writes_while_its_snapshot_is_built() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = start_with_eager_log_gc(dir.path()).await;
-    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
-    let lagging = (leader + 1) % 3;
-    let client = cluster.client().unwrap();
-    let cut_at = lag_behind_a_truncation(&cluster, &client, leader, lagging).await;
+    let (cluster, client, lagging, cut_at) = with_a_lagging_replica(dir.path()).await;
     let hold = |on: bool| {
         for i in 0..cluster.len() {
             cluster.node(i).unwrap().faults().hold_snapshot_builds(on);
