@@ -70,9 +70,17 @@ pub fn spawn_build(
         .name(thread_name)
         .spawn(move || {
             let range_id = job.range.id;
-            let result = build(&engine, job, || {
-                let _ = pinned_tx.send(());
-                faults.snapshot_build_may_go();
+            // `done` must run whatever happens: the loop counts the build until it does.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                build(&engine, job, || {
+                    let _ = pinned_tx.send(());
+                    faults.snapshot_build_may_go();
+                })
+            }))
+            .unwrap_or_else(|_| {
+                Err(StorageError::Engine(format!(
+                    "snapshot build of range {range_id} panicked"
+                )))
             });
             done(range_id, result);
         })
