@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 #[derive(Default)]
 pub struct StoreMetrics {
     pub rounds: Counter,
+    pub slow_rounds: Counter,
     pub fsyncs: Counter,
     pub log_entries: Counter,
     pub applied_entries: Counter,
@@ -93,6 +94,11 @@ pub fn register(registry: &mut Registry) {
         "shale_store_size_check_scans",
         "Size checks that scanned their range (the rest were under the bound by estimate)",
         m.size_check_scans.clone(),
+    );
+    registry.register(
+        "shale_store_slow_rounds",
+        "Store loop rounds that took 100 ms or more (every range on the store waited)",
+        m.slow_rounds.clone(),
     );
     registry.register(
         "shale_store_snapshots_built",

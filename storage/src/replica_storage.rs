@@ -2,7 +2,7 @@
 //! engine's Raft column family with the recent tail cached in memory. Writes go into the
 //! round's shared WriteBatch; this type only tracks what that batch will make true.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,11 +50,21 @@ pub struct ReplicaStorage {
     log_bytes: u64,
     /// The range and applied point, for building snapshots.
     snapshot_source: Option<SnapshotSource>,
-    /// Raft asked for a snapshot that is not built yet; the store loop starts a build.
-    snapshot_wanted: Cell<bool>,
-    /// A snapshot built off the loop, kept until raft takes it (or it grows stale), and
-    /// when it was built.
-    snapshot_built: RefCell<Option<(Snapshot, Instant)>>,
+    /// Where the snapshot raft asks for stands (built off the store loop).
+    snapshot: RefCell<SnapshotState>,
+}
+
+/// A replica's snapshot for its followers: at most one is built or kept at a time.
+#[derive(Debug, Default)]
+enum SnapshotState {
+    #[default]
+    Idle,
+    /// Raft asked; the store loop starts a build (`take_build_job`).
+    Wanted,
+    /// Being built off the loop.
+    Building,
+    /// Built, kept until raft takes it (or it grows stale), and when it was built.
+    Built(Snapshot, Instant),
 }
 
 /// What a snapshot of a replica is built from, kept current by the replica.
@@ -151,8 +161,7 @@ impl ReplicaStorage {
             cache_bytes: 0,
             log_bytes: 0,
             snapshot_source: None,
-            snapshot_wanted: Cell::new(false),
-            snapshot_built: RefCell::new(None),
+            snapshot: RefCell::new(SnapshotState::Idle),
         })
     }
 
@@ -255,21 +264,24 @@ impl ReplicaStorage {
         self.snapshot_source = Some(source);
     }
 
-    /// Whether raft asked for a snapshot that is not built yet.
+    /// Whether raft asked for a snapshot that is not being built or kept already.
     pub fn wants_snapshot(&self) -> bool {
-        self.snapshot_wanted.get()
+        matches!(*self.snapshot.borrow(), SnapshotState::Wanted)
     }
 
     /// What to build the snapshot raft asked for from: the range as applied now. Call
     /// only when every applied write is in the engine (between rounds).
     pub fn take_build_job(&mut self) -> Option<BuildJob> {
-        if !self.snapshot_wanted.replace(false) {
+        let state = self.snapshot.get_mut();
+        if !matches!(state, SnapshotState::Wanted) {
             return None;
         }
+        *state = SnapshotState::Idle;
         let source = self.snapshot_source.as_ref()?;
         if source.applied_index == 0 {
             return None;
         }
+        *self.snapshot.get_mut() = SnapshotState::Building;
         Some(BuildJob {
             range: source.range.clone(),
             index: source.applied_index,
@@ -280,21 +292,21 @@ impl ReplicaStorage {
 
     /// Keeps a built snapshot for raft's next request.
     pub fn offer_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
-        *self.snapshot_built.borrow_mut() = Some((snapshot, now));
+        *self.snapshot.get_mut() = SnapshotState::Built(snapshot, now);
     }
 
     /// Drops a built snapshot nobody took within `max_age` (its follower went away).
     pub fn expire_snapshot(&mut self, max_age: Duration) {
-        let built = self.snapshot_built.get_mut();
-        if built.as_ref().is_some_and(|(_, at)| at.elapsed() > max_age) {
-            *built = None;
+        let state = self.snapshot.get_mut();
+        if matches!(state, SnapshotState::Built(_, at) if at.elapsed() > max_age) {
+            *state = SnapshotState::Idle;
         }
     }
 
-    /// Forgets any wanted or built snapshot (the replica stopped leading).
+    /// Forgets any wanted, building or built snapshot (the replica stopped leading, or
+    /// a build failed); a build still running is ignored when it ends.
     pub fn drop_snapshot(&mut self) {
-        self.snapshot_wanted.set(false);
-        *self.snapshot_built.get_mut() = None;
+        *self.snapshot.get_mut() = SnapshotState::Idle;
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -556,14 +568,20 @@ impl raft::Storage for ReplicaStorage {
     /// `take_build_job`). Raft asks again at the follower's next heartbeat response, or
     /// when the built snapshot is offered.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if let Some((snapshot, _)) = self.snapshot_built.borrow_mut().take() {
-            let index = snapshot.get_metadata().index;
-            // From an older one the follower would need entries truncated since.
-            if index >= request_index && index >= self.truncated_index {
-                return Ok(snapshot);
+        let mut state = self.snapshot.borrow_mut();
+        match std::mem::take(&mut *state) {
+            SnapshotState::Built(snapshot, _) => {
+                let index = snapshot.get_metadata().index;
+                // From an older one the follower would need entries truncated since.
+                if index >= request_index && index >= self.truncated_index {
+                    return Ok(snapshot);
+                }
+                *state = SnapshotState::Wanted;
             }
+            // One build at a time: its snapshot will do.
+            SnapshotState::Building => *state = SnapshotState::Building,
+            SnapshotState::Idle | SnapshotState::Wanted => *state = SnapshotState::Wanted,
         }
-        self.snapshot_wanted.set(true);
         Err(raft::Error::Store(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
@@ -703,6 +721,9 @@ mod tests {
         assert_eq!((job.index, job.term, job.range.id), (12, 6, 7));
         assert_eq!(job.conf_state.voters, vec![1, 2, 3]);
         assert!(!s.wants_snapshot(), "taken");
+        assert_eq!(s.snapshot(0, 2).unwrap_err(), unavailable);
+        assert!(!s.wants_snapshot(), "one build at a time");
+        assert!(s.take_build_job().is_none());
         let built = |index: u64| {
             let mut snapshot = Snapshot::default();
             snapshot.mut_metadata().index = index;

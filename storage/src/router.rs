@@ -66,6 +66,9 @@ impl RaftRouter {
 
 /// Snapshots being sent at once; more wait for a slot (the loop never blocks on it).
 const SNAPSHOTS_SENDING_MAX: usize = 2;
+/// How long after a snapshot was sent its success is reported to raft, in case the
+/// follower's own answer (after it installed it) never comes.
+const SNAPSHOT_INSTALL_GRACE: Duration = Duration::from_secs(10);
 
 /// Streams one snapshot message in chunk frames on a fresh one-way stream.
 async fn send_snapshot(
@@ -135,8 +138,13 @@ impl RaftSender for RaftRouter {
                 }
                 Err(_) => Err("snapshot slots closed".to_string()),
             };
-            if let Err(reason) = &result {
-                info!(range_id, to_store, %reason, "snapshot send failed");
+            match &result {
+                Err(reason) => info!(range_id, to_store, %reason, "snapshot send failed"),
+                // The receiver still has to check and install it. Raft resumes sending
+                // entries once the follower's answer shows it installed (as it normally
+                // does well within this); reporting success at once would let appends
+                // race the install, be refused, and have a second snapshot built.
+                Ok(()) => tokio::time::sleep(SNAPSHOT_INSTALL_GRACE).await,
             }
             let report = StoreMsg::SnapshotReport {
                 range_id,

@@ -68,6 +68,7 @@ pub struct Store<S: RaftSender> {
     early: EarlyMessages,
     /// Snapshot builds running off the loop (at most `SNAPSHOT_BUILDS_MAX`).
     snapshot_builds: usize,
+    slow_rounds: SlowRounds,
     faults: Arc<Faults>,
 }
 
@@ -107,6 +108,7 @@ impl<S: RaftSender> Store<S> {
             unsynced: HeldReadies::default(),
             early: EarlyMessages::default(),
             snapshot_builds: 0,
+            slow_rounds: SlowRounds::default(),
             faults: Arc::default(),
         }
     }
@@ -128,7 +130,9 @@ impl<S: RaftSender> Store<S> {
         let mut running = true;
         while running {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
+            let received = rx.recv_timeout(wait);
+            let started = Instant::now();
+            match received {
                 Ok(msg) => running = self.handle(msg),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => running = false,
@@ -190,6 +194,8 @@ impl<S: RaftSender> Store<S> {
             }
             self.round(&active);
             self.start_snapshot_builds(&active);
+            self.slow_rounds
+                .record(self.store_id, started.elapsed(), active.len());
         }
         // The sync thread may be blocked handing a report to this queue: let it go.
         drop(rx);
@@ -283,8 +289,11 @@ impl<S: RaftSender> Store<S> {
                         r.offer_snapshot(snapshot);
                     }
                     (Ok(_), None) => {}
-                    (Err(error), _) => {
+                    (Err(error), r) => {
                         warn!(store_id = self.store_id, range_id, %error, "snapshot build failed");
+                        if let Some(r) = r {
+                            r.snapshot_build_failed();
+                        }
                     }
                 }
             }
@@ -831,6 +840,44 @@ impl<S: RaftSender> Store<S> {
     }
 }
 
+/// A round at least this long held up every range on its store: counted and logged.
+const SLOW_ROUND: Duration = Duration::from_millis(100);
+/// Slow rounds are logged at most this often (their count covers the rest).
+const SLOW_ROUND_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Counts rounds (message handling, ticks, persistence and apply) that took longer than
+/// `SLOW_ROUND`, and logs them at most once per `SLOW_ROUND_LOG_EVERY`.
+#[derive(Default)]
+struct SlowRounds {
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl SlowRounds {
+    fn record(&mut self, store_id: StoreId, took: Duration, ranges: usize) {
+        if took < SLOW_ROUND {
+            return;
+        }
+        METRICS.slow_rounds.inc();
+        self.unlogged += 1;
+        if self
+            .logged
+            .is_some_and(|at| at.elapsed() < SLOW_ROUND_LOG_EVERY)
+        {
+            return;
+        }
+        warn!(
+            store_id,
+            ms = took.as_millis() as u64,
+            ranges,
+            slow_rounds = self.unlogged,
+            "slow store round: every range on this store waited for it"
+        );
+        self.logged = Some(Instant::now());
+        self.unlogged = 0;
+    }
+}
+
 /// The parts of `range`'s key span that none of `others` covers, as `[start, end)`.
 fn unowned_spans<'a>(
     range: &RangeDescriptor,
@@ -904,5 +951,25 @@ mod unowned_tests {
         );
         assert!(unowned_spans(&r("m", "p"), [r("a", "")].iter()).is_empty());
         assert_eq!(unowned_spans(&r("a", "b"), std::iter::empty()).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod slow_round_tests {
+    use super::*;
+
+    #[test]
+    fn slow_rounds_are_counted_and_logged_at_most_once_a_second() {
+        let mut slow = SlowRounds::default();
+        let before = METRICS.slow_rounds.get();
+        slow.record(1, SLOW_ROUND / 2, 10);
+        assert_eq!((slow.logged.is_some(), slow.unlogged), (false, 0), "fast");
+        slow.record(1, SLOW_ROUND, 10);
+        assert!(slow.logged.is_some(), "the first slow round is logged");
+        assert_eq!(slow.unlogged, 0);
+        slow.record(1, SLOW_ROUND * 3, 10);
+        slow.record(1, SLOW_ROUND * 2, 10);
+        assert_eq!(slow.unlogged, 2, "within a second: counted, not logged");
+        assert!(METRICS.slow_rounds.get() >= before + 3);
     }
 }

@@ -424,6 +424,11 @@ impl Replica {
         true
     }
 
+    /// A build this replica asked for failed: raft's next request starts another.
+    pub fn snapshot_build_failed(&mut self) {
+        self.node.mut_store().drop_snapshot();
+    }
+
     /// Whether raft asked for a snapshot that is not built yet (`take_snapshot_job`).
     pub fn wants_snapshot(&self) -> bool {
         self.node.store().wants_snapshot()
@@ -443,6 +448,7 @@ impl Replica {
     /// being probed (one of them asked for it). False if this replica no longer leads.
     pub fn offer_snapshot(&mut self, snapshot: Snapshot) -> bool {
         if !self.is_leader() {
+            self.node.mut_store().drop_snapshot();
             return false;
         }
         self.node
