@@ -597,18 +597,19 @@ impl StoreService {
             Ok(None) => return,
             Err(reason) => return warn!(from_store, %reason, "snapshot chunk refused"),
         };
-        if let Err(reason) = check_snapshot_message(&message) {
-            return warn!(range_id, from_store, %reason, "snapshot refused");
-        }
-        let batch = RaftBatch {
-            from_store,
-            to_store: self.store_id,
-            messages: vec![RaftEnvelope { range_id, message }],
-            hibernate: Vec::new(),
-        };
-        // A snapshot is too costly to drop on a full queue: wait for room.
-        let tx = self.tx.clone();
+        let (tx, store_id) = (self.tx.clone(), self.store_id);
+        // Checking decodes the whole snapshot (many MiB): not on the runtime's workers.
         tokio::task::spawn_blocking(move || {
+            if let Err(reason) = check_snapshot_message(&message) {
+                return warn!(range_id, from_store, %reason, "snapshot refused");
+            }
+            let batch = RaftBatch {
+                from_store,
+                to_store: store_id,
+                messages: vec![RaftEnvelope { range_id, message }],
+                hibernate: Vec::new(),
+            };
+            // A snapshot is too costly to drop on a full queue: wait for room.
             let _ = tx.send(StoreMsg::Raft(batch));
         });
     }

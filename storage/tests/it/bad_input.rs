@@ -118,3 +118,98 @@ async fn oversized_and_empty_keys_and_values_are_refused_and_change_nothing() {
     );
     cluster.shutdown().await;
 }
+
+/// Snapshot streams that do not hold a well-formed snapshot of a range (not a Raft
+/// message, a message of another kind, snapshot data that does not decode, chunks out of
+/// order) are refused where they arrive: the store's replica keeps its data and state and
+/// the range keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_snapshot_streams_are_refused_and_change_nothing() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{Message, MessageType};
+    use shale_storage::snapshot::SnapshotChunk;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = cluster.client().unwrap();
+    for i in 0..50 {
+        must_put(&client, i).await;
+    }
+    let leader = cluster.leader().await.unwrap();
+    let victim = (leader + 1) % 3;
+    must_converge(&cluster, victim, &(0..50).collect::<Vec<_>>()).await;
+    let status = |i: usize| {
+        let node = cluster.node(i).unwrap();
+        async move {
+            node.status()
+                .await
+                .into_iter()
+                .find(|s| s.range.id == FIRST_RANGE_ID)
+                .unwrap()
+        }
+    };
+    let before = status(victim).await;
+
+    let raft_message = |kind: MessageType, data: &[u8]| {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.to = before.replica_id;
+        m.from = 1;
+        m.term = before.term + 100;
+        m.mut_snapshot().data = Bytes::copy_from_slice(data);
+        m.mut_snapshot().mut_metadata().index = before.applied_index + 1_000;
+        m.mut_snapshot().mut_metadata().term = before.term + 100;
+        Bytes::from(m.write_to_bytes().unwrap())
+    };
+    let chunk = |transfer_id: u64, seq: u32, chunks: u32, total: u64, data: Bytes| SnapshotChunk {
+        from_store: cluster.configs[leader].store_id,
+        to_store: cluster.configs[victim].store_id,
+        range_id: FIRST_RANGE_ID,
+        transfer_id,
+        seq,
+        chunks,
+        total_bytes: total,
+        data,
+    };
+    let whole = |transfer_id: u64, message: Bytes| {
+        vec![chunk(transfer_id, 0, 1, message.len() as u64, message)]
+    };
+    let garbage = Bytes::from_static(b"\xff\xfe not a raft message at all");
+    let snapshot = raft_message(MessageType::MsgSnapshot, b"\x07 not snapshot data");
+    let streams = vec![
+        whole(1, garbage.clone()),
+        whole(2, raft_message(MessageType::MsgAppend, b"")),
+        whole(3, snapshot.clone()),
+        // The second half first, then a total the halves do not add up to.
+        vec![
+            chunk(4, 1, 2, snapshot.len() as u64, snapshot.slice(10..)),
+            chunk(4, 0, 2, snapshot.len() as u64, snapshot.slice(..10)),
+        ],
+        vec![chunk(5, 0, 1, snapshot.len() as u64 + 5, snapshot.clone())],
+    ];
+    let transport = Transport::client(&cluster.identity, TransportConfig::default()).unwrap();
+    let addr = cluster.node(victim).unwrap().addr();
+    for chunks in streams {
+        let mut stream = transport.open_oneway(addr).await.unwrap();
+        for c in &chunks {
+            let frame = Frame::encode(FrameKind::SnapshotChunk, c).unwrap();
+            stream.send(&frame).await.unwrap();
+        }
+        stream.finish().await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let after = status(victim).await;
+    assert_eq!(after.replica_id, before.replica_id);
+    assert_eq!(after.range, before.range, "descriptor unchanged");
+    assert!(
+        after.applied_index >= before.applied_index
+            && after.applied_index < before.applied_index + 1_000,
+        "no snapshot taken: {before:?} -> {after:?}"
+    );
+    for i in 50..60 {
+        must_put(&client, i).await;
+    }
+    must_converge(&cluster, victim, &(0..60).collect::<Vec<_>>()).await;
+    cluster.shutdown().await;
+}
