@@ -25,6 +25,12 @@ pub(crate) fn decoding_from<T>(body: &Bytes, decode: impl FnOnce() -> T) -> T {
     decode()
 }
 
+/// Decodes `T` (postcard) from `body`, its marked fields as slices of `body`: for
+/// payloads carried whole in another message (a Raft snapshot's data, say).
+pub fn decode<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, postcard::Error> {
+    decoding_from(body, || postcard::from_bytes(body))
+}
+
 /// `v` as a slice of the buffer being decoded when it lies inside it; else a copy.
 fn share(v: &[u8]) -> Bytes {
     SOURCE.with_borrow(|source| match source {

@@ -681,8 +681,9 @@ fn client_err(e: ClientError) -> KvError {
 }
 
 /// A received snapshot must be a well-formed Raft snapshot message of a range.
-fn check_snapshot_message(message: &[u8]) -> Result<(), String> {
-    let m = raft::eraftpb::Message::parse_from_bytes(message).map_err(|e| e.to_string())?;
+fn check_snapshot_message(message: &Bytes) -> Result<(), String> {
+    let m =
+        raft::eraftpb::Message::parse_from_carllerche_bytes(message).map_err(|e| e.to_string())?;
     if m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
         return Err(format!(
             "a {:?} message on the snapshot stream",

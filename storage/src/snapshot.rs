@@ -28,12 +28,14 @@ const ASSEMBLY_IDLE_MAX: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotData {
     pub range: RangeDescriptor,
+    #[serde(deserialize_with = "shale_rpc::shared::pairs")]
     pub pairs: Vec<(Bytes, Bytes)>,
 }
 
 impl SnapshotData {
-    pub fn decode(data: &[u8]) -> Result<SnapshotData, StorageError> {
-        Ok(postcard::from_bytes(data)?)
+    /// Decodes a snapshot's data; its pairs are slices of `data`, not copies.
+    pub fn decode(data: &Bytes) -> Result<SnapshotData, StorageError> {
+        Ok(shale_rpc::shared::decode(data)?)
     }
 }
 
@@ -313,6 +315,14 @@ mod tests {
         assert_eq!(meta.get_conf_state().voters, vec![1, 2, 3]);
         let data = SnapshotData::decode(&snapshot.data).unwrap();
         assert_eq!(data.range, range);
+        let (base, len) = (snapshot.data.as_ptr() as usize, snapshot.data.len());
+        assert!(
+            data.pairs.iter().all(|(_, v)| {
+                let at = v.as_ptr() as usize;
+                at >= base && at + v.len() <= base + len
+            }),
+            "decoded pairs are slices of the snapshot's data, not copies"
+        );
         let pairs: Vec<(&[u8], &[u8])> = data
             .pairs
             .iter()
