@@ -66,9 +66,15 @@ impl RaftRouter {
 
 /// Snapshots being sent at once; more wait for a slot (the loop never blocks on it).
 const SNAPSHOTS_SENDING_MAX: usize = 2;
-/// How long after a snapshot was sent its success is reported to raft, in case the
-/// follower's own answer (after it installed it) never comes.
-const SNAPSHOT_INSTALL_GRACE: Duration = Duration::from_secs(10);
+/// How long after a snapshot of `bytes` was sent its success is reported to raft, in
+/// case the follower's own answer (after it installed it) never comes: a second, and
+/// one per 16 MiB (installs here take about 0.2 s for 64 MiB), at most 10 s. A snapshot
+/// the receiver refused after taking all of it (it was busy) is retried after this.
+fn install_grace(bytes: u64) -> Duration {
+    const BYTES_PER_SEC: u64 = 16 << 20;
+    const MAX: Duration = Duration::from_secs(10);
+    (Duration::from_secs(1) + Duration::from_millis(bytes * 1000 / BYTES_PER_SEC)).min(MAX)
+}
 
 /// Streams one snapshot message in chunk frames on a fresh one-way stream.
 async fn send_snapshot(
@@ -132,7 +138,10 @@ impl RaftSender for RaftRouter {
                     })
                     .await;
                     match encoded {
-                        Ok(chunks) => send_snapshot(transport, addr, chunks).await,
+                        Ok(chunks) => {
+                            let bytes = chunks.first().map_or(0, |c| c.total_bytes);
+                            send_snapshot(transport, addr, chunks).await.map(|()| bytes)
+                        }
                         Err(e) => Err(format!("encoding the snapshot: {e}")),
                     }
                 }
@@ -144,7 +153,7 @@ impl RaftSender for RaftRouter {
                 // entries once the follower's answer shows it installed (as it normally
                 // does well within this); reporting success at once would let appends
                 // race the install, be refused, and have a second snapshot built.
-                Ok(()) => tokio::time::sleep(SNAPSHOT_INSTALL_GRACE).await,
+                Ok(bytes) => tokio::time::sleep(install_grace(*bytes)).await,
             }
             let report = StoreMsg::SnapshotReport {
                 range_id,
@@ -226,5 +235,17 @@ impl PeerSender {
         }
         let stream = self.stream.as_mut().expect("just opened");
         stream.send(&frame).await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_grace_grows_with_the_snapshot_within_bounds() {
+        assert_eq!(install_grace(0), Duration::from_secs(1));
+        assert_eq!(install_grace(64 << 20), Duration::from_secs(5));
+        assert_eq!(install_grace(512 << 20), Duration::from_secs(10));
     }
 }
