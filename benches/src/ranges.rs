@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use serde::Serialize;
+use shale_placement::cluster::PlacedCluster;
 use shale_rpc::client::KvClient;
 use shale_storage::cluster::LocalCluster;
+use shale_storage::node::StoreNode;
 
 use crate::kv::{cluster_phases, key_of, KvBenchOptions, Phases};
 use crate::stats::{process_cpu_seconds, OpStats, ThreadCpu};
@@ -320,6 +322,8 @@ impl PerPut {
 pub struct IdleReport {
     pub stores: usize,
     pub ranges: u64,
+    /// A placement node ran too (its CPU and memory are counted with the stores').
+    pub placement: bool,
     pub setup_seconds: f64,
     pub measured_seconds: f64,
     pub hibernating_replicas: usize,
@@ -332,24 +336,87 @@ pub struct IdleReport {
     pub cpu_percent_per_store: f64,
 }
 
-/// Starts `stores` stores, splits into `ranges` ranges, lets them go idle, and measures
-/// memory and CPU over `measure`.
+/// The cluster an idle measurement runs on: stores alone, or stores with a placement
+/// node (heartbeats every second, leaders balanced), as a real cluster runs.
+enum IdleCluster {
+    Local(LocalCluster),
+    Placed(PlacedCluster),
+}
+
+impl IdleCluster {
+    fn client(&self) -> anyhow::Result<KvClient> {
+        Ok(match self {
+            IdleCluster::Local(c) => c.client()?,
+            IdleCluster::Placed(c) => c.client()?,
+        })
+    }
+
+    fn store(&self, i: usize) -> Option<&StoreNode> {
+        match self {
+            IdleCluster::Local(c) => c.node(i),
+            IdleCluster::Placed(c) => c.store(i),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            IdleCluster::Local(c) => c.shutdown().await,
+            IdleCluster::Placed(c) => c.shutdown().await,
+        }
+    }
+
+    /// Replicas in all, and how many of them hibernate.
+    async fn hibernating(&self, stores: usize) -> (usize, usize) {
+        let (mut replicas, mut hibernating) = (0, 0);
+        for i in 0..stores {
+            if let Some(node) = self.store(i) {
+                let status = node.status().await;
+                replicas += status.len();
+                hibernating += status.iter().filter(|s| s.hibernating).count();
+            }
+        }
+        (replicas, hibernating)
+    }
+}
+
+/// Longest wait for the ranges to go idle (with placement, for its leader moves to end).
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+
+/// Starts `stores` stores (with a placement node if `placement`), splits into `ranges`
+/// ranges, lets them go idle, and measures memory and CPU over `measure`.
 pub async fn idle_ranges(
     dir: &std::path::Path,
     stores: usize,
     ranges: u64,
+    placement: bool,
     measure: Duration,
 ) -> anyhow::Result<IdleReport> {
     let started = Instant::now();
-    let cluster = LocalCluster::start_new(dir, stores, |_| {}).await?;
-    cluster
-        .wait_leader(Duration::from_secs(10))
-        .await
-        .context("no leader")?;
+    let cluster = if placement {
+        IdleCluster::Placed(
+            PlacedCluster::start_new(dir, 1, stores, stores.min(3), |_| {}, |_, _| {}).await?,
+        )
+    } else {
+        let cluster = LocalCluster::start_new(dir, stores, |_| {}).await?;
+        cluster
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .context("no leader")?;
+        IdleCluster::Local(cluster)
+    };
     let client = Arc::new(cluster.client()?);
     presplit(client, ranges, 1_000_000_000, 16).await?;
     let setup_seconds = started.elapsed().as_secs_f64();
-    // Give every range time to go idle and hibernate.
+    // Give every range time to go idle and hibernate (with placement, its leader moves
+    // wake ranges for a while): until nearly all replicas sleep, then 5 s more.
+    let settling = Instant::now();
+    while settling.elapsed() < SETTLE_MAX {
+        let (replicas, hibernating) = cluster.hibernating(stores).await;
+        if hibernating * 100 >= replicas * 99 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let cpu_before = process_cpu_seconds()?;
     let t = Instant::now();
@@ -357,20 +424,13 @@ pub async fn idle_ranges(
     let cpu = process_cpu_seconds()? - cpu_before;
     let measured_seconds = t.elapsed().as_secs_f64();
     let rss_bytes = process_rss_bytes()?;
-    let mut hibernating_replicas = 0;
-    let mut replicas = 0;
-    for i in 0..stores {
-        if let Some(node) = cluster.node(i) {
-            let status = node.status().await;
-            replicas += status.len();
-            hibernating_replicas += status.iter().filter(|s| s.hibernating).count();
-        }
-    }
+    let (replicas, hibernating_replicas) = cluster.hibernating(stores).await;
     cluster.shutdown().await;
     let cpu_percent = cpu / measured_seconds * 100.0;
     Ok(IdleReport {
         stores,
         ranges,
+        placement,
         setup_seconds,
         measured_seconds,
         hibernating_replicas,

@@ -348,6 +348,11 @@ pub struct IdleBenchArgs {
     /// Seconds to measure once every range is idle.
     #[arg(long, default_value_t = 10)]
     measure_secs: u64,
+    /// Run a placement node too, as a real cluster does: each store then sends a
+    /// heartbeat every second (with the state of every replica it holds) and placement
+    /// balances leaders before the measurement. Its CPU and memory count with the stores'.
+    #[arg(long)]
+    placement: bool,
     /// Folder for the local cluster (default: a temp folder).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -433,6 +438,7 @@ async fn idle(args: IdleBenchArgs) -> anyhow::Result<()> {
         temp.path(),
         args.stores,
         args.ranges,
+        args.placement,
         Duration::from_secs(args.measure_secs),
     )
     .await?;
@@ -440,8 +446,15 @@ async fn idle(args: IdleBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else {
         println!(
-            "{} idle ranges on {} stores (set up in {:.1} s)",
-            rep.ranges, rep.stores, rep.setup_seconds
+            "{} idle ranges on {} stores{} (set up in {:.1} s)",
+            rep.ranges,
+            rep.stores,
+            if rep.placement {
+                " and a placement node"
+            } else {
+                ""
+            },
+            rep.setup_seconds
         );
         println!(
             "  hibernating replicas: {} of {}",

@@ -264,3 +264,33 @@ fn bench_list_times_pages_of_a_big_bucket_beside_a_one_page_bucket() {
         check_phase(&v[phase]);
     }
 }
+
+/// `shale bench idle`, with and without a placement node: every replica hibernates before
+/// the measurement and the report says which cluster it measured.
+#[test]
+fn bench_idle_reports_hibernating_ranges_with_and_without_placement() {
+    for placement in [false, true] {
+        let mut args = vec![
+            "bench",
+            "idle",
+            "--ranges",
+            "24",
+            "--measure-secs",
+            "1",
+            "--json",
+        ];
+        if placement {
+            args.push("--placement");
+        }
+        let rep = run_json(&args);
+        assert_eq!(rep["placement"], placement, "{rep}");
+        assert_eq!(rep["ranges"], 24, "{rep}");
+        let replicas = rep["replicas"].as_u64().unwrap();
+        assert!(replicas >= 24 * 3, "three replicas of each range: {rep}");
+        assert!(
+            rep["hibernating_replicas"].as_u64().unwrap() * 100 >= replicas * 99,
+            "the ranges went idle: {rep}"
+        );
+        assert!(rep["rss_bytes"].as_u64().unwrap() > 0, "{rep}");
+    }
+}
