@@ -66,6 +66,9 @@ pub struct Store<S: RaftSender> {
     unsynced: HeldReadies,
     /// Messages for ranges a split here may be about to create.
     early: EarlyMessages,
+    /// Replicas that may be awake (ticking): every one that is not hibernating, and
+    /// some that just went to sleep (dropped at the next tick).
+    awake: BTreeSet<RangeId>,
     /// Snapshot builds running off the loop (at most `SNAPSHOT_BUILDS_MAX`).
     snapshot_builds: usize,
     slow_rounds: SlowRounds,
@@ -107,6 +110,7 @@ impl<S: RaftSender> Store<S> {
             active: BTreeSet::new(),
             unsynced: HeldReadies::default(),
             early: EarlyMessages::default(),
+            awake: BTreeSet::new(),
             snapshot_builds: 0,
             slow_rounds: SlowRounds::default(),
             faults: Arc::default(),
@@ -126,6 +130,8 @@ impl<S: RaftSender> Store<S> {
             ranges = self.replicas.len(),
             "store loop started"
         );
+        // Every replica starts awake; those that sleep leave the set at their next tick.
+        self.awake = self.replicas.keys().copied().collect();
         let mut next_tick = Instant::now() + self.tick;
         let mut running = true;
         while running {
@@ -149,25 +155,25 @@ impl<S: RaftSender> Store<S> {
             }
             if Instant::now() >= next_tick {
                 let mut asleep: HashMap<StoreId, Vec<RangeId>> = HashMap::new();
-                let (mut leaders, mut sleeping) = (0i64, 0i64);
-                for r in self.replicas.values_mut() {
+                // Only awake replicas tick (a hibernating one would return at once): with
+                // thousands of idle ranges, visiting each every tick was most of an idle
+                // store's CPU.
+                let replicas = &mut self.replicas;
+                let active = &mut self.active;
+                self.awake.retain(|id| {
+                    let Some(r) = replicas.get_mut(id) else {
+                        return false;
+                    };
                     if r.tick() {
-                        self.active.insert(r.range.id);
+                        active.insert(*id);
                     }
-                    leaders += i64::from(r.is_leader());
-                    sleeping += i64::from(r.is_hibernating());
                     if r.try_hibernate(self.raft.hibernate_after_ticks) {
                         for store in r.follower_stores() {
-                            asleep.entry(store).or_default().push(r.range.id);
+                            asleep.entry(store).or_default().push(*id);
                         }
                     }
-                }
-                METRICS.set_store_gauges(
-                    &self.gauge_label,
-                    self.replicas.len() as i64,
-                    leaders,
-                    sleeping,
-                );
+                    !r.is_hibernating()
+                });
                 for (to_store, hibernate) in asleep {
                     self.sender.send(RaftBatch {
                         from_store: self.store_id,
@@ -176,8 +182,13 @@ impl<S: RaftSender> Store<S> {
                         hibernate,
                     });
                 }
-                self.request_split_checks();
                 self.ticks += 1;
+                // Passes over every replica, awake or not, once a second.
+                let all = self.ticks.is_multiple_of(SLOW_PASS_TICKS);
+                self.request_split_checks(all);
+                if all {
+                    self.set_gauges();
+                }
                 if self.ticks.is_multiple_of(self.log_gc.interval_ticks) {
                     self.log_gc();
                     self.early.expire(Instant::now());
@@ -194,6 +205,8 @@ impl<S: RaftSender> Store<S> {
             }
             self.round(&active);
             self.start_snapshot_builds(&active);
+            // Whatever a round touched may have woken (a request, a message).
+            self.awake.extend(active.iter().copied());
             self.slow_rounds
                 .record(self.store_id, started.elapsed(), active.len());
         }
@@ -817,11 +830,37 @@ impl<S: RaftSender> Store<S> {
         info!(store_id = self.store_id, range_id, "replica destroyed");
     }
 
+    /// Sets the store's gauges: replicas, leaders, hibernating replicas.
+    fn set_gauges(&self) {
+        let (mut leaders, mut sleeping) = (0i64, 0i64);
+        for r in self.replicas.values() {
+            leaders += i64::from(r.is_leader());
+            sleeping += i64::from(r.is_hibernating());
+        }
+        METRICS.set_store_gauges(
+            &self.gauge_label,
+            self.replicas.len() as i64,
+            leaders,
+            sleeping,
+        );
+    }
+
     /// Asks for a size check of every leader range that took enough writes since its last.
-    fn request_split_checks(&mut self) {
+    /// Only awake leaders unless `all`: writes wake a range, so a hibernating one has
+    /// nothing new to check (a recheck that falls due while it sleeps waits for a pass
+    /// over `all`).
+    fn request_split_checks(&mut self, all: bool) {
         let Some(tx) = &self.split_checks else { return };
         let (now, recheck) = (self.ticks, self.recheck_ticks);
-        for r in self.replicas.values_mut().filter(|r| r.is_leader()) {
+        let ids: Vec<RangeId> = if all {
+            self.replicas.keys().copied().collect()
+        } else {
+            self.awake.iter().copied().collect()
+        };
+        for id in ids {
+            let Some(r) = self.replicas.get_mut(&id).filter(|r| r.is_leader()) else {
+                continue;
+            };
             let Some(due) = r.take_split_check(self.split_check_bytes, now, recheck) else {
                 continue;
             };
@@ -839,6 +878,9 @@ impl<S: RaftSender> Store<S> {
         outbox.send(self.store_id, &mut self.sender);
     }
 }
+
+/// Ticks between the passes over every replica for size checks and gauges.
+const SLOW_PASS_TICKS: u64 = 25;
 
 /// A round at least this long held up every range on its store: counted and logged.
 const SLOW_ROUND: Duration = Duration::from_millis(100);
