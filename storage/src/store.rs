@@ -30,7 +30,9 @@ use crate::metrics::METRICS;
 use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
 use crate::replica::{span_end, AddressBook, Replica};
+use crate::slow_rounds::SlowRounds;
 use crate::snapshot::{self, SNAPSHOT_BUILDS_MAX};
+use crate::spans::unowned_spans;
 pub use crate::store_msg::{RaftSender, StoreMsg};
 use crate::wal_sync::{HeldReadies, WalSync};
 
@@ -882,70 +884,6 @@ impl<S: RaftSender> Store<S> {
 /// Ticks between the passes over every replica for size checks and gauges.
 const SLOW_PASS_TICKS: u64 = 25;
 
-/// A round at least this long held up every range on its store: counted and logged.
-const SLOW_ROUND: Duration = Duration::from_millis(100);
-/// Slow rounds are logged at most this often (their count covers the rest).
-const SLOW_ROUND_LOG_EVERY: Duration = Duration::from_secs(1);
-
-/// Counts rounds (message handling, ticks, persistence and apply) that took longer than
-/// `SLOW_ROUND`, and logs them at most once per `SLOW_ROUND_LOG_EVERY`.
-#[derive(Default)]
-struct SlowRounds {
-    logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl SlowRounds {
-    fn record(&mut self, store_id: StoreId, took: Duration, ranges: usize) {
-        if took < SLOW_ROUND {
-            return;
-        }
-        METRICS.slow_rounds.inc();
-        self.unlogged += 1;
-        if self
-            .logged
-            .is_some_and(|at| at.elapsed() < SLOW_ROUND_LOG_EVERY)
-        {
-            return;
-        }
-        warn!(
-            store_id,
-            ms = took.as_millis() as u64,
-            ranges,
-            slow_rounds = self.unlogged,
-            "slow store round: every range on this store waited for it"
-        );
-        self.logged = Some(Instant::now());
-        self.unlogged = 0;
-    }
-}
-
-/// The parts of `range`'s key span that none of `others` covers, as `[start, end)`.
-fn unowned_spans<'a>(
-    range: &RangeDescriptor,
-    others: impl Iterator<Item = &'a RangeDescriptor>,
-) -> Vec<(Bytes, Bytes)> {
-    let mut owned: Vec<(Bytes, Bytes)> =
-        others.map(|o| (o.start_key.clone(), span_end(o))).collect();
-    owned.sort();
-    let mut spans = Vec::new();
-    let mut from = range.start_key.clone();
-    let end = span_end(range);
-    for (s, e) in owned {
-        if e <= from || s >= end {
-            continue;
-        }
-        if s > from {
-            spans.push((from.clone(), s.clone()));
-        }
-        from = from.max(e);
-    }
-    if from < end {
-        spans.push((from, end));
-    }
-    spans
-}
-
 /// Room to reserve in a batch after one of `last` bytes: small batches are left to
 /// grow (reserving costs an allocation the size of the hint), large ones are capped.
 fn batch_hint(last: usize) -> usize {
@@ -955,63 +893,5 @@ fn batch_hint(last: usize) -> usize {
         0
     } else {
         (last + last / 8).min(MAX)
-    }
-}
-
-#[cfg(test)]
-mod unowned_tests {
-    use super::*;
-    use shale_rpc::Epoch;
-
-    fn r(start: &str, end: &str) -> RangeDescriptor {
-        RangeDescriptor {
-            id: 9,
-            start_key: Bytes::copy_from_slice(start.as_bytes()),
-            end_key: Bytes::copy_from_slice(end.as_bytes()),
-            epoch: Epoch::default(),
-            replicas: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn spans_owned_by_other_replicas_are_kept() {
-        let stale = r("a", "z");
-        let others = [r("m", "p"), r("x", "")];
-        let spans = unowned_spans(&stale, others.iter());
-        let text: Vec<(String, String)> = spans
-            .iter()
-            .map(|(s, e)| {
-                (
-                    String::from_utf8_lossy(s).into(),
-                    String::from_utf8_lossy(e).into(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            text,
-            vec![("a".into(), "m".into()), ("p".into(), "x".into())]
-        );
-        assert!(unowned_spans(&r("m", "p"), [r("a", "")].iter()).is_empty());
-        assert_eq!(unowned_spans(&r("a", "b"), std::iter::empty()).len(), 1);
-    }
-}
-
-#[cfg(test)]
-mod slow_round_tests {
-    use super::*;
-
-    #[test]
-    fn slow_rounds_are_counted_and_logged_at_most_once_a_second() {
-        let mut slow = SlowRounds::default();
-        let before = METRICS.slow_rounds.get();
-        slow.record(1, SLOW_ROUND / 2, 10);
-        assert_eq!((slow.logged.is_some(), slow.unlogged), (false, 0), "fast");
-        slow.record(1, SLOW_ROUND, 10);
-        assert!(slow.logged.is_some(), "the first slow round is logged");
-        assert_eq!(slow.unlogged, 0);
-        slow.record(1, SLOW_ROUND * 3, 10);
-        slow.record(1, SLOW_ROUND * 2, 10);
-        assert_eq!(slow.unlogged, 2, "within a second: counted, not logged");
-        assert!(METRICS.slow_rounds.get() >= before + 3);
     }
 }

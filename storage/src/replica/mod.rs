@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
-use raft::{ProgressState, RawNode, StateRole};
+use raft::{RawNode, StateRole};
 use shale_rpc::limits::KEY_BYTES_MAX;
 use shale_rpc::{
     Epoch, KvError, LeaderHint, RangeDescriptor, RangeId, ReplicaDescriptor, ReplicaId, StoreId,
@@ -27,12 +27,13 @@ use crate::keys;
 use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
 use crate::replica_storage::{ReplicaStorage, SnapshotSource};
-use crate::snapshot::{BuildJob, SnapshotData};
+use crate::snapshot::SnapshotData;
 use crate::staging::staged_path;
 use crate::StorageError;
 
 mod apply;
 mod read;
+mod snapshots;
 
 use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
@@ -420,50 +421,6 @@ impl Replica {
             self.node.mut_store().expire_snapshot(SNAPSHOT_UNTAKEN_MAX);
         } else {
             self.node.mut_store().drop_snapshot();
-        }
-        true
-    }
-
-    /// A build this replica asked for failed: raft's next request starts another.
-    pub fn snapshot_build_failed(&mut self) {
-        self.node.mut_store().drop_snapshot();
-    }
-
-    /// Whether raft asked for a snapshot that is not built yet (`take_snapshot_job`).
-    pub fn wants_snapshot(&self) -> bool {
-        self.node.store().wants_snapshot()
-    }
-
-    /// What to build the snapshot raft asked for from, while this replica leads. Call
-    /// between rounds, when every applied write is in the engine.
-    pub fn take_snapshot_job(&mut self) -> Option<BuildJob> {
-        if !self.is_leader() {
-            self.node.mut_store().drop_snapshot();
-            return None;
-        }
-        self.node.mut_store().take_build_job()
-    }
-
-    /// Gives raft a snapshot built off the loop and sends it at once to the followers
-    /// being probed (one of them asked for it). False if this replica no longer leads.
-    pub fn offer_snapshot(&mut self, snapshot: Snapshot) -> bool {
-        if !self.is_leader() {
-            self.node.mut_store().drop_snapshot();
-            return false;
-        }
-        self.node
-            .mut_store()
-            .offer_snapshot(snapshot, Instant::now());
-        let probed: Vec<u64> = self
-            .node
-            .raft
-            .prs()
-            .iter()
-            .filter(|(id, p)| **id != self.replica_id && p.state == ProgressState::Probe)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in probed {
-            self.node.raft.send_append(id);
         }
         true
     }
