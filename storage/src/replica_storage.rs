@@ -265,6 +265,7 @@ impl ReplicaStorage {
     }
 
     /// Whether raft asked for a snapshot that is not being built or kept already.
+    #[cfg(test)]
     pub fn wants_snapshot(&self) -> bool {
         matches!(*self.snapshot.borrow(), SnapshotState::Wanted)
     }
@@ -276,12 +277,15 @@ impl ReplicaStorage {
         if !matches!(state, SnapshotState::Wanted) {
             return None;
         }
-        *state = SnapshotState::Idle;
-        let source = self.snapshot_source.as_ref()?;
-        if source.applied_index == 0 {
+        let Some(source) = self
+            .snapshot_source
+            .as_ref()
+            .filter(|s| s.applied_index > 0)
+        else {
+            *state = SnapshotState::Idle;
             return None;
-        }
-        *self.snapshot.get_mut() = SnapshotState::Building;
+        };
+        *state = SnapshotState::Building;
         Some(BuildJob {
             range: source.range.clone(),
             index: source.applied_index,

@@ -645,13 +645,11 @@ impl<S: RaftSender> Store<S> {
             if self.snapshot_builds >= SNAPSHOT_BUILDS_MAX {
                 return;
             }
-            let Some(r) = self.replicas.get_mut(id) else {
-                continue;
-            };
-            if !r.wants_snapshot() {
-                continue;
-            }
-            let Some(job) = r.take_snapshot_job() else {
+            let Some(job) = self
+                .replicas
+                .get_mut(id)
+                .and_then(|r| r.take_snapshot_job())
+            else {
                 continue;
             };
             let tx = self.self_tx.clone();

@@ -15,13 +15,8 @@ impl Replica {
         self.node.mut_store().drop_snapshot();
     }
 
-    /// Whether raft asked for a snapshot that is not built yet (`take_snapshot_job`).
-    pub fn wants_snapshot(&self) -> bool {
-        self.node.store().wants_snapshot()
-    }
-
-    /// What to build the snapshot raft asked for from, while this replica leads. Call
-    /// between rounds, when every applied write is in the engine.
+    /// What to build the snapshot raft asked for from, if it did and this replica leads.
+    /// Call between rounds, when every applied write is in the engine.
     pub fn take_snapshot_job(&mut self) -> Option<BuildJob> {
         if !self.is_leader() {
             self.node.mut_store().drop_snapshot();
