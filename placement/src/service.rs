@@ -257,6 +257,7 @@ impl PlacementService {
                     steps: answer.steps,
                     wake: answer.wake,
                     removed: answer.removed,
+                    want_full: answer.want_full,
                 })
             }
             PlacementRequest::AllocIds { count } => {

@@ -10,7 +10,7 @@ use shale_rpc::placement::{
 };
 use shale_rpc::{RangeId, StoreId};
 
-use crate::ids::IdMap;
+use crate::ids::{IdMap, IdSet};
 use crate::operator::{Busy, Operator};
 use crate::schedule::{schedule, ScheduleConfig};
 use crate::view::{ClusterView, StoreView};
@@ -80,6 +80,8 @@ pub struct HeartbeatAnswer {
     /// Replicas the store reported leaderless that are no longer members of their range.
     pub removed: Vec<RemovedReplica>,
     pub changed: Option<StoreRecord>,
+    /// The store's next heartbeat must report every range it leads.
+    pub want_full: bool,
 }
 
 /// What the placement leader holds in memory.
@@ -90,6 +92,9 @@ pub struct Leader {
     pub paused: bool,
     /// Per store: ranges it holds whose leader's store is down (refreshed each pass).
     pub orphans: IdMap<Vec<RangeId>>,
+    /// Stores that sent a full report since this node became leader; the others are
+    /// asked for one (the view began with no leaders known).
+    pub full_reports: IdSet,
 }
 
 impl Leader {
@@ -100,6 +105,7 @@ impl Leader {
             operators: IdMap::default(),
             paused: false,
             orphans: IdMap::default(),
+            full_reports: IdSet::default(),
         }
     }
 
@@ -155,31 +161,40 @@ impl Leader {
         for report in &hb.ranges {
             self.view.apply_report(hb.store_id, report, now_ms, hot);
         }
+        let reported: IdSet = hb.ranges.iter().map(|r| r.range.id).collect();
+        self.view
+            .cool_unreported(hb.store_id, &reported, now_ms, hot);
+        if hb.full {
+            self.full_reports.insert(hb.store_id);
+        }
+        let want_full = !self.full_reports.contains(&hb.store_id);
+        // Every operator of a range this store leads may have a step due, whether or
+        // not the range was in this (partial) report.
+        let view = &self.view;
+        let usable = |s: StoreId| {
+            view.stores.get(&s).is_some_and(|st| {
+                view.store_state(st, now_ms, config.store_down_after_ms) == StoreState::Up
+            })
+        };
         let mut steps = Vec::new();
-        for report in &hb.ranges {
-            let id = report.range.id;
-            let Some(range) = self.view.ranges.get(&id) else {
+        let mut finished = Vec::new();
+        for (id, op) in self.operators.iter_mut() {
+            let Some(range) = view.ranges.get(id) else {
                 continue;
             };
             if range.leader != Some(hb.store_id) {
                 continue;
             }
-            let Some(op) = self.operators.get_mut(&id) else {
-                continue;
-            };
             if op.advance(range) {
-                self.operators.remove(&id);
+                finished.push(*id);
                 continue;
             }
-            let view = &self.view;
-            let usable = |s: StoreId| {
-                view.stores.get(&s).is_some_and(|st| {
-                    view.store_state(st, now_ms, config.store_down_after_ms) == StoreState::Up
-                })
-            };
             if let Some(step) = op.next_step(range, now_ms, config.step_retry_ms, usable) {
                 steps.push(step);
             }
+        }
+        for id in finished {
+            self.operators.remove(&id);
         }
         let wake = self.orphans.remove(&hb.store_id).unwrap_or_default();
         let removed = self.view.removed_replicas(hb.store_id, &hb.leaderless);
@@ -188,6 +203,7 @@ impl Leader {
             wake,
             removed,
             changed,
+            want_full,
         })
     }
 
@@ -356,5 +372,138 @@ impl Leader {
             under_replicated_ranges: under as u32,
             operators: self.operators.len() as u32,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shale_rpc::placement::RangeReport;
+    use shale_rpc::{Epoch, RangeDescriptor, ReplicaDescriptor};
+
+    fn report(id: RangeId, start: &str, end: &str, ops: u64) -> RangeReport {
+        RangeReport {
+            range: RangeDescriptor {
+                id,
+                start_key: Bytes::copy_from_slice(start.as_bytes()),
+                end_key: Bytes::copy_from_slice(end.as_bytes()),
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 1,
+                },
+                replicas: vec![
+                    ReplicaDescriptor {
+                        id: id * 10 + 1,
+                        store_id: 1,
+                    },
+                    ReplicaDescriptor {
+                        id: id * 10 + 2,
+                        store_id: 2,
+                    },
+                ],
+            },
+            term: 1,
+            size_bytes: 0,
+            key_count: None,
+            write_ops: ops,
+            write_bytes: ops * 100,
+            read_ops: 0,
+            read_bytes: 0,
+            interval_ms: 1000,
+        }
+    }
+
+    fn beat(ranges: Vec<RangeReport>, full: bool) -> StoreHeartbeat {
+        StoreHeartbeat {
+            cluster_id: 7,
+            store_id: 1,
+            addr: "127.0.0.1:1".into(),
+            labels: Labels::new(),
+            capacity_bytes: 0,
+            available_bytes: 0,
+            used_bytes: 0,
+            range_count: 2,
+            leader_count: 2,
+            ranges,
+            full,
+            leaderless: Vec::new(),
+        }
+    }
+
+    fn leader() -> Leader {
+        let mut l = Leader::new(7, 0);
+        for id in [1, 2] {
+            l.register(id, format!("127.0.0.1:{id}"), Labels::new());
+        }
+        l
+    }
+
+    #[test]
+    fn a_store_is_asked_for_a_full_report_until_it_sends_one() {
+        let mut l = leader();
+        let config = ScheduleConfig::default();
+        let partial = beat(vec![report(1, "", "m", 0)], false);
+        assert!(l.heartbeat(&partial, 1_000, &config).unwrap().want_full);
+        assert!(l.heartbeat(&partial, 2_000, &config).unwrap().want_full);
+        let full = beat(vec![report(1, "", "m", 0), report(2, "m", "", 0)], true);
+        assert!(!l.heartbeat(&full, 3_000, &config).unwrap().want_full);
+        assert!(!l.heartbeat(&partial, 4_000, &config).unwrap().want_full);
+        // A new placement leader knows no store's ranges yet.
+        let mut next = leader();
+        assert!(next.heartbeat(&partial, 5_000, &config).unwrap().want_full);
+    }
+
+    #[test]
+    fn ranges_a_heartbeat_leaves_out_keep_their_leader_and_cool_down() {
+        let mut l = leader();
+        let config = ScheduleConfig {
+            hot_ops_per_sec: 100.0,
+            ..ScheduleConfig::default()
+        };
+        let full = beat(vec![report(1, "", "m", 1_000), report(2, "m", "", 0)], true);
+        l.heartbeat(&full, 1_000, &config).unwrap();
+        assert_eq!(l.view.ranges[&1].ops_per_sec, 1_000.0);
+        assert_eq!(l.view.ranges[&1].hot_since_ms, Some(1_000));
+        // Only range 2 saw requests; range 1's silence is an idle second.
+        let partial = beat(vec![report(2, "m", "", 10)], false);
+        l.heartbeat(&partial, 2_000, &config).unwrap();
+        assert_eq!(l.view.ranges[&1].ops_per_sec, 500.0);
+        assert_eq!(l.view.ranges[&2].ops_per_sec, 5.0);
+        for t in 3..40 {
+            l.heartbeat(&beat(Vec::new(), false), t * 1_000, &config)
+                .unwrap();
+        }
+        for id in [1, 2] {
+            let r = &l.view.ranges[&id];
+            assert_eq!(
+                (r.leader, r.ops_per_sec, r.hot_since_ms),
+                (Some(1), 0.0, None)
+            );
+            assert_eq!(r.bytes_per_sec, 0.0);
+        }
+    }
+
+    #[test]
+    fn an_operator_gets_its_step_though_its_range_was_not_reported() {
+        let mut l = leader();
+        let config = ScheduleConfig::default();
+        let full = beat(vec![report(1, "", "m", 0), report(2, "m", "", 0)], true);
+        l.heartbeat(&full, 1_000, &config).unwrap();
+        let step = RangeStep::TransferLeader {
+            range_id: 2,
+            to_store: 2,
+        };
+        l.admin_operator(2, vec![step.clone()], 1_000).unwrap();
+        let answer = l
+            .heartbeat(&beat(Vec::new(), false), 2_000, &config)
+            .unwrap();
+        assert_eq!(answer.steps, vec![step]);
+        // Store 2 reports the range led there at a newer term: the operator is done.
+        let mut moved = report(2, "m", "", 0);
+        moved.term = 2;
+        let mut from_2 = beat(vec![moved], true);
+        from_2.store_id = 2;
+        l.heartbeat(&from_2, 3_000, &config).unwrap();
+        assert!(l.operators.is_empty());
     }
 }

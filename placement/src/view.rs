@@ -14,6 +14,9 @@ use crate::ids::{IdMap, IdSet};
 /// Weight of the newest report in a range's smoothed rates.
 const RATE_SMOOTHING: f64 = 0.5;
 
+/// Rates below this many requests (or bytes) a second count as none.
+const RATE_FLOOR: f64 = 0.01;
+
 /// One store as placement knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreView {
@@ -62,6 +65,50 @@ pub struct RangeView {
     pub hot_since_ms: Option<u64>,
 }
 
+impl RangeView {
+    fn rates(&self) -> Rates {
+        Rates {
+            ops_per_sec: self.ops_per_sec,
+            bytes_per_sec: self.bytes_per_sec,
+        }
+    }
+}
+
+/// A range's request rates.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Rates {
+    ops_per_sec: f64,
+    bytes_per_sec: f64,
+}
+
+impl Rates {
+    /// These rates moved toward one interval's `sample`; what falls below the floor is 0.
+    fn smoothed(self, sample: Rates) -> Rates {
+        let mix = |old: f64, new: f64| {
+            let r = old * (1.0 - RATE_SMOOTHING) + new * RATE_SMOOTHING;
+            if r < RATE_FLOOR {
+                0.0
+            } else {
+                r
+            }
+        };
+        Rates {
+            ops_per_sec: mix(self.ops_per_sec, sample.ops_per_sec),
+            bytes_per_sec: mix(self.bytes_per_sec, sample.bytes_per_sec),
+        }
+    }
+
+    fn is_zero(self) -> bool {
+        self.ops_per_sec == 0.0 && self.bytes_per_sec == 0.0
+    }
+
+    /// Since when a range with these rates has been hot, given since when it was.
+    fn hot_since(self, was: Option<u64>, now_ms: u64, hot: HotThresholds) -> Option<u64> {
+        let is_hot = self.ops_per_sec >= hot.ops_per_sec || self.bytes_per_sec >= hot.bytes_per_sec;
+        is_hot.then(|| was.unwrap_or(now_ms))
+    }
+}
+
 /// What makes a range hot.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HotThresholds {
@@ -81,6 +128,9 @@ pub struct ClusterView {
     /// Ranges whose descriptor changed or that were dropped since placement last
     /// persisted them.
     pub dirty: IdSet,
+    /// Ranges with a rate above zero: a heartbeat that leaves one out counts as an idle
+    /// interval for it (stores report only ranges that changed or saw requests).
+    warm: IdSet,
 }
 
 impl ClusterView {
@@ -164,17 +214,15 @@ impl ClusterView {
             return false;
         }
         let seconds = (report.interval_ms.max(1) as f64) / 1000.0;
-        let ops = (report.read_ops + report.write_ops) as f64 / seconds;
-        let bytes = (report.read_bytes + report.write_bytes) as f64 / seconds;
-        let (ops_per_sec, bytes_per_sec, hot_since_ms) = match previous {
-            Some(p) => (
-                p.ops_per_sec * (1.0 - RATE_SMOOTHING) + ops * RATE_SMOOTHING,
-                p.bytes_per_sec * (1.0 - RATE_SMOOTHING) + bytes * RATE_SMOOTHING,
-                p.hot_since_ms,
-            ),
-            None => (ops, bytes, None),
+        let sample = Rates {
+            ops_per_sec: (report.read_ops + report.write_ops) as f64 / seconds,
+            bytes_per_sec: (report.read_bytes + report.write_bytes) as f64 / seconds,
         };
-        let is_hot = ops_per_sec >= hot.ops_per_sec || bytes_per_sec >= hot.bytes_per_sec;
+        let rates = match previous {
+            Some(p) => p.rates().smoothed(sample),
+            None => sample,
+        };
+        let hot_since_ms = rates.hot_since(previous.and_then(|p| p.hot_since_ms), now_ms, hot);
         let changed = previous.is_none_or(|p| p.range != report.range);
         let dropped = self.insert_range(RangeView {
             range: report.range.clone(),
@@ -185,19 +233,54 @@ impl ClusterView {
             key_count: report.key_count.or(previous
                 .filter(|p| p.range == report.range)
                 .and_then(|p| p.key_count)),
-            ops_per_sec,
-            bytes_per_sec,
-            hot_since_ms: if is_hot {
-                Some(hot_since_ms.unwrap_or(now_ms))
-            } else {
-                None
-            },
+            ops_per_sec: rates.ops_per_sec,
+            bytes_per_sec: rates.bytes_per_sec,
+            hot_since_ms,
         });
+        if rates.is_zero() {
+            self.warm.remove(&id);
+        } else {
+            self.warm.insert(id);
+        }
+        for d in &dropped {
+            self.warm.remove(d);
+        }
         if changed {
             self.dirty.insert(id);
         }
         self.dirty.extend(dropped);
         changed
+    }
+
+    /// Counts an idle interval for each range `leader` leads with a rate above zero that
+    /// its heartbeat left out (`reported` holds the ids it did report).
+    pub fn cool_unreported(
+        &mut self,
+        leader: StoreId,
+        reported: &IdSet,
+        now_ms: u64,
+        hot: HotThresholds,
+    ) {
+        let mut cooled = Vec::new();
+        for id in &self.warm {
+            let Some(v) = self.ranges.get_mut(id) else {
+                cooled.push(*id);
+                continue;
+            };
+            if v.leader != Some(leader) || reported.contains(id) {
+                continue;
+            }
+            let rates = v.rates().smoothed(Rates::default());
+            v.ops_per_sec = rates.ops_per_sec;
+            v.bytes_per_sec = rates.bytes_per_sec;
+            v.hot_since_ms = rates.hot_since(v.hot_since_ms, now_ms, hot);
+            if rates.is_zero() {
+                cooled.push(*id);
+            }
+        }
+        for id in cooled {
+            self.warm.remove(&id);
+        }
     }
 
     /// True when another range overlapping `range` has a newer version (a split this

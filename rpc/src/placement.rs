@@ -78,8 +78,12 @@ pub struct StoreHeartbeat {
     pub used_bytes: u64,
     pub range_count: u32,
     pub leader_count: u32,
-    /// One report per range this store leads.
+    /// Reports of ranges this store leads: of every one when `full`, otherwise of those
+    /// whose report changed (or that saw requests) since the last heartbeat placement
+    /// answered. Placement keeps what it last heard of the others.
     pub ranges: Vec<RangeReport>,
+    #[serde(default)]
+    pub full: bool,
     /// Replicas on this store that have heard from no leader for a while (at most
     /// `LEADERLESS_REPORTED_MAX`): placement names those removed from their range.
     #[serde(default)]
@@ -239,13 +243,17 @@ pub enum PlacementReply {
     },
     /// Steps for ranges the heartbeating store leads, ranges whose replicas on it
     /// should wake up because their leader's store is down, and replicas it reported
-    /// leaderless that were removed from their ranges (to destroy).
+    /// leaderless that were removed from their ranges (to destroy). `want_full`: the
+    /// next heartbeat must report every range the store leads (placement has not had a
+    /// full report from it since this node became leader).
     Heartbeat {
         steps: Vec<RangeStep>,
         #[serde(default)]
         wake: Vec<RangeId>,
         #[serde(default)]
         removed: Vec<RemovedReplica>,
+        #[serde(default)]
+        want_full: bool,
     },
     Ids {
         first: u64,

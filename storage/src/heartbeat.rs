@@ -2,7 +2,7 @@
 //! capacity, load and the ranges it leads every interval, and carries out the steps
 //! placement answers with (add or remove a replica, move leadership, split).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use shale_rpc::placement::{
     RangeStep, RemovedReplica, StoreHeartbeat, LEADERLESS_REPORTED_MAX,
 };
 use shale_rpc::placement_client::{PlacementCallError, PlacementClient};
-use shale_rpc::{AdminRequest, KvError, RangeDescriptor, RangeStatus, StoreId};
+use shale_rpc::{AdminRequest, Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, StoreId};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -37,6 +37,9 @@ pub struct PlacementLinkConfig {
     /// names it if it was removed from its range (while this store was down, say) so
     /// the store destroys it.
     pub leaderless_report_after_ms: u64,
+    /// Heartbeats report only ranges whose report changed or that saw requests; every
+    /// this many milliseconds one reports every range the store leads (0: every one).
+    pub full_report_every_ms: u64,
 }
 
 impl Default for PlacementLinkConfig {
@@ -46,6 +49,7 @@ impl Default for PlacementLinkConfig {
             heartbeat_interval_ms: 1000,
             steps_in_flight_max: 8,
             leaderless_report_after_ms: 30_000,
+            full_report_every_ms: 60_000,
         }
     }
 }
@@ -99,9 +103,10 @@ impl Heartbeats {
     pub async fn run(self) {
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
         let steps = Arc::new(Semaphore::new(self.config.steps_in_flight_max));
+        let mut reported = Reported::new(Duration::from_millis(self.config.full_report_every_ms));
         let mut last = Instant::now();
         loop {
-            let beat = match self.heartbeat(last.elapsed()).await {
+            let beat = match self.heartbeat(last.elapsed(), &mut reported).await {
                 Ok(beat) => beat,
                 Err(e) => {
                     debug!(store_id = self.store_id, error = %e, "could not gather a heartbeat");
@@ -110,16 +115,17 @@ impl Heartbeats {
                 }
             };
             last = Instant::now();
-            match self
-                .placement
-                .call(&PlacementRequest::Heartbeat(beat))
-                .await
-            {
+            let request = PlacementRequest::Heartbeat(beat);
+            match self.placement.call(&request).await {
                 Ok(PlacementReply::Heartbeat {
                     steps: todo,
                     wake,
                     removed,
+                    want_full,
                 }) => {
+                    if let PlacementRequest::Heartbeat(beat) = &request {
+                        reported.taken(beat, want_full, last);
+                    }
                     for r in removed {
                         self.destroy_removed(r);
                     }
@@ -155,11 +161,17 @@ impl Heartbeats {
         }
     }
 
-    async fn heartbeat(&self, interval: Duration) -> Result<StoreHeartbeat, KvError> {
-        let ranges = self.service.status().await?;
+    async fn heartbeat(
+        &self,
+        interval: Duration,
+        reported: &mut Reported,
+    ) -> Result<StoreHeartbeat, KvError> {
+        let after_ms = self.config.leaderless_report_after_ms;
+        let status = self.service.heartbeat_status(after_ms).await?;
         let mut load = self.service.take_load();
         let (capacity_bytes, available_bytes) = disk_space(&self.data_dir);
-        let reports: Vec<RangeReport> = ranges
+        let reports: Vec<RangeReport> = status
+            .statuses
             .iter()
             .filter(|s| s.is_leader)
             .map(|s| {
@@ -177,6 +189,8 @@ impl Heartbeats {
                 }
             })
             .collect();
+        let leader_count = reports.len() as u32;
+        let (reports, full) = reported.select(reports, Instant::now());
         Ok(StoreHeartbeat {
             cluster_id: self.cluster_id,
             store_id: self.store_id,
@@ -184,11 +198,12 @@ impl Heartbeats {
             labels: self.labels.clone(),
             capacity_bytes,
             available_bytes,
-            used_bytes: ranges.iter().map(|s| s.size_bytes).sum(),
-            range_count: ranges.len() as u32,
-            leader_count: reports.len() as u32,
+            used_bytes: status.used_bytes,
+            range_count: status.held.len() as u32,
+            leader_count,
             ranges: reports,
-            leaderless: leaderless(&ranges, self.config.leaderless_report_after_ms),
+            full,
+            leaderless: leaderless(&status.statuses, after_ms),
         })
     }
 
@@ -304,6 +319,85 @@ fn half_key(engine: &Engine, range: &RangeDescriptor) -> Result<Option<Bytes>, S
     ))
 }
 
+/// What placement last took of each range this store leads, so that a heartbeat
+/// reports only what changed: 10,000 idle ranges then cost placement nothing.
+pub(crate) struct Reported {
+    taken: HashMap<RangeId, Fingerprint>,
+    full_every: Duration,
+    /// When placement last took a full report; none: the next heartbeat is full.
+    last_full: Option<Instant>,
+}
+
+/// The parts of a range's report that, when they change, are worth reporting.
+#[derive(Debug, Clone, PartialEq)]
+struct Fingerprint {
+    epoch: Epoch,
+    term: u64,
+    size_bytes: u64,
+    key_count: Option<u64>,
+}
+
+impl Fingerprint {
+    fn of(r: &RangeReport) -> Self {
+        Fingerprint {
+            epoch: r.range.epoch,
+            term: r.term,
+            size_bytes: r.size_bytes,
+            key_count: r.key_count,
+        }
+    }
+}
+
+impl Reported {
+    pub(crate) fn new(full_every: Duration) -> Self {
+        Reported {
+            taken: HashMap::new(),
+            full_every,
+            last_full: None,
+        }
+    }
+
+    /// Of the reports of every range this store leads, those to send: all of them when a
+    /// full report is due (the bool), else those that changed since placement took them
+    /// or saw requests.
+    pub(crate) fn select(
+        &mut self,
+        all: Vec<RangeReport>,
+        now: Instant,
+    ) -> (Vec<RangeReport>, bool) {
+        let full = self
+            .last_full
+            .is_none_or(|t| now.duration_since(t) >= self.full_every);
+        if full {
+            return (all, true);
+        }
+        let led: HashSet<RangeId> = all.iter().map(|r| r.range.id).collect();
+        self.taken.retain(|id, _| led.contains(id));
+        let changed = all
+            .into_iter()
+            .filter(|r| {
+                let busy = r.write_ops + r.read_ops > 0;
+                busy || self.taken.get(&r.range.id) != Some(&Fingerprint::of(r))
+            })
+            .collect();
+        (changed, false)
+    }
+
+    /// Placement took `beat`; `want_full` asks for a full report next.
+    pub(crate) fn taken(&mut self, beat: &StoreHeartbeat, want_full: bool, now: Instant) {
+        if beat.full {
+            self.taken.clear();
+            self.last_full = Some(now);
+        }
+        for r in &beat.ranges {
+            self.taken.insert(r.range.id, Fingerprint::of(r));
+        }
+        if want_full {
+            self.last_full = None;
+        }
+    }
+}
+
 /// The replicas among `ranges` that have known no leader for `after_ms` or more, at
 /// most `LEADERLESS_REPORTED_MAX`.
 fn leaderless(ranges: &[RangeStatus], after_ms: u64) -> Vec<LeaderlessReplica> {
@@ -327,5 +421,125 @@ fn disk_space(dir: &std::path::Path) -> (u64, u64) {
             s.f_bavail.saturating_mul(s.f_frsize),
         ),
         Err(_) => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shale_rpc::ReplicaDescriptor;
+
+    fn report(id: RangeId, term: u64, size_bytes: u64) -> RangeReport {
+        RangeReport {
+            range: RangeDescriptor {
+                id,
+                start_key: Bytes::new(),
+                end_key: Bytes::new(),
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 1,
+                },
+                replicas: vec![ReplicaDescriptor { id: 1, store_id: 1 }],
+            },
+            term,
+            size_bytes,
+            key_count: None,
+            write_ops: 0,
+            write_bytes: 0,
+            read_ops: 0,
+            read_bytes: 0,
+            interval_ms: 1000,
+        }
+    }
+
+    fn beat(ranges: Vec<RangeReport>, full: bool) -> StoreHeartbeat {
+        StoreHeartbeat {
+            cluster_id: 1,
+            store_id: 1,
+            addr: String::new(),
+            labels: BTreeMap::new(),
+            capacity_bytes: 0,
+            available_bytes: 0,
+            used_bytes: 0,
+            range_count: 0,
+            leader_count: 0,
+            ranges,
+            full,
+            leaderless: Vec::new(),
+        }
+    }
+
+    fn ids(reports: &[RangeReport]) -> Vec<RangeId> {
+        reports.iter().map(|r| r.range.id).collect()
+    }
+
+    /// Selects from `all` and has placement take it; returns the ids sent and whether full.
+    fn send(
+        reported: &mut Reported,
+        all: Vec<RangeReport>,
+        now: Instant,
+        want_full: bool,
+    ) -> (Vec<RangeId>, bool) {
+        let (sent, full) = reported.select(all, now);
+        reported.taken(&beat(sent.clone(), full), want_full, now);
+        (ids(&sent), full)
+    }
+
+    #[test]
+    fn heartbeats_report_only_ranges_that_changed_or_saw_requests() {
+        let t0 = Instant::now();
+        let mut reported = Reported::new(Duration::from_secs(60));
+        let all = || vec![report(1, 1, 100), report(2, 1, 100), report(3, 1, 100)];
+        assert_eq!(send(&mut reported, all(), t0, false), (vec![1, 2, 3], true));
+        assert_eq!(send(&mut reported, all(), t0, false), (vec![], false));
+
+        let mut changed = all();
+        changed[0].term = 2; // a new leadership
+        changed[1].size_bytes = 4096;
+        changed[2].read_ops = 1;
+        assert_eq!(
+            send(&mut reported, changed, t0, false),
+            (vec![1, 2, 3], false)
+        );
+        let mut again = all();
+        again[0].term = 2;
+        again[1].size_bytes = 4096;
+        assert_eq!(
+            send(&mut reported, again.clone(), t0, false),
+            (vec![], false)
+        );
+
+        // A range led again after leading stopped is reported though nothing else moved.
+        assert_eq!(
+            send(&mut reported, again[..2].to_vec(), t0, false),
+            (vec![], false)
+        );
+        assert_eq!(
+            send(&mut reported, again.clone(), t0, false),
+            (vec![3], false)
+        );
+
+        // Not taken (the call failed): still reported next time.
+        let mut lost = again.clone();
+        lost[1].size_bytes = 1;
+        let _ = reported.select(lost.clone(), t0);
+        assert_eq!(
+            send(&mut reported, lost.clone(), t0, false),
+            (vec![2], false)
+        );
+
+        // Placement asks for everything; and everything again after `full_every`.
+        assert!(!send(&mut reported, lost.clone(), t0, true).1);
+        assert_eq!(
+            send(&mut reported, lost.clone(), t0, false),
+            (vec![1, 2, 3], true)
+        );
+        let later = t0 + Duration::from_secs(59);
+        assert_eq!(
+            send(&mut reported, lost.clone(), later, false),
+            (vec![], false)
+        );
+        let due = t0 + Duration::from_secs(60);
+        assert_eq!(send(&mut reported, lost, due, false), (vec![1, 2, 3], true));
     }
 }

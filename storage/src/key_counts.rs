@@ -145,12 +145,24 @@ impl KeyCounts {
 
     /// Fills in the counts of a store's status (all its replicas): asks for counts of
     /// led ranges that have none, and forgets ranges the store no longer holds.
-    pub fn annotate(&self, ranges: &mut [RangeStatus]) {
-        let held: HashSet<RangeId> = ranges.iter().map(|s| s.range.id).collect();
+    pub fn annotate_all(&self, ranges: &mut [RangeStatus]) {
+        let held: Vec<RangeId> = ranges.iter().map(|s| s.range.id).collect();
+        self.forget_unheld(&held);
+        self.annotate(ranges);
+    }
+
+    /// Forgets the counts of ranges not in `held` (every range the store holds).
+    pub fn forget_unheld(&self, held: &[RangeId]) {
+        let held: HashSet<RangeId> = held.iter().copied().collect();
         self.counted
             .lock()
             .expect("key counts lock")
             .retain(|id, _| held.contains(id));
+    }
+
+    /// Fills in the counts of these replicas' ranges; asks for counts of led ranges that
+    /// have none.
+    pub fn annotate(&self, ranges: &mut [RangeStatus]) {
         for s in ranges {
             s.key_count = self.get(&s.range);
             if s.key_count.is_none() && s.is_leader {

@@ -356,7 +356,7 @@ impl StoreNode {
             return Vec::new();
         }
         let mut ranges = rx.await.unwrap_or_default();
-        self.key_counts.annotate(&mut ranges);
+        self.key_counts.annotate_all(&mut ranges);
         ranges
     }
 

@@ -32,7 +32,7 @@ use crate::metrics::METRICS;
 use crate::replica::AddressBook;
 use crate::snapshot::{Assembler, SnapshotChunk, SnapshotData};
 use crate::staging::Staging;
-use crate::store::StoreMsg;
+use crate::store::{HeartbeatStatus, StoreMsg};
 
 /// Serves one store's KV and Raft traffic.
 pub struct StoreService {
@@ -176,8 +176,26 @@ impl StoreService {
     /// are queued for counting).
     pub async fn status(&self) -> Result<Vec<RangeStatus>, KvError> {
         let mut ranges: Vec<RangeStatus> = self.ask(|reply| StoreMsg::Status { reply }).await?;
-        self.key_counts.annotate(&mut ranges);
+        self.key_counts.annotate_all(&mut ranges);
         Ok(ranges)
+    }
+
+    /// What a placement heartbeat needs: led replicas and those without a leader for
+    /// `leaderless_after_ms`, with key counts where made (led ranges without one are
+    /// queued for counting).
+    pub async fn heartbeat_status(
+        &self,
+        leaderless_after_ms: u64,
+    ) -> Result<HeartbeatStatus, KvError> {
+        let mut status = self
+            .ask(|reply| StoreMsg::HeartbeatStatus {
+                leaderless_after_ms,
+                reply,
+            })
+            .await?;
+        self.key_counts.forget_unheld(&status.held);
+        self.key_counts.annotate(&mut status.statuses);
+        Ok(status)
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

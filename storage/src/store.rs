@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use shale_rpc::{
-    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreId,
-};
+use shale_rpc::{Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, ReplicaDescriptor, StoreId};
 use tracing::{debug, info, warn};
 
 use crate::command::{RangeState, ReplicaState};
@@ -29,11 +27,13 @@ use crate::keys;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
-use crate::replica::{span_end, AddressBook, Replica};
+use crate::replica::{AddressBook, Replica};
 use crate::slow_rounds::SlowRounds;
 use crate::snapshot::{self, SNAPSHOT_BUILDS_MAX};
 use crate::spans::unowned_spans;
-pub use crate::store_msg::{RaftSender, StoreMsg};
+mod status;
+
+pub use crate::store_msg::{HeartbeatStatus, RaftSender, StoreMsg};
 use crate::wal_sync::{HeldReadies, WalSync};
 
 /// The loop's state: every replica on the store.
@@ -358,6 +358,12 @@ impl<S: RaftSender> Store<S> {
             StoreMsg::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            StoreMsg::HeartbeatStatus {
+                leaderless_after_ms,
+                reply,
+            } => {
+                let _ = reply.send(self.heartbeat_status(leaderless_after_ms));
+            }
             StoreMsg::Shutdown => return false,
         }
         true
@@ -515,31 +521,6 @@ impl<S: RaftSender> Store<S> {
                 false
             }
         }
-    }
-
-    fn status(&self) -> Vec<RangeStatus> {
-        self.replicas
-            .values()
-            .map(|r| RangeStatus {
-                range: r.range.clone(),
-                replica_id: r.replica_id,
-                is_leader: r.is_leader(),
-                leader_store: r.leader_store(),
-                term: r.term(),
-                commit_index: r.commit_index(),
-                applied_index: r.applied_index(),
-                truncated_index: r.truncated_index(),
-                last_index: r.last_index(),
-                hibernating: r.is_hibernating(),
-                size_bytes: self.engine.approximate_size_bytes(
-                    Cf::Data,
-                    &r.range.start_key,
-                    &span_end(&r.range),
-                ),
-                key_count: None,
-                leader_missing_ms: r.leaderless_ticks() * self.tick.as_millis() as u64,
-            })
-            .collect()
     }
 
     /// One persistence round over every replica with something ready.

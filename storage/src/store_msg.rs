@@ -12,6 +12,17 @@ use crate::command::Command;
 use crate::outbox::OutgoingSnapshot;
 use crate::replica::{ReadReply, WriteReply};
 
+/// A store's state as a placement heartbeat reports it.
+#[derive(Debug, Default)]
+pub struct HeartbeatStatus {
+    /// Replicas that lead, and those that have known no leader for the asked time.
+    pub statuses: Vec<RangeStatus>,
+    /// Every range with a replica here.
+    pub held: Vec<RangeId>,
+    /// Approximate bytes of range data on disk.
+    pub used_bytes: u64,
+}
+
 /// What the store loop is asked to do.
 pub enum StoreMsg {
     /// Raft traffic from another store.
@@ -60,6 +71,11 @@ pub enum StoreMsg {
     },
     Status {
         reply: oneshot::Sender<Vec<RangeStatus>>,
+    },
+    /// What a placement heartbeat needs, without the status of every replica.
+    HeartbeatStatus {
+        leaderless_after_ms: u64,
+        reply: oneshot::Sender<HeartbeatStatus>,
     },
     /// A membership change of `range_id` to `new_range`.
     ConfChange {

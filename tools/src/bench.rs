@@ -349,8 +349,9 @@ pub struct IdleBenchArgs {
     #[arg(long, default_value_t = 10)]
     measure_secs: u64,
     /// Run a placement node too, as a real cluster does: each store then sends a
-    /// heartbeat every second (with the state of every replica it holds) and placement
-    /// balances leaders before the measurement. Its CPU and memory count with the stores'.
+    /// heartbeat every second (reporting the ranges it leads whose state changed) and
+    /// placement balances leaders before the measurement. Its CPU and memory count with
+    /// the stores'.
     #[arg(long)]
     placement: bool,
     /// Folder for the local cluster (default: a temp folder).

@@ -33,6 +33,8 @@ async fn losing_the_placement_leader_keeps_routes_ids_and_clients() {
         },
     )
     .await;
+    // Quiet heartbeats (200 ms apart): nothing changed, so none reports a range.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let old = cluster.placement_leader().expect("a placement leader");
     cluster.stop_placement(old).await;
     let started = Instant::now();
@@ -54,6 +56,20 @@ async fn losing_the_placement_leader_keeps_routes_ids_and_clients() {
     assert!(found.range.contains(&key(50)));
     let new = cluster.placement_leader().expect("a new placement leader");
     assert_ne!(new, old);
+    // Stores report only what changed, and these ranges are idle: the new leader learns
+    // who leads them by asking each store for a full report.
+    must_eventually(
+        "the new leader knows every range's leader",
+        Duration::from_secs(10),
+        || async {
+            let r = routes(&cluster).await?;
+            let unknown = r.iter().filter(|r| r.leader.is_none()).count();
+            (r.len() >= 5 && unknown == 0)
+                .then_some(())
+                .ok_or(format!("{unknown} of {} ranges without a leader", r.len()))
+        },
+    )
+    .await;
     for _ in 0..5 {
         handed.push(alloc(&cluster, 10).await);
     }

@@ -850,10 +850,15 @@ impl Replica {
 /// The exclusive end of a range's span as a concrete key (an empty end means "no end").
 pub fn span_end(range: &RangeDescriptor) -> Bytes {
     if range.end_key.is_empty() {
-        Bytes::from(vec![0xff; KEY_BYTES_MAX + 1])
+        key_space_end()
     } else {
         range.end_key.clone()
     }
+}
+
+/// A bound past every key a client can write.
+pub fn key_space_end() -> Bytes {
+    Bytes::from(vec![0xff; KEY_BYTES_MAX + 1])
 }
 
 pub(super) fn write_value_len(op: &WriteOp) -> usize {
