@@ -139,6 +139,9 @@ pub struct Engine {
     ingest_dir: PathBuf,
     /// Where staged bulk-load files wait for their ingest (kept across restarts).
     staged_dir: PathBuf,
+    /// Where received snapshots' SST files wait for their ingest (kept across restarts:
+    /// one named by a replica's snapshot ingest marker is still needed).
+    snapshot_dir: PathBuf,
 }
 
 impl Engine {
@@ -210,11 +213,31 @@ impl Engine {
         let staged_dir = path.join("staged");
         std::fs::create_dir_all(&staged_dir)
             .map_err(|e| StorageError::Engine(format!("create {}: {e}", staged_dir.display())))?;
+        let snapshot_dir = path.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|e| StorageError::Engine(format!("create {}: {e}", snapshot_dir.display())))?;
         Ok(Engine {
             db,
             ingest_dir,
             staged_dir,
+            snapshot_dir,
         })
+    }
+
+    /// Where received snapshots' SST files live until ingested.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+
+    /// Removes every file in the snapshot folder: at start, once each replica took the
+    /// file its marker names, the others belong to snapshots never installed.
+    pub fn sweep_snapshot_files(&self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.snapshot_dir) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
     }
 
     /// Where staged bulk-load files live (see `staging`).

@@ -1,6 +1,6 @@
 //! Fault injection for tests of a whole cluster in one process: a store can be cut off
-//! from Raft traffic (both ways) while clients still reach it, and its snapshot builds
-//! can be held midway.
+//! from Raft traffic (both ways) while clients still reach it, its snapshot builds can
+//! be held midway, and its loop can crash before a snapshot's ingest.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ pub struct Faults {
     partitioned: AtomicBool,
     snapshot_builds_held: AtomicBool,
     snapshot_builds_waiting: AtomicUsize,
+    crash_before_snapshot_ingest: AtomicBool,
+    crashed: AtomicBool,
 }
 
 impl Faults {
@@ -49,5 +51,26 @@ impl Faults {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.snapshot_builds_waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Make the store loop stop as a crash would when a snapshot's state is on disk and
+    /// its file not yet ingested (the loop thread panics; restart the store to recover).
+    pub fn set_crash_before_snapshot_ingest(&self, on: bool) {
+        self.crash_before_snapshot_ingest
+            .store(on, Ordering::SeqCst);
+    }
+
+    /// Called by the loop before a snapshot's ingest: true if it must crash now.
+    pub fn crash_before_snapshot_ingest(&self) -> bool {
+        let crash = self.crash_before_snapshot_ingest.load(Ordering::SeqCst);
+        if crash {
+            self.crashed.store(true, Ordering::SeqCst);
+        }
+        crash
+    }
+
+    /// The loop crashed as `set_crash_before_snapshot_ingest` asked.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
     }
 }

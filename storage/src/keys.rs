@@ -8,6 +8,7 @@ const HARD_STATE_SUFFIX: u8 = 0x02;
 const CONF_STATE_SUFFIX: u8 = 0x03;
 const TRUNCATED_STATE_SUFFIX: u8 = 0x04;
 const INGESTED_SUFFIX: u8 = 0x05;
+const SNAPSHOT_INGEST_SUFFIX: u8 = 0x06;
 
 const RANGE_STATE_PREFIX: u8 = 0x01;
 const APPLY_STATE_PREFIX: u8 = 0x02;
@@ -44,6 +45,13 @@ pub fn ingested_key(range_id: RangeId, id: u128, crc32: u32) -> [u8; 29] {
     k[9..25].copy_from_slice(&id.to_be_bytes());
     k[25..].copy_from_slice(&crc32.to_be_bytes());
     k
+}
+
+/// Raft CF: written (synced) with the state of a snapshot whose data goes in as an SST
+/// file; holds the file's name under the engine's snapshot folder and is deleted once
+/// RocksDB took the file. Found at start, it means the ingest may not have happened.
+pub fn snapshot_ingest_key(range_id: RangeId) -> [u8; 9] {
+    range_key(range_id, SNAPSHOT_INGEST_SUFFIX)
 }
 
 /// Raft CF: bounds of every ingest marker of one range.

@@ -21,6 +21,7 @@ pub mod router;
 pub mod server;
 mod slow_rounds;
 pub mod snapshot;
+pub mod snapshot_install;
 mod spans;
 pub mod split;
 pub mod staging;

@@ -22,6 +22,7 @@ pub struct StoreMetrics {
     pub snapshots_built: Counter,
     pub snapshots_sent: Counter,
     pub snapshots_applied: Counter,
+    pub snapshots_ingested: Counter,
     pub ingested_files: Counter,
     pub ingested_staged_bytes: Counter,
     pub staged_files: Counter,
@@ -119,6 +120,11 @@ pub fn register(registry: &mut Registry) {
         "shale_store_snapshots_applied",
         "Snapshots installed",
         m.snapshots_applied.clone(),
+    );
+    registry.register(
+        "shale_store_snapshots_ingested",
+        "Snapshots installed by ingesting their pairs as an SST file written on receipt (the rest were written in the store round)",
+        m.snapshots_ingested.clone(),
     );
     registry.register(
         "shale_store_ingested_files",

@@ -230,6 +230,16 @@ impl StoreNode {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Each replica took the snapshot file its marker names (`Replica::open`); the rest
+        // are of snapshots that never got installed.
+        let swept = engine.sweep_snapshot_files();
+        if swept > 0 {
+            info!(
+                store_id = config.store_id,
+                files = swept,
+                "removed unused snapshot files"
+            );
+        }
 
         let addr = transport.local_addr()?;
         let (tx, rx) = sync_channel(config.limits.queue_msgs_max);

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use shale_rpc::client::{ClientError, KvClient};
 use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
@@ -30,7 +29,8 @@ use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
 use crate::replica::AddressBook;
-use crate::snapshot::{Assembler, SnapshotChunk, SnapshotData};
+use crate::snapshot::{Assembler, SnapshotChunk};
+use crate::snapshot_install;
 use crate::staging::Staging;
 use crate::store::{HeartbeatStatus, StoreMsg};
 
@@ -616,11 +616,14 @@ impl StoreService {
             Err(reason) => return warn!(from_store, %reason, "snapshot chunk refused"),
         };
         let (tx, store_id) = (self.tx.clone(), self.store_id);
-        // Checking decodes the whole snapshot (many MiB): not on the runtime's workers.
+        let dir = self.engine.snapshot_dir().to_path_buf();
+        // Checking decodes the whole snapshot (many MiB), and its pairs are written to an
+        // SST file for the loop to ingest: not on the runtime's workers.
         tokio::task::spawn_blocking(move || {
-            if let Err(reason) = check_snapshot_message(&message) {
-                return warn!(range_id, from_store, %reason, "snapshot refused");
-            }
+            let prepared = match snapshot_install::receive(&message, &dir) {
+                Ok(p) => p,
+                Err(reason) => return warn!(range_id, from_store, %reason, "snapshot refused"),
+            };
             let batch = RaftBatch {
                 from_store,
                 to_store: store_id,
@@ -628,7 +631,7 @@ impl StoreService {
                 hibernate: Vec::new(),
             };
             // A snapshot is too costly to drop on a full queue: wait for room.
-            let _ = tx.send(StoreMsg::Raft(batch));
+            let _ = tx.send(StoreMsg::SnapshotReceived { batch, prepared });
         });
     }
 
@@ -696,21 +699,6 @@ fn client_err(e: ClientError) -> KvError {
             reason: format!("id allocation failed: {other}"),
         },
     }
-}
-
-/// A received snapshot must be a well-formed Raft snapshot message of a range.
-fn check_snapshot_message(message: &Bytes) -> Result<(), String> {
-    let m =
-        raft::eraftpb::Message::parse_from_carllerche_bytes(message).map_err(|e| e.to_string())?;
-    if m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
-        return Err(format!(
-            "a {:?} message on the snapshot stream",
-            m.get_msg_type()
-        ));
-    }
-    SnapshotData::decode(&m.get_snapshot().data)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 fn storage_err(e: crate::StorageError) -> KvError {

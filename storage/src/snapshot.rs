@@ -37,6 +37,11 @@ impl SnapshotData {
     pub fn decode(data: &Bytes) -> Result<SnapshotData, StorageError> {
         Ok(shale_rpc::shared::decode(data)?)
     }
+
+    /// Decodes only the range descriptor of a snapshot's data (it comes first).
+    pub fn decode_range(data: &[u8]) -> Result<RangeDescriptor, StorageError> {
+        Ok(postcard::take_from_bytes::<RangeDescriptor>(data)?.0)
+    }
 }
 
 /// Snapshots being built at once on a store. A leader that wants one more waits: raft

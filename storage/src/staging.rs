@@ -106,8 +106,8 @@ impl Staging {
     }
 }
 
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes a rename (or a new file) in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 

@@ -29,8 +29,8 @@ use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
 use crate::replica::{AddressBook, Replica};
 use crate::slow_rounds::SlowRounds;
-use crate::snapshot::{self, SNAPSHOT_BUILDS_MAX};
 use crate::spans::unowned_spans;
+mod snapshots;
 mod status;
 
 pub use crate::store_msg::{HeartbeatStatus, RaftSender, StoreMsg};
@@ -220,7 +220,7 @@ impl<S: RaftSender> Store<S> {
     /// Handles one message; false means stop.
     fn handle(&mut self, msg: StoreMsg) -> bool {
         match &msg {
-            StoreMsg::Raft(batch) => self
+            StoreMsg::Raft(batch) | StoreMsg::SnapshotReceived { batch, .. } => self
                 .active
                 .extend(batch.messages.iter().map(|e| e.range_id)),
             StoreMsg::Write { range_id, .. }
@@ -237,6 +237,16 @@ impl<S: RaftSender> Store<S> {
         }
         match msg {
             StoreMsg::Raft(batch) => self.on_raft(batch),
+            StoreMsg::SnapshotReceived { batch, prepared } => {
+                self.on_raft(batch);
+                // The replica exists now if the message was for it (a new member's is
+                // created by it); otherwise the file goes with `prepared`.
+                if let Some(p) = prepared {
+                    if let Some(r) = self.replicas.get_mut(&p.range_id) {
+                        r.offer_prepared_snapshot(p);
+                    }
+                }
+            }
             StoreMsg::Write {
                 range_id,
                 epoch,
@@ -566,6 +576,9 @@ impl<S: RaftSender> Store<S> {
                 panic!("store {}: syncing the raft log failed: {e}", self.store_id);
             }
             METRICS.fsyncs.inc();
+            // The state of a snapshot taken as a file is on disk: the file goes in now,
+            // before anything after it is applied.
+            self.ingest_taken_snapshots(readies.iter().map(|(id, _)| *id));
             self.on_synced(self.wal_sync.last_asked());
         }
         let sync_target = if sync && !snapshot {
@@ -614,42 +627,6 @@ impl<S: RaftSender> Store<S> {
             }
             if removed {
                 self.destroy_replica(*id);
-            }
-        }
-    }
-
-    /// Starts building the snapshots that leaders among `active` were asked for, each on
-    /// a thread of its own, as many as `SNAPSHOT_BUILDS_MAX` allows (the rest are asked
-    /// for again). Runs between rounds, when every applied write is in the engine.
-    fn start_snapshot_builds(&mut self, active: &BTreeSet<RangeId>) {
-        for id in active {
-            if self.snapshot_builds >= SNAPSHOT_BUILDS_MAX {
-                return;
-            }
-            let Some(job) = self
-                .replicas
-                .get_mut(id)
-                .and_then(|r| r.take_snapshot_job())
-            else {
-                continue;
-            };
-            let tx = self.self_tx.clone();
-            let started = snapshot::spawn_build(
-                format!("store-{}-snap", self.store_id),
-                self.engine.clone(),
-                self.faults.clone(),
-                job,
-                move |range_id, result| {
-                    let result = result.map_err(|e| e.to_string());
-                    // A closed queue means the loop stopped: nobody needs the snapshot.
-                    let _ = tx.send(StoreMsg::SnapshotBuilt { range_id, result });
-                },
-            );
-            match started {
-                Ok(()) => self.snapshot_builds += 1,
-                Err(error) => {
-                    warn!(store_id = self.store_id, range_id = id, %error, "snapshot build not started")
-                }
             }
         }
     }

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use crate::command::Command;
 use crate::outbox::OutgoingSnapshot;
 use crate::replica::{ReadReply, WriteReply};
+use crate::snapshot_install::PreparedSnapshot;
 
 /// A store's state as a placement heartbeat reports it.
 #[derive(Debug, Default)]
@@ -27,6 +28,12 @@ pub struct HeartbeatStatus {
 pub enum StoreMsg {
     /// Raft traffic from another store.
     Raft(RaftBatch),
+    /// A snapshot from another store, checked, with its pairs as an SST file when it
+    /// has any.
+    SnapshotReceived {
+        batch: RaftBatch,
+        prepared: Option<PreparedSnapshot>,
+    },
     /// One client's atomic write.
     Write {
         range_id: RangeId,

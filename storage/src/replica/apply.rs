@@ -45,25 +45,51 @@ impl Replica {
     }
 
     /// Replaces this replica's data and log with a snapshot, in the round's durable batch
-    /// (the data is in no log to replay from).
+    /// (the data is in no log to replay from). With the snapshot's pairs prepared as an
+    /// SST file and nothing of the range here yet, the batch takes only the state and a
+    /// marker, and the loop ingests the file once the batch is synced
+    /// (`take_pending_ingest`): a 64 MiB snapshot then costs the round no writes.
     pub(super) fn apply_snapshot(&mut self, snapshot: &Snapshot, batch: &mut WriteBatch<'_>) {
         let meta = snapshot.get_metadata();
-        let data = match SnapshotData::decode(&snapshot.data) {
-            Ok(d) => d,
-            Err(e) => panic!(
-                "range {}: snapshot was checked on receipt but does not decode: {e}",
-                self.range.id
-            ),
+        let range_id = self.range.id;
+        let prepared = self
+            .prepared
+            .take()
+            .filter(|p| p.index == meta.index && p.term == meta.term);
+        let range = match SnapshotData::decode_range(&snapshot.data) {
+            Ok(r) => r,
+            Err(e) => {
+                panic!("range {range_id}: snapshot was checked on receipt but does not decode: {e}")
+            }
         };
-        assert_eq!(data.range.id, self.range.id, "snapshot of another range");
-        // The snapshot's span is replaced by its pairs. Keys this replica held beyond
-        // that span (it covered more before a split it never applied) are not touched:
-        // they may belong to another replica on this store now.
-        batch.delete_range(Cf::Data, &data.range.start_key, &span_end(&data.range));
-        for (k, v) in &data.pairs {
-            batch.put(Cf::Data, k, v);
-        }
-        self.range = data.range;
+        assert_eq!(range.id, range_id, "snapshot of another range");
+        let empty = || match snapshot_install::span_is_empty(&self.engine, &range) {
+            Ok(empty) => empty,
+            Err(e) => panic!("range {range_id}: reading before a snapshot install failed: {e}"),
+        };
+        let how = match prepared {
+            Some(p) if empty() => {
+                // The marker is written below, after the log's keys are cleared.
+                self.pending_ingest = Some(p.into_path());
+                METRICS.snapshots_ingested.inc();
+                "ingest once synced"
+            }
+            _ => {
+                let data = match SnapshotData::decode(&snapshot.data) {
+                    Ok(d) => d,
+                    Err(e) => panic!("range {range_id}: snapshot does not decode: {e}"),
+                };
+                // The snapshot's span is replaced by its pairs. Keys this replica held
+                // beyond that span (it covered more before a split it never applied) are
+                // not touched: they may belong to another replica on this store now.
+                batch.delete_range(Cf::Data, &range.start_key, &span_end(&range));
+                for (k, v) in &data.pairs {
+                    batch.put(Cf::Data, k, v);
+                }
+                "pairs in the round's batch"
+            }
+        };
+        self.range = range;
         let state = RangeState {
             descriptor: self.range.clone(),
             state: ReplicaState::Normal,
@@ -83,16 +109,19 @@ impl Replica {
             &self.apply.encode(),
         );
         self.node.mut_store().apply_snapshot(meta, batch);
+        if let Some(name) = self.pending_ingest.as_deref().and_then(|p| p.file_name()) {
+            let name = name.to_string_lossy();
+            batch.put(
+                Cf::Raft,
+                &keys::snapshot_ingest_key(range_id),
+                name.as_bytes(),
+            );
+        }
         self.next_id = None;
         self.pending_compact = None;
         METRICS.snapshots_applied.inc();
         self.refresh_snapshot_source();
-        info!(
-            range_id = self.range.id,
-            index = meta.index,
-            pairs = data.pairs.len(),
-            "applied snapshot"
-        );
+        info!(range_id, index = meta.index, how, "applied snapshot");
     }
 
     /// Applies one entry; returns the answer of each client request it carries.

@@ -4,6 +4,7 @@
 //! outbox that the store loop sends.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
 use crate::replica_storage::{ReplicaStorage, SnapshotSource};
 use crate::snapshot::SnapshotData;
+use crate::snapshot_install::{self, PreparedSnapshot};
 use crate::staging::staged_path;
 use crate::StorageError;
 
@@ -101,6 +103,10 @@ pub struct Replica {
     /// Ticks in a row without a known leader (a removed replica whose store was down
     /// when it was removed never learns one).
     leaderless_ticks: u64,
+    /// A received snapshot's pairs as an SST file, for when raft hands it over.
+    prepared: Option<PreparedSnapshot>,
+    /// The SST file of a snapshot this round took, to ingest once its state is synced.
+    pending_ingest: Option<PathBuf>,
     engine: Arc<Engine>,
     addresses: AddressBook,
 }
@@ -124,6 +130,7 @@ impl Replica {
                 ))
             })?
             .id;
+        snapshot_install::recover(&engine, &range)?;
         let apply = match engine.get(Cf::Meta, &keys::apply_state_key(range.id))? {
             Some(b) => ApplyState::decode(&b)?,
             None => ApplyState::default(),
@@ -219,6 +226,8 @@ impl Replica {
             hibernating: false,
             idle_ticks: 0,
             leaderless_ticks: 0,
+            prepared: None,
+            pending_ingest: None,
             engine,
             addresses,
         })

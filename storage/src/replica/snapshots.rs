@@ -1,6 +1,8 @@
 //! A leader replica's side of snapshots built off the store loop: what to build when
-//! raft asks, and handing the built one back to raft (see `crate::snapshot`).
+//! raft asks, and handing the built one back to raft (see `crate::snapshot`); and a
+//! follower's received snapshot prepared as an SST file (see `crate::snapshot_install`).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use raft::eraftpb::Snapshot;
@@ -8,8 +10,21 @@ use raft::ProgressState;
 
 use super::Replica;
 use crate::snapshot::BuildJob;
+use crate::snapshot_install::PreparedSnapshot;
 
 impl Replica {
+    /// A received snapshot's SST file, used if raft hands this replica that snapshot
+    /// (one older it replaces is removed).
+    pub fn offer_prepared_snapshot(&mut self, prepared: PreparedSnapshot) {
+        self.prepared = Some(prepared);
+    }
+
+    /// The SST file of the snapshot this round took, once its state is synced: ingest it
+    /// (`snapshot_install::ingest`) before anything else is applied.
+    pub fn take_pending_ingest(&mut self) -> Option<PathBuf> {
+        self.pending_ingest.take()
+    }
+
     /// A build this replica asked for failed: raft's next request starts another.
     pub fn snapshot_build_failed(&mut self) {
         self.node.mut_store().drop_snapshot();

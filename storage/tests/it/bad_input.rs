@@ -127,7 +127,7 @@ async fn oversized_and_empty_keys_and_values_are_refused_and_change_nothing() {
 async fn forged_snapshot_streams_are_refused_and_change_nothing() {
     use protobuf::Message as _;
     use raft::eraftpb::{Message, MessageType};
-    use shale_storage::snapshot::SnapshotChunk;
+    use shale_storage::snapshot::{SnapshotChunk, SnapshotData};
 
     let dir = tempfile::tempdir().unwrap();
     let cluster = must_cluster(dir.path(), 3).await;
@@ -176,6 +176,14 @@ async fn forged_snapshot_streams_are_refused_and_change_nothing() {
     };
     let garbage = Bytes::from_static(b"\xff\xfe not a raft message at all");
     let snapshot = raft_message(MessageType::MsgSnapshot, b"\x07 not snapshot data");
+    let unordered = postcard::to_allocvec(&SnapshotData {
+        range: before.range.clone(),
+        pairs: vec![key(7), key(3)]
+            .into_iter()
+            .map(|k| (k, value(1)))
+            .collect(),
+    })
+    .unwrap();
     let streams = vec![
         whole(1, garbage.clone()),
         whole(2, raft_message(MessageType::MsgAppend, b"")),
@@ -186,6 +194,8 @@ async fn forged_snapshot_streams_are_refused_and_change_nothing() {
             chunk(4, 0, 2, snapshot.len() as u64, snapshot.slice(..10)),
         ],
         vec![chunk(5, 0, 1, snapshot.len() as u64 + 5, snapshot.clone())],
+        // Well-formed, but its keys are out of order: no SST file can hold them.
+        whole(6, raft_message(MessageType::MsgSnapshot, &unordered)),
     ];
     let transport = Transport::client(&cluster.identity, TransportConfig::default()).unwrap();
     let addr = cluster.node(victim).unwrap().addr();
@@ -200,6 +210,14 @@ async fn forged_snapshot_streams_are_refused_and_change_nothing() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
     let after = status(victim).await;
+    let snapshot_dir = cluster
+        .node(victim)
+        .unwrap()
+        .engine()
+        .snapshot_dir()
+        .to_owned();
+    let left = std::fs::read_dir(snapshot_dir).unwrap().count();
+    assert_eq!(left, 0, "no snapshot file is left behind");
     assert_eq!(after.replica_id, before.replica_id);
     assert_eq!(after.range, before.range, "descriptor unchanged");
     assert!(

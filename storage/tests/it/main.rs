@@ -6,4 +6,5 @@ mod harness;
 mod ingest;
 mod membership;
 mod replication;
+mod snapshot_install;
 mod split;
