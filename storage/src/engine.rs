@@ -252,12 +252,29 @@ impl Engine {
         path: &Path,
         pairs: &[(bytes::Bytes, bytes::Bytes)],
     ) -> Result<(), StorageError> {
+        Self::write_sst_with_deletes(path, pairs, &[])
+    }
+
+    /// Like `write_sst`, with a delete of each of `deletes` (keys strictly ascending, none
+    /// among the pairs' keys) among the pairs: ingested, the file removes those keys.
+    pub fn write_sst_with_deletes(
+        path: &Path,
+        pairs: &[(bytes::Bytes, bytes::Bytes)],
+        deletes: &[bytes::Bytes],
+    ) -> Result<(), StorageError> {
         let mut opts = Options::default();
         opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut writer = rocksdb::SstFileWriter::create(&opts);
         writer.open(path).map_err(engine_err)?;
+        let mut deletes = deletes.iter().peekable();
         for (k, v) in pairs {
+            while let Some(d) = deletes.next_if(|d| *d < k) {
+                writer.delete(d).map_err(engine_err)?;
+            }
             writer.put(k, v).map_err(engine_err)?;
+        }
+        for d in deletes {
+            writer.delete(d).map_err(engine_err)?;
         }
         writer.finish().map_err(engine_err)
     }
@@ -375,6 +392,29 @@ impl Engine {
         visit: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         self.scan_with(cf, start, scan_options(cf, end), visit)
+    }
+
+    /// The keys of `cf` in `[start, end)` and the value of `meta_key` in the meta column
+    /// family, read from one view of the engine (as of the same write).
+    pub fn keys_with_meta(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        meta_key: &[u8],
+    ) -> Result<(Vec<bytes::Bytes>, Option<Vec<u8>>), StorageError> {
+        let view = self.db.snapshot();
+        let meta = view
+            .get_cf(self.handle(Cf::Meta), meta_key)
+            .map_err(engine_err)?;
+        let mut opts = scan_options(cf, end);
+        opts.set_snapshot(&view);
+        let mut keys = Vec::new();
+        self.scan_with(cf, start, opts, |k, _| {
+            keys.push(bytes::Bytes::copy_from_slice(k));
+            true
+        })?;
+        Ok((keys, meta))
     }
 
     /// Like `scan`, over the engine as it stands when this is called: `pinned` runs once

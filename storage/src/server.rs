@@ -616,11 +616,11 @@ impl StoreService {
             Err(reason) => return warn!(from_store, %reason, "snapshot chunk refused"),
         };
         let (tx, store_id) = (self.tx.clone(), self.store_id);
-        let dir = self.engine.snapshot_dir().to_path_buf();
+        let engine = self.engine.clone();
         // Checking decodes the whole snapshot (many MiB), and its pairs are written to an
         // SST file for the loop to ingest: not on the runtime's workers.
         tokio::task::spawn_blocking(move || {
-            let prepared = match snapshot_install::receive(&message, &dir) {
+            let prepared = match snapshot_install::receive(&message, &engine) {
                 Ok(p) => p,
                 Err(reason) => return warn!(range_id, from_store, %reason, "snapshot refused"),
             };

@@ -16,6 +16,7 @@ use raft::eraftpb::{Message, MessageType};
 use shale_rpc::{RangeDescriptor, RangeId};
 use tracing::info;
 
+use crate::command::ApplyState;
 use crate::engine::{Cf, Durability, Engine};
 use crate::keys;
 use crate::replica::span_end;
@@ -30,6 +31,9 @@ pub struct PreparedSnapshot {
     pub range_id: RangeId,
     pub index: u64,
     pub term: u64,
+    /// The file also deletes the keys of the range this store held at this applied
+    /// index (none: it held none then). Used only if the replica is still there.
+    pub deletes_held_at: Option<u64>,
     path: Option<PathBuf>,
 }
 
@@ -52,9 +56,11 @@ impl Drop for PreparedSnapshot {
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
 /// Checks a received snapshot (a well-formed Raft snapshot message of a range) and, when
-/// it holds pairs, writes them as an SST file in `dir`. Pairs not in strictly ascending
-/// order are refused: a snapshot is built from a scan.
-pub fn receive(message: &Bytes, dir: &Path) -> Result<Option<PreparedSnapshot>, String> {
+/// it holds pairs, writes them as an SST file in the engine's snapshot folder, with a
+/// delete of every other key the store holds in the range's span (a lagging replica's
+/// data), read at one applied index. Pairs not in strictly ascending order are refused:
+/// a snapshot is built from a scan.
+pub fn receive(message: &Bytes, engine: &Engine) -> Result<Option<PreparedSnapshot>, String> {
     let m = Message::parse_from_carllerche_bytes(message).map_err(|e| e.to_string())?;
     if m.get_msg_type() != MessageType::MsgSnapshot {
         return Err(format!(
@@ -70,22 +76,54 @@ pub fn receive(message: &Bytes, dir: &Path) -> Result<Option<PreparedSnapshot>, 
     if let Some(w) = data.pairs.windows(2).find(|w| w[0].0 >= w[1].0) {
         return Err(format!("snapshot keys out of order at {:?}", w[1].0));
     }
+    let range = &data.range;
+    let (held, apply) = engine
+        .keys_with_meta(
+            Cf::Data,
+            &range.start_key,
+            &span_end(range),
+            &keys::apply_state_key(range.id),
+        )
+        .map_err(|e| e.to_string())?;
+    let deletes_held_at = match (held.is_empty(), apply) {
+        (true, _) => None,
+        (false, None) => Some(0),
+        (false, Some(a)) => Some(
+            ApplyState::decode(&a)
+                .map_err(|e| e.to_string())?
+                .applied_index,
+        ),
+    };
+    let deletes: Vec<Bytes> = {
+        let _ = not_among(held, &data.pairs);
+        Vec::new()
+    };
     let meta = snapshot.get_metadata();
     let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
-    let path = dir.join(format!(
-        "{}-{}-{}-{n}.sst",
-        data.range.id, meta.term, meta.index
-    ));
+    let dir = engine.snapshot_dir();
+    let path = dir.join(format!("{}-{}-{}-{n}.sst", range.id, meta.term, meta.index));
     let prepared = PreparedSnapshot {
-        range_id: data.range.id,
+        range_id: range.id,
         index: meta.index,
         term: meta.term,
+        deletes_held_at,
         path: Some(path.clone()),
     };
-    Engine::write_sst(&path, &data.pairs).map_err(|e| e.to_string())?;
+    Engine::write_sst_with_deletes(&path, &data.pairs, &deletes).map_err(|e| e.to_string())?;
     // The marker naming it may be synced soon: the file's name must be on disk first.
     sync_dir(dir).map_err(|e| format!("sync {}: {e}", dir.display()))?;
     Ok(Some(prepared))
+}
+
+/// The keys of `held` (ascending) that are not keys of `pairs` (ascending).
+fn not_among(held: Vec<Bytes>, pairs: &[(Bytes, Bytes)]) -> Vec<Bytes> {
+    let mut pairs = pairs.iter().map(|(k, _)| k).peekable();
+    held.into_iter()
+        .filter(|k| {
+            while pairs.next_if(|p| *p < k).is_some() {}
+            pairs.peek() != Some(&k)
+        })
+        .collect()
 }
 
 /// Whether `range` holds no key on this store: then a snapshot's file alone is its data
@@ -127,4 +165,130 @@ pub fn recover(engine: &Engine, range: &RangeDescriptor) -> Result<(), StorageEr
     let mut batch = engine.batch();
     batch.delete(Cf::Raft, &marker);
     engine.write(batch, Durability::Wal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use shale_rpc::Epoch;
+
+    fn range(id: RangeId) -> RangeDescriptor {
+        RangeDescriptor {
+            id,
+            start_key: Bytes::from_static(b"a"),
+            end_key: Bytes::from_static(b"m"),
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
+            },
+            replicas: Vec::new(),
+        }
+    }
+
+    fn message(range: &RangeDescriptor, pairs: &[(&str, &str)]) -> Bytes {
+        let data = SnapshotData {
+            range: range.clone(),
+            pairs: pairs
+                .iter()
+                .map(|(k, v)| (Bytes::from(k.to_string()), Bytes::from(v.to_string())))
+                .collect(),
+        };
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.mut_snapshot().data = Bytes::from(postcard::to_allocvec(&data).unwrap());
+        m.mut_snapshot().mut_metadata().index = 50;
+        m.mut_snapshot().mut_metadata().term = 3;
+        Bytes::from(m.write_to_bytes().unwrap())
+    }
+
+    fn data(engine: &Engine) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        engine
+            .scan(Cf::Data, b"", b"", |k, v| {
+                let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                all.push((s(k), s(v)));
+                true
+            })
+            .unwrap();
+        all
+    }
+
+    /// A lagging replica's keys the snapshot lacks go with the ingest; keys outside the
+    /// range stay.
+    #[test]
+    fn a_received_snapshots_file_replaces_what_the_store_held_of_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &EngineConfig::default()).unwrap();
+        let range = range(7);
+        let mut batch = engine.batch();
+        for (k, v) in [("a1", "old"), ("b2", "old"), ("c3", "old"), ("z9", "other")] {
+            batch.put(Cf::Data, k.as_bytes(), v.as_bytes());
+        }
+        let applied = ApplyState {
+            applied_index: 31,
+            applied_term: 2,
+        };
+        batch.put(Cf::Meta, &keys::apply_state_key(7), &applied.encode());
+        engine.write(batch, Durability::NoWal).unwrap();
+
+        let snapshot = message(&range, &[("b2", "new"), ("b3", "new"), ("d4", "new")]);
+        let prepared = receive(&snapshot, &engine).unwrap().unwrap();
+        assert_eq!((prepared.index, prepared.term), (50, 3));
+        assert_eq!(prepared.deletes_held_at, Some(31));
+        let path = prepared.into_path();
+        assert!(path.starts_with(engine.snapshot_dir()));
+        ingest(&engine, 7, &path).unwrap();
+        assert!(!path.exists(), "the file moved into the engine");
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            data(&engine),
+            pairs(&[("b2", "new"), ("b3", "new"), ("d4", "new"), ("z9", "other")])
+        );
+
+        // Nothing held: nothing to delete.
+        let fresh = tempfile::tempdir().unwrap();
+        let engine = Engine::open(fresh.path(), &EngineConfig::default()).unwrap();
+        let prepared = receive(&snapshot, &engine).unwrap().unwrap();
+        assert_eq!(prepared.deletes_held_at, None);
+        let path = prepared.into_path();
+        ingest(&engine, 7, &path).unwrap();
+        assert_eq!(
+            data(&engine),
+            pairs(&[("b2", "new"), ("b3", "new"), ("d4", "new")])
+        );
+    }
+
+    #[test]
+    fn an_unused_prepared_file_is_removed_and_unordered_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &EngineConfig::default()).unwrap();
+        let prepared = receive(&message(&range(7), &[("b", "1")]), &engine)
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::read_dir(engine.snapshot_dir()).unwrap().count(), 1);
+        drop(prepared);
+        assert_eq!(std::fs::read_dir(engine.snapshot_dir()).unwrap().count(), 0);
+        let unordered = message(&range(7), &[("c", "1"), ("b", "2")]);
+        assert!(receive(&unordered, &engine)
+            .unwrap_err()
+            .contains("out of order"));
+        assert!(receive(&message(&range(7), &[]), &engine)
+            .unwrap()
+            .is_none());
+        assert_eq!(std::fs::read_dir(engine.snapshot_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn keys_not_among_the_pairs() {
+        let b = |s: &str| Bytes::from(s.to_string());
+        let pairs: Vec<(Bytes, Bytes)> = ["b", "d", "e"].iter().map(|k| (b(k), b("v"))).collect();
+        let held = ["a", "b", "c", "e", "f"].iter().map(|k| b(k)).collect();
+        assert_eq!(not_among(held, &pairs), vec![b("a"), b("c"), b("f")]);
+        assert!(not_among(Vec::new(), &pairs).is_empty());
+    }
 }

@@ -46,9 +46,10 @@ impl Replica {
 
     /// Replaces this replica's data and log with a snapshot, in the round's durable batch
     /// (the data is in no log to replay from). With the snapshot's pairs prepared as an
-    /// SST file and nothing of the range here yet, the batch takes only the state and a
-    /// marker, and the loop ingests the file once the batch is synced
-    /// (`take_pending_ingest`): a 64 MiB snapshot then costs the round no writes.
+    /// SST file that also deletes whatever of the range this replica holds (nothing yet,
+    /// or what it held at its applied index when the file was written), the batch takes
+    /// only the state and a marker, and the loop ingests the file once the batch is
+    /// synced (`take_pending_ingest`): a 64 MiB snapshot then costs the round no writes.
     pub(super) fn apply_snapshot(&mut self, snapshot: &Snapshot, batch: &mut WriteBatch<'_>) {
         let meta = snapshot.get_metadata();
         let range_id = self.range.id;
@@ -68,7 +69,7 @@ impl Replica {
             Err(e) => panic!("range {range_id}: reading before a snapshot install failed: {e}"),
         };
         let how = match prepared {
-            Some(p) if empty() => {
+            Some(p) if p.deletes_held_at == Some(self.apply.applied_index) || empty() => {
                 // The marker is written below, after the log's keys are cleared.
                 self.pending_ingest = Some(p.into_path());
                 METRICS.snapshots_ingested.inc();

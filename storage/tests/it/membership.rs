@@ -290,14 +290,24 @@ async fn must_catch_up_by_snapshot(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncated() {
     let dir = tempfile::tempdir().unwrap();
-    let (cluster, _client, lagging, cut_at) = with_a_lagging_replica(dir.path()).await;
+    let (cluster, client, lagging, cut_at) = with_a_lagging_replica(dir.path()).await;
+    // Keys it holds that are deleted meanwhile must go with the snapshot's install.
+    for i in 0..10 {
+        client.delete(key(i)).await.unwrap();
+    }
     cluster
         .node(lagging)
         .unwrap()
         .faults()
         .set_partitioned(false);
-    let keys: Vec<usize> = (0..400).collect();
+    let keys: Vec<usize> = (10..400).collect();
     must_catch_up_by_snapshot(&cluster, lagging, cut_at, &keys).await;
+    let engine = cluster.node(lagging).unwrap().engine().clone();
+    for i in 0..10 {
+        let held = engine.get(Cf::Data, &key(i)).unwrap();
+        assert_eq!(held, None, "key {i} was deleted while the replica lagged");
+    }
+    drop(engine);
     cluster.shutdown().await;
 }
 
