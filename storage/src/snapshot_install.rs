@@ -94,10 +94,7 @@ pub fn receive(message: &Bytes, engine: &Engine) -> Result<Option<PreparedSnapsh
                 .applied_index,
         ),
     };
-    let deletes: Vec<Bytes> = {
-        let _ = not_among(held, &data.pairs);
-        Vec::new()
-    };
+    let deletes = not_among(held, &data.pairs);
     let meta = snapshot.get_metadata();
     let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
     let dir = engine.snapshot_dir();
