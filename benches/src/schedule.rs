@@ -51,29 +51,24 @@ pub fn build_view(stores: u64, filled: u64, ranges: u64) -> ClusterView {
             })
             .collect();
         let leader = replicas[0].store_id;
-        let report = RangeReport {
-            range: RangeDescriptor {
-                id: i + 1,
-                start_key: if i == 0 { Bytes::new() } else { key(i) },
-                end_key: if i + 1 == ranges {
-                    Bytes::new()
-                } else {
-                    key(i + 1)
-                },
-                epoch: Epoch {
-                    conf_ver: 1,
-                    version: 1,
-                },
-                replicas,
+        let range = RangeDescriptor {
+            id: i + 1,
+            start_key: if i == 0 { Bytes::new() } else { key(i) },
+            end_key: if i + 1 == ranges {
+                Bytes::new()
+            } else {
+                key(i + 1)
             },
-            term: 1,
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
+            },
+            replicas,
+        };
+        let report = RangeReport {
             size_bytes: 64 << 20,
-            key_count: None,
-            write_ops: 0,
-            write_bytes: 0,
-            read_ops: 0,
-            read_bytes: 0,
             interval_ms: 10_000,
+            ..RangeReport::quiet(range, 1)
         };
         view.apply_report(leader, &report, 0, config.hot());
     }

@@ -382,34 +382,29 @@ mod tests {
     use shale_rpc::{Epoch, RangeDescriptor, ReplicaDescriptor};
 
     fn report(id: RangeId, start: &str, end: &str, ops: u64) -> RangeReport {
-        RangeReport {
-            range: RangeDescriptor {
-                id,
-                start_key: Bytes::copy_from_slice(start.as_bytes()),
-                end_key: Bytes::copy_from_slice(end.as_bytes()),
-                epoch: Epoch {
-                    conf_ver: 1,
-                    version: 1,
-                },
-                replicas: vec![
-                    ReplicaDescriptor {
-                        id: id * 10 + 1,
-                        store_id: 1,
-                    },
-                    ReplicaDescriptor {
-                        id: id * 10 + 2,
-                        store_id: 2,
-                    },
-                ],
+        let range = RangeDescriptor {
+            id,
+            start_key: Bytes::copy_from_slice(start.as_bytes()),
+            end_key: Bytes::copy_from_slice(end.as_bytes()),
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
             },
-            term: 1,
-            size_bytes: 0,
-            key_count: None,
+            replicas: vec![
+                ReplicaDescriptor {
+                    id: id * 10 + 1,
+                    store_id: 1,
+                },
+                ReplicaDescriptor {
+                    id: id * 10 + 2,
+                    store_id: 2,
+                },
+            ],
+        };
+        RangeReport {
             write_ops: ops,
             write_bytes: ops * 100,
-            read_ops: 0,
-            read_bytes: 0,
-            interval_ms: 1000,
+            ..RangeReport::quiet(range, 1)
         }
     }
 

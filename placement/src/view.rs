@@ -447,17 +447,7 @@ mod tests {
     }
 
     fn report(range: RangeDescriptor, term: u64) -> RangeReport {
-        RangeReport {
-            range,
-            term,
-            size_bytes: 0,
-            key_count: None,
-            write_ops: 0,
-            write_bytes: 0,
-            read_ops: 0,
-            read_bytes: 0,
-            interval_ms: 1000,
-        }
+        RangeReport::quiet(range, term)
     }
 
     const COLD: HotThresholds = HotThresholds {

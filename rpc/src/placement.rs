@@ -128,6 +128,24 @@ pub struct RangeReport {
     pub interval_ms: u64,
 }
 
+impl RangeReport {
+    /// A report of `range` at `term` with no size, no count and no requests over a
+    /// second (tests and simulations set what they need on top).
+    pub fn quiet(range: RangeDescriptor, term: u64) -> RangeReport {
+        RangeReport {
+            range,
+            term,
+            size_bytes: 0,
+            key_count: None,
+            write_ops: 0,
+            write_bytes: 0,
+            read_ops: 0,
+            read_bytes: 0,
+            interval_ms: 1000,
+        }
+    }
+}
+
 /// One step placement asks a range's leader to take.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RangeStep {

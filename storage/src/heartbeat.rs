@@ -430,25 +430,19 @@ mod tests {
     use shale_rpc::ReplicaDescriptor;
 
     fn report(id: RangeId, term: u64, size_bytes: u64) -> RangeReport {
-        RangeReport {
-            range: RangeDescriptor {
-                id,
-                start_key: Bytes::new(),
-                end_key: Bytes::new(),
-                epoch: Epoch {
-                    conf_ver: 1,
-                    version: 1,
-                },
-                replicas: vec![ReplicaDescriptor { id: 1, store_id: 1 }],
+        let range = RangeDescriptor {
+            id,
+            start_key: Bytes::new(),
+            end_key: Bytes::new(),
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
             },
-            term,
+            replicas: vec![ReplicaDescriptor { id: 1, store_id: 1 }],
+        };
+        RangeReport {
             size_bytes,
-            key_count: None,
-            write_ops: 0,
-            write_bytes: 0,
-            read_ops: 0,
-            read_bytes: 0,
-            interval_ms: 1000,
+            ..RangeReport::quiet(range, term)
         }
     }
 

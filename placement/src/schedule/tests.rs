@@ -58,25 +58,19 @@ impl Sim {
                 })
                 .collect::<Vec<_>>();
             let leader = replicas[0].store_id;
-            let report = RangeReport {
-                range: RangeDescriptor {
-                    id: i + 1,
-                    start_key: start,
-                    end_key: end,
-                    epoch: Epoch {
-                        conf_ver: 1,
-                        version: 1,
-                    },
-                    replicas,
+            let range = RangeDescriptor {
+                id: i + 1,
+                start_key: start,
+                end_key: end,
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 1,
                 },
-                term: 1,
+                replicas,
+            };
+            let report = RangeReport {
                 size_bytes: 1 << 20,
-                key_count: None,
-                write_ops: 0,
-                write_bytes: 0,
-                read_ops: 0,
-                read_bytes: 0,
-                interval_ms: 1000,
+                ..RangeReport::quiet(range, 1)
             };
             let config = ScheduleConfig::default();
             view.apply_report(leader, &report, 0, config.hot());
@@ -171,15 +165,8 @@ impl Sim {
         }
         for d in [Some(r), extra].into_iter().flatten() {
             let report = RangeReport {
-                range: d,
-                term: range.term + 1,
                 size_bytes: range.size_bytes,
-                key_count: None,
-                write_ops: 0,
-                write_bytes: 0,
-                read_ops: 0,
-                read_bytes: 0,
-                interval_ms: 1000,
+                ..RangeReport::quiet(d, range.term + 1)
             };
             self.view
                 .apply_report(leader, &report, self.now_ms, self.config.hot());
@@ -291,15 +278,9 @@ fn a_hot_range_splits_after_its_window_and_leaders_spread() {
     let hot = |sim: &mut Sim| {
         for r in sim.view.ranges.clone().values() {
             let report = RangeReport {
-                range: r.range.clone(),
-                term: r.term,
                 size_bytes: r.size_bytes,
-                key_count: None,
                 write_ops: 1000,
-                write_bytes: 0,
-                read_ops: 0,
-                read_bytes: 0,
-                interval_ms: 1000,
+                ..RangeReport::quiet(r.range.clone(), r.term)
             };
             let hot = sim.config.hot();
             sim.view
