@@ -36,7 +36,7 @@ pub enum FrameKind {
     AdminRequest = 5,
     /// The store's answer to an admin request.
     AdminResponse = 6,
-    /// One chunk of a Raft snapshot on its own one-way stream.
+    /// One chunk of a Raft snapshot, a request of its own.
     SnapshotChunk = 7,
     /// A request to the placement driver.
     PlacementRequest = 8,
@@ -44,6 +44,8 @@ pub enum FrameKind {
     PlacementResponse = 9,
     /// A liveness probe; the transport answers it with itself, without the service.
     Ping = 10,
+    /// The receiver's answer to a snapshot chunk: send the next, taken, or refused.
+    SnapshotAck = 11,
 }
 
 impl FrameKind {
@@ -59,6 +61,7 @@ impl FrameKind {
             8 => FrameKind::PlacementRequest,
             9 => FrameKind::PlacementResponse,
             10 => FrameKind::Ping,
+            11 => FrameKind::SnapshotAck,
             other => return Err(RpcError::UnknownKind(other)),
         })
     }
@@ -292,6 +295,7 @@ mod tests {
             Just(FrameKind::PlacementRequest),
             Just(FrameKind::PlacementResponse),
             Just(FrameKind::Ping),
+            Just(FrameKind::SnapshotAck),
         ]
     }
 

@@ -17,7 +17,7 @@ use tracing::{debug, info};
 
 use crate::faults::Faults;
 use crate::replica::AddressBook;
-use crate::snapshot::{chunks, SnapshotChunk};
+use crate::snapshot::{chunks, SnapshotAck, SnapshotChunk};
 use crate::store::{OutgoingSnapshot, RaftSender, StoreMsg};
 
 /// Most message bytes merged into one frame when a peer's queue has several batches.
@@ -66,17 +66,13 @@ impl RaftRouter {
 
 /// Snapshots being sent at once; more wait for a slot (the loop never blocks on it).
 const SNAPSHOTS_SENDING_MAX: usize = 2;
-/// How long after a snapshot of `bytes` was sent its success is reported to raft, in
-/// case the follower's own answer (after it installed it) never comes: a second, and
-/// one per 16 MiB (installs here take about 0.2 s for 64 MiB), at most 10 s. A snapshot
-/// the receiver refused after taking all of it (it was busy) is retried after this.
-fn install_grace(bytes: u64) -> Duration {
-    const BYTES_PER_SEC: u64 = 16 << 20;
-    const MAX: Duration = Duration::from_secs(10);
-    (Duration::from_secs(1) + Duration::from_millis(bytes * 1000 / BYTES_PER_SEC)).min(MAX)
-}
+/// How long a snapshot is offered again to a receiver that is busy with other
+/// transfers, before raft is told it failed (and builds a fresh one later).
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Streams one snapshot message in chunk frames on a fresh one-way stream.
+/// Sends one snapshot message as chunk requests, each answered before the next goes,
+/// offering it again (with backoff) while the receiver is busy; `Ok` once the receiver
+/// says it took the whole snapshot (handed to its store loop).
 async fn send_snapshot(
     transport: Arc<Transport>,
     addr: Option<String>,
@@ -84,18 +80,50 @@ async fn send_snapshot(
 ) -> Result<(), String> {
     let addr = addr.ok_or("no address for the target store")?;
     let addr = parse_addr(&addr).map_err(|e| e.to_string())?;
-    let mut stream = transport
-        .open_oneway(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    for chunk in &chunks {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match send_chunks(&transport, addr, &chunks).await? {
+            SnapshotAck::Taken => return Ok(()),
+            _ if started.elapsed() + backoff > BUSY_RETRY_MAX => {
+                return Err("the receiver stayed busy with other snapshots".into())
+            }
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One attempt: `Taken`, or `Busy` if the receiver turned the first chunk away.
+async fn send_chunks(
+    transport: &Transport,
+    addr: std::net::SocketAddr,
+    chunks: &[SnapshotChunk],
+) -> Result<SnapshotAck, String> {
+    let last = chunks.len().saturating_sub(1);
+    for (i, chunk) in chunks.iter().enumerate() {
         let frame = Frame::encode(FrameKind::SnapshotChunk, chunk).map_err(|e| e.to_string())?;
-        stream.send(&frame).await.map_err(|e| e.to_string())?;
+        let reply = transport
+            .call(addr, &frame)
+            .await
+            .map_err(|e| e.to_string())?;
         crate::metrics::METRICS
             .snapshot_bytes_sent
             .inc_by(frame.body.len() as u64);
+        let ack: SnapshotAck = reply
+            .decode(FrameKind::SnapshotAck)
+            .map_err(|e| format!("unreadable answer to chunk {i}: {e}"))?;
+        match ack {
+            SnapshotAck::Next if i < last => {}
+            SnapshotAck::Taken if i == last => return Ok(SnapshotAck::Taken),
+            SnapshotAck::Busy if i == 0 => return Ok(SnapshotAck::Busy),
+            SnapshotAck::Refused { reason } => return Err(format!("refused: {reason}")),
+            other => return Err(format!("answer {other:?} to chunk {i} of {}", last + 1)),
+        }
     }
-    stream.finish().await.map_err(|e| e.to_string())
+    Err("no chunks to send".into())
 }
 
 impl RaftSender for RaftRouter {
@@ -138,22 +166,16 @@ impl RaftSender for RaftRouter {
                     })
                     .await;
                     match encoded {
-                        Ok(chunks) => {
-                            let bytes = chunks.first().map_or(0, |c| c.total_bytes);
-                            send_snapshot(transport, addr, chunks).await.map(|()| bytes)
-                        }
+                        Ok(chunks) => send_snapshot(transport, addr, chunks).await,
                         Err(e) => Err(format!("encoding the snapshot: {e}")),
                     }
                 }
                 Err(_) => Err("snapshot slots closed".to_string()),
             };
-            match &result {
-                Err(reason) => info!(range_id, to_store, %reason, "snapshot send failed"),
-                // The receiver still has to check and install it. Raft resumes sending
-                // entries once the follower's answer shows it installed (as it normally
-                // does well within this); reporting success at once would let appends
-                // race the install, be refused, and have a second snapshot built.
-                Ok(bytes) => tokio::time::sleep(install_grace(*bytes)).await,
+            // Taken means the snapshot is in the receiver's loop queue ahead of anything
+            // raft sends once it hears of it, so appends cannot race the install.
+            if let Err(reason) = &result {
+                info!(range_id, to_store, %reason, "snapshot send failed");
             }
             let report = StoreMsg::SnapshotReport {
                 range_id,
@@ -235,17 +257,5 @@ impl PeerSender {
         }
         let stream = self.stream.as_mut().expect("just opened");
         stream.send(&frame).await.map_err(|e| e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn install_grace_grows_with_the_snapshot_within_bounds() {
-        assert_eq!(install_grace(0), Duration::from_secs(1));
-        assert_eq!(install_grace(64 << 20), Duration::from_secs(5));
-        assert_eq!(install_grace(512 << 20), Duration::from_secs(10));
     }
 }

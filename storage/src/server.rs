@@ -29,7 +29,7 @@ use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
 use crate::replica::AddressBook;
-use crate::snapshot::{Assembler, SnapshotChunk};
+use crate::snapshot::{Assembler, SnapshotAck, SnapshotChunk};
 use crate::snapshot_install;
 use crate::staging::Staging;
 use crate::store::{HeartbeatStatus, StoreMsg};
@@ -598,32 +598,39 @@ impl StoreService {
         }
     }
 
-    /// Adds a snapshot chunk; a complete, well-formed snapshot goes to the store loop.
-    fn snapshot_chunk(&self, frame: Frame) {
+    /// Adds a snapshot chunk; a complete, well-formed snapshot goes to the store loop
+    /// before the answer says it was taken.
+    async fn snapshot_chunk(&self, frame: Frame) -> SnapshotAck {
+        let refused = |reason: String| SnapshotAck::Refused { reason };
+        if self.faults.partitioned() {
+            return refused("the store is cut off (fault injection)".into());
+        }
         let chunk: SnapshotChunk = match frame.decode(FrameKind::SnapshotChunk) {
             Ok(c) => c,
-            Err(e) => return warn!(error = %e, "undecodable snapshot chunk"),
+            Err(e) => return refused(format!("undecodable snapshot chunk: {e}")),
         };
         let from_store = chunk.from_store;
-        let done = self
-            .snapshots
-            .lock()
-            .expect("snapshot assembler lock")
-            .add(chunk);
+        let done = {
+            let mut assembler = self.snapshots.lock().expect("snapshot assembler lock");
+            if chunk.seq == 0 && assembler.is_full() {
+                return SnapshotAck::Busy;
+            }
+            assembler.add(chunk)
+        };
         let (range_id, message) = match done {
             Ok(Some(whole)) => whole,
-            Ok(None) => return,
-            Err(reason) => return warn!(from_store, %reason, "snapshot chunk refused"),
+            Ok(None) => return SnapshotAck::Next,
+            Err(reason) => {
+                warn!(from_store, %reason, "snapshot chunk refused");
+                return refused(reason);
+            }
         };
         let (tx, store_id) = (self.tx.clone(), self.store_id);
         let engine = self.engine.clone();
         // Checking decodes the whole snapshot (many MiB), and its pairs are written to an
         // SST file for the loop to ingest: not on the runtime's workers.
-        tokio::task::spawn_blocking(move || {
-            let prepared = match snapshot_install::receive(&message, &engine) {
-                Ok(p) => p,
-                Err(reason) => return warn!(range_id, from_store, %reason, "snapshot refused"),
-            };
+        let handed = tokio::task::spawn_blocking(move || {
+            let prepared = snapshot_install::receive(&message, &engine)?;
             let batch = RaftBatch {
                 from_store,
                 to_store: store_id,
@@ -631,8 +638,18 @@ impl StoreService {
                 hibernate: Vec::new(),
             };
             // A snapshot is too costly to drop on a full queue: wait for room.
-            let _ = tx.send(StoreMsg::SnapshotReceived { batch, prepared });
-        });
+            tx.send(StoreMsg::SnapshotReceived { batch, prepared })
+                .map_err(|_| "the store is shutting down".to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("checking the snapshot failed: {e}")));
+        match handed {
+            Ok(()) => SnapshotAck::Taken,
+            Err(reason) => {
+                warn!(range_id, from_store, %reason, "snapshot refused");
+                refused(reason)
+            }
+        }
     }
 
     fn get(&self, range: &RangeDescriptor, key: &[u8]) -> KvResponse {
@@ -711,6 +728,9 @@ fn storage_err(e: crate::StorageError) -> KvError {
 impl Service for StoreService {
     async fn request(&self, frame: Frame) -> Frame {
         let encoded = match frame.kind {
+            FrameKind::SnapshotChunk => {
+                Frame::encode(FrameKind::SnapshotAck, &self.snapshot_chunk(frame).await)
+            }
             FrameKind::AdminRequest => {
                 let response: AdminResponse =
                     match frame.decode::<AdminRequest>(FrameKind::AdminRequest) {
@@ -737,9 +757,6 @@ impl Service for StoreService {
     fn message(&self, frame: Frame, remote: SocketAddr) {
         if self.faults.partitioned() {
             return;
-        }
-        if frame.kind == FrameKind::SnapshotChunk {
-            return self.snapshot_chunk(frame);
         }
         match frame.decode::<RaftBatch>(FrameKind::RaftBatch) {
             Ok(batch) => {

@@ -160,6 +160,22 @@ pub struct SnapshotChunk {
     pub data: Bytes,
 }
 
+/// The receiver's answer to one snapshot chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotAck {
+    /// Taken; send the next chunk.
+    Next,
+    /// The last chunk: the whole snapshot was checked and handed to the store loop,
+    /// ahead of any Raft message the sender sends after this answer.
+    Taken,
+    /// The receiver is taking as many transfers as it can: send the same snapshot again
+    /// a little later (no chunk of it was kept).
+    Busy,
+    /// Not taken (malformed, out of order): the transfer is over and the sender's raft
+    /// tries again later.
+    Refused { reason: String },
+}
+
 struct Assembly {
     next_seq: u32,
     buf: BytesMut,
@@ -173,6 +189,13 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// Whether a new transfer would be refused now: as many are open as may be.
+    pub fn is_full(&mut self) -> bool {
+        self.open
+            .retain(|_, a| a.touched.elapsed() < ASSEMBLY_IDLE_MAX);
+        self.open.len() >= SNAPSHOTS_RECEIVING_MAX
+    }
+
     /// Takes one chunk; returns the whole Raft message when this was its last chunk.
     pub fn add(&mut self, chunk: SnapshotChunk) -> Result<Option<(RangeId, Bytes)>, String> {
         self.open

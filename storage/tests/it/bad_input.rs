@@ -127,7 +127,9 @@ async fn oversized_and_empty_keys_and_values_are_refused_and_change_nothing() {
 async fn forged_snapshot_streams_are_refused_and_change_nothing() {
     use protobuf::Message as _;
     use raft::eraftpb::{Message, MessageType};
-    use shale_storage::snapshot::{SnapshotChunk, SnapshotData};
+    use shale_storage::snapshot::{
+        SnapshotAck, SnapshotChunk, SnapshotData, SNAPSHOTS_RECEIVING_MAX,
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let cluster = must_cluster(dir.path(), 3).await;
@@ -199,15 +201,41 @@ async fn forged_snapshot_streams_are_refused_and_change_nothing() {
     ];
     let transport = Transport::client(&cluster.identity, TransportConfig::default()).unwrap();
     let addr = cluster.node(victim).unwrap().addr();
-    for chunks in streams {
-        let mut stream = transport.open_oneway(addr).await.unwrap();
+    for (i, chunks) in streams.into_iter().enumerate() {
+        let mut acks = Vec::new();
         for c in &chunks {
             let frame = Frame::encode(FrameKind::SnapshotChunk, c).unwrap();
-            stream.send(&frame).await.unwrap();
+            let reply = transport.call(addr, &frame).await.unwrap();
+            acks.push(reply.decode::<SnapshotAck>(FrameKind::SnapshotAck).unwrap());
         }
-        stream.finish().await.unwrap();
+        // Every transfer is refused, and the sender is told so at once.
+        assert!(
+            acks.iter()
+                .any(|a| matches!(a, SnapshotAck::Refused { .. })),
+            "transfer {i}: {acks:?}"
+        );
+        assert!(
+            !acks.contains(&SnapshotAck::Taken),
+            "transfer {i}: {acks:?}"
+        );
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Transfers left open take the receiver's slots; past its bound a new one is told to
+    // come back later (one above is still open, waiting for its second chunk).
+    let mut answers = Vec::new();
+    for transfer_id in 100..100 + SNAPSHOTS_RECEIVING_MAX as u64 {
+        let c = chunk(
+            transfer_id,
+            0,
+            2,
+            2 * snapshot.len() as u64,
+            snapshot.clone(),
+        );
+        let frame = Frame::encode(FrameKind::SnapshotChunk, &c).unwrap();
+        let reply = transport.call(addr, &frame).await.unwrap();
+        answers.push(reply.decode::<SnapshotAck>(FrameKind::SnapshotAck).unwrap());
+    }
+    let busy = answers.iter().position(|a| *a == SnapshotAck::Busy);
+    assert_eq!(busy, Some(SNAPSHOTS_RECEIVING_MAX - 1), "{answers:?}");
 
     let after = status(victim).await;
     let snapshot_dir = cluster
