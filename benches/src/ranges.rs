@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use shale_placement::cluster::PlacedCluster;
 use shale_rpc::client::KvClient;
+use shale_rpc::placement::{PlacementReply, PlacementRequest};
 use shale_storage::cluster::LocalCluster;
 use shale_storage::node::StoreNode;
 
@@ -328,6 +329,11 @@ pub struct IdleReport {
     pub measured_seconds: f64,
     pub hibernating_replicas: usize,
     pub replicas: usize,
+    /// Seconds waited after setup for the ranges to go idle (and, with placement, for
+    /// its leader moves to end).
+    pub settle_seconds: f64,
+    /// Placement's operators in flight when the measurement ended (none: no placement).
+    pub operators_in_flight: Option<u32>,
     /// Resident memory of the whole process (all stores) after setup.
     pub rss_bytes: u64,
     pub rss_bytes_per_store: u64,
@@ -365,6 +371,18 @@ impl IdleCluster {
         }
     }
 
+    /// Placement's operators in flight (none without placement; an unanswered call
+    /// counts as some).
+    async fn operators(&self) -> Option<u32> {
+        let IdleCluster::Placed(c) = self else {
+            return None;
+        };
+        match c.call(&PlacementRequest::Status).await {
+            Ok(PlacementReply::Status(s)) => Some(s.operators),
+            _ => Some(u32::MAX),
+        }
+    }
+
     /// Replicas in all, and how many of them hibernate.
     async fn hibernating(&self, stores: usize) -> (usize, usize) {
         let (mut replicas, mut hibernating) = (0, 0);
@@ -379,8 +397,9 @@ impl IdleCluster {
     }
 }
 
-/// Longest wait for the ranges to go idle (with placement, for its leader moves to end).
-const SETTLE_MAX: Duration = Duration::from_secs(120);
+/// Longest wait for the ranges to go idle (with placement, for its leader moves to end:
+/// 10,000 ranges led by one store take about two minutes to balance).
+const SETTLE_MAX: Duration = Duration::from_secs(300);
 
 /// Starts `stores` stores (with a placement node if `placement`), splits into `ranges`
 /// ranges, lets them go idle, and measures memory and CPU over `measure`.
@@ -408,15 +427,24 @@ pub async fn idle_ranges(
     presplit(client, ranges, 1_000_000_000, 16).await?;
     let setup_seconds = started.elapsed().as_secs_f64();
     // Give every range time to go idle and hibernate (with placement, its leader moves
-    // wake ranges for a while): until nearly all replicas sleep, then 5 s more.
+    // wake ranges for a while): until placement has nothing in flight and 99.9% of the
+    // replicas sleep, then 5 s more. Measuring while leaders still moved counted the
+    // balancing (64 transfers a second) as idle cost.
+    // Placement plans in passes (one a second), so "nothing in flight" must hold a few
+    // seconds in a row: between passes it is briefly true while balancing goes on.
     let settling = Instant::now();
+    let mut quiet = 0;
     while settling.elapsed() < SETTLE_MAX {
         let (replicas, hibernating) = cluster.hibernating(stores).await;
-        if hibernating * 100 >= replicas * 99 {
+        let moving = cluster.operators().await.unwrap_or(0);
+        quiet = if moving == 0 { quiet + 1 } else { 0 };
+        // Nearly every replica asleep: the last pass's moves settle too.
+        if quiet >= 5 && hibernating * 1000 >= replicas * 999 {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let settle_seconds = settling.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let cpu_before = process_cpu_seconds()?;
     let t = Instant::now();
@@ -425,6 +453,7 @@ pub async fn idle_ranges(
     let measured_seconds = t.elapsed().as_secs_f64();
     let rss_bytes = process_rss_bytes()?;
     let (replicas, hibernating_replicas) = cluster.hibernating(stores).await;
+    let operators_in_flight = cluster.operators().await;
     cluster.shutdown().await;
     let cpu_percent = cpu / measured_seconds * 100.0;
     Ok(IdleReport {
@@ -432,6 +461,8 @@ pub async fn idle_ranges(
         ranges,
         placement,
         setup_seconds,
+        settle_seconds,
+        operators_in_flight,
         measured_seconds,
         hibernating_replicas,
         replicas,

@@ -350,8 +350,8 @@ pub struct IdleBenchArgs {
     measure_secs: u64,
     /// Run a placement node too, as a real cluster does: each store then sends a
     /// heartbeat every second (reporting the ranges it leads whose state changed) and
-    /// placement balances leaders before the measurement. Its CPU and memory count with
-    /// the stores'.
+    /// placement balances leaders before the measurement (which waits until no
+    /// operator is in flight). Its CPU and memory count with the stores'.
     #[arg(long)]
     placement: bool,
     /// Folder for the local cluster (default: a temp folder).
@@ -456,6 +456,14 @@ async fn idle(args: IdleBenchArgs) -> anyhow::Result<()> {
                 ""
             },
             rep.setup_seconds
+        );
+        println!(
+            "  settled in {:.1} s{}",
+            rep.settle_seconds,
+            match rep.operators_in_flight {
+                Some(n) => format!("; placement operators in flight at the end: {n}"),
+                None => String::new(),
+            }
         );
         println!(
             "  hibernating replicas: {} of {}",

@@ -292,5 +292,8 @@ fn bench_idle_reports_hibernating_ranges_with_and_without_placement() {
             "the ranges went idle: {rep}"
         );
         assert!(rep["rss_bytes"].as_u64().unwrap() > 0, "{rep}");
+        // With placement the measurement waits for its leader moves to end.
+        let in_flight = rep["operators_in_flight"].as_u64();
+        assert_eq!(in_flight, placement.then_some(0), "{rep}");
     }
 }
