@@ -388,3 +388,33 @@ async fn a_hot_range_is_split_and_its_halves_leaders_spread() {
     must_read_all(&client, 0..200).await;
     cluster.shutdown().await;
 }
+
+/// Placement hands a store more steps in one answer than the store runs at once: the
+/// rest wait their turn. (Dropped, they would wait out placement's retry interval, set
+/// here far past the test's end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steps_beyond_those_running_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(
+        dir.path(),
+        1,
+        3,
+        |p| {
+            p.schedule.step_retry_ms = 600_000;
+            p.schedule.operator_timeout_ms = 600_000;
+        },
+        |_, c| c.placement.steps_in_flight_max = 2,
+    )
+    .await;
+    let client = cluster.client().unwrap();
+    // Splits leave every range's leader on one store: 16 of 24 leaders must move.
+    must_load(&client, 240, 24).await;
+    must_eventually(
+        "leaders spread over the stores",
+        Duration::from_secs(60),
+        || async { balanced(&stores(&cluster).await?) },
+    )
+    .await;
+    must_read_all(&client, 0..240).await;
+    cluster.shutdown().await;
+}
