@@ -121,17 +121,18 @@ impl Heartbeats {
                 }
             };
             last = Instant::now();
-            let request = PlacementRequest::Heartbeat(beat);
-            match self.placement.call(&request).await {
+            match self
+                .placement
+                .call(&PlacementRequest::Heartbeat(beat))
+                .await
+            {
                 Ok(PlacementReply::Heartbeat {
                     steps: todo,
                     wake,
                     removed,
                     want_full,
                 }) => {
-                    if let PlacementRequest::Heartbeat(beat) = &request {
-                        reported.taken(beat, want_full, last);
-                    }
+                    reported.taken(want_full, last);
                     for r in removed {
                         self.destroy_removed(r);
                     }
@@ -337,6 +338,9 @@ pub(crate) struct Reported {
     full_every: Duration,
     /// When placement last took a full report; none: the next heartbeat is full.
     last_full: Option<Instant>,
+    /// What the last `select` sent (and whether all of it), until placement takes it.
+    sent: Vec<(RangeId, Fingerprint)>,
+    sent_full: bool,
 }
 
 /// The parts of a range's report that, when they change, are worth reporting.
@@ -365,6 +369,8 @@ impl Reported {
             taken: HashMap::new(),
             full_every,
             last_full: None,
+            sent: Vec::new(),
+            sent_full: false,
         }
     }
 
@@ -379,30 +385,34 @@ impl Reported {
         let full = self
             .last_full
             .is_none_or(|t| now.duration_since(t) >= self.full_every);
-        if full {
-            return (all, true);
-        }
-        let led: HashSet<RangeId> = all.iter().map(|r| r.range.id).collect();
-        self.taken.retain(|id, _| led.contains(id));
-        let changed = all
-            .into_iter()
-            .filter(|r| {
-                let busy = r.write_ops + r.read_ops > 0;
-                busy || self.taken.get(&r.range.id) != Some(&Fingerprint::of(r))
-            })
+        let chosen: Vec<RangeReport> = if full {
+            all
+        } else {
+            let led: HashSet<RangeId> = all.iter().map(|r| r.range.id).collect();
+            self.taken.retain(|id, _| led.contains(id));
+            all.into_iter()
+                .filter(|r| {
+                    let busy = r.write_ops + r.read_ops > 0;
+                    busy || self.taken.get(&r.range.id) != Some(&Fingerprint::of(r))
+                })
+                .collect()
+        };
+        self.sent = chosen
+            .iter()
+            .map(|r| (r.range.id, Fingerprint::of(r)))
             .collect();
-        (changed, false)
+        self.sent_full = full;
+        (chosen, full)
     }
 
-    /// Placement took `beat`; `want_full` asks for a full report next.
-    pub(crate) fn taken(&mut self, beat: &StoreHeartbeat, want_full: bool, now: Instant) {
-        if beat.full {
+    /// Placement took what the last `select` chose; `want_full` asks for a full report
+    /// next.
+    pub(crate) fn taken(&mut self, want_full: bool, now: Instant) {
+        if self.sent_full {
             self.taken.clear();
             self.last_full = Some(now);
         }
-        for r in &beat.ranges {
-            self.taken.insert(r.range.id, Fingerprint::of(r));
-        }
+        self.taken.extend(self.sent.drain(..));
         if want_full {
             self.last_full = None;
         }
@@ -457,23 +467,6 @@ mod tests {
         }
     }
 
-    fn beat(ranges: Vec<RangeReport>, full: bool) -> StoreHeartbeat {
-        StoreHeartbeat {
-            cluster_id: 1,
-            store_id: 1,
-            addr: String::new(),
-            labels: BTreeMap::new(),
-            capacity_bytes: 0,
-            available_bytes: 0,
-            used_bytes: 0,
-            range_count: 0,
-            leader_count: 0,
-            ranges,
-            full,
-            leaderless: Vec::new(),
-        }
-    }
-
     fn ids(reports: &[RangeReport]) -> Vec<RangeId> {
         reports.iter().map(|r| r.range.id).collect()
     }
@@ -486,7 +479,7 @@ mod tests {
         want_full: bool,
     ) -> (Vec<RangeId>, bool) {
         let (sent, full) = reported.select(all, now);
-        reported.taken(&beat(sent.clone(), full), want_full, now);
+        reported.taken(want_full, now);
         (ids(&sent), full)
     }
 

@@ -146,14 +146,13 @@ impl KeyCounts {
     /// Fills in the counts of a store's status (all its replicas): asks for counts of
     /// led ranges that have none, and forgets ranges the store no longer holds.
     pub fn annotate_all(&self, ranges: &mut [RangeStatus]) {
-        let held: Vec<RangeId> = ranges.iter().map(|s| s.range.id).collect();
-        self.forget_unheld(&held);
+        self.forget_unheld(ranges.iter().map(|s| s.range.id));
         self.annotate(ranges);
     }
 
     /// Forgets the counts of ranges not in `held` (every range the store holds).
-    pub fn forget_unheld(&self, held: &[RangeId]) {
-        let held: HashSet<RangeId> = held.iter().copied().collect();
+    pub fn forget_unheld(&self, held: impl IntoIterator<Item = RangeId>) {
+        let held: HashSet<RangeId> = held.into_iter().collect();
         self.counted
             .lock()
             .expect("key counts lock")

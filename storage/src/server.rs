@@ -193,7 +193,7 @@ impl StoreService {
                 reply,
             })
             .await?;
-        self.key_counts.forget_unheld(&status.held);
+        self.key_counts.forget_unheld(status.held.iter().copied());
         self.key_counts.annotate(&mut status.statuses);
         Ok(status)
     }

@@ -134,6 +134,12 @@ pub fn span_is_empty(engine: &Engine, range: &RangeDescriptor) -> Result<bool, S
 /// Ingests the snapshot file a replica's state already counts in, then drops its marker.
 pub fn ingest(engine: &Engine, range_id: RangeId, path: &Path) -> Result<(), StorageError> {
     engine.ingest_file(Cf::Data, path)?;
+    drop_marker(engine, range_id)
+}
+
+/// The snapshot's data is in: a restart has nothing to finish. (Not synced: a marker
+/// found without its file after a crash means the same.)
+fn drop_marker(engine: &Engine, range_id: RangeId) -> Result<(), StorageError> {
     let mut batch = engine.batch();
     batch.delete(Cf::Raft, &keys::snapshot_ingest_key(range_id));
     engine.write(batch, Durability::Wal)
@@ -159,9 +165,7 @@ pub fn recover(engine: &Engine, range: &RangeDescriptor) -> Result<(), StorageEr
             range.id
         )));
     }
-    let mut batch = engine.batch();
-    batch.delete(Cf::Raft, &marker);
-    engine.write(batch, Durability::Wal)
+    drop_marker(engine, range.id)
 }
 
 #[cfg(test)]

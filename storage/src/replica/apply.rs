@@ -68,12 +68,10 @@ impl Replica {
             Ok(empty) => empty,
             Err(e) => panic!("range {range_id}: reading before a snapshot install failed: {e}"),
         };
-        let how = match prepared {
+        let (how, ingest) = match prepared {
             Some(p) if p.deletes_held_at == Some(self.apply.applied_index) || empty() => {
-                // The marker is written below, after the log's keys are cleared.
-                self.pending_ingest = Some(p.into_path());
                 METRICS.snapshots_ingested.inc();
-                "ingest once synced"
+                ("ingest once synced", Some(p.into_path()))
             }
             _ => {
                 let data = match SnapshotData::decode(&snapshot.data) {
@@ -87,7 +85,7 @@ impl Replica {
                 for (k, v) in &data.pairs {
                     batch.put(Cf::Data, k, v);
                 }
-                "pairs in the round's batch"
+                ("pairs in the round's batch", None)
             }
         };
         self.range = range;
@@ -110,7 +108,9 @@ impl Replica {
             &self.apply.encode(),
         );
         self.node.mut_store().apply_snapshot(meta, batch);
-        if let Some(name) = self.pending_ingest.as_deref().and_then(|p| p.file_name()) {
+        // The marker goes in after the log's keys are cleared (that clears the range's
+        // whole raft prefix).
+        if let Some(name) = ingest.as_deref().and_then(|p| p.file_name()) {
             let name = name.to_string_lossy();
             batch.put(
                 Cf::Raft,
@@ -118,6 +118,7 @@ impl Replica {
                 name.as_bytes(),
             );
         }
+        self.pending_ingest = ingest;
         self.next_id = None;
         self.pending_compact = None;
         METRICS.snapshots_applied.inc();
