@@ -245,38 +245,37 @@ impl Engine {
         &self.staged_dir
     }
 
-    /// Writes `pairs` (keys strictly ascending) into a new SST file at `path`, synced to
-    /// disk when this returns. Uncompressed: bulk loads are mostly object chunks, which
-    /// do not compress, and compactions compress what does.
+    /// Writes `pairs` (keys strictly ascending, at least one) into a new SST file at
+    /// `path`, synced to disk when this returns.
     pub fn write_sst(
         path: &Path,
         pairs: &[(bytes::Bytes, bytes::Bytes)],
     ) -> Result<(), StorageError> {
-        Self::write_sst_with_deletes(path, pairs, &[])
+        Self::with_sst_writer(path, |sink| {
+            for (k, v) in pairs {
+                sink.put(k, v)?;
+            }
+            match sink.finish()? {
+                true => Ok(()),
+                false => Err(StorageError::Engine("an SST file needs a pair".into())),
+            }
+        })
     }
 
-    /// Like `write_sst`, with a delete of each of `deletes` (keys strictly ascending, none
-    /// among the pairs' keys) among the pairs: ingested, the file removes those keys.
-    pub fn write_sst_with_deletes(
-        path: &Path,
-        pairs: &[(bytes::Bytes, bytes::Bytes)],
-        deletes: &[bytes::Bytes],
-    ) -> Result<(), StorageError> {
+    /// Runs `fill` with a writer of a new SST file at `path`. Uncompressed: bulk loads
+    /// and snapshots are mostly object chunks, which do not compress, and compactions
+    /// compress what does. The file is created by the first write and removed unless
+    /// `SstSink::finish` was called.
+    pub fn with_sst_writer<T>(path: &Path, fill: impl FnOnce(&mut SstSink<'_>) -> T) -> T {
         let mut opts = Options::default();
         opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let mut writer = rocksdb::SstFileWriter::create(&opts);
-        writer.open(path).map_err(engine_err)?;
-        let mut deletes = deletes.iter().peekable();
-        for (k, v) in pairs {
-            while let Some(d) = deletes.next_if(|d| *d < k) {
-                writer.delete(d).map_err(engine_err)?;
-            }
-            writer.put(k, v).map_err(engine_err)?;
-        }
-        for d in deletes {
-            writer.delete(d).map_err(engine_err)?;
-        }
-        writer.finish().map_err(engine_err)
+        let mut sink = SstSink {
+            writer: rocksdb::SstFileWriter::create(&opts),
+            path,
+            opened: false,
+            finished: false,
+        };
+        fill(&mut sink)
     }
 
     /// Ingests the SST file at `path` into `cf` above everything written before, moving
@@ -534,6 +533,53 @@ impl WriteBatch<'_> {
 
     pub fn size_bytes(&self) -> usize {
         self.inner.size_in_bytes()
+    }
+}
+
+/// Writes one SST file (see `Engine::with_sst_writer`): keys strictly ascending, each
+/// a put or a delete.
+pub struct SstSink<'a> {
+    writer: rocksdb::SstFileWriter<'a>,
+    path: &'a Path,
+    opened: bool,
+    finished: bool,
+}
+
+impl SstSink<'_> {
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.open()?;
+        self.writer.put(key, value).map_err(engine_err)
+    }
+
+    pub fn delete(&mut self, key: &[u8]) -> Result<(), StorageError> {
+        self.open()?;
+        self.writer.delete(key).map_err(engine_err)
+    }
+
+    /// Closes the file, synced; false if nothing was written (and no file made).
+    pub fn finish(&mut self) -> Result<bool, StorageError> {
+        if !self.opened {
+            return Ok(false);
+        }
+        self.writer.finish().map_err(engine_err)?;
+        self.finished = true;
+        Ok(true)
+    }
+
+    fn open(&mut self) -> Result<(), StorageError> {
+        if !self.opened {
+            self.writer.open(self.path).map_err(engine_err)?;
+            self.opened = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SstSink<'_> {
+    fn drop(&mut self) {
+        if self.opened && !self.finished {
+            let _ = std::fs::remove_file(self.path);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Fault injection for tests of a whole cluster in one process: a store can be cut off
 //! from Raft traffic (both ways) while clients still reach it, its snapshot builds can
-//! be held midway, and its loop can crash before a snapshot's ingest.
+//! be held midway, its loop can crash before a snapshot's ingest, and its received
+//! snapshots can be made to look older than what its replica applied since.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ pub struct Faults {
     snapshot_builds_waiting: AtomicUsize,
     crash_before_snapshot_ingest: AtomicBool,
     crashed: AtomicBool,
+    snapshot_view_outdated: AtomicBool,
 }
 
 impl Faults {
@@ -72,5 +74,16 @@ impl Faults {
     /// The loop crashed as `set_crash_before_snapshot_ingest` asked.
     pub fn crashed(&self) -> bool {
         self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Make received snapshots' files delete none of what the store holds, as if the
+    /// replica had written all of it after the file was made: the install must then
+    /// clear the range's span itself.
+    pub fn set_snapshot_view_outdated(&self, on: bool) {
+        self.snapshot_view_outdated.store(on, Ordering::SeqCst);
+    }
+
+    pub fn snapshot_view_outdated(&self) -> bool {
+        self.snapshot_view_outdated.load(Ordering::SeqCst)
     }
 }

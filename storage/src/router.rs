@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use protobuf::Message as _;
 use shale_rpc::client::parse_addr;
 use shale_rpc::transport::{OnewayStream, Transport};
 use shale_rpc::{Frame, FrameKind, RaftBatch, StoreId};
@@ -17,7 +15,7 @@ use tracing::{debug, info};
 
 use crate::faults::Faults;
 use crate::replica::AddressBook;
-use crate::snapshot::{chunks, SnapshotAck, SnapshotChunk};
+use crate::snapshot::{SnapshotAck, Transfer};
 use crate::store::{OutgoingSnapshot, RaftSender, StoreMsg};
 
 /// Most message bytes merged into one frame when a peer's queue has several batches.
@@ -70,20 +68,20 @@ const SNAPSHOTS_SENDING_MAX: usize = 2;
 /// transfers, before raft is told it failed (and builds a fresh one later).
 const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Sends one snapshot message as chunk requests, each answered before the next goes,
-/// offering it again (with backoff) while the receiver is busy; `Ok` once the receiver
-/// says it took the whole snapshot (handed to its store loop).
+/// Sends one snapshot as chunk requests, each answered before the next goes, offering
+/// it again (with backoff) while the receiver is busy; `Ok` once the receiver says it
+/// took the whole snapshot (handed to its store loop).
 async fn send_snapshot(
     transport: Arc<Transport>,
     addr: Option<String>,
-    chunks: Vec<SnapshotChunk>,
+    transfer: Arc<Transfer>,
 ) -> Result<(), String> {
     let addr = addr.ok_or("no address for the target store")?;
     let addr = parse_addr(&addr).map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match send_chunks(&transport, addr, &chunks).await? {
+        match send_chunks(&transport, addr, &transfer).await? {
             SnapshotAck::Taken => return Ok(()),
             _ if started.elapsed() + backoff > BUSY_RETRY_MAX => {
                 return Err("the receiver stayed busy with other snapshots".into())
@@ -100,11 +98,19 @@ async fn send_snapshot(
 async fn send_chunks(
     transport: &Transport,
     addr: std::net::SocketAddr,
-    chunks: &[SnapshotChunk],
+    transfer: &Arc<Transfer>,
 ) -> Result<SnapshotAck, String> {
-    let last = chunks.len().saturating_sub(1);
-    for (i, chunk) in chunks.iter().enumerate() {
-        let frame = Frame::encode(FrameKind::SnapshotChunk, chunk).map_err(|e| e.to_string())?;
+    let last = transfer.chunks() - 1;
+    for i in 0..transfer.chunks() {
+        // A batch of pairs is encoded (copied) as it goes: not on the runtime's workers.
+        let t = transfer.clone();
+        let frame = tokio::task::spawn_blocking(move || {
+            t.chunk(i).map_err(|e| e.to_string()).and_then(|c| {
+                Frame::encode(FrameKind::SnapshotChunk, &c).map_err(|e| e.to_string())
+            })
+        })
+        .await
+        .map_err(|e| format!("encoding chunk {i}: {e}"))??;
         let reply = transport
             .call(addr, &frame)
             .await
@@ -158,16 +164,17 @@ impl RaftSender for RaftRouter {
         self.runtime.spawn(async move {
             let result = match slots.acquire_owned().await {
                 Ok(_permit) => {
-                    // Encoding copies the range's data: not on the runtime's workers.
-                    let encoded = tokio::task::spawn_blocking(move || {
-                        let message =
-                            Bytes::from(message.write_to_bytes().expect("raft message encodes"));
-                        chunks(from_store, to_store, range_id, transfer_id, &message)
+                    // Cutting decodes the snapshot's pairs (as slices): off the workers.
+                    let cut = tokio::task::spawn_blocking(move || {
+                        Transfer::new(from_store, to_store, range_id, transfer_id, message)
                     })
                     .await;
-                    match encoded {
-                        Ok(chunks) => send_snapshot(transport, addr, chunks).await,
-                        Err(e) => Err(format!("encoding the snapshot: {e}")),
+                    match cut {
+                        Ok(Ok(transfer)) => {
+                            send_snapshot(transport, addr, Arc::new(transfer)).await
+                        }
+                        Ok(Err(e)) => Err(format!("cutting the snapshot: {e}")),
+                        Err(e) => Err(format!("cutting the snapshot: {e}")),
                     }
                 }
                 Err(_) => Err("snapshot slots closed".to_string()),

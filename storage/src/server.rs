@@ -29,8 +29,8 @@ use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
 use crate::replica::AddressBook;
-use crate::snapshot::{Assembler, SnapshotAck, SnapshotChunk};
-use crate::snapshot_install;
+use crate::snapshot::{SnapshotAck, SnapshotChunk, SNAPSHOTS_RECEIVING_MAX};
+use crate::snapshot_install::{Incoming, Received};
 use crate::staging::Staging;
 use crate::store::{HeartbeatStatus, StoreMsg};
 
@@ -39,7 +39,8 @@ pub struct StoreService {
     store_id: StoreId,
     tx: SyncSender<StoreMsg>,
     addresses: AddressBook,
-    snapshots: Mutex<Assembler>,
+    /// Snapshot transfers being received, by sending store and transfer id.
+    snapshots: Mutex<HashMap<(StoreId, u64), Incoming>>,
     faults: Arc<Faults>,
     engine: Arc<Engine>,
     request_timeout: Duration,
@@ -94,7 +95,7 @@ impl StoreService {
             store_id,
             tx,
             addresses,
-            snapshots: Mutex::new(Assembler::default()),
+            snapshots: Mutex::new(HashMap::new()),
             faults,
             engine,
             request_timeout,
@@ -598,7 +599,7 @@ impl StoreService {
         }
     }
 
-    /// Adds a snapshot chunk; a complete, well-formed snapshot goes to the store loop
+    /// Takes a snapshot chunk; a complete, well-formed snapshot goes to the store loop
     /// before the answer says it was taken.
     async fn snapshot_chunk(&self, frame: Frame) -> SnapshotAck {
         let refused = |reason: String| SnapshotAck::Refused { reason };
@@ -609,46 +610,83 @@ impl StoreService {
             Ok(c) => c,
             Err(e) => return refused(format!("undecodable snapshot chunk: {e}")),
         };
-        let from_store = chunk.from_store;
-        let done = {
-            let mut assembler = self.snapshots.lock().expect("snapshot assembler lock");
-            if chunk.seq == 0 && assembler.is_full() {
-                return SnapshotAck::Busy;
+        let (from_store, range_id) = (chunk.from_store, chunk.range_id);
+        let key = (from_store, chunk.transfer_id);
+        let answer = {
+            let mut open = self.snapshots.lock().expect("snapshot transfers lock");
+            // A sender that starts a range's snapshot again has given up the transfer
+            // before (it lost its connection, say): that one's slot is free.
+            let restarted = |t: &Incoming| {
+                chunk.seq == 0 && (t.from_store, t.range_id) == (from_store, range_id)
+            };
+            open.retain(|_, t| !t.is_stale() && !restarted(t));
+            if chunk.seq == 0 {
+                if open.len() >= SNAPSHOTS_RECEIVING_MAX {
+                    return SnapshotAck::Busy;
+                }
+                match Incoming::start(
+                    self.engine.clone(),
+                    &chunk,
+                    self.faults.snapshot_view_outdated(),
+                ) {
+                    Ok(t) => {
+                        open.insert(key, t);
+                    }
+                    Err(reason) => {
+                        warn!(from_store, range_id, %reason, "snapshot refused");
+                        return refused(reason);
+                    }
+                }
             }
-            assembler.add(chunk)
+            let Some(t) = open.get_mut(&key) else {
+                return refused(format!(
+                    "snapshot chunk {} for an unknown transfer",
+                    chunk.seq
+                ));
+            };
+            let last = chunk.last;
+            let answer = t.add(chunk);
+            if answer.is_err() || last {
+                open.remove(&key);
+            }
+            answer
         };
-        let (range_id, message) = match done {
-            Ok(Some(whole)) => whole,
+        let outcome = match answer {
+            Ok(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err("the snapshot writer stopped".into())),
+            Err(reason) => Err(reason),
+        };
+        let Received { message, prepared } = match outcome {
             Ok(None) => return SnapshotAck::Next,
+            Ok(Some(received)) => received,
             Err(reason) => {
-                warn!(from_store, %reason, "snapshot chunk refused");
+                self.snapshots
+                    .lock()
+                    .expect("snapshot transfers lock")
+                    .remove(&key);
+                warn!(range_id, from_store, %reason, "snapshot refused");
                 return refused(reason);
             }
         };
-        let (tx, store_id) = (self.tx.clone(), self.store_id);
-        let engine = self.engine.clone();
-        // Checking decodes the whole snapshot (many MiB), and its pairs are written to an
-        // SST file for the loop to ingest: not on the runtime's workers.
+        let batch = RaftBatch {
+            from_store,
+            to_store: self.store_id,
+            messages: vec![RaftEnvelope { range_id, message }],
+            hibernate: Vec::new(),
+        };
+        let tx = self.tx.clone();
+        // A snapshot is too costly to drop on a full queue: wait for room, off the
+        // runtime's workers.
         let handed = tokio::task::spawn_blocking(move || {
-            let prepared = snapshot_install::receive(&message, &engine)?;
-            let batch = RaftBatch {
-                from_store,
-                to_store: store_id,
-                messages: vec![RaftEnvelope { range_id, message }],
-                hibernate: Vec::new(),
-            };
-            // A snapshot is too costly to drop on a full queue: wait for room.
             tx.send(StoreMsg::SnapshotReceived { batch, prepared })
                 .map_err(|_| "the store is shutting down".to_string())
         })
         .await
-        .unwrap_or_else(|e| Err(format!("checking the snapshot failed: {e}")));
+        .unwrap_or_else(|e| Err(format!("handing the snapshot over failed: {e}")));
         match handed {
             Ok(()) => SnapshotAck::Taken,
-            Err(reason) => {
-                warn!(range_id, from_store, %reason, "snapshot refused");
-                refused(reason)
-            }
+            Err(reason) => refused(reason),
         }
     }
 

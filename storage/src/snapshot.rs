@@ -1,11 +1,11 @@
 //! Range snapshots: what one holds (the range's descriptor and every pair of its data at
-//! the snapshot's index), and reassembling one from the checksummed chunks it travels in.
+//! the snapshot's index), and cutting one into the checksummed chunks it travels in
+//! (`snapshot_install` takes them on the receiver).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use raft::eraftpb::{ConfState, Snapshot};
 use serde::{Deserialize, Serialize};
 use shale_rpc::{RangeDescriptor, RangeId, StoreId};
@@ -22,7 +22,7 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Snapshots being received at once; more are refused (the leader retries).
 pub const SNAPSHOTS_RECEIVING_MAX: usize = 4;
 /// A snapshot whose next chunk does not come within this long is dropped.
-const ASSEMBLY_IDLE_MAX: Duration = Duration::from_secs(60);
+pub const RECEIVE_IDLE_MAX: Duration = Duration::from_secs(60);
 
 /// The payload of a Raft snapshot of a range.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,7 +145,27 @@ fn build(engine: &Engine, job: BuildJob, pinned: impl FnOnce()) -> Result<Snapsh
     Ok(snapshot)
 }
 
-/// One chunk of a snapshot message on the wire (each frame carries its own crc32).
+/// What a snapshot's Raft message carries as its data on the wire, in place of its
+/// pairs: they follow in chunks of their own, so neither side holds them all at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// First, as in `SnapshotData` (`SnapshotData::decode_range` reads either).
+    pub range: RangeDescriptor,
+    /// Pairs that follow, and their key and value bytes together.
+    pub pairs: u64,
+    pub bytes: u64,
+}
+
+impl SnapshotHeader {
+    pub fn decode(data: &[u8]) -> Result<SnapshotHeader, StorageError> {
+        Ok(postcard::from_bytes(data)?)
+    }
+}
+
+/// One chunk of a snapshot transfer on the wire (each frame carries its own crc32).
+/// Chunk 0 is the Raft snapshot message, its data a `SnapshotHeader`; each later chunk a
+/// batch of the range's pairs (a postcard `Vec<(Bytes, Bytes)>`), keys ascending across
+/// the whole transfer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotChunk {
     pub from_store: StoreId,
@@ -154,9 +174,8 @@ pub struct SnapshotChunk {
     /// Distinguishes transfers from the same store.
     pub transfer_id: u64,
     pub seq: u32,
-    pub chunks: u32,
-    /// Bytes of the whole Raft message the chunks make up.
-    pub total_bytes: u64,
+    /// The transfer's last chunk (chunk 0 too, when the range holds no pairs).
+    pub last: bool,
     pub data: Bytes,
 }
 
@@ -165,8 +184,8 @@ pub struct SnapshotChunk {
 pub enum SnapshotAck {
     /// Taken; send the next chunk.
     Next,
-    /// The last chunk: the whole snapshot was checked and handed to the store loop,
-    /// ahead of any Raft message the sender sends after this answer.
+    /// The last chunk: the whole snapshot was checked, written as a file and handed to
+    /// the store loop, ahead of any Raft message the sender sends after this answer.
     Taken,
     /// The receiver is taking as many transfers as it can: send the same snapshot again
     /// a little later (no chunk of it was kept).
@@ -176,104 +195,95 @@ pub enum SnapshotAck {
     Refused { reason: String },
 }
 
-struct Assembly {
-    next_seq: u32,
-    buf: BytesMut,
-    touched: Instant,
-}
-
-/// Reassembles snapshot messages from their chunks, within bounds.
-#[derive(Default)]
-pub struct Assembler {
-    open: HashMap<(StoreId, u64), Assembly>,
-}
-
-impl Assembler {
-    /// Whether a new transfer would be refused now: as many are open as may be.
-    pub fn is_full(&mut self) -> bool {
-        self.open
-            .retain(|_, a| a.touched.elapsed() < ASSEMBLY_IDLE_MAX);
-        self.open.len() >= SNAPSHOTS_RECEIVING_MAX
-    }
-
-    /// Takes one chunk; returns the whole Raft message when this was its last chunk.
-    pub fn add(&mut self, chunk: SnapshotChunk) -> Result<Option<(RangeId, Bytes)>, String> {
-        self.open
-            .retain(|_, a| a.touched.elapsed() < ASSEMBLY_IDLE_MAX);
-        let key = (chunk.from_store, chunk.transfer_id);
-        let total = chunk.total_bytes as usize;
-        if total > SNAPSHOT_BYTES_MAX || chunk.chunks == 0 || chunk.seq >= chunk.chunks {
-            self.open.remove(&key);
-            return Err(format!(
-                "bad snapshot chunk header for range {}",
-                chunk.range_id
-            ));
-        }
-        if chunk.seq == 0 {
-            if self.open.len() >= SNAPSHOTS_RECEIVING_MAX {
-                return Err(format!(
-                    "already receiving {SNAPSHOTS_RECEIVING_MAX} snapshots"
-                ));
-            }
-            self.open.insert(
-                key,
-                Assembly {
-                    next_seq: 0,
-                    buf: BytesMut::with_capacity(total.min(SNAPSHOT_CHUNK_BYTES * 4)),
-                    touched: Instant::now(),
-                },
-            );
-        }
-        let Some(a) = self.open.get_mut(&key) else {
-            return Err(format!(
-                "snapshot chunk {} for an unknown transfer",
-                chunk.seq
-            ));
-        };
-        if chunk.seq != a.next_seq || a.buf.len() + chunk.data.len() > total {
-            self.open.remove(&key);
-            return Err("snapshot chunks out of order or past their total".into());
-        }
-        a.buf.extend_from_slice(&chunk.data);
-        a.next_seq += 1;
-        a.touched = Instant::now();
-        if a.next_seq < chunk.chunks {
-            return Ok(None);
-        }
-        let a = self.open.remove(&key).expect("present");
-        if a.buf.len() != total {
-            return Err(format!(
-                "snapshot of {} bytes, header said {total}",
-                a.buf.len()
-            ));
-        }
-        Ok(Some((chunk.range_id, a.buf.freeze())))
-    }
-}
-
-/// Cuts an encoded Raft message into chunk frames' payloads.
-pub fn chunks(
+/// A built snapshot message cut for the wire. Pair batches are encoded as they are sent,
+/// so the sender holds the snapshot once (as built), plus one chunk.
+pub struct Transfer {
     from_store: StoreId,
     to_store: StoreId,
     range_id: RangeId,
     transfer_id: u64,
-    message: &Bytes,
-) -> Vec<SnapshotChunk> {
-    let n = message.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1);
-    (0..n)
-        .map(|i| SnapshotChunk {
+    /// The Raft message with the header for data.
+    message: Bytes,
+    pairs: Vec<(Bytes, Bytes)>,
+    /// Where each batch of `pairs` ends.
+    batch_ends: Vec<usize>,
+}
+
+impl Transfer {
+    /// Cuts `message` (a Raft snapshot message whose data is a built `SnapshotData`).
+    /// Decoding takes slices of the data's pairs, not copies.
+    pub fn new(
+        from_store: StoreId,
+        to_store: StoreId,
+        range_id: RangeId,
+        transfer_id: u64,
+        mut message: raft::eraftpb::Message,
+    ) -> Result<Transfer, StorageError> {
+        use protobuf::Message as _;
+        let data = SnapshotData::decode(&message.get_snapshot().data)?;
+        let header = SnapshotHeader {
+            range: data.range,
+            pairs: data.pairs.len() as u64,
+            bytes: data
+                .pairs
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum(),
+        };
+        message.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&header)?.into();
+        let message = Bytes::from(
+            message
+                .write_to_bytes()
+                .map_err(|e| StorageError::Raft(e.to_string()))?,
+        );
+        let mut batch_ends = Vec::new();
+        let mut batch_bytes = 0;
+        for (i, (k, v)) in data.pairs.iter().enumerate() {
+            if batch_bytes > 0 && batch_bytes + k.len() + v.len() > SNAPSHOT_CHUNK_BYTES {
+                batch_ends.push(i);
+                batch_bytes = 0;
+            }
+            batch_bytes += k.len() + v.len();
+        }
+        if !data.pairs.is_empty() {
+            batch_ends.push(data.pairs.len());
+        }
+        Ok(Transfer {
             from_store,
             to_store,
             range_id,
             transfer_id,
-            seq: i as u32,
-            chunks: n as u32,
-            total_bytes: message.len() as u64,
-            data: message.slice(
-                i * SNAPSHOT_CHUNK_BYTES..((i + 1) * SNAPSHOT_CHUNK_BYTES).min(message.len()),
-            ),
+            message,
+            pairs: data.pairs,
+            batch_ends,
         })
-        .collect()
+    }
+
+    /// Chunks in all: the message, then the batches (never none).
+    pub fn chunks(&self) -> usize {
+        1 + self.batch_ends.len()
+    }
+
+    /// Chunk `seq` (below `chunks`), encoded now.
+    pub fn chunk(&self, seq: usize) -> Result<SnapshotChunk, StorageError> {
+        let data = match seq {
+            0 => self.message.clone(),
+            n => {
+                let start = if n == 1 { 0 } else { self.batch_ends[n - 2] };
+                let batch = &self.pairs[start..self.batch_ends[n - 1]];
+                shale_rpc::codec::to_vec_sized(&batch)?.into()
+            }
+        };
+        Ok(SnapshotChunk {
+            from_store: self.from_store,
+            to_store: self.to_store,
+            range_id: self.range_id,
+            transfer_id: self.transfer_id,
+            seq: seq as u32,
+            last: seq + 1 == self.chunks(),
+            data,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -363,33 +373,62 @@ mod tests {
         );
     }
 
-    proptest! {
-        #[test]
-        fn chunks_reassemble(len in 0usize..(3 * SNAPSHOT_CHUNK_BYTES + 7), seed in any::<u8>()) {
-            let message = Bytes::from((0..len).map(|i| (i as u8).wrapping_add(seed)).collect::<Vec<_>>());
-            let mut a = Assembler::default();
-            let parts = chunks(1, 2, 9, 77, &message);
-            let last = parts.len() - 1;
-            for (i, c) in parts.into_iter().enumerate() {
-                let out = a.add(c).unwrap();
-                if i == last {
-                    prop_assert_eq!(out, Some((9, message.clone())));
-                } else {
-                    prop_assert!(out.is_none());
-                }
-            }
-        }
+    fn snapshot_message(pairs: Vec<(Bytes, Bytes)>) -> raft::eraftpb::Message {
+        let range = RangeDescriptor {
+            id: 9,
+            start_key: Bytes::new(),
+            end_key: Bytes::new(),
+            epoch: Epoch::default(),
+            replicas: Vec::new(),
+        };
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        m.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&SnapshotData { range, pairs })
+            .unwrap()
+            .into();
+        m.mut_snapshot().mut_metadata().index = 40;
+        m
     }
 
-    #[test]
-    fn out_of_order_and_oversized_chunks_are_refused() {
-        let message = Bytes::from(vec![1u8; SNAPSHOT_CHUNK_BYTES * 2]);
-        let mut parts = chunks(1, 2, 9, 1, &message);
-        let mut a = Assembler::default();
-        let second = parts.pop().unwrap();
-        assert!(a.add(second).is_err(), "a transfer must start at chunk 0");
-        let mut c = chunks(1, 2, 9, 2, &message).remove(0);
-        c.total_bytes = (SNAPSHOT_BYTES_MAX + 1) as u64;
-        assert!(a.add(c).is_err());
+    #[derive(Deserialize)]
+    struct Batch(Vec<(Bytes, Bytes)>);
+
+    proptest! {
+        /// Chunk 0 is the message with a header for data; the batches that follow give
+        /// back every pair in order, each batch within the chunk size unless it is one
+        /// pair bigger than that.
+        #[test]
+        fn a_transfer_carries_the_header_then_every_pair(
+            sizes in proptest::collection::vec(0usize..(SNAPSHOT_CHUNK_BYTES + 100), 0..12),
+        ) {
+            use protobuf::Message as _;
+            let pairs: Vec<(Bytes, Bytes)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (Bytes::from(format!("k{i:04}")), Bytes::from(vec![i as u8; *n])))
+                .collect();
+            let t = Transfer::new(1, 2, 9, 77, snapshot_message(pairs.clone())).unwrap();
+            let chunks: Vec<SnapshotChunk> = (0..t.chunks()).map(|i| t.chunk(i).unwrap()).collect();
+            prop_assert_eq!(chunks.len() == 1, pairs.is_empty());
+            for (i, c) in chunks.iter().enumerate() {
+                prop_assert_eq!((c.seq as usize, c.last), (i, i + 1 == chunks.len()));
+                prop_assert_eq!((c.from_store, c.to_store, c.range_id, c.transfer_id), (1, 2, 9, 77));
+            }
+            let m = raft::eraftpb::Message::parse_from_bytes(&chunks[0].data).unwrap();
+            prop_assert_eq!(m.get_snapshot().get_metadata().index, 40);
+            let header = SnapshotHeader::decode(&m.get_snapshot().data).unwrap();
+            prop_assert_eq!(header.range.id, 9);
+            prop_assert_eq!(header.pairs, pairs.len() as u64);
+            prop_assert_eq!(header.bytes, pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>());
+            let mut got = Vec::new();
+            for c in &chunks[1..] {
+                let Batch(batch) = postcard::from_bytes(&c.data).unwrap();
+                let bytes: usize = batch.iter().map(|(k, v)| k.len() + v.len()).sum();
+                prop_assert!(!batch.is_empty());
+                prop_assert!(bytes <= SNAPSHOT_CHUNK_BYTES || batch.len() == 1);
+                got.extend(batch);
+            }
+            prop_assert_eq!(got, pairs);
+        }
     }
 }

@@ -241,10 +241,8 @@ impl<S: RaftSender> Store<S> {
                 self.on_raft(batch);
                 // The replica exists now if the message was for it (a new member's is
                 // created by it); otherwise the file goes with `prepared`.
-                if let Some(p) = prepared {
-                    if let Some(r) = self.replicas.get_mut(&p.range_id) {
-                        r.offer_prepared_snapshot(p);
-                    }
+                if let Some(r) = self.replicas.get_mut(&prepared.range_id) {
+                    r.offer_prepared_snapshot(prepared);
                 }
             }
             StoreMsg::Write {

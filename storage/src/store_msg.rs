@@ -28,11 +28,10 @@ pub struct HeartbeatStatus {
 pub enum StoreMsg {
     /// Raft traffic from another store.
     Raft(RaftBatch),
-    /// A snapshot from another store, checked, with its pairs as an SST file when it
-    /// has any.
+    /// A snapshot from another store, checked, with its data as an SST file.
     SnapshotReceived {
         batch: RaftBatch,
-        prepared: Option<PreparedSnapshot>,
+        prepared: PreparedSnapshot,
     },
     /// One client's atomic write.
     Write {

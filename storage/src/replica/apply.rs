@@ -45,18 +45,28 @@ impl Replica {
     }
 
     /// Replaces this replica's data and log with a snapshot, in the round's durable batch
-    /// (the data is in no log to replay from). With the snapshot's pairs prepared as an
-    /// SST file that also deletes whatever of the range this replica holds (nothing yet,
-    /// or what it held at its applied index when the file was written), the batch takes
-    /// only the state and a marker, and the loop ingests the file once the batch is
-    /// synced (`take_pending_ingest`): a 64 MiB snapshot then costs the round no writes.
+    /// (the data is in no log to replay from). The snapshot's pairs were written to a
+    /// file as they arrived, with deletes of whatever of the range this store held then
+    /// (nothing, or what it held at its applied index); the batch takes only the state
+    /// and a marker naming the file, and the loop ingests the file once the batch is
+    /// synced (`take_pending_ingest`): a 64 MiB snapshot costs the round no writes. A
+    /// replica that applied entries since that file was written also deletes its span
+    /// in the batch (the ingest then flushes the memtable that delete is in).
     pub(super) fn apply_snapshot(&mut self, snapshot: &Snapshot, batch: &mut WriteBatch<'_>) {
         let meta = snapshot.get_metadata();
         let range_id = self.range.id;
-        let prepared = self
+        let Some(prepared) = self
             .prepared
             .take()
-            .filter(|p| p.index == meta.index && p.term == meta.term);
+            .filter(|p| p.index == meta.index && p.term == meta.term)
+        else {
+            // The store offers raft a received snapshot's file before raft can hand the
+            // snapshot back, and drops it only once raft turned the snapshot down.
+            panic!(
+                "range {range_id}: raft applies snapshot {}/{} but no file of it was received",
+                meta.term, meta.index
+            );
+        };
         let range = match SnapshotData::decode_range(&snapshot.data) {
             Ok(r) => r,
             Err(e) => {
@@ -68,26 +78,19 @@ impl Replica {
             Ok(empty) => empty,
             Err(e) => panic!("range {range_id}: reading before a snapshot install failed: {e}"),
         };
-        let (how, ingest) = match prepared {
-            Some(p) if p.deletes_held_at == Some(self.apply.applied_index) || empty() => {
-                METRICS.snapshots_ingested.inc();
-                ("ingest once synced", Some(p.into_path()))
-            }
-            _ => {
-                let data = match SnapshotData::decode(&snapshot.data) {
-                    Ok(d) => d,
-                    Err(e) => panic!("range {range_id}: snapshot does not decode: {e}"),
-                };
-                // The snapshot's span is replaced by its pairs. Keys this replica held
-                // beyond that span (it covered more before a split it never applied) are
-                // not touched: they may belong to another replica on this store now.
-                batch.delete_range(Cf::Data, &range.start_key, &span_end(&range));
-                for (k, v) in &data.pairs {
-                    batch.put(Cf::Data, k, v);
-                }
-                ("pairs in the round's batch", None)
-            }
+        let how = if prepared.deletes_held_at == Some(self.apply.applied_index) || empty() {
+            "file only"
+        } else {
+            // The snapshot's span is replaced. Keys this replica held beyond that span
+            // (it covered more before a split it never applied) are not touched: they
+            // may belong to another replica on this store now.
+            batch.delete_range(Cf::Data, &range.start_key, &span_end(&range));
+            "span deleted, then file"
         };
+        let ingest = prepared.into_path();
+        if ingest.is_some() {
+            METRICS.snapshots_ingested.inc();
+        }
         self.range = range;
         let state = RangeState {
             descriptor: self.range.clone(),

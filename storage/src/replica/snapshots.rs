@@ -13,10 +13,21 @@ use crate::snapshot::BuildJob;
 use crate::snapshot_install::PreparedSnapshot;
 
 impl Replica {
-    /// A received snapshot's SST file, used if raft hands this replica that snapshot
-    /// (one older it replaces is removed).
+    /// A received snapshot's file, just after its message was stepped: kept if raft
+    /// took that snapshot (it is now raft's pending one, which raft will hand back in
+    /// a ready), removed if raft turned it down. One kept before is removed either way
+    /// when raft took this one: raft hands back only its latest.
     pub fn offer_prepared_snapshot(&mut self, prepared: PreparedSnapshot) {
-        self.prepared = Some(prepared);
+        let pending = self
+            .node
+            .raft
+            .raft_log
+            .unstable_snapshot()
+            .as_ref()
+            .map(|s| (s.get_metadata().index, s.get_metadata().term));
+        if pending == Some((prepared.index, prepared.term)) {
+            self.prepared = Some(prepared);
+        }
     }
 
     /// The SST file of the snapshot this round took, once its state is synced: ingest it

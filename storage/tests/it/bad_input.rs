@@ -120,15 +120,15 @@ async fn oversized_and_empty_keys_and_values_are_refused_and_change_nothing() {
 }
 
 /// Snapshot streams that do not hold a well-formed snapshot of a range (not a Raft
-/// message, a message of another kind, snapshot data that does not decode, chunks out of
-/// order) are refused where they arrive: the store's replica keeps its data and state and
-/// the range keeps serving.
+/// message, a message of another kind, a header that does not decode, chunks out of
+/// order, fewer pairs than the header says, keys out of order) are refused where they
+/// arrive: the store's replica keeps its data and state and the range keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_snapshot_streams_are_refused_and_change_nothing() {
     use protobuf::Message as _;
     use raft::eraftpb::{Message, MessageType};
     use shale_storage::snapshot::{
-        SnapshotAck, SnapshotChunk, SnapshotData, SNAPSHOTS_RECEIVING_MAX,
+        SnapshotAck, SnapshotChunk, SnapshotHeader, SNAPSHOTS_RECEIVING_MAX,
     };
 
     let dir = tempfile::tempdir().unwrap();
@@ -163,41 +163,55 @@ async fn forged_snapshot_streams_are_refused_and_change_nothing() {
         m.mut_snapshot().mut_metadata().term = before.term + 100;
         Bytes::from(m.write_to_bytes().unwrap())
     };
-    let chunk = |transfer_id: u64, seq: u32, chunks: u32, total: u64, data: Bytes| SnapshotChunk {
-        from_store: cluster.configs[leader].store_id,
+    let from_store = cluster.configs[leader].store_id;
+    let chunk = |from_store, transfer_id: u64, seq: u32, last: bool, data: Bytes| SnapshotChunk {
+        from_store,
         to_store: cluster.configs[victim].store_id,
         range_id: FIRST_RANGE_ID,
         transfer_id,
         seq,
-        chunks,
-        total_bytes: total,
+        last,
         data,
     };
-    let whole = |transfer_id: u64, message: Bytes| {
-        vec![chunk(transfer_id, 0, 1, message.len() as u64, message)]
-    };
+    let whole =
+        |transfer_id: u64, message: Bytes| vec![chunk(from_store, transfer_id, 0, true, message)];
     let garbage = Bytes::from_static(b"\xff\xfe not a raft message at all");
-    let snapshot = raft_message(MessageType::MsgSnapshot, b"\x07 not snapshot data");
-    let unordered = postcard::to_allocvec(&SnapshotData {
-        range: before.range.clone(),
-        pairs: vec![key(7), key(3)]
-            .into_iter()
-            .map(|k| (k, value(1)))
-            .collect(),
-    })
-    .unwrap();
+    // A header claiming two pairs of the range.
+    let header = raft_message(
+        MessageType::MsgSnapshot,
+        &postcard::to_allocvec(&SnapshotHeader {
+            range: before.range.clone(),
+            pairs: 2,
+            bytes: 2 * (key(3).len() + value(1).len()) as u64,
+        })
+        .unwrap(),
+    );
+    let batch = |keys: &[usize]| {
+        let pairs: Vec<(Bytes, Bytes)> = keys.iter().map(|i| (key(*i), value(1))).collect();
+        Bytes::from(postcard::to_allocvec(&pairs).unwrap())
+    };
     let streams = vec![
         whole(1, garbage.clone()),
         whole(2, raft_message(MessageType::MsgAppend, b"")),
-        whole(3, snapshot.clone()),
-        // The second half first, then a total the halves do not add up to.
+        whole(
+            3,
+            raft_message(MessageType::MsgSnapshot, b"\x07 not a header"),
+        ),
+        // The second chunk first; then a first chunk, whose transfer stays open.
         vec![
-            chunk(4, 1, 2, snapshot.len() as u64, snapshot.slice(10..)),
-            chunk(4, 0, 2, snapshot.len() as u64, snapshot.slice(..10)),
+            chunk(from_store, 4, 1, true, batch(&[3, 7])),
+            chunk(from_store, 4, 0, false, header.clone()),
         ],
-        vec![chunk(5, 0, 1, snapshot.len() as u64 + 5, snapshot.clone())],
-        // Well-formed, but its keys are out of order: no SST file can hold them.
-        whole(6, raft_message(MessageType::MsgSnapshot, &unordered)),
+        // One pair where the header said two.
+        vec![
+            chunk(from_store, 5, 0, false, header.clone()),
+            chunk(from_store, 5, 1, true, batch(&[3])),
+        ],
+        // Keys out of order: no SST file can hold them.
+        vec![
+            chunk(from_store, 6, 0, false, header.clone()),
+            chunk(from_store, 6, 1, true, batch(&[7, 3])),
+        ],
     ];
     let transport = Transport::client(&cluster.identity, TransportConfig::default()).unwrap();
     let addr = cluster.node(victim).unwrap().addr();
@@ -220,22 +234,30 @@ async fn forged_snapshot_streams_are_refused_and_change_nothing() {
         );
     }
     // Transfers left open take the receiver's slots; past its bound a new one is told to
-    // come back later (one above is still open, waiting for its second chunk).
-    let mut answers = Vec::new();
-    for transfer_id in 100..100 + SNAPSHOTS_RECEIVING_MAX as u64 {
-        let c = chunk(
-            transfer_id,
-            0,
-            2,
-            2 * snapshot.len() as u64,
-            snapshot.clone(),
+    // come back later. They come from as many stores: a store that starts a range's
+    // transfer again has given up its older one, which frees that slot.
+    let open = |store: u64| {
+        let c = chunk(store, store, 0, false, header.clone());
+        let (transport, frame) = (
+            &transport,
+            Frame::encode(FrameKind::SnapshotChunk, &c).unwrap(),
         );
-        let frame = Frame::encode(FrameKind::SnapshotChunk, &c).unwrap();
-        let reply = transport.call(addr, &frame).await.unwrap();
-        answers.push(reply.decode::<SnapshotAck>(FrameKind::SnapshotAck).unwrap());
+        async move {
+            let reply = transport.call(addr, &frame).await.unwrap();
+            reply.decode::<SnapshotAck>(FrameKind::SnapshotAck).unwrap()
+        }
+    };
+    let mut answers = Vec::new();
+    for store in 100..=100 + SNAPSHOTS_RECEIVING_MAX as u64 {
+        answers.push(open(store).await);
     }
     let busy = answers.iter().position(|a| *a == SnapshotAck::Busy);
-    assert_eq!(busy, Some(SNAPSHOTS_RECEIVING_MAX - 1), "{answers:?}");
+    assert_eq!(busy, Some(SNAPSHOTS_RECEIVING_MAX), "{answers:?}");
+    assert_eq!(
+        open(100).await,
+        SnapshotAck::Next,
+        "a restarted transfer is not busy"
+    );
 
     let after = status(victim).await;
     let snapshot_dir = cluster

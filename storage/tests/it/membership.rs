@@ -289,8 +289,24 @@ async fn must_catch_up_by_snapshot(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partitioned_replica_catches_up_by_snapshot_after_the_log_was_truncated() {
+    lagging_replica_catches_up_by_snapshot(false).await;
+}
+
+/// The same, with the received file deleting none of what the replica holds, as when
+/// the replica applied entries after the file was made: the install clears the span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_older_than_what_its_replica_applied_since_still_replaces_its_data() {
+    lagging_replica_catches_up_by_snapshot(true).await;
+}
+
+async fn lagging_replica_catches_up_by_snapshot(outdated_view: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, client, lagging, cut_at) = with_a_lagging_replica(dir.path()).await;
+    cluster
+        .node(lagging)
+        .unwrap()
+        .faults()
+        .set_snapshot_view_outdated(outdated_view);
     // Keys it holds that are deleted meanwhile must go with the snapshot's install.
     for i in 0..10 {
         client.delete(key(i)).await.unwrap();
