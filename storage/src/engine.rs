@@ -407,6 +407,8 @@ impl Engine {
             .get_cf(self.handle(Cf::Meta), meta_key)
             .map_err(engine_err)?;
         let mut opts = scan_options(cf, end);
+        // A whole range's keys, read once: not worth evicting what readers use.
+        opts.fill_cache(false);
         opts.set_snapshot(&view);
         let mut keys = Vec::new();
         self.scan_with(cf, start, opts, |k, _| {
@@ -418,7 +420,8 @@ impl Engine {
 
     /// Like `scan`, over the engine as it stands when this is called: `pinned` runs once
     /// that view is fixed, so a writer that waits for it knows none of its later writes
-    /// is seen, however long the scan then takes.
+    /// is seen, however long the scan then takes. Blocks read do not enter the block
+    /// cache (a bulk read would evict what readers use).
     pub fn scan_pinned(
         &self,
         cf: Cf,
@@ -430,6 +433,8 @@ impl Engine {
         let view = self.db.snapshot();
         pinned();
         let mut opts = scan_options(cf, end);
+        // A bulk read (a snapshot build): not worth evicting what readers use.
+        opts.fill_cache(false);
         opts.set_snapshot(&view);
         self.scan_with(cf, start, opts, visit)
     }

@@ -102,12 +102,10 @@ async fn send_chunks(
 ) -> Result<SnapshotAck, String> {
     let last = transfer.chunks() - 1;
     for i in 0..transfer.chunks() {
-        // A batch of pairs is encoded (copied) as it goes: not on the runtime's workers.
+        // Framing copies a batch of up to 1 MiB: not on the runtime's workers.
         let t = transfer.clone();
         let frame = tokio::task::spawn_blocking(move || {
-            t.chunk(i).map_err(|e| e.to_string()).and_then(|c| {
-                Frame::encode(FrameKind::SnapshotChunk, &c).map_err(|e| e.to_string())
-            })
+            Frame::encode(FrameKind::SnapshotChunk, &t.chunk(i)).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("encoding chunk {i}: {e}"))??;
@@ -164,7 +162,7 @@ impl RaftSender for RaftRouter {
         self.runtime.spawn(async move {
             let result = match slots.acquire_owned().await {
                 Ok(_permit) => {
-                    // Cutting decodes the snapshot's pairs (as slices): off the workers.
+                    // Re-encoding the message reads the snapshot's data: off the workers.
                     let cut = tokio::task::spawn_blocking(move || {
                         Transfer::new(from_store, to_store, range_id, transfer_id, message)
                     })

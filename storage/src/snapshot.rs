@@ -24,23 +24,78 @@ pub const SNAPSHOTS_RECEIVING_MAX: usize = 4;
 /// A snapshot whose next chunk does not come within this long is dropped.
 pub const RECEIVE_IDLE_MAX: Duration = Duration::from_secs(60);
 
-/// The payload of a Raft snapshot of a range.
+/// The payload of a Raft snapshot of a range as its leader builds it: the header, then
+/// the pairs already cut into the batches (postcard `Vec<(Bytes, Bytes)>` of up to
+/// `SNAPSHOT_CHUNK_BYTES`) that travel as chunks, so sending copies nothing more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotData {
-    pub range: RangeDescriptor,
-    #[serde(deserialize_with = "shale_rpc::shared::pairs")]
-    pub pairs: Vec<(Bytes, Bytes)>,
+    pub header: SnapshotHeader,
+    #[serde(deserialize_with = "shale_rpc::shared::list")]
+    pub batches: Vec<Bytes>,
 }
 
 impl SnapshotData {
-    /// Decodes a snapshot's data; its pairs are slices of `data`, not copies.
+    /// Decodes a snapshot's data; its batches are slices of `data`, not copies.
     pub fn decode(data: &Bytes) -> Result<SnapshotData, StorageError> {
         Ok(shale_rpc::shared::decode(data)?)
     }
 
-    /// Decodes only the range descriptor of a snapshot's data (it comes first).
+    /// Decodes only the range descriptor of a snapshot's data, built or received (the
+    /// header, and in it the range, comes first).
     pub fn decode_range(data: &[u8]) -> Result<RangeDescriptor, StorageError> {
         Ok(postcard::take_from_bytes::<RangeDescriptor>(data)?.0)
+    }
+}
+
+/// Cuts pairs, in key order, into a snapshot's encoded batches as they come.
+#[derive(Default)]
+pub struct Batcher {
+    batches: Vec<Bytes>,
+    batch: Vec<(Bytes, Bytes)>,
+    batch_bytes: usize,
+    pairs: u64,
+    bytes: u64,
+}
+
+impl Batcher {
+    /// Key and value bytes taken so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let len = key.len() + value.len();
+        if self.batch_bytes > 0 && self.batch_bytes + len > SNAPSHOT_CHUNK_BYTES {
+            self.cut()?;
+        }
+        self.batch
+            .push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
+        self.batch_bytes += len;
+        self.pairs += 1;
+        self.bytes += len as u64;
+        Ok(())
+    }
+
+    fn cut(&mut self) -> Result<(), StorageError> {
+        let encoded = shale_rpc::codec::to_vec_sized(&self.batch)?;
+        self.batches.push(encoded.into());
+        self.batch.clear();
+        self.batch_bytes = 0;
+        Ok(())
+    }
+
+    pub fn finish(mut self, range: RangeDescriptor) -> Result<SnapshotData, StorageError> {
+        if !self.batch.is_empty() {
+            self.cut()?;
+        }
+        Ok(SnapshotData {
+            header: SnapshotHeader {
+                range,
+                pairs: self.pairs,
+                bytes: self.bytes,
+            },
+            batches: self.batches,
+        })
     }
 }
 
@@ -102,27 +157,33 @@ pub fn spawn_build(
 fn build(engine: &Engine, job: BuildJob, pinned: impl FnOnce()) -> Result<Snapshot, StorageError> {
     let started = Instant::now();
     let range = job.range;
-    let mut pairs = Vec::new();
-    let mut bytes = 0usize;
+    let mut batcher = Batcher::default();
+    let mut failed = None;
     engine.scan_pinned(
         Cf::Data,
         &range.start_key,
         &range.end_key,
         pinned,
-        |k, v| {
-            bytes += k.len() + v.len();
-            pairs.push((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)));
-            bytes <= SNAPSHOT_BYTES_MAX
+        |k, v| match batcher.push(k, v) {
+            Ok(()) => batcher.bytes() <= SNAPSHOT_BYTES_MAX as u64,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
         },
     )?;
-    if bytes > SNAPSHOT_BYTES_MAX {
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if batcher.bytes() > SNAPSHOT_BYTES_MAX as u64 {
         return Err(StorageError::Engine(format!(
             "range {} holds more than {SNAPSHOT_BYTES_MAX} bytes; it must split before it can be snapshotted",
             range.id
         )));
     }
-    let (range_id, count) = (range.id, pairs.len());
-    let data = SnapshotData { range, pairs };
+    let range_id = range.id;
+    let data = batcher.finish(range)?;
+    let (count, bytes) = (data.header.pairs, data.header.bytes);
     let mut snapshot = Snapshot {
         data: shale_rpc::codec::to_vec_sized(&data)
             .expect("snapshot encodes")
@@ -195,8 +256,8 @@ pub enum SnapshotAck {
     Refused { reason: String },
 }
 
-/// A built snapshot message cut for the wire. Pair batches are encoded as they are sent,
-/// so the sender holds the snapshot once (as built), plus one chunk.
+/// A built snapshot message as it goes on the wire: the message with the header for
+/// data, then the built batches as they are (slices of the built data, not copies).
 pub struct Transfer {
     from_store: StoreId,
     to_store: StoreId,
@@ -204,14 +265,11 @@ pub struct Transfer {
     transfer_id: u64,
     /// The Raft message with the header for data.
     message: Bytes,
-    pairs: Vec<(Bytes, Bytes)>,
-    /// Where each batch of `pairs` ends.
-    batch_ends: Vec<usize>,
+    batches: Vec<Bytes>,
 }
 
 impl Transfer {
     /// Cuts `message` (a Raft snapshot message whose data is a built `SnapshotData`).
-    /// Decoding takes slices of the data's pairs, not copies.
     pub fn new(
         from_store: StoreId,
         to_store: StoreId,
@@ -221,68 +279,41 @@ impl Transfer {
     ) -> Result<Transfer, StorageError> {
         use protobuf::Message as _;
         let data = SnapshotData::decode(&message.get_snapshot().data)?;
-        let header = SnapshotHeader {
-            range: data.range,
-            pairs: data.pairs.len() as u64,
-            bytes: data
-                .pairs
-                .iter()
-                .map(|(k, v)| (k.len() + v.len()) as u64)
-                .sum(),
-        };
-        message.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&header)?.into();
+        message.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&data.header)?.into();
         let message = Bytes::from(
             message
                 .write_to_bytes()
                 .map_err(|e| StorageError::Raft(e.to_string()))?,
         );
-        let mut batch_ends = Vec::new();
-        let mut batch_bytes = 0;
-        for (i, (k, v)) in data.pairs.iter().enumerate() {
-            if batch_bytes > 0 && batch_bytes + k.len() + v.len() > SNAPSHOT_CHUNK_BYTES {
-                batch_ends.push(i);
-                batch_bytes = 0;
-            }
-            batch_bytes += k.len() + v.len();
-        }
-        if !data.pairs.is_empty() {
-            batch_ends.push(data.pairs.len());
-        }
         Ok(Transfer {
             from_store,
             to_store,
             range_id,
             transfer_id,
             message,
-            pairs: data.pairs,
-            batch_ends,
+            batches: data.batches,
         })
     }
 
     /// Chunks in all: the message, then the batches (never none).
     pub fn chunks(&self) -> usize {
-        1 + self.batch_ends.len()
+        1 + self.batches.len()
     }
 
-    /// Chunk `seq` (below `chunks`), encoded now.
-    pub fn chunk(&self, seq: usize) -> Result<SnapshotChunk, StorageError> {
-        let data = match seq {
-            0 => self.message.clone(),
-            n => {
-                let start = if n == 1 { 0 } else { self.batch_ends[n - 2] };
-                let batch = &self.pairs[start..self.batch_ends[n - 1]];
-                shale_rpc::codec::to_vec_sized(&batch)?.into()
-            }
-        };
-        Ok(SnapshotChunk {
+    /// Chunk `seq` (below `chunks`).
+    pub fn chunk(&self, seq: usize) -> SnapshotChunk {
+        SnapshotChunk {
             from_store: self.from_store,
             to_store: self.to_store,
             range_id: self.range_id,
             transfer_id: self.transfer_id,
             seq: seq as u32,
             last: seq + 1 == self.chunks(),
-            data,
-        })
+            data: match seq {
+                0 => self.message.clone(),
+                n => self.batches[n - 1].clone(),
+            },
+        }
     }
 }
 
@@ -352,46 +383,29 @@ mod tests {
         assert_eq!((meta.index, meta.term), (42, 6));
         assert_eq!(meta.get_conf_state().voters, vec![1, 2, 3]);
         let data = SnapshotData::decode(&snapshot.data).unwrap();
-        assert_eq!(data.range, range);
+        assert_eq!(data.header.range, range);
+        assert_eq!((data.header.pairs, data.header.bytes), (2, 10));
+        assert_eq!(SnapshotData::decode_range(&snapshot.data).unwrap(), range);
         let (base, len) = (snapshot.data.as_ptr() as usize, snapshot.data.len());
         assert!(
-            data.pairs.iter().all(|(_, v)| {
-                let at = v.as_ptr() as usize;
-                at >= base && at + v.len() <= base + len
+            data.batches.iter().all(|b| {
+                let at = b.as_ptr() as usize;
+                at >= base && at + b.len() <= base + len
             }),
-            "decoded pairs are slices of the snapshot's data, not copies"
+            "decoded batches are slices of the snapshot's data, not copies"
         );
-        let pairs: Vec<(&[u8], &[u8])> = data
-            .pairs
+        let pairs: Vec<(Bytes, Bytes)> = data
+            .batches
             .iter()
-            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .flat_map(|b| postcard::from_bytes::<Vec<(Bytes, Bytes)>>(b).unwrap())
             .collect();
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
         assert_eq!(
             pairs,
-            vec![(&b"a1"[..], &b"old"[..]), (&b"b2"[..], &b"old"[..])],
+            vec![(b("a1"), b("old")), (b("b2"), b("old"))],
             "the range as it was when the build started, nothing beyond its end"
         );
     }
-
-    fn snapshot_message(pairs: Vec<(Bytes, Bytes)>) -> raft::eraftpb::Message {
-        let range = RangeDescriptor {
-            id: 9,
-            start_key: Bytes::new(),
-            end_key: Bytes::new(),
-            epoch: Epoch::default(),
-            replicas: Vec::new(),
-        };
-        let mut m = raft::eraftpb::Message::default();
-        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
-        m.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&SnapshotData { range, pairs })
-            .unwrap()
-            .into();
-        m.mut_snapshot().mut_metadata().index = 40;
-        m
-    }
-
-    #[derive(Deserialize)]
-    struct Batch(Vec<(Bytes, Bytes)>);
 
     proptest! {
         /// Chunk 0 is the message with a header for data; the batches that follow give
@@ -407,8 +421,25 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| (Bytes::from(format!("k{i:04}")), Bytes::from(vec![i as u8; *n])))
                 .collect();
-            let t = Transfer::new(1, 2, 9, 77, snapshot_message(pairs.clone())).unwrap();
-            let chunks: Vec<SnapshotChunk> = (0..t.chunks()).map(|i| t.chunk(i).unwrap()).collect();
+            let mut batcher = Batcher::default();
+            for (k, v) in &pairs {
+                batcher.push(k, v).unwrap();
+            }
+            let range = RangeDescriptor {
+                id: 9,
+                start_key: Bytes::new(),
+                end_key: Bytes::new(),
+                epoch: Epoch::default(),
+                replicas: Vec::new(),
+            };
+            let data = batcher.finish(range).unwrap();
+            let mut m = raft::eraftpb::Message::default();
+            m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+            m.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&data).unwrap().into();
+            m.mut_snapshot().mut_metadata().index = 40;
+
+            let t = Transfer::new(1, 2, 9, 77, m).unwrap();
+            let chunks: Vec<SnapshotChunk> = (0..t.chunks()).map(|i| t.chunk(i)).collect();
             prop_assert_eq!(chunks.len() == 1, pairs.is_empty());
             for (i, c) in chunks.iter().enumerate() {
                 prop_assert_eq!((c.seq as usize, c.last), (i, i + 1 == chunks.len()));
@@ -422,7 +453,7 @@ mod tests {
             prop_assert_eq!(header.bytes, pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>());
             let mut got = Vec::new();
             for c in &chunks[1..] {
-                let Batch(batch) = postcard::from_bytes(&c.data).unwrap();
+                let batch: Vec<(Bytes, Bytes)> = postcard::from_bytes(&c.data).unwrap();
                 let bytes: usize = batch.iter().map(|(k, v)| k.len() + v.len()).sum();
                 prop_assert!(!batch.is_empty());
                 prop_assert!(bytes <= SNAPSHOT_CHUNK_BYTES || batch.len() == 1);
