@@ -70,20 +70,31 @@ const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Sends one snapshot as chunk requests, each answered before the next goes, offering
 /// it again (with backoff) while the receiver is busy; `Ok` once the receiver says it
-/// took the whole snapshot (handed to its store loop).
+/// took the whole snapshot (handed to its store loop). Each attempt holds one of
+/// `slots`; the waits between attempts hold none, so a busy receiver does not hold up
+/// snapshots to other stores.
 async fn send_snapshot(
     transport: Arc<Transport>,
     addr: Option<String>,
     transfer: Arc<Transfer>,
+    slots: Arc<Semaphore>,
 ) -> Result<(), String> {
     let addr = addr.ok_or("no address for the target store")?;
     let addr = parse_addr(&addr).map_err(|e| e.to_string())?;
-    let started = std::time::Instant::now();
+    let mut busy_since = None;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match send_chunks(&transport, addr, &transfer).await? {
+        let ack = {
+            let _slot = slots
+                .acquire()
+                .await
+                .map_err(|_| "snapshot slots closed".to_string())?;
+            send_chunks(&transport, addr, &transfer).await?
+        };
+        let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+        match ack {
             SnapshotAck::Taken => return Ok(()),
-            _ if started.elapsed() + backoff > BUSY_RETRY_MAX => {
+            _ if since.elapsed() + backoff > BUSY_RETRY_MAX => {
                 return Err("the receiver stayed busy with other snapshots".into())
             }
             _ => {
@@ -160,22 +171,15 @@ impl RaftSender for RaftRouter {
             snapshot.message,
         );
         self.runtime.spawn(async move {
-            let result = match slots.acquire_owned().await {
-                Ok(_permit) => {
-                    // Re-encoding the message reads the snapshot's data: off the workers.
-                    let cut = tokio::task::spawn_blocking(move || {
-                        Transfer::new(from_store, to_store, range_id, transfer_id, message)
-                    })
-                    .await;
-                    match cut {
-                        Ok(Ok(transfer)) => {
-                            send_snapshot(transport, addr, Arc::new(transfer)).await
-                        }
-                        Ok(Err(e)) => Err(format!("cutting the snapshot: {e}")),
-                        Err(e) => Err(format!("cutting the snapshot: {e}")),
-                    }
-                }
-                Err(_) => Err("snapshot slots closed".to_string()),
+            // Re-encoding the message reads the snapshot's data: off the workers.
+            let cut = tokio::task::spawn_blocking(move || {
+                Transfer::new(from_store, to_store, range_id, transfer_id, message)
+            })
+            .await;
+            let result = match cut {
+                Ok(Ok(transfer)) => send_snapshot(transport, addr, Arc::new(transfer), slots).await,
+                Ok(Err(e)) => Err(format!("cutting the snapshot: {e}")),
+                Err(e) => Err(format!("cutting the snapshot: {e}")),
             };
             // Taken means the snapshot is in the receiver's loop queue ahead of anything
             // raft sends once it hears of it, so appends cannot race the install.
