@@ -86,11 +86,6 @@ pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error
     Option::<Shared>::deserialize(d).map(|o| o.map(|s| s.0))
 }
 
-/// For a `Vec<Bytes>` field.
-pub fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bytes>, D::Error> {
-    Vec::<Shared>::deserialize(d).map(|v| v.into_iter().map(|s| s.0).collect())
-}
-
 /// For a `Vec<(Bytes, Bytes)>` field.
 pub fn pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Bytes, Bytes)>, D::Error> {
     Vec::<(Shared, Shared)>::deserialize(d)

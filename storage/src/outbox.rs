@@ -2,6 +2,7 @@
 //! store gets one batch per round, with snapshots set apart for their own streams.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -11,6 +12,7 @@ use tracing::warn;
 
 use crate::metrics::METRICS;
 use crate::replica::Replica;
+use crate::snapshot::BuiltSnapshot;
 use crate::store::RaftSender;
 
 /// Outgoing Raft messages of a round, grouped by target store; snapshots apart.
@@ -26,6 +28,9 @@ pub struct OutgoingSnapshot {
     pub to_store: StoreId,
     pub to_replica: ReplicaId,
     pub message: Message,
+    /// The file of the snapshot the leader last built (the message's, unless a newer
+    /// build replaced it meanwhile).
+    pub built: Option<Arc<BuiltSnapshot>>,
 }
 
 impl Outbox {
@@ -40,12 +45,13 @@ impl Outbox {
                 continue;
             };
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                // Encoded by the sender, off the loop: it carries the range's data.
+                // Sent on its own, its pairs read from the built file.
                 self.snapshots.push(OutgoingSnapshot {
                     range_id: replica.range.id,
                     to_store,
                     to_replica: m.to,
                     message: m,
+                    built: replica.built_snapshot(),
                 });
                 continue;
             }

@@ -113,10 +113,12 @@ async fn send_chunks(
 ) -> Result<SnapshotAck, String> {
     let last = transfer.chunks() - 1;
     for i in 0..transfer.chunks() {
-        // Framing copies a batch of up to 1 MiB: not on the runtime's workers.
+        // A batch of up to 1 MiB is read from the file and framed: not on the runtime's
+        // workers.
         let t = transfer.clone();
         let frame = tokio::task::spawn_blocking(move || {
-            Frame::encode(FrameKind::SnapshotChunk, &t.chunk(i)).map_err(|e| e.to_string())
+            let chunk = t.chunk(i).map_err(|e| e.to_string())?;
+            Frame::encode(FrameKind::SnapshotChunk, &chunk).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("encoding chunk {i}: {e}"))??;
@@ -164,22 +166,24 @@ impl RaftSender for RaftRouter {
             self.snapshot_slots.clone(),
             self.store_tx.clone(),
         );
-        let (range_id, to_store, to_replica, message) = (
-            snapshot.range_id,
-            snapshot.to_store,
-            snapshot.to_replica,
-            snapshot.message,
-        );
+        let (range_id, to_store, to_replica) =
+            (snapshot.range_id, snapshot.to_store, snapshot.to_replica);
+        let transfer = match snapshot.built {
+            Some(built) => Transfer::new(
+                from_store,
+                to_store,
+                range_id,
+                transfer_id,
+                &snapshot.message,
+                built,
+            )
+            .map_err(|e| e.to_string()),
+            None => Err("the snapshot's file is gone".to_string()),
+        };
         self.runtime.spawn(async move {
-            // Re-encoding the message reads the snapshot's data: off the workers.
-            let cut = tokio::task::spawn_blocking(move || {
-                Transfer::new(from_store, to_store, range_id, transfer_id, message)
-            })
-            .await;
-            let result = match cut {
-                Ok(Ok(transfer)) => send_snapshot(transport, addr, Arc::new(transfer), slots).await,
-                Ok(Err(e)) => Err(format!("cutting the snapshot: {e}")),
-                Err(e) => Err(format!("cutting the snapshot: {e}")),
+            let result = match transfer {
+                Ok(t) => send_snapshot(transport, addr, Arc::new(t), slots).await,
+                Err(e) => Err(e),
             };
             // Taken means the snapshot is in the receiver's loop queue ahead of anything
             // raft sends once it hears of it, so appends cannot race the install.

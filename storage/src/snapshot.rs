@@ -2,6 +2,9 @@
 //! the snapshot's index), and cutting one into the checksummed chunks it travels in
 //! (`snapshot_install` takes them on the receiver).
 
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,33 +27,56 @@ pub const SNAPSHOTS_RECEIVING_MAX: usize = 4;
 /// A snapshot whose next chunk does not come within this long is dropped.
 pub const RECEIVE_IDLE_MAX: Duration = Duration::from_secs(60);
 
-/// The payload of a Raft snapshot of a range as its leader builds it: the header, then
-/// the pairs already cut into the batches (postcard `Vec<(Bytes, Bytes)>` of up to
-/// `SNAPSHOT_CHUNK_BYTES`) that travel as chunks, so sending copies nothing more.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SnapshotData {
-    pub header: SnapshotHeader,
-    #[serde(deserialize_with = "shale_rpc::shared::list")]
-    pub batches: Vec<Bytes>,
+/// A built snapshot's pairs on disk, cut into the batches (postcard `Vec<(Bytes, Bytes)>`
+/// of up to `SNAPSHOT_CHUNK_BYTES`) that travel as chunks, each with its crc32, checked
+/// when it is read back. The leader replica and the transfers of the snapshot share it;
+/// the file is removed when the last of them drops it. Its Raft snapshot's data is the
+/// header alone.
+#[derive(Debug)]
+pub struct BuiltSnapshot {
+    pub index: u64,
+    pub term: u64,
+    path: PathBuf,
+    file: File,
+    /// Where each batch ends in the file, and its crc32.
+    batches: Vec<(u64, u32)>,
 }
 
-impl SnapshotData {
-    /// Decodes a snapshot's data; its batches are slices of `data`, not copies.
-    pub fn decode(data: &Bytes) -> Result<SnapshotData, StorageError> {
-        Ok(shale_rpc::shared::decode(data)?)
+impl BuiltSnapshot {
+    pub fn batches(&self) -> usize {
+        self.batches.len()
     }
 
-    /// Decodes only the range descriptor of a snapshot's data, built or received (the
-    /// header, and in it the range, comes first).
-    pub fn decode_range(data: &[u8]) -> Result<RangeDescriptor, StorageError> {
-        Ok(postcard::take_from_bytes::<RangeDescriptor>(data)?.0)
+    /// Reads batch `i` (below `batches`) back, checked against its crc32.
+    pub fn batch(&self, i: usize) -> Result<Bytes, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let start = if i == 0 { 0 } else { self.batches[i - 1].0 };
+        let (end, crc) = self.batches[i];
+        let mut buf = vec![0; (end - start) as usize];
+        self.file.read_exact_at(&mut buf, start)?;
+        if crc32fast::hash(&buf) != crc {
+            return Err(StorageError::Corruption(format!(
+                "snapshot file {}: batch {i} fails its crc32",
+                self.path.display()
+            )));
+        }
+        Ok(buf.into())
     }
 }
 
-/// Cuts pairs, in key order, into a snapshot's encoded batches as they come.
-#[derive(Default)]
+impl Drop for BuiltSnapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Cuts pairs, in key order, into a snapshot's encoded batches and writes each to the
+/// snapshot's file as it is cut: the build holds one batch, not the range.
 pub struct Batcher {
-    batches: Vec<Bytes>,
+    /// Removes the file if the build stops early.
+    built: BuiltSnapshot,
+    out: std::io::BufWriter<File>,
+    written: u64,
     batch: Vec<(Bytes, Bytes)>,
     batch_bytes: usize,
     pairs: u64,
@@ -58,6 +84,31 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// Creates the file of the snapshot at `index` and `term` at `path`.
+    pub fn create(path: PathBuf, index: u64, term: u64) -> Result<Batcher, StorageError> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let out = std::io::BufWriter::with_capacity(SNAPSHOT_CHUNK_BYTES, file.try_clone()?);
+        Ok(Batcher {
+            built: BuiltSnapshot {
+                index,
+                term,
+                path,
+                file,
+                batches: Vec::new(),
+            },
+            out,
+            written: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            pairs: 0,
+            bytes: 0,
+        })
+    }
+
     /// Key and value bytes taken so far.
     pub fn bytes(&self) -> u64 {
         self.bytes
@@ -77,27 +128,40 @@ impl Batcher {
     }
 
     fn cut(&mut self) -> Result<(), StorageError> {
+        use std::io::Write;
         let encoded = shale_rpc::codec::to_vec_sized(&self.batch)?;
-        self.batches.push(encoded.into());
+        self.out.write_all(&encoded)?;
+        self.written += encoded.len() as u64;
+        self.built
+            .batches
+            .push((self.written, crc32fast::hash(&encoded)));
         self.batch.clear();
         self.batch_bytes = 0;
         Ok(())
     }
 
-    pub fn finish(mut self, range: RangeDescriptor) -> Result<SnapshotData, StorageError> {
+    /// The header of the snapshot of `range`, and its file, written out (not synced: a
+    /// restart removes it anyway).
+    pub fn finish(
+        mut self,
+        range: RangeDescriptor,
+    ) -> Result<(SnapshotHeader, BuiltSnapshot), StorageError> {
+        use std::io::Write;
         if !self.batch.is_empty() {
             self.cut()?;
         }
-        Ok(SnapshotData {
-            header: SnapshotHeader {
-                range,
-                pairs: self.pairs,
-                bytes: self.bytes,
-            },
-            batches: self.batches,
-        })
+        self.out.flush()?;
+        let header = SnapshotHeader {
+            range,
+            pairs: self.pairs,
+            bytes: self.bytes,
+        };
+        Ok((header, self.built))
     }
 }
+
+/// Names snapshot files so that two builds never share one.
+static NEXT_BUILD: AtomicU64 = AtomicU64::new(0);
 
 /// Snapshots being built at once on a store. A leader that wants one more waits: raft
 /// asks again at its follower's next heartbeat response.
@@ -125,7 +189,7 @@ pub fn spawn_build(
     engine: Arc<Engine>,
     faults: Arc<Faults>,
     job: BuildJob,
-    done: impl FnOnce(RangeId, Result<Snapshot, StorageError>) + Send + 'static,
+    done: impl FnOnce(RangeId, Result<(Snapshot, BuiltSnapshot), StorageError>) + Send + 'static,
 ) -> Result<(), StorageError> {
     let (pinned_tx, pinned_rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -153,11 +217,19 @@ pub fn spawn_build(
 }
 
 /// Reads every pair of `job.range` from a view pinned at once (`pinned` runs then) into
-/// a Raft snapshot at `job.index`.
-fn build(engine: &Engine, job: BuildJob, pinned: impl FnOnce()) -> Result<Snapshot, StorageError> {
+/// a Raft snapshot at `job.index` and its file.
+fn build(
+    engine: &Engine,
+    job: BuildJob,
+    pinned: impl FnOnce(),
+) -> Result<(Snapshot, BuiltSnapshot), StorageError> {
     let started = Instant::now();
     let range = job.range;
-    let mut batcher = Batcher::default();
+    let n = NEXT_BUILD.fetch_add(1, Ordering::Relaxed);
+    let path = engine
+        .snapshot_dir()
+        .join(format!("{}-{}-{}-{n}.out", range.id, job.term, job.index));
+    let mut batcher = Batcher::create(path, job.index, job.term)?;
     let mut failed = None;
     engine.scan_pinned(
         Cf::Data,
@@ -182,12 +254,9 @@ fn build(engine: &Engine, job: BuildJob, pinned: impl FnOnce()) -> Result<Snapsh
         )));
     }
     let range_id = range.id;
-    let data = batcher.finish(range)?;
-    let (count, bytes) = (data.header.pairs, data.header.bytes);
+    let (header, built) = batcher.finish(range)?;
     let mut snapshot = Snapshot {
-        data: shale_rpc::codec::to_vec_sized(&data)
-            .expect("snapshot encodes")
-            .into(),
+        data: shale_rpc::codec::to_vec_sized(&header)?.into(),
         ..Default::default()
     };
     let meta = snapshot.mut_metadata();
@@ -198,19 +267,18 @@ fn build(engine: &Engine, job: BuildJob, pinned: impl FnOnce()) -> Result<Snapsh
     info!(
         range_id,
         index = job.index,
-        pairs = count,
-        bytes,
+        pairs = header.pairs,
+        bytes = header.bytes,
         ms = started.elapsed().as_millis() as u64,
         "built snapshot"
     );
-    Ok(snapshot)
+    Ok((snapshot, built))
 }
 
 /// What a snapshot's Raft message carries as its data on the wire, in place of its
 /// pairs: they follow in chunks of their own, so neither side holds them all at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
-    /// First, as in `SnapshotData` (`SnapshotData::decode_range` reads either).
     pub range: RangeDescriptor,
     /// Pairs that follow, and their key and value bytes together.
     pub pairs: u64,
@@ -218,6 +286,7 @@ pub struct SnapshotHeader {
 }
 
 impl SnapshotHeader {
+    /// Decodes a snapshot's data (on the leader and on the wire alike).
     pub fn decode(data: &[u8]) -> Result<SnapshotHeader, StorageError> {
         Ok(postcard::from_bytes(data)?)
     }
@@ -256,30 +325,35 @@ pub enum SnapshotAck {
     Refused { reason: String },
 }
 
-/// A built snapshot message as it goes on the wire: the message with the header for
-/// data, then the built batches as they are (slices of the built data, not copies).
+/// A built snapshot as it goes on the wire: its Raft message (the header for data),
+/// then the batches of its file as they are, read back one at a time.
 pub struct Transfer {
     from_store: StoreId,
     to_store: StoreId,
     range_id: RangeId,
     transfer_id: u64,
-    /// The Raft message with the header for data.
     message: Bytes,
-    batches: Vec<Bytes>,
+    built: Arc<BuiltSnapshot>,
 }
 
 impl Transfer {
-    /// Cuts `message` (a Raft snapshot message whose data is a built `SnapshotData`).
+    /// `message` is a Raft snapshot message; `built` must be that snapshot's file.
     pub fn new(
         from_store: StoreId,
         to_store: StoreId,
         range_id: RangeId,
         transfer_id: u64,
-        mut message: raft::eraftpb::Message,
+        message: &raft::eraftpb::Message,
+        built: Arc<BuiltSnapshot>,
     ) -> Result<Transfer, StorageError> {
         use protobuf::Message as _;
-        let data = SnapshotData::decode(&message.get_snapshot().data)?;
-        message.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&data.header)?.into();
+        let meta = message.get_snapshot().get_metadata();
+        if (meta.index, meta.term) != (built.index, built.term) {
+            return Err(StorageError::Raft(format!(
+                "snapshot {}/{} with the file of snapshot {}/{}",
+                meta.term, meta.index, built.term, built.index
+            )));
+        }
         let message = Bytes::from(
             message
                 .write_to_bytes()
@@ -291,18 +365,18 @@ impl Transfer {
             range_id,
             transfer_id,
             message,
-            batches: data.batches,
+            built,
         })
     }
 
     /// Chunks in all: the message, then the batches (never none).
     pub fn chunks(&self) -> usize {
-        1 + self.batches.len()
+        1 + self.built.batches()
     }
 
-    /// Chunk `seq` (below `chunks`).
-    pub fn chunk(&self, seq: usize) -> SnapshotChunk {
-        SnapshotChunk {
+    /// Chunk `seq` (below `chunks`); a batch is read from the file (blocking).
+    pub fn chunk(&self, seq: usize) -> Result<SnapshotChunk, StorageError> {
+        Ok(SnapshotChunk {
             from_store: self.from_store,
             to_store: self.to_store,
             range_id: self.range_id,
@@ -311,9 +385,9 @@ impl Transfer {
             last: seq + 1 == self.chunks(),
             data: match seq {
                 0 => self.message.clone(),
-                n => self.batches[n - 1].clone(),
+                n => self.built.batch(n - 1)?,
             },
-        }
+        })
     }
 }
 
@@ -377,27 +451,19 @@ mod tests {
         write(&[("a1", "new"), ("c3", "new")], &["b2"]);
         faults.hold_snapshot_builds(false);
         let (id, result) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let snapshot = result.unwrap();
+        let (snapshot, built) = result.unwrap();
         assert_eq!(id, 7);
         let meta = snapshot.get_metadata();
         assert_eq!((meta.index, meta.term), (42, 6));
+        assert_eq!((built.index, built.term), (42, 6));
         assert_eq!(meta.get_conf_state().voters, vec![1, 2, 3]);
-        let data = SnapshotData::decode(&snapshot.data).unwrap();
-        assert_eq!(data.header.range, range);
-        assert_eq!((data.header.pairs, data.header.bytes), (2, 10));
-        assert_eq!(SnapshotData::decode_range(&snapshot.data).unwrap(), range);
-        let (base, len) = (snapshot.data.as_ptr() as usize, snapshot.data.len());
-        assert!(
-            data.batches.iter().all(|b| {
-                let at = b.as_ptr() as usize;
-                at >= base && at + b.len() <= base + len
-            }),
-            "decoded batches are slices of the snapshot's data, not copies"
-        );
-        let pairs: Vec<(Bytes, Bytes)> = data
-            .batches
-            .iter()
-            .flat_map(|b| postcard::from_bytes::<Vec<(Bytes, Bytes)>>(b).unwrap())
+        let header = SnapshotHeader::decode(&snapshot.data).unwrap();
+        assert_eq!(header.range, range);
+        assert_eq!((header.pairs, header.bytes), (2, 10));
+        let pairs: Vec<(Bytes, Bytes)> = (0..built.batches())
+            .flat_map(|i| {
+                postcard::from_bytes::<Vec<(Bytes, Bytes)>>(&built.batch(i).unwrap()).unwrap()
+            })
             .collect();
         let b = |s: &'static str| Bytes::from_static(s.as_bytes());
         assert_eq!(
@@ -405,6 +471,36 @@ mod tests {
             vec![(b("a1"), b("old")), (b("b2"), b("old"))],
             "the range as it was when the build started, nothing beyond its end"
         );
+        assert_eq!(std::fs::read_dir(engine.snapshot_dir()).unwrap().count(), 1);
+        drop(built);
+        assert_eq!(
+            std::fs::read_dir(engine.snapshot_dir()).unwrap().count(),
+            0,
+            "the file goes with the last holder"
+        );
+    }
+
+    /// A batch read back from a snapshot's file that does not match its crc32 is an
+    /// error, not a chunk.
+    #[test]
+    fn a_batch_that_fails_its_crc_is_not_sent() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.out");
+        let mut batcher = Batcher::create(path.clone(), 1, 1).unwrap();
+        batcher.push(b"key", b"value").unwrap();
+        let range = RangeDescriptor {
+            id: 9,
+            start_key: Bytes::new(),
+            end_key: Bytes::new(),
+            epoch: Epoch::default(),
+            replicas: Vec::new(),
+        };
+        let (_, built) = batcher.finish(range).unwrap();
+        assert!(built.batch(0).is_ok());
+        let file = File::options().write(true).open(&path).unwrap();
+        file.write_at(b"X", 3).unwrap();
+        assert!(matches!(built.batch(0), Err(StorageError::Corruption(_))));
     }
 
     proptest! {
@@ -421,7 +517,8 @@ mod tests {
                 .enumerate()
                 .map(|(i, n)| (Bytes::from(format!("k{i:04}")), Bytes::from(vec![i as u8; *n])))
                 .collect();
-            let mut batcher = Batcher::default();
+            let dir = tempfile::tempdir().unwrap();
+            let mut batcher = Batcher::create(dir.path().join("s.out"), 40, 2).unwrap();
             for (k, v) in &pairs {
                 batcher.push(k, v).unwrap();
             }
@@ -432,14 +529,19 @@ mod tests {
                 epoch: Epoch::default(),
                 replicas: Vec::new(),
             };
-            let data = batcher.finish(range).unwrap();
+            let (header, built) = batcher.finish(range).unwrap();
             let mut m = raft::eraftpb::Message::default();
             m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
-            m.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&data).unwrap().into();
+            m.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&header).unwrap().into();
             m.mut_snapshot().mut_metadata().index = 40;
+            m.mut_snapshot().mut_metadata().term = 2;
+            let built = Arc::new(built);
+            let mut other = m.clone();
+            other.mut_snapshot().mut_metadata().index = 41;
+            prop_assert!(Transfer::new(1, 2, 9, 77, &other, built.clone()).is_err(), "another snapshot's file");
 
-            let t = Transfer::new(1, 2, 9, 77, m).unwrap();
-            let chunks: Vec<SnapshotChunk> = (0..t.chunks()).map(|i| t.chunk(i)).collect();
+            let t = Transfer::new(1, 2, 9, 77, &m, built).unwrap();
+            let chunks: Vec<SnapshotChunk> = (0..t.chunks()).map(|i| t.chunk(i).unwrap()).collect();
             prop_assert_eq!(chunks.len() == 1, pairs.is_empty());
             for (i, c) in chunks.iter().enumerate() {
                 prop_assert_eq!((c.seq as usize, c.last), (i, i + 1 == chunks.len()));

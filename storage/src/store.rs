@@ -308,8 +308,8 @@ impl<S: RaftSender> Store<S> {
             StoreMsg::SnapshotBuilt { range_id, result } => {
                 self.snapshot_builds -= 1;
                 match (result, self.replicas.get_mut(&range_id)) {
-                    (Ok(snapshot), Some(r)) => {
-                        r.offer_snapshot(snapshot);
+                    (Ok((snapshot, built)), Some(r)) => {
+                        r.offer_snapshot(snapshot, built);
                     }
                     (Ok(_), None) => {}
                     (Err(error), r) => {

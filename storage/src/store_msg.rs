@@ -1,6 +1,8 @@
 //! What the store loop takes in (`StoreMsg`, from servers, the sync thread and its own
 //! background work) and where its outgoing Raft traffic goes (`RaftSender`).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use raft::eraftpb::{ConfChangeV2, Snapshot};
 use shale_rpc::{
@@ -11,6 +13,7 @@ use tokio::sync::oneshot;
 use crate::command::Command;
 use crate::outbox::OutgoingSnapshot;
 use crate::replica::{ReadReply, WriteReply};
+use crate::snapshot::BuiltSnapshot;
 use crate::snapshot_install::PreparedSnapshot;
 
 /// A store's state as a placement heartbeat reports it.
@@ -93,7 +96,7 @@ pub enum StoreMsg {
     /// A snapshot build started by the loop ended (`snapshot::spawn_build`).
     SnapshotBuilt {
         range_id: RangeId,
-        result: Result<Snapshot, String>,
+        result: Result<(Snapshot, Arc<BuiltSnapshot>), String>,
     },
     /// How sending a snapshot went.
     SnapshotReport {

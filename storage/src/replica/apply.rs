@@ -67,8 +67,8 @@ impl Replica {
                 meta.term, meta.index
             );
         };
-        let range = match SnapshotData::decode_range(&snapshot.data) {
-            Ok(r) => r,
+        let range = match SnapshotHeader::decode(&snapshot.data) {
+            Ok(h) => h.range,
             Err(e) => {
                 panic!("range {range_id}: snapshot was checked on receipt but does not decode: {e}")
             }

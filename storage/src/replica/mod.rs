@@ -28,7 +28,7 @@ use crate::keys;
 use crate::metrics::METRICS;
 use crate::raft_logger::range_logger;
 use crate::replica_storage::{ReplicaStorage, SnapshotSource};
-use crate::snapshot::SnapshotData;
+use crate::snapshot::{BuiltSnapshot, SnapshotHeader};
 use crate::snapshot_install::{self, PreparedSnapshot};
 use crate::staging::staged_path;
 use crate::StorageError;
@@ -107,6 +107,9 @@ pub struct Replica {
     prepared: Option<PreparedSnapshot>,
     /// The SST file of a snapshot this round took, to ingest once its state is synced.
     pending_ingest: Option<PathBuf>,
+    /// The file of the snapshot this leader last built, and when: its transfers read
+    /// their chunks from it.
+    built: Option<(Arc<BuiltSnapshot>, Instant)>,
     engine: Arc<Engine>,
     addresses: AddressBook,
 }
@@ -228,6 +231,7 @@ impl Replica {
             leaderless_ticks: 0,
             prepared: None,
             pending_ingest: None,
+            built: None,
             engine,
             addresses,
         })
@@ -430,6 +434,15 @@ impl Replica {
             self.node.mut_store().expire_snapshot(SNAPSHOT_UNTAKEN_MAX);
         } else {
             self.node.mut_store().drop_snapshot();
+        }
+        // Transfers under way hold the file on their own.
+        if !self.is_leader()
+            || self
+                .built
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() > SNAPSHOT_UNTAKEN_MAX)
+        {
+            self.built = None;
         }
         true
     }

@@ -3,13 +3,14 @@
 //! follower's received snapshot prepared as an SST file (see `crate::snapshot_install`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use raft::eraftpb::Snapshot;
 use raft::ProgressState;
 
 use super::Replica;
-use crate::snapshot::BuildJob;
+use crate::snapshot::{BuildJob, BuiltSnapshot};
 use crate::snapshot_install::PreparedSnapshot;
 
 impl Replica {
@@ -41,6 +42,11 @@ impl Replica {
         self.node.mut_store().drop_snapshot();
     }
 
+    /// The file of the snapshot this leader last built, for the transfers raft asks for.
+    pub fn built_snapshot(&self) -> Option<Arc<BuiltSnapshot>> {
+        self.built.as_ref().map(|(b, _)| b.clone())
+    }
+
     /// What to build the snapshot raft asked for from, if it did and this replica leads.
     /// Call between rounds, when every applied write is in the engine.
     pub fn take_snapshot_job(&mut self) -> Option<BuildJob> {
@@ -53,11 +59,12 @@ impl Replica {
 
     /// Gives raft a snapshot built off the loop and sends it at once to the followers
     /// being probed (one of them asked for it). False if this replica no longer leads.
-    pub fn offer_snapshot(&mut self, snapshot: Snapshot) -> bool {
+    pub fn offer_snapshot(&mut self, snapshot: Snapshot, built: Arc<BuiltSnapshot>) -> bool {
         if !self.is_leader() {
             self.node.mut_store().drop_snapshot();
             return false;
         }
+        self.built = Some((built, Instant::now()));
         self.node
             .mut_store()
             .offer_snapshot(snapshot, Instant::now());

@@ -2,6 +2,7 @@
 //! ingesting the files of snapshots its replicas took.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use shale_rpc::RangeId;
@@ -34,7 +35,9 @@ impl<S: RaftSender> Store<S> {
                 self.faults.clone(),
                 job,
                 move |range_id, result| {
-                    let result = result.map_err(|e| e.to_string());
+                    let result = result
+                        .map(|(snapshot, built)| (snapshot, Arc::new(built)))
+                        .map_err(|e| e.to_string());
                     // A closed queue means the loop stopped: nobody needs the snapshot.
                     let _ = tx.send(StoreMsg::SnapshotBuilt { range_id, result });
                 },
