@@ -393,29 +393,28 @@ impl Engine {
         self.scan_with(cf, start, scan_options(cf, end), visit)
     }
 
-    /// The keys of `cf` in `[start, end)` and the value of `meta_key` in the meta column
-    /// family, read from one view of the engine (as of the same write).
-    pub fn keys_with_meta(
+    /// Runs `visit` with the value of `meta_key` (meta column family) and a cursor over
+    /// the keys of `[start, end)` in `cf`, both read from one view of the engine, around
+    /// the block cache: a whole range's keys, without holding them all.
+    pub fn with_keys_and_meta<T>(
         &self,
         cf: Cf,
         start: &[u8],
         end: &[u8],
         meta_key: &[u8],
-    ) -> Result<(Vec<bytes::Bytes>, Option<Vec<u8>>), StorageError> {
+        visit: impl FnOnce(Option<Vec<u8>>, &mut KeyCursor<'_>) -> T,
+    ) -> Result<T, StorageError> {
+        cf.check_key(start);
         let view = self.db.snapshot();
         let meta = view
             .get_cf(self.handle(Cf::Meta), meta_key)
             .map_err(engine_err)?;
         let mut opts = scan_options(cf, end);
-        // A whole range's keys, read once: not worth evicting what readers use.
         opts.fill_cache(false);
         opts.set_snapshot(&view);
-        let mut keys = Vec::new();
-        self.scan_with(cf, start, opts, |k, _| {
-            keys.push(bytes::Bytes::copy_from_slice(k));
-            true
-        })?;
-        Ok((keys, meta))
+        let mut iter = self.db.raw_iterator_cf_opt(self.handle(cf), opts);
+        iter.seek(start);
+        Ok(visit(meta, &mut KeyCursor { iter }))
     }
 
     /// Like `scan`, over the engine as it stands when this is called: `pinned` runs once
@@ -538,6 +537,27 @@ impl WriteBatch<'_> {
 
     pub fn size_bytes(&self) -> usize {
         self.inner.size_in_bytes()
+    }
+}
+
+/// Keys in order from one view of the engine (see `Engine::with_keys_and_meta`).
+pub struct KeyCursor<'a> {
+    iter: rocksdb::DBRawIteratorWithThreadMode<'a, DB>,
+}
+
+impl KeyCursor<'_> {
+    /// The current key; none once they ran out (or reading failed: see `status`).
+    pub fn key(&self) -> Option<&[u8]> {
+        self.iter.key()
+    }
+
+    pub fn advance(&mut self) {
+        self.iter.next();
+    }
+
+    /// Whether reading the keys failed.
+    pub fn status(&self) -> Result<(), StorageError> {
+        self.iter.status().map_err(engine_err)
     }
 }
 

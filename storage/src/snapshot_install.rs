@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::command::ApplyState;
-use crate::engine::{Cf, Durability, Engine, SstSink};
+use crate::engine::{Cf, Durability, Engine, KeyCursor, SstSink};
 use crate::keys;
 use crate::replica::span_end;
 use crate::snapshot::{SnapshotChunk, SnapshotHeader, RECEIVE_IDLE_MAX, SNAPSHOT_BYTES_MAX};
@@ -123,7 +123,6 @@ impl Incoming {
             index: meta.index,
             term: meta.term,
             header,
-            held: Vec::new().into_iter().peekable(),
             outdated_view,
             deletes_held_at: None,
             last_key: None,
@@ -194,31 +193,47 @@ fn receive(engine: &Engine, mut stream: Stream, pieces: Receiver<Piece>) {
     let path = engine
         .snapshot_dir()
         .join(format!("{range}-{}-{}-{n}.sst", stream.term, stream.index));
+    let span = stream.header.range.clone();
     let last = Engine::with_sst_writer(&path, |sink| {
-        if let Err(reason) = stream.read_held(engine) {
-            return Some((first.reply, Err(reason)));
-        }
-        let mut piece = first;
-        loop {
-            let step = stream.take(sink, &piece.pairs).and_then(|()| {
-                if piece.last {
-                    stream.finish(sink, engine, &path).map(Some)
-                } else {
-                    Ok(None)
+        // The keys to delete come from one view, with the applied index they are at.
+        let held = engine.with_keys_and_meta(
+            Cf::Data,
+            &span.start_key,
+            &span_end(&span),
+            &keys::apply_state_key(range),
+            |apply, held| {
+                if let Err(reason) = stream.note_held(apply, held) {
+                    return Some((first.reply, Err(reason)));
                 }
-            });
-            if !matches!(step, Ok(None)) {
-                return Some((piece.reply, step));
-            }
-            let _ = piece.reply.send(step);
-            piece = match pieces.recv_timeout(RECEIVE_IDLE_MAX) {
-                Ok(p) => p,
-                Err(_) => {
-                    info!(range_id = range, "snapshot transfer abandoned");
-                    return None;
+                let mut piece = first;
+                loop {
+                    let step = stream.take(sink, held, &piece.pairs).and_then(|()| {
+                        if piece.last {
+                            stream.finish(sink, held, engine, &path).map(Some)
+                        } else {
+                            Ok(None)
+                        }
+                    });
+                    if !matches!(step, Ok(None)) {
+                        return Some((piece.reply, step));
+                    }
+                    let _ = piece.reply.send(step);
+                    piece = match pieces.recv_timeout(RECEIVE_IDLE_MAX) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            info!(range_id = range, "snapshot transfer abandoned");
+                            return None;
+                        }
+                    };
                 }
-            };
-        }
+            },
+        );
+        // A failed read of the view drops the first chunk's answer: the server then
+        // refuses the transfer.
+        held.unwrap_or_else(|e| {
+            warn!(range_id = range, error = %e, "reading the keys a snapshot replaces failed");
+            None
+        })
     });
     if let Some((reply, step)) = last {
         if let Err(reason) = &step {
@@ -238,9 +253,7 @@ struct Stream {
     index: u64,
     term: u64,
     header: SnapshotHeader,
-    /// Keys the store holds in the range's span, ascending: those the snapshot lacks
-    /// are deleted by the file.
-    held: std::iter::Peekable<std::vec::IntoIter<Bytes>>,
+    /// A fault for tests: delete none of the keys the store holds.
     outdated_view: bool,
     deletes_held_at: Option<u64>,
     last_key: Option<Bytes>,
@@ -249,38 +262,59 @@ struct Stream {
 }
 
 impl Stream {
-    /// Reads the keys the store holds in the range's span together with the replica's
-    /// applied index, from one view.
-    fn read_held(&mut self, engine: &Engine) -> Result<(), String> {
+    /// Notes what the keys the store holds in the range's span (`held`, those the
+    /// snapshot lacks are deleted by the file) were read at: the replica's applied
+    /// index, from `apply`.
+    fn note_held(&mut self, apply: Option<Vec<u8>>, held: &KeyCursor<'_>) -> Result<(), String> {
+        held.status().map_err(|e| e.to_string())?;
+        self.deletes_held_at = if self.outdated_view {
+            Some(u64::MAX)
+        } else if held.key().is_none() {
+            None
+        } else {
+            match apply {
+                None => Some(0),
+                Some(a) => Some(
+                    ApplyState::decode(&a)
+                        .map_err(|e| e.to_string())?
+                        .applied_index,
+                ),
+            }
+        };
+        Ok(())
+    }
+
+    /// Deletes the held keys below `key` (all, for none), and skips `key` itself.
+    fn delete_held(
+        &self,
+        sink: &mut SstSink<'_>,
+        held: &mut KeyCursor<'_>,
+        key: Option<&[u8]>,
+    ) -> Result<(), String> {
         if self.outdated_view {
-            self.deletes_held_at = Some(u64::MAX);
             return Ok(());
         }
-        let range = &self.header.range;
-        let (held, apply) = engine
-            .keys_with_meta(
-                Cf::Data,
-                &range.start_key,
-                &span_end(range),
-                &keys::apply_state_key(range.id),
-            )
-            .map_err(|e| e.to_string())?;
-        self.deletes_held_at = match (held.is_empty(), apply) {
-            (true, _) => None,
-            (false, None) => Some(0),
-            (false, Some(a)) => Some(
-                ApplyState::decode(&a)
-                    .map_err(|e| e.to_string())?
-                    .applied_index,
-            ),
-        };
-        self.held = held.into_iter().peekable();
-        Ok(())
+        while let Some(d) = held.key() {
+            if key.is_some_and(|k| d >= k) {
+                break;
+            }
+            sink.delete(d).map_err(|e| e.to_string())?;
+            held.advance();
+        }
+        if key.is_some() && held.key() == key {
+            held.advance();
+        }
+        held.status().map_err(|e| e.to_string())
     }
 
     /// Checks a batch (keys ascending across the transfer, inside the range, no more
     /// than the header said) and writes it, with deletes of the held keys it passes.
-    fn take(&mut self, sink: &mut SstSink<'_>, batch: &Bytes) -> Result<(), String> {
+    fn take(
+        &mut self,
+        sink: &mut SstSink<'_>,
+        held: &mut KeyCursor<'_>,
+        batch: &Bytes,
+    ) -> Result<(), String> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -300,10 +334,7 @@ impl Stream {
             if self.pairs > self.header.pairs || self.bytes > self.header.bytes {
                 return Err("more snapshot pairs than its header said".into());
             }
-            while let Some(d) = self.held.next_if(|d| *d < k) {
-                sink.delete(&d).map_err(|e| e.to_string())?;
-            }
-            self.held.next_if(|d| *d == k);
+            self.delete_held(sink, held, Some(&k))?;
             sink.put(&k, &v).map_err(|e| e.to_string())?;
             self.last_key = Some(k);
         }
@@ -315,6 +346,7 @@ impl Stream {
     fn finish(
         &mut self,
         sink: &mut SstSink<'_>,
+        held: &mut KeyCursor<'_>,
         engine: &Engine,
         path: &Path,
     ) -> Result<Received, String> {
@@ -324,9 +356,7 @@ impl Stream {
                 self.pairs, self.header.pairs, self.bytes, self.header.bytes
             ));
         }
-        for d in self.held.by_ref() {
-            sink.delete(&d).map_err(|e| e.to_string())?;
-        }
+        self.delete_held(sink, held, None)?;
         let written = sink.finish().map_err(|e| e.to_string())?;
         let prepared = PreparedSnapshot {
             range_id: self.header.range.id,
