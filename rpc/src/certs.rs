@@ -18,8 +18,12 @@ use crate::RpcError;
 /// identified by the cluster CA's signature, not by their host names, so a node can
 /// move between addresses without new certificates.
 pub const NODE_SERVER_NAME: &str = "shale-node";
-/// ALPN protocol id of Shale's node-to-node protocol.
-pub const ALPN: &[u8] = b"shale/1";
+/// ALPN protocol id of Shale's node-to-node protocol, with its wire version. Messages
+/// are postcard, which carries no field tags: any change to a message's form bumps the
+/// version, so nodes of different forms refuse each other at the TLS handshake ("no
+/// application protocol") instead of misreading each other's frames. Version 2: the
+/// snapshot transfer of session 23 (a header, then batches of pairs).
+pub const ALPN: &[u8] = b"shale/2";
 
 const CA_COMMON_NAME: &str = "Shale cluster CA";
 /// File names inside a certificate directory.

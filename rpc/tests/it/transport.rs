@@ -180,6 +180,32 @@ async fn a_corrupted_frame_gets_an_error_answer_and_the_server_keeps_serving() {
     );
 }
 
+/// A node speaking another version of the wire protocol (another ALPN id) is refused at
+/// the handshake, before any frame could be misread; one of this version connects.
+#[tokio::test]
+async fn a_peer_of_another_wire_version_is_refused_at_the_handshake() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let (server, _) = echo_server(&identity).await;
+    let addr = server.local_addr().unwrap();
+    let mut tls = identity.client_config().unwrap();
+    assert_eq!(tls.alpn_protocols, vec![shale_rpc::certs::ALPN.to_vec()]);
+    tls.alpn_protocols = vec![b"shale/1".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let refused = endpoint
+        .connect(addr, shale_rpc::certs::NODE_SERVER_NAME)
+        .unwrap()
+        .await
+        .expect_err("another wire version is refused");
+    assert!(
+        refused.to_string().contains("protocol"),
+        "the error names the protocol: {refused}"
+    );
+    let mut endpoint = quinn_client(&identity);
+    endpoint_connect(&mut endpoint, addr).await;
+}
+
 fn quinn_client(identity: &TlsIdentity) -> quinn::Endpoint {
     let tls = identity.client_config().unwrap();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
