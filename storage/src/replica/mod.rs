@@ -477,6 +477,8 @@ impl Replica {
             return false;
         }
         self.hibernating = true;
+        // Every follower has the whole log: no snapshot is needed.
+        self.built = None;
         true
     }
 
