@@ -411,3 +411,83 @@ async fn large_entries_are_truncated_by_bytes_and_survive_a_restart() {
     }
     cluster.shutdown().await;
 }
+
+/// A receiver taking as many snapshots as it may answers the leader's `Busy`: nothing
+/// gets in while its slots are taken, and once one frees the leader's next offer does
+/// and the lagging replica catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_receiver_takes_the_leaders_snapshot_once_a_slot_frees() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{Message, MessageType};
+    use shale_rpc::transport::{Transport, TransportConfig};
+    use shale_rpc::{Frame, FrameKind};
+    use shale_storage::snapshot::{
+        SnapshotAck, SnapshotChunk, SnapshotHeader, SNAPSHOTS_RECEIVING_MAX,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _client, lagging, cut_at) = with_a_lagging_replica(dir.path()).await;
+    let range = first_range(&cluster, lagging).await.unwrap().range;
+    // Transfers from stores that do not exist take every receiving slot.
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.mut_snapshot().data = postcard::to_allocvec(&SnapshotHeader {
+        range,
+        pairs: 1,
+        bytes: 1,
+    })
+    .unwrap()
+    .into();
+    let header = bytes::Bytes::from(m.write_to_bytes().unwrap());
+    let transport = Transport::client(&cluster.identity, TransportConfig::default()).unwrap();
+    let addr = cluster.node(lagging).unwrap().addr();
+    let send = |store: u64, seq: u32| {
+        let chunk = SnapshotChunk {
+            from_store: store,
+            to_store: cluster.configs[lagging].store_id,
+            range_id: FIRST_RANGE_ID,
+            transfer_id: store,
+            seq,
+            last: false,
+            data: header.clone(),
+        };
+        let (transport, frame) = (
+            &transport,
+            Frame::encode(FrameKind::SnapshotChunk, &chunk).unwrap(),
+        );
+        async move {
+            let reply = transport.call(addr, &frame).await.unwrap();
+            reply.decode::<SnapshotAck>(FrameKind::SnapshotAck).unwrap()
+        }
+    };
+    // The leader's build waits until those are in (the partition refuses them too).
+    let hold = |on: bool| {
+        for i in 0..cluster.len() {
+            cluster.node(i).unwrap().faults().hold_snapshot_builds(on);
+        }
+    };
+    hold(true);
+    cluster
+        .node(lagging)
+        .unwrap()
+        .faults()
+        .set_partitioned(false);
+    let fakes = 100..100 + SNAPSHOTS_RECEIVING_MAX as u64;
+    for store in fakes.clone() {
+        assert_eq!(send(store, 0).await, SnapshotAck::Next);
+    }
+    hold(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = first_range(&cluster, lagging).await.unwrap();
+    assert!(
+        st.truncated_index <= cut_at,
+        "no snapshot got in while the receiver was busy: {st:?}"
+    );
+    // A chunk out of order ends each of those transfers, which frees its slot.
+    for store in fakes {
+        assert!(matches!(send(store, 5).await, SnapshotAck::Refused { .. }));
+    }
+    let keys: Vec<usize> = (0..400).collect();
+    must_catch_up_by_snapshot(&cluster, lagging, cut_at, &keys).await;
+    cluster.shutdown().await;
+}
