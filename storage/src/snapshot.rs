@@ -480,6 +480,17 @@ mod tests {
         );
     }
 
+    /// A range `id` over every key.
+    fn whole_key_space(id: RangeId) -> RangeDescriptor {
+        RangeDescriptor {
+            id,
+            start_key: Bytes::new(),
+            end_key: Bytes::new(),
+            epoch: Epoch::default(),
+            replicas: Vec::new(),
+        }
+    }
+
     /// A batch read back from a snapshot's file that does not match its crc32 is an
     /// error, not a chunk.
     #[test]
@@ -489,14 +500,7 @@ mod tests {
         let path = dir.path().join("s.out");
         let mut batcher = Batcher::create(path.clone(), 1, 1).unwrap();
         batcher.push(b"key", b"value").unwrap();
-        let range = RangeDescriptor {
-            id: 9,
-            start_key: Bytes::new(),
-            end_key: Bytes::new(),
-            epoch: Epoch::default(),
-            replicas: Vec::new(),
-        };
-        let (_, built) = batcher.finish(range).unwrap();
+        let (_, built) = batcher.finish(whole_key_space(9)).unwrap();
         assert!(built.batch(0).is_ok());
         let file = File::options().write(true).open(&path).unwrap();
         file.write_at(b"X", 3).unwrap();
@@ -522,14 +526,7 @@ mod tests {
             for (k, v) in &pairs {
                 batcher.push(k, v).unwrap();
             }
-            let range = RangeDescriptor {
-                id: 9,
-                start_key: Bytes::new(),
-                end_key: Bytes::new(),
-                epoch: Epoch::default(),
-                replicas: Vec::new(),
-            };
-            let (header, built) = batcher.finish(range).unwrap();
+            let (header, built) = batcher.finish(whole_key_space(9)).unwrap();
             let mut m = raft::eraftpb::Message::default();
             m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
             m.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&header).unwrap().into();

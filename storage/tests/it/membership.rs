@@ -272,6 +272,24 @@ async fn with_a_lagging_replica(
     (cluster, client, lagging, cut_at)
 }
 
+/// Makes every store's snapshot builds wait midway (or go on).
+fn hold_snapshot_builds(cluster: &LocalCluster, on: bool) {
+    for i in 0..cluster.len() {
+        cluster.node(i).unwrap().faults().hold_snapshot_builds(on);
+    }
+}
+
+/// Ends `lagging`'s partition with every store's snapshot builds held: the leader's
+/// build for it waits until `hold_snapshot_builds(cluster, false)`.
+fn heal_with_builds_held(cluster: &LocalCluster, lagging: usize) {
+    hold_snapshot_builds(cluster, true);
+    cluster
+        .node(lagging)
+        .unwrap()
+        .faults()
+        .set_partitioned(false);
+}
+
 /// `lagging` holds `keys` and got them by a snapshot past `cut_at`, not by the log.
 async fn must_catch_up_by_snapshot(
     cluster: &LocalCluster,
@@ -334,17 +352,7 @@ async fn lagging_replica_catches_up_by_snapshot(outdated_view: bool) {
 async fn a_range_keeps_serving_writes_while_its_snapshot_is_built() {
     let dir = tempfile::tempdir().unwrap();
     let (cluster, client, lagging, cut_at) = with_a_lagging_replica(dir.path()).await;
-    let hold = |on: bool| {
-        for i in 0..cluster.len() {
-            cluster.node(i).unwrap().faults().hold_snapshot_builds(on);
-        }
-    };
-    hold(true);
-    cluster
-        .node(lagging)
-        .unwrap()
-        .faults()
-        .set_partitioned(false);
+    heal_with_builds_held(&cluster, lagging);
     let started = Instant::now();
     let held = || {
         (0..cluster.len())
@@ -366,7 +374,7 @@ async fn a_range_keeps_serving_writes_while_its_snapshot_is_built() {
         first_range(&cluster, lagging).await.unwrap().last_index <= cut_at + 1,
         "no snapshot reached the lagging replica while the build was held"
     );
-    hold(false);
+    hold_snapshot_builds(&cluster, false);
     let keys: Vec<usize> = (0..500).collect();
     must_catch_up_by_snapshot(&cluster, lagging, cut_at, &keys).await;
     cluster.shutdown().await;
@@ -461,22 +469,12 @@ async fn a_busy_receiver_takes_the_leaders_snapshot_once_a_slot_frees() {
         }
     };
     // The leader's build waits until those are in (the partition refuses them too).
-    let hold = |on: bool| {
-        for i in 0..cluster.len() {
-            cluster.node(i).unwrap().faults().hold_snapshot_builds(on);
-        }
-    };
-    hold(true);
-    cluster
-        .node(lagging)
-        .unwrap()
-        .faults()
-        .set_partitioned(false);
+    heal_with_builds_held(&cluster, lagging);
     let fakes = 100..100 + SNAPSHOTS_RECEIVING_MAX as u64;
     for store in fakes.clone() {
         assert_eq!(send(store, 0).await, SnapshotAck::Next);
     }
-    hold(false);
+    hold_snapshot_builds(&cluster, false);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let st = first_range(&cluster, lagging).await.unwrap();
     assert!(
