@@ -78,8 +78,9 @@ struct Piece {
 }
 
 /// A snapshot being received: a thread of its own checks each chunk's pairs and writes
-/// them to the snapshot's file as they come, so the receiver holds one chunk at a time
-/// (and the keys it must delete), not the snapshot.
+/// them to the snapshot's file as they come, merged with deletes of the keys the store
+/// holds in the range's span (read through a cursor), so the receiver holds one chunk
+/// at a time, not the snapshot.
 pub struct Incoming {
     pub from_store: StoreId,
     pub range_id: RangeId,
