@@ -365,7 +365,8 @@ pub struct RangeStatus {
     /// Keys in the range as its last size check counted them (none yet: not counted).
     #[serde(default)]
     pub key_count: Option<u64>,
-    /// How long the replica has ticked without knowing a leader (0: it knows one).
+    /// How long the replica has gone without a word from a leader: ticked without
+    /// knowing one, or (a follower) slept.
     #[serde(default)]
     pub leader_missing_ms: u64,
 }

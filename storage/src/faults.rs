@@ -1,7 +1,8 @@
 //! Fault injection for tests of a whole cluster in one process: a store can be cut off
 //! from Raft traffic (both ways) while clients still reach it, its snapshot builds can
 //! be held midway, its loop can crash before a snapshot's ingest, and its received
-//! snapshots can be made to look older than what its replica applied since.
+//! snapshots can be made to look older than what its replica applied since, and its
+//! notices to removed replicas' stores can be lost.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ pub struct Faults {
     crash_before_snapshot_ingest: AtomicBool,
     crashed: AtomicBool,
     snapshot_view_outdated: AtomicBool,
+    removal_notices_lost: AtomicBool,
 }
 
 impl Faults {
@@ -85,5 +87,16 @@ impl Faults {
 
     pub fn snapshot_view_outdated(&self) -> bool {
         self.snapshot_view_outdated.load(Ordering::SeqCst)
+    }
+
+    /// Make this store, leading a range that removes a replica, not tell the removed
+    /// replica's store directly (as when that call is lost): only placement's checks
+    /// then clear the replica.
+    pub fn set_removal_notices_lost(&self, on: bool) {
+        self.removal_notices_lost.store(on, Ordering::SeqCst);
+    }
+
+    pub fn removal_notices_lost(&self) -> bool {
+        self.removal_notices_lost.load(Ordering::SeqCst)
     }
 }

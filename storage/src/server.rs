@@ -547,6 +547,7 @@ impl StoreService {
             .expect("address book lock")
             .get(&store_id)
             .cloned();
+        let addr = addr.filter(|_| !self.faults.removal_notices_lost());
         if let Some(addr) = addr.and_then(|a| shale_rpc::client::parse_addr(&a).ok()) {
             let req = AdminRequest::DestroyReplica {
                 range_id,

@@ -418,3 +418,105 @@ async fn steps_beyond_those_running_wait_their_turn() {
     must_read_all(&client, 0..240).await;
     cluster.shutdown().await;
 }
+
+/// A follower asleep when its store is drained, cut off so that it misses its removal
+/// and the leader's direct notice, never wakes to learn it (its leader no longer talks
+/// to it): its store has placement check sleeping followers' membership now and then,
+/// and destroys the replica once placement names it removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_removed_while_asleep_is_destroyed() {
+    use shale_rpc::client::FIRST_RANGE_ID;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(
+        dir.path(),
+        1,
+        4,
+        |_| {},
+        |_, c| c.placement.leaderless_report_after_ms = 1_000,
+    )
+    .await;
+    cluster
+        .call(&PlacementRequest::SetScheduling { paused: true })
+        .await
+        .unwrap();
+    let client = cluster.client().unwrap();
+    for i in 0..20 {
+        client.put(key(i), value(i)).await.unwrap();
+    }
+    let first = |i: usize| {
+        let node = cluster.store(i).unwrap();
+        async move {
+            node.status()
+                .await
+                .into_iter()
+                .find(|s| s.range.id == FIRST_RANGE_ID)
+        }
+    };
+    // The range starts on the first three stores.
+    let follower = must_eventually(
+        "a follower of the first range asleep",
+        Duration::from_secs(60),
+        || async {
+            for i in 0..3 {
+                let s = first(i).await.ok_or("a store without the range")?;
+                if !s.is_leader && s.hibernating {
+                    return Ok(i);
+                }
+            }
+            Err("none asleep".to_string())
+        },
+    )
+    .await;
+    // Long enough asleep for its first check (still a member then): the next comes only
+    // 20 checks' waits later, which the removal must outwait.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = cluster.store(follower).unwrap();
+    node.faults().set_partitioned(true);
+    for i in 0..4 {
+        cluster
+            .store(i)
+            .unwrap()
+            .faults()
+            .set_removal_notices_lost(true);
+    }
+    let reply = cluster
+        .call(&PlacementRequest::Drain {
+            store_id: node.store_id,
+            drain: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, PlacementReply::Done);
+    must_eventually(
+        "the range moved off the drained store",
+        Duration::from_secs(60),
+        || async {
+            let routes = settled(&cluster, 3).await?;
+            routes
+                .iter()
+                .all(|r| r.range.replica_on(node.store_id).is_none())
+                .then_some(())
+                .ok_or(format!("{routes:?}"))
+        },
+    )
+    .await;
+    node.faults().set_partitioned(false);
+    let s = first(follower)
+        .await
+        .expect("the removed replica is still there");
+    assert!(s.hibernating, "and asleep: {s:?}");
+    must_eventually(
+        "the removed replica destroyed",
+        Duration::from_secs(60),
+        || async {
+            match first(follower).await {
+                None => Ok(()),
+                Some(s) => Err(format!("{s:?}")),
+            }
+        },
+    )
+    .await;
+    must_read_all(&client, 0..20).await;
+    cluster.shutdown().await;
+}

@@ -58,6 +58,9 @@ const PROPOSAL_BYTES_MAX: usize = 4 << 20;
 /// A built snapshot that raft has not taken within this long is dropped (the follower
 /// that wanted it went away); a later request builds a fresh one.
 const SNAPSHOT_UNTAKEN_MAX: Duration = Duration::from_secs(30);
+/// A follower asleep all along has placement check its membership again after this
+/// many times the wait before its first check (10 min for the default 30 s).
+const ASLEEP_RECHECK_FACTOR: u32 = 20;
 
 /// One Raft entry in flight and the clients waiting on its writes, in order.
 struct Proposal {
@@ -103,6 +106,10 @@ pub struct Replica {
     /// Ticks in a row without a known leader (a removed replica whose store was down
     /// when it was removed never learns one).
     leaderless_ticks: u64,
+    /// Since when it sleeps, and when its membership was last checked with placement
+    /// while asleep (a follower removed while asleep that missed the news never wakes).
+    asleep_since: Option<Instant>,
+    membership_checked_at: Option<Instant>,
     /// A received snapshot's pairs as an SST file, for when raft hands it over.
     prepared: Option<PreparedSnapshot>,
     /// The SST file of a snapshot this round took, to ingest once its state is synced.
@@ -229,6 +236,8 @@ impl Replica {
             hibernating: false,
             idle_ticks: 0,
             leaderless_ticks: 0,
+            asleep_since: None,
+            membership_checked_at: None,
             prepared: None,
             pending_ingest: None,
             built: None,
@@ -450,6 +459,8 @@ impl Replica {
     /// Back to ticking (any request or message does this).
     pub fn wake(&mut self) {
         self.hibernating = false;
+        self.asleep_since = None;
+        self.membership_checked_at = None;
         self.idle_ticks = 0;
     }
 
@@ -477,6 +488,7 @@ impl Replica {
             return false;
         }
         self.hibernating = true;
+        self.asleep_since = Some(Instant::now());
         // Every follower has the whole log: no snapshot is needed.
         self.built = None;
         true
@@ -501,7 +513,35 @@ impl Replica {
             && self.apply.applied_index == last
         {
             self.hibernating = true;
+            self.asleep_since = Some(Instant::now());
         }
+    }
+
+    /// How long this replica has gone without a word from a leader: ticks without a
+    /// known one, or, for a sleeping follower, the time asleep.
+    pub fn leader_missing(&self, tick: Duration) -> Duration {
+        let leaderless = tick.saturating_mul(self.leaderless_ticks.min(u32::MAX as u64) as u32);
+        match self.asleep_since {
+            Some(since) if !self.is_leader() => leaderless.max(since.elapsed()),
+            _ => leaderless,
+        }
+    }
+
+    /// Whether to have placement check this sleeping follower's membership now: asleep
+    /// `after` or longer and not checked for `ASLEEP_RECHECK_FACTOR` times that. Noted as
+    /// checked.
+    pub fn membership_check_due(&mut self, after: Duration, now: Instant) -> bool {
+        let due = !self.is_leader()
+            && self
+                .asleep_since
+                .is_some_and(|s| now.duration_since(s) >= after)
+            && self.membership_checked_at.is_none_or(|at| {
+                now.duration_since(at) >= after.saturating_mul(ASLEEP_RECHECK_FACTOR)
+            });
+        if due {
+            self.membership_checked_at = Some(now);
+        }
+        due
     }
 
     pub fn step(&mut self, msg: Message) {

@@ -1,6 +1,9 @@
 //! What the store loop answers about its replicas: every replica's status (admin), and
 //! the narrower one a placement heartbeat needs.
 
+use std::time::{Duration, Instant};
+
+use shale_rpc::placement::LEADERLESS_REPORTED_MAX;
 use shale_rpc::RangeStatus;
 
 use super::{HeartbeatStatus, RaftSender, Store};
@@ -13,15 +16,32 @@ impl<S: RaftSender> Store<S> {
     }
 
     /// Only led and long leaderless replicas' status: with thousands of ranges, building
-    /// every replica's each second was most of an idle store's heartbeat cost.
-    pub(super) fn heartbeat_status(&self, leaderless_after_ms: u64) -> HeartbeatStatus {
-        let tick_ms = self.tick.as_millis() as u64;
-        let statuses = self
-            .replicas
-            .values()
-            .filter(|r| {
-                r.is_leader() || r.leaderless_ticks().saturating_mul(tick_ms) >= leaderless_after_ms
-            })
+    /// every replica's each second was most of an idle store's heartbeat cost. Followers
+    /// asleep that long are included too, each once per 20 times that (and at most
+    /// `LEADERLESS_REPORTED_MAX` a heartbeat), for placement to check they are still
+    /// members: one removed while asleep that missed the news would never wake to learn.
+    pub(super) fn heartbeat_status(&mut self, leaderless_after_ms: u64) -> HeartbeatStatus {
+        let (tick, after) = (self.tick, Duration::from_millis(leaderless_after_ms));
+        let now = Instant::now();
+        let mut asleep_checks = 0;
+        let mut reported = Vec::new();
+        for (id, r) in self.replicas.iter_mut() {
+            let awake_leaderless = !r.is_hibernating() && r.leader_missing(tick) >= after;
+            let mut report = r.is_leader() || awake_leaderless;
+            if !report
+                && asleep_checks < LEADERLESS_REPORTED_MAX
+                && r.membership_check_due(after, now)
+            {
+                asleep_checks += 1;
+                report = true;
+            }
+            if report {
+                reported.push(*id);
+            }
+        }
+        let statuses = reported
+            .iter()
+            .filter_map(|id| self.replicas.get(id))
             .map(|r| self.status_of(r))
             .collect();
         HeartbeatStatus {
@@ -51,7 +71,7 @@ impl<S: RaftSender> Store<S> {
                 &span_end(&r.range),
             ),
             key_count: None,
-            leader_missing_ms: r.leaderless_ticks() * self.tick.as_millis() as u64,
+            leader_missing_ms: r.leader_missing(self.tick).as_millis() as u64,
         }
     }
 }
