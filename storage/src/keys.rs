@@ -12,6 +12,7 @@ const SNAPSHOT_INGEST_SUFFIX: u8 = 0x06;
 
 const RANGE_STATE_PREFIX: u8 = 0x01;
 const APPLY_STATE_PREFIX: u8 = 0x02;
+const APPLIED_CONF_STATE_PREFIX: u8 = 0x03;
 /// Meta key of the store's identity record.
 pub const STORE_IDENT_KEY: &[u8] = &[0x00, b's', b't', b'o', b'r', b'e'];
 /// The cluster this store joined (8 bytes, big endian), once placement told it.
@@ -74,7 +75,8 @@ pub fn hard_state_key(range_id: RangeId) -> [u8; 9] {
     range_key(range_id, HARD_STATE_SUFFIX)
 }
 
-/// Raft CF: the range's Raft conf state.
+/// Raft CF: the range's Raft conf state, where stores before the applied conf state
+/// key (below) kept it. Only read, for such stores' data.
 pub fn conf_state_key(range_id: RangeId) -> [u8; 9] {
     range_key(range_id, CONF_STATE_SUFFIX)
 }
@@ -112,6 +114,14 @@ pub fn range_state_bounds() -> ([u8; 9], [u8; 9]) {
 /// Meta CF: the range's apply state.
 pub fn apply_state_key(range_id: RangeId) -> [u8; 9] {
     meta_key(APPLY_STATE_PREFIX, range_id)
+}
+
+/// Meta CF: the range's Raft conf state as of its apply state. Membership changes write
+/// it in the batch of their apply, so it is flushed with the descriptor and apply state
+/// it goes with: in the Raft CF, a crash after a flush of applied data could leave an
+/// older configuration beside a newer descriptor (the Raft CF is not flushed with them).
+pub fn applied_conf_state_key(range_id: RangeId) -> [u8; 9] {
+    meta_key(APPLIED_CONF_STATE_PREFIX, range_id)
 }
 
 #[cfg(test)]

@@ -77,34 +77,17 @@ pub struct SnapshotSource {
 
 impl ReplicaStorage {
     /// Writes the Raft state of a new range whose group is `voters`: its log starts
-    /// after `RANGE_INIT_INDEX`, committed and applied up to there.
+    /// after `RANGE_INIT_INDEX`, committed and applied up to there. Only its conf state
+    /// is written, beside the range's descriptor and apply state (written by the caller
+    /// in the same batch): where its log starts and its hard state follow from the apply
+    /// state at load. Nothing in the Raft column family is touched, so a replica of the
+    /// range created before (from its leader's messages, ahead of this store's split)
+    /// keeps its term and vote, and a batch written without the WAL leaves nothing
+    /// there that a crash could separate from the range's descriptor.
     pub fn bootstrap(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
         let mut cs = ConfState::default();
         cs.set_voters(voters);
-        batch.put(
-            Cf::Raft,
-            &keys::conf_state_key(range_id),
-            &cs.write_to_bytes().expect("conf state encodes"),
-        );
-        let hs = HardState {
-            term: RANGE_INIT_TERM,
-            commit: RANGE_INIT_INDEX,
-            ..Default::default()
-        };
-        batch.put(
-            Cf::Raft,
-            &keys::hard_state_key(range_id),
-            &hs.write_to_bytes().expect("hard state encodes"),
-        );
-        let truncated = TruncatedState {
-            index: RANGE_INIT_INDEX,
-            term: RANGE_INIT_TERM,
-        };
-        batch.put(
-            Cf::Raft,
-            &keys::truncated_state_key(range_id),
-            &truncated.encode(),
-        );
+        write_conf_state(batch, range_id, &cs);
     }
 
     /// Loads a replica's Raft state from the engine. A range with no state at all is an
@@ -118,12 +101,21 @@ impl ReplicaStorage {
             Some(b) => HardState::parse_from_bytes(&b)?,
             None => HardState::default(),
         };
-        let conf_state = match engine.get(Cf::Raft, &keys::conf_state_key(range_id))? {
+        let conf_state = match engine.get(Cf::Meta, &keys::applied_conf_state_key(range_id))? {
             Some(b) => ConfState::parse_from_bytes(&b)?,
-            None => ConfState::default(),
+            // Stores before the applied conf state key kept it in the Raft CF.
+            None => match engine.get(Cf::Raft, &keys::conf_state_key(range_id))? {
+                Some(b) => ConfState::parse_from_bytes(&b)?,
+                None => ConfState::default(),
+            },
         };
         let truncated = match engine.get(Cf::Raft, &keys::truncated_state_key(range_id))? {
             Some(b) => TruncatedState::decode(&b)?,
+            // A range created by bootstrap or split: its log starts where it was born.
+            None if apply.applied_index >= RANGE_INIT_INDEX => TruncatedState {
+                index: RANGE_INIT_INDEX,
+                term: RANGE_INIT_TERM,
+            },
             None => TruncatedState::default(),
         };
         let (last_index, last_term) = match last_log_index(&engine, range_id)? {
@@ -148,6 +140,11 @@ impl ReplicaStorage {
         }
         // The commit index is persisted lazily; whatever was applied was committed.
         hard_state.commit = hard_state.commit.max(apply.applied_index);
+        // A new range's term starts at its log's (a vote cast in an older term is void).
+        if hard_state.term < truncated.term {
+            hard_state.term = truncated.term;
+            hard_state.vote = 0;
+        }
         Ok(ReplicaStorage {
             engine,
             range_id,
@@ -401,11 +398,7 @@ impl ReplicaStorage {
 
     /// Records a new conf state into `batch`.
     pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch<'_>) {
-        batch.put(
-            Cf::Raft,
-            &keys::conf_state_key(self.range_id),
-            &cs.write_to_bytes().expect("conf state encodes"),
-        );
+        write_conf_state(batch, self.range_id, &cs);
         self.conf_state = cs;
     }
 
@@ -468,6 +461,16 @@ fn read_entry(engine: &Engine, range_id: RangeId, index: u64) -> Result<Entry, S
 
 fn to_raft(e: StorageError) -> raft::Error {
     raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+/// Writes `range_id`'s conf state into `batch` (the Meta CF: see
+/// [`keys::applied_conf_state_key`]).
+fn write_conf_state(batch: &mut WriteBatch<'_>, range_id: RangeId, cs: &ConfState) {
+    batch.put(
+        Cf::Meta,
+        &keys::applied_conf_state_key(range_id),
+        &cs.write_to_bytes().expect("conf state encodes"),
+    );
 }
 
 impl raft::Storage for ReplicaStorage {

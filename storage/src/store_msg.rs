@@ -10,7 +10,7 @@ use shale_rpc::{
 };
 use tokio::sync::oneshot;
 
-use crate::command::Command;
+use crate::command::{Command, RangeState};
 use crate::outbox::OutgoingSnapshot;
 use crate::replica::{ReadReply, WriteReply};
 use crate::snapshot::BuiltSnapshot;
@@ -108,6 +108,12 @@ pub enum StoreMsg {
     /// be truncated that far.
     Flushed {
         targets: Vec<(RangeId, u64)>,
+    },
+    /// The flush asked for by splits of a round is done (or failed): the ranges they
+    /// created may start, each campaigning if its parent led.
+    SplitsFlushed {
+        born: Vec<(RangeState, bool)>,
+        result: Result<(), String>,
     },
     /// Destroy the local replica of `range_id` if its `conf_ver` is older than this.
     Destroy {
