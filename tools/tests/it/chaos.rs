@@ -1,0 +1,579 @@
+//! Chaos: a placement process and four `shale store` processes under steady writes
+//! while a nemesis, driven by a seeded random generator, kills (-9) and restarts
+//! stores and placement, stops stores gracefully, splits ranges, moves replicas and
+//! transfers leaders. Each key has one writer, which writes increasing versions and
+//! reads some back at once, so the test can tell:
+//!
+//! - a read after an acknowledged write sees that write (or a write that failed, whose
+//!   fate is open: it may land late);
+//! - at the end every key holds its last acknowledged version (or a failed one);
+//! - a scan across all ranges sees every key once, with the values reads see;
+//! - every replica of every range ends with the same data;
+//! - every process stops cleanly on SIGTERM.
+//!
+//! `SHALE_CHAOS_SEED` replays a run's choices (timings still vary); `SHALE_CHAOS_SECS`
+//! sets how long the nemesis runs (default 40); `SHALE_CHAOS_KEEP` keeps the folder
+//! with the processes' logs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use shale_rpc::client::{ClientConfig, KvClient};
+use shale_rpc::placement::{PlacementReply, PlacementRequest, Route};
+use shale_rpc::placement_client::PlacementClient;
+use shale_rpc::transport::Transport;
+use shale_rpc::{Frame, FrameKind, KvOp, KvReply, KvRequest, KvResponse, StoreId};
+
+use crate::procs::*;
+
+const KEYS: u64 = 240;
+const WRITERS: u64 = 8;
+/// Most ranges the nemesis splits into.
+const RANGES_MAX: usize = 32;
+
+fn key(i: u64) -> Bytes {
+    Bytes::from(format!("chaos/{i:05}"))
+}
+
+/// `key:version:padding`; the padding varies the entry sizes (up to ~3 KiB).
+fn value(i: u64, version: u64, pad: usize) -> Bytes {
+    Bytes::from(format!("{i}:{version}:{}", "p".repeat(pad)))
+}
+
+fn version_of(value: &[u8]) -> u64 {
+    let text = std::str::from_utf8(value).expect("values are text");
+    text.split(':')
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("malformed value {text:.40}"))
+}
+
+/// What one writer knows of one of its keys.
+#[derive(Default, Clone)]
+struct KeyHistory {
+    /// The last version acknowledged (0: none yet).
+    acked: u64,
+    /// Versions whose put failed: each may or may not have landed, at any time.
+    failed: BTreeSet<u64>,
+}
+
+impl KeyHistory {
+    /// Whether a read may see `seen` (`None`: absent), given what was acknowledged.
+    fn allows(&self, seen: Option<u64>) -> bool {
+        match seen {
+            None => self.acked == 0,
+            Some(v) => v == self.acked || self.failed.contains(&v),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    acked: AtomicU64,
+    failed: AtomicU64,
+    reads: AtomicU64,
+}
+
+/// One writer: owns keys `i` with `i % WRITERS == w`; writes until `stop`.
+async fn writer(
+    w: u64,
+    seed: u64,
+    client: Arc<KvClient>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+) -> BTreeMap<u64, KeyHistory> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mine: Vec<u64> = (0..KEYS).filter(|i| i % WRITERS == w).collect();
+    let mut history: BTreeMap<u64, KeyHistory> = BTreeMap::new();
+    let mut next_version: BTreeMap<u64, u64> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        // Paced, to leave the machine's cores to the nemesis and other tests.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1..6))).await;
+        let i = mine[rng.gen_range(0..mine.len())];
+        let version = {
+            let v = next_version.entry(i).or_insert(0);
+            *v += 1;
+            *v
+        };
+        let pad = if rng.gen_bool(0.1) {
+            rng.gen_range(1_000..3_000)
+        } else {
+            rng.gen_range(0..200)
+        };
+        let h = history.entry(i).or_default();
+        match client.put(key(i), value(i, version, pad)).await {
+            Ok(()) => {
+                h.acked = version;
+                counts.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                eprintln!("chaos: put of key {i} version {version} failed: {e}");
+                h.failed.insert(version);
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        if rng.gen_bool(0.25) {
+            match client.get(key(i)).await {
+                Ok(seen) => {
+                    let seen = seen.map(|v| version_of(&v));
+                    assert!(
+                        h.allows(seen),
+                        "key {i}: read {seen:?} right after version {} was acknowledged \
+                         (failed versions {:?})",
+                        h.acked,
+                        h.failed
+                    );
+                    counts.reads.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => eprintln!("chaos: read of key {i} failed: {e}"),
+            }
+        }
+    }
+    history
+}
+
+async fn routes(placement: &PlacementClient) -> Vec<Route> {
+    let req = PlacementRequest::ScanRanges {
+        start_key: Bytes::new(),
+        limit: 10_000,
+    };
+    match placement.call(&req).await {
+        Ok(PlacementReply::Routes(r)) => r,
+        _ => Vec::new(),
+    }
+}
+
+/// The nemesis's moves, counted by kind for the summary.
+#[derive(Debug, Default)]
+struct Moves {
+    kills: u32,
+    graceful_restarts: u32,
+    placement_kills: u32,
+    splits: u32,
+    moves: u32,
+    transfers: u32,
+}
+
+/// A store or placement process that is down, and when it comes back.
+struct Down {
+    /// Index into the stores, or `None` for placement.
+    store: Option<usize>,
+    until: Instant,
+}
+
+async fn nemesis(
+    seed: u64,
+    run_for: Duration,
+    procs: &mut [StoreProc],
+    placement_proc: &mut StoreProc,
+    placement: &PlacementClient,
+) -> Moves {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut moves = Moves::default();
+    let mut down: Option<Down> = None;
+    let started = Instant::now();
+    // When each store last started: SIGTERM during start-up, before the handler is in
+    // place, kills the process as -9 would, so graceful stops wait a little.
+    let mut up_since = vec![started; procs.len()];
+    while started.elapsed() < run_for {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
+        if let Some(d) = down.as_ref().filter(|d| Instant::now() >= d.until) {
+            match d.store {
+                Some(s) => {
+                    procs[s].start();
+                    up_since[s] = Instant::now();
+                }
+                None => placement_proc.start(),
+            }
+            eprintln!("chaos: {} restarted", describe(d.store, procs));
+            down = None;
+        }
+        // While a process is down, only the moves that take none down are drawn.
+        let pick = match down {
+            None => rng.gen_range(0..100),
+            Some(_) => rng.gen_range(34..100),
+        };
+        let move_started = Instant::now();
+        match pick {
+            // At most one process down at once: every range keeps a quorum.
+            0..=19 if down.is_none() => {
+                let s = rng.gen_range(0..procs.len());
+                procs[s].kill9();
+                let until = Instant::now() + Duration::from_millis(rng.gen_range(500..6_000));
+                eprintln!("chaos: kill -9 {}", describe(Some(s), procs));
+                down = Some(Down {
+                    store: Some(s),
+                    until,
+                });
+                moves.kills += 1;
+            }
+            20..=27 if down.is_none() => {
+                let s = rng.gen_range(0..procs.len());
+                if up_since[s].elapsed() < Duration::from_secs(3) {
+                    continue;
+                }
+                eprintln!("chaos: SIGTERM and restart {}", describe(Some(s), procs));
+                assert_eq!(
+                    procs[s].terminate(),
+                    Some(0),
+                    "a store stopped by SIGTERM exits 0\n{}",
+                    procs[s].log_tail()
+                );
+                procs[s].start();
+                up_since[s] = Instant::now();
+                moves.graceful_restarts += 1;
+            }
+            28..=33 if down.is_none() => {
+                placement_proc.kill9();
+                let until = Instant::now() + Duration::from_millis(rng.gen_range(300..3_000));
+                eprintln!("chaos: kill -9 placement");
+                down = Some(Down { store: None, until });
+                moves.placement_kills += 1;
+            }
+            34..=59 => {
+                let r = routes(placement).await;
+                if r.is_empty() || r.len() >= RANGES_MAX {
+                    continue;
+                }
+                let k = key(rng.gen_range(1..KEYS));
+                let Some(route) = r.iter().find(|r| r.range.contains(&k)) else {
+                    continue;
+                };
+                if route.range.start_key == k {
+                    continue;
+                }
+                let req = PlacementRequest::Split {
+                    range_id: route.range.id,
+                    split_key: Some(k.clone()),
+                };
+                let outcome = placement.call(&req).await;
+                eprintln!(
+                    "chaos: split range {} at {:?}: {} ({} ms)",
+                    route.range.id,
+                    String::from_utf8_lossy(&k),
+                    outcome.is_ok(),
+                    move_started.elapsed().as_millis()
+                );
+                moves.splits += u32::from(outcome.is_ok());
+            }
+            60..=79 => {
+                let r = routes(placement).await;
+                if r.is_empty() {
+                    continue;
+                }
+                let route = &r[rng.gen_range(0..r.len())];
+                let holders: Vec<StoreId> =
+                    route.range.replicas.iter().map(|x| x.store_id).collect();
+                let others: Vec<StoreId> = procs
+                    .iter()
+                    .map(|p| p.config.store_id)
+                    .filter(|s| !holders.contains(s))
+                    .collect();
+                if holders.is_empty() || others.is_empty() {
+                    continue;
+                }
+                let from_store = holders[rng.gen_range(0..holders.len())];
+                let to_store = others[rng.gen_range(0..others.len())];
+                let req = PlacementRequest::MoveReplica {
+                    range_id: route.range.id,
+                    from_store,
+                    to_store,
+                };
+                let outcome = placement.call(&req).await;
+                eprintln!(
+                    "chaos: move range {}'s replica {from_store} -> {to_store}: {} ({} ms)",
+                    route.range.id,
+                    outcome.is_ok(),
+                    move_started.elapsed().as_millis()
+                );
+                moves.moves += u32::from(outcome.is_ok());
+            }
+            80..=99 => {
+                let r = routes(placement).await;
+                if r.is_empty() {
+                    continue;
+                }
+                let route = &r[rng.gen_range(0..r.len())];
+                let holders: Vec<StoreId> = route
+                    .range
+                    .replicas
+                    .iter()
+                    .map(|x| x.store_id)
+                    .filter(|s| Some(*s) != route.leader)
+                    .collect();
+                if holders.is_empty() {
+                    continue;
+                }
+                let to_store = holders[rng.gen_range(0..holders.len())];
+                let req = PlacementRequest::TransferLeader {
+                    range_id: route.range.id,
+                    to_store,
+                };
+                let outcome = placement.call(&req).await;
+                eprintln!(
+                    "chaos: transfer range {}'s leader to {to_store}: {} ({} ms)",
+                    route.range.id,
+                    outcome.is_ok(),
+                    move_started.elapsed().as_millis()
+                );
+                moves.transfers += u32::from(outcome.is_ok());
+            }
+            _ => {}
+        }
+    }
+    if let Some(d) = down {
+        match d.store {
+            Some(s) => procs[s].start(),
+            None => placement_proc.start(),
+        }
+        eprintln!("chaos: {} restarted at the end", describe(d.store, procs));
+    }
+    moves
+}
+
+fn describe(store: Option<usize>, procs: &[StoreProc]) -> String {
+    match store {
+        Some(s) => format!("store {}", procs[s].config.store_id),
+        None => "placement".into(),
+    }
+}
+
+/// Reads `key` from the replica of `range_id` on the store at `addr` (no retries).
+async fn replica_value(
+    transport: &Transport,
+    addr: &str,
+    range_id: u64,
+    key: Bytes,
+) -> Result<Option<Bytes>, String> {
+    let req = KvRequest {
+        range_id,
+        epoch: None,
+        op: KvOp::GetReplica { key },
+    };
+    let frame = Frame::encode(FrameKind::KvRequest, &req).map_err(|e| e.to_string())?;
+    let addr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let reply = transport
+        .call(addr, &frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    match reply.decode::<KvResponse>(FrameKind::KvResponse) {
+        Ok(Ok(KvReply::Value(v))) => Ok(v),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Whether every replica of every range holds `expected` for each of its keys; the
+/// first difference otherwise.
+async fn replicas_agree(
+    transport: &Transport,
+    placement: &PlacementClient,
+    expected: &BTreeMap<u64, Option<Bytes>>,
+) -> Result<usize, String> {
+    let r = routes(placement).await;
+    if r.is_empty() {
+        return Err("placement named no ranges".into());
+    }
+    let mut checked = 0;
+    for route in &r {
+        for (&i, want) in expected {
+            if !route.range.contains(&key(i)) {
+                continue;
+            }
+            for replica in &route.range.replicas {
+                let Some(store) = route.stores.iter().find(|s| s.store_id == replica.store_id)
+                else {
+                    return Err(format!("no address for store {}", replica.store_id));
+                };
+                let got = replica_value(transport, &store.addr, route.range.id, key(i)).await?;
+                if got.as_ref().map(|v| version_of(v)) != want.as_ref().map(|v| version_of(v)) {
+                    return Err(format!(
+                        "key {i}: store {}'s replica of range {} holds version {:?}, the \
+                         leader {:?}",
+                        replica.store_id,
+                        route.range.id,
+                        got.as_ref().map(|v| version_of(v)),
+                        want.as_ref().map(|v| version_of(v)),
+                    ));
+                }
+                checked += 1;
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// Reads every key through its leader, checking each against its history.
+async fn final_reads(
+    client: &KvClient,
+    history: &BTreeMap<u64, KeyHistory>,
+    seed: u64,
+) -> BTreeMap<u64, Option<Bytes>> {
+    let mut expected = BTreeMap::new();
+    for (&i, h) in history {
+        let got = client
+            .get(key(i))
+            .await
+            .unwrap_or_else(|e| panic!("final read of key {i}: {e}"));
+        let seen = got.as_ref().map(|v| version_of(v));
+        assert!(
+            h.allows(seen),
+            "key {i} holds {seen:?}; last acknowledged {}, failed {:?} (seed {seed})",
+            h.acked,
+            h.failed
+        );
+        expected.insert(i, got);
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
+    let seed = std::env::var("SHALE_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    let run_for = Duration::from_secs(
+        std::env::var("SHALE_CHAOS_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40),
+    );
+    eprintln!("chaos: seed {seed} (SHALE_CHAOS_SEED={seed} replays the choices)");
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("SHALE_CHAOS_KEEP").is_some() {
+        eprintln!("chaos: keeping {}", dir.path().display());
+    }
+    let dir = match std::env::var_os("SHALE_CHAOS_KEEP") {
+        Some(_) => dir.keep(),
+        None => dir.path().to_path_buf(),
+    };
+    let dir = dir.as_path();
+    let (mut procs, identity) = store_procs_joining(dir, 4, 3);
+    let (mut placement_proc, placement_addr) = placement_proc(dir);
+    use_placement(&mut procs, &placement_addr);
+    placement_proc.start();
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    let transport = client_transport(&identity);
+    let placement = Arc::new(
+        PlacementClient::new(
+            transport.clone(),
+            std::slice::from_ref(&placement_addr),
+            ClientConfig::default(),
+        )
+        .unwrap(),
+    );
+    let client = Arc::new(KvClient::through_placement(
+        transport.clone(),
+        placement.clone(),
+        ClientConfig {
+            deadline_ms: 30_000,
+            attempts_max: 200,
+            ..ClientConfig::default()
+        },
+    ));
+    // The first range must serve before the writers start counting failures.
+    let started = Instant::now();
+    while client.put(key(KEYS), "ready").await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the cluster never served\n{}",
+            procs[0].log_tail()
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(writer(
+                w,
+                seed,
+                client.clone(),
+                stop.clone(),
+                counts.clone(),
+            ))
+        })
+        .collect();
+    let moves = nemesis(seed, run_for, &mut procs, &mut placement_proc, &placement).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut history: BTreeMap<u64, KeyHistory> = BTreeMap::new();
+    for w in writers {
+        let h = w.await.unwrap_or_else(|e| {
+            panic!(
+                "a writer failed (seed {seed}): {e}\n{}",
+                procs
+                    .iter()
+                    .map(|p| p.log_tail())
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            )
+        });
+        history.extend(h);
+    }
+    eprintln!(
+        "chaos: {moves:?}; {} puts acknowledged, {} failed, {} reads checked",
+        counts.acked.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed),
+        counts.reads.load(Ordering::Relaxed)
+    );
+    assert!(
+        moves.kills + moves.graceful_restarts > 0 && moves.splits > 0,
+        "the nemesis did too little to tell anything: {moves:?}"
+    );
+    assert!(
+        counts.acked.load(Ordering::Relaxed) > 100,
+        "too few writes got through to tell anything"
+    );
+
+    // Every key holds its last acknowledged version (or a failed one), and a scan
+    // across every range sees each key once, as reads do.
+    let expected = final_reads(&client, &history, seed).await;
+    let scanned = client
+        .scan_all(key(0), key(KEYS), 50)
+        .await
+        .expect("scan across ranges");
+    let scanned_keys: Vec<&Bytes> = scanned.iter().map(|(k, _)| k).collect();
+    let mut unique = scanned_keys.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), scanned_keys.len(), "a scan saw a key twice");
+    let want: Vec<(Bytes, Bytes)> = expected
+        .iter()
+        .filter_map(|(&i, v)| v.clone().map(|v| (key(i), v)))
+        .collect();
+    assert!(
+        scanned == want,
+        "the scan disagrees with reads: {} pairs against {}",
+        scanned.len(),
+        want.len()
+    );
+    // Every replica of every range converges on what the leaders hold (read afresh
+    // each pass: a failed put may still land late).
+    let started = Instant::now();
+    let checked = loop {
+        let expected = final_reads(&client, &history, seed).await;
+        match replicas_agree(&transport, &placement, &expected).await {
+            Ok(n) => break n,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "replicas disagree after 60 s (seed {seed}): {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "chaos: {} ranges, {checked} replica reads agree ({:.1} s to converge)",
+        routes(&placement).await.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for p in procs.iter_mut() {
+        assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
+    }
+    assert_eq!(placement_proc.terminate(), Some(0));
+}
