@@ -68,6 +68,9 @@ pub struct Store<S: RaftSender> {
     unsynced: HeldReadies,
     /// Messages for ranges a split here may be about to create.
     early: EarlyMessages,
+    /// Ranges that splits here created, waiting for the flush that lets them start;
+    /// `FindRange` names them meanwhile (their keys have no other range here).
+    unborn: BTreeMap<RangeId, RangeDescriptor>,
     /// Replicas that may be awake (ticking): every one that is not hibernating, and
     /// some that just went to sleep (dropped at the next tick).
     awake: BTreeSet<RangeId>,
@@ -112,6 +115,7 @@ impl<S: RaftSender> Store<S> {
             active: BTreeSet::new(),
             unsynced: HeldReadies::default(),
             early: EarlyMessages::default(),
+            unborn: BTreeMap::new(),
             awake: BTreeSet::new(),
             snapshot_builds: 0,
             slow_rounds: SlowRounds::default(),
@@ -281,8 +285,11 @@ impl<S: RaftSender> Store<S> {
                 let found = self
                     .replicas
                     .values()
-                    .find(|r| !r.is_uninitialized() && r.range.contains(&key))
-                    .map(|r| r.range.clone());
+                    .filter(|r| !r.is_uninitialized())
+                    .map(|r| &r.range)
+                    .chain(self.unborn.values())
+                    .find(|range| range.contains(&key))
+                    .cloned();
                 let _ = reply.send(found);
             }
             StoreMsg::ConfChange {
@@ -330,6 +337,7 @@ impl<S: RaftSender> Store<S> {
                     );
                 }
                 for (state, campaign) in born {
+                    self.unborn.remove(&state.descriptor.id);
                     self.start_replica(state, campaign);
                 }
             }
@@ -652,6 +660,10 @@ impl<S: RaftSender> Store<S> {
     /// flushed first, off the loop; meanwhile the leader's first messages wait in
     /// `early`, and later ones are sent again.
     fn start_after_flush(&mut self, born: Vec<(RangeState, bool)>) {
+        for (state, _) in &born {
+            self.unborn
+                .insert(state.descriptor.id, state.descriptor.clone());
+        }
         let engine = self.engine.clone();
         let tx = self.self_tx.clone();
         let spawned = std::thread::Builder::new()
@@ -771,11 +783,13 @@ impl<S: RaftSender> Store<S> {
     /// The parts of `range`'s key span that no other initialized replica on this store
     /// covers, as `[start, end)` pairs.
     fn unowned_spans(&self, range: &RangeDescriptor) -> Vec<(Bytes, Bytes)> {
+        // Ranges waiting to start after their split own their keys already.
         let others = self
             .replicas
             .values()
             .filter(|o| o.range.id != range.id && !o.is_uninitialized())
-            .map(|o| &o.range);
+            .map(|o| &o.range)
+            .chain(self.unborn.values());
         unowned_spans(range, others)
     }
 
