@@ -491,14 +491,23 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
-    /// A leader talks to a replica this store does not have yet (it was just added):
-    /// start it empty so it can take the leader's snapshot. Never for a removed one.
+    /// A leader (or a candidate) talks to a replica this store does not have yet (it was
+    /// just added): start it empty so it can take the leader's snapshot. Never for a
+    /// removed one. Vote requests count: a member added while its store heard nothing
+    /// (down, cut off) may be needed for a quorum once the leader is gone, and a replica
+    /// made only by a leader's messages then never came to be (the range stayed
+    /// leaderless for good). An empty replica voting is plain Raft: the candidate still
+    /// needs a quorum of the configuration.
     fn create_from_message(&mut self, range_id: RangeId, m: &Message, from_store: StoreId) -> bool {
-        let from_leader = matches!(
+        let creates = matches!(
             m.get_msg_type(),
-            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+            MessageType::MsgAppend
+                | MessageType::MsgHeartbeat
+                | MessageType::MsgSnapshot
+                | MessageType::MsgRequestVote
+                | MessageType::MsgRequestPreVote
         );
-        if !from_leader || m.to == 0 {
+        if !creates || m.to == 0 {
             return false;
         }
         match self.engine.get(Cf::Meta, &keys::range_state_key(range_id)) {

@@ -292,13 +292,26 @@ impl Replica {
         if entry.context.is_empty() {
             return Ok(Applied::Written); // leaving a joint configuration: no new descriptor
         }
-        let new_range: RangeDescriptor = match postcard::from_bytes(&entry.context) {
-            Ok(r) => r,
-            Err(e) => panic!(
-                "range {range_id}: conf change {} carries no descriptor: {e}",
-                entry.index
-            ),
-        };
+        // The descriptor and its stores' addresses; changes proposed by older stores
+        // carry the descriptor alone.
+        let (new_range, addresses) =
+            match postcard::from_bytes::<(RangeDescriptor, Vec<(StoreId, String)>)>(&entry.context)
+            {
+                Ok(both) => both,
+                Err(_) => match postcard::from_bytes::<RangeDescriptor>(&entry.context) {
+                    Ok(r) => (r, Vec::new()),
+                    Err(e) => panic!(
+                        "range {range_id}: conf change {} carries no descriptor: {e}",
+                        entry.index
+                    ),
+                },
+            };
+        if !addresses.is_empty() {
+            let mut book = self.addresses.write().expect("address book lock");
+            for (store_id, addr) in addresses {
+                book.entry(store_id).or_insert(addr);
+            }
+        }
         assert!(
             new_range.epoch > self.range.epoch,
             "range {range_id}: epochs only rise"

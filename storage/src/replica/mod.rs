@@ -340,7 +340,20 @@ impl Replica {
             let _ = reply.send(Err(e));
             return;
         }
-        let context = postcard::to_stdvec(&new_range).expect("descriptor encodes");
+        // The new descriptor, then the addresses of its stores that this store knows:
+        // every replica's store learns them as it applies the change, so the others can
+        // reach a store new to them (to ask the new member's vote once the leader is
+        // gone, say) before it has said a word to them. Older stores read the
+        // descriptor alone.
+        let addresses: Vec<(StoreId, String)> = {
+            let book = self.addresses.read().expect("address book lock");
+            new_range
+                .replicas
+                .iter()
+                .filter_map(|r| book.get(&r.store_id).map(|a| (r.store_id, a.clone())))
+                .collect()
+        };
+        let context = postcard::to_stdvec(&(&new_range, addresses)).expect("descriptor encodes");
         let before = self.node.raft.raft_log.last_index();
         match self.node.propose_conf_change(context, change) {
             Ok(()) if self.node.raft.raft_log.last_index() == before + 1 => {
