@@ -11,7 +11,7 @@ use shale_rpc::certs::{
 use shale_storage::cluster::{cluster_configs, LocalCluster};
 
 use crate::cluster_file::{ClusterFile, S3Endpoint};
-use crate::store::wait_for_shutdown_signal;
+use crate::store::ShutdownSignal;
 use shale_gateway::{Gateway, GatewayConfig};
 use shale_placement::{PlacementConfig, PlacementNode, PlacementPeer};
 
@@ -88,6 +88,8 @@ fn dev_credentials(
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // Caught from here on: Ctrl-C while the cluster starts stops it once started.
+    let mut signal = ShutdownSignal::install()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
@@ -161,7 +163,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let cluster_path = data_dir.join("dev.json");
     file.save(&cluster_path)?;
     print_banner(&file, &cluster_path);
-    wait_for_shutdown_signal().await?;
+    signal.wait().await;
     eprintln!("shutting down...");
     gateway.shutdown().await;
     cluster.shutdown().await;

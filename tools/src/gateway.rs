@@ -9,7 +9,7 @@ use shale_gateway::{Gateway, GatewayConfig};
 use tracing::info;
 
 use crate::cluster_file::ClusterFile;
-use crate::store::serve_until_signal;
+use crate::store::{serve_until_signal, ShutdownSignal};
 
 #[derive(Args)]
 pub struct GatewayArgs {
@@ -48,6 +48,7 @@ pub fn example_config() -> String {
 }
 
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let signal = ShutdownSignal::install()?;
     let file = ClusterFile::load(&args.cluster)?;
     let mut config = match &args.config {
         Some(path) => {
@@ -75,7 +76,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .context("start the S3 endpoint")?;
     info!(endpoint = %format!("http://{}", gateway.addr()), "gateway ready");
-    serve_until_signal(args.metrics_addr.as_deref()).await?;
+    serve_until_signal(signal, args.metrics_addr.as_deref()).await?;
     gateway.shutdown().await;
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use shale_placement::{PlacementConfig, PlacementNode};
 
-use crate::store::{load_identity, serve_until_signal};
+use crate::store::{load_identity, serve_until_signal, ShutdownSignal};
 
 #[derive(Args)]
 pub struct PlacementArgs {
@@ -27,10 +27,15 @@ pub async fn run(args: PlacementArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("check placement config")?;
     let identity = load_identity(&config.tls)?;
-    let node = PlacementNode::start(config, &identity)
-        .await
-        .context("start placement node")?;
-    serve_until_signal(args.metrics_addr.as_deref()).await?;
+    let mut signal = ShutdownSignal::install()?;
+    let node = tokio::select! {
+        node = PlacementNode::start(config, &identity) => node.context("start placement node")?,
+        () = signal.wait() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    serve_until_signal(signal, args.metrics_addr.as_deref()).await?;
     node.shutdown().await;
     Ok(())
 }

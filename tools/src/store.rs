@@ -25,10 +25,16 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let config = StoreConfig::from_toml(&text).context("parse store config")?;
     config.validate().context("check store config")?;
     let identity = load_identity(&config.tls)?;
-    let node = StoreNode::start(config, &identity)
-        .await
-        .context("start store")?;
-    serve_until_signal(args.metrics_addr.as_deref()).await?;
+    let mut signal = ShutdownSignal::install()?;
+    let node = tokio::select! {
+        node = StoreNode::start(config, &identity) => node.context("start store")?,
+        () = signal.wait() => {
+            // Everything the store wrote so far survives a stop at any point.
+            info!("stopped while starting");
+            return Ok(());
+        }
+    };
+    serve_until_signal(signal, args.metrics_addr.as_deref()).await?;
     node.shutdown().await;
     Ok(())
 }
@@ -39,26 +45,44 @@ pub fn load_identity(tls: &TlsPaths) -> anyhow::Result<TlsIdentity> {
         .context("load TLS certificates (create them with `shale certs`)")
 }
 
-/// Serves metrics at `metrics_addr` (if given) and returns on SIGTERM or Ctrl-C.
-pub async fn serve_until_signal(metrics_addr: Option<&str>) -> anyhow::Result<()> {
+/// Serves metrics at `metrics_addr` (if given) and returns once `signal` comes.
+pub async fn serve_until_signal(
+    mut signal: ShutdownSignal,
+    metrics_addr: Option<&str>,
+) -> anyhow::Result<()> {
     if let Some(addr) = metrics_addr {
         let bound = crate::metrics::serve(addr).await?;
         info!(%bound, "metrics endpoint listening");
     }
-    wait_for_shutdown_signal().await?;
+    signal.wait().await;
     info!("shutting down");
     Ok(())
 }
 
-/// Returns on SIGTERM or Ctrl-C.
-pub async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("wait for Ctrl-C")?,
+/// SIGTERM and SIGINT (Ctrl-C), caught from the moment this is made: one that comes
+/// while a node is still starting is seen by the next `wait`, instead of killing the
+/// process with its default action (a stop then exited by signal, not with 0).
+pub struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    pub fn install() -> anyhow::Result<ShutdownSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignal {
+            term: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// Returns once either signal has come since `install` (at once if one has).
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 /// A store config with every field at its default, as TOML.

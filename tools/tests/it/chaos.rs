@@ -178,9 +178,11 @@ async fn nemesis(
     let mut moves = Moves::default();
     let mut down: Option<Down> = None;
     let started = Instant::now();
-    // When each store last started: SIGTERM during start-up, before the handler is in
-    // place, kills the process as -9 would, so graceful stops wait a little.
+    // When each store last started. A store catches SIGTERM from its first moments
+    // (then stops cleanly, started or not), but not before its process is running:
+    // graceful stops leave it a second.
     let mut up_since = vec![started; procs.len()];
+
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
         if let Some(d) = down.as_ref().filter(|d| Instant::now() >= d.until) {
@@ -215,7 +217,7 @@ async fn nemesis(
             }
             20..=27 if down.is_none() => {
                 let s = rng.gen_range(0..procs.len());
-                if up_since[s].elapsed() < Duration::from_secs(3) {
+                if up_since[s].elapsed() < Duration::from_secs(1) {
                     continue;
                 }
                 eprintln!("chaos: SIGTERM and restart {}", describe(Some(s), procs));

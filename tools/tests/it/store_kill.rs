@@ -230,3 +230,23 @@ async fn kill_9_of_every_store_right_after_a_split_keeps_both_ranges() {
         assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
     }
 }
+
+/// SIGTERM while a store is still starting (here: a new store waiting on a placement
+/// driver that does not answer) stops it at once with exit code 0; before, the signal's
+/// default action killed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_a_store_starts_stops_it_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, _) = store_procs(dir.path(), 1);
+    let nobody = shale_storage::cluster::free_udp_ports(1).unwrap()[0];
+    use_placement(&mut procs, &format!("127.0.0.1:{nobody}"));
+    procs[0].start();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let stopped = std::time::Instant::now();
+    assert_eq!(procs[0].terminate(), Some(0), "{}", procs[0].log_tail());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "it waited for its start to fail first"
+    );
+    assert!(procs[0].log_text().contains("stopped while starting"));
+}
