@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shale_rpc::client::{KvClient, FIRST_RANGE_ID};
-use shale_storage::cluster::LocalCluster;
+use shale_rpc::client::{ClientConfig, KvClient, FIRST_RANGE_ID};
+use shale_storage::cluster::{cluster_configs_joining, free_udp_ports, LocalCluster};
 use shale_storage::engine::Cf;
 
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +43,23 @@ pub async fn restart_all(cluster: &mut LocalCluster, stores: usize) -> KvClient 
         .await
         .expect("leader after restart");
     cluster.client().unwrap()
+}
+
+/// Four stores, of which the first three start the first range and the fourth joins
+/// empty: the cluster, its leader's index and a client with a 30 s deadline.
+pub async fn four_stores_one_joining(dir: &std::path::Path) -> (LocalCluster, usize, KvClient) {
+    init_tracing();
+    let (_, identity) = shale_rpc::certs::TlsIdentity::generate_cluster().unwrap();
+    let configs = cluster_configs_joining(dir, &free_udp_ports(4).unwrap(), 3);
+    let cluster = LocalCluster::start(dir, identity, configs).await.unwrap();
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.expect("leader");
+    let client = cluster
+        .client_with(ClientConfig {
+            deadline_ms: 30_000,
+            ..ClientConfig::default()
+        })
+        .unwrap();
+    (cluster, leader, client)
 }
 
 pub fn key(i: usize) -> Bytes {

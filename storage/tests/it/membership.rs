@@ -38,6 +38,16 @@ async fn must_change(cluster: &LocalCluster, leader: usize, req: AdminRequest) -
     }
 }
 
+/// Adds a replica of the first range on the fourth store (id 4); the new descriptor.
+async fn add_on_the_fourth_store(cluster: &LocalCluster, leader: usize) -> RangeDescriptor {
+    let req = AdminRequest::AddReplica {
+        range_id: FIRST_RANGE_ID,
+        store_id: 4,
+        addr: cluster.configs[3].listen_addr.clone(),
+    };
+    must_change(cluster, leader, req).await
+}
+
 /// Removes the first range's replica on `store_id`; the range's new descriptor.
 async fn must_remove(cluster: &LocalCluster, leader: usize, store_id: u64) -> RangeDescriptor {
     let req = AdminRequest::RemoveReplica {
@@ -86,16 +96,7 @@ async fn add_a_replica_on_a_new_store_while_writing_then_remove_an_old_one() {
         })
     };
     let before = first_range(&cluster, leader).await.unwrap().range.epoch;
-    let added = must_change(
-        &cluster,
-        leader,
-        AdminRequest::AddReplica {
-            range_id: FIRST_RANGE_ID,
-            store_id: 4,
-            addr: cluster.configs[3].listen_addr.clone(),
-        },
-    )
-    .await;
+    let added = add_on_the_fourth_store(&cluster, leader).await;
     assert_eq!(added.replicas.len(), 4);
     assert_eq!(added.epoch.conf_ver, before.conf_ver + 1);
 
@@ -496,34 +497,13 @@ async fn a_busy_receiver_takes_the_leaders_snapshot_once_a_slot_frees() {
 /// came to be and the range stayed leaderless for good (found by the chaos test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_that_never_heard_from_its_leader_still_votes() {
-    init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let (_, identity) = shale_rpc::certs::TlsIdentity::generate_cluster().unwrap();
-    let configs = cluster_configs_joining(dir.path(), &free_udp_ports(4).unwrap(), 3);
-    let mut cluster = LocalCluster::start(dir.path(), identity, configs)
-        .await
-        .unwrap();
-    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.expect("leader");
-    let client = cluster
-        .client_with(ClientConfig {
-            deadline_ms: 30_000,
-            ..ClientConfig::default()
-        })
-        .unwrap();
+    let (mut cluster, leader, client) = four_stores_one_joining(dir.path()).await;
     for i in 0..20 {
         must_put(&client, i).await;
     }
     cluster.node(3).unwrap().faults().set_partitioned(true);
-    let added = must_change(
-        &cluster,
-        leader,
-        AdminRequest::AddReplica {
-            range_id: FIRST_RANGE_ID,
-            store_id: 4,
-            addr: cluster.configs[3].listen_addr.clone(),
-        },
-    )
-    .await;
+    let added = add_on_the_fourth_store(&cluster, leader).await;
     assert_eq!(added.replicas.len(), 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

@@ -3,28 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use shale_rpc::client::{admin, ClientConfig, FIRST_RANGE_ID};
+use shale_rpc::client::{admin, FIRST_RANGE_ID};
 use shale_rpc::{AdminReply, AdminRequest};
-use shale_storage::cluster::{cluster_configs_joining, free_udp_ports, LocalCluster};
 
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_between_a_snapshots_state_and_its_ingest_is_finished_at_restart() {
-    init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let (_, identity) = shale_rpc::certs::TlsIdentity::generate_cluster().unwrap();
-    let configs = cluster_configs_joining(dir.path(), &free_udp_ports(4).unwrap(), 3);
-    let mut cluster = LocalCluster::start(dir.path(), identity, configs)
-        .await
-        .unwrap();
-    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.expect("leader");
-    let client = cluster
-        .client_with(ClientConfig {
-            deadline_ms: 30_000,
-            ..ClientConfig::default()
-        })
-        .unwrap();
+    let (mut cluster, leader, client) = four_stores_one_joining(dir.path()).await;
     for i in 0..300 {
         must_put(&client, i).await;
     }

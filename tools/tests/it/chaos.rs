@@ -24,7 +24,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shale_rpc::client::{ClientConfig, KvClient};
-use shale_rpc::placement::{PlacementReply, PlacementRequest, Route};
+use shale_rpc::placement::PlacementRequest;
 use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::Transport;
 use shale_rpc::{Frame, FrameKind, KvOp, KvReply, KvRequest, KvResponse, StoreId};
@@ -136,17 +136,6 @@ async fn writer(
         }
     }
     history
-}
-
-async fn routes(placement: &PlacementClient) -> Vec<Route> {
-    let req = PlacementRequest::ScanRanges {
-        start_key: Bytes::new(),
-        limit: 10_000,
-    };
-    match placement.call(&req).await {
-        Ok(PlacementReply::Routes(r)) => r,
-        _ => Vec::new(),
-    }
 }
 
 /// The nemesis's moves, counted by kind for the summary.
@@ -456,22 +445,12 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         None => dir.path().to_path_buf(),
     };
     let dir = dir.as_path();
-    let (mut procs, identity) = store_procs_joining(dir, 4, 3);
-    let (mut placement_proc, placement_addr) = placement_proc(dir);
-    use_placement(&mut procs, &placement_addr);
-    placement_proc.start();
-    for p in procs.iter_mut() {
-        p.start();
-    }
-    let transport = client_transport(&identity);
-    let placement = Arc::new(
-        PlacementClient::new(
-            transport.clone(),
-            std::slice::from_ref(&placement_addr),
-            ClientConfig::default(),
-        )
-        .unwrap(),
-    );
+    let PlacedProcs {
+        stores: mut procs,
+        placement: mut placement_proc,
+        transport,
+        placement_client: placement,
+    } = start_placed_procs(dir);
     let client = Arc::new(KvClient::through_placement(
         transport.clone(),
         placement.clone(),

@@ -2,12 +2,11 @@
 //! down time placement re-creates its replicas on the live stores, and every
 //! acknowledged write is still there.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shale_rpc::client::{ClientConfig, KvClient};
-use shale_rpc::placement::{PlacementReply, PlacementRequest, Route, StoreState};
+use shale_rpc::placement::{PlacementReply, PlacementRequest, StoreState};
 use shale_rpc::placement_client::PlacementClient;
 
 use crate::procs::*;
@@ -18,17 +17,6 @@ fn key(i: u64) -> Bytes {
 
 fn value(i: u64) -> Bytes {
     Bytes::from(format!("v{i}-{}", "q".repeat((i % 100) as usize)))
-}
-
-async fn routes(placement: &PlacementClient) -> Vec<Route> {
-    let req = PlacementRequest::ScanRanges {
-        start_key: Bytes::new(),
-        limit: 10_000,
-    };
-    match placement.call(&req).await {
-        Ok(PlacementReply::Routes(r)) => r,
-        _ => Vec::new(),
-    }
 }
 
 async fn down_stores(placement: &PlacementClient) -> Vec<u64> {
@@ -46,22 +34,12 @@ async fn down_stores(placement: &PlacementClient) -> Vec<u64> {
 async fn kill_9_of_a_store_gets_its_replicas_recreated_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let (mut procs, identity) = store_procs_joining(dir, 4, 3);
-    let (mut placement_proc, placement_addr) = placement_proc(dir);
-    use_placement(&mut procs, &placement_addr);
-    placement_proc.start();
-    for p in procs.iter_mut() {
-        p.start();
-    }
-    let transport = client_transport(&identity);
-    let placement = Arc::new(
-        PlacementClient::new(
-            transport.clone(),
-            std::slice::from_ref(&placement_addr),
-            ClientConfig::default(),
-        )
-        .unwrap(),
-    );
+    let PlacedProcs {
+        stores: mut procs,
+        placement: mut placement_proc,
+        transport,
+        placement_client: placement,
+    } = start_placed_procs(dir);
     let client = KvClient::through_placement(
         transport.clone(),
         placement.clone(),

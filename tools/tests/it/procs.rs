@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shale_rpc::certs::{init_ca_dir, issue_node_cert, write_pair, TlsIdentity};
 use shale_rpc::client::FIRST_RANGE_ID;
+use shale_rpc::placement::{PlacementReply, PlacementRequest, Route};
+use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::{Transport, TransportConfig};
 use shale_rpc::{Frame, FrameKind, KvOp, KvRequest, KvResponse};
 use shale_storage::cluster::{cluster_configs_joining, free_udp_ports};
@@ -248,6 +250,52 @@ pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
         },
     )
     .unwrap()
+}
+
+/// A placement process and four store processes (three start the first range, the
+/// fourth joins empty), all started, with a client transport and a placement client.
+pub struct PlacedProcs {
+    pub stores: Vec<StoreProc>,
+    pub placement: StoreProc,
+    pub transport: std::sync::Arc<Transport>,
+    pub placement_client: std::sync::Arc<PlacementClient>,
+}
+
+pub fn start_placed_procs(dir: &Path) -> PlacedProcs {
+    let (mut stores, identity) = store_procs_joining(dir, 4, 3);
+    let (mut placement, placement_addr) = placement_proc(dir);
+    use_placement(&mut stores, &placement_addr);
+    placement.start();
+    for p in stores.iter_mut() {
+        p.start();
+    }
+    let transport = client_transport(&identity);
+    let placement_client = std::sync::Arc::new(
+        PlacementClient::new(
+            transport.clone(),
+            std::slice::from_ref(&placement_addr),
+            shale_rpc::client::ClientConfig::default(),
+        )
+        .unwrap(),
+    );
+    PlacedProcs {
+        stores,
+        placement,
+        transport,
+        placement_client,
+    }
+}
+
+/// Every range in key order, as placement knows them (none if it does not answer).
+pub async fn routes(placement: &PlacementClient) -> Vec<Route> {
+    let req = PlacementRequest::ScanRanges {
+        start_key: Bytes::new(),
+        limit: 10_000,
+    };
+    match placement.call(&req).await {
+        Ok(PlacementReply::Routes(r)) => r,
+        _ => Vec::new(),
+    }
 }
 
 /// Writes `DIR/cluster.json` naming `procs` and the node certificate as client identity.
