@@ -1,12 +1,13 @@
 //! Chaos: a placement process and four `shale store` processes under steady writes
-//! while a nemesis, driven by a seeded random generator, kills (-9) and restarts
-//! stores and placement, stops stores gracefully, splits ranges, moves replicas and
-//! transfers leaders. Each key has one writer, which writes increasing versions and
-//! reads some back at once, so the test can tell:
+//! (puts, one in ten a delete) while a nemesis, driven by a seeded random generator,
+//! kills (-9) and restarts stores and placement, stops stores gracefully, splits
+//! ranges, moves replicas and transfers leaders. Each key has one writer, which writes
+//! increasing versions and reads some back at once, so the test can tell:
 //!
 //! - a read after an acknowledged write sees that write (or a write that failed, whose
 //!   fate is open: it may land late);
-//! - at the end every key holds its last acknowledged version (or a failed one);
+//! - at the end every key holds its last acknowledged version, or is gone after an
+//!   acknowledged delete (or holds what a failed write left);
 //! - a scan across all ranges sees every key once, with the values reads see;
 //! - every replica of every range ends with the same data;
 //! - every process stops cleanly on SIGTERM.
@@ -15,7 +16,7 @@
 //! sets how long the nemesis runs (default 40); `SHALE_CHAOS_KEEP` keeps the folder
 //! with the processes' logs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,18 +57,22 @@ fn version_of(value: &[u8]) -> u64 {
 /// What one writer knows of one of its keys.
 #[derive(Default, Clone)]
 struct KeyHistory {
-    /// The last version acknowledged (0: none yet).
+    /// The last write acknowledged: its version (0: none yet) and whether it deleted.
     acked: u64,
-    /// Versions whose put failed: each may or may not have landed, at any time.
-    failed: BTreeSet<u64>,
+    acked_delete: bool,
+    /// Writes that failed, by version, `true` for deletes: each may or may not have
+    /// landed, at any time.
+    failed: BTreeMap<u64, bool>,
 }
 
 impl KeyHistory {
     /// Whether a read may see `seen` (`None`: absent), given what was acknowledged.
     fn allows(&self, seen: Option<u64>) -> bool {
         match seen {
-            None => self.acked == 0,
-            Some(v) => v == self.acked || self.failed.contains(&v),
+            None => self.acked == 0 || self.acked_delete || self.failed.values().any(|&d| d),
+            Some(v) => {
+                (v == self.acked && !self.acked_delete) || self.failed.get(&v) == Some(&false)
+            }
         }
     }
 }
@@ -75,6 +80,7 @@ impl KeyHistory {
 #[derive(Default)]
 struct Counts {
     acked: AtomicU64,
+    deletes: AtomicU64,
     failed: AtomicU64,
     reads: AtomicU64,
 }
@@ -106,14 +112,24 @@ async fn writer(
             rng.gen_range(0..200)
         };
         let h = history.entry(i).or_default();
-        match client.put(key(i), value(i, version, pad)).await {
+        let delete = rng.gen_bool(0.1);
+        let outcome = match delete {
+            true => client.delete(key(i)).await,
+            false => client.put(key(i), value(i, version, pad)).await,
+        };
+        match outcome {
             Ok(()) => {
-                h.acked = version;
+                (h.acked, h.acked_delete) = (version, delete);
                 counts.acked.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .deletes
+                    .fetch_add(u64::from(delete), Ordering::Relaxed);
             }
             Err(e) => {
-                eprintln!("chaos: put of key {i} version {version} failed: {e}");
-                h.failed.insert(version);
+                eprintln!(
+                    "chaos: write of key {i} version {version} (delete: {delete}) failed: {e}"
+                );
+                h.failed.insert(version, delete);
                 counts.failed.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -499,8 +515,9 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         history.extend(h);
     }
     eprintln!(
-        "chaos: {moves:?}; {} puts acknowledged, {} failed, {} reads checked",
+        "chaos: {moves:?}; {} writes acknowledged ({} deletes), {} failed, {} reads checked",
         counts.acked.load(Ordering::Relaxed),
+        counts.deletes.load(Ordering::Relaxed),
         counts.failed.load(Ordering::Relaxed),
         counts.reads.load(Ordering::Relaxed)
     );
