@@ -25,7 +25,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shale_rpc::client::{ClientConfig, KvClient};
-use shale_rpc::placement::PlacementRequest;
+use shale_rpc::placement::{PlacementRequest, Route};
 use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::Transport;
 use shale_rpc::{Frame, FrameKind, KvOp, KvReply, KvRequest, KvResponse, StoreId};
@@ -206,7 +206,6 @@ async fn nemesis(
             None => rng.gen_range(0..100),
             Some(_) => rng.gen_range(34..100),
         };
-        let move_started = Instant::now();
         match pick {
             // At most one process down at once: every range keeps a quorum.
             0..=19 if down.is_none() => {
@@ -259,22 +258,17 @@ async fn nemesis(
                     range_id: route.range.id,
                     split_key: Some(k.clone()),
                 };
-                let outcome = placement.call(&req).await;
-                eprintln!(
-                    "chaos: split range {} at {:?}: {} ({} ms)",
+                let what = format!(
+                    "split range {} at {:?}",
                     route.range.id,
-                    String::from_utf8_lossy(&k),
-                    outcome.is_ok(),
-                    move_started.elapsed().as_millis()
+                    String::from_utf8_lossy(&k)
                 );
-                moves.splits += u32::from(outcome.is_ok());
+                moves.splits += u32::from(ask(placement, &req, &what).await);
             }
             60..=79 => {
-                let r = routes(placement).await;
-                if r.is_empty() {
+                let Some(route) = random_route(placement, &mut rng).await else {
                     continue;
-                }
-                let route = &r[rng.gen_range(0..r.len())];
+                };
                 let holders: Vec<StoreId> =
                     route.range.replicas.iter().map(|x| x.store_id).collect();
                 let others: Vec<StoreId> = procs
@@ -292,21 +286,16 @@ async fn nemesis(
                     from_store,
                     to_store,
                 };
-                let outcome = placement.call(&req).await;
-                eprintln!(
-                    "chaos: move range {}'s replica {from_store} -> {to_store}: {} ({} ms)",
-                    route.range.id,
-                    outcome.is_ok(),
-                    move_started.elapsed().as_millis()
+                let what = format!(
+                    "move range {}'s replica {from_store} -> {to_store}",
+                    route.range.id
                 );
-                moves.moves += u32::from(outcome.is_ok());
+                moves.moves += u32::from(ask(placement, &req, &what).await);
             }
             80..=99 => {
-                let r = routes(placement).await;
-                if r.is_empty() {
+                let Some(route) = random_route(placement, &mut rng).await else {
                     continue;
-                }
-                let route = &r[rng.gen_range(0..r.len())];
+                };
                 let holders: Vec<StoreId> = route
                     .range
                     .replicas
@@ -322,14 +311,8 @@ async fn nemesis(
                     range_id: route.range.id,
                     to_store,
                 };
-                let outcome = placement.call(&req).await;
-                eprintln!(
-                    "chaos: transfer range {}'s leader to {to_store}: {} ({} ms)",
-                    route.range.id,
-                    outcome.is_ok(),
-                    move_started.elapsed().as_millis()
-                );
-                moves.transfers += u32::from(outcome.is_ok());
+                let what = format!("transfer range {}'s leader to {to_store}", route.range.id);
+                moves.transfers += u32::from(ask(placement, &req, &what).await);
             }
             _ => {}
         }
@@ -342,6 +325,27 @@ async fn nemesis(
         eprintln!("chaos: {} restarted at the end", describe(d.store, procs));
     }
     moves
+}
+
+/// A range placement knows, drawn at random (none while placement is down).
+async fn random_route(placement: &PlacementClient, rng: &mut StdRng) -> Option<Route> {
+    let mut r = routes(placement).await;
+    match r.is_empty() {
+        true => None,
+        false => Some(r.swap_remove(rng.gen_range(0..r.len()))),
+    }
+}
+
+/// Asks placement for one move and logs how it went and how long the answer took;
+/// whether placement took it.
+async fn ask(placement: &PlacementClient, req: &PlacementRequest, what: &str) -> bool {
+    let started = Instant::now();
+    let taken = placement.call(req).await.is_ok();
+    eprintln!(
+        "chaos: {what}: {taken} ({} ms)",
+        started.elapsed().as_millis()
+    );
+    taken
 }
 
 fn describe(store: Option<usize>, procs: &[StoreProc]) -> String {

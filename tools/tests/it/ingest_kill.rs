@@ -4,7 +4,6 @@
 //! and every loaded key reads back with its value.
 
 use bytes::Bytes;
-use shale_rpc::client::ClientConfig;
 
 use crate::procs::*;
 
@@ -23,10 +22,7 @@ async fn staged_ingest_survives_kill_9_of_every_store() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, identity) = store_procs(dir.path(), 3);
     let (transport, _) = start_all(&mut procs, &identity).await;
-    let config = ClientConfig {
-        deadline_ms: 30_000,
-        ..ClientConfig::default()
-    };
+    let config = patient_client_config();
     let client = kv_client(transport.clone(), &procs, config.clone());
     // 8,000 pairs of 4 KiB: two staged pieces of 16 MiB each, and the writes around it.
     let loaded: Vec<(Bytes, Bytes)> = (0..8_000).map(|i| (key(i), value(i))).collect();

@@ -377,6 +377,14 @@ pub async fn start_all(
     (transport, leader)
 }
 
+/// Client settings for tests that kill stores: requests wait out an election or two.
+pub fn patient_client_config() -> shale_rpc::client::ClientConfig {
+    shale_rpc::client::ClientConfig {
+        deadline_ms: 30_000,
+        ..shale_rpc::client::ClientConfig::default()
+    }
+}
+
 /// A KV client of `procs` over `transport`.
 pub fn kv_client(
     transport: std::sync::Arc<Transport>,

@@ -179,10 +179,7 @@ async fn kill_9_of_every_store_right_after_a_split_keeps_both_ranges() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, identity) = store_procs(dir.path(), 3);
     let (transport, _) = start_all(&mut procs, &identity).await;
-    let config = ClientConfig {
-        deadline_ms: 30_000,
-        ..ClientConfig::default()
-    };
+    let config = patient_client_config();
     let client = kv_client(transport.clone(), &procs, config.clone());
     for i in 0..100 {
         client.put(key(i), value(i)).await.unwrap();
