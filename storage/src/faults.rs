@@ -1,10 +1,13 @@
 //! Fault injection for tests of a whole cluster in one process: a store can be cut off
-//! from Raft traffic (both ways) while clients still reach it, its snapshot builds can
+//! from Raft traffic (both ways) while clients still reach it, or only for some ranges,
+//! its snapshot builds can
 //! be held midway, its loop can crash before a snapshot's ingest, and its received
 //! snapshots can be made to look older than what its replica applied since, and its
 //! notices to removed replicas' stores can be lost.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Longest a snapshot build waits for a hold to be lifted (a test that forgot to lift it
@@ -15,6 +18,7 @@ const HOLD_MAX: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub struct Faults {
     partitioned: AtomicBool,
+    ranges_cut: Mutex<HashSet<u64>>,
     snapshot_builds_held: AtomicBool,
     snapshot_builds_waiting: AtomicUsize,
     crash_before_snapshot_ingest: AtomicBool,
@@ -31,6 +35,32 @@ impl Faults {
 
     pub fn partitioned(&self) -> bool {
         self.partitioned.load(Ordering::Relaxed)
+    }
+
+    /// Drop (or stop dropping) the Raft messages of one range to and from this store
+    /// (its snapshots too), while its other ranges talk as usual.
+    pub fn set_range_cut(&self, range_id: u64, on: bool) {
+        let mut cut = self.ranges_cut.lock().expect("faults lock");
+        if on {
+            cut.insert(range_id);
+        } else {
+            cut.remove(&range_id);
+        }
+    }
+
+    /// Whether range `range_id`'s Raft traffic is cut here.
+    pub fn range_cut(&self, range_id: u64) -> bool {
+        let cut = self.ranges_cut.lock().expect("faults lock");
+        !cut.is_empty() && cut.contains(&range_id)
+    }
+
+    /// `batch` without the messages (and sleep notices) of ranges cut here.
+    pub fn drop_cut_ranges(&self, batch: &mut shale_rpc::RaftBatch) {
+        let cut = self.ranges_cut.lock().expect("faults lock");
+        if !cut.is_empty() {
+            batch.messages.retain(|e| !cut.contains(&e.range_id));
+            batch.hibernate.retain(|id| !cut.contains(id));
+        }
     }
 
     /// Make snapshot builds wait (or stop waiting) after pinning their view of the

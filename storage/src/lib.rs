@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod command;
 pub mod config;
 mod early;
+pub use early::EARLY_GRACE;
 pub mod engine;
 pub mod error;
 pub mod faults;

@@ -95,7 +95,11 @@ async fn send_snapshot(
         match ack {
             SnapshotAck::Taken => return Ok(()),
             _ if since.elapsed() + backoff > BUSY_RETRY_MAX => {
-                return Err("the receiver stayed busy with other snapshots".into())
+                return Err(
+                    "the receiver stayed busy (other snapshots, or a replica there whose keys \
+                     overlap)"
+                        .into(),
+                )
             }
             _ => {
                 tokio::time::sleep(backoff).await;
@@ -145,7 +149,7 @@ async fn send_chunks(
 
 impl RaftSender for RaftRouter {
     fn send_snapshot(&mut self, snapshot: OutgoingSnapshot) {
-        if self.faults.partitioned() {
+        if self.faults.partitioned() || self.faults.range_cut(snapshot.range_id) {
             let _ = self.store_tx.try_send(StoreMsg::SnapshotReport {
                 range_id: snapshot.range_id,
                 to_replica: snapshot.to_replica,
@@ -203,8 +207,9 @@ impl RaftSender for RaftRouter {
         });
     }
 
-    fn send(&mut self, batch: RaftBatch) {
-        if self.faults.partitioned() {
+    fn send(&mut self, mut batch: RaftBatch) {
+        self.faults.drop_cut_ranges(&mut batch);
+        if self.faults.partitioned() || (batch.messages.is_empty() && batch.hibernate.is_empty()) {
             return;
         }
         let to = batch.to_store;

@@ -30,9 +30,9 @@ use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
 use crate::replica::AddressBook;
 use crate::snapshot::{SnapshotAck, SnapshotChunk, SNAPSHOTS_RECEIVING_MAX};
-use crate::snapshot_install::{Incoming, Received};
+use crate::snapshot_install::{first_chunk, Incoming, Received};
 use crate::staging::Staging;
-use crate::store::{HeartbeatStatus, StoreMsg};
+use crate::store::{overlap_reason, HeartbeatStatus, StoreMsg};
 
 /// Serves one store's KV and Raft traffic.
 pub struct StoreService {
@@ -612,7 +612,33 @@ impl StoreService {
             Err(e) => return refused(format!("undecodable snapshot chunk: {e}")),
         };
         let (from_store, range_id) = (chunk.from_store, chunk.range_id);
+        if self.faults.range_cut(range_id) {
+            return refused(format!(
+                "range {range_id} is cut off here (fault injection)"
+            ));
+        }
         let key = (from_store, chunk.transfer_id);
+        if chunk.seq == 0 {
+            // Asked before any data comes: the sender offers it again later, with
+            // backoff, as when this store is busy (the store loop checks again when the
+            // snapshot is stepped).
+            let header = match first_chunk(&chunk) {
+                Ok((_, header)) => header,
+                Err(reason) => return refused(reason),
+            };
+            let range = header.range;
+            match self
+                .ask(|reply| StoreMsg::SnapshotFits { range, reply })
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(other)) => {
+                    info!(range_id, from_store, reason = %overlap_reason(other), "snapshot must wait");
+                    return SnapshotAck::Busy;
+                }
+                Err(e) => return refused(e.to_string()),
+            }
+        }
         let answer = {
             let mut open = self.snapshots.lock().expect("snapshot transfers lock");
             // A sender that starts a range's snapshot again has given up the transfer
@@ -798,7 +824,8 @@ impl Service for StoreService {
             return;
         }
         match frame.decode::<RaftBatch>(FrameKind::RaftBatch) {
-            Ok(batch) => {
+            Ok(mut batch) => {
+                self.faults.drop_cut_ranges(&mut batch);
                 self.learn_address(batch.from_store, remote);
                 if let Err(e) = self.enqueue(StoreMsg::Raft(batch)) {
                     debug!(error = %e, "dropping raft batch");

@@ -98,20 +98,7 @@ impl Incoming {
         first: &SnapshotChunk,
         outdated_view: bool,
     ) -> Result<Incoming, String> {
-        let m = Message::parse_from_carllerche_bytes(&first.data).map_err(|e| e.to_string())?;
-        if m.get_msg_type() != MessageType::MsgSnapshot {
-            return Err(format!(
-                "a {:?} message on the snapshot stream",
-                m.get_msg_type()
-            ));
-        }
-        let header = SnapshotHeader::decode(&m.get_snapshot().data).map_err(|e| e.to_string())?;
-        if header.range.id != first.range_id {
-            return Err(format!(
-                "a snapshot of range {} sent as range {}",
-                header.range.id, first.range_id
-            ));
-        }
+        let (m, header) = first_chunk(first)?;
         if header.bytes > SNAPSHOT_BYTES_MAX as u64 {
             return Err(format!(
                 "a snapshot of {} bytes (at most {SNAPSHOT_BYTES_MAX})",
@@ -177,6 +164,26 @@ impl Incoming {
     pub fn is_stale(&self) -> bool {
         self.touched.elapsed() >= RECEIVE_IDLE_MAX
     }
+}
+
+/// A transfer's chunk 0 decoded: the Raft snapshot message, and its data's header,
+/// which must name the chunk's range.
+pub fn first_chunk(first: &SnapshotChunk) -> Result<(Message, SnapshotHeader), String> {
+    let m = Message::parse_from_carllerche_bytes(&first.data).map_err(|e| e.to_string())?;
+    if m.get_msg_type() != MessageType::MsgSnapshot {
+        return Err(format!(
+            "a {:?} message on the snapshot stream",
+            m.get_msg_type()
+        ));
+    }
+    let header = SnapshotHeader::decode(&m.get_snapshot().data).map_err(|e| e.to_string())?;
+    if header.range.id != first.range_id {
+        return Err(format!(
+            "a snapshot of range {} sent as range {}",
+            header.range.id, first.range_id
+        ));
+    }
+    Ok((m, header))
 }
 
 /// Names files so that two snapshots of one range at one index never share one.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use shale_rpc::{Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId};
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,7 @@ use crate::replica::{AddressBook, Replica};
 use crate::slow_rounds::SlowRounds;
 mod lifecycle;
 mod snapshots;
+pub(crate) use snapshots::overlap_reason;
 mod status;
 
 pub use crate::store_msg::{HeartbeatStatus, RaftSender, StoreMsg};
@@ -353,6 +354,9 @@ impl<S: RaftSender> Store<S> {
                 }
                 let _ = reply.send(stale);
             }
+            StoreMsg::SnapshotFits { range, reply } => {
+                let _ = reply.send(self.overlapping_replica(&range));
+            }
             StoreMsg::Describe { range_id, reply } => {
                 let _ = reply.send(self.replicas.get(&range_id).map(|r| r.range.clone()));
             }
@@ -445,6 +449,12 @@ impl<S: RaftSender> Store<S> {
                     continue;
                 }
             };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                if let Err(reason) = self.snapshot_fits(&m) {
+                    info!(range_id = env.range_id, from = batch.from_store, %reason, "snapshot turned down");
+                    continue;
+                }
+            }
             if let Some(local) = self.replicas.get(&env.range_id).map(|r| r.replica_id) {
                 if m.to != 0 && m.to != local {
                     if m.to < local {

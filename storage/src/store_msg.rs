@@ -65,6 +65,12 @@ pub enum StoreMsg {
         key: Bytes,
         reply: oneshot::Sender<Option<RangeDescriptor>>,
     },
+    /// Another replica here whose keys overlap `range`'s, which a snapshot of `range`
+    /// must wait for (see `Store::overlapping_replica`).
+    SnapshotFits {
+        range: RangeDescriptor,
+        reply: oneshot::Sender<Option<RangeId>>,
+    },
     /// The local range with this id.
     Describe {
         range_id: RangeId,

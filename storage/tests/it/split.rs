@@ -370,6 +370,35 @@ async fn range_status_on(
         .find(|s| s.range_id() == range_id && s.range.epoch.version > 0)
 }
 
+/// Store `lagging`'s replica of `range_id` once it has applied all its leader (on
+/// one of the other two of three stores) has committed.
+async fn wait_caught_up(
+    cluster: &LocalCluster,
+    lagging: usize,
+    range_id: u64,
+) -> shale_rpc::RangeStatus {
+    let started = Instant::now();
+    loop {
+        let mut theirs = None;
+        for s in (0..3).filter(|&s| s != lagging) {
+            theirs = theirs.or(range_status_on(cluster, s, range_id)
+                .await
+                .filter(|st| st.is_leader));
+        }
+        let mine = range_status_on(cluster, lagging, range_id).await;
+        if let (Some(mine), Some(theirs)) = (mine, theirs) {
+            if mine.applied_index >= theirs.commit_index && theirs.commit_index > 0 {
+                return mine;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "store {lagging} did not catch up on range {range_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A store cut off while a range split applies the split late, when its link heals. The
 /// new range's leader has been calling it meanwhile; those first messages wait for the
 /// store's own split instead of making it an empty replica that needs a snapshot.
@@ -394,27 +423,7 @@ async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
     // Long enough for the new range to elect its leader and call the cut-off store.
     tokio::time::sleep(Duration::from_millis(500)).await;
     faults.set_partitioned(false);
-    let started = Instant::now();
-    let caught_up = loop {
-        let mut theirs = None;
-        for s in (0..3).filter(|&s| s != lagging) {
-            theirs = theirs.or(range_status_on(&cluster, s, right.id)
-                .await
-                .filter(|st| st.is_leader));
-        }
-        let mine = range_status_on(&cluster, lagging, right.id).await;
-        if let (Some(mine), Some(theirs)) = (mine, theirs) {
-            if mine.applied_index >= theirs.commit_index && theirs.commit_index > 0 {
-                break mine;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "store {lagging} did not catch up on range {}",
-            right.id
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let caught_up = wait_caught_up(&cluster, lagging, right.id).await;
     assert_eq!(
         caught_up.truncated_index,
         shale_storage::command::RANGE_INIT_INDEX,
@@ -430,6 +439,57 @@ async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
             got.as_deref(),
             Some(&value(k)[..]),
             "key {k} on the late store"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// A store whose replica of a range hears nothing while the range splits and the new
+/// range takes writes. The new range's leader soon gives the store an empty replica and
+/// offers it a snapshot; that snapshot must wait until the old replica has applied the
+/// split. Installed at once, it was overwritten by the older writes the old replica then
+/// applied for the same keys: acknowledged writes lost (found by the chaos test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_ranges_snapshot_waits_for_the_split_on_a_store_that_lags() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let lagging = (leader + 1) % 3;
+    let client = cluster.client().unwrap();
+    for i in 0..100 {
+        must_put(&client, i).await;
+    }
+    must_converge(&cluster, lagging, &(0..100).collect::<Vec<_>>()).await;
+    let faults = cluster.node(lagging).unwrap().faults();
+    faults.set_range_cut(shale_rpc::client::FIRST_RANGE_ID, true);
+    // Older values, which the cut-off replica applies only once its link heals.
+    for i in 60..80 {
+        client.put(key(i), "older").await.unwrap();
+    }
+    let (_, right) = client.split(key(50)).await.unwrap();
+    for i in 60..80 {
+        must_put(&client, i).await;
+    }
+    // Past the wait for a split (`EARLY_GRACE`): the new range's leader has made the
+    // store an empty replica and offered it a snapshot.
+    tokio::time::sleep(shale_storage::EARLY_GRACE + Duration::from_secs(1)).await;
+    assert!(
+        range_status_on(&cluster, lagging, right.id).await.is_none(),
+        "a snapshot of range {} was installed over keys the store's unsplit replica still holds",
+        right.id
+    );
+    faults.set_range_cut(shale_rpc::client::FIRST_RANGE_ID, false);
+    wait_caught_up(&cluster, lagging, shale_rpc::client::FIRST_RANGE_ID).await;
+    wait_caught_up(&cluster, lagging, right.id).await;
+    let engine = cluster.node(lagging).unwrap().engine().clone();
+    for k in 0..100 {
+        let got = engine
+            .get(shale_storage::engine::Cf::Data, &key(k))
+            .unwrap();
+        assert_eq!(
+            got.as_deref(),
+            Some(&value(k)[..]),
+            "key {k} on the store that lagged"
         );
     }
     cluster.shutdown().await;
