@@ -187,6 +187,7 @@ async fn nemesis(
     // (then stops cleanly, started or not), but not before its process is running:
     // graceful stops leave it a second.
     let mut up_since = vec![started; procs.len()];
+    let mut round = 0u32;
 
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
@@ -201,11 +202,15 @@ async fn nemesis(
             eprintln!("chaos: {} restarted", describe(d.store, procs));
             down = None;
         }
+        // Every run kills a store and splits a range at least once: its first two moves.
         // While a process is down, only the moves that take none down are drawn.
-        let pick = match down {
-            None => rng.gen_range(0..100),
-            Some(_) => rng.gen_range(34..100),
+        let pick = match (round, &down) {
+            (0, _) => 0,
+            (1, _) => 34,
+            (_, None) => rng.gen_range(0..100),
+            (_, Some(_)) => rng.gen_range(34..100),
         };
+        round += 1;
         match pick {
             // At most one process down at once: every range keeps a quorum.
             0..=19 if down.is_none() => {
