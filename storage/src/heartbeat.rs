@@ -210,7 +210,7 @@ impl Heartbeats {
             leader_count,
             ranges: reports,
             full,
-            leaderless: leaderless(&status.statuses, after_ms),
+            leaderless: leaderless(&status.statuses, &status.membership_wanted, after_ms),
         })
     }
 
@@ -419,12 +419,15 @@ impl Reported {
     }
 }
 
-/// The replicas among `ranges` that have known no leader for `after_ms` or more, at
-/// most `LEADERLESS_REPORTED_MAX`.
-fn leaderless(ranges: &[RangeStatus], after_ms: u64) -> Vec<LeaderlessReplica> {
+/// The replicas among `ranges` that have known no leader for `after_ms` or more, or
+/// are `wanted` checked (placement names only those truly removed), at most
+/// `LEADERLESS_REPORTED_MAX`.
+fn leaderless(ranges: &[RangeStatus], wanted: &[RangeId], after_ms: u64) -> Vec<LeaderlessReplica> {
     ranges
         .iter()
-        .filter(|s| !s.is_leader && s.leader_missing_ms >= after_ms)
+        .filter(|s| {
+            !s.is_leader && (s.leader_missing_ms >= after_ms || wanted.contains(&s.range.id))
+        })
         .take(LEADERLESS_REPORTED_MAX)
         .map(|s| LeaderlessReplica {
             range_id: s.range.id,

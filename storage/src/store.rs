@@ -69,6 +69,10 @@ pub struct Store<S: RaftSender> {
     /// Ranges that splits here created, waiting for the flush that lets them start;
     /// `FindRange` names them meanwhile (their keys have no other range here).
     unborn: BTreeMap<RangeId, RangeDescriptor>,
+    /// Replicas holding up another range's snapshot (they overlap it), for the next
+    /// heartbeat to have placement check they are still members: a removed one is
+    /// destroyed at once instead of after the leaderless wait (30 s by default).
+    membership_wanted: BTreeSet<RangeId>,
     /// Replicas that may be awake (ticking): every one that is not hibernating, and
     /// some that just went to sleep (dropped at the next tick).
     awake: BTreeSet<RangeId>,
@@ -114,6 +118,7 @@ impl<S: RaftSender> Store<S> {
             unsynced: HeldReadies::default(),
             early: EarlyMessages::default(),
             unborn: BTreeMap::new(),
+            membership_wanted: BTreeSet::new(),
             awake: BTreeSet::new(),
             snapshot_builds: 0,
             slow_rounds: SlowRounds::default(),
@@ -355,7 +360,11 @@ impl<S: RaftSender> Store<S> {
                 let _ = reply.send(stale);
             }
             StoreMsg::SnapshotFits { range, reply } => {
-                let _ = reply.send(self.overlapping_replica(&range));
+                let overlapping = self.overlapping_replica(&range);
+                if let Some(other) = overlapping {
+                    self.want_membership_check(other);
+                }
+                let _ = reply.send(overlapping);
             }
             StoreMsg::Describe { range_id, reply } => {
                 let _ = reply.send(self.replicas.get(&range_id).map(|r| r.range.clone()));

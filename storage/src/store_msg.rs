@@ -21,6 +21,9 @@ use crate::snapshot_install::PreparedSnapshot;
 pub struct HeartbeatStatus {
     /// Replicas that lead, and those that have known no leader for the asked time.
     pub statuses: Vec<RangeStatus>,
+    /// Replicas among `statuses` to report to placement as if leaderless, however
+    /// long they have had a leader: they hold up another range's snapshot.
+    pub membership_wanted: Vec<RangeId>,
     /// Every range with a replica here.
     pub held: Vec<RangeId>,
     /// Approximate bytes of range data on disk.

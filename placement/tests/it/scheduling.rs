@@ -520,3 +520,137 @@ async fn a_replica_removed_while_asleep_is_destroyed() {
     must_read_all(&client, 0..20).await;
     cluster.shutdown().await;
 }
+
+/// A removed replica that missed the news (cut off, its leader's notice lost) stands in
+/// the way of a snapshot of a range split from it: the snapshot must wait, as the old
+/// replica would apply its writes over the snapshot's. Its store has placement check it
+/// at the next heartbeat instead of after the leaderless wait (30 s by default), and
+/// destroys it once placement names it removed; then the snapshot goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_replica_in_a_snapshots_way_is_checked_at_once() {
+    use shale_rpc::client::FIRST_RANGE_ID;
+    use shale_rpc::placement::Route;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 1, 4, |_| {}, |_, _| {}).await;
+    cluster
+        .call(&PlacementRequest::SetScheduling { paused: true })
+        .await
+        .unwrap();
+    let client = cluster.client().unwrap();
+    for i in 0..20 {
+        client.put(key(i), value(i)).await.unwrap();
+    }
+    let led = |pick: fn(&Route) -> bool| {
+        let cluster = &cluster;
+        move || async move {
+            routes(cluster)
+                .await?
+                .into_iter()
+                .find(|r| pick(r) && r.leader.is_some())
+                .ok_or("not there yet".to_string())
+        }
+    };
+    let first = must_eventually(
+        "the first range led",
+        Duration::from_secs(30),
+        led(|r| r.range.id == FIRST_RANGE_ID),
+    )
+    .await;
+    let stores: Vec<u64> = (0..4).map(|i| cluster.store(i).unwrap().store_id).collect();
+    let holds = |i: usize| first.range.replica_on(stores[i]).is_some();
+    let cut = (0..4)
+        .find(|&i| holds(i) && Some(stores[i]) != first.leader)
+        .unwrap();
+    let spare = (0..4).find(|&i| !holds(i)).unwrap();
+    cluster.store(cut).unwrap().faults().set_partitioned(true);
+    for i in 0..4 {
+        let faults = cluster.store(i).unwrap().faults();
+        faults.set_removal_notices_lost(true);
+    }
+    let (from_store, to_store) = (stores[cut], stores[spare]);
+    cluster
+        .call(&PlacementRequest::MoveReplica {
+            range_id: FIRST_RANGE_ID,
+            from_store,
+            to_store,
+        })
+        .await
+        .unwrap();
+    must_eventually(
+        "the first range moved off the cut-off store",
+        Duration::from_secs(60),
+        || async {
+            let r = routes(&cluster).await?;
+            r.iter()
+                .any(|r| r.range.id == FIRST_RANGE_ID && r.range.replica_on(from_store).is_none())
+                .then_some(())
+                .ok_or(format!("{r:?}"))
+        },
+    )
+    .await;
+    cluster
+        .call(&PlacementRequest::Split {
+            range_id: FIRST_RANGE_ID,
+            split_key: Some(key(10)),
+        })
+        .await
+        .unwrap();
+    let right = must_eventually(
+        "the right range led",
+        Duration::from_secs(30),
+        led(|r| r.range.start_key == key(10)),
+    )
+    .await;
+    cluster.store(cut).unwrap().faults().set_partitioned(false);
+    let from_store = right
+        .range
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .find(|&s| Some(s) != right.leader)
+        .unwrap();
+    cluster
+        .call(&PlacementRequest::MoveReplica {
+            range_id: right.range.id,
+            from_store,
+            to_store: stores[cut],
+        })
+        .await
+        .unwrap();
+    // Well inside the 30 s the removed replica would otherwise wait to be reported.
+    let node = cluster.store(cut).unwrap();
+    must_eventually(
+        "the right range's snapshot installed on the store that was cut off",
+        Duration::from_secs(15),
+        || async {
+            let status = node.status().await;
+            let old = status.iter().find(|s| s.range.id == FIRST_RANGE_ID);
+            let new = status
+                .iter()
+                .find(|s| s.range.id == right.range.id && s.range.epoch.version > 0);
+            match (old, new) {
+                (None, Some(_)) => Ok(()),
+                _ => Err(format!("{status:?}")),
+            }
+        },
+    )
+    .await;
+    must_eventually(
+        "the right range's keys on that store",
+        Duration::from_secs(15),
+        || async {
+            let engine = node.engine();
+            for i in 10..20 {
+                let got = engine.get(Cf::Data, &key(i)).map_err(|e| e.to_string())?;
+                if got.as_deref() != Some(&value(i)[..]) {
+                    return Err(format!("key {i}: {got:?}"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    must_read_all(&client, 0..20).await;
+    cluster.shutdown().await;
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use raft::eraftpb::Message;
+use shale_rpc::placement::LEADERLESS_REPORTED_MAX;
 use shale_rpc::{RangeDescriptor, RangeId};
 use tracing::{info, warn};
 
@@ -90,6 +91,16 @@ impl<S: RaftSender> Store<S> {
             .chain(self.unborn.values())
             .find(|o| overlaps(o))
             .map(|o| o.id)
+    }
+
+    /// Has the next heartbeat ask placement whether the replica of `range_id` here is
+    /// still a member (a few at a time; a range that leads or has yet to start needs no
+    /// asking).
+    pub(super) fn want_membership_check(&mut self, range_id: RangeId) {
+        let asks = self.replicas.get(&range_id).is_some_and(|r| !r.is_leader());
+        if asks && self.membership_wanted.len() < LEADERLESS_REPORTED_MAX {
+            self.membership_wanted.insert(range_id);
+        }
     }
 
     /// Whether a Raft snapshot message may be stepped now: `Err` names the overlapping

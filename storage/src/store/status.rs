@@ -25,9 +25,10 @@ impl<S: RaftSender> Store<S> {
         let now = Instant::now();
         let mut asleep_checks = 0;
         let mut reported = Vec::new();
+        let wanted = std::mem::take(&mut self.membership_wanted);
         for (id, r) in self.replicas.iter_mut() {
             let awake_leaderless = !r.is_hibernating() && r.leader_missing(tick) >= after;
-            let mut report = r.is_leader() || awake_leaderless;
+            let mut report = r.is_leader() || awake_leaderless || wanted.contains(id);
             if !report
                 && asleep_checks < LEADERLESS_REPORTED_MAX
                 && r.membership_check_due(after, now)
@@ -46,6 +47,7 @@ impl<S: RaftSender> Store<S> {
             .collect();
         HeartbeatStatus {
             statuses,
+            membership_wanted: wanted.into_iter().collect(),
             held: self.replicas.keys().copied().collect(),
             used_bytes: self
                 .engine
