@@ -419,6 +419,19 @@ async fn steps_beyond_those_running_wait_their_turn() {
     cluster.shutdown().await;
 }
 
+/// Pauses the schedulers and writes keys 0..20: a client of `cluster`.
+async fn paused_with_keys(cluster: &PlacedCluster) -> shale_rpc::client::KvClient {
+    cluster
+        .call(&PlacementRequest::SetScheduling { paused: true })
+        .await
+        .unwrap();
+    let client = cluster.client().unwrap();
+    for i in 0..20 {
+        client.put(key(i), value(i)).await.unwrap();
+    }
+    client
+}
+
 /// A follower asleep when its store is drained, cut off so that it misses its removal
 /// and the leader's direct notice, never wakes to learn it (its leader no longer talks
 /// to it): its store has placement check sleeping followers' membership now and then,
@@ -436,14 +449,7 @@ async fn a_replica_removed_while_asleep_is_destroyed() {
         |_, c| c.placement.leaderless_report_after_ms = 1_000,
     )
     .await;
-    cluster
-        .call(&PlacementRequest::SetScheduling { paused: true })
-        .await
-        .unwrap();
-    let client = cluster.client().unwrap();
-    for i in 0..20 {
-        client.put(key(i), value(i)).await.unwrap();
-    }
+    let client = paused_with_keys(&cluster).await;
     let first = |i: usize| {
         let node = cluster.store(i).unwrap();
         async move {
@@ -533,14 +539,7 @@ async fn a_removed_replica_in_a_snapshots_way_is_checked_at_once() {
 
     let dir = tempfile::tempdir().unwrap();
     let cluster = must_cluster(dir.path(), 1, 4, |_| {}, |_, _| {}).await;
-    cluster
-        .call(&PlacementRequest::SetScheduling { paused: true })
-        .await
-        .unwrap();
-    let client = cluster.client().unwrap();
-    for i in 0..20 {
-        client.put(key(i), value(i)).await.unwrap();
-    }
+    let client = paused_with_keys(&cluster).await;
     let led = |pick: fn(&Route) -> bool| {
         let cluster = &cluster;
         move || async move {

@@ -122,8 +122,13 @@ pub async fn must_converge(cluster: &LocalCluster, i: usize, keys: &[usize]) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    must_hold(cluster, i, keys.iter().copied());
+}
+
+/// Store `i`'s engine holds `value(k)` for each of `keys`.
+pub fn must_hold(cluster: &LocalCluster, i: usize, keys: impl Iterator<Item = usize>) {
     let engine = cluster.node(i).expect("running").engine().clone();
-    for &k in keys {
+    for k in keys {
         let got = engine.get(Cf::Data, &key(k)).expect("engine read");
         assert_eq!(got.as_deref(), Some(&value(k)[..]), "store {i} key {k}");
     }

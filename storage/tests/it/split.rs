@@ -429,18 +429,7 @@ async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
         shale_storage::command::RANGE_INIT_INDEX,
         "the new range was built by the store's own split, not sent as a snapshot: {caught_up:?}"
     );
-    let all: Vec<usize> = (0..140).collect();
-    let engine = cluster.node(lagging).unwrap().engine().clone();
-    for &k in &all {
-        let got = engine
-            .get(shale_storage::engine::Cf::Data, &key(k))
-            .unwrap();
-        assert_eq!(
-            got.as_deref(),
-            Some(&value(k)[..]),
-            "key {k} on the late store"
-        );
-    }
+    must_hold(&cluster, lagging, 0..140);
     cluster.shutdown().await;
 }
 
@@ -481,17 +470,7 @@ async fn a_new_ranges_snapshot_waits_for_the_split_on_a_store_that_lags() {
     faults.set_range_cut(shale_rpc::client::FIRST_RANGE_ID, false);
     wait_caught_up(&cluster, lagging, shale_rpc::client::FIRST_RANGE_ID).await;
     wait_caught_up(&cluster, lagging, right.id).await;
-    let engine = cluster.node(lagging).unwrap().engine().clone();
-    for k in 0..100 {
-        let got = engine
-            .get(shale_storage::engine::Cf::Data, &key(k))
-            .unwrap();
-        assert_eq!(
-            got.as_deref(),
-            Some(&value(k)[..]),
-            "key {k} on the store that lagged"
-        );
-    }
+    must_hold(&cluster, lagging, 0..100);
     cluster.shutdown().await;
 }
 
