@@ -273,16 +273,21 @@ impl KvClient {
     /// then writes it the ordinary way ([`KvClient::put`]), so a store being down costs a
     /// retry, not availability.
     /// A split or a replica change since the client last looked is learned from the
-    /// refusal and staged again, a few times.
+    /// refusal and staged again, a few times, with backoff: a store may not have
+    /// started a range just split off yet (about a second at most in all).
     pub async fn put_staged(&self, key: Bytes, value: Bytes) -> Result<(), ClientError> {
-        const ATTEMPTS: u32 = 3;
+        const ATTEMPTS: u32 = 8;
         let pair = [(key, value)];
         let mut attempt = 1;
+        let mut retry = Retry::new(&self.config);
         loop {
             let range = self.known_range(&pair[0].0).await?;
             match self.ingest_staged(&range, &pair).await {
                 Err(ClientError::Kv(e)) if attempt < ATTEMPTS && self.learn_moved(&range, &e) => {
                     attempt += 1;
+                    if attempt > 2 {
+                        retry.wait().await;
+                    }
                 }
                 result => return result,
             }

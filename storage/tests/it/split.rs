@@ -399,21 +399,29 @@ async fn wait_caught_up(
     }
 }
 
-/// A store cut off while a range split applies the split late, when its link heals. The
-/// new range's leader has been calling it meanwhile; those first messages wait for the
-/// store's own split instead of making it an empty replica that needs a snapshot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = must_cluster(dir.path(), 3).await;
+/// Three stores whose range holds keys 0..100 everywhere: the cluster, a follower's
+/// index (the store a test will cut off) and a client.
+async fn keys_on_three_stores(
+    dir: &std::path::Path,
+) -> (LocalCluster, usize, shale_rpc::client::KvClient) {
+    let cluster = must_cluster(dir, 3).await;
     let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
     let lagging = (leader + 1) % 3;
     let client = cluster.client().unwrap();
     for i in 0..100 {
         must_put(&client, i).await;
     }
-    let before: Vec<usize> = (0..100).collect();
-    must_converge(&cluster, lagging, &before).await;
+    must_converge(&cluster, lagging, &(0..100).collect::<Vec<_>>()).await;
+    (cluster, lagging, client)
+}
+
+/// A store cut off while a range split applies the split late, when its link heals. The
+/// new range's leader has been calling it meanwhile; those first messages wait for the
+/// store's own split instead of making it an empty replica that needs a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, lagging, client) = keys_on_three_stores(dir.path()).await;
     let faults = cluster.node(lagging).unwrap().faults();
     faults.set_partitioned(true);
     let (_, right) = client.split(key(50)).await.unwrap();
@@ -441,14 +449,7 @@ async fn a_store_that_applies_a_split_late_builds_the_new_range_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_ranges_snapshot_waits_for_the_split_on_a_store_that_lags() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = must_cluster(dir.path(), 3).await;
-    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
-    let lagging = (leader + 1) % 3;
-    let client = cluster.client().unwrap();
-    for i in 0..100 {
-        must_put(&client, i).await;
-    }
-    must_converge(&cluster, lagging, &(0..100).collect::<Vec<_>>()).await;
+    let (cluster, lagging, client) = keys_on_three_stores(dir.path()).await;
     let faults = cluster.node(lagging).unwrap().faults();
     faults.set_range_cut(shale_rpc::client::FIRST_RANGE_ID, true);
     // Older values, which the cut-off replica applies only once its link heals.
