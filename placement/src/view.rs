@@ -171,6 +171,7 @@ impl ClusterView {
                     known.epoch.conf_ver > r.conf_ver && known.replica_on(store).is_none();
                 removed.then_some(RemovedReplica {
                     range_id: r.range_id,
+                    replica_id: r.replica_id,
                     conf_ver: known.epoch.conf_ver,
                 })
             })
@@ -476,6 +477,7 @@ mod tests {
             removed,
             vec![RemovedReplica {
                 range_id: 1,
+                replica_id: 99,
                 conf_ver: 4
             }],
             "an older membership without store 3; not the current one, not an unknown range"

@@ -22,8 +22,9 @@ pub const NODE_SERVER_NAME: &str = "shale-node";
 /// are postcard, which carries no field tags: any change to a message's form bumps the
 /// version, so nodes of different forms refuse each other at the TLS handshake ("no
 /// application protocol") instead of misreading each other's frames. Version 2: the
-/// snapshot transfer of session 23 (a header, then batches of pairs).
-pub const ALPN: &[u8] = b"shale/2";
+/// snapshot transfer of session 23 (a header, then batches of pairs). Version 3: a
+/// removed replica's destroy notice names the replica (session 25).
+pub const ALPN: &[u8] = b"shale/3";
 
 const CA_COMMON_NAME: &str = "Shale cluster CA";
 /// File names inside a certificate directory.

@@ -318,9 +318,14 @@ pub enum AdminRequest {
         range_id: RangeId,
         store_id: StoreId,
     },
-    /// Sent to a removed replica's store: destroy the replica if its range's `conf_ver`
-    /// is older than `conf_ver`.
-    DestroyReplica { range_id: RangeId, conf_ver: u64 },
+    /// Sent to a removed replica's store: destroy the replica if it is `replica_id` (or
+    /// an older one) and its range's `conf_ver` is older than `conf_ver`. A newer
+    /// replica of the range (added back since) is left alone.
+    DestroyReplica {
+        range_id: RangeId,
+        replica_id: ReplicaId,
+        conf_ver: u64,
+    },
 }
 
 /// A store's answer to an admin request.

@@ -108,6 +108,8 @@ pub struct LeaderlessReplica {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedReplica {
     pub range_id: RangeId,
+    /// The replica the store reported; a newer one there is not this one.
+    pub replica_id: ReplicaId,
     pub conf_ver: u64,
 }
 

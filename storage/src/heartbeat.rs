@@ -222,6 +222,7 @@ impl Heartbeats {
         tokio::spawn(async move {
             let req = AdminRequest::DestroyReplica {
                 range_id: removed.range_id,
+                replica_id: removed.replica_id,
                 conf_ver: removed.conf_ver,
             };
             let range_id = removed.range_id;

@@ -471,9 +471,14 @@ impl StoreService {
                 .remove_replica(range_id, store_id)
                 .await
                 .map(AdminReply::Changed),
-            AdminRequest::DestroyReplica { range_id, conf_ver } => {
+            AdminRequest::DestroyReplica {
+                range_id,
+                replica_id,
+                conf_ver,
+            } => {
                 self.ask(|reply| StoreMsg::Destroy {
                     range_id,
+                    replica_id,
                     conf_ver,
                     reply,
                 })
@@ -551,6 +556,7 @@ impl StoreService {
         if let Some(addr) = addr.and_then(|a| shale_rpc::client::parse_addr(&a).ok()) {
             let req = AdminRequest::DestroyReplica {
                 range_id,
+                replica_id: target.id,
                 conf_ver: changed.epoch.conf_ver,
             };
             if let Err(e) = shale_rpc::client::admin(self.cluster.transport(), addr, &req).await {

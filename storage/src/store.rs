@@ -347,13 +347,17 @@ impl<S: RaftSender> Store<S> {
             StoreMsg::Synced { upto } => self.on_synced(upto),
             StoreMsg::Destroy {
                 range_id,
+                replica_id,
                 conf_ver,
                 reply,
             } => {
-                let stale = self
-                    .replicas
-                    .get(&range_id)
-                    .is_some_and(|r| r.range.epoch.conf_ver < conf_ver || r.is_removed());
+                // A notice that arrives late (sent while this store was down, say) must
+                // spare a replica added back since: a newer id, and maybe still empty
+                // (conf_ver 0) while it waits for its snapshot.
+                let stale = self.replicas.get(&range_id).is_some_and(|r| {
+                    r.replica_id <= replica_id
+                        && (r.range.epoch.conf_ver < conf_ver || r.is_removed())
+                });
                 if stale {
                     self.destroy_replica(range_id);
                 }

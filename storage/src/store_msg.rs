@@ -127,6 +127,7 @@ pub enum StoreMsg {
     /// Destroy the local replica of `range_id` if its `conf_ver` is older than this.
     Destroy {
         range_id: RangeId,
+        replica_id: ReplicaId,
         conf_ver: u64,
         reply: oneshot::Sender<bool>,
     },

@@ -525,3 +525,38 @@ async fn a_member_that_never_heard_from_its_leader_still_votes() {
     }
     cluster.shutdown().await;
 }
+
+/// A destroy notice that arrives late, naming a replica removed before, spares the
+/// replica of the range added back on that store since (a newer id). Before, the notice
+/// destroyed it for its older `conf_ver` (an empty replica waiting for its snapshot has
+/// 0), and the range kept a member that could never come back (found by the chaos test:
+/// `RangeNotFound` from that store for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_destroy_notice_spares_a_replica_added_back_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, leader, _client) = four_stores_one_joining(dir.path()).await;
+    let added = add_on_the_fourth_store(&cluster, leader).await;
+    let mine = added.replica_on(4).unwrap().id;
+    let notice = |replica_id| AdminRequest::DestroyReplica {
+        range_id: FIRST_RANGE_ID,
+        replica_id,
+        conf_ver: added.epoch.conf_ver + 100,
+    };
+    let held = || async {
+        cluster
+            .node(3)
+            .unwrap()
+            .status()
+            .await
+            .into_iter()
+            .any(|s| s.range_id() == FIRST_RANGE_ID)
+    };
+    must_admin(&cluster, 3, notice(mine - 1)).await;
+    assert!(
+        held().await,
+        "a notice for an older replica destroyed the one added since"
+    );
+    must_admin(&cluster, 3, notice(mine)).await;
+    assert!(!held().await, "a notice naming the replica destroys it");
+    cluster.shutdown().await;
+}
