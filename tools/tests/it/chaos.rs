@@ -406,7 +406,12 @@ async fn replicas_agree(
                 else {
                     return Err(format!("no address for store {}", replica.store_id));
                 };
-                let got = replica_value(transport, &store.addr, route.range.id, key(i)).await?;
+                let got = replica_value(transport, &store.addr, route.range.id, key(i))
+                    .await
+                    .map_err(|e| {
+                        let (store, range) = (replica.store_id, route.range.id);
+                        format!("key {i}: store {store}'s replica of range {range}: {e}")
+                    })?;
                 if got.as_ref().map(|v| version_of(v)) != want.as_ref().map(|v| version_of(v)) {
                     return Err(format!(
                         "key {i}: store {}'s replica of range {} holds version {:?}, the \
