@@ -624,15 +624,17 @@ impl StoreService {
             ));
         }
         let key = (from_store, chunk.transfer_id);
+        let mut decoded = None;
         if chunk.seq == 0 {
+            let first = match first_chunk(&chunk) {
+                Ok(first) => first,
+                Err(reason) => return refused(reason),
+            };
             // Asked before any data comes: the sender offers it again later, with
             // backoff, as when this store is busy (the store loop checks again when the
             // snapshot is stepped).
-            let header = match first_chunk(&chunk) {
-                Ok((_, header)) => header,
-                Err(reason) => return refused(reason),
-            };
-            let range = header.range;
+            let range = first.1.range.clone();
+            decoded = Some(first);
             match self
                 .ask(|reply| StoreMsg::SnapshotFits { range, reply })
                 .await
@@ -653,13 +655,14 @@ impl StoreService {
                 chunk.seq == 0 && (t.from_store, t.range_id) == (from_store, range_id)
             };
             open.retain(|_, t| !t.is_stale() && !restarted(t));
-            if chunk.seq == 0 {
+            if let Some(decoded) = decoded {
                 if open.len() >= SNAPSHOTS_RECEIVING_MAX {
                     return SnapshotAck::Busy;
                 }
                 match Incoming::start(
                     self.engine.clone(),
                     &chunk,
+                    decoded,
                     self.faults.snapshot_view_outdated(),
                 ) {
                     Ok(t) => {

@@ -90,15 +90,15 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Checks a transfer's chunk 0 (a Raft snapshot message of the chunk's range, its
-    /// data a header) and starts its writer. Nothing is read or written before the first
-    /// chunk is added. `outdated_view` is a fault for tests (see `Faults`).
+    /// Checks a transfer's chunk 0, decoded by [`first_chunk`], and starts its writer.
+    /// Nothing is read or written before the first chunk is added. `outdated_view` is a
+    /// fault for tests (see `Faults`).
     pub fn start(
         engine: Arc<Engine>,
         first: &SnapshotChunk,
+        (m, header): (Message, SnapshotHeader),
         outdated_view: bool,
     ) -> Result<Incoming, String> {
-        let (m, header) = first_chunk(first)?;
         if header.bytes > SNAPSHOT_BYTES_MAX as u64 {
             return Err(format!(
                 "a snapshot of {} bytes (at most {SNAPSHOT_BYTES_MAX})",
@@ -482,7 +482,7 @@ mod tests {
             data,
         };
         let first = chunk(0, Bytes::from(m.write_to_bytes().unwrap()));
-        let mut incoming = Incoming::start(engine.clone(), &first, false)?;
+        let mut incoming = Incoming::start(engine.clone(), &first, first_chunk(&first)?, false)?;
         let mut answer = incoming.add(first)?.blocking_recv().unwrap()?;
         for (i, batch) in batches.iter().enumerate() {
             let pairs: Vec<(Bytes, Bytes)> = batch
