@@ -77,7 +77,7 @@ impl Operator {
                     .replicas
                     .iter()
                     .map(|r| r.store_id)
-                    .find(|&s| s != store_id && usable(s))?;
+                    .find(|&s| s != store_id && range.votes_on(s) && usable(s))?;
                 Some(RangeStep::TransferLeader {
                     range_id,
                     to_store: to,
@@ -122,7 +122,8 @@ impl Operator {
 
 fn step_done(step: &RangeStep, range: &RangeView, base_version: u64) -> bool {
     match step {
-        RangeStep::AddReplica { store_id, .. } => range.range.replica_on(*store_id).is_some(),
+        // Added means voting: a learner still catching up counts toward no quorum.
+        RangeStep::AddReplica { store_id, .. } => range.votes_on(*store_id),
         RangeStep::RemoveReplica { store_id, .. } => range.range.replica_on(*store_id).is_none(),
         RangeStep::TransferLeader { to_store, .. } => {
             range.leader == Some(*to_store) || range.range.replica_on(*to_store).is_none()
@@ -200,13 +201,13 @@ mod tests {
             ops_per_sec: 0.0,
             bytes_per_sec: 0.0,
             hot_since_ms: None,
+            learners: Vec::new(),
         }
     }
 
-    #[test]
-    fn a_move_adds_then_moves_leadership_off_then_removes() {
-        let before = view(&[1, 2, 3], 1);
-        let steps = vec![
+    /// Range 7's replica on store 1 moves to store 4.
+    fn move_from_1_to_4() -> Vec<RangeStep> {
+        vec![
             RangeStep::AddReplica {
                 range_id: 7,
                 store_id: 4,
@@ -216,7 +217,44 @@ mod tests {
                 range_id: 7,
                 store_id: 1,
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn an_added_replica_is_done_once_it_votes_and_a_learner_is_never_handed_leadership() {
+        let steps = move_from_1_to_4();
+        let mut op = Operator::new(&view(&[1, 2, 3], 1), "test", steps.clone(), 0);
+        let mut learning = view(&[1, 2, 3, 4], 1);
+        learning.learners = vec![400];
+        assert!(!op.advance(&learning));
+        assert_eq!(
+            op.next_step(&learning, 0, 1000, |_| true),
+            Some(steps[0].clone()),
+            "the add stays the step while its replica is a learner"
+        );
+        // Store 4 votes now; the one on store 3 is a learner (added by hand, say): the
+        // leader's replica goes only once leadership moves to a voter.
+        let mut added = view(&[1, 2, 3, 4], 1);
+        added.learners = vec![300];
+        assert!(!op.advance(&added));
+        assert_eq!(
+            op.next_step(&added, 1100, 1000, |s| s != 2),
+            Some(RangeStep::TransferLeader {
+                range_id: 7,
+                to_store: 4
+            })
+        );
+        assert_eq!(
+            op.next_step(&added, 2200, 1000, |s| s == 3),
+            None,
+            "no usable voter to lead"
+        );
+    }
+
+    #[test]
+    fn a_move_adds_then_moves_leadership_off_then_removes() {
+        let before = view(&[1, 2, 3], 1);
+        let steps = move_from_1_to_4();
         let mut op = Operator::new(&before, "test", steps.clone(), 0);
         assert!(!op.advance(&before));
         assert_eq!(

@@ -282,7 +282,8 @@ impl<'a> Planner<'a> {
     }
 
     /// Which replica of a range with too many to drop: one on a store that is not up,
-    /// then one sharing its zone with another, then the one on the fullest store.
+    /// then a learner (it adds no safety yet), then one sharing its zone with another,
+    /// then the one on the fullest store.
     fn pick_extra(&self, range: &RangeView) -> Option<StoreId> {
         let stores: Vec<StoreId> = range.range.replicas.iter().map(|r| r.store_id).collect();
         let zone_dups = |s: StoreId| {
@@ -296,6 +297,7 @@ impl<'a> Planner<'a> {
             .max_by_key(|&s| {
                 (
                     !self.is_up(s),
+                    range.learner_on(s),
                     zone_dups(s),
                     self.replicas.get(&s).copied().unwrap_or(0),
                     s,
@@ -473,7 +475,7 @@ impl<'a> Planner<'a> {
                     .replicas
                     .iter()
                     .map(|rep| rep.store_id)
-                    .filter(|&s| s != from && self.is_up(s))
+                    .filter(|&s| s != from && self.is_up(s) && r.votes_on(s))
                     .min_by_key(|s| (self.leaders.get(s).copied().unwrap_or(0), *s))?;
                 (self.leaders.get(&to).copied().unwrap_or(0) < below).then_some((r, to))
             })

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use shale_rpc::placement::{
     is_stale, Labels, LeaderlessReplica, RangeReport, RemovedReplica, Route, StoreInfo, StoreState,
 };
-use shale_rpc::{RangeDescriptor, RangeId, StoreAddr, StoreId};
+use shale_rpc::{RangeDescriptor, RangeId, ReplicaId, StoreAddr, StoreId};
 
 use crate::ids::{IdMap, IdSet};
 
@@ -63,9 +63,25 @@ pub struct RangeView {
     pub bytes_per_sec: f64,
     /// Since when the range has been hot without a break.
     pub hot_since_ms: Option<u64>,
+    /// Replicas the leader last reported as learners (not yet voting).
+    pub learners: Vec<ReplicaId>,
 }
 
 impl RangeView {
+    /// True when the range has a replica on `store_id` that votes (is not a learner).
+    pub fn votes_on(&self, store_id: StoreId) -> bool {
+        self.range
+            .replica_on(store_id)
+            .is_some_and(|r| !self.learners.contains(&r.id))
+    }
+
+    /// True when the range's replica on `store_id` is a learner.
+    pub fn learner_on(&self, store_id: StoreId) -> bool {
+        self.range
+            .replica_on(store_id)
+            .is_some_and(|r| self.learners.contains(&r.id))
+    }
+
     fn rates(&self) -> Rates {
         Rates {
             ops_per_sec: self.ops_per_sec,
@@ -189,6 +205,7 @@ impl ClusterView {
             ops_per_sec: 0.0,
             bytes_per_sec: 0.0,
             hot_since_ms: None,
+            learners: Vec::new(),
         });
     }
 
@@ -237,6 +254,7 @@ impl ClusterView {
             ops_per_sec: rates.ops_per_sec,
             bytes_per_sec: rates.bytes_per_sec,
             hot_since_ms,
+            learners: report.learners.clone(),
         });
         if rates.is_zero() {
             self.warm.remove(&id);

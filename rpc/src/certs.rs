@@ -23,8 +23,9 @@ pub const NODE_SERVER_NAME: &str = "shale-node";
 /// version, so nodes of different forms refuse each other at the TLS handshake ("no
 /// application protocol") instead of misreading each other's frames. Version 2: the
 /// snapshot transfer of session 23 (a header, then batches of pairs). Version 3: a
-/// removed replica's destroy notice names the replica (session 25).
-pub const ALPN: &[u8] = b"shale/3";
+/// removed replica's destroy notice names the replica (session 25). Version 4: range
+/// status and leader reports name the range's learners (session 26).
+pub const ALPN: &[u8] = b"shale/4";
 
 const CA_COMMON_NAME: &str = "Shale cluster CA";
 /// File names inside a certificate directory.

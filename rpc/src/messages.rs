@@ -305,8 +305,10 @@ pub enum AdminRequest {
     Split { range_id: RangeId, split_key: Bytes },
     /// The descriptor of the range on this store that holds `key`, if any.
     FindRange { key: Bytes },
-    /// Add a replica of `range_id` on `store_id` (reachable at `addr`); it catches up by
-    /// snapshot. Returns once the change is applied on the leader.
+    /// Add a replica of `range_id` on `store_id` (reachable at `addr`). It joins as a
+    /// learner (no vote, no part of any quorum), catches up by snapshot, and the leader
+    /// then makes it a voter. Returns once it votes; `ServerBusy` after a few seconds
+    /// while it is still catching up (ask again: the same learner is waited on).
     AddReplica {
         range_id: RangeId,
         store_id: StoreId,
@@ -374,11 +376,23 @@ pub struct RangeStatus {
     /// knowing one, or (a follower) slept.
     #[serde(default)]
     pub leader_missing_ms: u64,
+    /// Replicas of the range that are learners as this replica last applied its
+    /// membership: they get the log but neither vote nor count toward a quorum, until
+    /// the leader promotes them once they have caught up.
+    #[serde(default)]
+    pub learners: Vec<ReplicaId>,
 }
 
 impl RangeStatus {
     pub fn range_id(&self) -> RangeId {
         self.range.id
+    }
+
+    /// True when the range's replica on `store_id` is a voter (not a learner).
+    pub fn votes_on(&self, store_id: StoreId) -> bool {
+        self.range
+            .replica_on(store_id)
+            .is_some_and(|r| !self.learners.contains(&r.id))
     }
 }
 

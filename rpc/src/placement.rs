@@ -128,6 +128,9 @@ pub struct RangeReport {
     pub read_ops: u64,
     pub read_bytes: u64,
     pub interval_ms: u64,
+    /// Replicas still learners (added, not yet caught up and promoted to voters).
+    #[serde(default)]
+    pub learners: Vec<ReplicaId>,
 }
 
 impl RangeReport {
@@ -144,6 +147,7 @@ impl RangeReport {
             read_ops: 0,
             read_bytes: 0,
             interval_ms: 1000,
+            learners: Vec::new(),
         }
     }
 }

@@ -193,6 +193,7 @@ impl Heartbeats {
                     read_ops: l.read_ops,
                     read_bytes: l.read_bytes,
                     interval_ms: interval.as_millis() as u64,
+                    learners: s.learners.clone(),
                 }
             })
             .collect();
@@ -269,7 +270,8 @@ async fn run_step(service: &StoreService, step: RangeStep) -> Result<(), KvError
             store_id,
             addr,
         } => service
-            .add_replica(range_id, store_id, addr)
+            // Placement checks the step off once the learner votes (its reports say).
+            .add_learner(range_id, store_id, addr)
             .await
             .map(drop),
         RangeStep::RemoveReplica { range_id, store_id } => {

@@ -584,7 +584,7 @@ fn bootstrap_first_range(
         &keys::apply_state_key(FIRST_RANGE_ID),
         &ApplyState::initial().encode(),
     );
-    ReplicaStorage::bootstrap(&mut batch, FIRST_RANGE_ID, peers);
+    ReplicaStorage::bootstrap(&mut batch, FIRST_RANGE_ID, peers, Vec::new());
     engine.write(batch, Durability::Sync)?;
     info!(store_id = config.store_id, "bootstrapped the first range");
     Ok(state)

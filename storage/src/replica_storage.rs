@@ -76,17 +76,23 @@ pub struct SnapshotSource {
 }
 
 impl ReplicaStorage {
-    /// Writes the Raft state of a new range whose group is `voters`: its log starts
-    /// after `RANGE_INIT_INDEX`, committed and applied up to there. Only its conf state
-    /// is written, beside the range's descriptor and apply state (written by the caller
-    /// in the same batch): where its log starts and its hard state follow from the apply
-    /// state at load. Nothing in the Raft column family is touched, so a replica of the
-    /// range created before (from its leader's messages, ahead of this store's split)
-    /// keeps its term and vote, and a batch written without the WAL leaves nothing
-    /// there that a crash could separate from the range's descriptor.
-    pub fn bootstrap(batch: &mut WriteBatch<'_>, range_id: RangeId, voters: Vec<u64>) {
+    /// Writes the Raft state of a new range whose group is `voters` and `learners`: its
+    /// log starts after `RANGE_INIT_INDEX`, committed and applied up to there. Only its
+    /// conf state is written, beside the range's descriptor and apply state (written by
+    /// the caller in the same batch): where its log starts and its hard state follow from
+    /// the apply state at load. Nothing in the Raft column family is touched, so a
+    /// replica of the range created before (from its leader's messages, ahead of this
+    /// store's split) keeps its term and vote, and a batch written without the WAL
+    /// leaves nothing there that a crash could separate from the range's descriptor.
+    pub fn bootstrap(
+        batch: &mut WriteBatch<'_>,
+        range_id: RangeId,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    ) {
         let mut cs = ConfState::default();
         cs.set_voters(voters);
+        cs.set_learners(learners);
         write_conf_state(batch, range_id, &cs);
     }
 
@@ -614,7 +620,7 @@ mod tests {
     fn bootstrapped(dir: &std::path::Path) -> (Arc<Engine>, ReplicaStorage) {
         let engine = Arc::new(Engine::open(dir, &EngineConfig::default()).unwrap());
         let mut batch = engine.batch();
-        ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3]);
+        ReplicaStorage::bootstrap(&mut batch, 7, vec![1, 2, 3], Vec::new());
         engine.write(batch, Durability::Sync).unwrap();
         let s = ReplicaStorage::load(engine.clone(), 7, &ApplyState::initial()).unwrap();
         (engine, s)

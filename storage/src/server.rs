@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2};
 use shale_rpc::client::{ClientError, KvClient};
 use shale_rpc::limits::{SCAN_LIMIT_MAX, SCAN_PAGE_BYTES_MAX};
 use shale_rpc::placement::{PlacementReply, PlacementRequest};
@@ -18,7 +18,7 @@ use shale_rpc::transport::{rejected, Service};
 use shale_rpc::{
     AdminReply, AdminRequest, AdminResponse, Epoch, Frame, FrameKind, KvError, KvOp, KvReply,
     KvRequest, KvResponse, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus,
-    ReplicaDescriptor, StoreId, WriteOp, SYSTEM_PREFIX_END,
+    ReplicaDescriptor, ReplicaId, StoreId, WriteOp, SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -28,7 +28,7 @@ use crate::engine::{Cf, Engine};
 use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
-use crate::replica::AddressBook;
+use crate::replica::{single_change, AddressBook};
 use crate::snapshot::{SnapshotAck, SnapshotChunk, SNAPSHOTS_RECEIVING_MAX};
 use crate::snapshot_install::{first_chunk, Incoming, Received};
 use crate::staging::Staging;
@@ -74,6 +74,11 @@ pub struct RangeLoad {
 
 /// Most ranges whose load is tracked between reports; past it new ranges are not counted.
 const LOAD_RANGES_MAX: usize = 1 << 20;
+/// How long one request to add a replica waits for its learner to catch up and vote
+/// (under the 5 s request timeout of callers' defaults).
+const LEARNER_WAIT: Duration = Duration::from_secs(3);
+/// How often that wait looks.
+const LEARNER_POLL: Duration = Duration::from_millis(50);
 
 impl StoreService {
     // Built in one place (`StoreNode::start`) from parts it made just before.
@@ -343,7 +348,7 @@ impl StoreService {
         range_id: RangeId,
         epoch: Option<Epoch>,
     ) -> Result<RangeDescriptor, KvError> {
-        let range = self.describe(range_id).await?;
+        let (range, _) = self.describe(range_id).await?;
         if epoch.is_some_and(|e| e != range.epoch) {
             return Err(KvError::EpochNotMatch {
                 current: vec![range],
@@ -382,7 +387,7 @@ impl StoreService {
 
     /// Reads `key` from this store's replica of `range_id`, whatever its role.
     async fn read_replica(&self, range_id: RangeId, key: &[u8]) -> KvResponse {
-        let range = self.describe(range_id).await?;
+        let (range, _) = self.describe(range_id).await?;
         if !range.contains(key) {
             return Err(KvError::KeyNotInRange { range_id });
         }
@@ -396,7 +401,7 @@ impl StoreService {
         range_id: RangeId,
         split_key: Bytes,
     ) -> Result<(RangeDescriptor, RangeDescriptor), KvError> {
-        let range = self.describe(range_id).await?;
+        let (range, _) = self.describe(range_id).await?;
         // A route gone stale (another split narrowed the range) is the client's to retry.
         if !range.contains(&split_key) {
             return Err(KvError::KeyNotInRange { range_id });
@@ -488,21 +493,65 @@ impl StoreService {
         }
     }
 
-    async fn describe(&self, range_id: RangeId) -> Result<RangeDescriptor, KvError> {
+    /// The local replica's descriptor of `range_id` and the range's learners.
+    async fn describe(
+        &self,
+        range_id: RangeId,
+    ) -> Result<(RangeDescriptor, Vec<ReplicaId>), KvError> {
         self.ask(|reply| StoreMsg::Describe { range_id, reply })
             .await?
             .ok_or(KvError::RangeNotFound { range_id })
     }
 
-    /// Adds a replica of `range_id` on `store_id` through a Raft membership change.
+    /// Adds a replica of `range_id` on `store_id` and waits until it votes: it joins as
+    /// a learner, catches up (by snapshot), and the leader then promotes it. Still a
+    /// learner after `LEARNER_WAIT`, it is answered `ServerBusy`: asking again waits on
+    /// the same learner (within any caller's request timeout each time).
     pub async fn add_replica(
         &self,
         range_id: RangeId,
         store_id: StoreId,
         addr: String,
     ) -> Result<RangeDescriptor, KvError> {
-        let range = self.describe(range_id).await?;
-        if range.replica_on(store_id).is_some() {
+        let (_, learner) = self.add_learner(range_id, store_id, addr).await?;
+        let deadline = tokio::time::Instant::now() + LEARNER_WAIT;
+        loop {
+            let (range, learners) = self.describe(range_id).await?;
+            if range.replica(learner).is_none() {
+                return Err(KvError::InvalidConfChange {
+                    range_id,
+                    reason: format!("the learner on store {store_id} was removed"),
+                });
+            }
+            if !learners.contains(&learner) {
+                return Ok(range);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KvError::ServerBusy {
+                    reason: format!(
+                        "range {range_id}'s new replica on store {store_id} is a learner \
+                         still catching up; ask again to wait until it votes"
+                    ),
+                });
+            }
+            tokio::time::sleep(LEARNER_POLL).await;
+        }
+    }
+
+    /// Adds a replica of `range_id` on `store_id` as a learner (the leader promotes it
+    /// once it has caught up); one there already as a learner is taken as added. The
+    /// range's descriptor and the learner's replica id.
+    pub async fn add_learner(
+        &self,
+        range_id: RangeId,
+        store_id: StoreId,
+        addr: String,
+    ) -> Result<(RangeDescriptor, ReplicaId), KvError> {
+        let (range, learners) = self.describe(range_id).await?;
+        if let Some(r) = range.replica_on(store_id) {
+            if learners.contains(&r.id) {
+                return Ok((range.clone(), r.id));
+            }
             return Err(KvError::InvalidConfChange {
                 range_id,
                 reason: format!("store {store_id} already holds a replica"),
@@ -516,8 +565,9 @@ impl StoreService {
         let mut new_range = range.clone();
         new_range.replicas.push(ReplicaDescriptor { id, store_id });
         new_range.epoch.conf_ver += 1;
-        self.change(range_id, ConfChangeType::AddNode, id, new_range)
-            .await
+        let change = single_change(ConfChangeType::AddLearnerNode, id);
+        let range = self.change(range_id, change, new_range).await?;
+        Ok((range, id))
     }
 
     /// Removes the replica of `range_id` on `store_id`; its store is told to destroy it.
@@ -526,7 +576,7 @@ impl StoreService {
         range_id: RangeId,
         store_id: StoreId,
     ) -> Result<RangeDescriptor, KvError> {
-        let range = self.describe(range_id).await?;
+        let (range, _) = self.describe(range_id).await?;
         let Some(target) = range.replica_on(store_id).copied() else {
             return Err(KvError::InvalidConfChange {
                 range_id,
@@ -542,9 +592,8 @@ impl StoreService {
         let mut new_range = range.clone();
         new_range.replicas.retain(|r| r.id != target.id);
         new_range.epoch.conf_ver += 1;
-        let changed = self
-            .change(range_id, ConfChangeType::RemoveNode, target.id, new_range)
-            .await?;
+        let change = single_change(ConfChangeType::RemoveNode, target.id);
+        let changed = self.change(range_id, change, new_range).await?;
         // The removed replica may never apply its own removal; tell its store directly.
         let addr = self
             .addresses
@@ -569,15 +618,9 @@ impl StoreService {
     async fn change(
         &self,
         range_id: RangeId,
-        kind: ConfChangeType,
-        replica_id: u64,
+        change: ConfChangeV2,
         new_range: RangeDescriptor,
     ) -> Result<RangeDescriptor, KvError> {
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = replica_id;
-        let mut change = ConfChangeV2::default();
-        change.mut_changes().push(single);
         let (reply, rx) = oneshot::channel();
         self.enqueue(StoreMsg::ConfChange {
             range_id,

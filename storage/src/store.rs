@@ -371,7 +371,8 @@ impl<S: RaftSender> Store<S> {
                 let _ = reply.send(overlapping);
             }
             StoreMsg::Describe { range_id, reply } => {
-                let _ = reply.send(self.replicas.get(&range_id).map(|r| r.range.clone()));
+                let described = self.replicas.get(&range_id);
+                let _ = reply.send(described.map(|r| (r.range.clone(), r.learners())));
             }
             StoreMsg::TransferLeader {
                 range_id,

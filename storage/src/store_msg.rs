@@ -74,10 +74,10 @@ pub enum StoreMsg {
         range: RangeDescriptor,
         reply: oneshot::Sender<Option<RangeId>>,
     },
-    /// The local range with this id.
+    /// The local range with this id, and its learners.
     Describe {
         range_id: RangeId,
-        reply: oneshot::Sender<Option<RangeDescriptor>>,
+        reply: oneshot::Sender<Option<(RangeDescriptor, Vec<ReplicaId>)>>,
     },
     Campaign {
         range_id: RangeId,

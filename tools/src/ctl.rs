@@ -10,13 +10,16 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use shale_rpc::client::{admin, parse_addr};
+use shale_rpc::client::{admin, parse_addr, ClientError};
 use shale_rpc::transport::{Transport, TransportConfig};
-use shale_rpc::{AdminReply, AdminRequest, RangeStatus, StoreId};
+use shale_rpc::{AdminReply, AdminRequest, KvError, RangeStatus, StoreId};
 
 use crate::cluster_file::ClusterFile;
 
 mod via_placement;
+
+/// How long `move` waits for its new replica to catch up and vote.
+const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(600);
 
 pub(crate) use via_placement::all_routes;
 
@@ -58,7 +61,8 @@ pub enum CtlCommand {
     /// Every S3 bucket: when it was created, how many objects and bytes it holds
     /// (counted by reading the bucket's object records).
     Buckets,
-    /// Move the replica of the range holding KEY from store FROM to store TO.
+    /// Move the replica of the range holding KEY from store FROM to store TO: the new
+    /// replica joins as a learner and the old one goes once the new one votes.
     Move {
         #[arg(long)]
         key: String,
@@ -297,17 +301,12 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .map(|s| s.addr.clone())
                 .context("--to is not in the cluster file")?;
             let (range, leader) = leader_of(&file, &transport, &key).await?;
-            admin(
-                &transport,
-                leader,
-                &AdminRequest::AddReplica {
-                    range_id: range,
-                    store_id: to,
-                    addr: to_addr,
-                },
-            )
-            .await
-            .context("add the new replica")?;
+            let add = AdminRequest::AddReplica {
+                range_id: range,
+                store_id: to,
+                addr: to_addr,
+            };
+            add_until_voting(&transport, leader, &add).await?;
             let (range, leader) = leader_of(&file, &transport, &key).await?;
             let leader_store = file
                 .stores
@@ -547,6 +546,28 @@ async fn leader_of(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("no leader found for the range holding {key:?}")
+}
+
+/// Asks for a replica to be added and, while it is a learner catching up (the store
+/// answers `ServerBusy`), asks again, for up to `LEARNER_CATCH_UP_MAX`: removing an old
+/// replica before the new one votes would leave the range fewer voters.
+async fn add_until_voting(
+    transport: &Transport,
+    leader: std::net::SocketAddr,
+    add: &AdminRequest,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match admin(transport, leader, add).await {
+            Ok(_) => return Ok(()),
+            Err(ClientError::Kv(KvError::ServerBusy { reason }))
+                if started.elapsed() < LEARNER_CATCH_UP_MAX =>
+            {
+                eprintln!("{reason}");
+            }
+            Err(e) => return Err(e).context("add the new replica"),
+        }
+    }
 }
 
 /// Asks `leader` to hand range `range` (holding `key`) to store `to`, and waits until it has.

@@ -445,8 +445,14 @@ impl Replica {
                 &keys::apply_state_key(right.id),
                 &ApplyState::initial().encode(),
             );
-            let voters = right.replicas.iter().map(|r| r.id).collect();
-            ReplicaStorage::bootstrap(batch, right.id, voters);
+            // The right range's replica on a store is a learner where the left's is.
+            let (learners, voters) = right.replicas.iter().partition::<Vec<_>, _>(|r| {
+                self.range
+                    .replica_on(r.store_id)
+                    .is_some_and(|l| self.is_learner(l.id))
+            });
+            let ids = |rs: Vec<&ReplicaDescriptor>| rs.iter().map(|r| r.id).collect();
+            ReplicaStorage::bootstrap(batch, right.id, ids(voters), ids(learners));
             self.new_ranges.push(right_state);
         }
         METRICS.splits.inc();

@@ -34,12 +34,14 @@ use crate::staging::staged_path;
 use crate::StorageError;
 
 mod apply;
+mod membership;
 mod read;
 mod sleep;
 mod snapshots;
 
 use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
+pub use membership::{single_change, LEARNER_LAG_MAX};
 use read::{read_ctx, Reads};
 
 /// Where stores can be reached, for leader hints and message routing.
@@ -268,12 +270,12 @@ impl Replica {
         self.node.raft.raft_log.committed
     }
 
-    /// The store holding the leader, if known.
     /// Ticks in a row this replica has gone without a known leader.
     pub fn leaderless_ticks(&self) -> u64 {
         self.leaderless_ticks
     }
 
+    /// The store holding the leader, if known.
     pub fn leader_store(&self) -> Option<StoreId> {
         self.store_of(self.node.raft.leader_id)
     }
@@ -307,68 +309,6 @@ impl Replica {
         self.node.report_snapshot(to, status);
         if !ok {
             self.node.report_unreachable(to);
-        }
-    }
-
-    /// Proposes a membership change; answered once applied.
-    pub fn propose_conf_change(
-        &mut self,
-        change: ConfChangeV2,
-        new_range: RangeDescriptor,
-        reply: WriteReply,
-    ) {
-        self.wake();
-        let range_id = self.range.id;
-        let refuse = |reason: &str| KvError::InvalidConfChange {
-            range_id,
-            reason: reason.into(),
-        };
-        let err = if !self.is_leader() {
-            Some(self.not_leader())
-        } else if new_range.epoch.conf_ver != self.range.epoch.conf_ver + 1
-            || new_range.epoch.version != self.range.epoch.version
-        {
-            Some(KvError::EpochNotMatch {
-                current: vec![self.range.clone()],
-            })
-        } else if self.node.raft.has_pending_conf() {
-            Some(refuse("another membership change is in progress"))
-        } else {
-            None
-        };
-        if let Some(e) = err {
-            let _ = reply.send(Err(e));
-            return;
-        }
-        // The new descriptor, then the addresses of its stores that this store knows:
-        // every replica's store learns them as it applies the change, so the others can
-        // reach a store new to them (to ask the new member's vote once the leader is
-        // gone, say) before it has said a word to them. Older stores read the
-        // descriptor alone.
-        let addresses: Vec<(StoreId, String)> = {
-            let book = self.addresses.read().expect("address book lock");
-            new_range
-                .replicas
-                .iter()
-                .filter_map(|r| book.get(&r.store_id).map(|a| (r.store_id, a.clone())))
-                .collect()
-        };
-        let context = postcard::to_stdvec(&(&new_range, addresses)).expect("descriptor encodes");
-        let before = self.node.raft.raft_log.last_index();
-        match self.node.propose_conf_change(context, change) {
-            Ok(()) if self.node.raft.raft_log.last_index() == before + 1 => {
-                self.proposals.push_back(Proposal {
-                    index: before + 1,
-                    term: self.node.raft.term,
-                    replies: vec![reply],
-                });
-            }
-            Ok(()) => {
-                let _ = reply.send(Err(refuse("raft did not take the change")));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(refuse(&e.to_string())));
-            }
         }
     }
 
@@ -471,6 +411,14 @@ impl Replica {
                 range_id: self.range.id,
             });
         };
+        if self.is_learner(target.id) {
+            return Err(KvError::InvalidConfChange {
+                range_id: self.range.id,
+                reason: format!(
+                    "the replica on store {store_id} is a learner; it can lead once promoted"
+                ),
+            });
+        }
         self.node.transfer_leader(target.id);
         Ok(())
     }

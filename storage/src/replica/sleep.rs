@@ -27,6 +27,7 @@ impl Replica {
         }
         if self.is_leader() {
             self.node.mut_store().expire_snapshot(SNAPSHOT_UNTAKEN_MAX);
+            self.maybe_promote_learner();
         } else {
             self.node.mut_store().drop_snapshot();
         }

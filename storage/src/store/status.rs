@@ -74,6 +74,7 @@ impl<S: RaftSender> Store<S> {
             ),
             key_count: None,
             leader_missing_ms: r.leader_missing(self.tick).as_millis() as u64,
+            learners: r.learners(),
         }
     }
 }
