@@ -12,8 +12,10 @@ use tracing::info;
 
 use super::{Proposal, Replica, WriteReply};
 
-/// A learner is promoted once the leader is sending it entries (not a snapshot) and
-/// its log reaches the leader's commit index within this many entries.
+/// A learner is promoted once it has acknowledged a log that reaches the leader's
+/// commit index within this many entries, and is not waiting for a snapshot. (Not only
+/// while the leader streams it entries: a learner caught up by a snapshot of an idle
+/// range may stay in the probing state, its log complete, until the next write.)
 pub const LEARNER_LAG_MAX: u64 = 64;
 
 /// A change of one replica's membership (`kind`: add as a learner, make a voter, remove).
@@ -125,7 +127,7 @@ impl Replica {
             .copied()
             .filter(|id| {
                 raft.prs().get(*id).is_some_and(|p| {
-                    p.state == ProgressState::Replicate && p.matched + LEARNER_LAG_MAX >= committed
+                    p.state != ProgressState::Snapshot && p.matched + LEARNER_LAG_MAX >= committed
                 })
             })
             .min();
