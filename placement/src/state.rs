@@ -350,14 +350,16 @@ impl Leader {
             .ranges
             .values()
             .filter(|r| {
+                // Voters on stores not down (a learner adds no safety yet).
                 r.range
                     .replicas
                     .iter()
                     .filter(|rep| {
-                        self.view.stores.get(&rep.store_id).is_some_and(|s| {
-                            self.view.store_state(s, now_ms, config.store_down_after_ms)
-                                != StoreState::Down
-                        })
+                        !r.learners.contains(&rep.id)
+                            && self.view.stores.get(&rep.store_id).is_some_and(|s| {
+                                self.view.store_state(s, now_ms, config.store_down_after_ms)
+                                    != StoreState::Down
+                            })
                     })
                     .count()
                     < config.replicas

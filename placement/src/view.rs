@@ -403,6 +403,7 @@ impl ClusterView {
             size_bytes: view.size_bytes,
             key_count: view.key_count,
             ops_per_sec: view.ops_per_sec,
+            learners: view.learners.clone(),
         }
     }
 

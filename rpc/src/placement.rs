@@ -197,6 +197,9 @@ pub struct Route {
     pub key_count: Option<u64>,
     /// Smoothed requests per second over recent reports.
     pub ops_per_sec: f64,
+    /// Replicas the leader last reported as learners (catching up, not yet voting).
+    #[serde(default)]
+    pub learners: Vec<ReplicaId>,
 }
 
 /// How placement sees a store.

@@ -505,16 +505,18 @@ impl StoreService {
 
     /// Adds a replica of `range_id` on `store_id` and waits until it votes: it joins as
     /// a learner, catches up (by snapshot), and the leader then promotes it. Still a
-    /// learner after `LEARNER_WAIT`, it is answered `ServerBusy`: asking again waits on
-    /// the same learner (within any caller's request timeout each time).
+    /// learner `LEARNER_WAIT` after the request came, it is answered `ServerBusy`: asking
+    /// again waits on the same learner (within any caller's request timeout each time).
     pub async fn add_replica(
         &self,
         range_id: RangeId,
         store_id: StoreId,
         addr: String,
     ) -> Result<RangeDescriptor, KvError> {
-        let (_, learner) = self.add_learner(range_id, store_id, addr).await?;
+        // From the start: adding the learner may itself take a while (an id allocation
+        // sent to a store that is down first, say).
         let deadline = tokio::time::Instant::now() + LEARNER_WAIT;
+        let (_, learner) = self.add_learner(range_id, store_id, addr).await?;
         loop {
             let (range, learners) = self.describe(range_id).await?;
             if range.replica(learner).is_none() {

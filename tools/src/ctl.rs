@@ -12,7 +12,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use shale_rpc::client::{admin, parse_addr, ClientError};
 use shale_rpc::transport::{Transport, TransportConfig};
-use shale_rpc::{AdminReply, AdminRequest, KvError, RangeStatus, StoreId};
+use shale_rpc::{
+    AdminReply, AdminRequest, KvError, RangeDescriptor, RangeStatus, ReplicaId, StoreId,
+};
 
 use crate::cluster_file::ClusterFile;
 
@@ -119,12 +121,24 @@ pub struct RangeView {
     start_key: String,
     end_key: String,
     replicas: Vec<StoreId>,
+    /// Stores of `replicas` whose replica is a learner: catching up, not yet voting.
+    learners: Vec<StoreId>,
     leader: Option<StoreId>,
     size_bytes: u64,
     /// As the leader last counted them; null until counted.
     key_count: Option<u64>,
     conf_ver: u64,
     version: u64,
+}
+
+/// The stores of `range`'s replicas among `learners` (replica ids).
+fn learner_stores(range: &RangeDescriptor, learners: &[ReplicaId]) -> Vec<StoreId> {
+    range
+        .replicas
+        .iter()
+        .filter(|r| learners.contains(&r.id))
+        .map(|r| r.store_id)
+        .collect()
 }
 
 impl RangeView {
@@ -192,6 +206,7 @@ impl Snapshot {
                 start_key: key_text(&r.range.start_key),
                 end_key: key_text(&r.range.end_key),
                 replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
+                learners: learner_stores(&r.range, &r.learners),
                 leader: *leader,
                 size_bytes: r.size_bytes,
                 key_count: r.key_count,
@@ -256,8 +271,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let under = ranges
                 .iter()
                 .filter(|r| {
-                    r.replicas.iter().filter(|s| up.contains(s)).count() < wanted
-                        || r.leader.is_none()
+                    let voting = |s: &&StoreId| up.contains(s) && !r.learners.contains(s);
+                    r.replicas.iter().filter(voting).count() < wanted || r.leader.is_none()
                 })
                 .count();
             let view = StatusView {
@@ -494,7 +509,10 @@ fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
         let replicas = r
             .replicas
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| match r.learners.contains(s) {
+                true => format!("{s}~"),
+                false => s.to_string(),
+            })
             .collect::<Vec<_>>()
             .join(",");
         let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
@@ -509,6 +527,9 @@ fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
             r.size_bytes,
             keys
         );
+    }
+    if ranges.iter().any(|r| !r.learners.is_empty()) {
+        println!("~ a learner: catching up, without a vote until its leader promotes it");
     }
     Ok(())
 }

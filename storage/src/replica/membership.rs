@@ -13,7 +13,8 @@ use tracing::info;
 use super::{Proposal, Replica, WriteReply};
 
 /// A learner is promoted once it has acknowledged a log that reaches the leader's
-/// commit index within this many entries, and is not waiting for a snapshot. (Not only
+/// commit index within this many entries and the start of the leader's log (what it
+/// lacks needs no snapshot), and is not waiting for a snapshot. (Not only
 /// while the leader streams it entries: a learner caught up by a snapshot of an idle
 /// range may stay in the probing state, its log complete, until the next write.)
 pub const LEARNER_LAG_MAX: u64 = 64;
@@ -118,7 +119,7 @@ impl Replica {
         if !self.is_leader() || raft.has_pending_conf() {
             return;
         }
-        let committed = raft.raft_log.committed;
+        let (committed, truncated) = (raft.raft_log.committed, raft.raft_log.first_index() - 1);
         let caught_up = raft
             .prs()
             .conf()
@@ -127,7 +128,10 @@ impl Replica {
             .copied()
             .filter(|id| {
                 raft.prs().get(*id).is_some_and(|p| {
-                    p.state != ProgressState::Snapshot && p.matched + LEARNER_LAG_MAX >= committed
+                    p.state != ProgressState::Snapshot
+                        && p.matched > 0
+                        && p.matched >= truncated
+                        && p.matched + LEARNER_LAG_MAX >= committed
                 })
             })
             .min();

@@ -237,6 +237,7 @@ async fn a_replica_removed_while_its_store_was_down_and_added_back_replaces_the_
 
 /// A cluster whose leaders truncate their logs after a few dozen entries.
 async fn start_with_eager_log_gc(dir: &std::path::Path) -> LocalCluster {
+    init_tracing();
     LocalCluster::start_new(dir, 3, |c| {
         c.log_gc.interval_ticks = 4;
         c.log_gc.entries_min = 8;

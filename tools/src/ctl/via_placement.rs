@@ -204,6 +204,7 @@ fn range_view(r: &Route) -> RangeView {
         start_key: key_text(&r.range.start_key),
         end_key: key_text(&r.range.end_key),
         replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
+        learners: super::learner_stores(&r.range, &r.learners),
         leader: r.leader,
         size_bytes: r.size_bytes,
         key_count: r.key_count,
