@@ -28,21 +28,34 @@ pub struct StoreMetrics {
     pub staged_files: Counter,
     pub snapshot_bytes_sent: Counter,
     pub splits: Counter,
+    pub learners_promoted: Counter,
     pub size_checks: Counter,
     pub size_check_scans: Counter,
     /// Per store (`store` label): a process may run several.
     pub ranges: Family<Vec<(String, String)>, Gauge>,
     pub leaders: Family<Vec<(String, String)>, Gauge>,
     pub hibernating: Family<Vec<(String, String)>, Gauge>,
+    pub learners: Family<Vec<(String, String)>, Gauge>,
+}
+
+/// One store's gauges at a pass over its replicas.
+#[derive(Debug, Default)]
+pub struct StoreGauges {
+    pub ranges: i64,
+    pub leaders: i64,
+    pub hibernating: i64,
+    /// Learners in the ranges the store leads.
+    pub learners: i64,
 }
 
 impl StoreMetrics {
     /// Sets the per-store gauges of `store_id`.
-    pub fn set_store_gauges(&self, store: &str, ranges: i64, leaders: i64, hibernating: i64) {
+    pub fn set_store_gauges(&self, store: &str, g: &StoreGauges) {
         let label = vec![("store".to_string(), store.to_string())];
-        self.ranges.get_or_create(&label).set(ranges);
-        self.leaders.get_or_create(&label).set(leaders);
-        self.hibernating.get_or_create(&label).set(hibernating);
+        self.ranges.get_or_create(&label).set(g.ranges);
+        self.leaders.get_or_create(&label).set(g.leaders);
+        self.hibernating.get_or_create(&label).set(g.hibernating);
+        self.learners.get_or_create(&label).set(g.learners);
     }
 }
 
@@ -146,6 +159,11 @@ pub fn register(registry: &mut Registry) {
         "Range splits applied",
         m.splits.clone(),
     );
+    registry.register(
+        "shale_store_learners_promoted",
+        "Learners this store's leaders proposed to make voters",
+        m.learners_promoted.clone(),
+    );
     registry.register("shale_store_ranges", "Replicas held", m.ranges.clone());
     registry.register(
         "shale_store_leaders",
@@ -156,5 +174,10 @@ pub fn register(registry: &mut Registry) {
         "shale_store_hibernating",
         "Replicas hibernating (not ticking)",
         m.hibernating.clone(),
+    );
+    registry.register(
+        "shale_store_learners",
+        "Learners (added replicas catching up, not yet voting) in ranges the store leads",
+        m.learners.clone(),
     );
 }

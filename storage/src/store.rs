@@ -21,7 +21,7 @@ use crate::early::EarlyMessages;
 use crate::engine::{Durability, Engine};
 use crate::faults::Faults;
 use crate::key_counts::CheckRequest;
-use crate::metrics::METRICS;
+use crate::metrics::{StoreGauges, METRICS};
 use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
 use crate::replica::{AddressBook, Replica};
@@ -679,19 +679,20 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
-    /// Sets the store's gauges: replicas, leaders, hibernating replicas.
+    /// Sets the store's gauges: replicas, leaders, hibernating replicas, learners led.
     fn set_gauges(&self) {
-        let (mut leaders, mut sleeping) = (0i64, 0i64);
+        let mut g = StoreGauges {
+            ranges: self.replicas.len() as i64,
+            ..StoreGauges::default()
+        };
         for r in self.replicas.values() {
-            leaders += i64::from(r.is_leader());
-            sleeping += i64::from(r.is_hibernating());
+            g.leaders += i64::from(r.is_leader());
+            g.hibernating += i64::from(r.is_hibernating());
+            if r.is_leader() {
+                g.learners += r.learner_count() as i64;
+            }
         }
-        METRICS.set_store_gauges(
-            &self.gauge_label,
-            self.replicas.len() as i64,
-            leaders,
-            sleeping,
-        );
+        METRICS.set_store_gauges(&self.gauge_label, &g);
     }
 
     /// Asks for a size check of every leader range that took enough writes since its last.

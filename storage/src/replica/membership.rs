@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::{Proposal, Replica, WriteReply};
+use crate::metrics::METRICS;
 
 /// A learner is promoted once it has acknowledged a log that reaches the leader's
 /// commit index within this many entries and the start of the leader's log (what it
@@ -107,6 +108,10 @@ impl Replica {
         ids
     }
 
+    pub fn learner_count(&self) -> usize {
+        self.node.raft.prs().conf().learners().len()
+    }
+
     pub fn is_learner(&self, replica_id: ReplicaId) -> bool {
         self.node.raft.prs().conf().learners().contains(&replica_id)
     }
@@ -145,6 +150,7 @@ impl Replica {
             replica_id = id,
             "promoting a caught-up learner to voter"
         );
+        METRICS.learners_promoted.inc();
         // Nobody waits on this answer: whoever added the learner watches its status.
         let (reply, _) = oneshot::channel();
         self.propose_conf_change(single_change(ConfChangeType::AddNode, id), new_range, reply);

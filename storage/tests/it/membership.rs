@@ -10,6 +10,7 @@ use shale_rpc::client::{admin, ClientConfig, FIRST_RANGE_ID};
 use shale_rpc::{AdminReply, AdminRequest, KvError, RangeDescriptor, RangeStatus};
 use shale_storage::cluster::{cluster_configs_joining, free_udp_ports, LocalCluster};
 use shale_storage::engine::Cf;
+use shale_storage::metrics::METRICS;
 
 use crate::harness::*;
 
@@ -573,6 +574,7 @@ async fn a_replica_added_on_a_cut_off_store_is_a_learner_until_it_catches_up() {
         must_put(&client, i).await;
     }
     let before = first_range(&cluster, leader).await.unwrap().range.epoch;
+    let promoted_before = METRICS.learners_promoted.get();
     cluster.node(3).unwrap().faults().set_partitioned(true);
     let answer = try_add(&cluster, leader, 3).await;
     assert!(still_learning(&answer), "{answer:?}");
@@ -612,6 +614,10 @@ async fn a_replica_added_on_a_cut_off_store_is_a_learner_until_it_catches_up() {
     }
     let promoted = first_range(&cluster, 3).await.unwrap().range.epoch;
     assert!(promoted.conf_ver >= before.conf_ver + 2, "{promoted:?}");
+    assert!(
+        METRICS.learners_promoted.get() >= promoted_before + 2,
+        "both promotions counted"
+    );
     let keys: Vec<usize> = (0..30).chain(500..510).collect();
     for &i in &keys {
         must_get(&client, i).await;
