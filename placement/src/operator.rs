@@ -202,6 +202,7 @@ mod tests {
             bytes_per_sec: 0.0,
             hot_since_ms: None,
             learners: Vec::new(),
+            learners_since_ms: None,
         }
     }
 

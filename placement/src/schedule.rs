@@ -305,6 +305,13 @@ impl<'a> Planner<'a> {
             })
     }
 
+    /// True while `range` has had learners for less than the operator timeout.
+    fn learner_settling(&self, range: &RangeView) -> bool {
+        range.learners_since_ms.is_some_and(|since| {
+            self.now_ms.saturating_sub(since) < self.config.operator_timeout_ms
+        })
+    }
+
     /// Replicas on stores that are down or draining are replaced; missing ones added;
     /// extra ones removed; a range with two replicas in one zone gets one in another.
     fn repair(&mut self) {
@@ -336,6 +343,12 @@ impl<'a> Planner<'a> {
             }
             if range.range.replicas.len() > target {
                 if let Some(from) = self.pick_extra(range) {
+                    // A learner catching up is an add under way (perhaps of an operator
+                    // a restarted placement lost): it gets the operator timeout before
+                    // it, or a voter on an up store, goes.
+                    if self.is_up(from) && self.learner_settling(range) {
+                        continue;
+                    }
                     let step = RangeStep::RemoveReplica {
                         range_id: id,
                         store_id: from,

@@ -65,6 +65,8 @@ pub struct RangeView {
     pub hot_since_ms: Option<u64>,
     /// Replicas the leader last reported as learners (not yet voting).
     pub learners: Vec<ReplicaId>,
+    /// Since when the range has had learners without a break, as placement heard.
+    pub learners_since_ms: Option<u64>,
 }
 
 impl RangeView {
@@ -206,6 +208,7 @@ impl ClusterView {
             bytes_per_sec: 0.0,
             hot_since_ms: None,
             learners: Vec::new(),
+            learners_since_ms: None,
         });
     }
 
@@ -255,6 +258,10 @@ impl ClusterView {
             bytes_per_sec: rates.bytes_per_sec,
             hot_since_ms,
             learners: report.learners.clone(),
+            learners_since_ms: match report.learners.is_empty() {
+                true => None,
+                false => Some(previous.and_then(|p| p.learners_since_ms).unwrap_or(now_ms)),
+            },
         });
         if rates.is_zero() {
             self.warm.remove(&id);

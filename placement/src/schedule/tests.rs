@@ -327,3 +327,50 @@ fn per_store_limits_hold() {
     assert!(busy.stores.values().all(|&n| n <= 2), "{:?}", busy.stores);
     sim.now_ms = 0;
 }
+
+#[test]
+fn a_learner_catching_up_is_given_the_operator_timeout_before_it_goes() {
+    let mut sim = Sim::new(4, 3, 1, no_zone);
+    let mut range = sim.view.ranges.values().next().unwrap().clone();
+    // A fourth replica (on store 4) still a learner: an add placement lost track of.
+    range.range.replicas.push(ReplicaDescriptor {
+        id: 5000,
+        store_id: 4,
+    });
+    range.range.epoch.conf_ver += 1;
+    let report = |now_ms| {
+        let report = RangeReport {
+            learners: vec![5000],
+            ..RangeReport::quiet(range.range.clone(), range.term)
+        };
+        (report, now_ms)
+    };
+    let removals = |sim: &mut Sim, now_ms: u64| {
+        let (report, now_ms) = report(now_ms);
+        sim.now_ms = now_ms;
+        sim.heartbeat(&[]);
+        let hot = sim.config.hot();
+        sim.view
+            .apply_report(range.leader.unwrap(), &report, now_ms, hot);
+        schedule(&sim.view, &Busy::default(), &sim.config, now_ms, false)
+            .into_iter()
+            .flat_map(|op| op.steps)
+            .filter(|s| matches!(s, RangeStep::RemoveReplica { .. }))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(removals(&mut sim, 1000), vec![], "the learner is settling");
+    let timeout = sim.config.operator_timeout_ms;
+    assert_eq!(
+        removals(&mut sim, timeout),
+        vec![],
+        "still within the timeout"
+    );
+    assert_eq!(
+        removals(&mut sim, timeout + 2000),
+        vec![RangeStep::RemoveReplica {
+            range_id: range.range.id,
+            store_id: 4
+        }],
+        "past the timeout the learner goes first"
+    );
+}
