@@ -1,6 +1,7 @@
 //! A Shale store: RocksDB engine, Raft driving (raft-rs), the range state machine, and the
 //! store server that answers KV requests and Raft traffic over QUIC.
 
+pub mod addresses;
 pub mod cluster;
 pub mod command;
 pub mod config;

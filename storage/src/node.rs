@@ -209,14 +209,17 @@ impl StoreNode {
         if states.is_empty() && bootstraps {
             states.push(bootstrap_first_range(&engine, &config)?);
         }
-        let addresses: AddressBook = Arc::new(RwLock::new(
-            config
-                .initial_peers
-                .iter()
-                .map(|p| (p.store_id, p.addr.clone()))
-                .chain([(config.store_id, config.advertise_addr().to_string())])
-                .collect::<HashMap<_, _>>(),
-        ));
+        // Configured addresses first; those learned since (and kept) fill the gaps.
+        let mut book: HashMap<StoreId, String> = config
+            .initial_peers
+            .iter()
+            .map(|p| (p.store_id, p.addr.clone()))
+            .chain([(config.store_id, config.advertise_addr().to_string())])
+            .collect();
+        for (store_id, addr) in crate::addresses::load(&engine)? {
+            book.entry(store_id).or_insert(addr);
+        }
+        let addresses: AddressBook = Arc::new(RwLock::new(book));
         let replicas = states
             .into_iter()
             .filter(|s| s.state == ReplicaState::Normal)

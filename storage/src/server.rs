@@ -23,6 +23,7 @@ use shale_rpc::{
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::addresses;
 use crate::command::{Applied, Command};
 use crate::engine::{Cf, Engine};
 use crate::faults::Faults;
@@ -559,10 +560,10 @@ impl StoreService {
                 reason: format!("store {store_id} already holds a replica"),
             });
         }
-        self.addresses
-            .write()
-            .expect("address book lock")
-            .insert(store_id, addr);
+        if let Err(e) = addresses::remember_now(&self.addresses, &self.engine, store_id, addr, true)
+        {
+            warn!(store_id, error = %e, "could not keep the new replica's store address");
+        }
         let id = self.alloc_ids(1).await?;
         let mut new_range = range.clone();
         new_range.replicas.push(ReplicaDescriptor { id, store_id });

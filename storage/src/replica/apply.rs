@@ -306,12 +306,8 @@ impl Replica {
                     ),
                 },
             };
-        if !addresses.is_empty() {
-            let mut book = self.addresses.write().expect("address book lock");
-            for (store_id, addr) in addresses {
-                book.entry(store_id).or_insert(addr);
-            }
-        }
+        // Kept beside the applied state: a replay of this entry teaches them again.
+        crate::addresses::remember(&self.addresses, addresses, false, batch);
         assert!(
             new_range.epoch > self.range.epoch,
             "range {range_id}: epochs only rise"

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,8 +44,7 @@ pub use apply::FIRST_ALLOCATED_ID;
 pub use membership::{single_change, LEARNER_LAG_MAX};
 use read::{read_ctx, Reads};
 
-/// Where stores can be reached, for leader hints and message routing.
-pub type AddressBook = Arc<RwLock<HashMap<StoreId, String>>>;
+pub use crate::addresses::AddressBook;
 
 /// Answer channel of a write.
 pub type WriteReply = oneshot::Sender<ApplyResult>;

@@ -636,6 +636,41 @@ async fn a_replica_added_on_a_cut_off_store_is_a_learner_until_it_catches_up() {
     cluster.shutdown().await;
 }
 
+/// A learner stays one across a restart of every store holding a voter: its role is in
+/// the persisted conf state, not only in raft's memory. Still cut off, it leaves the
+/// three voters a quorum of two; once its store hears again, it is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_learner_stays_a_learner_across_a_restart_of_the_voters_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, leader, client) = four_stores_one_joining(dir.path()).await;
+    for i in 0..20 {
+        must_put(&client, i).await;
+    }
+    cluster.node(3).unwrap().faults().set_partitioned(true);
+    let answer = try_add(&cluster, leader, 3).await;
+    assert!(still_learning(&answer), "{answer:?}");
+    until_led_with(&cluster, FIRST_RANGE_ID, 4, false).await;
+    let client = restart_all(&mut cluster, 3).await;
+    let after = until_led_with(&cluster, FIRST_RANGE_ID, 4, false).await;
+    assert_eq!(after.range.replicas.len(), 4, "{after:?}");
+    // One voter's store goes down as well: the other two are a quorum of three.
+    let leader = cluster.wait_leader(LEADER_TIMEOUT).await.expect("a leader");
+    cluster
+        .stop_store((0..3).find(|&i| i != leader).unwrap())
+        .await;
+    for i in 20..30 {
+        tokio::time::timeout(Duration::from_secs(15), must_put(&client, i))
+            .await
+            .unwrap_or_else(|_| panic!("put {i}: two voters of three take no writes"));
+    }
+    cluster.node(3).unwrap().faults().set_partitioned(false);
+    until_led_with(&cluster, FIRST_RANGE_ID, 4, true).await;
+    for i in 0..30 {
+        must_get(&client, i).await;
+    }
+    cluster.shutdown().await;
+}
+
 /// A destroy notice that arrives late, naming a replica removed before, spares the
 /// replica of the range added back on that store since (a newer id). Before, the notice
 /// destroyed it for its older `conf_ver` (an empty replica waiting for its snapshot has
