@@ -20,6 +20,15 @@ use crate::metrics::METRICS;
 /// range may stay in the probing state, its log complete, until the next write.)
 pub const LEARNER_LAG_MAX: u64 = 64;
 
+/// Whether a learner whose progress is `state` with `matched` acknowledged may vote,
+/// the leader's log starting after `truncated` and committed through `committed`.
+fn caught_up(state: ProgressState, matched: u64, truncated: u64, committed: u64) -> bool {
+    state != ProgressState::Snapshot
+        && matched > 0
+        && matched >= truncated
+        && matched + LEARNER_LAG_MAX >= committed
+}
+
 /// A change of one replica's membership (`kind`: add as a learner, make a voter, remove).
 pub fn single_change(kind: ConfChangeType, replica_id: ReplicaId) -> ConfChangeV2 {
     let mut single = ConfChangeSingle::default();
@@ -132,12 +141,9 @@ impl Replica {
             .iter()
             .copied()
             .filter(|id| {
-                raft.prs().get(*id).is_some_and(|p| {
-                    p.state != ProgressState::Snapshot
-                        && p.matched > 0
-                        && p.matched >= truncated
-                        && p.matched + LEARNER_LAG_MAX >= committed
-                })
+                raft.prs()
+                    .get(*id)
+                    .is_some_and(|p| caught_up(p.state, p.matched, truncated, committed))
             })
             .min();
         let Some(id) = caught_up else {
@@ -154,5 +160,28 @@ impl Replica {
         // Nobody waits on this answer: whoever added the learner watches its status.
         let (reply, _) = oneshot::channel();
         self.propose_conf_change(single_change(ConfChangeType::AddNode, id), new_range, reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ProgressState::{Probe, Replicate, Snapshot};
+
+    #[test]
+    fn a_learner_votes_once_its_acknowledged_log_is_near_the_commit_and_needs_no_snapshot() {
+        // Caught up, whether raft replicates to it or still probes (a learner caught up
+        // by a snapshot of an idle range probes until the next write).
+        assert!(caught_up(Replicate, 100, 50, 100));
+        assert!(caught_up(Probe, 100, 50, 100));
+        assert!(caught_up(Replicate, 100 - LEARNER_LAG_MAX, 0, 100));
+        // Too far behind, waiting for a snapshot, or behind the log's start.
+        assert!(!caught_up(Replicate, 99 - LEARNER_LAG_MAX, 0, 100));
+        assert!(!caught_up(Snapshot, 100, 50, 100));
+        assert!(!caught_up(Probe, 40, 50, 60));
+        // Nothing acknowledged (cut off since it was added): never, even when the
+        // commit index is young enough for zero to be "within the lag".
+        assert!(!caught_up(Probe, 0, 0, 20));
+        assert!(!caught_up(Replicate, 0, 0, 0));
     }
 }
