@@ -1,10 +1,11 @@
 //! Where other stores can be reached. The book starts from the configuration's initial
 //! peers and grows with membership changes (their entries carry their stores'
-//! addresses), admin adds and traffic. What membership changes and adds teach is also
-//! kept in the meta column family and read back at start: a restarted store must still
-//! reach a store it learned of since it first started. A learner on a store added later
-//! sends nothing until its leader calls it (learners never campaign), so a leader that
-//! forgot its address after a restart never called it and never promoted it.
+//! addresses), admin adds, placement's store list (taken every 30 heartbeats; it
+//! replaces what the book knows) and traffic. All but traffic's is also kept in the
+//! meta column family and read back at start: a restarted store must still reach a
+//! store it learned of since it first started. A learner on a store added later sends
+//! nothing until its leader calls it (learners never campaign), so a leader that forgot
+//! its address after a restart never called it and never promoted it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

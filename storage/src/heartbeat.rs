@@ -59,6 +59,12 @@ impl Default for PlacementLinkConfig {
 /// included; more are dropped (placement hands them out again after its retry interval).
 const STEPS_QUEUED_MAX: usize = 256;
 
+/// Every this many answered heartbeats (the first included), the store takes every
+/// store's address from placement, whose store records are the truth: a store that
+/// moved is called at its new address, and one added since is known before any range
+/// brings word of it.
+const ADDRESS_REFRESH_BEATS: u64 = 30;
+
 /// Keys scanned at most to pick a key that halves a range.
 const HALF_SPLIT_KEYS_MAX: usize = 1 << 20;
 
@@ -111,6 +117,7 @@ impl Heartbeats {
         let queued = Arc::new(Semaphore::new(STEPS_QUEUED_MAX));
         let mut reported = Reported::new(Duration::from_millis(self.config.full_report_every_ms));
         let mut last = Instant::now();
+        let mut answered = 0u64;
         loop {
             let beat = match self.heartbeat(last.elapsed(), &mut reported).await {
                 Ok(beat) => beat,
@@ -132,6 +139,10 @@ impl Heartbeats {
                     removed,
                     want_full,
                 }) => {
+                    if answered.is_multiple_of(ADDRESS_REFRESH_BEATS) {
+                        self.refresh_addresses();
+                    }
+                    answered += 1;
                     reported.taken(want_full, last);
                     for r in removed {
                         self.destroy_removed(r);
@@ -235,6 +246,20 @@ impl Heartbeats {
                 Err(e) => {
                     info!(store_id, range_id, error = %e, "destroying a removed replica failed")
                 }
+            }
+        });
+    }
+
+    /// Asks placement for every store's address, in the background.
+    fn refresh_addresses(&self) {
+        let (placement, service) = (self.placement.clone(), self.service.clone());
+        tokio::spawn(async move {
+            match placement.call(&PlacementRequest::Stores).await {
+                Ok(PlacementReply::Stores(stores)) => {
+                    service.learn_addresses(stores.into_iter().map(|s| (s.id, s.addr)))
+                }
+                Ok(other) => debug!(?other, "placement answered a store list oddly"),
+                Err(e) => debug!(error = %e, "could not ask placement for stores"),
             }
         });
     }

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::addresses;
 use crate::command::{Applied, Command};
-use crate::engine::{Cf, Engine};
+use crate::engine::{Cf, Durability, Engine};
 use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
@@ -634,6 +634,19 @@ impl StoreService {
         match self.wait(rx).await? {
             Applied::ConfChanged { range } => Ok(*range),
             other => panic!("membership change applied as {other:?}"),
+        }
+    }
+
+    /// Takes stores' addresses from placement, whose store records are the truth: they
+    /// replace what the book knows and are kept on disk.
+    pub fn learn_addresses(&self, stores: impl IntoIterator<Item = (StoreId, String)>) {
+        let mut batch = self.engine.batch();
+        addresses::remember(&self.addresses, stores, true, &mut batch);
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.engine.write(batch, Durability::Wal) {
+            warn!(store_id = self.store_id, error = %e, "could not keep stores' addresses");
         }
     }
 
