@@ -60,17 +60,16 @@ pub fn remember(
     }
 }
 
-/// [`remember`] one address, written at once (through the WAL, not synced: a crash
-/// that loses it loses a hint).
+/// [`remember`], written at once (through the WAL, not synced: a crash that loses it
+/// loses a hint).
 pub fn remember_now(
     book: &AddressBook,
     engine: &Engine,
-    store_id: StoreId,
-    addr: String,
+    addresses: impl IntoIterator<Item = (StoreId, String)>,
     replace: bool,
 ) -> Result<(), StorageError> {
     let mut batch = engine.batch();
-    remember(book, [(store_id, addr)], replace, &mut batch);
+    remember(book, addresses, replace, &mut batch);
     if batch.is_empty() {
         return Ok(());
     }
@@ -87,11 +86,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path(), &EngineConfig::default()).unwrap();
         let book: AddressBook = Arc::new(RwLock::new(HashMap::from([(1, "a:1".into())])));
-        remember_now(&book, &engine, 4, "d:4".into(), false).unwrap();
-        remember_now(&book, &engine, 4, "x:4".into(), false).unwrap();
+        remember_now(&book, &engine, [(4, "d:4".into())], false).unwrap();
+        remember_now(&book, &engine, [(4, "x:4".into())], false).unwrap();
         assert_eq!(book.read().unwrap()[&4], "d:4", "known, not replaced");
-        remember_now(&book, &engine, 5, "e:5".into(), false).unwrap();
-        remember_now(&book, &engine, 5, "e:55".into(), true).unwrap();
+        remember_now(&book, &engine, [(5, "e:5".into())], false).unwrap();
+        remember_now(&book, &engine, [(5, "e:55".into())], true).unwrap();
         let mut loaded = load(&engine).unwrap();
         loaded.sort();
         assert_eq!(loaded, vec![(4, "d:4".into()), (5, "e:55".into())]);
