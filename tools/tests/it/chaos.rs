@@ -1,7 +1,9 @@
 //! Chaos: a placement process and four `shale store` processes under steady writes
 //! (puts, one in ten a delete) while a nemesis, driven by a seeded random generator,
-//! kills (-9) and restarts stores and placement, stops stores gracefully, splits
-//! ranges, moves replicas and transfers leaders. Each key has one writer, which writes
+//! kills (-9) and restarts stores and placement, stops stores gracefully, cuts a store
+//! off from the others or cuts one link between two stores (the stores talk through UDP
+//! relays that drop the packets; see `relay`), splits ranges, moves replicas and
+//! transfers leaders. Each key has one writer, which writes
 //! increasing versions and reads some back at once, so the test can tell:
 //!
 //! - a read after an acknowledged write sees that write (or a write that failed, whose
@@ -31,6 +33,7 @@ use shale_rpc::transport::Transport;
 use shale_rpc::{Frame, FrameKind, KvOp, KvReply, KvRequest, KvResponse, StoreId};
 
 use crate::procs::*;
+use crate::relay::Relays;
 
 const KEYS: u64 = 240;
 const WRITERS: u64 = 8;
@@ -160,16 +163,55 @@ struct Moves {
     kills: u32,
     graceful_restarts: u32,
     placement_kills: u32,
+    isolations: u32,
+    link_cuts: u32,
     splits: u32,
     moves: u32,
     transfers: u32,
 }
 
-/// A store or placement process that is down, and when it comes back.
+/// What the nemesis took down (one thing at a time, so every range keeps a quorum).
+enum Outage {
+    /// A store process (index into the stores), killed.
+    Store(usize),
+    Placement,
+    /// A store cut off from every other store (clients and placement still reach it).
+    Isolated(StoreId),
+    /// The link between two stores, cut both ways.
+    LinkCut(StoreId, StoreId),
+}
+
+/// An outage and when it ends.
 struct Down {
-    /// Index into the stores, or `None` for placement.
-    store: Option<usize>,
+    what: Outage,
     until: Instant,
+}
+
+impl Down {
+    fn after(what: Outage, rng: &mut StdRng, ms: std::ops::Range<u64>) -> Option<Down> {
+        let until = Instant::now() + Duration::from_millis(rng.gen_range(ms));
+        Some(Down { what, until })
+    }
+
+    /// Ends the outage: restarts the process or heals the links.
+    fn end(self, procs: &mut [StoreProc], placement: &mut StoreProc, relays: &Relays) {
+        match self.what {
+            Outage::Store(s) => procs[s].start(),
+            Outage::Placement => placement.start(),
+            Outage::Isolated(s) => relays.isolate(s, false),
+            Outage::LinkCut(a, b) => relays.cut(a, b, false),
+        }
+        eprintln!("chaos: ended: {}", self.describe(procs));
+    }
+
+    fn describe(&self, procs: &[StoreProc]) -> String {
+        match self.what {
+            Outage::Store(s) => format!("kill -9 of store {}", procs[s].config.store_id),
+            Outage::Placement => "kill -9 of placement".into(),
+            Outage::Isolated(s) => format!("store {s} cut off from the other stores"),
+            Outage::LinkCut(a, b) => format!("link between stores {a} and {b} cut"),
+        }
+    }
 }
 
 async fn nemesis(
@@ -178,6 +220,7 @@ async fn nemesis(
     procs: &mut [StoreProc],
     placement_proc: &mut StoreProc,
     placement: &PlacementClient,
+    relays: &Relays,
 ) -> Moves {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut moves = Moves::default();
@@ -191,37 +234,29 @@ async fn nemesis(
 
     while started.elapsed() < run_for {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(100..800))).await;
-        if let Some(d) = down.as_ref().filter(|d| Instant::now() >= d.until) {
-            match d.store {
-                Some(s) => {
-                    procs[s].start();
-                    up_since[s] = Instant::now();
-                }
-                None => placement_proc.start(),
+        if down.as_ref().is_some_and(|d| Instant::now() >= d.until) {
+            let d = down.take().expect("checked");
+            if let Outage::Store(s) = d.what {
+                up_since[s] = Instant::now();
             }
-            eprintln!("chaos: {} restarted", describe(d.store, procs));
-            down = None;
+            d.end(procs, placement_proc, relays);
         }
         // Every run kills a store and splits a range at least once: its first two moves.
-        // While a process is down, only the moves that take none down are drawn.
+        // While something is down, only the moves that take nothing down are drawn.
         let pick = match (round, &down) {
             (0, _) => 0,
             (1, _) => 34,
-            (_, None) => rng.gen_range(0..100),
+            (_, None) => rng.gen_range(0..110),
             (_, Some(_)) => rng.gen_range(34..100),
         };
         round += 1;
+        let was_down = down.is_some();
         match pick {
             // At most one process down at once: every range keeps a quorum.
             0..=19 if down.is_none() => {
                 let s = rng.gen_range(0..procs.len());
                 procs[s].kill9();
-                let until = Instant::now() + Duration::from_millis(rng.gen_range(500..6_000));
-                eprintln!("chaos: kill -9 {}", describe(Some(s), procs));
-                down = Some(Down {
-                    store: Some(s),
-                    until,
-                });
+                down = Down::after(Outage::Store(s), &mut rng, 500..6_000);
                 moves.kills += 1;
             }
             20..=27 if down.is_none() => {
@@ -229,7 +264,10 @@ async fn nemesis(
                 if up_since[s].elapsed() < Duration::from_secs(1) {
                     continue;
                 }
-                eprintln!("chaos: SIGTERM and restart {}", describe(Some(s), procs));
+                eprintln!(
+                    "chaos: SIGTERM and restart store {}",
+                    procs[s].config.store_id
+                );
                 assert_eq!(
                     procs[s].terminate(),
                     Some(0),
@@ -242,9 +280,7 @@ async fn nemesis(
             }
             28..=33 if down.is_none() => {
                 placement_proc.kill9();
-                let until = Instant::now() + Duration::from_millis(rng.gen_range(300..3_000));
-                eprintln!("chaos: kill -9 placement");
-                down = Some(Down { store: None, until });
+                down = Down::after(Outage::Placement, &mut rng, 300..3_000);
                 moves.placement_kills += 1;
             }
             34..=59 => {
@@ -319,15 +355,28 @@ async fn nemesis(
                 let what = format!("transfer range {}'s leader to {to_store}", route.range.id);
                 moves.transfers += u32::from(ask(placement, &req, &what).await);
             }
+            100..=104 if down.is_none() => {
+                let s = procs[rng.gen_range(0..procs.len())].config.store_id;
+                relays.isolate(s, true);
+                down = Down::after(Outage::Isolated(s), &mut rng, 1_000..6_000);
+                moves.isolations += 1;
+            }
+            105..=109 if down.is_none() => {
+                let a = rng.gen_range(0..procs.len());
+                let b = (a + rng.gen_range(1..procs.len())) % procs.len();
+                let (a, b) = (procs[a].config.store_id, procs[b].config.store_id);
+                relays.cut(a, b, true);
+                down = Down::after(Outage::LinkCut(a, b), &mut rng, 1_000..6_000);
+                moves.link_cuts += 1;
+            }
             _ => {}
+        }
+        if let Some(d) = down.as_ref().filter(|_| !was_down) {
+            eprintln!("chaos: began: {}", d.describe(procs));
         }
     }
     if let Some(d) = down {
-        match d.store {
-            Some(s) => procs[s].start(),
-            None => placement_proc.start(),
-        }
-        eprintln!("chaos: {} restarted at the end", describe(d.store, procs));
+        d.end(procs, placement_proc, relays);
     }
     moves
 }
@@ -351,13 +400,6 @@ async fn ask(placement: &PlacementClient, req: &PlacementRequest, what: &str) ->
         started.elapsed().as_millis()
     );
     taken
-}
-
-fn describe(store: Option<usize>, procs: &[StoreProc]) -> String {
-    match store {
-        Some(s) => format!("store {}", procs[s].config.store_id),
-        None => "placement".into(),
-    }
 }
 
 /// Reads `key` from the replica of `range_id` on the store at `addr` (no retries).
@@ -480,7 +522,9 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         placement: mut placement_proc,
         transport,
         placement_client: placement,
-    } = start_placed_procs(dir);
+        relays,
+    } = start_placed_procs(dir, true);
+    let relays = relays.expect("relayed");
     let client = Arc::new(KvClient::through_placement(
         transport.clone(),
         placement.clone(),
@@ -512,7 +556,15 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
             ))
         })
         .collect();
-    let moves = nemesis(seed, run_for, &mut procs, &mut placement_proc, &placement).await;
+    let moves = nemesis(
+        seed,
+        run_for,
+        &mut procs,
+        &mut placement_proc,
+        &placement,
+        &relays,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut history: BTreeMap<u64, KeyHistory> = BTreeMap::new();
     for w in writers {
@@ -529,11 +581,13 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         history.extend(h);
     }
     eprintln!(
-        "chaos: {moves:?}; {} writes acknowledged ({} deletes), {} failed, {} reads checked",
+        "chaos: {moves:?}; {} writes acknowledged ({} deletes), {} failed, {} reads checked; \
+         {} packets dropped on cut links",
         counts.acked.load(Ordering::Relaxed),
         counts.deletes.load(Ordering::Relaxed),
         counts.failed.load(Ordering::Relaxed),
-        counts.reads.load(Ordering::Relaxed)
+        counts.reads.load(Ordering::Relaxed),
+        relays.dropped()
     );
     assert!(
         moves.kills + moves.graceful_restarts > 0 && moves.splits > 0,

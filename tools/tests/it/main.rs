@@ -8,6 +8,8 @@ mod gateway_crash;
 mod gateway_memory;
 mod ingest_kill;
 mod load;
+mod partition;
 mod placement_kill;
 mod procs;
+mod relay;
 mod store_kill;

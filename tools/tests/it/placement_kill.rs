@@ -39,7 +39,8 @@ async fn kill_9_of_a_store_gets_its_replicas_recreated_without_loss() {
         placement: mut placement_proc,
         transport,
         placement_client: placement,
-    } = start_placed_procs(dir);
+        ..
+    } = start_placed_procs(dir, false);
     let client = KvClient::through_placement(
         transport.clone(),
         placement.clone(),

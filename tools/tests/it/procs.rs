@@ -15,6 +15,8 @@ use shale_storage::cluster::{cluster_configs_joining, free_udp_ports};
 use shale_storage::config::TlsPaths;
 use shale_storage::StoreConfig;
 
+use crate::relay::Relays;
+
 pub fn shale() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shale"))
 }
@@ -253,18 +255,21 @@ pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
 }
 
 /// A placement process and four store processes (three start the first range, the
-/// fourth joins empty), all started, with a client transport and a placement client.
+/// fourth joins empty), all started, with a client transport and a placement client;
+/// the stores talk through relays that can cut their links if `relayed`.
 pub struct PlacedProcs {
     pub stores: Vec<StoreProc>,
     pub placement: StoreProc,
     pub transport: std::sync::Arc<Transport>,
     pub placement_client: std::sync::Arc<PlacementClient>,
+    pub relays: Option<Relays>,
 }
 
-pub fn start_placed_procs(dir: &Path) -> PlacedProcs {
+pub fn start_placed_procs(dir: &Path, relayed: bool) -> PlacedProcs {
     let (mut stores, identity) = store_procs_joining(dir, 4, 3);
     let (mut placement, placement_addr) = placement_proc(dir);
     use_placement(&mut stores, &placement_addr);
+    let relays = relayed.then(|| Relays::front(&mut stores));
     placement.start();
     for p in stores.iter_mut() {
         p.start();
@@ -283,6 +288,7 @@ pub fn start_placed_procs(dir: &Path) -> PlacedProcs {
         placement,
         transport,
         placement_client,
+        relays,
     }
 }
 

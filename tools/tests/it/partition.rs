@@ -1,0 +1,112 @@
+//! Three `shale store` processes behind UDP relays: the leader's store is cut off from
+//! its peers (clients still reach it) while a client writes. The other two elect a
+//! leader and take the writes; the cut-off store neither acknowledges a write nor
+//! answers a read with what it held before; once the links heal it catches up, and no
+//! acknowledged write is lost.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shale_rpc::client::FIRST_RANGE_ID;
+use shale_rpc::transport::Transport;
+use shale_rpc::{Frame, FrameKind, KvOp, KvReply, KvRequest, KvResponse};
+
+use crate::procs::*;
+use crate::relay::Relays;
+
+fn key(i: u64) -> Bytes {
+    Bytes::from(format!("p{i:06}"))
+}
+
+fn value(i: u64, round: u64) -> Bytes {
+    Bytes::from(format!("v{i}-{round}"))
+}
+
+/// What the store at `addr` answers to `op` on the first range, asked directly.
+async fn ask_store(transport: &Transport, addr: &str, op: KvOp) -> Result<KvReply, String> {
+    let req = KvRequest {
+        range_id: FIRST_RANGE_ID,
+        epoch: None,
+        op,
+    };
+    let frame = Frame::encode(FrameKind::KvRequest, &req).unwrap();
+    let reply = transport
+        .call(addr.parse().unwrap(), &frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    match reply.decode::<KvResponse>(FrameKind::KvResponse) {
+        Ok(Ok(r)) => Ok(r),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_peers_steps_down_and_catches_up_once_healed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, identity) = store_procs(dir.path(), 3);
+    let relays = Relays::front(&mut procs);
+    let (transport, leader) = start_all(&mut procs, &identity).await;
+    let client = kv_client(transport.clone(), &procs, patient_client_config());
+    for i in 0..50 {
+        client.put(key(i), value(i, 1)).await.unwrap();
+    }
+    let cut_off = procs[leader].config.store_id;
+    let cut_addr = procs[leader].config.listen_addr.clone();
+    relays.isolate(cut_off, true);
+    eprintln!("partition: store {cut_off} (the leader) cut off from its peers");
+
+    // The other two take over: every write is acknowledged, overwriting the first round.
+    let started = Instant::now();
+    for i in 0..50 {
+        client.put(key(i), value(i, 2)).await.unwrap();
+    }
+    eprintln!(
+        "partition: 50 writes acknowledged {:.1} s after the cut",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(relays.dropped() > 0, "the relays dropped nothing");
+    let now_leader = find_leader(&transport, &procs, Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    assert_ne!(now_leader, leader, "the cut-off store still leads");
+
+    // The cut-off store answers neither a write nor a read (its data is a round behind).
+    let write = ask_store(
+        &transport,
+        &cut_addr,
+        KvOp::Put {
+            key: key(0),
+            value: value(0, 99),
+        },
+    )
+    .await;
+    assert!(write.is_err(), "the cut-off store took a write: {write:?}");
+    let read = ask_store(&transport, &cut_addr, KvOp::Get { key: key(1) }).await;
+    assert!(read.is_err(), "the cut-off store served a read: {read:?}");
+
+    relays.heal();
+    let started = Instant::now();
+    loop {
+        let held = ask_store(&transport, &cut_addr, KvOp::GetReplica { key: key(49) }).await;
+        if matches!(&held, Ok(KvReply::Value(Some(v))) if *v == value(49, 2)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the healed store never caught up: {held:?}\n{}",
+            procs[leader].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "partition: healed store caught up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for i in 0..50 {
+        let got = client.get(key(i)).await.unwrap();
+        assert_eq!(got, Some(value(i, 2)), "key {i}");
+    }
+    for p in procs.iter_mut() {
+        assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
+    }
+}
