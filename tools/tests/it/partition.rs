@@ -1,9 +1,12 @@
 //! Three `shale store` processes behind UDP relays: the leader's store is cut off from
 //! its peers (clients still reach it) while a client writes. The other two elect a
 //! leader and take the writes; the cut-off store neither acknowledges a write nor
-//! answers a read with what it held before; once the links heal it catches up, and no
+//! answers a read with what it held before, not even in the moments around the
+//! takeover; once the links heal it catches up, and no
 //! acknowledged write is lost.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +43,93 @@ async fn ask_store(transport: &Transport, addr: &str, op: KvOp) -> Result<KvRepl
     }
 }
 
+/// While writes of key 0 go to whichever of `others` takes them (the first as soon as
+/// they elect a leader), reads of it go to the cut-off store at `cut_addr`: each read it
+/// serves must show the last write acknowledged before the read was sent (a deposed
+/// leader serving under a lease it no longer holds would not). Returns the reads served
+/// and refused.
+async fn race_reads_against_takeover(
+    transport: &Arc<Transport>,
+    cut_addr: &str,
+    others: &[String],
+) -> (u64, u64) {
+    let acked = Arc::new(AtomicU64::new(1));
+    let first_ack = Arc::new(Mutex::new(None));
+    let writer_done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (transport, others, acked) = (transport.clone(), others.to_vec(), acked.clone());
+        let first_ack = first_ack.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for round in 2..=20 {
+                'retry: while started.elapsed() < Duration::from_secs(20) {
+                    for addr in &others {
+                        let put = KvOp::Put {
+                            key: key(0),
+                            value: value(0, round),
+                        };
+                        if ask_store(&transport, addr, put).await.is_ok() {
+                            acked.store(round, Ordering::SeqCst);
+                            first_ack.lock().unwrap().get_or_insert_with(Instant::now);
+                            break 'retry;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    // Readers, several so one is always in flight while another waits out a timeout.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (transport, cut_addr) = (transport.clone(), cut_addr.to_string());
+            let (acked, writer_done) = (acked.clone(), writer_done.clone());
+            tokio::spawn(async move {
+                let (mut served, mut refused, mut last_served) = (0, 0, None);
+                while !writer_done.load(Ordering::SeqCst) {
+                    let before = acked.load(Ordering::SeqCst);
+                    match ask_store(&transport, &cut_addr, KvOp::Get { key: key(0) }).await {
+                        Ok(KvReply::Value(Some(v))) => {
+                            let text = String::from_utf8(v.to_vec()).unwrap();
+                            let round: u64 = text.rsplit('-').next().unwrap().parse().unwrap();
+                            assert!(
+                                round >= before,
+                                "stale read: the cut-off store answered {text} after round \
+                                 {before} was acknowledged"
+                            );
+                            served += 1;
+                            last_served = Some(Instant::now());
+                        }
+                        _ => refused += 1,
+                    }
+                }
+                (served, refused, last_served)
+            })
+        })
+        .collect();
+    writer.await.unwrap();
+    writer_done.store(true, Ordering::SeqCst);
+    let (mut served, mut refused, mut last_served) = (0, 0, None);
+    for r in readers {
+        let (s, f, l) = r.await.unwrap();
+        (served, refused, last_served) = (served + s, refused + f, last_served.max(l));
+    }
+    let first_ack = first_ack.lock().unwrap().expect("a write was acknowledged");
+    if let Some(last) = last_served {
+        eprintln!(
+            "partition: the cut-off store's last read was served {} ms before the other \
+             stores acknowledged their first write",
+            first_ack.saturating_duration_since(last).as_millis()
+        );
+    }
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        20,
+        "the other stores took every write"
+    );
+    (served, refused)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_its_peers_steps_down_and_catches_up_once_healed() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,6 +144,12 @@ async fn a_leader_cut_off_from_its_peers_steps_down_and_catches_up_once_healed()
     let cut_addr = procs[leader].config.listen_addr.clone();
     relays.isolate(cut_off, true);
     eprintln!("partition: store {cut_off} (the leader) cut off from its peers");
+    let others: Vec<String> = (procs.iter().enumerate())
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, p)| p.config.listen_addr.clone())
+        .collect();
+    let (served, refused) = race_reads_against_takeover(&transport, &cut_addr, &others).await;
+    eprintln!("partition: the cut-off store served {served} reads, none stale, refused {refused}");
 
     // The other two take over: every write is acknowledged, overwriting the first round.
     let started = Instant::now();
