@@ -399,3 +399,19 @@ async fn a_bulk_transfer_keeps_the_discovered_large_packets() {
         "the bulk transfer dropped the packet size to {mtu}"
     );
 }
+
+/// The wire version operators read about (README's upgrade note, ARCHITECTURE's
+/// guarantee) is the one nodes speak: a bump that forgets the docs fails here.
+#[test]
+fn the_docs_name_the_wire_version_nodes_speak() {
+    let alpn = std::str::from_utf8(shale_rpc::certs::ALPN).unwrap();
+    for (doc, text) in [
+        ("README.md", include_str!("../../../README.md")),
+        ("ARCHITECTURE.md", include_str!("../../../ARCHITECTURE.md")),
+    ] {
+        assert!(
+            text.contains(&format!("`{alpn}`")),
+            "{doc} does not name the wire version {alpn}"
+        );
+    }
+}
