@@ -1,9 +1,9 @@
 //! Chaos: a placement process and four `shale store` processes under steady writes
 //! (puts, one in ten a delete) while a nemesis, driven by a seeded random generator,
 //! kills (-9) and restarts stores and placement, stops stores gracefully, cuts a store
-//! off from the others or cuts one link between two stores (the stores talk through UDP
-//! relays that drop the packets; see `relay`), splits ranges, moves replicas and
-//! transfers leaders. Each key has one writer, which writes
+//! off from the others (and placement, or not), from placement alone, or cuts one link
+//! between two stores (the stores talk through UDP relays that drop the packets; see
+//! `relay`), splits ranges, moves replicas and transfers leaders. Each key has one writer, which writes
 //! increasing versions and reads some back at once, so the test can tell:
 //!
 //! - a read after an acknowledged write sees that write (or a write that failed, whose
@@ -165,6 +165,7 @@ struct Moves {
     placement_kills: u32,
     isolations: u32,
     link_cuts: u32,
+    placement_cuts: u32,
     splits: u32,
     moves: u32,
     transfers: u32,
@@ -175,8 +176,12 @@ enum Outage {
     /// A store process (index into the stores), killed.
     Store(usize),
     Placement,
-    /// A store cut off from every other store (clients and placement still reach it).
-    Isolated(StoreId),
+    /// A store cut off from every other store, and from placement too if the flag says
+    /// so (clients still reach it).
+    Isolated(StoreId, bool),
+    /// A store cut off from placement only: its heartbeats stop, so placement may take
+    /// it for down (after 3 s) and replace its replicas while it still serves.
+    PlacementCut(StoreId),
     /// The link between two stores, cut both ways.
     LinkCut(StoreId, StoreId),
 }
@@ -198,7 +203,11 @@ impl Down {
         match self.what {
             Outage::Store(s) => procs[s].start(),
             Outage::Placement => placement.start(),
-            Outage::Isolated(s) => relays.isolate(s, false),
+            Outage::Isolated(s, _) => {
+                relays.isolate(s, false);
+                relays.cut_from_placement(s, false);
+            }
+            Outage::PlacementCut(s) => relays.cut_from_placement(s, false),
             Outage::LinkCut(a, b) => relays.cut(a, b, false),
         }
         eprintln!("chaos: ended: {}", self.describe(procs));
@@ -208,7 +217,9 @@ impl Down {
         match self.what {
             Outage::Store(s) => format!("kill -9 of store {}", procs[s].config.store_id),
             Outage::Placement => "kill -9 of placement".into(),
-            Outage::Isolated(s) => format!("store {s} cut off from the other stores"),
+            Outage::Isolated(s, false) => format!("store {s} cut off from the other stores"),
+            Outage::Isolated(s, true) => format!("store {s} cut off from the others and placement"),
+            Outage::PlacementCut(s) => format!("store {s} cut off from placement"),
             Outage::LinkCut(a, b) => format!("link between stores {a} and {b} cut"),
         }
     }
@@ -246,7 +257,7 @@ async fn nemesis(
         let pick = match (round, &down) {
             (0, _) => 0,
             (1, _) => 34,
-            (_, None) => rng.gen_range(0..110),
+            (_, None) => rng.gen_range(0..115),
             (_, Some(_)) => rng.gen_range(34..100),
         };
         round += 1;
@@ -357,8 +368,11 @@ async fn nemesis(
             }
             100..=104 if down.is_none() => {
                 let s = procs[rng.gen_range(0..procs.len())].config.store_id;
+                let from_placement = rng.gen_bool(0.5);
                 relays.isolate(s, true);
-                down = Down::after(Outage::Isolated(s), &mut rng, 1_000..6_000);
+                relays.cut_from_placement(s, from_placement);
+                let outage = Outage::Isolated(s, from_placement);
+                down = Down::after(outage, &mut rng, 1_000..6_000);
                 moves.isolations += 1;
             }
             105..=109 if down.is_none() => {
@@ -368,6 +382,12 @@ async fn nemesis(
                 relays.cut(a, b, true);
                 down = Down::after(Outage::LinkCut(a, b), &mut rng, 1_000..6_000);
                 moves.link_cuts += 1;
+            }
+            110..=114 if down.is_none() => {
+                let s = procs[rng.gen_range(0..procs.len())].config.store_id;
+                relays.cut_from_placement(s, true);
+                down = Down::after(Outage::PlacementCut(s), &mut rng, 1_000..8_000);
+                moves.placement_cuts += 1;
             }
             _ => {}
         }

@@ -134,7 +134,7 @@ async fn race_reads_against_takeover(
 async fn a_leader_cut_off_from_its_peers_steps_down_and_catches_up_once_healed() {
     let dir = tempfile::tempdir().unwrap();
     let (mut procs, identity) = store_procs(dir.path(), 3);
-    let relays = Relays::front(&mut procs);
+    let relays = Relays::front(&mut procs, None);
     let (transport, leader) = start_all(&mut procs, &identity).await;
     let client = kv_client(transport.clone(), &procs, patient_client_config());
     for i in 0..50 {

@@ -256,7 +256,8 @@ pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
 
 /// A placement process and four store processes (three start the first range, the
 /// fourth joins empty), all started, with a client transport and a placement client;
-/// the stores talk through relays that can cut their links if `relayed`.
+/// the stores talk to each other and to placement through relays that can cut those
+/// links if `relayed`.
 pub struct PlacedProcs {
     pub stores: Vec<StoreProc>,
     pub placement: StoreProc,
@@ -269,7 +270,7 @@ pub fn start_placed_procs(dir: &Path, relayed: bool) -> PlacedProcs {
     let (mut stores, identity) = store_procs_joining(dir, 4, 3);
     let (mut placement, placement_addr) = placement_proc(dir);
     use_placement(&mut stores, &placement_addr);
-    let relays = relayed.then(|| Relays::front(&mut stores));
+    let relays = relayed.then(|| Relays::front(&mut stores, Some(&placement_addr)));
     placement.start();
     for p in stores.iter_mut() {
         p.start();

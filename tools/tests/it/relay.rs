@@ -3,8 +3,9 @@
 //! does but advertises its relay's address, so every store-to-store packet (QUIC over
 //! UDP) passes a relay, which drops those of cut links both ways. Stores call out from
 //! their listening socket, so a relay knows a packet's store by its source address.
-//! Packets from anyone else (clients, placement) always pass: an isolated store is cut
-//! off from its peers, not from the clients that still reach it.
+//! Placement may have a relay too (as store id `PLACEMENT`), so a store can be cut off
+//! from it. Packets from anyone else (clients) always pass: a cut-off store is cut off
+//! from its peers, not from the clients that still reach it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,6 +17,9 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::procs::StoreProc;
+
+/// The id relays give placement (store ids start at 1).
+pub const PLACEMENT: StoreId = 0;
 
 /// Largest datagram a relay passes (QUIC's stay far below).
 const DATAGRAM_MAX: usize = 65_535;
@@ -51,27 +55,31 @@ pub struct Relays {
 }
 
 impl Relays {
-    /// Binds a relay for each of `procs` and points each store's advertised address and
-    /// initial peers at the relays (rewriting the config files). Call before the stores
-    /// first start: their addresses are recorded by their peers and placement.
-    /// Must be called within a Tokio runtime.
-    pub fn front(procs: &mut [StoreProc]) -> Relays {
-        let listens: HashMap<SocketAddr, StoreId> = procs
+    /// Binds a relay for each of `procs` (and for the placement node at `placement`, if
+    /// any) and points each store's advertised address, initial peers and placement at
+    /// the relays (rewriting the config files). Call before the stores first start: their
+    /// addresses are recorded by their peers and placement. Must be called within a Tokio
+    /// runtime.
+    pub fn front(procs: &mut [StoreProc], placement: Option<&str>) -> Relays {
+        let mut backends: Vec<(StoreId, SocketAddr)> = procs
             .iter()
-            .map(|p| (p.config.listen_addr.parse().unwrap(), p.config.store_id))
+            .map(|p| (p.config.store_id, p.config.listen_addr.parse().unwrap()))
             .collect();
+        backends.extend(placement.map(|a| (PLACEMENT, a.parse().unwrap())));
+        let listens: HashMap<SocketAddr, StoreId> =
+            backends.iter().map(|&(id, addr)| (addr, id)).collect();
         let cuts = Arc::new(Cuts::default());
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let mut fronts: HashMap<StoreId, String> = HashMap::new();
-        for p in procs.iter() {
+        for (id, backend) in backends {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             socket.set_nonblocking(true).unwrap();
             let socket = Arc::new(UdpSocket::from_std(socket).unwrap());
-            fronts.insert(p.config.store_id, socket.local_addr().unwrap().to_string());
+            fronts.insert(id, socket.local_addr().unwrap().to_string());
             let relay = Relay {
-                store: p.config.store_id,
+                store: id,
                 front: socket,
-                backend: p.config.listen_addr.parse().unwrap(),
+                backend,
                 listens: listens.clone(),
                 cuts: cuts.clone(),
                 tasks: tasks.clone(),
@@ -83,6 +91,9 @@ impl Relays {
             p.config.advertise_addr = Some(fronts[&p.config.store_id].clone());
             for peer in &mut p.config.initial_peers {
                 peer.addr = fronts[&peer.store_id].clone();
+            }
+            if let Some(front) = fronts.get(&PLACEMENT) {
+                p.config.placement.addrs = vec![front.clone()];
             }
             std::fs::write(&p.config_path, toml::to_string(&p.config).unwrap()).unwrap();
         }
@@ -109,6 +120,11 @@ impl Relays {
         for &other in self.stores.iter().filter(|&&s| s != store) {
             self.cut(store, other, on);
         }
+    }
+
+    /// Cuts (or heals) the link between `store` and placement.
+    pub fn cut_from_placement(&self, store: StoreId, on: bool) {
+        self.cut(store, PLACEMENT, on);
     }
 
     /// Heals every link.
