@@ -87,6 +87,15 @@ impl Operator {
         }
     }
 
+    /// True when the current step adds a replica that `range`'s leader reports as a
+    /// silent learner.
+    pub fn waits_on_silent_learner(&self, range: &RangeView) -> bool {
+        matches!(
+            self.steps.front(),
+            Some(RangeStep::AddReplica { store_id, .. }) if range.silent_learner_on(*store_id)
+        )
+    }
+
     pub fn is_expired(&self, now_ms: u64, timeout_ms: u64) -> bool {
         now_ms.saturating_sub(self.created_ms) > timeout_ms
     }
@@ -203,6 +212,7 @@ mod tests {
             hot_since_ms: None,
             learners: Vec::new(),
             learners_since_ms: None,
+            silent_learners: Vec::new(),
         }
     }
 
@@ -232,6 +242,12 @@ mod tests {
             op.next_step(&learning, 0, 1000, |_| true),
             Some(steps[0].clone()),
             "the add stays the step while its replica is a learner"
+        );
+        assert!(!op.waits_on_silent_learner(&learning));
+        learning.silent_learners = vec![400];
+        assert!(
+            op.waits_on_silent_learner(&learning),
+            "an add whose learner the leader cannot hear is given up"
         );
         // Store 4 votes now; the one on store 3 is a learner (added by hand, say): the
         // leader's replica goes only once leadership moves to a voter.

@@ -160,6 +160,7 @@ impl<'a> Planner<'a> {
             let zone_at = |i: usize| zones.get(&reps[i].store_id);
             let suspect = reps.len() != config.replicas
                 || !reps.iter().all(|rep| up(&rep.store_id))
+                || !r.silent_learners.is_empty()
                 || (0..reps.len())
                     .any(|i| zone_at(i).is_some() && (0..i).any(|j| zone_at(j) == zone_at(i)));
             if suspect && r.leader.is_some() && !busy.ranges.contains(&r.range.id) {
@@ -282,8 +283,9 @@ impl<'a> Planner<'a> {
     }
 
     /// Which replica of a range with too many to drop: one on a store that is not up,
-    /// then a learner (it adds no safety yet), then one sharing its zone with another,
-    /// then the one on the fullest store.
+    /// then a silent learner (its leader cannot reach it), then a learner (it adds no
+    /// safety yet), then one sharing its zone with another, then the one on the fullest
+    /// store.
     fn pick_extra(&self, range: &RangeView) -> Option<StoreId> {
         let stores: Vec<StoreId> = range.range.replicas.iter().map(|r| r.store_id).collect();
         let zone_dups = |s: StoreId| {
@@ -297,6 +299,7 @@ impl<'a> Planner<'a> {
             .max_by_key(|&s| {
                 (
                     !self.is_up(s),
+                    range.silent_learner_on(s),
                     range.learner_on(s),
                     zone_dups(s),
                     self.replicas.get(&s).copied().unwrap_or(0),
@@ -305,11 +308,13 @@ impl<'a> Planner<'a> {
             })
     }
 
-    /// True while `range` has had learners for less than the operator timeout.
+    /// True while `range` has had learners for less than the operator timeout, one of
+    /// them still heard from by its leader.
     fn learner_settling(&self, range: &RangeView) -> bool {
-        range.learners_since_ms.is_some_and(|since| {
-            self.now_ms.saturating_sub(since) < self.config.operator_timeout_ms
-        })
+        range.has_live_learner()
+            && range.learners_since_ms.is_some_and(|since| {
+                self.now_ms.saturating_sub(since) < self.config.operator_timeout_ms
+            })
     }
 
     /// Replicas on stores that are down or draining are replaced; missing ones added;
@@ -328,11 +333,12 @@ impl<'a> Planner<'a> {
             if range.leader.is_none() {
                 continue;
             }
+            // A learner its leader cannot hear counts no more than one on a down store.
             let healthy = range
                 .range
                 .replicas
                 .iter()
-                .filter(|r| self.is_up(r.store_id))
+                .filter(|r| self.is_up(r.store_id) && !range.silent_learners.contains(&r.id))
                 .count();
             if healthy < target {
                 if let Some(to) = self.pick_target(range, None) {

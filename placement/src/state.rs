@@ -228,6 +228,12 @@ impl Leader {
                     tracing::info!(range_id = id, reason = op.reason, steps = ?op.steps, "operator dropped: its target store is down");
                     return false;
                 }
+                // Nor, likely, one waiting on a learner its leader cannot hear (cut off
+                // from it): repair adds one elsewhere and then drops the silent one.
+                if op.waits_on_silent_learner(range) {
+                    tracing::info!(range_id = id, reason = op.reason, steps = ?op.steps, "operator dropped: the learner it added is silent");
+                    return false;
+                }
                 !op.advance(range)
             }
         });

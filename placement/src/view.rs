@@ -67,6 +67,8 @@ pub struct RangeView {
     pub learners: Vec<ReplicaId>,
     /// Since when the range has had learners without a break, as placement heard.
     pub learners_since_ms: Option<u64>,
+    /// Learners the leader last reported it has heard nothing from for a while.
+    pub silent_learners: Vec<ReplicaId>,
 }
 
 impl RangeView {
@@ -82,6 +84,21 @@ impl RangeView {
         self.range
             .replica_on(store_id)
             .is_some_and(|r| self.learners.contains(&r.id))
+    }
+
+    /// True when the range's replica on `store_id` is a learner its leader has not
+    /// heard from for a while (cut off from the leader, say): it may never catch up.
+    pub fn silent_learner_on(&self, store_id: StoreId) -> bool {
+        self.range
+            .replica_on(store_id)
+            .is_some_and(|r| self.silent_learners.contains(&r.id))
+    }
+
+    /// True when some learner of the range is still heard from (catching up).
+    pub fn has_live_learner(&self) -> bool {
+        self.learners
+            .iter()
+            .any(|l| !self.silent_learners.contains(l))
     }
 
     fn rates(&self) -> Rates {
@@ -209,6 +226,7 @@ impl ClusterView {
             hot_since_ms: None,
             learners: Vec::new(),
             learners_since_ms: None,
+            silent_learners: Vec::new(),
         });
     }
 
@@ -262,6 +280,7 @@ impl ClusterView {
                 true => None,
                 false => Some(previous.and_then(|p| p.learners_since_ms).unwrap_or(now_ms)),
             },
+            silent_learners: report.silent_learners.clone(),
         });
         if rates.is_zero() {
             self.warm.remove(&id);

@@ -381,6 +381,10 @@ pub struct RangeStatus {
     /// the leader promotes them once they have caught up.
     #[serde(default)]
     pub learners: Vec<ReplicaId>,
+    /// Learners this replica, as leader, has heard nothing from for the store's
+    /// `learner-silent-after-ms` (cut off, or their store down): they may never catch up.
+    #[serde(default)]
+    pub silent_learners: Vec<ReplicaId>,
 }
 
 impl RangeStatus {

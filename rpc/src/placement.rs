@@ -131,6 +131,10 @@ pub struct RangeReport {
     /// Replicas still learners (added, not yet caught up and promoted to voters).
     #[serde(default)]
     pub learners: Vec<ReplicaId>,
+    /// Learners the leader has heard nothing from for a while (see `RangeStatus`):
+    /// placement gives up an add waiting on one.
+    #[serde(default)]
+    pub silent_learners: Vec<ReplicaId>,
 }
 
 impl RangeReport {
@@ -148,6 +152,7 @@ impl RangeReport {
             read_bytes: 0,
             interval_ms: 1000,
             learners: Vec::new(),
+            silent_learners: Vec::new(),
         }
     }
 }

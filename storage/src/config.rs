@@ -197,6 +197,11 @@ pub struct RaftConfig {
     /// Idle ticks after which a leader whose followers are caught up stops ticking (and
     /// heartbeating) until the next request or message.
     pub hibernate_after_ticks: u64,
+    /// A leader that has heard nothing from a learner for this long (since it was added
+    /// or this replica began leading) reports it silent: cut off from the leader, or its
+    /// store down, it may never catch up, and placement gives the add up for another
+    /// store.
+    pub learner_silent_after_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -211,6 +216,7 @@ impl Default for RaftConfig {
             max_uncommitted_bytes: 256 << 20,
             max_committed_bytes_per_ready: 64 << 20,
             hibernate_after_ticks: 40,
+            learner_silent_after_ms: 10_000,
         }
     }
 }

@@ -13,7 +13,9 @@ use shale_rpc::placement::{
     RangeStep, RemovedReplica, StoreHeartbeat, LEADERLESS_REPORTED_MAX,
 };
 use shale_rpc::placement_client::{PlacementCallError, PlacementClient};
-use shale_rpc::{AdminRequest, Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, StoreId};
+use shale_rpc::{
+    AdminRequest, Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaId, StoreId,
+};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -205,6 +207,7 @@ impl Heartbeats {
                     read_bytes: l.read_bytes,
                     interval_ms: interval.as_millis() as u64,
                     learners: s.learners.clone(),
+                    silent_learners: s.silent_learners.clone(),
                 }
             })
             .collect();
@@ -378,6 +381,8 @@ struct Fingerprint {
     term: u64,
     size_bytes: u64,
     key_count: Option<u64>,
+    /// Learners falling silent (or heard again) change nothing else.
+    silent_learners: Vec<ReplicaId>,
 }
 
 impl Fingerprint {
@@ -387,6 +392,7 @@ impl Fingerprint {
             term: r.term,
             size_bytes: r.size_bytes,
             key_count: r.key_count,
+            silent_learners: r.silent_learners.clone(),
         }
     }
 }
@@ -530,6 +536,17 @@ mod tests {
             send(&mut reported, changed, t0, false),
             (vec![1, 2, 3], false)
         );
+        // A learner falling silent (its add is to be given up), then heard again.
+        let mut silent = all();
+        silent[0].term = 2;
+        silent[1].size_bytes = 4096;
+        silent[2].silent_learners = vec![7];
+        assert_eq!(
+            send(&mut reported, silent.clone(), t0, false),
+            (vec![3], false)
+        );
+        silent[2].silent_learners.clear();
+        assert_eq!(send(&mut reported, silent, t0, false), (vec![3], false));
         let mut again = all();
         again[0].term = 2;
         again[1].size_bytes = 4096;

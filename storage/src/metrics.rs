@@ -36,6 +36,7 @@ pub struct StoreMetrics {
     pub leaders: Family<Vec<(String, String)>, Gauge>,
     pub hibernating: Family<Vec<(String, String)>, Gauge>,
     pub learners: Family<Vec<(String, String)>, Gauge>,
+    pub silent_learners: Family<Vec<(String, String)>, Gauge>,
 }
 
 /// One store's gauges at a pass over its replicas.
@@ -46,6 +47,8 @@ pub struct StoreGauges {
     pub hibernating: i64,
     /// Learners in the ranges the store leads.
     pub learners: i64,
+    /// Of those, the ones their leader has not heard from for a while.
+    pub silent_learners: i64,
 }
 
 impl StoreMetrics {
@@ -56,6 +59,9 @@ impl StoreMetrics {
         self.leaders.get_or_create(&label).set(g.leaders);
         self.hibernating.get_or_create(&label).set(g.hibernating);
         self.learners.get_or_create(&label).set(g.learners);
+        self.silent_learners
+            .get_or_create(&label)
+            .set(g.silent_learners);
     }
 }
 
@@ -179,5 +185,11 @@ pub fn register(registry: &mut Registry) {
         "shale_store_learners",
         "Learners (added replicas catching up, not yet voting) in ranges the store leads",
         m.learners.clone(),
+    );
+    registry.register(
+        "shale_store_silent_learners",
+        "Learners in ranges the store leads that it has heard nothing from for \
+         learner-silent-after-ms (cut off or down; placement adds a replica elsewhere)",
+        m.silent_learners.clone(),
     );
 }

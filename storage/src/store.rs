@@ -679,8 +679,10 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
-    /// Sets the store's gauges: replicas, leaders, hibernating replicas, learners led.
+    /// Sets the store's gauges: replicas, leaders, hibernating replicas, learners led
+    /// (and how many of them are silent).
     fn set_gauges(&self) {
+        let silent_after = Duration::from_millis(self.raft.learner_silent_after_ms);
         let mut g = StoreGauges {
             ranges: self.replicas.len() as i64,
             ..StoreGauges::default()
@@ -688,8 +690,9 @@ impl<S: RaftSender> Store<S> {
         for r in self.replicas.values() {
             g.leaders += i64::from(r.is_leader());
             g.hibernating += i64::from(r.is_hibernating());
-            if r.is_leader() {
+            if r.is_leader() && r.learner_count() > 0 {
                 g.learners += r.learner_count() as i64;
+                g.silent_learners += r.silent_learners(silent_after).len() as i64;
             }
         }
         METRICS.set_store_gauges(&self.gauge_label, &g);

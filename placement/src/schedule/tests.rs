@@ -374,3 +374,75 @@ fn a_learner_catching_up_is_given_the_operator_timeout_before_it_goes() {
         "past the timeout the learner goes first"
     );
 }
+
+/// Plans of one pass after the range's leader reported `report` at `now_ms` (`down`
+/// stores silent), as steps.
+fn steps_after(sim: &mut Sim, report: &RangeReport, down: &[u64], now_ms: u64) -> Vec<RangeStep> {
+    sim.now_ms = now_ms;
+    sim.heartbeat(down);
+    let hot = sim.config.hot();
+    let leader = report.range.replicas[0].store_id;
+    sim.view.apply_report(leader, report, now_ms, hot);
+    schedule(&sim.view, &Busy::default(), &sim.config, now_ms, false)
+        .into_iter()
+        .flat_map(|op| op.steps)
+        .collect()
+}
+
+#[test]
+fn a_learner_its_leader_cannot_hear_goes_at_once_or_is_replaced_elsewhere() {
+    // Voters on stores 1-3, a learner on store 4 the leader reports silent.
+    let mut sim = Sim::new(5, 3, 1, no_zone);
+    let mut range = sim.view.ranges.values().next().unwrap().range.clone();
+    range.replicas.push(ReplicaDescriptor {
+        id: 5000,
+        store_id: 4,
+    });
+    range.epoch.conf_ver += 1;
+    let report = |range: &RangeDescriptor, silent: bool| RangeReport {
+        learners: vec![5000],
+        silent_learners: if silent { vec![5000] } else { vec![] },
+        ..RangeReport::quiet(range.clone(), 1)
+    };
+    assert_eq!(
+        steps_after(&mut sim, &report(&range, false), &[], 1000),
+        vec![],
+        "a learner still heard from is settling"
+    );
+    let remove_4 = RangeStep::RemoveReplica {
+        range_id: range.id,
+        store_id: 4,
+    };
+    assert_eq!(
+        steps_after(&mut sim, &report(&range, true), &[], 2000),
+        vec![remove_4.clone()],
+        "a silent one goes at once, not after the operator timeout"
+    );
+
+    // Store 3 down too: the silent learner does not count as the third replica, so
+    // one is added on store 5 (the only store left), before anything goes.
+    let down_at = 2000 + sim.config.store_down_after_ms + 1000;
+    let steps = steps_after(&mut sim, &report(&range, true), &[3], down_at);
+    assert!(
+        matches!(steps[..], [RangeStep::AddReplica { store_id: 5, .. }]),
+        "{steps:?}"
+    );
+    // Once it votes, the replica on the down store goes first, then the silent learner.
+    range.replicas.push(ReplicaDescriptor {
+        id: 5001,
+        store_id: 5,
+    });
+    range.epoch.conf_ver += 1;
+    let steps = steps_after(&mut sim, &report(&range, true), &[3], down_at + 200);
+    assert_eq!(
+        steps,
+        vec![RangeStep::RemoveReplica {
+            range_id: range.id,
+            store_id: 3
+        }]
+    );
+    range.replicas.retain(|r| r.store_id != 3);
+    range.epoch.conf_ver += 1;
+    let steps = steps_after(&mut sim, &report(&range, true), &[3], down_at + 400);
+    assert_eq!(steps, vec![remove_4]);
+}

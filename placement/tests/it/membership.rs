@@ -95,3 +95,69 @@ async fn stores_learn_every_stores_address_from_placement_and_keep_it() {
     .await;
     cluster.shutdown().await;
 }
+
+/// Store 3 of the first range's stores is lost and placement adds its replacement on
+/// store 4, which the range's leader cannot reach (its Raft traffic is cut; its
+/// heartbeats still reach placement): the learner never hears a word. Its leader reports
+/// it silent, so placement gives that add up and repairs on store 5 within seconds,
+/// instead of waiting out the operator timeout (60 s here) with two voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_added_where_its_leader_cannot_reach_is_replaced_on_another_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(
+        dir.path(),
+        1,
+        5,
+        |_| {},
+        |_, c| c.raft.learner_silent_after_ms = 1_500,
+    )
+    .await;
+    cluster
+        .call(&PlacementRequest::SetScheduling { paused: true })
+        .await
+        .unwrap();
+    let client = cluster.client().unwrap();
+    for i in 0..50 {
+        client.put(key(i), value(i)).await.unwrap();
+    }
+    let ids: Vec<u64> = (0..5).map(|i| cluster.store(i).unwrap().store_id).collect();
+    let first = must_eventually("the first range led", Duration::from_secs(30), || async {
+        let r = routes(&cluster).await?;
+        r.into_iter()
+            .find(|r| r.leader.is_some())
+            .ok_or("no leader yet".to_string())
+    })
+    .await;
+    // The lost store is one of the first range's non-leaders; store 4 (no replica, so
+    // repair's first choice) is cut off.
+    let lost = (0..3)
+        .find(|&i| Some(ids[i]) != first.leader)
+        .expect("a follower");
+    cluster.store(3).unwrap().faults().set_partitioned(true);
+    cluster.stop_store(lost).await;
+    let started = std::time::Instant::now();
+    let routes = must_eventually(
+        "the range repaired onto store 5",
+        Duration::from_secs(40),
+        || async {
+            let r = routes(&cluster).await?;
+            let range = r.first().ok_or("no range")?;
+            let on: Vec<u64> = range.range.replicas.iter().map(|x| x.store_id).collect();
+            let want = |i: usize| range.range.replica_on(ids[i]).is_some();
+            (want(4) && !want(3) && !want(lost) && on.len() == 3 && range.learners.is_empty())
+                .then_some(r.clone())
+                .ok_or(format!("replicas on {on:?}, learners {:?}", range.learners))
+        },
+    )
+    .await;
+    eprintln!(
+        "repaired past the silent learner in {:.1} s: {:?}",
+        started.elapsed().as_secs_f64(),
+        routes[0].range.replicas
+    );
+    for i in 0..50 {
+        assert_eq!(client.get(key(i)).await.unwrap(), Some(value(i)), "key {i}");
+    }
+    cluster.store(3).unwrap().faults().set_partitioned(false);
+    cluster.shutdown().await;
+}

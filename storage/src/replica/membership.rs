@@ -4,6 +4,8 @@
 //! store that is slow, down or cut off never costs the range a failure it could
 //! otherwise survive (as CockroachDB and TiKV do it).
 
+use std::time::{Duration, Instant};
+
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use raft::ProgressState;
 use shale_rpc::{KvError, RangeDescriptor, ReplicaId, StoreId};
@@ -123,6 +125,43 @@ impl Replica {
 
     pub fn is_learner(&self, replica_id: ReplicaId) -> bool {
         self.node.raft.prs().conf().learners().contains(&replica_id)
+    }
+
+    /// Notes a message from replica `from` (only learners are tracked, on a leader).
+    pub(super) fn heard_from(&mut self, from: ReplicaId) {
+        if let Some(heard) = self.heard_learners.iter_mut().find(|(id, _)| *id == from) {
+            heard.1 = Instant::now();
+        }
+    }
+
+    /// On the leader, each tick: tracks the learners of the applied membership, a new
+    /// one as heard from now.
+    pub(super) fn track_learners(&mut self) {
+        let learners = self.node.raft.prs().conf().learners();
+        if learners.is_empty() && self.heard_learners.is_empty() {
+            return;
+        }
+        self.heard_learners.retain(|(id, _)| learners.contains(id));
+        for &id in learners {
+            if !self.heard_learners.iter().any(|(h, _)| *h == id) {
+                self.heard_learners.push((id, Instant::now()));
+            }
+        }
+    }
+
+    /// On the leader: learners not heard from for `after` (each heartbeat asks for an
+    /// answer, so one that gives none is cut off from this store or down). A learner
+    /// taking a long snapshot still answers heartbeats. Empty on a follower.
+    pub fn silent_learners(&self, after: Duration) -> Vec<ReplicaId> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut ids: Vec<ReplicaId> = (self.heard_learners.iter())
+            .filter(|(_, at)| at.elapsed() >= after)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// On the leader, each tick: proposes making a caught-up learner a voter, one at a

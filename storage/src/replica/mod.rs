@@ -109,6 +109,9 @@ pub struct Replica {
     /// while asleep (a follower removed while asleep that missed the news never wakes).
     asleep_since: Option<Instant>,
     membership_checked_at: Option<Instant>,
+    /// On a leader, each learner and when it was last heard from (or became a learner,
+    /// or this replica began leading): see `silent_learners`.
+    heard_learners: Vec<(ReplicaId, Instant)>,
     /// A received snapshot's pairs as an SST file, for when raft hands it over.
     prepared: Option<PreparedSnapshot>,
     /// The SST file of a snapshot this round took, to ingest once its state is synced.
@@ -237,6 +240,7 @@ impl Replica {
             leaderless_ticks: 0,
             asleep_since: None,
             membership_checked_at: None,
+            heard_learners: Vec::new(),
             prepared: None,
             pending_ingest: None,
             built: None,
@@ -386,6 +390,7 @@ impl Replica {
         if self.hibernating || !routine {
             self.wake();
         }
+        self.heard_from(msg.from);
         if let Err(e) = self.node.step(msg) {
             debug!(range_id = self.range.id, error = %e, "dropped raft message");
         }
@@ -749,6 +754,8 @@ impl Replica {
         if role != StateRole::Leader {
             self.reads.lose_leadership(&self.not_leader());
         }
+        // A new leader has heard from nobody yet; a follower tracks no one.
+        self.heard_learners.clear();
     }
 }
 

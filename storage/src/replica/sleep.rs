@@ -27,6 +27,7 @@ impl Replica {
         }
         if self.is_leader() {
             self.node.mut_store().expire_snapshot(SNAPSHOT_UNTAKEN_MAX);
+            self.track_learners();
             self.maybe_promote_learner();
         } else {
             self.node.mut_store().drop_snapshot();
@@ -45,6 +46,11 @@ impl Replica {
 
     /// Back to ticking (any request or message does this).
     pub fn wake(&mut self) {
+        if self.hibernating {
+            // Asleep, it asked nobody for an answer: silence counts from now.
+            let now = Instant::now();
+            self.heard_learners.iter_mut().for_each(|h| h.1 = now);
+        }
         self.hibernating = false;
         self.asleep_since = None;
         self.membership_checked_at = None;
