@@ -14,6 +14,10 @@ use crate::view::{ClusterView, HotThresholds, RangeView, StoreView};
 /// Sources (and targets) a balance step tries before giving up for this pass.
 const BALANCE_PAIRS_TRIED: usize = 8;
 
+/// How long after a leader reported a silent learner on a store no new replica is
+/// planned there.
+const SILENT_LEARNER_SHUN_MS: u64 = 60_000;
+
 /// How the schedulers behave.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -206,6 +210,15 @@ impl<'a> Planner<'a> {
         self.state(store) == StoreState::Up
     }
 
+    /// True for a store some leader reported a silent learner on in the last
+    /// `SILENT_LEARNER_SHUN_MS`: new replicas go elsewhere, or an add given up there
+    /// would be planned there again at once.
+    fn shunned(&self, store: StoreId) -> bool {
+        self.store(store)
+            .and_then(|s| s.silent_learner_ms)
+            .is_some_and(|t| self.now_ms.saturating_sub(t) < SILENT_LEARNER_SHUN_MS)
+    }
+
     fn has_room(&self, store: StoreId) -> bool {
         self.busy.stores.get(&store).copied().unwrap_or(0) < self.config.store_operators_max
     }
@@ -257,7 +270,7 @@ impl<'a> Planner<'a> {
         self.view
             .stores
             .values()
-            .filter(|s| self.is_up(s.id) && self.has_room(s.id))
+            .filter(|s| self.is_up(s.id) && self.has_room(s.id) && !self.shunned(s.id))
             .filter(|s| range.range.replica_on(s.id).is_none())
             .min_by_key(|s| {
                 let zone_taken = self.zone(s.id).is_some_and(|z| used_zones.contains(&z));
@@ -436,6 +449,9 @@ impl<'a> Planner<'a> {
             for &(fewest, to) in ranked.iter().take(BALANCE_PAIRS_TRIED) {
                 if most - fewest <= tolerance {
                     break;
+                }
+                if self.shunned(to) {
+                    continue;
                 }
                 let Some(range) = self.replica_candidate(from, to) else {
                     continue;

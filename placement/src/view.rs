@@ -30,6 +30,9 @@ pub struct StoreView {
     /// When the last heartbeat came (placement's clock), if one came since this node
     /// became leader. A store never heard from counts from `since_ms` on.
     pub last_heartbeat_ms: Option<u64>,
+    /// When a range leader last reported a silent learner here (placement's clock): a
+    /// store some leaders cannot reach, though placement hears it.
+    pub silent_learner_ms: Option<u64>,
 }
 
 impl StoreView {
@@ -43,6 +46,7 @@ impl StoreView {
             available_bytes: 0,
             used_bytes: 0,
             last_heartbeat_ms: None,
+            silent_learner_ms: None,
         }
     }
 
@@ -263,6 +267,12 @@ impl ClusterView {
         };
         let hot_since_ms = rates.hot_since(previous.and_then(|p| p.hot_since_ms), now_ms, hot);
         let changed = previous.is_none_or(|p| p.range != report.range);
+        for silent in &report.silent_learners {
+            let store = report.range.replica(*silent).map(|r| r.store_id);
+            if let Some(s) = store.and_then(|s| self.stores.get_mut(&s)) {
+                s.silent_learner_ms = Some(now_ms);
+            }
+        }
         let dropped = self.insert_range(RangeView {
             range: report.range.clone(),
             leader: Some(leader),

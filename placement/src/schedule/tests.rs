@@ -445,4 +445,19 @@ fn a_learner_its_leader_cannot_hear_goes_at_once_or_is_replaced_elsewhere() {
     range.epoch.conf_ver += 1;
     let steps = steps_after(&mut sim, &report(&range, true), &[3], down_at + 400);
     assert_eq!(steps, vec![remove_4]);
+
+    // Back on stores 1, 2 and 5, store 1 is lost too: store 4, the only store left,
+    // gets nothing while its silent learner is recent, then a replica.
+    range.replicas.retain(|r| r.store_id != 4);
+    range.epoch.conf_ver += 1;
+    range.replicas.rotate_left(1); // store 2 leads
+    let quiet = |range: &RangeDescriptor| RangeReport::quiet(range.clone(), 2);
+    let lost_at = down_at + 400 + sim.config.store_down_after_ms + 1000;
+    let steps = steps_after(&mut sim, &quiet(&range), &[1, 3], lost_at);
+    assert_eq!(steps, vec![], "store 4 is shunned");
+    let steps = steps_after(&mut sim, &quiet(&range), &[1, 3], down_at + 400 + 60_000);
+    assert!(
+        matches!(steps[..], [RangeStep::AddReplica { store_id: 4, .. }]),
+        "a minute after its learner was silent store 4 is a target again: {steps:?}"
+    );
 }
