@@ -10,6 +10,7 @@ mod ingest_kill;
 mod load;
 mod partition;
 mod placement_kill;
+mod placement_partition;
 mod procs;
 mod relay;
 mod store_kill;

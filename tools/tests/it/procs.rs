@@ -165,30 +165,71 @@ pub fn store_procs_joining(
 /// A placement process for `dir`'s certificates (from `store_procs`), scheduling fast:
 /// a store silent 3 s is down. Returns it (its `config` field is unused) and its address.
 pub fn placement_proc(dir: &Path) -> (StoreProc, String) {
+    let (mut procs, mut addrs) = placement_procs_with(dir, 1, |_| {});
+    (procs.remove(0), addrs.remove(0))
+}
+
+/// `n` placement processes forming one group, their Raft traffic through relays (node
+/// ids as relay ids) that can cut them apart; their API addresses and the relays.
+pub fn relayed_placement_procs(dir: &Path, n: usize) -> (Vec<StoreProc>, Vec<String>, Relays) {
+    let mut relays = None;
+    let (procs, addrs) = placement_procs_with(dir, n, |configs| {
+        let backends = configs
+            .iter()
+            .map(|c| (c.node_id, c.raft_listen_addr.parse().unwrap()))
+            .collect();
+        let (r, fronts) = Relays::around(backends);
+        for c in configs.iter_mut() {
+            for peer in &mut c.peers {
+                peer.raft_addr = fronts[&peer.node_id].clone();
+            }
+        }
+        relays = Some(r);
+    });
+    (procs, addrs, relays.expect("relays made"))
+}
+
+/// `n` placement processes as `placement_proc` makes one; `tweak` adjusts their configs
+/// before they are written.
+fn placement_procs_with(
+    dir: &Path,
+    n: usize,
+    tweak: impl FnOnce(&mut [shale_placement::PlacementConfig]),
+) -> (Vec<StoreProc>, Vec<String>) {
     let certs = dir.join("certs");
-    let mut config = shale_placement::cluster::placement_configs(dir, 1)
-        .unwrap()
-        .remove(0);
-    config.tls = TlsPaths {
-        ca_cert: certs.join("ca.pem"),
-        cert: certs.join("node.pem"),
-        key: certs.join("node.key"),
+    let mut configs = shale_placement::cluster::placement_configs(dir, n).unwrap();
+    for config in configs.iter_mut() {
+        config.tls = TlsPaths {
+            ca_cert: certs.join("ca.pem"),
+            cert: certs.join("node.pem"),
+            key: certs.join("node.key"),
+        };
+        config.schedule.store_down_after_ms = 3000;
+        config.schedule.interval_ms = 200;
+        config.schedule.step_retry_ms = 3000;
+        config.schedule.operator_timeout_ms = 60_000;
+    }
+    tweak(&mut configs);
+    let name = |id: u64| match n {
+        1 => "placement".to_string(),
+        _ => format!("placement-{id}"),
     };
-    config.schedule.store_down_after_ms = 3000;
-    config.schedule.interval_ms = 200;
-    config.schedule.step_retry_ms = 3000;
-    config.schedule.operator_timeout_ms = 60_000;
-    let config_path = dir.join("placement.toml");
-    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
-    let addr = config.listen_addr.clone();
-    let proc = StoreProc {
-        log: dir.join("placement.log"),
-        config_path,
-        config: StoreConfig::default(),
-        child: None,
-        role: "placement",
-    };
-    (proc, addr)
+    let addrs = configs.iter().map(|c| c.listen_addr.clone()).collect();
+    let procs = configs
+        .iter()
+        .map(|config| {
+            let config_path = dir.join(format!("{}.toml", name(config.node_id)));
+            std::fs::write(&config_path, toml::to_string(config).unwrap()).unwrap();
+            StoreProc {
+                log: dir.join(format!("{}.log", name(config.node_id))),
+                config_path,
+                config: StoreConfig::default(),
+                child: None,
+                role: "placement",
+            }
+        })
+        .collect();
+    (procs, addrs)
 }
 
 /// Points every store at placement `addr` (heartbeats every 200 ms) and rewrites configs.

@@ -66,12 +66,29 @@ impl Relays {
             .map(|p| (p.config.store_id, p.config.listen_addr.parse().unwrap()))
             .collect();
         backends.extend(placement.map(|a| (PLACEMENT, a.parse().unwrap())));
+        let (relays, fronts) = Relays::around(backends);
+        for p in procs.iter_mut() {
+            p.config.advertise_addr = Some(fronts[&p.config.store_id].clone());
+            for peer in &mut p.config.initial_peers {
+                peer.addr = fronts[&peer.store_id].clone();
+            }
+            if let Some(front) = fronts.get(&PLACEMENT) {
+                p.config.placement.addrs = vec![front.clone()];
+            }
+            std::fs::write(&p.config_path, toml::to_string(&p.config).unwrap()).unwrap();
+        }
+        relays
+    }
+
+    /// A relay in front of each `(id, address)` of `backends` (nodes that call out from
+    /// the address they listen on); returns the relays and each node's relay address.
+    pub fn around(backends: Vec<(StoreId, SocketAddr)>) -> (Relays, HashMap<StoreId, String>) {
         let listens: HashMap<SocketAddr, StoreId> =
             backends.iter().map(|&(id, addr)| (addr, id)).collect();
         let cuts = Arc::new(Cuts::default());
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let mut fronts: HashMap<StoreId, String> = HashMap::new();
-        for (id, backend) in backends {
+        for &(id, backend) in &backends {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             socket.set_nonblocking(true).unwrap();
             let socket = Arc::new(UdpSocket::from_std(socket).unwrap());
@@ -87,21 +104,14 @@ impl Relays {
             let task = tokio::spawn(relay.run());
             tasks.lock().unwrap().push(task);
         }
-        for p in procs.iter_mut() {
-            p.config.advertise_addr = Some(fronts[&p.config.store_id].clone());
-            for peer in &mut p.config.initial_peers {
-                peer.addr = fronts[&peer.store_id].clone();
-            }
-            if let Some(front) = fronts.get(&PLACEMENT) {
-                p.config.placement.addrs = vec![front.clone()];
-            }
-            std::fs::write(&p.config_path, toml::to_string(&p.config).unwrap()).unwrap();
-        }
-        Relays {
+        let relays = Relays {
             cuts,
-            stores: procs.iter().map(|p| p.config.store_id).collect(),
+            stores: (backends.iter().map(|&(id, _)| id))
+                .filter(|&id| id != PLACEMENT)
+                .collect(),
             tasks,
-        }
+        };
+        (relays, fronts)
     }
 
     /// Cuts (or heals) the link between stores `a` and `b`, both ways.
