@@ -440,6 +440,7 @@ impl ClusterView {
             key_count: view.key_count,
             ops_per_sec: view.ops_per_sec,
             learners: view.learners.clone(),
+            silent_learners: view.silent_learners.clone(),
         }
     }
 

@@ -205,6 +205,9 @@ pub struct Route {
     /// Replicas the leader last reported as learners (catching up, not yet voting).
     #[serde(default)]
     pub learners: Vec<ReplicaId>,
+    /// Of those, the ones the leader has not heard from for a while.
+    #[serde(default)]
+    pub silent_learners: Vec<ReplicaId>,
 }
 
 /// How placement sees a store.

@@ -123,6 +123,8 @@ pub struct RangeView {
     replicas: Vec<StoreId>,
     /// Stores of `replicas` whose replica is a learner: catching up, not yet voting.
     learners: Vec<StoreId>,
+    /// Stores of `learners` whose replica the leader has not heard from for a while.
+    silent_learners: Vec<StoreId>,
     leader: Option<StoreId>,
     size_bytes: u64,
     /// As the leader last counted them; null until counted.
@@ -207,6 +209,7 @@ impl Snapshot {
                 end_key: key_text(&r.range.end_key),
                 replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
                 learners: learner_stores(&r.range, &r.learners),
+                silent_learners: learner_stores(&r.range, &r.silent_learners),
                 leader: *leader,
                 size_bytes: r.size_bytes,
                 key_count: r.key_count,
@@ -506,15 +509,7 @@ fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
         "id", "start", "end", "replicas", "leader", "size", "keys"
     );
     for r in ranges {
-        let replicas = r
-            .replicas
-            .iter()
-            .map(|s| match r.learners.contains(s) {
-                true => format!("{s}~"),
-                false => s.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let replicas = replica_column(r);
         let leader = r.leader.map_or("-".to_string(), |l| l.to_string());
         let keys = r.key_count.map_or("-".to_string(), |k| k.to_string());
         println!(
@@ -531,7 +526,31 @@ fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
     if ranges.iter().any(|r| !r.learners.is_empty()) {
         println!("~ a learner: catching up, without a vote until its leader promotes it");
     }
+    if ranges.iter().any(|r| !r.silent_learners.is_empty()) {
+        println!(
+            "! a learner its leader has not heard from for a while (cut off or down): \
+             placement adds a replica elsewhere"
+        );
+    }
     Ok(())
+}
+
+/// A range's replicas as `ranges` prints them: store ids, a learner's marked `~`, a
+/// silent learner's `!`.
+fn replica_column(r: &RangeView) -> String {
+    r.replicas
+        .iter()
+        .map(|s| {
+            if r.silent_learners.contains(s) {
+                format!("{s}!")
+            } else if r.learners.contains(s) {
+                format!("{s}~")
+            } else {
+                s.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn print_stores(stores: &[StoreView]) {
@@ -631,4 +650,27 @@ async fn wait_leader(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("store {store} did not become leader")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_mark_learners_and_silent_learners() {
+        let r = RangeView {
+            id: 1,
+            start_key: String::new(),
+            end_key: String::new(),
+            replicas: vec![1, 2, 4, 5],
+            learners: vec![4, 5],
+            silent_learners: vec![5],
+            leader: Some(1),
+            size_bytes: 0,
+            key_count: None,
+            conf_ver: 3,
+            version: 1,
+        };
+        assert_eq!(replica_column(&r), "1,2,4~,5!");
+    }
 }

@@ -205,6 +205,7 @@ fn range_view(r: &Route) -> RangeView {
         end_key: key_text(&r.range.end_key),
         replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
         learners: super::learner_stores(&r.range, &r.learners),
+        silent_learners: super::learner_stores(&r.range, &r.silent_learners),
         leader: r.leader,
         size_bytes: r.size_bytes,
         key_count: r.key_count,
