@@ -43,8 +43,12 @@ pub enum CtlCommand {
     Status,
     /// Every store: state, ranges, leaders, bytes.
     Stores,
-    /// Every range: bounds, replicas, leader, size (`--key K`: only the range holding K).
+    /// Every range: bounds, replicas, leader, size
+    ///
+    /// A replica still catching up (a learner, no vote yet) is marked `~`; one its leader
+    /// has not heard from for a while (cut off or down) `!`.
     Ranges {
+        /// Only the range holding this key.
         #[arg(long)]
         key: Option<String>,
     },
