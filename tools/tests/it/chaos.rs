@@ -3,7 +3,8 @@
 //! kills (-9) and restarts stores and placement, stops stores gracefully, cuts a store
 //! off from the others (and placement, or not), from placement alone, or cuts one link
 //! between two stores (the stores talk through UDP relays that drop the packets; see
-//! `relay`), splits ranges, moves replicas and transfers leaders. Each key has one writer, which writes
+//! `relay`), freezes a store (SIGSTOP, then SIGCONT), splits ranges, moves replicas and
+//! transfers leaders. Each key has one writer, which writes
 //! increasing versions and reads some back at once, so the test can tell:
 //!
 //! - a read after an acknowledged write sees that write (or a write that failed, whose
@@ -166,6 +167,7 @@ struct Moves {
     isolations: u32,
     link_cuts: u32,
     placement_cuts: u32,
+    pauses: u32,
     splits: u32,
     moves: u32,
     transfers: u32,
@@ -184,6 +186,8 @@ enum Outage {
     PlacementCut(StoreId),
     /// The link between two stores, cut both ways.
     LinkCut(StoreId, StoreId),
+    /// A store process frozen (SIGSTOP) and then resumed where it stopped.
+    Paused(usize),
 }
 
 /// An outage and when it ends.
@@ -209,6 +213,7 @@ impl Down {
             }
             Outage::PlacementCut(s) => relays.cut_from_placement(s, false),
             Outage::LinkCut(a, b) => relays.cut(a, b, false),
+            Outage::Paused(s) => procs[s].pause(false),
         }
         eprintln!("chaos: ended: {}", self.describe(procs));
     }
@@ -221,6 +226,7 @@ impl Down {
             Outage::Isolated(s, true) => format!("store {s} cut off from the others and placement"),
             Outage::PlacementCut(s) => format!("store {s} cut off from placement"),
             Outage::LinkCut(a, b) => format!("link between stores {a} and {b} cut"),
+            Outage::Paused(s) => format!("store {} frozen (SIGSTOP)", procs[s].config.store_id),
         }
     }
 }
@@ -257,7 +263,7 @@ async fn nemesis(
         let pick = match (round, &down) {
             (0, _) => 0,
             (1, _) => 34,
-            (_, None) => rng.gen_range(0..115),
+            (_, None) => rng.gen_range(0..120),
             (_, Some(_)) => rng.gen_range(34..100),
         };
         round += 1;
@@ -388,6 +394,12 @@ async fn nemesis(
                 relays.cut_from_placement(s, true);
                 down = Down::after(Outage::PlacementCut(s), &mut rng, 1_000..8_000);
                 moves.placement_cuts += 1;
+            }
+            115..=119 if down.is_none() => {
+                let s = rng.gen_range(0..procs.len());
+                procs[s].pause(true);
+                down = Down::after(Outage::Paused(s), &mut rng, 300..5_000);
+                moves.pauses += 1;
             }
             _ => {}
         }

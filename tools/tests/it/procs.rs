@@ -100,6 +100,16 @@ impl StoreProc {
         }
     }
 
+    /// SIGSTOP (`on`) or SIGCONT: the process freezes as in a long pause (a stalled
+    /// disk, a VM descheduled) and goes on where it stopped.
+    pub fn pause(&self, on: bool) {
+        if let Some(c) = &self.child {
+            let signal = if on { "-STOP" } else { "-CONT" };
+            let pid = c.id().to_string();
+            Command::new("kill").args([signal, &pid]).status().unwrap();
+        }
+    }
+
     /// Everything the process logged (across restarts).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
