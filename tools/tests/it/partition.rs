@@ -206,3 +206,94 @@ async fn a_leader_cut_off_from_its_peers_steps_down_and_catches_up_once_healed()
         assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
     }
 }
+
+/// The leader's process freezes (SIGSTOP) and is cut off from its peers; the other two
+/// elect a leader and take writes; reads of the frozen store are sent after those writes
+/// were acknowledged and wait in its socket; it resumes (SIGCONT), still cut off, with
+/// nothing to tell it that it no longer leads. None of those reads may be answered with
+/// what it held before: its lease must count the time it was frozen (a lease counted in
+/// Raft ticks would not, as none pass while frozen). Once healed it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_leader_resumes_without_serving_a_stale_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, identity) = store_procs(dir.path(), 3);
+    let relays = Relays::front(&mut procs, None);
+    let (transport, leader) = start_all(&mut procs, &identity).await;
+    let client = kv_client(transport.clone(), &procs, patient_client_config());
+    client.put(key(0), value(0, 1)).await.unwrap();
+    let frozen_addr = procs[leader].config.listen_addr.clone();
+    procs[leader].pause(true);
+    relays.isolate(procs[leader].config.store_id, true);
+    eprintln!(
+        "partition: store {} (the leader) frozen and cut off",
+        procs[leader].config.store_id
+    );
+    // The others take the next writes once they elect a leader.
+    let started = Instant::now();
+    let mut acked = 1;
+    while acked < 5 {
+        for (_, p) in procs.iter().enumerate().filter(|(i, _)| *i != leader) {
+            let put = KvOp::Put {
+                key: key(0),
+                value: value(0, acked + 1),
+            };
+            if ask_store(&transport, &p.config.listen_addr, put)
+                .await
+                .is_ok()
+            {
+                acked += 1;
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no new leader took writes"
+        );
+    }
+    eprintln!(
+        "partition: the others took writes {:.1} s after the freeze",
+        started.elapsed().as_secs_f64()
+    );
+    // Reads sent now, each over a transport of its own (one that saw the store silent
+    // fails fast), wait for the frozen store; it resumes with them queued.
+    let reads: Vec<_> = (0..8)
+        .map(|_| {
+            let (transport, addr) = (client_transport(&identity), frozen_addr.clone());
+            tokio::spawn(
+                async move { ask_store(&transport, &addr, KvOp::Get { key: key(0) }).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    procs[leader].pause(false);
+    let (mut served, mut refused) = (0, Vec::new());
+    for r in reads {
+        match r.await.unwrap() {
+            Ok(KvReply::Value(v)) => {
+                assert_eq!(v, Some(value(0, 5)), "stale read from the resumed store");
+                served += 1;
+            }
+            other => refused.push(format!("{other:?}")),
+        }
+    }
+    refused.dedup();
+    eprintln!(
+        "partition: the resumed store served {served} reads (none stale); refusals: {refused:?}"
+    );
+    relays.heal();
+    let started = Instant::now();
+    loop {
+        let held = ask_store(&transport, &frozen_addr, KvOp::GetReplica { key: key(0) }).await;
+        if matches!(&held, Ok(KvReply::Value(Some(v))) if *v == value(0, 5)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the resumed store never caught up: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for p in procs.iter_mut() {
+        assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
+    }
+}
