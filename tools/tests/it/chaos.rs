@@ -1,5 +1,5 @@
 //! Chaos: a placement process and four `shale store` processes under steady writes
-//! (puts, one in ten a delete) while a nemesis, driven by a seeded random generator,
+//! (puts, one in ten a delete, one in eight an atomic batch of two keys) while a nemesis, driven by a seeded random generator,
 //! kills (-9) and restarts stores and placement, stops stores gracefully, cuts a store
 //! off from the others (and placement, or not), from placement alone, or cuts one link
 //! between two stores (the stores talk through UDP relays that drop the packets; see
@@ -31,7 +31,7 @@ use shale_rpc::client::{ClientConfig, KvClient};
 use shale_rpc::placement::{PlacementRequest, Route};
 use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::Transport;
-use shale_rpc::{Frame, FrameKind, KvOp, KvReply, KvRequest, KvResponse, StoreId};
+use shale_rpc::{Frame, FrameKind, KvOp, KvReply, KvRequest, KvResponse, StoreId, WriteOp};
 
 use crate::procs::*;
 use crate::relay::Relays;
@@ -84,9 +84,20 @@ impl KeyHistory {
 #[derive(Default)]
 struct Counts {
     acked: AtomicU64,
+    /// Acknowledged atomic batches (their writes are in `acked` too).
+    batches: AtomicU64,
     deletes: AtomicU64,
     failed: AtomicU64,
     reads: AtomicU64,
+}
+
+/// Another of `mine` in the range the client believes holds key `i`, if any.
+async fn batch_partner(client: &KvClient, i: u64, mine: &[u64]) -> Option<u64> {
+    let range = client.locate(&key(i)).await.ok()?;
+    mine.iter()
+        .copied()
+        .filter(|&j| j != i && range.contains(&key(j)))
+        .min_by_key(|&j| j.abs_diff(i))
 }
 
 /// One writer: owns keys `i` with `i % WRITERS == w`; writes until `stop`.
@@ -105,39 +116,70 @@ async fn writer(
         // Paced, to leave the machine's cores to the nemesis and other tests.
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1..6))).await;
         let i = mine[rng.gen_range(0..mine.len())];
-        let version = {
-            let v = next_version.entry(i).or_insert(0);
+        // One write in eight is an atomic batch with another of this writer's keys in
+        // the same range (as the client knows ranges; a split meanwhile fails it whole).
+        let partner = match rng.gen_bool(0.125) {
+            true => batch_partner(&client, i, &mine).await,
+            false => None,
+        };
+        let mut writes = Vec::new();
+        for k in std::iter::once(i).chain(partner) {
+            let v = next_version.entry(k).or_insert(0);
             *v += 1;
-            *v
+            let pad = if rng.gen_bool(0.1) {
+                rng.gen_range(1_000..3_000)
+            } else {
+                rng.gen_range(0..200)
+            };
+            writes.push((k, *v, rng.gen_bool(0.1), pad));
+        }
+        let op = |&(k, v, delete, pad): &(u64, u64, bool, usize)| match delete {
+            true => WriteOp::Delete { key: key(k) },
+            false => WriteOp::Put {
+                key: key(k),
+                value: value(k, v, pad),
+            },
         };
-        let pad = if rng.gen_bool(0.1) {
-            rng.gen_range(1_000..3_000)
-        } else {
-            rng.gen_range(0..200)
+        let outcome = match &writes[..] {
+            [(k, v, true, _)] => client.delete(key(*k)).await.map(|_| v),
+            [(k, v, false, pad)] => client.put(key(*k), value(*k, *v, *pad)).await.map(|_| v),
+            _ => client
+                .batch(writes.iter().map(op).collect())
+                .await
+                .map(|_| &0),
         };
-        let h = history.entry(i).or_default();
-        let delete = rng.gen_bool(0.1);
-        let outcome = match delete {
-            true => client.delete(key(i)).await,
-            false => client.put(key(i), value(i, version, pad)).await,
-        };
-        match outcome {
-            Ok(()) => {
-                (h.acked, h.acked_delete) = (version, delete);
-                counts.acked.fetch_add(1, Ordering::Relaxed);
-                counts
-                    .deletes
-                    .fetch_add(u64::from(delete), Ordering::Relaxed);
-            }
-            Err(e) => {
-                eprintln!(
-                    "chaos: write of key {i} version {version} (delete: {delete}) failed: {e}"
-                );
-                h.failed.insert(version, delete);
-                counts.failed.fetch_add(1, Ordering::Relaxed);
-                continue;
+        let batch = writes.len() > 1;
+        if outcome.is_ok() {
+            counts
+                .batches
+                .fetch_add(u64::from(batch), Ordering::Relaxed);
+        }
+        let mut failed = false;
+        for &(k, version, delete, _) in &writes {
+            let h = history.entry(k).or_default();
+            match &outcome {
+                Ok(_) => {
+                    (h.acked, h.acked_delete) = (version, delete);
+                    counts.acked.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .deletes
+                        .fetch_add(u64::from(delete), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "chaos: write of key {k} version {version} (delete: {delete}, batch: \
+                         {batch}) failed: {e}"
+                    );
+                    h.failed.insert(version, delete);
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    failed = true;
+                }
             }
         }
+        if failed {
+            continue;
+        }
+        let h = &history[&i];
         if rng.gen_bool(0.25) {
             match client.get(key(i)).await {
                 Ok(seen) => {
@@ -613,10 +655,12 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         history.extend(h);
     }
     eprintln!(
-        "chaos: {moves:?}; {} writes acknowledged ({} deletes), {} failed, {} reads checked; \
+        "chaos: {moves:?}; {} writes acknowledged ({} deletes, {} batches of two), {} failed, \
+         {} reads checked; \
          {} packets dropped on cut links",
         counts.acked.load(Ordering::Relaxed),
         counts.deletes.load(Ordering::Relaxed),
+        counts.batches.load(Ordering::Relaxed),
         counts.failed.load(Ordering::Relaxed),
         counts.reads.load(Ordering::Relaxed),
         relays.dropped()
