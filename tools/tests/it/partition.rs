@@ -43,6 +43,22 @@ async fn ask_store(transport: &Transport, addr: &str, op: KvOp) -> Result<KvRepl
     }
 }
 
+/// Waits (up to 30 s) until the replica on the store at `addr` holds `want` at `key`.
+async fn must_hold(transport: &Transport, addr: &str, key: Bytes, want: Bytes) {
+    let started = Instant::now();
+    loop {
+        let held = ask_store(transport, addr, KvOp::GetReplica { key: key.clone() }).await;
+        if matches!(&held, Ok(KvReply::Value(Some(v))) if *v == want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the store at {addr} never caught up: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// While writes of key 0 go to whichever of `others` takes them (the first as soon as
 /// they elect a leader), reads of it go to the cut-off store at `cut_addr`: each read it
 /// serves must show the last write acknowledged before the read was sent (a deposed
@@ -182,18 +198,7 @@ async fn a_leader_cut_off_from_its_peers_steps_down_and_catches_up_once_healed()
 
     relays.heal();
     let started = Instant::now();
-    loop {
-        let held = ask_store(&transport, &cut_addr, KvOp::GetReplica { key: key(49) }).await;
-        if matches!(&held, Ok(KvReply::Value(Some(v))) if *v == value(49, 2)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the healed store never caught up: {held:?}\n{}",
-            procs[leader].log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    must_hold(&transport, &cut_addr, key(49), value(49, 2)).await;
     eprintln!(
         "partition: healed store caught up in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -281,18 +286,7 @@ async fn a_frozen_leader_resumes_without_serving_a_stale_read() {
         "partition: the resumed store served {served} reads (none stale); refusals: {refused:?}"
     );
     relays.heal();
-    let started = Instant::now();
-    loop {
-        let held = ask_store(&transport, &frozen_addr, KvOp::GetReplica { key: key(0) }).await;
-        if matches!(&held, Ok(KvReply::Value(Some(v))) if *v == value(0, 5)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the resumed store never caught up: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    must_hold(&transport, &frozen_addr, key(0), value(0, 5)).await;
     for p in procs.iter_mut() {
         assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
     }

@@ -58,6 +58,17 @@ fn ids_of(reply: &PlacementReply) -> Option<std::ops::Range<u64>> {
     }
 }
 
+/// Five blocks of ten ids through `placement` (following its leader), into `handed`.
+async fn alloc_five(placement: &PlacementClient, handed: &mut Vec<std::ops::Range<u64>>) {
+    for _ in 0..5 {
+        let reply = placement
+            .call(&PlacementRequest::AllocIds { count: 10 })
+            .await
+            .unwrap();
+        handed.push(ids_of(&reply).expect("ids"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_placement_leader_cut_off_from_its_peers_hands_over_and_no_id_repeats() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,13 +102,7 @@ async fn a_placement_leader_cut_off_from_its_peers_hands_over_and_no_id_repeats(
         client.put(key(i), "before").await.unwrap();
     }
     let mut handed = Vec::new();
-    for _ in 0..5 {
-        let reply = placement
-            .call(&PlacementRequest::AllocIds { count: 10 })
-            .await
-            .unwrap();
-        handed.push(ids_of(&reply).expect("ids"));
-    }
+    alloc_five(&placement, &mut handed).await;
     let old = placement_leader(&transport, &addrs)
         .await
         .expect("a placement leader");
@@ -138,13 +143,7 @@ async fn a_placement_leader_cut_off_from_its_peers_hands_over_and_no_id_repeats(
         new + 1,
         started.elapsed().as_secs_f64()
     );
-    for _ in 0..5 {
-        let reply = placement
-            .call(&PlacementRequest::AllocIds { count: 10 })
-            .await
-            .unwrap();
-        handed.push(ids_of(&reply).expect("ids"));
-    }
+    alloc_five(&placement, &mut handed).await;
     // Stores and clients go on: writes, and a split (new ids from the new leader).
     for i in 50..100 {
         client.put(key(i), "during").await.unwrap();
@@ -169,13 +168,7 @@ async fn a_placement_leader_cut_off_from_its_peers_hands_over_and_no_id_repeats(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for _ in 0..5 {
-        let reply = placement
-            .call(&PlacementRequest::AllocIds { count: 10 })
-            .await
-            .unwrap();
-        handed.push(ids_of(&reply).expect("ids"));
-    }
+    alloc_five(&placement, &mut handed).await;
     let mut ids: Vec<u64> = handed.iter().flat_map(|r| r.clone()).collect();
     let n = ids.len();
     ids.sort_unstable();
