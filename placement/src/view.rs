@@ -76,26 +76,28 @@ pub struct RangeView {
 }
 
 impl RangeView {
+    /// The id of the range's replica on `store_id`, if it has one.
+    fn replica_id_on(&self, store_id: StoreId) -> Option<ReplicaId> {
+        self.range.replica_on(store_id).map(|r| r.id)
+    }
+
     /// True when the range has a replica on `store_id` that votes (is not a learner).
     pub fn votes_on(&self, store_id: StoreId) -> bool {
-        self.range
-            .replica_on(store_id)
-            .is_some_and(|r| !self.learners.contains(&r.id))
+        self.replica_id_on(store_id)
+            .is_some_and(|id| !self.learners.contains(&id))
     }
 
     /// True when the range's replica on `store_id` is a learner.
     pub fn learner_on(&self, store_id: StoreId) -> bool {
-        self.range
-            .replica_on(store_id)
-            .is_some_and(|r| self.learners.contains(&r.id))
+        self.replica_id_on(store_id)
+            .is_some_and(|id| self.learners.contains(&id))
     }
 
     /// True when the range's replica on `store_id` is a learner its leader has not
     /// heard from for a while (cut off from the leader, say): it may never catch up.
     pub fn silent_learner_on(&self, store_id: StoreId) -> bool {
-        self.range
-            .replica_on(store_id)
-            .is_some_and(|r| self.silent_learners.contains(&r.id))
+        self.replica_id_on(store_id)
+            .is_some_and(|id| self.silent_learners.contains(&id))
     }
 
     /// True when some learner of the range is still heard from (catching up).

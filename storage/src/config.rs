@@ -336,6 +336,11 @@ impl StoreConfig {
 }
 
 impl RaftConfig {
+    /// How long a leader may hear nothing from a learner before reporting it silent.
+    pub fn learner_silent_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.learner_silent_after_ms)
+    }
+
     /// How long after a quorum confirmed leadership the leader may serve reads without
     /// asking again: below the shortest time a follower waits before campaigning
     /// ((election-ticks - 1) ticks), with a margin for clock drift.

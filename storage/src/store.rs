@@ -682,7 +682,7 @@ impl<S: RaftSender> Store<S> {
     /// Sets the store's gauges: replicas, leaders, hibernating replicas, learners led
     /// (and how many of them are silent).
     fn set_gauges(&self) {
-        let silent_after = Duration::from_millis(self.raft.learner_silent_after_ms);
+        let silent_after = self.raft.learner_silent_after();
         let mut g = StoreGauges {
             ranges: self.replicas.len() as i64,
             ..StoreGauges::default()

@@ -75,8 +75,7 @@ impl<S: RaftSender> Store<S> {
             key_count: None,
             leader_missing_ms: r.leader_missing(self.tick).as_millis() as u64,
             learners: r.learners(),
-            silent_learners: r
-                .silent_learners(Duration::from_millis(self.raft.learner_silent_after_ms)),
+            silent_learners: r.silent_learners(self.raft.learner_silent_after()),
         }
     }
 }
