@@ -72,12 +72,9 @@ impl Operator {
         self.delivered_ms = Some(now_ms);
         match step {
             RangeStep::RemoveReplica { range_id, store_id } if range.leader == Some(store_id) => {
-                let to = range
-                    .range
-                    .replicas
-                    .iter()
-                    .map(|r| r.store_id)
-                    .find(|&s| s != store_id && range.votes_on(s) && usable(s))?;
+                let to = range.range.replicas.iter().map(|r| r.store_id).find(|&s| {
+                    s != store_id && range.votes_on(s) && !range.diverged_on(s) && usable(s)
+                })?;
                 Some(RangeStep::TransferLeader {
                     range_id,
                     to_store: to,
@@ -213,6 +210,7 @@ mod tests {
             learners: Vec::new(),
             learners_since_ms: None,
             silent_learners: Vec::new(),
+            diverged: Vec::new(),
         }
     }
 

@@ -165,6 +165,7 @@ impl<'a> Planner<'a> {
             let suspect = reps.len() != config.replicas
                 || !reps.iter().all(|rep| up(&rep.store_id))
                 || !r.silent_learners.is_empty()
+                || !r.diverged.is_empty()
                 || (0..reps.len())
                     .any(|i| zone_at(i).is_some() && (0..i).any(|j| zone_at(j) == zone_at(i)));
             if suspect && r.leader.is_some() && !busy.ranges.contains(&r.range.id) {
@@ -296,7 +297,8 @@ impl<'a> Planner<'a> {
     }
 
     /// Which replica of a range with too many to drop: one on a store that is not up,
-    /// then a silent learner (its leader cannot reach it), then a learner (it adds no
+    /// then one a consistency check found diverged, then a silent learner (its leader
+    /// cannot reach it), then a learner (it adds no
     /// safety yet), then one sharing its zone with another, then the one on the fullest
     /// store.
     fn pick_extra(&self, range: &RangeView) -> Option<StoreId> {
@@ -312,6 +314,7 @@ impl<'a> Planner<'a> {
             .max_by_key(|&s| {
                 (
                     !self.is_up(s),
+                    range.diverged_on(s),
                     range.silent_learner_on(s),
                     range.learner_on(s),
                     zone_dups(s),
@@ -319,6 +322,21 @@ impl<'a> Planner<'a> {
                     s,
                 )
             })
+    }
+
+    /// A store holding a diverged replica of `range` that can go before a sound copy is
+    /// added elsewhere: the `healthy` sound replicas left are a majority without it.
+    fn diverged_to_drop(&self, range: &RangeView, healthy: usize) -> Option<StoreId> {
+        let left = range.range.replicas.len().checked_sub(1)?;
+        if healthy * 2 <= left {
+            return None;
+        }
+        range
+            .range
+            .replicas
+            .iter()
+            .find(|r| range.diverged.contains(&r.id))
+            .map(|r| r.store_id)
     }
 
     /// True while `range` has had learners for less than the operator timeout, one of
@@ -351,12 +369,20 @@ impl<'a> Planner<'a> {
                 .range
                 .replicas
                 .iter()
-                .filter(|r| self.is_up(r.store_id) && !range.silent_learners.contains(&r.id))
+                .filter(|r| self.is_up(r.store_id) && range.is_sound(r.id))
                 .count();
             if healthy < target {
                 if let Some(to) = self.pick_target(range, None) {
                     let step = self.add_step(range, to);
                     self.push(range, "repair", vec![step]);
+                } else if let Some(from) = self.diverged_to_drop(range, healthy) {
+                    // No store to add a sound copy on first: the diverged copy goes,
+                    // and the next pass adds one where it was.
+                    let step = RangeStep::RemoveReplica {
+                        range_id: id,
+                        store_id: from,
+                    };
+                    self.push(range, "diverged", vec![step]);
                 }
                 continue;
             }

@@ -73,6 +73,8 @@ pub struct RangeView {
     pub learners_since_ms: Option<u64>,
     /// Learners the leader last reported it has heard nothing from for a while.
     pub silent_learners: Vec<ReplicaId>,
+    /// Replicas whose data a consistency check found differs from the majority's.
+    pub diverged: Vec<ReplicaId>,
 }
 
 impl RangeView {
@@ -98,6 +100,19 @@ impl RangeView {
     pub fn silent_learner_on(&self, store_id: StoreId) -> bool {
         self.replica_id_on(store_id)
             .is_some_and(|id| self.silent_learners.contains(&id))
+    }
+
+    /// True when the range's replica on `store_id` holds data a consistency check found
+    /// differs from the other replicas': it is to be replaced.
+    pub fn diverged_on(&self, store_id: StoreId) -> bool {
+        self.replica_id_on(store_id)
+            .is_some_and(|id| self.diverged.contains(&id))
+    }
+
+    /// True when the replica `id` counts toward the range's replicas: neither a
+    /// learner its leader cannot hear nor one holding diverged data.
+    pub fn is_sound(&self, id: ReplicaId) -> bool {
+        !self.silent_learners.contains(&id) && !self.diverged.contains(&id)
     }
 
     /// True when some learner of the range is still heard from (catching up).
@@ -233,6 +248,7 @@ impl ClusterView {
             learners: Vec::new(),
             learners_since_ms: None,
             silent_learners: Vec::new(),
+            diverged: Vec::new(),
         });
     }
 
@@ -293,6 +309,7 @@ impl ClusterView {
                 false => Some(previous.and_then(|p| p.learners_since_ms).unwrap_or(now_ms)),
             },
             silent_learners: report.silent_learners.clone(),
+            diverged: report.diverged.clone(),
         });
         if rates.is_zero() {
             self.warm.remove(&id);
@@ -443,6 +460,7 @@ impl ClusterView {
             ops_per_sec: view.ops_per_sec,
             learners: view.learners.clone(),
             silent_learners: view.silent_learners.clone(),
+            diverged: view.diverged.clone(),
         }
     }
 

@@ -92,6 +92,68 @@ pub struct RaftBatch {
     /// ticking until the next message wakes them.
     #[serde(default)]
     pub hibernate: Vec<RangeId>,
+    /// Checksums of replicas on `from_store`, for the other replicas of their ranges
+    /// (consistency checks).
+    #[serde(default)]
+    pub sums: Vec<SumReport>,
+}
+
+impl RaftBatch {
+    /// A batch of `messages` alone.
+    pub fn of(from_store: StoreId, to_store: StoreId, messages: Vec<RaftEnvelope>) -> RaftBatch {
+        RaftBatch {
+            from_store,
+            to_store,
+            messages,
+            hibernate: Vec::new(),
+            sums: Vec::new(),
+        }
+    }
+
+    /// True when the batch carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.hibernate.is_empty() && self.sums.is_empty()
+    }
+}
+
+/// A checksum of a range's data as one replica holds it at one log index: every pair
+/// in the range's span, in key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RangeSum {
+    pub keys: u64,
+    /// Key and value bytes.
+    pub bytes: u64,
+    /// CRC-32 (crc32fast) of each pair in turn as key length, key, value
+    /// length, value (lengths as little-endian u32).
+    pub crc32: u32,
+}
+
+/// One replica's answer to a consistency check: the sum of its data at the check's log
+/// index, or why it could not read its data (a corrupt file, say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SumReport {
+    pub range_id: RangeId,
+    /// The index of the check's log entry: every replica sums its data as applied
+    /// through it.
+    pub index: u64,
+    pub replica_id: ReplicaId,
+    pub sum: Result<RangeSum, String>,
+}
+
+/// How a consistency check of a range ended, as one replica saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    /// The index of the check's log entry.
+    pub index: u64,
+    /// The replicas that answered, and their answers, by replica id.
+    pub sums: Vec<(ReplicaId, Result<RangeSum, String>)>,
+    /// Replicas of the range that did not answer in time (down, or added after the
+    /// check's entry).
+    pub missing: Vec<ReplicaId>,
+    /// True when more than half of the range's replicas agree on one sum.
+    pub agreed: bool,
+    /// Replicas whose data differs from that majority's, or could not be read.
+    pub diverged: Vec<ReplicaId>,
 }
 
 /// One Raft message of one range; `message` is raft-rs's protobuf encoding.
@@ -328,6 +390,11 @@ pub enum AdminRequest {
         replica_id: ReplicaId,
         conf_ver: u64,
     },
+    /// Check that every replica of `range_id` holds the same data: the leader proposes
+    /// a check entry, each replica sums its data as applied through it and tells the
+    /// others. Returns the outcome once every replica answered (`ServerBusy` if that
+    /// takes longer than the store's wait; ask `Status` later).
+    CheckConsistency { range_id: RangeId },
 }
 
 /// A store's answer to an admin request.
@@ -346,6 +413,8 @@ pub enum AdminReply {
     Range(Option<RangeDescriptor>),
     /// The range after a membership change.
     Changed(RangeDescriptor),
+    /// A finished consistency check.
+    Checked(CheckOutcome),
 }
 
 pub type AdminResponse = Result<AdminReply, KvError>;
@@ -385,6 +454,13 @@ pub struct RangeStatus {
     /// `learner-silent-after-ms` (cut off, or their store down): they may never catch up.
     #[serde(default)]
     pub silent_learners: Vec<ReplicaId>,
+    /// The last consistency check of the range this replica saw finish.
+    #[serde(default)]
+    pub last_check: Option<CheckOutcome>,
+    /// Replicas still in the range whose data that check found differs from the
+    /// majority's (placement replaces them).
+    #[serde(default)]
+    pub diverged: Vec<ReplicaId>,
 }
 
 impl RangeStatus {

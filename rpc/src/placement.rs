@@ -135,6 +135,10 @@ pub struct RangeReport {
     /// placement gives up an add waiting on one.
     #[serde(default)]
     pub silent_learners: Vec<ReplicaId>,
+    /// Replicas whose data the last consistency check found differs from the
+    /// majority's: placement replaces them.
+    #[serde(default)]
+    pub diverged: Vec<ReplicaId>,
 }
 
 impl RangeReport {
@@ -153,6 +157,7 @@ impl RangeReport {
             interval_ms: 1000,
             learners: Vec::new(),
             silent_learners: Vec::new(),
+            diverged: Vec::new(),
         }
     }
 }
@@ -208,6 +213,9 @@ pub struct Route {
     /// Of those, the ones the leader has not heard from for a while.
     #[serde(default)]
     pub silent_learners: Vec<ReplicaId>,
+    /// Replicas a consistency check found diverged (being replaced).
+    #[serde(default)]
+    pub diverged: Vec<ReplicaId>,
 }
 
 /// How placement sees a store.

@@ -40,6 +40,9 @@ pub enum Command {
         first_key: Bytes,
         last_key: Bytes,
     },
+    /// A consistency check: each replica sums its range's data as applied through this
+    /// entry and tells the other replicas (see `consistency`).
+    ComputeChecksum,
 }
 
 /// What applying a command produced, for the client that proposed it.
@@ -58,6 +61,10 @@ pub enum Applied {
     Split {
         left: Box<RangeDescriptor>,
         right: Box<RangeDescriptor>,
+    },
+    /// A consistency check's entry applied at `index`.
+    CheckStarted {
+        index: u64,
     },
 }
 

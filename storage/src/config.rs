@@ -33,6 +33,7 @@ pub struct StoreConfig {
     pub limits: StoreLimits,
     pub split: SplitConfig,
     pub log_gc: LogGcConfig,
+    pub consistency: crate::consistency::ConsistencyConfig,
     pub ingest: IngestConfig,
     /// Labels placement uses to spread replicas, e.g. `zone = "eu-1a"`, `host = "m1"`.
     pub labels: std::collections::BTreeMap<String, String>,
@@ -134,6 +135,7 @@ impl Default for StoreConfig {
             limits: StoreLimits::default(),
             split: SplitConfig::default(),
             log_gc: LogGcConfig::default(),
+            consistency: Default::default(),
             ingest: IngestConfig::default(),
             labels: Default::default(),
             placement: Default::default(),

@@ -62,6 +62,7 @@ impl Faults {
         if !cut.is_empty() {
             batch.messages.retain(|e| !cut.contains(&e.range_id));
             batch.hibernate.retain(|id| !cut.contains(id));
+            batch.sums.retain(|s| !cut.contains(&s.range_id));
         }
     }
 

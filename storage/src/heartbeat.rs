@@ -208,6 +208,7 @@ impl Heartbeats {
                     interval_ms: interval.as_millis() as u64,
                     learners: s.learners.clone(),
                     silent_learners: s.silent_learners.clone(),
+                    diverged: s.diverged.clone(),
                 }
             })
             .collect();
@@ -381,8 +382,10 @@ struct Fingerprint {
     term: u64,
     size_bytes: u64,
     key_count: Option<u64>,
-    /// Learners falling silent (or heard again) change nothing else.
+    /// Learners falling silent (or heard again) change nothing else; nor does a check
+    /// finding replicas diverged.
     silent_learners: Vec<ReplicaId>,
+    diverged: Vec<ReplicaId>,
 }
 
 impl Fingerprint {
@@ -393,6 +396,7 @@ impl Fingerprint {
             size_bytes: r.size_bytes,
             key_count: r.key_count,
             silent_learners: r.silent_learners.clone(),
+            diverged: r.diverged.clone(),
         }
     }
 }
@@ -546,10 +550,21 @@ mod tests {
             (vec![3], false)
         );
         silent[2].silent_learners.clear();
-        assert_eq!(send(&mut reported, silent, t0, false), (vec![3], false));
+        assert_eq!(
+            send(&mut reported, silent.clone(), t0, false),
+            (vec![3], false)
+        );
+        // A check finding a replica diverged (it is to be replaced).
+        silent[1].diverged = vec![8];
+        assert_eq!(send(&mut reported, silent, t0, false), (vec![2], false));
         let mut again = all();
         again[0].term = 2;
         again[1].size_bytes = 4096;
+        // The diverged replica gone: range 2 reports once more, then nothing changed.
+        assert_eq!(
+            send(&mut reported, again.clone(), t0, false),
+            (vec![2], false)
+        );
         assert_eq!(
             send(&mut reported, again.clone(), t0, false),
             (vec![], false)

@@ -5,6 +5,7 @@ pub mod addresses;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod consistency;
 mod early;
 pub use early::EARLY_GRACE;
 pub mod engine;

@@ -37,6 +37,9 @@ pub struct StoreMetrics {
     pub hibernating: Family<Vec<(String, String)>, Gauge>,
     pub learners: Family<Vec<(String, String)>, Gauge>,
     pub silent_learners: Family<Vec<(String, String)>, Gauge>,
+    pub diverged: Family<Vec<(String, String)>, Gauge>,
+    /// By `outcome`: agreed, diverged, no_majority.
+    pub checks: Family<Vec<(String, String)>, Counter>,
 }
 
 /// One store's gauges at a pass over its replicas.
@@ -49,6 +52,8 @@ pub struct StoreGauges {
     pub learners: i64,
     /// Of those, the ones their leader has not heard from for a while.
     pub silent_learners: i64,
+    /// Replicas of the ranges the store leads that a consistency check found diverged.
+    pub diverged: i64,
 }
 
 impl StoreMetrics {
@@ -62,6 +67,14 @@ impl StoreMetrics {
         self.silent_learners
             .get_or_create(&label)
             .set(g.silent_learners);
+        self.diverged.get_or_create(&label).set(g.diverged);
+    }
+
+    /// Counts a consistency check a leader judged (`outcome`: agreed, diverged or
+    /// no_majority).
+    pub fn consistency_checks(&self, outcome: &str) {
+        let label = vec![("outcome".to_string(), outcome.to_string())];
+        self.checks.get_or_create(&label).inc();
     }
 }
 
@@ -191,5 +204,17 @@ pub fn register(registry: &mut Registry) {
         "Learners in ranges the store leads that it has heard nothing from for \
          learner-silent-after-ms (cut off or down; placement adds a replica elsewhere)",
         m.silent_learners.clone(),
+    );
+    registry.register(
+        "shale_store_diverged_replicas",
+        "Replicas of ranges the store leads whose data the last consistency check found \
+         differs from the majority's (placement replaces them)",
+        m.diverged.clone(),
+    );
+    registry.register(
+        "shale_store_consistency_checks",
+        "Consistency checks judged by the ranges' leaders, by outcome (agreed, diverged, \
+         no_majority)",
+        m.checks.clone(),
     );
 }

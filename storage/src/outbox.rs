@@ -78,12 +78,7 @@ impl Outbox {
                 continue;
             }
             METRICS.raft_messages_sent.inc_by(messages.len() as u64);
-            sender.send(RaftBatch {
-                from_store,
-                to_store,
-                messages,
-                hibernate: Vec::new(),
-            });
+            sender.send(RaftBatch::of(from_store, to_store, messages));
         }
     }
 }

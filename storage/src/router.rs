@@ -209,7 +209,7 @@ impl RaftSender for RaftRouter {
 
     fn send(&mut self, mut batch: RaftBatch) {
         self.faults.drop_cut_ranges(&mut batch);
-        if self.faults.partitioned() || (batch.messages.is_empty() && batch.hibernate.is_empty()) {
+        if self.faults.partitioned() || batch.is_empty() {
             return;
         }
         let to = batch.to_store;

@@ -15,14 +15,15 @@ use shale_rpc::placement::{PlacementReply, PlacementRequest};
 use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::{rejected, Service};
 use shale_rpc::{
-    AdminReply, AdminRequest, AdminResponse, Epoch, Frame, FrameKind, KvError, KvOp, KvReply,
-    KvRequest, KvResponse, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus,
+    AdminReply, AdminRequest, AdminResponse, CheckOutcome, Epoch, Frame, FrameKind, KvError, KvOp,
+    KvReply, KvRequest, KvResponse, RaftBatch, RaftEnvelope, RangeDescriptor, RangeId, RangeStatus,
     ReplicaDescriptor, ReplicaId, StoreId, WriteOp, SYSTEM_PREFIX_END,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::command::{Applied, Command};
+use crate::consistency;
 use crate::engine::{Cf, Engine};
 use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
@@ -34,6 +35,9 @@ use crate::staging::Staging;
 use crate::store::{overlap_reason, HeartbeatStatus, StoreMsg};
 
 mod membership;
+
+/// How long an admin consistency check waits for every replica's answer.
+const CHECK_WAIT: Duration = Duration::from_secs(30);
 
 /// Serves one store's KV and Raft traffic.
 pub struct StoreService {
@@ -472,6 +476,10 @@ impl StoreService {
                 .remove_replica(range_id, store_id)
                 .await
                 .map(AdminReply::Changed),
+            AdminRequest::CheckConsistency { range_id } => self
+                .check_consistency(range_id)
+                .await
+                .map(AdminReply::Checked),
             AdminRequest::DestroyReplica {
                 range_id,
                 replica_id,
@@ -486,6 +494,45 @@ impl StoreService {
                 .await?;
                 Ok(AdminReply::Started)
             }
+        }
+    }
+
+    /// Runs a consistency check of `range_id`, which this store must lead, and waits
+    /// (up to `CHECK_WAIT`) for every replica's answer.
+    async fn check_consistency(&self, range_id: RangeId) -> Result<CheckOutcome, KvError> {
+        if consistency::sums_in_flight() >= consistency::SUMS_IN_FLIGHT_MAX {
+            return Err(KvError::ServerBusy {
+                reason: "too many consistency checks running on this store".into(),
+            });
+        }
+        let index = match self
+            .propose(range_id, None, Command::ComputeChecksum)
+            .await?
+        {
+            Applied::CheckStarted { index } => index,
+            other => {
+                return Err(KvError::Storage {
+                    message: format!("a check entry applied as {other:?}"),
+                })
+            }
+        };
+        let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+        loop {
+            let last = self
+                .ask(|reply| StoreMsg::LastCheck { range_id, reply })
+                .await?;
+            if let Some(outcome) = last.filter(|o| o.index >= index) {
+                return Ok(outcome);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KvError::ServerBusy {
+                    reason: format!(
+                        "the check at index {index} still waits on replicas; its outcome \
+                         will show in the range's status"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -598,12 +645,11 @@ impl StoreService {
                 return refused(reason);
             }
         };
-        let batch = RaftBatch {
+        let batch = RaftBatch::of(
             from_store,
-            to_store: self.store_id,
-            messages: vec![RaftEnvelope { range_id, message }],
-            hibernate: Vec::new(),
-        };
+            self.store_id,
+            vec![RaftEnvelope { range_id, message }],
+        );
         let tx = self.tx.clone();
         // A snapshot is too costly to drop on a full queue: wait for room, off the
         // runtime's workers.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use shale_rpc::{Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId};
+use shale_rpc::{Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId, SumReport};
 use tracing::{debug, info, warn};
 
 use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
@@ -78,6 +78,10 @@ pub struct Store<S: RaftSender> {
     awake: BTreeSet<RangeId>,
     /// Snapshot builds running off the loop (at most `SNAPSHOT_BUILDS_MAX`).
     snapshot_builds: usize,
+    /// Replicas summing their data for a consistency check, off the loop.
+    summing: BTreeSet<RangeId>,
+    /// How often leaders check their ranges' consistency (`None`: only when asked).
+    check_interval: Option<Duration>,
     slow_rounds: SlowRounds,
     faults: Arc<Faults>,
 }
@@ -121,6 +125,8 @@ impl<S: RaftSender> Store<S> {
             membership_wanted: BTreeSet::new(),
             awake: BTreeSet::new(),
             snapshot_builds: 0,
+            summing: BTreeSet::new(),
+            check_interval: config.consistency.interval(),
             slow_rounds: SlowRounds::default(),
             faults: Arc::default(),
         }
@@ -185,18 +191,18 @@ impl<S: RaftSender> Store<S> {
                 });
                 for (to_store, hibernate) in asleep {
                     self.sender.send(RaftBatch {
-                        from_store: self.store_id,
-                        to_store,
-                        messages: Vec::new(),
                         hibernate,
+                        ..RaftBatch::of(self.store_id, to_store, Vec::new())
                     });
                 }
                 self.ticks += 1;
                 // Passes over every replica, awake or not, once a second.
                 let all = self.ticks.is_multiple_of(SLOW_PASS_TICKS);
                 self.request_split_checks(all);
+                self.send_sums();
                 if all {
                     self.set_gauges();
+                    self.consistency_pass();
                 }
                 if self.ticks.is_multiple_of(self.log_gc.interval_ticks) {
                     self.log_gc();
@@ -370,6 +376,10 @@ impl<S: RaftSender> Store<S> {
                 }
                 let _ = reply.send(overlapping);
             }
+            StoreMsg::LastCheck { range_id, reply } => {
+                let last = self.replicas.get(&range_id).and_then(|r| r.last_check());
+                let _ = reply.send(last.cloned());
+            }
             StoreMsg::Describe { range_id, reply } => {
                 let described = self.replicas.get(&range_id);
                 let _ = reply.send(described.map(|r| (r.range.clone(), r.learners())));
@@ -452,6 +462,12 @@ impl<S: RaftSender> Store<S> {
         for range_id in &batch.hibernate {
             if let Some(r) = self.replicas.get_mut(range_id) {
                 r.hibernate_on_signal(batch.from_store);
+            }
+        }
+        let now = Instant::now();
+        for sum in batch.sums {
+            if let Some(r) = self.replicas.get_mut(&sum.range_id) {
+                r.record_sum(sum, now);
             }
         }
         for env in batch.messages {
@@ -603,6 +619,9 @@ impl<S: RaftSender> Store<S> {
             let (parent_leads, new_ranges, removed) =
                 (r.is_leader(), r.take_new_ranges(), r.is_removed());
             born.extend(new_ranges.into_iter().map(|s| (s, parent_leads)));
+            if r.is_summing() {
+                self.summing.insert(*id);
+            }
             if removed {
                 self.destroy_replica(*id);
             }
@@ -679,8 +698,48 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
+    /// Hands the sums replicas finished for their consistency checks to the other
+    /// replicas of their ranges.
+    fn send_sums(&mut self) {
+        if self.summing.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut by_store: HashMap<StoreId, Vec<SumReport>> = HashMap::new();
+        let replicas = &mut self.replicas;
+        self.summing.retain(|id| {
+            let Some(r) = replicas.get_mut(id) else {
+                return false;
+            };
+            if let Some(report) = r.poll_sum(now) {
+                for store in r.follower_stores() {
+                    by_store.entry(store).or_default().push(report.clone());
+                }
+            }
+            r.is_summing()
+        });
+        for (to_store, sums) in by_store {
+            self.sender.send(RaftBatch {
+                sums,
+                ..RaftBatch::of(self.store_id, to_store, Vec::new())
+            });
+        }
+    }
+
+    /// Once a second: judges checks whose wait is over, and has leaders propose the
+    /// checks their interval calls for.
+    fn consistency_pass(&mut self) {
+        let now = Instant::now();
+        for (id, r) in self.replicas.iter_mut() {
+            r.settle_check(now);
+            if r.maybe_propose_check(self.check_interval, now) {
+                self.active.insert(*id);
+            }
+        }
+    }
+
     /// Sets the store's gauges: replicas, leaders, hibernating replicas, learners led
-    /// (and how many of them are silent).
+    /// (and how many of them are silent), diverged replicas of ranges led.
     fn set_gauges(&self) {
         let silent_after = self.raft.learner_silent_after();
         let mut g = StoreGauges {
@@ -693,6 +752,9 @@ impl<S: RaftSender> Store<S> {
             if r.is_leader() && r.learner_count() > 0 {
                 g.learners += r.learner_count() as i64;
                 g.silent_learners += r.silent_learners(silent_after).len() as i64;
+            }
+            if r.is_leader() {
+                g.diverged += r.diverged().len() as i64;
             }
         }
         METRICS.set_store_gauges(&self.gauge_label, &g);

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use raft::eraftpb::{ConfChangeV2, Snapshot};
 use shale_rpc::{
-    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaId, StoreId, WriteOp,
+    CheckOutcome, Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, RangeStatus, ReplicaId,
+    StoreId, WriteOp,
 };
 use tokio::sync::oneshot;
 
@@ -78,6 +79,11 @@ pub enum StoreMsg {
     Describe {
         range_id: RangeId,
         reply: oneshot::Sender<Option<(RangeDescriptor, Vec<ReplicaId>)>>,
+    },
+    /// The last consistency check of the local replica of `range_id` judged.
+    LastCheck {
+        range_id: RangeId,
+        reply: oneshot::Sender<Option<CheckOutcome>>,
     },
     Campaign {
         range_id: RangeId,

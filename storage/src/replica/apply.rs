@@ -186,6 +186,7 @@ impl Replica {
             Command::IngestStaged { id, crc32, .. } => {
                 vec![self.apply_staged_ingest(id, crc32, entry.index, batch)]
             }
+            Command::ComputeChecksum => vec![self.apply_compute_checksum(entry.index, batch)],
         }
     }
 
@@ -200,7 +201,7 @@ impl Replica {
         batch: &mut WriteBatch<'_>,
     ) -> ApplyResult {
         let range_id = self.range.id;
-        write_out_before_ingest(range_id, batch);
+        write_out_applied(range_id, batch);
         let name = format!("{range_id}-{index}.sst");
         match self.engine.ingest_sorted(Cf::Data, pairs, &name) {
             Ok(true) => {
@@ -254,7 +255,7 @@ impl Replica {
                 Err(e) => panic!("range {range_id}: reading ingest marker failed: {e}"),
             }
         }
-        write_out_before_ingest(range_id, batch);
+        write_out_applied(range_id, batch);
         let mut mark = self.engine.batch();
         mark.put(Cf::Raft, &marker, &index.to_be_bytes());
         if let Err(e) = self.engine.write(mark, Durability::Sync) {
@@ -485,10 +486,11 @@ impl Replica {
 }
 
 /// Writes what the round applied so far, so an ingest lands above it (and below what
-/// follows). Applied state that may or may not be written cannot be reasoned about.
-fn write_out_before_ingest(range_id: RangeId, batch: &mut WriteBatch<'_>) {
+/// follows), or a check's sum sees it (and nothing after). Applied state that may or
+/// may not be written cannot be reasoned about.
+pub(super) fn write_out_applied(range_id: RangeId, batch: &mut WriteBatch<'_>) {
     if let Err(e) = batch.write_out(Durability::NoWal) {
-        panic!("range {range_id}: writing applied entries before an ingest failed: {e}");
+        panic!("range {range_id}: writing out applied entries failed: {e}");
     }
 }
 

@@ -34,13 +34,14 @@ use crate::staging::staged_path;
 use crate::StorageError;
 
 mod apply;
+mod consistency;
 mod membership;
 mod read;
 mod sleep;
 mod snapshots;
 
-use apply::check_split;
 pub use apply::FIRST_ALLOCATED_ID;
+use apply::{check_split, write_out_applied};
 pub use membership::{single_change, LEARNER_LAG_MAX};
 use read::{read_ctx, Reads};
 
@@ -119,6 +120,8 @@ pub struct Replica {
     /// The file of the snapshot this leader last built, and when: its transfers read
     /// their chunks from it.
     built: Option<(Arc<BuiltSnapshot>, Instant)>,
+    /// Consistency checks: the one under way, the last judged, the next due.
+    consistency: consistency::Consistency,
     engine: Arc<Engine>,
     addresses: AddressBook,
 }
@@ -244,6 +247,7 @@ impl Replica {
             prepared: None,
             pending_ingest: None,
             built: None,
+            consistency: Default::default(),
             engine,
             addresses,
         })

@@ -76,6 +76,8 @@ impl<S: RaftSender> Store<S> {
             leader_missing_ms: r.leader_missing(self.tick).as_millis() as u64,
             learners: r.learners(),
             silent_learners: r.silent_learners(self.raft.learner_silent_after()),
+            last_check: r.last_check().cloned(),
+            diverged: r.diverged(),
         }
     }
 }
