@@ -110,6 +110,13 @@ impl RaftBatch {
         }
     }
 
+    /// Appends what `later` carries (for the same store) after what this one does.
+    pub fn absorb(&mut self, later: RaftBatch) {
+        self.messages.extend(later.messages);
+        self.hibernate.extend(later.hibernate);
+        self.sums.extend(later.sums);
+    }
+
     /// True when the batch carries nothing.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.hibernate.is_empty() && self.sums.is_empty()

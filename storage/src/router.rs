@@ -247,7 +247,8 @@ impl PeerSender {
             while bytes < FRAME_MESSAGE_BYTES_MAX {
                 let Ok(more) = rx.try_recv() else { break };
                 bytes += more.messages.iter().map(|m| m.message.len()).sum::<usize>();
-                batch.messages.extend(more.messages);
+                // All of it: hibernation signals and checksums ride in batches too.
+                batch.absorb(more);
             }
             if let Err(reason) = self.deliver(&batch).await {
                 debug!(to_store = self.store_id, %reason, "raft batch dropped");
