@@ -67,18 +67,22 @@ async fn replicas_agree_under_writes_and_a_copy_changed_behind_raft_is_named() {
     // check's entry, whatever it applied since, so the sums still agree.
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicUsize::new(0));
-    let writer = {
-        let (client, stop, written) = (client.clone(), stop.clone(), written.clone());
-        tokio::spawn(async move {
-            let mut i = 1000;
-            while !stop.load(Ordering::SeqCst) && i < 100_000 {
-                must_put(&client, i).await;
-                written.fetch_add(1, Ordering::SeqCst);
-                i += 1;
-            }
+    // Sixteen writers, so entries before and after a check's commit and apply in the
+    // same rounds.
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (client, stop, written) = (client.clone(), stop.clone(), written.clone());
+            tokio::spawn(async move {
+                let mut i = 1000 + w * 10_000;
+                while !stop.load(Ordering::SeqCst) && i < 1000 + (w + 1) * 10_000 {
+                    must_put(&client, i).await;
+                    written.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                }
+            })
         })
-    };
-    for _ in 0..5 {
+        .collect();
+    for _ in 0..10 {
         let before = written.load(Ordering::SeqCst);
         assert_agree(&must_check(&cluster, leader).await, 200);
         assert!(
@@ -87,7 +91,9 @@ async fn replicas_agree_under_writes_and_a_copy_changed_behind_raft_is_named() {
         );
     }
     stop.store(true, Ordering::SeqCst);
-    writer.await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
 
     // A follower's copy of one key changes without Raft (bit rot, a bug).
     let follower = (0..3).find(|&i| i != leader).unwrap();
