@@ -461,3 +461,55 @@ fn a_learner_its_leader_cannot_hear_goes_at_once_or_is_replaced_elsewhere() {
         "a minute after its learner was silent store 4 is a target again: {steps:?}"
     );
 }
+
+#[test]
+fn a_diverged_replica_is_replaced_elsewhere_or_dropped_first_when_no_store_is_free() {
+    // Replicas on stores 1-3 (1 leads); a check found the one on store 2 diverged.
+    let mut sim = Sim::new(4, 3, 1, no_zone);
+    let mut range = sim.view.ranges.values().next().unwrap().range.clone();
+    let on_2 = range.replica_on(2).unwrap().id;
+    let report = |range: &RangeDescriptor, diverged: Vec<u64>| RangeReport {
+        diverged,
+        ..RangeReport::quiet(range.clone(), 1)
+    };
+    let steps = steps_after(&mut sim, &report(&range, vec![on_2]), &[], 1000);
+    assert!(
+        matches!(steps[..], [RangeStep::AddReplica { store_id: 4, .. }]),
+        "a sound copy is added on the free store first: {steps:?}"
+    );
+    range.replicas.push(ReplicaDescriptor {
+        id: 5000,
+        store_id: 4,
+    });
+    range.epoch.conf_ver += 1;
+    let remove_2 = RangeStep::RemoveReplica {
+        range_id: range.id,
+        store_id: 2,
+    };
+    let steps = steps_after(&mut sim, &report(&range, vec![on_2]), &[], 1200);
+    assert_eq!(steps, vec![remove_2.clone()], "then the diverged copy goes");
+
+    // Three stores, none free: the diverged copy goes first (the two sound ones are a
+    // majority without it), and the next pass adds a fresh one where it was.
+    let mut sim = Sim::new(3, 3, 1, no_zone);
+    let mut range = sim.view.ranges.values().next().unwrap().range.clone();
+    let on_2 = range.replica_on(2).unwrap().id;
+    let steps = steps_after(&mut sim, &report(&range, vec![on_2]), &[], 1000);
+    assert_eq!(steps, vec![remove_2]);
+    range.replicas.retain(|r| r.store_id != 2);
+    range.epoch.conf_ver += 1;
+    let steps = steps_after(&mut sim, &report(&range, vec![]), &[], 1200);
+    assert!(
+        matches!(steps[..], [RangeStep::AddReplica { store_id: 2, .. }]),
+        "{steps:?}"
+    );
+
+    // Two of three diverged (no sound majority would be left): nothing is dropped.
+    let mut sim = Sim::new(3, 3, 1, no_zone);
+    let range = sim.view.ranges.values().next().unwrap().range.clone();
+    let two: Vec<u64> = range.replicas[1..].iter().map(|r| r.id).collect();
+    assert_eq!(
+        steps_after(&mut sim, &report(&range, two), &[], 1000),
+        vec![]
+    );
+}
