@@ -10,7 +10,7 @@ use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{ClientConfig, KvClient};
 use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::{Transport, TransportConfig};
-use shale_rpc::StoreAddr;
+use shale_rpc::{StoreAddr, StoreId};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterFile {
@@ -53,6 +53,14 @@ impl ClusterFile {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("write cluster file {}", path.display()))
+    }
+
+    /// The address of store `store_id`, if the file lists it.
+    pub fn store_addr(&self, store_id: StoreId) -> Option<std::net::SocketAddr> {
+        self.stores
+            .iter()
+            .find(|s| s.store_id == store_id)
+            .and_then(|s| shale_rpc::client::parse_addr(&s.addr).ok())
     }
 
     pub fn identity(&self) -> anyhow::Result<TlsIdentity> {

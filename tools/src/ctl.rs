@@ -18,6 +18,7 @@ use shale_rpc::{
 
 use crate::cluster_file::ClusterFile;
 
+mod check;
 mod via_placement;
 
 /// How long `move` waits for its new replica to catch up and vote.
@@ -46,8 +47,22 @@ pub enum CtlCommand {
     /// Every range: bounds, replicas, leader, size
     ///
     /// A replica still catching up (a learner, no vote yet) is marked `~`; one its leader
-    /// has not heard from for a while (cut off or down) `!`.
+    /// has not heard from for a while (cut off or down) `!`; one whose data the last
+    /// consistency check found differs from the other replicas' `x`.
     Ranges {
+        /// Only the range holding this key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Check that every replica of each range holds the same data
+    ///
+    /// One range at a time, its leader has each replica sum the range's data as of one
+    /// log entry and compares the sums. A replica that differs from the majority (or
+    /// cannot read its data) is reported, and placement replaces it from a sound copy.
+    /// Leaders also check their ranges on their own every
+    /// `consistency.check-interval-secs` (a day by default). Exits with status 1 when a
+    /// range diverged, has no majority, or could not be checked.
+    Check {
         /// Only the range holding this key.
         #[arg(long)]
         key: Option<String>,
@@ -129,6 +144,8 @@ pub struct RangeView {
     learners: Vec<StoreId>,
     /// Stores of `learners` whose replica the leader has not heard from for a while.
     silent_learners: Vec<StoreId>,
+    /// Stores of `replicas` whose data the last consistency check found diverged.
+    diverged: Vec<StoreId>,
     leader: Option<StoreId>,
     size_bytes: u64,
     /// As the leader last counted them; null until counted.
@@ -137,7 +154,7 @@ pub struct RangeView {
     version: u64,
 }
 
-/// The stores of `range`'s replicas among `learners` (replica ids).
+/// The stores of `range`'s replicas among `learners` (or any replica ids).
 fn learner_stores(range: &RangeDescriptor, learners: &[ReplicaId]) -> Vec<StoreId> {
     range
         .replicas
@@ -186,8 +203,9 @@ pub fn key_text(k: &[u8]) -> String {
 }
 
 impl Snapshot {
-    /// Each range once, as its freshest replica (highest epoch) describes it.
-    fn ranges(&self) -> Vec<RangeView> {
+    /// Each range once, as its freshest replica (highest epoch) describes it, with its
+    /// leader's store; leaders' statuses win among equals.
+    fn best(&self) -> Vec<(&RangeStatus, Option<StoreId>)> {
         let mut best: BTreeMap<u64, (&RangeStatus, Option<StoreId>)> = BTreeMap::new();
         for (store, _, status) in &self.stores {
             for r in status.iter().flatten() {
@@ -204,9 +222,16 @@ impl Snapshot {
                 }
             }
         }
-        let mut out: Vec<RangeView> = best
-            .values()
+        best.into_values()
             .filter(|(r, _)| r.range.epoch.version > 0)
+            .collect()
+    }
+
+    /// Each range once (see `best`).
+    fn ranges(&self) -> Vec<RangeView> {
+        let best = self.best();
+        let mut out: Vec<RangeView> = best
+            .iter()
             .map(|(r, leader)| RangeView {
                 id: r.range.id,
                 start_key: key_text(&r.range.start_key),
@@ -214,6 +239,7 @@ impl Snapshot {
                 replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
                 learners: learner_stores(&r.range, &r.learners),
                 silent_learners: learner_stores(&r.range, &r.silent_learners),
+                diverged: learner_stores(&r.range, &r.diverged),
                 leader: *leader,
                 size_bytes: r.size_bytes,
                 key_count: r.key_count,
@@ -309,6 +335,19 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Keys(op) => keys(&file, op, args.json).await?,
         CtlCommand::Buckets => buckets(&file, args.json).await?,
+        CtlCommand::Check { key } => {
+            let snap = snapshot(&file, &transport).await;
+            let targets = snap
+                .best()
+                .into_iter()
+                .filter(|(r, _)| key.as_ref().is_none_or(|k| r.range.contains(k.as_bytes())))
+                .map(|(r, leader)| check::Target {
+                    range: r.range.clone(),
+                    leader: leader.and_then(|l| file.store_addr(l)),
+                })
+                .collect();
+            check::check_ranges(&file.identity()?, targets, args.json).await?;
+        }
         CtlCommand::Split { key } => split(&file, key).await?,
         CtlCommand::TransferLeader { key, to } => {
             let (range, leader) = leader_of(&file, &transport, &key).await?;
@@ -536,16 +575,24 @@ fn print_ranges(ranges: &[RangeView], json: bool) -> anyhow::Result<()> {
              placement adds a replica elsewhere"
         );
     }
+    if ranges.iter().any(|r| !r.diverged.is_empty()) {
+        println!(
+            "x a replica whose data the last consistency check found differs from the \
+             others': placement replaces it"
+        );
+    }
     Ok(())
 }
 
 /// A range's replicas as `ranges` prints them: store ids, a learner's marked `~`, a
-/// silent learner's `!`.
+/// silent learner's `!`, a diverged one's `x`.
 fn replica_column(r: &RangeView) -> String {
     r.replicas
         .iter()
         .map(|s| {
-            if r.silent_learners.contains(s) {
+            if r.diverged.contains(s) {
+                format!("{s}x")
+            } else if r.silent_learners.contains(s) {
                 format!("{s}!")
             } else if r.learners.contains(s) {
                 format!("{s}~")
@@ -661,7 +708,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_mark_learners_and_silent_learners() {
+    fn ranges_mark_learners_silent_learners_and_diverged_replicas() {
         let r = RangeView {
             id: 1,
             start_key: String::new(),
@@ -669,12 +716,13 @@ mod tests {
             replicas: vec![1, 2, 4, 5],
             learners: vec![4, 5],
             silent_learners: vec![5],
+            diverged: vec![2],
             leader: Some(1),
             size_bytes: 0,
             key_count: None,
             conf_ver: 3,
             version: 1,
         };
-        assert_eq!(replica_column(&r), "1,2,4~,5!");
+        assert_eq!(replica_column(&r), "1,2x,4~,5!");
     }
 }

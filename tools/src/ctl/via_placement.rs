@@ -64,6 +64,28 @@ pub async fn run(
             let ranges: Vec<RangeView> = routes.iter().map(range_view).collect();
             print_ranges(&ranges, json)?;
         }
+        CtlCommand::Check { key } => {
+            let routes = match key {
+                Some(k) => find(placement, k.as_bytes()).await?.into_iter().collect(),
+                None => all_routes(placement).await?,
+            };
+            let targets = routes
+                .into_iter()
+                .map(|r| {
+                    let leader = r.leader.and_then(|l| {
+                        r.stores
+                            .iter()
+                            .find(|s| s.store_id == l)
+                            .and_then(|s| shale_rpc::client::parse_addr(&s.addr).ok())
+                    });
+                    super::check::Target {
+                        range: r.range,
+                        leader,
+                    }
+                })
+                .collect();
+            super::check::check_ranges(&file.identity()?, targets, json).await?;
+        }
         CtlCommand::Split { key } => super::split(file, key).await?,
         CtlCommand::TransferLeader { key, to } => {
             let route = must_find(placement, &key).await?;
@@ -206,6 +228,7 @@ fn range_view(r: &Route) -> RangeView {
         replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
         learners: super::learner_stores(&r.range, &r.learners),
         silent_learners: super::learner_stores(&r.range, &r.silent_learners),
+        diverged: super::learner_stores(&r.range, &r.diverged),
         leader: r.leader,
         size_bytes: r.size_bytes,
         key_count: r.key_count,

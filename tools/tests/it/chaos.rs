@@ -597,6 +597,7 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         transport,
         placement_client: placement,
         relays,
+        ..
     } = start_placed_procs(dir, true);
     let relays = relays.expect("relayed");
     let client = Arc::new(KvClient::through_placement(

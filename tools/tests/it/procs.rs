@@ -312,6 +312,7 @@ pub fn client_transport(identity: &TlsIdentity) -> std::sync::Arc<Transport> {
 pub struct PlacedProcs {
     pub stores: Vec<StoreProc>,
     pub placement: StoreProc,
+    pub placement_addr: String,
     pub transport: std::sync::Arc<Transport>,
     pub placement_client: std::sync::Arc<PlacementClient>,
     pub relays: Option<Relays>,
@@ -338,6 +339,7 @@ pub fn start_placed_procs(dir: &Path, relayed: bool) -> PlacedProcs {
     PlacedProcs {
         stores,
         placement,
+        placement_addr,
         transport,
         placement_client,
         relays,
