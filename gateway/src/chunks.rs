@@ -2,12 +2,13 @@
 //! chunk from the nearest copy (a store in this process, a near store, then the range's
 //! leader), checked by its crc32.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shale_rpc::client::KvClient;
 use shale_rpc::StoreId;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::GwError;
 use crate::layout::{self, Segment};
@@ -19,6 +20,15 @@ const CHUNK_WRITES_IN_FLIGHT: usize = 1;
 /// After a staged chunk write fails (a replica's store down or busy), chunks go through
 /// the Raft log for this long before staging is tried again: a quorum suffices there.
 const STAGING_PAUSE_MS: u64 = 2_000;
+
+/// A chunk with a corrupt copy has its range checked at most this often per process.
+const CHECK_ASK_EVERY: Duration = Duration::from_secs(60);
+/// Most chunks remembered as lately checked (more corrupt chunks than this a minute
+/// ask for no more checks: the first ones already name their replicas).
+const CHECKS_REMEMBERED: usize = 256;
+
+/// Chunk keys whose range this process asked to check lately, and when.
+static CHECKS_ASKED: Mutex<Vec<(Bytes, Instant)>> = Mutex::new(Vec::new());
 
 /// Until when (ms since the Unix epoch) chunks skip staging; 0 when they do not.
 static STAGING_PAUSED_UNTIL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -201,14 +211,14 @@ impl ChunkWriter {
 impl NearChunks {
     /// The chunk at `key` from a store in this process or a near store, if one has a
     /// copy that passes its checksum.
-    async fn get(&self, kv: &KvClient, key: &Bytes) -> Option<Bytes> {
+    async fn get(&self, kv: &Arc<KvClient>, key: &Bytes) -> Option<Bytes> {
         if let Some(local) = self.local.clone() {
             let k = key.clone();
             let found = tokio::task::spawn_blocking(move || local.get(&k))
                 .await
                 .ok()
                 .flatten();
-            if let Some(data) = found.and_then(|stored| checked(key, stored, "local")) {
+            if let Some(data) = found.and_then(|stored| checked(kv, key, stored, "local")) {
                 return Some(data);
             }
         }
@@ -219,7 +229,7 @@ impl NearChunks {
         for &store_id in self.stores.iter().filter(|s| replicas.contains(s)) {
             match kv.get_on_replica(key.clone(), store_id).await {
                 Ok(Some(stored)) => {
-                    if let Some(data) = checked(key, stored, "near store") {
+                    if let Some(data) = checked(kv, key, stored, "near store") {
                         return Some(data);
                     }
                 }
@@ -234,16 +244,44 @@ impl NearChunks {
     }
 }
 
-/// A stored chunk's bytes if its checksum holds; a bad copy is counted and logged.
-fn checked(key: &[u8], stored: Bytes, whose: &str) -> Option<Bytes> {
+/// A stored chunk's bytes if its checksum holds; a bad copy is counted, logged and has
+/// its range checked.
+fn checked(kv: &Arc<KvClient>, key: &[u8], stored: Bytes, whose: &str) -> Option<Bytes> {
     match layout::open_chunk(stored) {
         Ok(data) => Some(data),
         Err(why) => {
             crate::metrics::METRICS.corrupt_chunks.inc();
             warn!(chunk = %hex(key), error = %why, "a {whose} copy of a chunk is corrupt; reading through the leader");
+            check_range_of(kv, key);
             None
         }
     }
+}
+
+/// A copy of the chunk at `key` failed its checksum: asks for a consistency check of
+/// its range (at most once a minute per chunk from this process), which names the
+/// replica holding that copy diverged, so placement replaces it from a sound one.
+fn check_range_of(kv: &Arc<KvClient>, key: &[u8]) {
+    {
+        let mut asked = CHECKS_ASKED.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        asked.retain(|(_, at)| now.duration_since(*at) < CHECK_ASK_EVERY);
+        if asked.len() >= CHECKS_REMEMBERED || asked.iter().any(|(k, _)| k == key) {
+            return;
+        }
+        asked.push((Bytes::copy_from_slice(key), now));
+    }
+    let (kv, key) = (kv.clone(), Bytes::copy_from_slice(key));
+    tokio::spawn(async move {
+        match kv.check_consistency(&key).await {
+            Ok(o) if o.diverged.is_empty() => info!(chunk = %hex(&key), agreed = o.agreed,
+                "a chunk copy was corrupt; its range's check names no diverged replica"),
+            Ok(o) => warn!(chunk = %hex(&key), diverged_replicas = ?o.diverged,
+                "a chunk copy was corrupt; its range's check names replicas diverged (placement replaces them)"),
+            Err(e) => warn!(chunk = %hex(&key), error = %e,
+                "a chunk copy was corrupt; checking its range failed"),
+        }
+    });
 }
 
 /// Reads one chunk: from a store in this process or a near store when one has it, else
@@ -251,7 +289,7 @@ fn checked(key: &[u8], stored: Bytes, whose: &str) -> Option<Bytes> {
 /// returned: the chunk is read from the other replicas' own copies instead (chunks are
 /// written once, so any replica's copy is the chunk).
 pub(crate) async fn fetch_chunk(
-    kv: &KvClient,
+    kv: &Arc<KvClient>,
     near: &NearChunks,
     version: u128,
     index: u32,
@@ -281,6 +319,7 @@ pub(crate) async fn fetch_chunk(
     };
     crate::metrics::METRICS.corrupt_chunks.inc();
     warn!(chunk = %hex(&key), error = %why, "the leader's copy of a chunk is corrupt; reading another replica");
+    check_range_of(kv, &key);
     let stores = kv.replica_stores(&key).await.map_err(|e| e.to_string())?;
     for store_id in stores {
         match kv.get_on_replica(key.clone(), store_id).await {

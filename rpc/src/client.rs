@@ -20,8 +20,9 @@ use crate::retry::Next;
 pub(crate) use crate::retry::Retry;
 use crate::transport::Transport;
 use crate::{
-    AdminReply, AdminRequest, AdminResponse, Frame, FrameKind, KvError, KvOp, KvReply, KvRequest,
-    KvResponse, RangeDescriptor, RangeId, RpcError, StoreAddr, StoreId, WriteOp,
+    AdminReply, AdminRequest, AdminResponse, CheckOutcome, Frame, FrameKind, KvError, KvOp,
+    KvReply, KvRequest, KvResponse, RangeDescriptor, RangeId, RpcError, StoreAddr, StoreId,
+    WriteOp,
 };
 
 /// The range every cluster starts with: it covers the whole key space.
@@ -548,6 +549,20 @@ impl KvClient {
             }
             other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
         })
+    }
+
+    /// Runs a consistency check of the range holding `key` (see
+    /// [`AdminRequest::CheckConsistency`]) and returns its outcome.
+    pub async fn check_consistency(&self, key: &[u8]) -> Result<CheckOutcome, ClientError> {
+        let reply = self
+            .with_leader(key, |range| AdminRequest::CheckConsistency {
+                range_id: range.id,
+            })
+            .await?;
+        match reply {
+            AdminReply::Checked(outcome) => Ok(outcome),
+            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+        }
     }
 
     /// Sends an admin request built for the range holding `key` to that range's leader.

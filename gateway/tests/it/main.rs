@@ -525,6 +525,22 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
         shale_gateway::metrics::METRICS.corrupt_chunks.get() > before,
         "the corruption was reported"
     );
+    // And the gateway had the range checked: the leader's copy is named diverged (with
+    // placement, it would now be replaced).
+    let node = cluster.node(leader).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let status = node.status().await;
+        let first = status.iter().find(|s| s.range.contains(&key)).unwrap();
+        if first.diverged == vec![first.replica_id] {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "a check names the corrupt copy: {first:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Every copy rotten: the read fails rather than return bad bytes.
     for i in 0..3 {
