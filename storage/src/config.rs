@@ -314,6 +314,9 @@ impl StoreConfig {
         if self.split.range_size_bytes_max == 0 || self.split.check_after_written_bytes == 0 {
             return bad("split sizes must be positive".into());
         }
+        if self.consistency.scan_bytes_per_sec == 0 {
+            return bad("consistency scan-bytes-per-sec must be positive".into());
+        }
         if self.engine.level0_slowdown_files <= 0
             || self.engine.level0_stop_files <= self.engine.level0_slowdown_files
         {
@@ -375,6 +378,9 @@ mod tests {
     fn nonsense_is_refused() {
         let mut c = StoreConfig::default();
         c.raft.election_ticks = 1;
+        assert!(c.validate().is_err());
+        let mut c = StoreConfig::default();
+        c.consistency.scan_bytes_per_sec = 0;
         assert!(c.validate().is_err());
         let c = StoreConfig {
             initial_peers: vec![PeerConfig {

@@ -8,7 +8,7 @@
 //! `Check` and `judge` are I/O-free; `spawn_sum` reads the engine on a thread of its own.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,10 @@ static SUMS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// take the disk from clients.
 static SCAN: Mutex<()> = Mutex::new(());
 
+/// Bytes a second a sum reads at most (`consistency.scan-bytes-per-sec`; the last store
+/// started in a process sets it for the process, as sums there take turns anyway).
+static SCAN_BYTES_PER_SEC: AtomicU64 = AtomicU64::new(ConsistencyConfig::SCAN_DEFAULT);
+
 /// When ranges are checked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -41,17 +45,28 @@ pub struct ConsistencyConfig {
     /// range comes at a point of the interval set by its id, so checks spread out).
     /// 0 turns periodic checks off; `shale ctl check` still runs one.
     pub check_interval_secs: u64,
+    /// A replica reads its range's data for a check at most this fast (bytes a second;
+    /// a 96 MiB range takes 1.5 s at the default), so checks leave the disk to clients.
+    pub scan_bytes_per_sec: u64,
 }
 
 impl Default for ConsistencyConfig {
     fn default() -> Self {
         ConsistencyConfig {
             check_interval_secs: 24 * 3600,
+            scan_bytes_per_sec: Self::SCAN_DEFAULT,
         }
     }
 }
 
 impl ConsistencyConfig {
+    const SCAN_DEFAULT: u64 = 64 << 20;
+
+    /// Makes this process's sums read at most `scan_bytes_per_sec`.
+    pub fn apply_scan_rate(&self) {
+        SCAN_BYTES_PER_SEC.store(self.scan_bytes_per_sec.max(1), Ordering::SeqCst);
+    }
+
     pub fn interval(&self) -> Option<Duration> {
         (self.check_interval_secs > 0).then(|| Duration::from_secs(self.check_interval_secs))
     }
@@ -174,7 +189,8 @@ pub fn spawn_sum(
         .name(format!("sum-{}", range.id))
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                sum_range(&engine, &range, || {
+                let rate = SCAN_BYTES_PER_SEC.load(Ordering::SeqCst);
+                sum_range(&engine, &range, rate, || {
                     let _ = pinned_tx.send(());
                 })
             }))
@@ -200,16 +216,21 @@ pub fn spawn_sum(
     done_rx
 }
 
-/// The sum of `range`'s pairs in a view pinned at once (`pinned` runs then); the read
-/// waits for any other sum of this process to finish first.
+/// The sum of `range`'s pairs in a view pinned at once (`pinned` runs then), read at
+/// most `rate` bytes a second; the read waits for any other sum of this process to
+/// finish first.
 pub fn sum_range(
     engine: &Engine,
     range: &RangeDescriptor,
+    rate: u64,
     pinned: impl FnOnce(),
 ) -> Result<RangeSum, StorageError> {
     let mut hasher = crc32fast::Hasher::new();
     let (mut keys, mut bytes) = (0u64, 0u64);
     let mut turn = None;
+    // Set by the pin, read by every visit: both closures live at once.
+    let started = std::cell::Cell::new(None);
+    let mut paced_at = 0u64;
     engine.scan_pinned(
         Cf::Data,
         &range.start_key,
@@ -217,10 +238,18 @@ pub fn sum_range(
         || {
             pinned();
             turn = Some(SCAN.lock().unwrap_or_else(|p| p.into_inner()));
+            started.set(Some(Instant::now()));
         },
         |k, v| {
             keys += 1;
             bytes += (k.len() + v.len()) as u64;
+            if bytes - paced_at >= PACE_STEP_BYTES {
+                paced_at = bytes;
+                let elapsed = started
+                    .get()
+                    .map_or(Duration::ZERO, |t: Instant| t.elapsed());
+                std::thread::sleep(pace_delay(bytes, elapsed, rate));
+            }
             hasher.update(&(k.len() as u32).to_le_bytes());
             hasher.update(k);
             hasher.update(&(v.len() as u32).to_le_bytes());
@@ -234,6 +263,16 @@ pub fn sum_range(
         bytes,
         crc32: hasher.finalize(),
     })
+}
+
+/// A sum looks at its pace after every this many bytes.
+const PACE_STEP_BYTES: u64 = 1 << 20;
+
+/// How long a read that has read `bytes` in `elapsed` waits to keep to `rate` bytes a
+/// second.
+fn pace_delay(bytes: u64, elapsed: Duration, rate: u64) -> Duration {
+    let due = Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+    due.saturating_sub(elapsed)
 }
 
 /// When a leader first checks a range it just began leading: a point within one
@@ -340,6 +379,67 @@ mod tests {
             panic!("a check all answered is judged at once");
         };
         assert_eq!(out.diverged, vec![3]);
+    }
+
+    #[test]
+    fn a_sum_waits_only_when_ahead_of_its_rate() {
+        let mib = 1 << 20;
+        // 64 MiB at 64 MiB/s is due at 1 s.
+        assert_eq!(
+            pace_delay(64 * mib, Duration::from_millis(250), 64 * mib),
+            Duration::from_millis(750)
+        );
+        assert_eq!(
+            pace_delay(64 * mib, Duration::from_secs(2), 64 * mib),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_sum_covers_the_ranges_pairs_alone_and_keeps_to_its_rate() {
+        use crate::engine::Durability;
+        use shale_rpc::{Epoch, ReplicaDescriptor};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &Default::default()).unwrap();
+        let mut batch = engine.batch();
+        // 3 MiB in [b, c); one key on either side.
+        for i in 0..48u32 {
+            batch.put(
+                Cf::Data,
+                format!("b{i:03}").as_bytes(),
+                &vec![i as u8; 64 << 10],
+            );
+        }
+        batch.put(Cf::Data, b"a", b"outside");
+        batch.put(Cf::Data, b"c", b"outside");
+        engine.write(batch, Durability::Sync).unwrap();
+        let range = RangeDescriptor {
+            id: 3,
+            start_key: "b".into(),
+            end_key: "c".into(),
+            epoch: Epoch::default(),
+            replicas: vec![ReplicaDescriptor { id: 1, store_id: 1 }],
+        };
+        let fast = sum_range(&engine, &range, u64::MAX, || {}).unwrap();
+        assert_eq!(fast.keys, 48);
+        assert_eq!(fast.bytes, 48 * (4 + (64 << 10)));
+        // At 1 MiB/s the 3 MiB take at least 2 s (it paces after each MiB read).
+        let started = Instant::now();
+        let slow = sum_range(&engine, &range, 1 << 20, || {}).unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(slow, fast);
+        // One changed value changes the sum, and keys outside the range do not.
+        let mut batch = engine.batch();
+        batch.put(Cf::Data, b"b007", &vec![8u8; 64 << 10]);
+        batch.put(Cf::Data, b"c", b"elsewhere");
+        engine.write(batch, Durability::Sync).unwrap();
+        let changed = sum_range(&engine, &range, u64::MAX, || {}).unwrap();
+        assert_ne!(changed.crc32, fast.crc32);
+        assert_eq!((changed.keys, changed.bytes), (fast.keys, fast.bytes));
     }
 
     #[test]

@@ -175,6 +175,7 @@ impl StoreNode {
         identity: &TlsIdentity,
     ) -> Result<StoreNode, StorageError> {
         config.validate()?;
+        config.consistency.apply_scan_rate();
         let mut config = config;
         std::fs::create_dir_all(&config.data_dir)?;
         let engine = Arc::new(Engine::open(&config.data_dir, &config.engine)?);
