@@ -7,8 +7,9 @@ use serde_json::Value;
 
 use crate::procs::*;
 
-pub(crate) fn ctl(cluster: &std::path::Path, args: &[&str]) -> Value {
-    let out = shale()
+/// Runs `shale ctl --json ARGS` against the cluster file.
+fn ctl_run(cluster: &std::path::Path, args: &[&str]) -> std::process::Output {
+    shale()
         .arg("ctl")
         .arg("--cluster")
         .arg(cluster)
@@ -16,7 +17,11 @@ pub(crate) fn ctl(cluster: &std::path::Path, args: &[&str]) -> Value {
         .args(args)
         .env("RUST_LOG", "error")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+pub(crate) fn ctl(cluster: &std::path::Path, args: &[&str]) -> Value {
+    let out = ctl_run(cluster, args);
     assert!(
         out.status.success(),
         "shale ctl {args:?}: {}",
@@ -157,15 +162,7 @@ async fn ctl_reports_and_steers_a_cluster() {
 
 /// `shale ctl --json ARGS`: whether it succeeded, and what it printed.
 fn ctl_outcome(cluster: &std::path::Path, args: &[&str]) -> (bool, Value) {
-    let out = shale()
-        .arg("ctl")
-        .arg("--cluster")
-        .arg(cluster)
-        .arg("--json")
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
+    let out = ctl_run(cluster, args);
     let printed = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.success(), printed)
 }
