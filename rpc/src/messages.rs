@@ -752,6 +752,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn merged_raft_batches_keep_everything_each_carried() {
+        let envelope = |range_id| RaftEnvelope {
+            range_id,
+            message: Bytes::from_static(b"m"),
+        };
+        let sum = SumReport {
+            range_id: 9,
+            index: 12,
+            replica_id: 3,
+            sum: Err("unreadable".into()),
+        };
+        let mut first = RaftBatch::of(1, 2, vec![envelope(5)]);
+        let later = RaftBatch {
+            hibernate: vec![7],
+            sums: vec![sum.clone()],
+            ..RaftBatch::of(1, 2, vec![envelope(6)])
+        };
+        assert!(!later.is_empty());
+        first.absorb(later);
+        assert_eq!(first.messages, vec![envelope(5), envelope(6)]);
+        assert_eq!(first.hibernate, vec![7], "a sleep signal behind messages");
+        assert_eq!(first.sums, vec![sum]);
+        let frame = Frame::encode(FrameKind::RaftBatch, &first).unwrap();
+        assert_eq!(
+            frame.decode::<RaftBatch>(FrameKind::RaftBatch).unwrap(),
+            first
+        );
+        assert!(RaftBatch::of(1, 2, Vec::new()).is_empty());
+    }
+
     fn bytes() -> impl Strategy<Value = Bytes> {
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
     }
