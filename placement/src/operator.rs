@@ -72,9 +72,12 @@ impl Operator {
         self.delivered_ms = Some(now_ms);
         match step {
             RangeStep::RemoveReplica { range_id, store_id } if range.leader == Some(store_id) => {
-                let to = range.range.replicas.iter().map(|r| r.store_id).find(|&s| {
-                    s != store_id && range.votes_on(s) && !range.diverged_on(s) && usable(s)
-                })?;
+                let to = range
+                    .range
+                    .replicas
+                    .iter()
+                    .map(|r| r.store_id)
+                    .find(|&s| s != store_id && range.may_lead_on(s) && usable(s))?;
                 Some(RangeStep::TransferLeader {
                     range_id,
                     to_store: to,
@@ -263,6 +266,26 @@ mod tests {
             op.next_step(&added, 2200, 1000, |s| s == 3),
             None,
             "no usable voter to lead"
+        );
+    }
+
+    #[test]
+    fn a_diverged_leaders_replica_goes_after_leadership_moves_to_a_sound_voter() {
+        // Five replicas; the leader's (store 1) and store 2's were found diverged.
+        let mut range = view(&[1, 2, 3, 4, 5], 1);
+        range.diverged = vec![100, 200];
+        let remove = vec![RangeStep::RemoveReplica {
+            range_id: 7,
+            store_id: 1,
+        }];
+        let mut op = Operator::new(&range, "diverged", remove, 0);
+        assert_eq!(
+            op.next_step(&range, 0, 1000, |_| true),
+            Some(RangeStep::TransferLeader {
+                range_id: 7,
+                to_store: 3
+            }),
+            "not to store 2, whose copy diverged too"
         );
     }
 

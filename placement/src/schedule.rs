@@ -536,7 +536,7 @@ impl<'a> Planner<'a> {
                     .replicas
                     .iter()
                     .map(|rep| rep.store_id)
-                    .filter(|&s| s != from && self.is_up(s) && r.votes_on(s))
+                    .filter(|&s| s != from && self.is_up(s) && r.may_lead_on(s))
                     .min_by_key(|s| (self.leaders.get(s).copied().unwrap_or(0), *s))?;
                 (self.leaders.get(&to).copied().unwrap_or(0) < below).then_some((r, to))
             })
@@ -610,7 +610,7 @@ impl<'a> Planner<'a> {
                 .replicas
                 .iter()
                 .map(|r| r.store_id)
-                .filter(|&s| s != from && self.is_up(s))
+                .filter(|&s| s != from && self.is_up(s) && range.may_lead_on(s))
                 .min_by_key(|s| (hot_leaders.get(s).copied().unwrap_or(0), *s));
             let Some(to) = to else { continue };
             if hot_leaders.get(&to).copied().unwrap_or(0) + 1 >= hot_leaders[&from] {

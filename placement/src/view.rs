@@ -89,6 +89,12 @@ impl RangeView {
             .is_some_and(|id| !self.learners.contains(&id))
     }
 
+    /// True when the range's replica on `store_id` may be handed leadership: it votes
+    /// and no consistency check found its data diverged.
+    pub fn may_lead_on(&self, store_id: StoreId) -> bool {
+        self.votes_on(store_id) && !self.diverged_on(store_id)
+    }
+
     /// True when the range's replica on `store_id` is a learner.
     pub fn learner_on(&self, store_id: StoreId) -> bool {
         self.replica_id_on(store_id)
