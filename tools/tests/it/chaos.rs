@@ -715,6 +715,33 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         routes(&placement).await.len(),
         started.elapsed().as_secs_f64()
     );
+    // And every range's replicas hold the same data, all of it (a consistency check sums
+    // every pair of a range, not only the workload's keys).
+    let started = Instant::now();
+    let ranges = routes(&placement).await;
+    for route in &ranges {
+        loop {
+            let outcome = client.check_consistency(&route.range.start_key).await;
+            match outcome {
+                Ok(o) if o.agreed && o.diverged.is_empty() && o.missing.is_empty() => break,
+                Ok(o) if !o.diverged.is_empty() || (o.missing.is_empty() && !o.agreed) => {
+                    panic!("range {} diverged (seed {seed}): {o:?}", route.range.id)
+                }
+                // A replica still catching up, a leader moving: ask again.
+                other => assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "range {} not checked in 60 s (seed {seed}): {other:?}",
+                    route.range.id
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!(
+        "chaos: {} ranges checked consistent ({:.1} s)",
+        ranges.len(),
+        started.elapsed().as_secs_f64()
+    );
     for p in procs.iter_mut() {
         assert_eq!(p.terminate(), Some(0), "{}", p.log_tail());
     }
