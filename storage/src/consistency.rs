@@ -119,6 +119,13 @@ impl Check {
         self.sums.insert(replica, sum);
     }
 
+    /// The answers judged as they stand, missing ones and all (once this replica
+    /// applied the check's entry).
+    pub fn so_far(&self) -> Option<CheckOutcome> {
+        let expected = self.expected.as_ref()?;
+        Some(judge(self.index, expected, &self.sums))
+    }
+
     pub fn settle(&self, now: Instant) -> Settled {
         let timed_out = now.saturating_duration_since(self.since) >= ANSWER_TIMEOUT;
         match &self.expected {
@@ -374,6 +381,7 @@ mod tests {
         };
         assert_eq!(out.missing, vec![3]);
         assert!(out.agreed);
+        assert_eq!(check.so_far().map(|o| o.missing), Some(vec![3]));
         check.record(3, sum(9));
         let Settled::Done(out) = check.settle(t0) else {
             panic!("a check all answered is judged at once");

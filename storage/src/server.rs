@@ -499,7 +499,8 @@ impl StoreService {
     }
 
     /// Runs a consistency check of `range_id`, which this store must lead, and waits
-    /// (up to `CHECK_WAIT`) for every replica's answer.
+    /// (up to `CHECK_WAIT`) for every replica's answer; past that, the answers so far
+    /// if a majority of the replicas agrees.
     async fn check_consistency(&self, range_id: RangeId) -> Result<CheckOutcome, KvError> {
         if consistency::sums_in_flight() >= consistency::SUMS_IN_FLIGHT_MAX {
             return Err(KvError::ServerBusy {
@@ -518,20 +519,30 @@ impl StoreService {
             }
         };
         let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+        let outcome = |so_far| {
+            self.ask(move |reply| StoreMsg::CheckOutcome {
+                range_id,
+                index,
+                so_far,
+                reply,
+            })
+        };
         loop {
-            let last = self
-                .ask(|reply| StoreMsg::LastCheck { range_id, reply })
-                .await?;
-            if let Some(outcome) = last.filter(|o| o.index >= index) {
-                return Ok(outcome);
+            if let Some(judged) = outcome(false).await? {
+                return Ok(judged);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(KvError::ServerBusy {
-                    reason: format!(
-                        "the check at index {index} still waits on replicas; its outcome \
-                         will show in the range's status"
-                    ),
-                });
+                // A majority agreeing while a replica has not answered (its store is
+                // down, say) is the outcome, naming the missing ones.
+                return match outcome(true).await? {
+                    Some(so_far) if so_far.agreed => Ok(so_far),
+                    _ => Err(KvError::ServerBusy {
+                        reason: format!(
+                            "the check at index {index} still waits on replicas; its outcome \
+                             will show in the range's status"
+                        ),
+                    }),
+                };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

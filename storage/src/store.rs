@@ -376,9 +376,17 @@ impl<S: RaftSender> Store<S> {
                 }
                 let _ = reply.send(overlapping);
             }
-            StoreMsg::LastCheck { range_id, reply } => {
-                let last = self.replicas.get(&range_id).and_then(|r| r.last_check());
-                let _ = reply.send(last.cloned());
+            StoreMsg::CheckOutcome {
+                range_id,
+                index,
+                so_far,
+                reply,
+            } => {
+                let outcome = self
+                    .replicas
+                    .get(&range_id)
+                    .and_then(|r| r.check_outcome(index, so_far));
+                let _ = reply.send(outcome);
             }
             StoreMsg::Describe { range_id, reply } => {
                 let described = self.replicas.get(&range_id);

@@ -80,9 +80,13 @@ pub enum StoreMsg {
         range_id: RangeId,
         reply: oneshot::Sender<Option<(RangeDescriptor, Vec<ReplicaId>)>>,
     },
-    /// The last consistency check of the local replica of `range_id` judged.
-    LastCheck {
+    /// The outcome of the local replica's consistency check at `index` (or a later
+    /// one) once judged; with `so_far`, while it still waits on replicas, how its
+    /// answers stand now.
+    CheckOutcome {
         range_id: RangeId,
+        index: u64,
+        so_far: bool,
         reply: oneshot::Sender<Option<CheckOutcome>>,
     },
     Campaign {

@@ -132,6 +132,19 @@ impl Replica {
         self.consistency.last.as_ref()
     }
 
+    /// The outcome of the check at `index` (or a later one) once judged; with `so_far`,
+    /// while that check still waits on replicas, its answers as they stand.
+    pub fn check_outcome(&self, index: u64, so_far: bool) -> Option<CheckOutcome> {
+        let c = &self.consistency;
+        if let Some(last) = c.last.as_ref().filter(|last| last.index >= index) {
+            return Some(last.clone());
+        }
+        c.check
+            .as_ref()
+            .filter(|check| so_far && check.index == index)
+            .and_then(Check::so_far)
+    }
+
     /// Replicas still in the range that the last check found diverged.
     pub fn diverged(&self) -> Vec<ReplicaId> {
         self.consistency

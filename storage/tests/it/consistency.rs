@@ -159,3 +159,30 @@ async fn leaders_check_their_ranges_on_the_configured_interval() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_store_down_the_others_agreement_is_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(dir.path(), 3).await;
+    let client = cluster.client().unwrap();
+    for i in 0..50 {
+        must_put(&client, i).await;
+    }
+    let leader = cluster.leader().await.expect("leader");
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let down = status_on(&cluster, follower).await.replica_id;
+    cluster.stop_store(follower).await;
+    let transport =
+        shale_rpc::transport::Transport::client(&cluster.identity, Default::default()).unwrap();
+    let req = AdminRequest::CheckConsistency {
+        range_id: FIRST_RANGE_ID,
+    };
+    let outcome = match admin(&transport, cluster.node(leader).unwrap().addr(), &req).await {
+        Ok(AdminReply::Checked(outcome)) => outcome,
+        other => panic!("{other:?}"),
+    };
+    assert!(outcome.agreed, "{outcome:?}");
+    assert_eq!(outcome.missing, vec![down], "{outcome:?}");
+    assert!(outcome.diverged.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.sums.len(), 2, "{outcome:?}");
+}
