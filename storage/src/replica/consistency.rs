@@ -53,15 +53,23 @@ impl Replica {
     }
 
     /// This replica's own sum, once computed: recorded here, and returned for the
-    /// other replicas.
+    /// other replicas. A sum that could not even start (no thread) gives no answer, so
+    /// the others count this replica missing rather than diverged.
     pub fn poll_sum(&mut self, now: Instant) -> Option<SumReport> {
         let (index, rx) = self.consistency.summing.as_ref()?;
+        let index = *index;
         let sum = match rx.try_recv() {
             Ok(sum) => sum,
             Err(TryRecvError::Empty) => return None,
-            Err(TryRecvError::Disconnected) => Err("the sum ended without an answer".into()),
+            Err(TryRecvError::Disconnected) => {
+                warn!(
+                    range_id = self.range.id,
+                    index, "the range's sum never ran; no answer to the check"
+                );
+                self.consistency.summing = None;
+                return None;
+            }
         };
-        let index = *index;
         self.consistency.summing = None;
         let report = SumReport {
             range_id: self.range.id,
