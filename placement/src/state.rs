@@ -356,12 +356,14 @@ impl Leader {
             .ranges
             .values()
             .filter(|r| {
-                // Voters on stores not down (a learner adds no safety yet).
+                // Voters on stores not down (a learner adds no safety yet, nor does a
+                // replica whose data a check found diverged).
                 r.range
                     .replicas
                     .iter()
                     .filter(|rep| {
                         !r.learners.contains(&rep.id)
+                            && !r.diverged.contains(&rep.id)
                             && self.view.stores.get(&rep.store_id).is_some_and(|s| {
                                 self.view.store_state(s, now_ms, config.store_down_after_ms)
                                     != StoreState::Down
@@ -439,6 +441,23 @@ mod tests {
             l.register(id, format!("127.0.0.1:{id}"), Labels::new());
         }
         l
+    }
+
+    #[test]
+    fn a_range_with_a_diverged_replica_counts_as_under_replicated() {
+        let mut l = leader();
+        let config = ScheduleConfig {
+            replicas: 2,
+            ..ScheduleConfig::default()
+        };
+        let sound = beat(vec![report(1, "", "m", 0), report(2, "m", "", 0)], true);
+        l.heartbeat(&sound, 1_000, &config).unwrap();
+        assert_eq!(l.status(1, 1_000, &config).under_replicated_ranges, 0);
+        let mut diverged = report(2, "m", "", 0);
+        diverged.diverged = vec![22];
+        let beat2 = beat(vec![report(1, "", "m", 0), diverged], true);
+        l.heartbeat(&beat2, 2_000, &config).unwrap();
+        assert_eq!(l.status(1, 2_000, &config).under_replicated_ranges, 1);
     }
 
     #[test]

@@ -304,7 +304,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let under = ranges
                 .iter()
                 .filter(|r| {
-                    let voting = |s: &&StoreId| up.contains(s) && !r.learners.contains(s);
+                    let voting = |s: &&StoreId| {
+                        up.contains(s) && !r.learners.contains(s) && !r.diverged.contains(s)
+                    };
                     r.replicas.iter().filter(voting).count() < wanted || r.leader.is_none()
                 })
                 .count();
