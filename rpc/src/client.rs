@@ -2,7 +2,7 @@
 //! follows `NotLeader` hints, and retries what can be retried with bounded backoff.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -20,13 +20,15 @@ use crate::retry::Next;
 pub(crate) use crate::retry::Retry;
 use crate::transport::Transport;
 use crate::{
-    AdminReply, AdminRequest, AdminResponse, CheckOutcome, Frame, FrameKind, KvError, KvOp,
-    KvReply, KvRequest, KvResponse, RangeDescriptor, RangeId, RpcError, StoreAddr, StoreId,
-    WriteOp,
+    Frame, FrameKind, KvError, KvOp, KvReply, KvRequest, KvResponse, RangeDescriptor, RangeId,
+    RpcError, StoreAddr, StoreId, WriteOp,
 };
 
 /// The range every cluster starts with: it covers the whole key space.
 pub const FIRST_RANGE_ID: RangeId = 1;
+
+mod admin;
+pub use admin::admin;
 
 /// How hard a client tries before giving up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -496,111 +498,6 @@ impl KvClient {
         }
     }
 
-    /// The range holding `key`, as a store reports it (and the cache now holds).
-    pub async fn locate(&self, key: &[u8]) -> Result<RangeDescriptor, ClientError> {
-        if let Some(range) = self.locate_by_placement(key).await {
-            return Ok(range);
-        }
-        let mut last = String::from("no store answered");
-        let stores = self.stores.read().expect("stores lock").clone();
-        for _ in 0..stores.len() {
-            let i = self.next_store.fetch_add(1, Ordering::Relaxed) % stores.len();
-            let (_, addr) = stores[i];
-            let req = AdminRequest::FindRange {
-                key: Bytes::copy_from_slice(key),
-            };
-            match admin(&self.transport, addr, &req).await {
-                Ok(AdminReply::Range(Some(range))) if range.contains(key) => {
-                    self.cache().insert(range.clone());
-                    return Ok(range);
-                }
-                Ok(_) => last = format!("{addr} holds no range for the key"),
-                Err(e) => last = format!("{addr}: {e}"),
-            }
-        }
-        Err(ClientError::Unavailable {
-            attempts: stores.len() as u32,
-            elapsed_ms: 0,
-            last,
-        })
-    }
-
-    /// Splits the range holding `split_key` at it; returns the left and right ranges.
-    pub async fn split(
-        &self,
-        split_key: impl Into<Bytes>,
-    ) -> Result<(RangeDescriptor, RangeDescriptor), ClientError> {
-        let split_key = split_key.into();
-        self.with_leader(&split_key, |range| AdminRequest::Split {
-            range_id: range.id,
-            split_key: split_key.clone(),
-        })
-        .await
-        .and_then(|reply| match reply {
-            AdminReply::Split { left, right } => {
-                let mut cache = self.cache();
-                cache.insert(left.clone());
-                cache.insert(right.clone());
-                // The left keeps the range's id and leader, whose store campaigns for the
-                // right at once: the right's leader is most likely there too.
-                let leader = cache.find(&left.start_key).and_then(|c| c.leader);
-                cache.set_leader(right.id, leader);
-                Ok((left, right))
-            }
-            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
-        })
-    }
-
-    /// Runs a consistency check of the range holding `key` (see
-    /// [`AdminRequest::CheckConsistency`]) and returns its outcome.
-    pub async fn check_consistency(&self, key: &[u8]) -> Result<CheckOutcome, ClientError> {
-        let reply = self
-            .with_leader(key, |range| AdminRequest::CheckConsistency {
-                range_id: range.id,
-            })
-            .await?;
-        match reply {
-            AdminReply::Checked(outcome) => Ok(outcome),
-            other => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    /// Sends an admin request built for the range holding `key` to that range's leader.
-    async fn with_leader(
-        &self,
-        key: &[u8],
-        build: impl Fn(&RangeDescriptor) -> AdminRequest,
-    ) -> Result<AdminReply, ClientError> {
-        let mut retry = Retry::new(&self.config);
-        let mut last = String::new();
-        while let Some(attempt) = retry.next_attempt() {
-            let mut next = Next::Backoff;
-            match self.route(key, attempt).await {
-                Ok(route) => match admin(&self.transport, route.addr, &build(&route.range)).await {
-                    Ok(reply) => {
-                        self.cache().set_leader(route.range.id, Some(route.addr));
-                        return Ok(reply);
-                    }
-                    Err(ClientError::Kv(e)) if e.is_retryable() => {
-                        last = e.to_string();
-                        next = self.learn(&route, &e, key);
-                    }
-                    Err(ClientError::Rpc(e)) if e.is_unreachable() => {
-                        last = e.to_string();
-                        self.cache().set_leader(route.range.id, None);
-                    }
-                    Err(e) => return Err(e),
-                },
-                Err(e) => last = e.to_string(),
-            }
-            if retry.expired() {
-                break;
-            }
-            retry.wait_for(next).await;
-        }
-        Err(retry.unavailable(last))
-    }
-
     /// Sends `op` to the leader of the range holding its key, retrying what can be retried.
     pub async fn request(&self, op: KvOp) -> Result<KvReply, ClientError> {
         op.validate().map_err(ClientError::Kv)?;
@@ -775,29 +672,6 @@ impl KvClient {
     fn cache(&self) -> std::sync::MutexGuard<'_, RangeCache> {
         self.ranges.lock().expect("range cache lock")
     }
-}
-
-/// Sends one admin request to the store at `addr` (no retries: admin targets one store).
-pub async fn admin(
-    transport: &Transport,
-    addr: SocketAddr,
-    req: &AdminRequest,
-) -> Result<AdminReply, ClientError> {
-    let frame = Frame::encode(FrameKind::AdminRequest, req).map_err(ClientError::Rpc)?;
-    let reply = transport
-        .call(addr, &frame)
-        .await
-        .map_err(ClientError::Rpc)?;
-    if reply.kind == FrameKind::Rejected {
-        let why: String = reply
-            .decode(FrameKind::Rejected)
-            .map_err(ClientError::Rpc)?;
-        return Err(ClientError::Rejected(why));
-    }
-    let response: AdminResponse = reply
-        .decode(FrameKind::AdminResponse)
-        .map_err(ClientError::Rpc)?;
-    response.map_err(ClientError::Kv)
 }
 
 /// Sends one KV request frame to the store at `addr` alone (no routing, no retries).

@@ -10,6 +10,7 @@ pub mod local;
 pub mod messages;
 pub mod placement;
 pub mod placement_client;
+pub mod raft_batch;
 pub mod range_cache;
 mod retry;
 pub mod shared;
@@ -18,6 +19,7 @@ pub mod transport;
 pub use codec::{Frame, FrameKind};
 pub use error::RpcError;
 pub use messages::*;
+pub use raft_batch::*;
 
 /// A store (one process, one RocksDB) in the cluster.
 pub type StoreId = u64;
