@@ -72,9 +72,10 @@ impl ConsistencyConfig {
     }
 }
 
-/// Sums being computed in this process now.
-pub fn sums_in_flight() -> usize {
-    SUMS_IN_FLIGHT.load(Ordering::SeqCst)
+/// True while this process computes fewer than `SUMS_IN_FLIGHT_MAX` sums: a new check
+/// may be proposed.
+pub fn room_for_a_sum() -> bool {
+    SUMS_IN_FLIGHT.load(Ordering::SeqCst) < SUMS_IN_FLIGHT_MAX
 }
 
 /// A consistency check under way, as one replica follows it.

@@ -502,7 +502,7 @@ impl StoreService {
     /// (up to `CHECK_WAIT`) for every replica's answer; past that, the answers so far
     /// if a majority of the replicas agrees.
     async fn check_consistency(&self, range_id: RangeId) -> Result<CheckOutcome, KvError> {
-        if consistency::sums_in_flight() >= consistency::SUMS_IN_FLIGHT_MAX {
+        if !consistency::room_for_a_sum() {
             return Err(KvError::ServerBusy {
                 reason: "too many consistency checks running on this store".into(),
             });

@@ -154,12 +154,12 @@ pub struct RangeView {
     version: u64,
 }
 
-/// The stores of `range`'s replicas among `learners` (or any replica ids).
-fn learner_stores(range: &RangeDescriptor, learners: &[ReplicaId]) -> Vec<StoreId> {
+/// The stores of `range`'s replicas among `ids` (replica ids).
+fn stores_of(range: &RangeDescriptor, ids: &[ReplicaId]) -> Vec<StoreId> {
     range
         .replicas
         .iter()
-        .filter(|r| learners.contains(&r.id))
+        .filter(|r| ids.contains(&r.id))
         .map(|r| r.store_id)
         .collect()
 }
@@ -237,9 +237,9 @@ impl Snapshot {
                 start_key: key_text(&r.range.start_key),
                 end_key: key_text(&r.range.end_key),
                 replicas: r.range.replicas.iter().map(|x| x.store_id).collect(),
-                learners: learner_stores(&r.range, &r.learners),
-                silent_learners: learner_stores(&r.range, &r.silent_learners),
-                diverged: learner_stores(&r.range, &r.diverged),
+                learners: stores_of(&r.range, &r.learners),
+                silent_learners: stores_of(&r.range, &r.silent_learners),
+                diverged: stores_of(&r.range, &r.diverged),
                 leader: *leader,
                 size_bytes: r.size_bytes,
                 key_count: r.key_count,

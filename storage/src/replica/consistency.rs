@@ -25,6 +25,17 @@ pub(super) struct Consistency {
     next_at: Option<Instant>,
 }
 
+impl Consistency {
+    /// The check at `index`, begun now if it is newer than the one followed (or none
+    /// is); `None` for an older check, which is no longer followed.
+    fn check_at(&mut self, index: u64, now: Instant) -> Option<&mut Check> {
+        if self.check.as_ref().is_none_or(|check| check.index < index) {
+            self.check = Some(Check::new(index, now));
+        }
+        self.check.as_mut().filter(|check| check.index == index)
+    }
+}
+
 impl Replica {
     /// Applies a check's entry at `index`: writes out what the round applied so far and
     /// sums the data as it stands then, off the loop.
@@ -35,15 +46,12 @@ impl Replica {
     ) -> ApplyResult {
         write_out_applied(self.range.id, batch);
         let now = Instant::now();
-        let c = &mut self.consistency;
-        if c.check.as_ref().is_none_or(|check| check.index < index) {
-            c.check = Some(Check::new(index, now));
-        }
-        if let Some(check) = c.check.as_mut().filter(|check| check.index == index) {
-            check.expect(self.range.replicas.iter().map(|r| r.id).collect(), now);
+        let replicas = self.range.replicas.iter().map(|r| r.id).collect();
+        if let Some(check) = self.consistency.check_at(index, now) {
+            check.expect(replicas, now);
         }
         let sum = consistency::spawn_sum(self.engine.clone(), self.range.clone(), index);
-        c.summing = Some((index, sum));
+        self.consistency.summing = Some((index, sum));
         Ok(Applied::CheckStarted { index })
     }
 
@@ -83,15 +91,8 @@ impl Replica {
 
     /// Takes a replica's answer to a check (this one's own, or another's).
     pub fn record_sum(&mut self, report: SumReport, now: Instant) {
-        let c = &mut self.consistency;
-        if c.check
-            .as_ref()
-            .is_none_or(|check| check.index < report.index)
-        {
-            // Answers may come before this replica applies the entry.
-            c.check = Some(Check::new(report.index, now));
-        }
-        if let Some(check) = c.check.as_mut().filter(|check| check.index == report.index) {
+        // Answers may come before this replica applies the entry.
+        if let Some(check) = self.consistency.check_at(report.index, now) {
             check.record(report.replica_id, report.sum);
         }
         self.settle_check(now);
@@ -181,7 +182,7 @@ impl Replica {
         if now < next_at || self.consistency.check.is_some() || self.is_summing() {
             return false;
         }
-        if consistency::sums_in_flight() >= consistency::SUMS_IN_FLIGHT_MAX {
+        if !consistency::room_for_a_sum() {
             return false;
         }
         self.consistency.next_at = Some(now + interval);

@@ -10,9 +10,9 @@ use serde::Serialize;
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::admin;
 use shale_rpc::transport::{Transport, TransportConfig};
-use shale_rpc::{AdminReply, AdminRequest, CheckOutcome, RangeDescriptor, ReplicaId, StoreId};
+use shale_rpc::{AdminReply, AdminRequest, CheckOutcome, RangeDescriptor, StoreId};
 
-use super::key_text;
+use super::{key_text, stores_of};
 
 /// Tries per range: a check refused (the store is busy with others, a leader moved)
 /// is asked again after a pause.
@@ -62,11 +62,6 @@ impl CheckView {
     }
 
     fn judged(range: &RangeDescriptor, outcome: &CheckOutcome) -> CheckView {
-        let stores = |ids: &[ReplicaId]| -> Vec<StoreId> {
-            ids.iter()
-                .filter_map(|id| range.replica(*id).map(|r| r.store_id))
-                .collect()
-        };
         let majority = outcome
             .sums
             .iter()
@@ -75,8 +70,8 @@ impl CheckView {
         CheckView {
             index: Some(outcome.index),
             agreed: outcome.agreed,
-            diverged_stores: stores(&outcome.diverged),
-            missing_stores: stores(&outcome.missing),
+            diverged_stores: stores_of(range, &outcome.diverged),
+            missing_stores: stores_of(range, &outcome.missing),
             keys: majority.filter(|_| outcome.agreed).map(|s| s.keys),
             bytes: majority.filter(|_| outcome.agreed).map(|s| s.bytes),
             ..CheckView::new(range)
