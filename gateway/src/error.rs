@@ -2,6 +2,7 @@
 
 use s3s::{S3Error, S3ErrorCode};
 use shale_rpc::client::ClientError;
+use shale_rpc::KvError;
 
 /// What an object operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,11 @@ impl From<GwError> for S3Error {
             GwError::KeyTooLong { .. } => S3ErrorCode::KeyTooLongError,
             GwError::Corrupt(_) => S3ErrorCode::InternalError,
             GwError::Cluster(ClientError::Unavailable { .. }) => S3ErrorCode::SlowDown,
+            // Stores low on disk space take no new data until space is freed or
+            // placement moves data away: a 503 clients retry later.
+            GwError::Cluster(ClientError::Kv(KvError::NoSpace { .. })) => {
+                S3ErrorCode::ServiceUnavailable
+            }
             GwError::Cluster(_) => S3ErrorCode::InternalError,
         };
         if matches!(e, GwError::Corrupt(_) | GwError::Cluster(_)) {

@@ -136,6 +136,9 @@ fn group_store_config(config: &PlacementConfig) -> StoreConfig {
             recheck_after_ms: u64::MAX / 2,
         },
         gauge_label: Some(format!("placement-{}", config.node_id)),
+        // Placement's own state is small and must stay writable to move data off
+        // stores that are low on space.
+        space: shale_storage::space::SpaceConfig { reserve_bytes: 0 },
         ..StoreConfig::default()
     }
 }

@@ -97,6 +97,7 @@ pub fn schedule(
     let mut plan = Planner::new(view, busy, config, now_ms);
     plan.repair();
     if !paused {
+        plan.relieve_low_space();
         plan.balance_replicas();
         plan.balance_leaders();
         plan.split_hot();
@@ -220,6 +221,17 @@ impl<'a> Planner<'a> {
             .is_some_and(|t| self.now_ms.saturating_sub(t) < SILENT_LEARNER_SHUN_MS)
     }
 
+    /// True for a store that says it is low on disk space: nothing new goes there, and
+    /// its leaders and replicas move away.
+    fn low(&self, store: StoreId) -> bool {
+        self.store(store).is_some_and(|s| s.low_space)
+    }
+
+    /// True when `store` may take the lead of `range`.
+    fn may_lead(&self, range: &RangeView, store: StoreId) -> bool {
+        self.is_up(store) && !self.low(store) && range.may_lead_on(store)
+    }
+
     fn has_room(&self, store: StoreId) -> bool {
         self.busy.stores.get(&store).copied().unwrap_or(0) < self.config.store_operators_max
     }
@@ -272,7 +284,7 @@ impl<'a> Planner<'a> {
             .stores
             .values()
             .filter(|s| self.is_up(s.id) && self.has_room(s.id) && !self.shunned(s.id))
-            .filter(|s| range.range.replica_on(s.id).is_none())
+            .filter(|s| !self.low(s.id) && range.range.replica_on(s.id).is_none())
             .min_by_key(|s| {
                 let zone_taken = self.zone(s.id).is_some_and(|z| used_zones.contains(&z));
                 (
@@ -423,6 +435,62 @@ impl<'a> Planner<'a> {
         (zone.is_some() && !(0..replicas.len()).any(|i| zone_at(i) == zone)).then_some(to)
     }
 
+    /// Moves leaders, then replicas, off up stores low on disk space (the lowest first),
+    /// to stores that are not, as far as per-store limits allow. A leader goes first: a
+    /// low store refuses new data for the ranges it leads.
+    fn relieve_low_space(&mut self) {
+        let view = self.view;
+        let mut low: Vec<&StoreView> = view
+            .stores
+            .values()
+            .filter(|s| s.low_space && self.is_up(s.id))
+            .collect();
+        low.sort_unstable_by_key(|s| (s.available_bytes, s.id));
+        for store in low {
+            for id in self.ranges_of(store.id).to_vec() {
+                if self.full() || !self.has_room(store.id) {
+                    break;
+                }
+                let range = &view.ranges[&id];
+                if self.busy.ranges.contains(&id)
+                    || range.leader.is_none()
+                    || range.range.replicas.len() != self.config.replicas
+                {
+                    continue;
+                }
+                if range.leader == Some(store.id) {
+                    let to = range
+                        .range
+                        .replicas
+                        .iter()
+                        .map(|r| r.store_id)
+                        .filter(|&s| s != store.id && self.may_lead(range, s))
+                        .min_by_key(|s| (self.leaders.get(s).copied().unwrap_or(0), *s));
+                    if let Some(to_store) = to {
+                        let step = RangeStep::TransferLeader {
+                            range_id: id,
+                            to_store,
+                        };
+                        self.push(range, "low-space", vec![step]);
+                    }
+                    continue;
+                }
+                let Some(to) = self
+                    .pick_target(range, Some(store.id))
+                    .filter(|&to| self.zone_allows(range, store.id, to))
+                else {
+                    continue;
+                };
+                let remove = RangeStep::RemoveReplica {
+                    range_id: id,
+                    store_id: store.id,
+                };
+                let steps = vec![self.add_step(range, to), remove];
+                self.push(range, "low-space", steps);
+            }
+        }
+    }
+
     /// Up stores with room for work, by `counts` (fewest first), and the mean count over
     /// all up stores.
     fn ranked(&self, counts: &IdMap<i64>) -> Option<(Vec<(i64, StoreId)>, f64)> {
@@ -476,7 +544,7 @@ impl<'a> Planner<'a> {
                 if most - fewest <= tolerance {
                     break;
                 }
-                if self.shunned(to) {
+                if self.shunned(to) || self.low(to) {
                     continue;
                 }
                 let Some(range) = self.replica_candidate(from, to) else {
@@ -536,7 +604,7 @@ impl<'a> Planner<'a> {
                     .replicas
                     .iter()
                     .map(|rep| rep.store_id)
-                    .filter(|&s| s != from && self.is_up(s) && r.may_lead_on(s))
+                    .filter(|&s| s != from && self.may_lead(r, s))
                     .min_by_key(|s| (self.leaders.get(s).copied().unwrap_or(0), *s))?;
                 (self.leaders.get(&to).copied().unwrap_or(0) < below).then_some((r, to))
             })
@@ -610,7 +678,7 @@ impl<'a> Planner<'a> {
                 .replicas
                 .iter()
                 .map(|r| r.store_id)
-                .filter(|&s| s != from && self.is_up(s) && range.may_lead_on(s))
+                .filter(|&s| s != from && self.may_lead(range, s))
                 .min_by_key(|s| (hot_leaders.get(s).copied().unwrap_or(0), *s));
             let Some(to) = to else { continue };
             if hot_leaders.get(&to).copied().unwrap_or(0) + 1 >= hot_leaders[&from] {

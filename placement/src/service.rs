@@ -258,6 +258,7 @@ impl PlacementService {
                     wake: answer.wake,
                     removed: answer.removed,
                     want_full: answer.want_full,
+                    low_space_stores: answer.low_space_stores,
                 })
             }
             PlacementRequest::AllocIds { count } => {

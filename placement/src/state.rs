@@ -9,6 +9,7 @@ use shale_rpc::placement::{
     StoreState,
 };
 use shale_rpc::{RangeId, StoreId};
+use tracing::{info, warn};
 
 use crate::ids::{IdMap, IdSet};
 use crate::operator::{Busy, Operator};
@@ -82,6 +83,8 @@ pub struct HeartbeatAnswer {
     pub changed: Option<StoreRecord>,
     /// The store's next heartbeat must report every range it leads.
     pub want_full: bool,
+    /// Up stores low on disk space.
+    pub low_space_stores: Vec<StoreId>,
 }
 
 /// What the placement leader holds in memory.
@@ -154,6 +157,14 @@ impl Leader {
         store.capacity_bytes = hb.capacity_bytes;
         store.available_bytes = hb.available_bytes;
         store.used_bytes = hb.used_bytes;
+        if store.low_space != hb.low_space {
+            let (store_id, available) = (hb.store_id, hb.available_bytes);
+            match hb.low_space {
+                true => warn!(store_id, available, "store is low on disk space: moving its data away"),
+                false => info!(store_id, available, "store has disk space again"),
+            }
+        }
+        store.low_space = hb.low_space;
         store.last_heartbeat_ms = Some(now_ms);
         let after = StoreRecord::of(store);
         let changed = (before != after).then_some(after);
@@ -198,12 +209,19 @@ impl Leader {
         }
         let wake = self.orphans.remove(&hb.store_id).unwrap_or_default();
         let removed = self.view.removed_replicas(hb.store_id, &hb.leaderless);
+        let low_space_stores = view
+            .stores
+            .values()
+            .filter(|s| s.low_space && usable(s.id))
+            .map(|s| s.id)
+            .collect();
         Ok(HeartbeatAnswer {
             steps,
             wake,
             removed,
             changed,
             want_full,
+            low_space_stores,
         })
     }
 
@@ -432,6 +450,7 @@ mod tests {
             ranges,
             full,
             leaderless: Vec::new(),
+            low_space: false,
         }
     }
 

@@ -27,6 +27,9 @@ pub struct StoreView {
     pub capacity_bytes: u64,
     pub available_bytes: u64,
     pub used_bytes: u64,
+    /// The store said it has less free space than its reserve (not persisted: each
+    /// heartbeat says it again).
+    pub low_space: bool,
     /// When the last heartbeat came (placement's clock), if one came since this node
     /// became leader. A store never heard from counts from `since_ms` on.
     pub last_heartbeat_ms: Option<u64>,
@@ -45,6 +48,7 @@ impl StoreView {
             capacity_bytes: 0,
             available_bytes: 0,
             used_bytes: 0,
+            low_space: false,
             last_heartbeat_ms: None,
             silent_learner_ms: None,
         }
@@ -499,6 +503,7 @@ impl ClusterView {
                     capacity_bytes: s.capacity_bytes,
                     available_bytes: s.available_bytes,
                     used_bytes: s.used_bytes,
+                    low_space: s.low_space,
                     ranges,
                     leaders,
                     last_heartbeat_ms_ago: s.last_heartbeat_ms.map(|t| now_ms.saturating_sub(t)),

@@ -26,8 +26,10 @@ pub const NODE_SERVER_NAME: &str = "shale-node";
 /// removed replica's destroy notice names the replica (session 25). Version 4: range
 /// status and leader reports name the range's learners (session 26). Version 5: they
 /// name its silent learners too (session 27). Version 6: replicas exchange their data's
-/// checksums in Raft batches, and reports name diverged replicas (session 28).
-pub const ALPN: &[u8] = b"shale/6";
+/// checksums in Raft batches, and reports name diverged replicas (session 28). Version 7:
+/// heartbeats say whether a store is low on disk space, placement's answers name the
+/// low stores, and `KvError::NoSpace` (session 29).
+pub const ALPN: &[u8] = b"shale/7";
 
 const CA_COMMON_NAME: &str = "Shale cluster CA";
 /// File names inside a certificate directory.

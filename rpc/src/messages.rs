@@ -457,6 +457,10 @@ pub enum KvError {
     InvalidIngest { reason: String },
     #[error("the file to ingest is not staged on store {store_id}; stage it again")]
     NotStaged { store_id: StoreId },
+    /// New data refused: the store (or most of the range's stores) is low on disk
+    /// space. Deletes still pass; placement moves data off low stores.
+    #[error("store {store_id} is low on disk space ({detail}); new data is refused until space is freed or placement moves data away (deletes still work)")]
+    NoSpace { store_id: StoreId, detail: String },
 }
 
 impl KvError {
@@ -484,6 +488,7 @@ impl KvError {
             KvError::ShuttingDown => "shutting_down",
             KvError::InvalidIngest { .. } => "invalid_ingest",
             KvError::NotStaged { .. } => "not_staged",
+            KvError::NoSpace { .. } => "no_space",
         }
     }
 

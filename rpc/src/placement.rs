@@ -88,6 +88,10 @@ pub struct StoreHeartbeat {
     /// `LEADERLESS_REPORTED_MAX`): placement names those removed from their range.
     #[serde(default)]
     pub leaderless: Vec<LeaderlessReplica>,
+    /// The store has less free space than its reserve: it refuses new data it would
+    /// lead; placement moves its leaders and replicas away and places nothing there.
+    #[serde(default)]
+    pub low_space: bool,
 }
 
 /// Most leaderless replicas one heartbeat reports; the rest wait for later ones.
@@ -248,6 +252,8 @@ pub struct StoreInfo {
     pub capacity_bytes: u64,
     pub available_bytes: u64,
     pub used_bytes: u64,
+    /// Less free space than the store's reserve (see `StoreHeartbeat::low_space`).
+    pub low_space: bool,
     /// Replicas and leaders as placement counts them from range reports.
     pub ranges: u32,
     pub leaders: u32,
@@ -297,6 +303,10 @@ pub enum PlacementReply {
         removed: Vec<RemovedReplica>,
         #[serde(default)]
         want_full: bool,
+        /// Up stores low on disk space: a leader refuses new data for a range most of
+        /// whose replicas are on them.
+        #[serde(default)]
+        low_space_stores: Vec<StoreId>,
     },
     Ids {
         first: u64,

@@ -35,6 +35,7 @@ pub struct StoreConfig {
     pub log_gc: LogGcConfig,
     pub consistency: crate::consistency::ConsistencyConfig,
     pub ingest: IngestConfig,
+    pub space: crate::space::SpaceConfig,
     /// Labels placement uses to spread replicas, e.g. `zone = "eu-1a"`, `host = "m1"`.
     pub labels: std::collections::BTreeMap<String, String>,
     /// The placement driver this store registers with and reports to.
@@ -137,6 +138,7 @@ impl Default for StoreConfig {
             log_gc: LogGcConfig::default(),
             consistency: Default::default(),
             ingest: IngestConfig::default(),
+            space: crate::space::SpaceConfig::default(),
             labels: Default::default(),
             placement: Default::default(),
             gauge_label: None,

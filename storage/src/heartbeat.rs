@@ -107,7 +107,8 @@ pub struct Heartbeats {
     pub store_id: StoreId,
     pub addr: String,
     pub labels: BTreeMap<String, String>,
-    pub data_dir: std::path::PathBuf,
+    /// The store's disk space: reported, and told which other stores are low.
+    pub space: Arc<crate::space::Space>,
     pub config: PlacementLinkConfig,
 }
 
@@ -140,7 +141,9 @@ impl Heartbeats {
                     wake,
                     removed,
                     want_full,
+                    low_space_stores,
                 }) => {
+                    self.space.set_low_stores(low_space_stores);
                     if answered.is_multiple_of(ADDRESS_REFRESH_BEATS) {
                         self.refresh_addresses();
                     }
@@ -189,7 +192,7 @@ impl Heartbeats {
         let after_ms = self.config.leaderless_report_after_ms;
         let status = self.service.heartbeat_status(after_ms).await?;
         let mut load = self.service.take_load();
-        let (capacity_bytes, available_bytes) = disk_space(&self.data_dir);
+        let (capacity_bytes, available_bytes) = (self.space.capacity(), self.space.available());
         let reports: Vec<RangeReport> = status
             .statuses
             .iter()
@@ -220,7 +223,8 @@ impl Heartbeats {
             addr: self.addr.clone(),
             labels: self.labels.clone(),
             capacity_bytes,
-            available_bytes,
+            available_bytes: available_bytes.min(capacity_bytes),
+            low_space: self.space.is_low(),
             used_bytes: status.used_bytes,
             range_count: status.held.len() as u32,
             leader_count,
@@ -473,17 +477,6 @@ fn leaderless(ranges: &[RangeStatus], wanted: &[RangeId], after_ms: u64) -> Vec<
             conf_ver: s.range.epoch.conf_ver,
         })
         .collect()
-}
-
-/// Size and free space of the file system holding `dir`; zeros when unknown.
-fn disk_space(dir: &std::path::Path) -> (u64, u64) {
-    match rustix::fs::statvfs(dir) {
-        Ok(s) => (
-            s.f_blocks.saturating_mul(s.f_frsize),
-            s.f_bavail.saturating_mul(s.f_frsize),
-        ),
-        Err(_) => (0, 0),
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod server;
 mod slow_rounds;
 pub mod snapshot;
 pub mod snapshot_install;
+pub mod space;
 mod spans;
 pub mod split;
 pub mod staging;

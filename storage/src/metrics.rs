@@ -40,6 +40,10 @@ pub struct StoreMetrics {
     pub diverged: Family<Vec<(String, String)>, Gauge>,
     /// By `outcome`: agreed, diverged, no_majority.
     pub checks: Family<Vec<(String, String)>, Counter>,
+    /// Per store: free bytes on its data's file system, and whether it is low on space.
+    pub available_bytes: Family<Vec<(String, String)>, Gauge>,
+    pub low_space: Family<Vec<(String, String)>, Gauge>,
+    pub writes_refused_no_space: Counter,
 }
 
 /// One store's gauges at a pass over its replicas.
@@ -216,5 +220,21 @@ pub fn register(registry: &mut Registry) {
         "Consistency checks judged by the ranges' leaders, by outcome (agreed, diverged, \
          no_majority)",
         m.checks.clone(),
+    );
+    registry.register(
+        "shale_store_available_bytes",
+        "Free bytes on the file system of the store's data (as last read, once a second)",
+        m.available_bytes.clone(),
+    );
+    registry.register(
+        "shale_store_low_space",
+        "1 while the store has less free space than space.reserve-bytes: it refuses new \
+         data it would lead, and placement moves its leaders and replicas away",
+        m.low_space.clone(),
+    );
+    registry.register(
+        "shale_store_writes_refused_no_space",
+        "Writes refused because the store, or most stores of the range, were low on space",
+        m.writes_refused_no_space.clone(),
     );
 }

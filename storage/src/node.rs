@@ -25,6 +25,7 @@ use crate::command::{ApplyState, RangeState, ReplicaState, StoreIdent};
 use crate::config::StoreConfig;
 use crate::engine::{Cf, Durability, Engine};
 use crate::faults::Faults;
+use crate::space::Space;
 use crate::heartbeat::{register, Heartbeats};
 use crate::key_counts::{CheckDue, CheckRequest, Counted, KeyCounts};
 use crate::keys;
@@ -47,6 +48,8 @@ pub struct StoreNode {
     serve_task: tokio::task::JoinHandle<()>,
     split_task: tokio::task::JoinHandle<()>,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
+    space_task: tokio::task::JoinHandle<()>,
+    space: Arc<Space>,
     faults: Arc<Faults>,
     key_counts: Arc<KeyCounts>,
     /// Dropped at shutdown before waiting for the engine and transport to be let go.
@@ -245,6 +248,8 @@ impl StoreNode {
             );
         }
 
+        let space = Arc::new(Space::new(config.store_id, &config.space));
+        space.read(&config.data_dir);
         let addr = transport.local_addr()?;
         let (tx, rx) = sync_channel(config.limits.queue_msgs_max);
         let faults = Arc::new(Faults::default());
@@ -268,7 +273,8 @@ impl StoreNode {
             Some(split_tx),
             tx.clone(),
         )
-        .with_faults(faults.clone());
+        .with_faults(faults.clone())
+        .with_space(space.clone());
         let loop_thread = std::thread::Builder::new()
             .name(format!("store-{}-raft", config.store_id))
             .spawn(move || store.run(rx))?;
@@ -297,6 +303,7 @@ impl StoreNode {
             key_counts.clone(),
             crate::staging::Staging::new(&engine, &config.ingest),
             config.ingest.stage_builds_max,
+            space.clone(),
         ));
         let heartbeat_task = placement.map(|(placement, cluster_id)| {
             tokio::spawn(
@@ -307,7 +314,7 @@ impl StoreNode {
                     store_id: config.store_id,
                     addr: config.advertise_addr().to_string(),
                     labels: config.labels.clone(),
-                    data_dir: config.data_dir.clone(),
+                    space: space.clone(),
                     config: config.placement.clone(),
                 }
                 .run(),
@@ -319,6 +326,10 @@ impl StoreNode {
             key_counts.clone(),
             config.split.range_size_bytes_max,
             split_rx,
+        ));
+        let space_task = tokio::spawn(crate::space::watch(
+            space.clone(),
+            config.data_dir.clone(),
         ));
         let serve_task = transport.serve(service.clone());
         info!(store_id = config.store_id, %addr, data_dir = %config.data_dir.display(), "store started");
@@ -332,6 +343,8 @@ impl StoreNode {
             serve_task,
             split_task,
             heartbeat_task,
+            space_task,
+            space,
             faults,
             key_counts,
             service: Some(service),
@@ -361,6 +374,11 @@ impl StoreNode {
     /// Fault injection for in-process tests.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// The store's disk space as last read, and its reserve.
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     /// The state of every replica on this store.
@@ -403,6 +421,7 @@ impl StoreNode {
         self.transport.close();
         self.serve_task.abort();
         self.split_task.abort();
+        self.space_task.abort();
         if let Some(t) = self.heartbeat_task.take() {
             t.abort();
             let _ = t.await;

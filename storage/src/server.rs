@@ -29,6 +29,7 @@ use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
 use crate::replica::AddressBook;
+use crate::space::Space;
 use crate::snapshot::{SnapshotAck, SnapshotChunk, SNAPSHOTS_RECEIVING_MAX};
 use crate::snapshot_install::{first_chunk, Incoming, Received};
 use crate::staging::Staging;
@@ -60,6 +61,8 @@ pub struct StoreService {
     /// Bulk-load files staged here, and a bound on how many are written at once.
     staging: Arc<Staging>,
     stage_builds: tokio::sync::Semaphore,
+    /// Disk space: a store low on it stages nothing and takes no snapshots.
+    space: Arc<Space>,
 }
 
 /// Where a store gets new range and replica ids: placement when it has one, else the
@@ -95,6 +98,7 @@ impl StoreService {
         key_counts: Arc<KeyCounts>,
         staging: Staging,
         stage_builds_max: usize,
+        space: Arc<Space>,
     ) -> Self {
         let IdSource { cluster, placement } = ids;
         StoreService {
@@ -111,6 +115,7 @@ impl StoreService {
             key_counts,
             staging: Arc::new(staging),
             stage_builds: tokio::sync::Semaphore::new(stage_builds_max),
+            space,
         }
     }
 
@@ -371,6 +376,9 @@ impl StoreService {
         if pairs.is_empty() || !range.contains_sorted(&pairs) {
             return Err(KvError::KeyNotInRange { range_id });
         }
+        if let Some(e) = self.space.own_refusal_if_low() {
+            return Err(e);
+        }
         let _build = self
             .stage_builds
             .acquire()
@@ -577,6 +585,11 @@ impl StoreService {
         }
         let key = (from_store, chunk.transfer_id);
         let mut decoded = None;
+        if chunk.seq == 0 && self.space.is_low() {
+            // Offered again later, with backoff; placement moves the replica elsewhere.
+            info!(range_id, from_store, "snapshot must wait: this store is low on disk space");
+            return SnapshotAck::Busy;
+        }
         if chunk.seq == 0 {
             let first = match first_chunk(&chunk) {
                 Ok(first) => first,

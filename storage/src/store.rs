@@ -13,13 +13,17 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use shale_rpc::{Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId, SumReport};
+use shale_rpc::{
+    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId, SumReport, WriteOp,
+};
 use tracing::{debug, info, warn};
 
+use crate::command::Command;
 use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
 use crate::early::EarlyMessages;
 use crate::engine::{Durability, Engine};
 use crate::faults::Faults;
+use crate::space::Space;
 use crate::key_counts::CheckRequest;
 use crate::metrics::{StoreGauges, METRICS};
 use crate::outbox::Outbox;
@@ -84,6 +88,8 @@ pub struct Store<S: RaftSender> {
     check_interval: Option<Duration>,
     slow_rounds: SlowRounds,
     faults: Arc<Faults>,
+    /// Disk space: a store (or most of a range's stores) low on it takes no new data.
+    space: Arc<Space>,
 }
 
 impl<S: RaftSender> Store<S> {
@@ -129,12 +135,19 @@ impl<S: RaftSender> Store<S> {
             check_interval: config.consistency.interval(),
             slow_rounds: SlowRounds::default(),
             faults: Arc::default(),
+            space: Arc::new(Space::new(config.store_id, &config.space)),
         }
     }
 
     /// Shares the store's fault switches (tests) with its snapshot builds.
     pub fn with_faults(mut self, faults: Arc<Faults>) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// Shares the store's disk-space readings with its loop.
+    pub fn with_space(mut self, space: Arc<Space>) -> Self {
+        self.space = space;
         self
     }
 
@@ -263,12 +276,21 @@ impl<S: RaftSender> Store<S> {
                 epoch,
                 ops,
                 reply,
-            } => match self.checked(range_id, epoch) {
-                Ok(r) => r.propose(ops, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+            } => {
+                let puts = ops.iter().any(|op| matches!(op, WriteOp::Put { .. }));
+                let space = (puts && self.space.any_low()).then(|| self.space.clone());
+                match self.checked(range_id, epoch) {
+                    Ok(r) => match space.and_then(|s| s.refusal(&r.range)) {
+                        Some(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        None => r.propose(ops, reply),
+                    },
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-            },
+            }
             StoreMsg::Read {
                 range_id,
                 epoch,
@@ -284,12 +306,22 @@ impl<S: RaftSender> Store<S> {
                 epoch,
                 command,
                 reply,
-            } => match self.checked(range_id, epoch) {
-                Ok(r) => r.propose_command(command, reply),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+            } => {
+                // A bulk load through the log is new data; a staged one is on disk already.
+                let loads = matches!(command, Command::Ingest { .. });
+                let space = (loads && self.space.any_low()).then(|| self.space.clone());
+                match self.checked(range_id, epoch) {
+                    Ok(r) => match space.and_then(|s| s.refusal(&r.range)) {
+                        Some(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        None => r.propose_command(command, reply),
+                    },
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-            },
+            }
             StoreMsg::FindRange { key, reply } => {
                 let found = self
                     .replicas

@@ -132,6 +132,12 @@ pub struct StoreView {
     ranges: usize,
     leaders: usize,
     used_bytes: u64,
+    /// Free bytes on the store's file system, as placement last heard (none without
+    /// placement).
+    available_bytes: Option<u64>,
+    /// Less free space than the store's reserve: it takes no new data, and placement
+    /// moves its leaders and replicas away.
+    low_space: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -266,6 +272,8 @@ impl Snapshot {
                 used_bytes: status
                     .as_ref()
                     .map_or(0, |s| s.iter().map(|r| r.size_bytes).sum()),
+                available_bytes: None,
+                low_space: false,
             })
             .collect()
     }
@@ -608,13 +616,18 @@ fn replica_column(r: &RangeView) -> String {
 
 pub fn print_stores(stores: &[StoreView]) {
     println!(
-        "{:<6} {:<22} {:<6} {:>7} {:>8} {:>14}",
-        "store", "addr", "state", "ranges", "leaders", "used bytes"
+        "{:<6} {:<22} {:<8} {:>7} {:>8} {:>14} {:>16}",
+        "store", "addr", "state", "ranges", "leaders", "used bytes", "free bytes"
     );
     for s in stores {
+        let free = match (s.available_bytes, s.low_space) {
+            (Some(b), true) => format!("{b} LOW"),
+            (Some(b), false) => b.to_string(),
+            (None, _) => "-".into(),
+        };
         println!(
-            "{:<6} {:<22} {:<6} {:>7} {:>8} {:>14}",
-            s.id, s.addr, s.state, s.ranges, s.leaders, s.used_bytes
+            "{:<6} {:<22} {:<8} {:>7} {:>8} {:>14} {:>16}",
+            s.id, s.addr, s.state, s.ranges, s.leaders, s.used_bytes, free
         );
     }
 }

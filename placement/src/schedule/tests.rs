@@ -513,3 +513,33 @@ fn a_diverged_replica_is_replaced_elsewhere_or_dropped_first_when_no_store_is_fr
         vec![]
     );
 }
+
+#[test]
+fn a_store_low_on_space_sheds_leaders_then_replicas_and_takes_none_back() {
+    let mut sim = Sim::new(5, 3, 30, no_zone);
+    sim.view.stores.get_mut(&1).unwrap().low_space = true;
+    sim.run(&[], 500);
+    assert_eq!(sim.counts(1), (0, 0), "store 1 still holds data");
+    for r in sim.view.ranges.values() {
+        assert_eq!(r.range.replicas.len(), 3, "range {}", r.range.id);
+    }
+    // Space again: balance brings replicas back.
+    sim.view.stores.get_mut(&1).unwrap().low_space = false;
+    sim.run(&[], 500);
+    let (replicas, leaders) = sim.counts(1);
+    assert!(replicas >= 15 && leaders >= 4, "store 1 got {replicas} / {leaders}");
+}
+
+#[test]
+fn with_nowhere_to_go_only_leaders_leave_a_low_store() {
+    let mut sim = Sim::new(3, 3, 12, no_zone);
+    sim.run(&[], 100);
+    sim.view.stores.get_mut(&2).unwrap().low_space = true;
+    sim.run(&[], 100);
+    assert_eq!(sim.counts(2), (12, 0));
+    // Every store low: nothing to gain by moving anything.
+    for s in sim.view.stores.values_mut() {
+        s.low_space = true;
+    }
+    assert_eq!(sim.pass(&[]), 0);
+}

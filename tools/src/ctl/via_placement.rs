@@ -175,6 +175,8 @@ async fn stores(placement: &PlacementClient) -> anyhow::Result<Vec<StoreView>> {
                 ranges: s.ranges as usize,
                 leaders: s.leaders as usize,
                 used_bytes: s.used_bytes,
+                available_bytes: Some(s.available_bytes),
+                low_space: s.low_space,
             })
             .collect()),
         other => bail!("unexpected answer {other:?}"),

@@ -1,0 +1,317 @@
+//! Disk space: a store keeps `space.reserve-bytes` free on the file system of its data.
+//! Below that it is low on space: it takes no new data it would lead (puts, bulk loads,
+//! staged chunks) nor snapshots, and says so in its heartbeats; deletes still pass, so
+//! space can be freed. Placement moves leaders and replicas off low stores and places
+//! nothing new there, and tells leaders which stores are low: a leader refuses puts to a
+//! range most of whose replicas are on low stores (their Raft log would fill the reserve).
+//! A low follower of a range with a sound majority still appends, from its reserve,
+//! until its replica moves.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shale_rpc::{KvError, RangeDescriptor, StoreId};
+
+use crate::metrics::METRICS;
+
+/// How often a store reads its free space.
+pub const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long placement's list of low stores holds: a store that heard nothing newer
+/// (placement down) stops refusing on the word of others, not on its own.
+const LOW_STORES_TTL: Duration = Duration::from_secs(30);
+
+/// Free space a store keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SpaceConfig {
+    /// Free bytes kept on the data folder's file system: below this the store takes
+    /// only deletes as a leader (0: no reserve). Leave room for the Raft logs of the
+    /// ranges it follows until placement moves them.
+    pub reserve_bytes: u64,
+}
+
+impl Default for SpaceConfig {
+    fn default() -> Self {
+        SpaceConfig {
+            reserve_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Whether a store is low on space, given whether it `was` and what it has now. Once low
+/// it stays so until 5% of the reserve more is free, so it does not flap at the edge.
+pub fn is_low(was: bool, available: u64, reserve: u64) -> bool {
+    if reserve == 0 {
+        return false;
+    }
+    let bound = if was {
+        reserve.saturating_add(reserve / 20)
+    } else {
+        reserve
+    };
+    available < bound
+}
+
+/// One store's space as last read, and which other stores placement says are low.
+#[derive(Debug)]
+pub struct Space {
+    store_id: AtomicU64,
+    reserve: AtomicU64,
+    available: AtomicU64,
+    capacity: AtomicU64,
+    low: AtomicBool,
+    /// This store or a store placement named is low: writes look closer.
+    any_low: AtomicBool,
+    others: Mutex<(Vec<StoreId>, Option<Instant>)>,
+}
+
+impl Space {
+    pub fn new(store_id: StoreId, config: &SpaceConfig) -> Space {
+        Space {
+            store_id: AtomicU64::new(store_id),
+            reserve: AtomicU64::new(config.reserve_bytes),
+            available: AtomicU64::new(u64::MAX),
+            capacity: AtomicU64::new(0),
+            low: AtomicBool::new(false),
+            any_low: AtomicBool::new(false),
+            others: Mutex::new((Vec::new(), None)),
+        }
+    }
+
+    /// Changes the reserve (tests, or an operator through a restart with a new config);
+    /// takes effect at the next reading.
+    pub fn set_reserve(&self, bytes: u64) {
+        self.reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn reserve(&self) -> u64 {
+        self.reserve.load(Ordering::Relaxed)
+    }
+
+    pub fn available(&self) -> u64 {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// This store, or one placement named, is low on space: writes must look closer.
+    pub fn any_low(&self) -> bool {
+        self.any_low.load(Ordering::Relaxed)
+    }
+
+    /// This store is low on space.
+    pub fn is_low(&self) -> bool {
+        self.low.load(Ordering::Relaxed)
+    }
+
+    /// Takes a reading of the file system (`capacity`, `available`; zeros when it could
+    /// not be read, which counts as plenty: an unreadable statvfs must not stop writes).
+    pub fn record(&self, capacity: u64, available: u64) {
+        let available = if capacity == 0 { u64::MAX } else { available };
+        self.capacity.store(capacity, Ordering::Relaxed);
+        self.available.store(available, Ordering::Relaxed);
+        let was = self.is_low();
+        let low = is_low(was, available, self.reserve());
+        if low != was {
+            let store_id = self.store_id.load(Ordering::Relaxed);
+            if low {
+                tracing::warn!(
+                    store_id,
+                    available,
+                    reserve = self.reserve(),
+                    "store is low on disk space: refusing new data until space is freed"
+                );
+            } else {
+                tracing::info!(store_id, available, "store has disk space again");
+            }
+        }
+        self.low.store(low, Ordering::Relaxed);
+        let label = vec![(
+            "store".to_string(),
+            self.store_id.load(Ordering::Relaxed).to_string(),
+        )];
+        METRICS
+            .available_bytes
+            .get_or_create(&label)
+            .set(available.min(i64::MAX as u64) as i64);
+        METRICS.low_space.get_or_create(&label).set(i64::from(low));
+        self.refresh_any();
+    }
+
+    /// Reads the file system holding `dir`.
+    pub fn read(&self, dir: &std::path::Path) {
+        let (capacity, available) = disk_space(dir);
+        self.record(capacity, available);
+    }
+
+    /// The stores placement last said are low (this one aside).
+    pub fn set_low_stores(&self, stores: Vec<StoreId>) {
+        let me = self.store_id.load(Ordering::Relaxed);
+        let stores = stores.into_iter().filter(|&s| s != me).collect();
+        *self.others.lock().expect("space lock") = (stores, Some(Instant::now()));
+        self.refresh_any();
+    }
+
+    fn low_others(&self) -> Vec<StoreId> {
+        let others = self.others.lock().expect("space lock");
+        match others.1 {
+            Some(at) if at.elapsed() < LOW_STORES_TTL => others.0.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn refresh_any(&self) {
+        let any = self.is_low() || !self.low_others().is_empty();
+        self.any_low.store(any, Ordering::Relaxed);
+    }
+
+    /// Why a write bringing new data to `range`, led here, must be refused, if it must:
+    /// this store is low, or most of the range's replicas are on low stores.
+    pub fn refusal(&self, range: &RangeDescriptor) -> Option<KvError> {
+        if !self.any_low() {
+            return None;
+        }
+        let me = self.store_id.load(Ordering::Relaxed);
+        if self.is_low() {
+            return Some(self.own_refusal());
+        }
+        let others = self.low_others();
+        let low: Vec<StoreId> = range
+            .replicas
+            .iter()
+            .map(|r| r.store_id)
+            .filter(|s| *s != me && others.contains(s))
+            .collect();
+        if low.len() * 2 <= range.replicas.len() {
+            return None;
+        }
+        METRICS.writes_refused_no_space.inc();
+        Some(KvError::NoSpace {
+            store_id: low[0],
+            detail: format!(
+                "{} of range {}'s {} replicas are on stores low on space",
+                low.len(),
+                range.id,
+                range.replicas.len()
+            ),
+        })
+    }
+
+    /// The refusal of new data by this store itself, if it is low.
+    pub fn own_refusal_if_low(&self) -> Option<KvError> {
+        self.is_low().then(|| self.own_refusal())
+    }
+
+    fn own_refusal(&self) -> KvError {
+        METRICS.writes_refused_no_space.inc();
+        KvError::NoSpace {
+            store_id: self.store_id.load(Ordering::Relaxed),
+            detail: format!(
+                "{} bytes free, {} kept in reserve",
+                self.available(),
+                self.reserve()
+            ),
+        }
+    }
+}
+
+/// Size and free space of the file system holding `dir`; zeros when unknown.
+pub fn disk_space(dir: &std::path::Path) -> (u64, u64) {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => (
+            s.f_blocks.saturating_mul(s.f_frsize),
+            s.f_bavail.saturating_mul(s.f_frsize),
+        ),
+        Err(_) => (0, 0),
+    }
+}
+
+/// Reads the store's free space every `SPACE_CHECK_INTERVAL` until aborted.
+pub async fn watch(space: std::sync::Arc<Space>, dir: std::path::PathBuf) {
+    loop {
+        let (s, d) = (space.clone(), dir.clone());
+        let _ = tokio::task::spawn_blocking(move || s.read(&d)).await;
+        tokio::time::sleep(SPACE_CHECK_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use shale_rpc::{Epoch, ReplicaDescriptor};
+
+    fn range(stores: &[StoreId]) -> RangeDescriptor {
+        RangeDescriptor {
+            id: 7,
+            start_key: Bytes::new(),
+            end_key: Bytes::new(),
+            epoch: Epoch {
+                conf_ver: 1,
+                version: 1,
+            },
+            replicas: stores
+                .iter()
+                .map(|&s| ReplicaDescriptor {
+                    id: s * 10,
+                    store_id: s,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn low_below_the_reserve_and_back_only_past_a_margin() {
+        assert!(!is_low(false, 100, 0), "no reserve: never low");
+        assert!(is_low(false, 99, 100));
+        assert!(!is_low(false, 100, 100));
+        assert!(is_low(true, 104, 100), "stays low inside the margin");
+        assert!(!is_low(true, 105, 100));
+    }
+
+    #[test]
+    fn an_unreadable_file_system_counts_as_plenty() {
+        let space = Space::new(1, &SpaceConfig { reserve_bytes: 10 });
+        space.record(0, 0);
+        assert!(!space.is_low());
+        space.record(1000, 5);
+        assert!(space.is_low());
+        assert!(matches!(
+            space.refusal(&range(&[1, 2, 3])),
+            Some(KvError::NoSpace { store_id: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_when_most_replicas_are_on_low_stores() {
+        let space = Space::new(1, &SpaceConfig { reserve_bytes: 10 });
+        space.record(1000, 500);
+        assert_eq!(space.refusal(&range(&[1, 2, 3])), None);
+        space.set_low_stores(vec![2]);
+        assert_eq!(space.refusal(&range(&[1, 2, 3])), None, "a minority is low");
+        space.set_low_stores(vec![2, 3, 1]);
+        match space.refusal(&range(&[1, 2, 3])) {
+            Some(KvError::NoSpace { store_id, detail }) => {
+                assert_eq!(store_id, 2);
+                assert!(detail.contains("2 of range 7's 3 replicas"), "{detail}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(space.refusal(&range(&[1, 4, 5])), None, "other ranges");
+        space.set_low_stores(Vec::new());
+        assert_eq!(space.refusal(&range(&[1, 2, 3])), None);
+    }
+
+    #[test]
+    fn placements_word_expires() {
+        let space = Space::new(1, &SpaceConfig { reserve_bytes: 10 });
+        space.set_low_stores(vec![2, 3]);
+        space.others.lock().unwrap().1 = Some(Instant::now() - LOW_STORES_TTL);
+        assert_eq!(space.refusal(&range(&[1, 2, 3])), None);
+    }
+}
