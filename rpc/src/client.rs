@@ -776,6 +776,7 @@ fn is_refusal(e: &ClientError) -> bool {
                 | KvError::KeyTooLarge { .. }
                 | KvError::ValueTooLarge { .. }
                 | KvError::BatchTooLarge { .. }
+                | KvError::NoSpace { .. }
         )
     )
 }

@@ -6,3 +6,4 @@ mod harness;
 mod leader_loss;
 mod membership;
 mod scheduling;
+mod space;

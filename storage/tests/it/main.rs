@@ -8,4 +8,5 @@ mod ingest;
 mod membership;
 mod replication;
 mod snapshot_install;
+mod space;
 mod split;
