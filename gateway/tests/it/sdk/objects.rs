@@ -290,3 +290,73 @@ async fn sdk_buckets_objects_conditions_copies_and_errors() {
     assert_eq!(fails(s3.head_bucket().bucket(b).send().await).0, 404);
     h.stop().await;
 }
+
+/// Sets every store's disk reserve and waits until each has read its space since.
+async fn set_reserve(h: &Harness, bytes: u64, low: bool) {
+    for i in 0..3 {
+        h.cluster.node(i).unwrap().space().set_reserve(bytes);
+    }
+    let started = std::time::Instant::now();
+    while !(0..3).all(|i| h.cluster.node(i).unwrap().space().is_low() == low) {
+        assert!(started.elapsed() < Duration::from_secs(10), "stores did not notice");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_low_on_space_answers_503_and_keeps_objects_readable_and_deletable() {
+    let h = Harness::start(1).await;
+    let s3 = &h.s3;
+    let b = "sdk-space";
+    s3.create_bucket().bucket(b).send().await.unwrap();
+    let big = data((5 << 20) + 9, 3);
+    for (key, body) in [("small", b"tiny".to_vec()), ("big", big.clone())] {
+        s3.put_object()
+            .bucket(b)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // Every disk below its reserve: new objects are refused with a 503 that says why.
+    set_reserve(&h, u64::MAX / 2, true).await;
+    for body in [b"more".to_vec(), data(6 << 20, 4)] {
+        let refused = s3
+            .put_object()
+            .bucket(b)
+            .key("new")
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        let err = refused.as_ref().expect_err("a put on a full cluster");
+        let message = err.message().unwrap_or_default().to_string();
+        assert!(message.contains("low on disk space"), "{message}");
+        assert_eq!(fails(refused), (503, "ServiceUnavailable".into()));
+    }
+    assert_eq!(
+        fails(s3.head_object().bucket(b).key("new").send().await).0,
+        404,
+        "a refused put leaves nothing"
+    );
+    // What is stored reads back whole, and deletes (which free space) work.
+    let got = s3.get_object().bucket(b).key("big").send().await.unwrap();
+    assert_eq!(read(got.body).await, big);
+    s3.delete_object().bucket(b).key("small").send().await.unwrap();
+    assert_eq!(
+        fails(s3.head_object().bucket(b).key("small").send().await).0,
+        404
+    );
+
+    // Room again: puts work.
+    set_reserve(&h, 0, false).await;
+    s3.put_object()
+        .bucket(b)
+        .key("new")
+        .body(ByteStream::from(b"more".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    h.stop().await;
+}
