@@ -160,7 +160,10 @@ impl Leader {
         if store.low_space != hb.low_space {
             let (store_id, available) = (hb.store_id, hb.available_bytes);
             match hb.low_space {
-                true => warn!(store_id, available, "store is low on disk space: moving its data away"),
+                true => warn!(
+                    store_id,
+                    available, "store is low on disk space: moving its data away"
+                ),
                 false => info!(store_id, available, "store has disk space again"),
             }
         }

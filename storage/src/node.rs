@@ -25,7 +25,6 @@ use crate::command::{ApplyState, RangeState, ReplicaState, StoreIdent};
 use crate::config::StoreConfig;
 use crate::engine::{Cf, Durability, Engine};
 use crate::faults::Faults;
-use crate::space::Space;
 use crate::heartbeat::{register, Heartbeats};
 use crate::key_counts::{CheckDue, CheckRequest, Counted, KeyCounts};
 use crate::keys;
@@ -33,6 +32,7 @@ use crate::replica::{AddressBook, Replica};
 use crate::replica_storage::ReplicaStorage;
 use crate::router::RaftRouter;
 use crate::server::{IdSource, StoreService};
+use crate::space::Space;
 use crate::split::choose_split_key;
 use crate::store::{Store, StoreMsg};
 use crate::StorageError;
@@ -327,10 +327,7 @@ impl StoreNode {
             config.split.range_size_bytes_max,
             split_rx,
         ));
-        let space_task = tokio::spawn(crate::space::watch(
-            space.clone(),
-            config.data_dir.clone(),
-        ));
+        let space_task = tokio::spawn(crate::space::watch(space.clone(), config.data_dir.clone()));
         let serve_task = transport.serve(service.clone());
         info!(store_id = config.store_id, %addr, data_dir = %config.data_dir.display(), "store started");
         Ok(StoreNode {

@@ -29,9 +29,9 @@ use crate::faults::Faults;
 use crate::key_counts::KeyCounts;
 use crate::metrics::METRICS;
 use crate::replica::AddressBook;
-use crate::space::Space;
 use crate::snapshot::{SnapshotAck, SnapshotChunk, SNAPSHOTS_RECEIVING_MAX};
 use crate::snapshot_install::{first_chunk, Incoming, Received};
+use crate::space::Space;
 use crate::staging::Staging;
 use crate::store::{overlap_reason, HeartbeatStatus, StoreMsg};
 
@@ -587,7 +587,10 @@ impl StoreService {
         let mut decoded = None;
         if chunk.seq == 0 && self.space.is_low() {
             // Offered again later, with backoff; placement moves the replica elsewhere.
-            info!(range_id, from_store, "snapshot must wait: this store is low on disk space");
+            info!(
+                range_id,
+                from_store, "snapshot must wait: this store is low on disk space"
+            );
             return SnapshotAck::Busy;
         }
         if chunk.seq == 0 {

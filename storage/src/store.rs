@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use shale_rpc::{
-    Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId, SumReport, WriteOp,
-};
+use shale_rpc::{Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId, SumReport, WriteOp};
 use tracing::{debug, info, warn};
 
 use crate::command::Command;
@@ -23,13 +21,13 @@ use crate::config::{LogGcConfig, RaftConfig, StoreConfig};
 use crate::early::EarlyMessages;
 use crate::engine::{Durability, Engine};
 use crate::faults::Faults;
-use crate::space::Space;
 use crate::key_counts::CheckRequest;
 use crate::metrics::{StoreGauges, METRICS};
 use crate::outbox::Outbox;
 pub use crate::outbox::OutgoingSnapshot;
 use crate::replica::{AddressBook, Replica};
 use crate::slow_rounds::SlowRounds;
+use crate::space::Space;
 mod lifecycle;
 mod snapshots;
 pub(crate) use snapshots::overlap_reason;
@@ -278,14 +276,8 @@ impl<S: RaftSender> Store<S> {
                 reply,
             } => {
                 let puts = ops.iter().any(|op| matches!(op, WriteOp::Put { .. }));
-                let space = (puts && self.space.any_low()).then(|| self.space.clone());
-                match self.checked(range_id, epoch) {
-                    Ok(r) => match space.and_then(|s| s.refusal(&r.range)) {
-                        Some(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                        None => r.propose(ops, reply),
-                    },
+                match self.checked_for_data(range_id, epoch, puts) {
+                    Ok(r) => r.propose(ops, reply),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -309,14 +301,8 @@ impl<S: RaftSender> Store<S> {
             } => {
                 // A bulk load through the log is new data; a staged one is on disk already.
                 let loads = matches!(command, Command::Ingest { .. });
-                let space = (loads && self.space.any_low()).then(|| self.space.clone());
-                match self.checked(range_id, epoch) {
-                    Ok(r) => match space.and_then(|s| s.refusal(&r.range)) {
-                        Some(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                        None => r.propose_command(command, reply),
-                    },
+                match self.checked_for_data(range_id, epoch, loads) {
+                    Ok(r) => r.propose_command(command, reply),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -460,6 +446,26 @@ impl<S: RaftSender> Store<S> {
             StoreMsg::Shutdown => return false,
         }
         true
+    }
+
+    /// As `checked`, for a request bringing `new_data` when the store or most of the
+    /// range's stores are low on disk space: a leader refuses it (a follower points at
+    /// the leader as usual).
+    fn checked_for_data(
+        &mut self,
+        range_id: RangeId,
+        epoch: Option<Epoch>,
+        new_data: bool,
+    ) -> Result<&mut Replica, KvError> {
+        let space = (new_data && self.space.any_low()).then(|| self.space.clone());
+        let r = self.checked(range_id, epoch)?;
+        match space
+            .filter(|_| r.is_leader())
+            .and_then(|s| s.refusal(&r.range))
+        {
+            Some(refused) => Err(refused),
+            None => Ok(r),
+        }
     }
 
     fn checked(

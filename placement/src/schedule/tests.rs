@@ -527,7 +527,10 @@ fn a_store_low_on_space_sheds_leaders_then_replicas_and_takes_none_back() {
     sim.view.stores.get_mut(&1).unwrap().low_space = false;
     sim.run(&[], 500);
     let (replicas, leaders) = sim.counts(1);
-    assert!(replicas >= 15 && leaders >= 4, "store 1 got {replicas} / {leaders}");
+    assert!(
+        replicas >= 15 && leaders >= 4,
+        "store 1 got {replicas} / {leaders}"
+    );
 }
 
 #[test]

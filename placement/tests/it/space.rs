@@ -83,13 +83,15 @@ async fn a_store_low_on_space_is_emptied_onto_one_with_room_without_losing_write
 
     // Room again: placement hears it, and the store may take replicas once more.
     low.space().set_reserve(0);
-    must_eventually("the store has room again", Duration::from_secs(30), || async {
-        let s = stores(&cluster).await?;
-        let me = s.iter().find(|s| s.id == low_id).ok_or("store gone")?;
-        (!me.low_space)
-            .then_some(())
-            .ok_or("still low".to_string())
-    })
+    must_eventually(
+        "the store has room again",
+        Duration::from_secs(30),
+        || async {
+            let s = stores(&cluster).await?;
+            let me = s.iter().find(|s| s.id == low_id).ok_or("store gone")?;
+            (!me.low_space).then_some(()).ok_or("still low".to_string())
+        },
+    )
     .await;
     cluster.shutdown().await;
 }

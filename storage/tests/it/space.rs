@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use shale_rpc::client::{ClientError, KvClient};
-use shale_rpc::{KvError, WriteOp};
+use shale_rpc::client::{ClientError, KvClient, FIRST_RANGE_ID};
+use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::{Frame, FrameKind, KvError, KvOp, KvRequest, KvResponse, WriteOp};
 use shale_storage::cluster::LocalCluster;
 use shale_storage::space::SPACE_CHECK_INTERVAL;
 
@@ -84,7 +85,10 @@ async fn a_store_low_on_space_refuses_new_data_but_deletes_and_reads_go_on() {
     }
 
     // Deletes free space, so they pass.
-    client.delete(key(0)).await.expect("a delete on a low store");
+    client
+        .delete(key(0))
+        .await
+        .expect("a delete on a low store");
     client
         .batch(vec![WriteOp::Delete { key: key(2) }])
         .await
@@ -117,4 +121,23 @@ async fn a_low_follower_does_not_stop_writes_and_stays_in_step() {
         must_put(&client, i).await;
     }
     must_converge(&cluster, follower, &(0..30).collect::<Vec<_>>()).await;
+    // A put sent to the low follower is pointed at the leader, not refused there.
+    let transport = Transport::client(&cluster.identity, TransportConfig::default()).unwrap();
+    let req = KvRequest {
+        range_id: FIRST_RANGE_ID,
+        epoch: None,
+        op: KvOp::Put {
+            key: key(99),
+            value: value(99),
+        },
+    };
+    let frame = Frame::encode(FrameKind::KvRequest, &req).unwrap();
+    let reply = transport
+        .call(cluster.node(follower).unwrap().addr(), &frame)
+        .await
+        .unwrap();
+    match reply.decode::<KvResponse>(FrameKind::KvResponse).unwrap() {
+        Err(KvError::NotLeader { .. }) => {}
+        other => panic!("expected NotLeader from the low follower, got {other:?}"),
+    }
 }

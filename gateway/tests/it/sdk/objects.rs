@@ -298,7 +298,10 @@ async fn set_reserve(h: &Harness, bytes: u64, low: bool) {
     }
     let started = std::time::Instant::now();
     while !(0..3).all(|i| h.cluster.node(i).unwrap().space().is_low() == low) {
-        assert!(started.elapsed() < Duration::from_secs(10), "stores did not notice");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stores did not notice"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -343,7 +346,12 @@ async fn a_cluster_low_on_space_answers_503_and_keeps_objects_readable_and_delet
     // What is stored reads back whole, and deletes (which free space) work.
     let got = s3.get_object().bucket(b).key("big").send().await.unwrap();
     assert_eq!(read(got.body).await, big);
-    s3.delete_object().bucket(b).key("small").send().await.unwrap();
+    s3.delete_object()
+        .bucket(b)
+        .key("small")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         fails(s3.head_object().bucket(b).key("small").send().await).0,
         404
