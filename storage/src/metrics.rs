@@ -44,6 +44,7 @@ pub struct StoreMetrics {
     pub available_bytes: Family<Vec<(String, String)>, Gauge>,
     pub low_space: Family<Vec<(String, String)>, Gauge>,
     pub writes_refused_no_space: Counter,
+    pub appends_dropped_no_space: Counter,
 }
 
 /// One store's gauges at a pass over its replicas.
@@ -236,5 +237,10 @@ pub fn register(registry: &mut Registry) {
         "shale_store_writes_refused_no_space",
         "Writes refused because the store, or most stores of the range, were low on space",
         m.writes_refused_no_space.clone(),
+    );
+    registry.register(
+        "shale_store_appends_dropped_no_space",
+        "Raft appends a follower dropped because its store was below half its disk reserve",
+        m.appends_dropped_no_space.clone(),
     );
 }

@@ -5,15 +5,18 @@
 //! nothing new there, and tells leaders which stores are low: a leader refuses puts to a
 //! range most of whose replicas are on low stores (their Raft log would fill the reserve).
 //! A low follower of a range with a sound majority still appends, from its reserve,
-//! until its replica moves.
+//! until its replica moves; below half its reserve it drops appends of new entries
+//! (the range goes on with its other replicas; this one catches up once it has room).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use raft::eraftpb::{Entry, EntryType};
 use serde::{Deserialize, Serialize};
-use shale_rpc::{KvError, RangeDescriptor, StoreId};
+use shale_rpc::{KvError, RangeDescriptor, StoreId, WriteOp};
 
+use crate::command::Command;
 use crate::metrics::METRICS;
 
 /// How often a store reads its free space.
@@ -55,6 +58,30 @@ pub fn is_low(was: bool, available: u64, reserve: u64) -> bool {
     available < bound
 }
 
+/// Whether a store is so low on space that it takes no more Raft log as a follower:
+/// below half its reserve (what a low follower appends comes out of the reserve).
+pub fn is_critical(available: u64, reserve: u64) -> bool {
+    reserve > 0 && available < reserve / 2
+}
+
+/// Whether Raft `entries` bring new data: a write with a put, or a bulk load through the
+/// log. A follower below half its reserve drops appends that do; deletes, membership
+/// changes, splits and the like still pass, so space can be freed and replicas moved.
+pub fn brings_data(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| {
+        e.get_entry_type() == EntryType::EntryNormal
+            && !e.data.is_empty()
+            && match Command::decode(&e.data) {
+                Ok(Command::Write { writes }) => writes
+                    .iter()
+                    .flatten()
+                    .any(|op| matches!(op, WriteOp::Put { .. })),
+                Ok(Command::Ingest { .. }) | Err(_) => true,
+                Ok(_) => false,
+            }
+    })
+}
+
 /// One store's space as last read, and which other stores placement says are low.
 #[derive(Debug)]
 pub struct Space {
@@ -63,6 +90,7 @@ pub struct Space {
     available: AtomicU64,
     capacity: AtomicU64,
     low: AtomicBool,
+    critical: AtomicBool,
     /// This store or a store placement named is low: writes look closer.
     any_low: AtomicBool,
     others: Mutex<(Vec<StoreId>, Option<Instant>)>,
@@ -76,6 +104,7 @@ impl Space {
             available: AtomicU64::new(u64::MAX),
             capacity: AtomicU64::new(0),
             low: AtomicBool::new(false),
+            critical: AtomicBool::new(false),
             any_low: AtomicBool::new(false),
             others: Mutex::new((Vec::new(), None)),
         }
@@ -109,6 +138,12 @@ impl Space {
         self.low.load(Ordering::Relaxed)
     }
 
+    /// This store is below half its reserve: as a follower it appends no more log
+    /// (see `is_critical`).
+    pub fn is_critical(&self) -> bool {
+        self.critical.load(Ordering::Relaxed)
+    }
+
     /// Takes a reading of the file system (`capacity`, `available`; zeros when it could
     /// not be read, which counts as plenty: an unreadable statvfs must not stop writes).
     pub fn record(&self, capacity: u64, available: u64) {
@@ -131,6 +166,15 @@ impl Space {
             }
         }
         self.low.store(low, Ordering::Relaxed);
+        let critical = is_critical(available, self.reserve());
+        if critical && !self.critical.load(Ordering::Relaxed) {
+            tracing::warn!(
+                store_id = self.store_id.load(Ordering::Relaxed),
+                available,
+                "store is below half its disk reserve: its followers take no more log"
+            );
+        }
+        self.critical.store(critical, Ordering::Relaxed);
         let label = vec![(
             "store".to_string(),
             self.store_id.load(Ordering::Relaxed).to_string(),
@@ -272,6 +316,60 @@ mod tests {
         assert!(!is_low(false, 100, 100));
         assert!(is_low(true, 104, 100), "stays low inside the margin");
         assert!(!is_low(true, 105, 100));
+    }
+
+    #[test]
+    fn only_entries_with_puts_or_loads_bring_data() {
+        let entry = |c: Option<Command>| {
+            let mut e = Entry::default();
+            if let Some(c) = c {
+                e.data = c.encode().into();
+            }
+            e
+        };
+        let put = WriteOp::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        };
+        let delete = WriteOp::Delete {
+            key: Bytes::from_static(b"k"),
+        };
+        let deletes = entry(Some(Command::Write {
+            writes: vec![vec![delete.clone()], vec![delete.clone()]],
+        }));
+        let quiet = [
+            entry(None),
+            deletes,
+            entry(Some(Command::CompactLog { index: 9, term: 2 })),
+            entry(Some(Command::ComputeChecksum)),
+        ];
+        assert!(!brings_data(&quiet));
+        let mixed = entry(Some(Command::Write {
+            writes: vec![vec![delete], vec![put]],
+        }));
+        assert!(brings_data(&[quiet[0].clone(), mixed]));
+        let load = entry(Some(Command::Ingest { pairs: Vec::new() }));
+        assert!(brings_data(&[load]));
+        let mut garbage = Entry::default();
+        garbage.data = vec![0xff; 9].into();
+        assert!(
+            brings_data(&[garbage]),
+            "what cannot be read counts as data"
+        );
+    }
+
+    #[test]
+    fn critical_below_half_the_reserve() {
+        assert!(!is_critical(0, 0));
+        assert!(is_critical(49, 100));
+        assert!(!is_critical(50, 100));
+        let space = Space::new(1, &SpaceConfig { reserve_bytes: 100 });
+        space.record(1000, 70);
+        assert!(space.is_low() && !space.is_critical());
+        space.record(1000, 10);
+        assert!(space.is_critical());
+        space.record(1000, 500);
+        assert!(!space.is_low() && !space.is_critical());
     }
 
     #[test]

@@ -525,6 +525,17 @@ impl<S: RaftSender> Store<S> {
                     continue;
                 }
             };
+            if m.get_msg_type() == MessageType::MsgAppend
+                && self.space.is_critical()
+                && crate::space::brings_data(&m.entries)
+            {
+                // Below half its reserve the store takes no more data into its log: the
+                // range goes on with its other replicas, and this one catches up once
+                // there is room (or is moved away) instead of the store failing on a
+                // full disk.
+                METRICS.appends_dropped_no_space.inc();
+                continue;
+            }
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 if let Err(reason) = self.snapshot_fits(&m) {
                     info!(range_id = env.range_id, from = batch.from_store, %reason, "snapshot turned down");

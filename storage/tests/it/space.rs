@@ -115,8 +115,11 @@ async fn a_low_follower_does_not_stop_writes_and_stays_in_step() {
     must_put(&client, 0).await;
     let leader = cluster.leader().await.expect("leader");
     let follower = (leader + 1) % 3;
-    set_reserve(&cluster, &[follower], u64::MAX / 2, true).await;
-    // A follower low on space still appends from its reserve (placement moves it).
+    // Low, but above half the reserve: a follower still appends from its reserve (and
+    // placement would move it).
+    let available = cluster.node(follower).unwrap().space().available();
+    set_reserve(&cluster, &[follower], available / 2 * 3, true).await;
+    assert!(!cluster.node(follower).unwrap().space().is_critical());
     for i in 0..30 {
         must_put(&client, i).await;
     }
@@ -140,4 +143,51 @@ async fn a_low_follower_does_not_stop_writes_and_stays_in_step() {
         Err(KvError::NotLeader { .. }) => {}
         other => panic!("expected NotLeader from the low follower, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_below_half_its_reserve_takes_no_new_data_then_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = cluster.client().unwrap();
+    must_put(&client, 0).await;
+    let leader = cluster.leader().await.expect("leader");
+    let follower = (leader + 1) % 3;
+    must_converge(&cluster, follower, &[0]).await;
+    set_reserve(&cluster, &[follower], u64::MAX / 2, true).await;
+    assert!(cluster.node(follower).unwrap().space().is_critical());
+    let before = applied(&cluster, follower).await;
+    // The other two carry the range: puts are acknowledged, and the critical follower
+    // takes none of them.
+    for i in 1..40 {
+        must_put(&client, i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(applied(&cluster, leader).await > before + 30);
+    assert_eq!(
+        applied(&cluster, follower).await,
+        before,
+        "the follower took new data"
+    );
+    client.delete(key(39)).await.unwrap();
+    // Room again: it catches up with everything acknowledged.
+    set_reserve(&cluster, &[follower], 0, false).await;
+    must_converge(&cluster, follower, &(0..39).collect::<Vec<_>>()).await;
+    assert_eq!(
+        cluster
+            .node(follower)
+            .unwrap()
+            .engine()
+            .get(shale_storage::engine::Cf::Data, &key(39))
+            .unwrap(),
+        None
+    );
+}
+
+async fn applied(cluster: &LocalCluster, i: usize) -> u64 {
+    let status = cluster.node(i).unwrap().status().await;
+    let first = status.iter().find(|s| s.range_id() == FIRST_RANGE_ID);
+    first
+        .expect("the store holds the first range")
+        .applied_index
 }
