@@ -350,8 +350,10 @@ mod tests {
         assert!(brings_data(&[quiet[0].clone(), mixed]));
         let load = entry(Some(Command::Ingest { pairs: Vec::new() }));
         assert!(brings_data(&[load]));
-        let mut garbage = Entry::default();
-        garbage.data = vec![0xff; 9].into();
+        let garbage = Entry {
+            data: vec![0xff; 9].into(),
+            ..Default::default()
+        };
         assert!(
             brings_data(&[garbage]),
             "what cannot be read counts as data"
