@@ -269,3 +269,87 @@ async fn ctl_check_names_a_diverged_copy_and_placement_replaces_it() {
     }
     assert_eq!(client.get("key-0042-rot").await.unwrap(), None);
 }
+
+/// Real processes with placement: a store restarted with more `space.reserve-bytes` than
+/// its disk has free shows as low in `ctl status`, and placement empties it onto the
+/// store with room while every write stays readable and new ones land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_configured_past_its_free_space_shows_low_and_is_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_placed_procs(dir.path(), false);
+    let client = kv_client(
+        cluster.transport.clone(),
+        &cluster.stores,
+        patient_client_config(),
+    );
+    for i in 0..100 {
+        client
+            .put(format!("key-{i:04}"), format!("value-{i}"))
+            .await
+            .unwrap();
+    }
+    let file = write_cluster_file(dir.path(), &cluster.stores);
+    let mut json: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    json["placement"] = serde_json::json!([cluster.placement_addr]);
+    std::fs::write(&file, json.to_string()).unwrap();
+    let file = file.as_path();
+
+    let low = &mut cluster.stores[0];
+    let low_id = low.config.store_id;
+    low.terminate();
+    low.config.space.reserve_bytes = u64::MAX / 2;
+    std::fs::write(&low.config_path, toml::to_string(&low.config).unwrap()).unwrap();
+    low.start();
+    let store = |status: &Value| {
+        status["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == low_id)
+            .cloned()
+            .unwrap()
+    };
+    tokio::task::block_in_place(|| {
+        let started = Instant::now();
+        loop {
+            let s = store(&ctl(file, &["status"]));
+            if s["low_space"] == true && s["ranges"] == 0 && s["state"] == "up" {
+                eprintln!(
+                    "store {low_id} low and emptied {:.1} s after its restart: {s}",
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "store {low_id} low and emptied: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let table = String::from_utf8(
+            shale()
+                .args(["ctl", "--cluster"])
+                .arg(file)
+                .arg("status")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&low_id.to_string()))
+            .unwrap_or_default();
+        assert!(row.ends_with("LOW"), "{table}");
+    });
+    for i in 0..100 {
+        let got = client.get(format!("key-{i:04}")).await.unwrap();
+        assert_eq!(got.as_deref(), Some(format!("value-{i}").as_bytes()));
+    }
+    for i in 100..120 {
+        client
+            .put(format!("key-{i:04}"), format!("value-{i}"))
+            .await
+            .unwrap();
+    }
+}
