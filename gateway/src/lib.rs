@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod objects;
 pub mod s3;
 pub mod server;
+pub mod tls;
 
 pub use chunks::write_chunk;
 pub use server::{Gateway, GatewayConfig};

@@ -16,6 +16,7 @@ use crate::access::PublicReadAccess;
 use crate::keys::ClusterAuth;
 use crate::objects::{LocalChunks, ObjectStore};
 use crate::s3::ShaleS3;
+use crate::tls::GatewayTls;
 
 /// What a gateway needs besides its cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +49,9 @@ pub struct GatewayConfig {
     /// (those holding the chunk's range): the store on this gateway's host, say, so
     /// bulk bytes stay on the host and reads spread over replicas. Empty: leaders only.
     pub near_store_ids: Vec<u64>,
+    /// Serve HTTPS with this certificate and key (`[tls]` with `cert` and `key`, PEM
+    /// files); without it, plain HTTP.
+    pub tls: Option<GatewayTls>,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +66,7 @@ impl Default for GatewayConfig {
             orphan_chunk_secs: 24 * 3600,
             chunk_gc_interval_secs: 6 * 3600,
             near_store_ids: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -111,6 +116,8 @@ impl Gateway {
             builder.set_host(domain);
         }
         let service = CloseAfterRefusal(builder.build());
+        let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind(&config.listen_addr).await?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
@@ -127,15 +134,45 @@ impl Gateway {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            let conn = http.serve_connection(TokioIo::new(stream), service.clone());
-                            let conn = graceful.watch(conn.into_owned());
-                            tokio::spawn(async move {
-                                if let Err(e) = conn.await {
-                                    debug!(error = %e, "S3 connection ended with an error");
-                                }
-                            });
-                        }
+                        Ok((stream, peer)) => match &tls {
+                            None => {
+                                let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+                                let conn = graceful.watch(conn.into_owned());
+                                tokio::spawn(async move {
+                                    if let Err(e) = conn.await {
+                                        debug!(error = %e, "S3 connection ended with an error");
+                                    }
+                                });
+                            }
+                            Some(acceptor) => {
+                                // The handshake runs in the connection's own task, so a slow
+                                // or silent client holds up nobody else.
+                                let (acceptor, http, service) =
+                                    (acceptor.clone(), http.clone(), service.clone());
+                                let watcher = graceful.watcher();
+                                tokio::spawn(async move {
+                                    let handshake = tokio::time::timeout(
+                                        crate::tls::HANDSHAKE_TIMEOUT,
+                                        acceptor.accept(stream),
+                                    );
+                                    let stream = match handshake.await {
+                                        Ok(Ok(s)) => s,
+                                        Ok(Err(e)) => {
+                                            debug!(%peer, error = %e, "TLS handshake failed");
+                                            return;
+                                        }
+                                        Err(_) => {
+                                            debug!(%peer, "TLS handshake timed out");
+                                            return;
+                                        }
+                                    };
+                                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                        debug!(error = %e, "S3 connection ended with an error");
+                                    }
+                                });
+                            }
+                        },
                         Err(e) => debug!(error = %e, "accept failed"),
                     },
                     _ = stopped.changed() => break,
@@ -144,7 +181,7 @@ impl Gateway {
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
         });
-        info!(%addr, "S3 endpoint listening");
+        info!(%addr, scheme, "S3 endpoint listening");
         Ok(Gateway { addr, stop, task })
     }
 

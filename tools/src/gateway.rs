@@ -36,6 +36,14 @@ pub struct GatewayArgs {
     /// the store on the gateway's host, so bulk bytes stay on the host.
     #[arg(long = "near-store", value_name = "STORE_ID")]
     near_stores: Vec<u64>,
+    /// Serve HTTPS with this certificate chain (PEM; give --tls-key too). `shale certs
+    /// issue --name s3 --san s3.example.com` makes one signed by the cluster CA (clients
+    /// then trust `ca.pem`); a certificate from a public CA works as well.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9102).
     #[arg(long)]
     metrics_addr: Option<String>,
@@ -72,10 +80,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if !args.near_stores.is_empty() {
         config.near_store_ids = args.near_stores;
     }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(shale_gateway::tls::GatewayTls { cert, key });
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let gateway = Gateway::start(&config, file.client()?)
         .await
         .context("start the S3 endpoint")?;
-    info!(endpoint = %format!("http://{}", gateway.addr()), "gateway ready");
+    info!(endpoint = %format!("{scheme}://{}", gateway.addr()), "gateway ready");
     serve_until_signal(signal, args.metrics_addr.as_deref()).await?;
     gateway.shutdown().await;
     Ok(())

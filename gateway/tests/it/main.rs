@@ -1,6 +1,7 @@
 //! The gateway in front of a real in-process cluster (RocksDB, QUIC), driven by a real
 //! S3 client (boto3, installed by scripts/test.sh).
 
+mod https;
 mod sdk;
 
 use std::process::Command;
