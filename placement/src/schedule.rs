@@ -14,6 +14,17 @@ use crate::view::{ClusterView, HotThresholds, RangeView, StoreView};
 /// Sources (and targets) a balance step tries before giving up for this pass.
 const BALANCE_PAIRS_TRIED: usize = 8;
 
+/// How much fuller than the emptiest store a store past `space-high-ratio` must be to
+/// take no balance moves.
+const SPACE_RATIO_SLACK: f64 = 0.05;
+
+/// The used fraction of a store's file system, if it reported its size.
+fn used_ratio(s: &StoreView) -> Option<f64> {
+    (s.capacity_bytes > 0).then(|| {
+        s.capacity_bytes.saturating_sub(s.available_bytes) as f64 / s.capacity_bytes as f64
+    })
+}
+
 /// How long after a leader reported a silent learner on a store no new replica is
 /// planned there.
 const SILENT_LEARNER_SHUN_MS: u64 = 60_000;
@@ -44,6 +55,10 @@ pub struct ScheduleConfig {
     pub hot_bytes_per_sec: f64,
     /// ...for this long is split in two.
     pub hot_window_ms: u64,
+    /// A store whose file system is fuller than this (used over size) takes no replicas
+    /// moved for balance, and new replicas go elsewhere when they can: replica counts
+    /// alone would fill small disks first.
+    pub space_high_ratio: f64,
 }
 
 impl Default for ScheduleConfig {
@@ -60,6 +75,7 @@ impl Default for ScheduleConfig {
             hot_ops_per_sec: 5000.0,
             hot_bytes_per_sec: 64.0 * 1024.0 * 1024.0,
             hot_window_ms: 60_000,
+            space_high_ratio: 0.8,
         }
     }
 }
@@ -74,6 +90,9 @@ impl ScheduleConfig {
         }
         if !(0.0..1.0).contains(&self.balance_tolerance_ratio) {
             return Err("schedule.balance-tolerance-ratio must be in [0, 1)".into());
+        }
+        if !(self.space_high_ratio > 0.0 && self.space_high_ratio <= 1.0) {
+            return Err("schedule.space-high-ratio must be in (0, 1]".into());
         }
         Ok(())
     }
@@ -121,6 +140,8 @@ struct Planner<'a> {
     by_store: IdMap<Vec<RangeId>>,
     /// Ranges repair must look at, by id.
     needs_repair: Vec<RangeId>,
+    /// The lowest used fraction of an up store's file system (1 when none is known).
+    emptiest: f64,
 }
 
 impl<'a> Planner<'a> {
@@ -185,7 +206,14 @@ impl<'a> Planner<'a> {
                 *leaders.entry(*to).or_default() += 1;
             }
         }
+        let emptiest = view
+            .stores
+            .values()
+            .filter(|s| states.get(&s.id) == Some(&StoreState::Up))
+            .filter_map(used_ratio)
+            .fold(1.0, f64::min);
         Planner {
+            emptiest,
             zones,
             by_store,
             needs_repair,
@@ -225,6 +253,15 @@ impl<'a> Planner<'a> {
     /// its leaders and replicas move away.
     fn low(&self, store: StoreId) -> bool {
         self.store(store).is_some_and(|s| s.low_space)
+    }
+
+    /// True for a store whose file system is fuller than `space-high-ratio` and than
+    /// the emptiest up store by more than `SPACE_RATIO_SLACK`: stores equally full (or
+    /// sharing a disk) are balanced by counts as usual.
+    fn nearly_full(&self, store: StoreId) -> bool {
+        self.store(store).and_then(used_ratio).is_some_and(|r| {
+            r > self.config.space_high_ratio && r > self.emptiest + SPACE_RATIO_SLACK
+        })
     }
 
     /// True when `store` may take the lead of `range`.
@@ -289,6 +326,7 @@ impl<'a> Planner<'a> {
                 let zone_taken = self.zone(s.id).is_some_and(|z| used_zones.contains(&z));
                 (
                     zone_taken,
+                    self.nearly_full(s.id),
                     self.replicas.get(&s.id).copied().unwrap_or(0),
                     s.used_bytes,
                     s.id,
@@ -544,7 +582,7 @@ impl<'a> Planner<'a> {
                 if most - fewest <= tolerance {
                     break;
                 }
-                if self.shunned(to) || self.low(to) {
+                if self.shunned(to) || self.low(to) || self.nearly_full(to) {
                     continue;
                 }
                 let Some(range) = self.replica_candidate(from, to) else {

@@ -546,3 +546,31 @@ fn with_nowhere_to_go_only_leaders_leave_a_low_store() {
     }
     assert_eq!(sim.pass(&[]), 0);
 }
+
+#[test]
+fn a_nearly_full_store_takes_no_replicas_for_balance() {
+    let mut sim = Sim::new(5, 3, 60, no_zone);
+    for (id, available) in [(4, 10), (5, 90)] {
+        let s = sim.view.stores.get_mut(&id).unwrap();
+        s.capacity_bytes = 100;
+        s.available_bytes = available;
+    }
+    sim.run(&[], 500);
+    assert_eq!(sim.counts(4).0, 0, "store 4 is 90% full");
+    assert!(sim.counts(5).0 >= 30, "store 5 got {:?}", sim.counts(5));
+    // Room again: store 4 takes replicas.
+    sim.view.stores.get_mut(&4).unwrap().available_bytes = 50;
+    sim.run(&[], 500);
+    assert!(sim.counts(4).0 > 0, "room again: balance uses store 4");
+}
+
+#[test]
+fn stores_sharing_a_full_disk_still_balance() {
+    let mut sim = Sim::new(5, 3, 60, no_zone);
+    for s in sim.view.stores.values_mut() {
+        s.capacity_bytes = 100;
+        s.available_bytes = 5;
+    }
+    sim.run(&[], 500);
+    assert!(sim.counts(4).0 >= 30 && sim.counts(5).0 >= 30);
+}
