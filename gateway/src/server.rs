@@ -128,6 +128,10 @@ impl Gateway {
             chunk_interval: Duration::from_secs(config.chunk_gc_interval_secs.max(1)),
         };
         tokio::spawn(crate::gc::run(objects, schedule, stop.subscribe()));
+        let tls = tls.map(|(acceptor, certs)| {
+            tokio::spawn(certs.watch(stop.subscribe()));
+            acceptor
+        });
         let task = tokio::spawn(async move {
             let graceful = hyper_util::server::graceful::GracefulShutdown::new();
             let http = ConnBuilder::new(TokioExecutor::new());

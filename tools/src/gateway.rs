@@ -81,7 +81,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         config.near_store_ids = args.near_stores;
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        config.tls = Some(shale_gateway::tls::GatewayTls { cert, key });
+        config.tls = Some(shale_gateway::tls::GatewayTls::new(cert, key));
     }
     let scheme = if config.tls.is_some() {
         "https"

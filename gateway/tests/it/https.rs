@@ -1,6 +1,7 @@
 //! The S3 endpoint over HTTPS: boto3 trusting the cluster CA writes, reads and lists;
 //! a client that does not trust it, or speaks plain HTTP, gets no answer; a missing or
-//! wrong certificate file stops the gateway from starting with an error naming it.
+//! wrong certificate file stops the gateway from starting with an error naming it; a
+//! renewed certificate is served without a restart, and a broken renewal is ignored.
 
 use std::io::{Read, Write};
 use std::process::Command;
@@ -36,6 +37,43 @@ except botocore.exceptions.SSLError:
 print("https checks passed")
 "#;
 
+/// Lists buckets trusting the CA file `argv[2]`; exits 3 on a certificate error.
+const TRUSTS: &str = r#"
+import sys, boto3, botocore
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id="tls-access",
+    aws_secret_access_key="tls-secret-key", region_name="us-east-1", verify=sys.argv[2],
+    config=Config(retries={"max_attempts": 1}))
+try:
+    s3.list_buckets()
+except botocore.exceptions.SSLError:
+    sys.exit(3)
+print("trusted")
+"#;
+
+/// Whether a client trusting only `ca` gets an answer from `endpoint`.
+async fn trusted(endpoint: &str, script: &std::path::Path, ca: &std::path::Path) -> bool {
+    let (endpoint, script, ca) = (endpoint.to_string(), script.to_owned(), ca.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(crate::python())
+            .arg(&script)
+            .arg(&endpoint)
+            .arg(&ca)
+            .output()
+            .expect("run boto3")
+    })
+    .await
+    .unwrap();
+    match out.status.code() {
+        Some(0) => true,
+        Some(3) => false,
+        _ => panic!(
+            "boto3 failed otherwise: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_endpoint_serves_https_to_clients_that_trust_its_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,6 +85,7 @@ async fn the_endpoint_serves_https_to_clients_that_trust_its_certificate() {
     std::fs::write(path("s3.pem"), &cert.cert_pem).unwrap();
     std::fs::write(path("s3.key"), &cert.key_pem).unwrap();
     std::fs::write(path("checks.py"), CHECKS).unwrap();
+    std::fs::write(path("trusts.py"), TRUSTS).unwrap();
 
     let cluster = LocalCluster::start_new(&path("cluster"), 3, |_| {})
         .await
@@ -54,8 +93,8 @@ async fn the_endpoint_serves_https_to_clients_that_trust_its_certificate() {
     cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
     let kv = Arc::new(cluster.client().unwrap());
     let tls = GatewayTls {
-        cert: path("s3.pem"),
-        key: path("s3.key"),
+        reload_check_secs: 1,
+        ..GatewayTls::new(path("s3.pem"), path("s3.key"))
     };
     let config = GatewayConfig {
         listen_addr: "127.0.0.1:0".into(),
@@ -115,6 +154,7 @@ async fn the_endpoint_serves_https_to_clients_that_trust_its_certificate() {
 
     let endpoint = format!("https://127.0.0.1:{}", addr.port());
     let (script, ca_path) = (path("checks.py"), path("ca.pem"));
+    let endpoint2 = endpoint.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(crate::python())
             .arg(&script)
@@ -131,6 +171,28 @@ async fn the_endpoint_serves_https_to_clients_that_trust_its_certificate() {
         "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The certificate is renewed (by another CA here): new connections get the new one
+    // within the reload interval, without a restart.
+    let ca2 = shale_rpc::certs::generate_ca().unwrap();
+    let cert2 = shale_rpc::certs::issue_node_cert(&ca2, "s3", &names).unwrap();
+    std::fs::write(path("ca2.pem"), &ca2.cert_pem).unwrap();
+    std::fs::write(path("s3.key"), &cert2.key_pem).unwrap();
+    std::fs::write(path("s3.pem"), &cert2.cert_pem).unwrap();
+    let (trusts, endpoint) = (path("trusts.py"), endpoint2);
+    let started = std::time::Instant::now();
+    while !trusted(&endpoint, &trusts, &path("ca2.pem")).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the renewed certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!trusted(&endpoint, &trusts, &path("ca.pem")).await);
+    // A renewal that does not load (a truncated file) keeps the certificate in use.
+    std::fs::write(path("s3.pem"), &cert2.cert_pem[..40]).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(trusted(&endpoint, &trusts, &path("ca2.pem")).await);
     gateway.shutdown().await;
     cluster.shutdown().await;
 }
