@@ -58,8 +58,15 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The files' bytes, then the key they hold; errors name the file at fault.
-fn load(tls: &GatewayTls) -> std::io::Result<((Vec<u8>, Vec<u8>), CertifiedKey)> {
+/// A certificate and key served, and the bytes of the two files they came from.
+#[derive(Debug)]
+struct Served {
+    files: [Vec<u8>; 2],
+    key: Arc<CertifiedKey>,
+}
+
+/// The certificate and key in `tls`'s files; errors name the file at fault.
+fn load(tls: &GatewayTls) -> std::io::Result<Served> {
     let read = |p: &Path, what| std::fs::read(p).map_err(|e| invalid(p, what, e));
     let (cert_pem, key_pem) = (
         read(&tls.cert, "TLS certificate")?,
@@ -79,19 +86,22 @@ fn load(tls: &GatewayTls) -> std::io::Result<((Vec<u8>, Vec<u8>), CertifiedKey)>
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| invalid(&tls.key, "TLS key", e))?;
     let certified = CertifiedKey::from_der(chain, key, &provider())
         .map_err(|e| invalid(&tls.key, "TLS certificate and key", e))?;
-    Ok(((cert_pem, key_pem), certified))
+    Ok(Served {
+        files: [cert_pem, key_pem],
+        key: Arc::new(certified),
+    })
 }
 
 /// The certificate served, swapped when its files change.
 #[derive(Debug)]
 pub struct Certificates {
     tls: GatewayTls,
-    current: RwLock<((Vec<u8>, Vec<u8>), Arc<CertifiedKey>)>,
+    current: RwLock<Served>,
 }
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().expect("certificate lock").1.clone())
+        Some(self.current.read().expect("certificate lock").key.clone())
     }
 }
 
@@ -100,12 +110,12 @@ impl Certificates {
     /// not load (a renewal written halfway, say). True when it swapped.
     pub fn reload(&self) -> bool {
         match load(&self.tls) {
-            Ok((bytes, key)) => {
+            Ok(loaded) => {
                 let mut current = self.current.write().expect("certificate lock");
-                if current.0 == bytes {
+                if current.files == loaded.files {
                     return false;
                 }
-                *current = (bytes, Arc::new(key));
+                *current = loaded;
                 info!(cert = %self.tls.cert.display(), "TLS certificate reloaded");
                 true
             }
@@ -133,10 +143,9 @@ impl Certificates {
 /// A TLS acceptor serving `tls`'s certificate, and the handle that reloads it; a clear
 /// error naming the file when one cannot be read or does not hold what it should.
 pub fn acceptor(tls: &GatewayTls) -> std::io::Result<(TlsAcceptor, Arc<Certificates>)> {
-    let (bytes, key) = load(tls)?;
     let certs = Arc::new(Certificates {
         tls: tls.clone(),
-        current: RwLock::new((bytes, Arc::new(key))),
+        current: RwLock::new(load(tls)?),
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
