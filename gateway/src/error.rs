@@ -43,6 +43,10 @@ pub enum GwError {
     RequestTimeout,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("the object kept changing under a conditional write; try again")]
+    Contended,
     #[error("cluster: {0}")]
     Cluster(#[from] ClientError),
 }
@@ -68,6 +72,8 @@ impl From<GwError> for S3Error {
             GwError::RequestTimeout => S3ErrorCode::RequestTimeout,
             GwError::KeyTooLong { .. } => S3ErrorCode::KeyTooLongError,
             GwError::Corrupt(_) => S3ErrorCode::InternalError,
+            GwError::PreconditionFailed(_) => S3ErrorCode::PreconditionFailed,
+            GwError::Contended => S3ErrorCode::SlowDown,
             GwError::Cluster(ClientError::Unavailable { .. }) => S3ErrorCode::SlowDown,
             // Stores low on disk space take no new data until space is freed or
             // placement moves data away: a 503 clients retry later.

@@ -2,6 +2,8 @@
 //! Bodies stream both ways; a PUT holds at most one chunk in memory, and the metadata
 //! write that makes an object visible comes after all of its chunks.
 
+mod publish;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,6 +20,7 @@ use crate::layout::{
     self, Body, BucketMeta, ObjectMeta, PartMeta, UploadMeta, CHUNK_BYTES, CHUNK_SEAL_BYTES,
     INLINE_BYTES_MAX,
 };
+pub use publish::Condition;
 
 /// Largest object a single PUT may store (S3's limit).
 pub const OBJECT_BYTES_MAX: u64 = 5 << 30;
@@ -314,19 +317,6 @@ impl ObjectStore {
         }
     }
 
-    /// Makes `meta` the object at (`bucket`, `key`); the body it replaces is dropped.
-    async fn publish(&self, bucket: &str, key: &str, meta: &ObjectMeta) -> Result<(), GwError> {
-        crate::metrics::METRICS.objects_written.inc();
-        crate::metrics::METRICS.bytes_written.inc_by(meta.size);
-        let record = layout::object_key(bucket, key);
-        let previous = self.kv.get(record.clone()).await?;
-        self.kv.put(record, meta.encode()).await?;
-        if let Some(Ok(old)) = previous.map(|p| ObjectMeta::decode(&p)) {
-            self.drop_body(&old).await;
-        }
-        Ok(())
-    }
-
     /// Stores a body from `body`; chunks first, metadata last. `content_md5` (base64) is
     /// checked before anything becomes visible; a failed or cut-off upload leaves the
     /// previous object as it was.
@@ -337,6 +327,35 @@ impl ObjectStore {
         incoming: Incoming<'_, S, C>,
         content_type: Option<String>,
         user_metadata: Vec<(String, String)>,
+    ) -> Result<ObjectMeta, GwError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+        C: FnOnce() -> Result<(), GwError>,
+    {
+        let condition = Condition::None;
+        self.put_if(
+            bucket,
+            key,
+            incoming,
+            content_type,
+            user_metadata,
+            condition,
+        )
+        .await
+    }
+
+    /// As `put`, published only if the object then meets `condition` (checked
+    /// atomically with the write); `PreconditionFailed` otherwise, and the body is
+    /// dropped.
+    pub async fn put_if<S, E, C>(
+        &self,
+        bucket: &str,
+        key: &str,
+        incoming: Incoming<'_, S, C>,
+        content_type: Option<String>,
+        user_metadata: Vec<(String, String)>,
+        condition: Condition,
     ) -> Result<ObjectMeta, GwError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -360,7 +379,7 @@ impl ObjectStore {
             user_metadata,
             body,
         };
-        if let Err(e) = self.publish(bucket, key, &meta).await {
+        if let Err(e) = self.publish(bucket, key, &meta, &condition).await {
             self.drop_body(&meta).await;
             return Err(e);
         }
@@ -527,7 +546,7 @@ impl ObjectStore {
             user_metadata: upload.user_metadata,
             body: Body::Parts(segments),
         };
-        self.publish(bucket, key, &meta).await?;
+        self.publish(bucket, key, &meta, &Condition::None).await?;
         self.kv
             .delete(layout::upload_key(bucket, key, upload_id))
             .await?;

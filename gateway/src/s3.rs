@@ -23,7 +23,7 @@ use crate::access::{bucket_acl, canned_public_read, public_read};
 use crate::checksum::Claims;
 use crate::conditions::{check_preconditions, copy_range, etag_matches, part_range, parts_count};
 use crate::layout::ObjectMeta;
-use crate::objects::{start_after_token, Incoming, Listed, ObjectStore};
+use crate::objects::{start_after_token, Condition, Incoming, Listed, ObjectStore};
 
 /// Most keys one listing page returns (S3's own limit).
 const LIST_KEYS_MAX: i32 = 1000;
@@ -185,26 +185,17 @@ impl S3 for ShaleS3 {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let claims = Claims::from_request(&req.headers, req.trailing_headers.clone());
         let input = req.input;
-        if let Some(ETagCondition::Any) = input.if_none_match {
-            if self.objects.head(&input.bucket, &input.key).await.is_ok() {
-                return Err(s3_error!(
-                    PreconditionFailed,
-                    "the object exists (If-None-Match: *)"
-                ));
-            }
-        }
-        if let Some(cond) = &input.if_match {
-            let meta = self
-                .objects
-                .head(&input.bucket, &input.key)
-                .await
-                .map_err(|_| s3_error!(PreconditionFailed, "no object to match"))?;
-            if !etag_matches(cond, &meta.etag) {
-                return Err(s3_error!(
-                    PreconditionFailed,
-                    "If-Match does not match the object's ETag"
-                ));
-            }
+        let condition = match (&input.if_none_match, &input.if_match) {
+            (Some(ETagCondition::Any), _) => Condition::Absent,
+            (_, Some(ETagCondition::Any)) => Condition::Exists,
+            (_, Some(ETagCondition::ETag(e))) => Condition::ETag(e.value().to_string()),
+            _ => Condition::None,
+        };
+        if condition != Condition::None {
+            // Checked now, so a doomed upload is refused before its body is read, and
+            // again atomically as the object is published.
+            let etag = self.objects.head(&input.bucket, &input.key).await.ok();
+            condition.check(etag.as_ref().map(|m| m.etag.as_str()))?;
         }
         let body = input
             .body
@@ -216,7 +207,7 @@ impl S3 for ShaleS3 {
             .unwrap_or_default();
         let meta = self
             .objects
-            .put(
+            .put_if(
                 &input.bucket,
                 &input.key,
                 Incoming {
@@ -226,6 +217,7 @@ impl S3 for ShaleS3 {
                 },
                 input.content_type,
                 metadata,
+                condition,
             )
             .await?;
         Ok(S3Response::new(PutObjectOutput {

@@ -222,6 +222,24 @@ impl KvClient {
         self.write(KvOp::Delete { key: key.into() }).await
     }
 
+    /// Sets `key` to `value` (deletes it for `None`) only if it holds `expected` (`None`:
+    /// absent) at that moment, atomically; `ClientError::Kv(KvError::CompareFailed)`
+    /// otherwise, with the key untouched. A request retried after a lost answer may find
+    /// its own earlier attempt applied and fail: a caller that must know reads back.
+    pub async fn compare_and_set(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        value: Option<Bytes>,
+    ) -> Result<(), ClientError> {
+        self.write(KvOp::CompareAndSet {
+            key: key.into(),
+            expected,
+            value,
+        })
+        .await
+    }
+
     /// Applies `ops` atomically; all their keys must lie in one range.
     pub async fn batch(&self, ops: Vec<WriteOp>) -> Result<(), ClientError> {
         self.write(KvOp::Batch { ops }).await

@@ -165,6 +165,14 @@ pub enum KvOp {
         last_key: Bytes,
         stores: Vec<StoreId>,
     },
+    /// Sets `key` to `value` (deletes it for `None`) only if it holds `expected` right
+    /// then (`None`: only if absent), atomically: decided when the command applies, in
+    /// log order. Refused with `CompareFailed` otherwise, leaving the key as it is.
+    CompareAndSet {
+        key: Bytes,
+        expected: Option<Bytes>,
+        value: Option<Bytes>,
+    },
 }
 
 /// Most stores one staged ingest may name (a range has a handful of replicas).
@@ -461,6 +469,8 @@ pub enum KvError {
     /// space. Deletes still pass; placement moves data off low stores.
     #[error("store {store_id} is low on disk space ({detail}); new data is refused until space is freed or placement moves data away (deletes still work)")]
     NoSpace { store_id: StoreId, detail: String },
+    #[error("the key does not hold the value the compare-and-set expected; nothing was written")]
+    CompareFailed,
 }
 
 impl KvError {
@@ -489,6 +499,7 @@ impl KvError {
             KvError::InvalidIngest { .. } => "invalid_ingest",
             KvError::NotStaged { .. } => "not_staged",
             KvError::NoSpace { .. } => "no_space",
+            KvError::CompareFailed => "compare_failed",
         }
     }
 
@@ -598,6 +609,17 @@ impl KvOp {
                 }
                 Ok(())
             }
+            KvOp::CompareAndSet {
+                key,
+                expected,
+                value,
+            } => {
+                check_user_key(key)?;
+                for v in [expected, value].into_iter().flatten() {
+                    check_value(v)?;
+                }
+                Ok(())
+            }
             KvOp::Batch { ops } => {
                 let bytes: usize = ops.iter().map(WriteOp::size_bytes).sum();
                 if ops.len() > BATCH_OPS_MAX || bytes > WRITE_BYTES_MAX {
@@ -629,6 +651,7 @@ impl KvOp {
                 | KvOp::Ingest { .. }
                 | KvOp::IngestStaged { .. }
                 | KvOp::AllocIds { .. }
+                | KvOp::CompareAndSet { .. }
         )
     }
 
@@ -638,7 +661,8 @@ impl KvOp {
             KvOp::Get { key }
             | KvOp::GetReplica { key }
             | KvOp::Put { key, .. }
-            | KvOp::Delete { key } => key,
+            | KvOp::Delete { key }
+            | KvOp::CompareAndSet { key, .. } => key,
             KvOp::Scan { start, .. } | KvOp::ScanKeys { start, .. } => start,
             KvOp::Batch { ops } => ops.first().map_or(&[][..], |op| &op.key()[..]),
             KvOp::Ingest { pairs } | KvOp::StageIngest { pairs, .. } => {

@@ -43,6 +43,13 @@ pub enum Command {
     /// A consistency check: each replica sums its range's data as applied through this
     /// entry and tells the other replicas (see `consistency`).
     ComputeChecksum,
+    /// Sets `key` to `value` (`None`: deletes it) if it holds `expected` (`None`:
+    /// absent) when this entry applies; each replica decides alike, in log order.
+    CompareAndSet {
+        key: Bytes,
+        expected: Option<Bytes>,
+        value: Option<Bytes>,
+    },
 }
 
 /// What applying a command produced, for the client that proposed it.

@@ -161,6 +161,10 @@ impl StoreService {
                 entry.write_ops += 1;
                 entry.write_bytes += key.len() as u64;
             }
+            KvOp::CompareAndSet { key, value, .. } => {
+                entry.write_ops += 1;
+                entry.write_bytes += (key.len() + value.as_ref().map_or(0, Bytes::len)) as u64;
+            }
             KvOp::Ingest { pairs } | KvOp::StageIngest { pairs, .. } => {
                 entry.write_ops += pairs.len() as u64;
                 entry.write_bytes += pairs
@@ -300,6 +304,21 @@ impl StoreService {
                     Applied::Ids { first, count } => Ok(KvReply::Ids { first, count }),
                     other => panic!("id allocation applied as {other:?}"),
                 };
+            }
+            KvOp::CompareAndSet {
+                key,
+                expected,
+                value,
+            } => {
+                let command = Command::CompareAndSet {
+                    key,
+                    expected,
+                    value,
+                };
+                return self
+                    .propose(range_id, epoch, command)
+                    .await
+                    .map(|_| KvReply::Written);
             }
             KvOp::Put { key, value } => vec![WriteOp::Put { key, value }],
             KvOp::Delete { key } => vec![WriteOp::Delete { key }],

@@ -76,7 +76,9 @@ pub fn brings_data(entries: &[Entry]) -> bool {
                     .iter()
                     .flatten()
                     .any(|op| matches!(op, WriteOp::Put { .. })),
-                Ok(Command::Ingest { .. }) | Err(_) => true,
+                Ok(Command::Ingest { .. })
+                | Ok(Command::CompareAndSet { value: Some(_), .. })
+                | Err(_) => true,
                 Ok(_) => false,
             }
     })

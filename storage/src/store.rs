@@ -300,7 +300,10 @@ impl<S: RaftSender> Store<S> {
                 reply,
             } => {
                 // A bulk load through the log is new data; a staged one is on disk already.
-                let loads = matches!(command, Command::Ingest { .. });
+                let loads = matches!(
+                    command,
+                    Command::Ingest { .. } | Command::CompareAndSet { value: Some(_), .. }
+                );
                 match self.checked_for_data(range_id, epoch, loads) {
                     Ok(r) => r.propose_command(command, reply),
                     Err(e) => {

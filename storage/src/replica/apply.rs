@@ -187,7 +187,45 @@ impl Replica {
                 vec![self.apply_staged_ingest(id, crc32, entry.index, batch)]
             }
             Command::ComputeChecksum => vec![self.apply_compute_checksum(entry.index, batch)],
+            Command::CompareAndSet {
+                key,
+                expected,
+                value,
+            } => vec![self.apply_compare_and_set(key, expected, value, batch)],
         }
+    }
+
+    /// Writes `value` at `key` (deletes it for `None`) if the key holds `expected` as of
+    /// this entry: the round's writes so far are written out first, so the engine reads
+    /// exactly what every entry before this one left.
+    fn apply_compare_and_set(
+        &mut self,
+        key: Bytes,
+        expected: Option<Bytes>,
+        value: Option<Bytes>,
+        batch: &mut WriteBatch<'_>,
+    ) -> ApplyResult {
+        let range_id = self.range.id;
+        if !self.range.contains(&key) {
+            return Err(KvError::KeyNotInRange { range_id });
+        }
+        write_out_applied(range_id, batch);
+        let held = match self.engine.get(Cf::Data, &key) {
+            Ok(held) => held,
+            // Deciding without the value would let replicas differ.
+            Err(e) => panic!("range {range_id}: reading a compare-and-set's key failed: {e}"),
+        };
+        if held.as_deref() != expected.as_deref() {
+            return Err(KvError::CompareFailed);
+        }
+        match value {
+            Some(v) => {
+                self.written_bytes += (key.len() + v.len()) as u64;
+                batch.put(Cf::Data, &key, &v);
+            }
+            None => batch.delete(Cf::Data, &key),
+        }
+        Ok(Applied::Written)
     }
 
     /// Ingests a bulk load's pairs as one SST file. Whatever this round applied before

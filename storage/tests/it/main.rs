@@ -2,6 +2,7 @@
 //! dirs and real QUIC on loopback.
 
 mod bad_input;
+mod cas;
 mod consistency;
 mod harness;
 mod ingest;

@@ -368,3 +368,79 @@ async fn a_cluster_low_on_space_answers_503_and_keeps_objects_readable_and_delet
         .unwrap();
     h.stop().await;
 }
+
+/// Puts `bodies[i]` at `key` from as many clients at once, each with `condition`
+/// applied to its request; returns which succeeded and the statuses of the others.
+async fn racing_puts(
+    h: &Harness,
+    bucket: &str,
+    key: &str,
+    bodies: &[Vec<u8>],
+    condition: impl Fn(
+        aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+) -> (Vec<usize>, Vec<(u16, String)>) {
+    let puts: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            condition(h.s3.put_object().bucket(bucket).key(key))
+                .body(ByteStream::from(body.clone()))
+                .send()
+        })
+        .collect();
+    let results = futures::future::join_all(puts).await;
+    let mut won = Vec::new();
+    let mut lost = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(_) => won.push(i),
+            Err(e) => lost.push(fails::<(), _>(Err(e))),
+        }
+    }
+    (won, lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_racing_conditional_puts_exactly_one_wins() {
+    let h = Harness::start(1).await;
+    let b = "sdk-races";
+    h.s3.create_bucket().bucket(b).send().await.unwrap();
+    // Bodies of a few chunks: each upload takes a while, so the requests overlap.
+    let bodies: Vec<Vec<u8>> = (0..8).map(|i| data((2 << 20) + i, i as u8 + 1)).collect();
+
+    // If-None-Match: * creates the object once.
+    let (won, lost) = racing_puts(&h, b, "lock", &bodies, |p| p.if_none_match("*")).await;
+    assert_eq!(won.len(), 1, "winners {won:?}, losers {lost:?}");
+    assert!(lost.iter().all(|l| l.0 == 412), "{lost:?}");
+    let got =
+        h.s3.get_object()
+            .bucket(b)
+            .key("lock")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(read(got.body).await, bodies[won[0]]);
+
+    // If-Match on the current ETag: one of the writers that read it replaces it.
+    let etag =
+        h.s3.head_object()
+            .bucket(b)
+            .key("lock")
+            .send()
+            .await
+            .unwrap();
+    let etag = etag.e_tag().unwrap().to_string();
+    let next: Vec<Vec<u8>> = (0..8).map(|i| data((2 << 20) + i, i as u8 + 20)).collect();
+    let (won, lost) = racing_puts(&h, b, "lock", &next, |p| p.if_match(etag.clone())).await;
+    assert_eq!(won.len(), 1, "winners {won:?}, losers {lost:?}");
+    assert!(lost.iter().all(|l| l.0 == 412), "{lost:?}");
+    let got =
+        h.s3.get_object()
+            .bucket(b)
+            .key("lock")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(read(got.body).await, next[won[0]]);
+    h.stop().await;
+}
