@@ -167,14 +167,13 @@ fn ctl_outcome(cluster: &std::path::Path, args: &[&str]) -> (bool, Value) {
     (out.status.success(), printed)
 }
 
-/// Real processes with placement: `ctl check` passes while the copies agree; a key
-/// slipped into one store's data behind Raft's back (the store stopped, its RocksDB
-/// opened by hand) makes it fail naming that store, and placement replaces the copy
-/// until the check passes again with every acknowledged write intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ctl_check_names_a_diverged_copy_and_placement_replaces_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_placed_procs(dir.path(), false);
+/// Placement and four store processes (three holding the first range), keys
+/// `key-0000..key-0099` written through a patient client, and a cluster file that names
+/// placement.
+async fn placed_with_keys(
+    dir: &std::path::Path,
+) -> (PlacedProcs, shale_rpc::client::KvClient, std::path::PathBuf) {
+    let cluster = start_placed_procs(dir, false);
     let client = kv_client(
         cluster.transport.clone(),
         &cluster.stores,
@@ -186,10 +185,21 @@ async fn ctl_check_names_a_diverged_copy_and_placement_replaces_it() {
             .await
             .unwrap();
     }
-    let file = write_cluster_file(dir.path(), &cluster.stores);
+    let file = write_cluster_file(dir, &cluster.stores);
     let mut json: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     json["placement"] = serde_json::json!([cluster.placement_addr]);
     std::fs::write(&file, json.to_string()).unwrap();
+    (cluster, client, file)
+}
+
+/// Real processes with placement: `ctl check` passes while the copies agree; a key
+/// slipped into one store's data behind Raft's back (the store stopped, its RocksDB
+/// opened by hand) makes it fail naming that store, and placement replaces the copy
+/// until the check passes again with every acknowledged write intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_check_names_a_diverged_copy_and_placement_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, client, file) = placed_with_keys(dir.path()).await;
     let file = file.as_path();
 
     let first = tokio::task::block_in_place(|| {
@@ -276,22 +286,7 @@ async fn ctl_check_names_a_diverged_copy_and_placement_replaces_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_configured_past_its_free_space_shows_low_and_is_emptied() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_placed_procs(dir.path(), false);
-    let client = kv_client(
-        cluster.transport.clone(),
-        &cluster.stores,
-        patient_client_config(),
-    );
-    for i in 0..100 {
-        client
-            .put(format!("key-{i:04}"), format!("value-{i}"))
-            .await
-            .unwrap();
-    }
-    let file = write_cluster_file(dir.path(), &cluster.stores);
-    let mut json: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    json["placement"] = serde_json::json!([cluster.placement_addr]);
-    std::fs::write(&file, json.to_string()).unwrap();
+    let (mut cluster, client, file) = placed_with_keys(dir.path()).await;
     let file = file.as_path();
 
     let low = &mut cluster.stores[0];

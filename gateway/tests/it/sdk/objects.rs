@@ -400,6 +400,21 @@ async fn racing_puts(
     (won, lost)
 }
 
+/// Exactly one of the racing puts won, the others got 412, and the object is the
+/// winner's body.
+async fn one_won(
+    h: &Harness,
+    bucket: &str,
+    key: &str,
+    bodies: &[Vec<u8>],
+    (won, lost): (Vec<usize>, Vec<(u16, String)>),
+) {
+    assert_eq!(won.len(), 1, "winners {won:?}, losers {lost:?}");
+    assert!(lost.iter().all(|l| l.0 == 412), "{lost:?}");
+    let got = h.s3.get_object().bucket(bucket).key(key).send().await;
+    assert_eq!(read(got.unwrap().body).await, bodies[won[0]]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_racing_conditional_puts_exactly_one_wins() {
     let h = Harness::start(1).await;
@@ -409,17 +424,8 @@ async fn of_racing_conditional_puts_exactly_one_wins() {
     let bodies: Vec<Vec<u8>> = (0..8).map(|i| data((2 << 20) + i, i as u8 + 1)).collect();
 
     // If-None-Match: * creates the object once.
-    let (won, lost) = racing_puts(&h, b, "lock", &bodies, |p| p.if_none_match("*")).await;
-    assert_eq!(won.len(), 1, "winners {won:?}, losers {lost:?}");
-    assert!(lost.iter().all(|l| l.0 == 412), "{lost:?}");
-    let got =
-        h.s3.get_object()
-            .bucket(b)
-            .key("lock")
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(read(got.body).await, bodies[won[0]]);
+    let outcome = racing_puts(&h, b, "lock", &bodies, |p| p.if_none_match("*")).await;
+    one_won(&h, b, "lock", &bodies, outcome).await;
 
     // If-Match on the current ETag: one of the writers that read it replaces it.
     let etag =
@@ -431,16 +437,7 @@ async fn of_racing_conditional_puts_exactly_one_wins() {
             .unwrap();
     let etag = etag.e_tag().unwrap().to_string();
     let next: Vec<Vec<u8>> = (0..8).map(|i| data((2 << 20) + i, i as u8 + 20)).collect();
-    let (won, lost) = racing_puts(&h, b, "lock", &next, |p| p.if_match(etag.clone())).await;
-    assert_eq!(won.len(), 1, "winners {won:?}, losers {lost:?}");
-    assert!(lost.iter().all(|l| l.0 == 412), "{lost:?}");
-    let got =
-        h.s3.get_object()
-            .bucket(b)
-            .key("lock")
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(read(got.body).await, next[won[0]]);
+    let outcome = racing_puts(&h, b, "lock", &next, |p| p.if_match(etag.clone())).await;
+    one_won(&h, b, "lock", &next, outcome).await;
     h.stop().await;
 }
