@@ -175,15 +175,19 @@ pub struct Schedule {
     /// How often some gateway sweeps chunks (each gateway skips a sweep another
     /// gateway finished within this time).
     pub chunk_interval: Duration,
+    /// How often some gateway applies lifecycle rules (likewise skipped when recent).
+    pub lifecycle_interval: Duration,
 }
 
 /// Runs both collectors until `stopped` changes.
 pub async fn run(objects: ObjectStore, schedule: Schedule, mut stopped: watch::Receiver<bool>) {
     let mut uploads = tokio::time::interval(schedule.upload_interval);
     let mut chunks = tokio::time::interval(schedule.chunk_interval);
-    // Neither runs at start: a gateway restarted in a loop must not sweep in a loop.
+    let mut lifecycles = tokio::time::interval(schedule.lifecycle_interval);
+    // None runs at start: a gateway restarted in a loop must not sweep in a loop.
     uploads.tick().await;
     chunks.tick().await;
+    lifecycles.tick().await;
     loop {
         tokio::select! {
             _ = uploads.tick() => {
@@ -197,21 +201,62 @@ pub async fn run(objects: ObjectStore, schedule: Schedule, mut stopped: watch::R
                     warn!(error = %e, "chunk sweep failed; it runs again next interval");
                 }
             }
+            _ = lifecycles.tick() => {
+                if let Err(e) = lifecycles_unless_recent(&objects, &schedule).await {
+                    warn!(error = %e, "lifecycle sweep failed; it runs again next interval");
+                }
+            }
             _ = stopped.changed() => return,
         }
     }
 }
 
-/// Sweeps unless some gateway finished a sweep within the interval, and notes the end.
-async fn sweep_unless_recent(objects: &ObjectStore, schedule: &Schedule) -> Result<(), GwError> {
-    let kv = objects.kv();
-    let last = kv
-        .get(layout::chunk_sweep_key())
+/// Whether some gateway finished the sweep noted at `marker` within `interval`.
+async fn swept_lately(
+    objects: &ObjectStore,
+    marker: Bytes,
+    interval: Duration,
+) -> Result<bool, GwError> {
+    let last = objects
+        .kv()
+        .get(marker)
         .await?
         .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
         .map_or(0, u64::from_be_bytes);
-    let interval_ms = schedule.chunk_interval.as_millis() as u64;
-    if now_ms().saturating_sub(last) < interval_ms {
+    Ok(now_ms().saturating_sub(last) < interval.as_millis() as u64)
+}
+
+/// Notes at `marker` that a sweep finished now.
+async fn note_swept(objects: &ObjectStore, marker: Bytes) -> Result<(), GwError> {
+    let now = Bytes::copy_from_slice(&now_ms().to_be_bytes());
+    objects.kv().put(marker, now).await?;
+    Ok(())
+}
+
+/// Applies lifecycle rules unless some gateway did within the interval.
+async fn lifecycles_unless_recent(
+    objects: &ObjectStore,
+    schedule: &Schedule,
+) -> Result<(), GwError> {
+    let marker = layout::lifecycle_sweep_key();
+    if swept_lately(objects, marker.clone(), schedule.lifecycle_interval).await? {
+        return Ok(());
+    }
+    let swept = objects.sweep_lifecycles(now_ms()).await?;
+    if swept != Default::default() {
+        info!(
+            objects = swept.objects_expired,
+            uploads = swept.uploads_aborted,
+            "lifecycle sweep expired objects"
+        );
+    }
+    note_swept(objects, marker).await
+}
+
+/// Sweeps unless some gateway finished a sweep within the interval, and notes the end.
+async fn sweep_unless_recent(objects: &ObjectStore, schedule: &Schedule) -> Result<(), GwError> {
+    let marker = layout::chunk_sweep_key();
+    if swept_lately(objects, marker.clone(), schedule.chunk_interval).await? {
         return Ok(());
     }
     let sweep = objects.sweep_orphan_chunks(schedule.chunk_age_ms).await?;
@@ -221,10 +266,5 @@ async fn sweep_unless_recent(objects: &ObjectStore, schedule: &Schedule) -> Resu
         deleted = sweep.chunks_deleted,
         "chunk sweep done"
     );
-    kv.put(
-        layout::chunk_sweep_key(),
-        Bytes::copy_from_slice(&now_ms().to_be_bytes()),
-    )
-    .await?;
-    Ok(())
+    note_swept(objects, marker).await
 }

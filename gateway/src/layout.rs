@@ -564,6 +564,21 @@ pub fn chunk_sweep_key() -> Bytes {
     Bytes::from_static(b"Mchunk-sweep")
 }
 
+/// Where the lifecycle sweep notes when it last finished (any gateway's).
+pub fn lifecycle_sweep_key() -> Bytes {
+    Bytes::from_static(b"Mlifecycle-sweep")
+}
+
+const LIFECYCLE_PREFIX: u8 = b'L';
+
+/// Where a bucket's lifecycle rules are kept.
+pub fn lifecycle_key(bucket: &str) -> Bytes {
+    let mut k = BytesMut::with_capacity(1 + bucket.len());
+    k.put_u8(LIFECYCLE_PREFIX);
+    k.put_slice(bucket.as_bytes());
+    k.freeze()
+}
+
 /// Where chunk `index` of body version `version` lives (`large`: it holds at least
 /// [`LARGE_CHUNK_BYTES_MIN`]): a hash first, so consecutive chunks (and concurrent
 /// uploads) land on different ranges.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod gc;
 pub mod keys;
 pub mod layout;
+pub mod lifecycle;
 pub mod metrics;
 pub mod objects;
 pub mod s3;

@@ -15,6 +15,7 @@ pub struct GatewayMetrics {
     pub uploads_collected: Counter,
     pub orphan_chunks_collected: Counter,
     pub corrupt_chunks: Counter,
+    pub objects_expired: Counter,
 }
 
 pub static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(GatewayMetrics::default);
@@ -51,6 +52,11 @@ pub fn register(registry: &mut Registry) {
         "shale_gateway_chunks_staged",
         "Body chunks written by staging them on every replica and ingesting them (the rest went through the Raft log)",
         m.chunks_staged.clone(),
+    );
+    registry.register(
+        "shale_gateway_objects_expired",
+        "Objects deleted by their bucket's lifecycle rules",
+        m.objects_expired.clone(),
     );
     registry.register(
         "shale_gateway_uploads_collected",

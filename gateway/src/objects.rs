@@ -173,6 +173,7 @@ impl ObjectStore {
         if !self.scan_on(start, end, 1).await?.pairs.is_empty() {
             return Err(GwError::BucketNotEmpty);
         }
+        self.kv.delete(layout::lifecycle_key(bucket)).await?;
         self.kv.delete(layout::bucket_key(bucket)).await?;
         Ok(())
     }
@@ -661,7 +662,7 @@ impl ObjectStore {
     }
 
     /// Drops every chunk behind a body.
-    async fn drop_body(&self, meta: &ObjectMeta) {
+    pub(crate) async fn drop_body(&self, meta: &ObjectMeta) {
         for s in meta.body.segments(meta.size) {
             self.drop_chunks(s.version, s.count).await;
         }

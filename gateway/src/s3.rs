@@ -147,6 +147,52 @@ impl S3 for ShaleS3 {
         Ok(S3Response::new(PutBucketAclOutput::default()))
     }
 
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<s3s::dto::PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<s3s::dto::PutBucketLifecycleConfigurationOutput>> {
+        use crate::lifecycle::Refused;
+        use s3s::{S3Error, S3ErrorCode};
+        let input = req.input;
+        let config = input
+            .lifecycle_configuration
+            .ok_or_else(|| s3_error!(MalformedXML, "no lifecycle configuration"))?;
+        let lifecycle = crate::lifecycle::from_s3(config).map_err(|r| match r {
+            Refused::Unsupported(m) => S3Error::with_message(S3ErrorCode::NotImplemented, m),
+            Refused::Invalid(m) => S3Error::with_message(S3ErrorCode::InvalidArgument, m),
+        })?;
+        self.objects
+            .put_lifecycle(&input.bucket, &lifecycle)
+            .await?;
+        Ok(S3Response::new(Default::default()))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<s3s::dto::GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<s3s::dto::GetBucketLifecycleConfigurationOutput>> {
+        match self.objects.lifecycle(&req.input.bucket).await? {
+            Some(l) => Ok(S3Response::new(
+                s3s::dto::GetBucketLifecycleConfigurationOutput {
+                    rules: Some(crate::lifecycle::to_s3(&l)),
+                    ..Default::default()
+                },
+            )),
+            None => Err(s3_error!(
+                NoSuchLifecycleConfiguration,
+                "the bucket has no lifecycle configuration"
+            )),
+        }
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<s3s::dto::DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<s3s::dto::DeleteBucketLifecycleOutput>> {
+        self.objects.delete_lifecycle(&req.input.bucket).await?;
+        Ok(S3Response::new(Default::default()))
+    }
+
     async fn get_bucket_acl(
         &self,
         req: S3Request<GetBucketAclInput>,

@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     /// How often some gateway sweeps the cluster for such chunks (a full walk of object
     /// records and chunk keys; a gateway skips it if another did it within this time).
     pub chunk_gc_interval_secs: u64,
+    /// How often some gateway applies buckets' lifecycle rules (expiring objects,
+    /// aborting old uploads); a gateway skips it if another did it within this time.
+    pub lifecycle_interval_secs: u64,
     /// Stores to read object chunks from before asking a range's leader, in this order
     /// (those holding the chunk's range): the store on this gateway's host, say, so
     /// bulk bytes stay on the host and reads spread over replicas. Empty: leaders only.
@@ -65,6 +68,7 @@ impl Default for GatewayConfig {
             upload_gc_interval_secs: 600,
             orphan_chunk_secs: 24 * 3600,
             chunk_gc_interval_secs: 6 * 3600,
+            lifecycle_interval_secs: 3600,
             near_store_ids: Vec::new(),
             tls: None,
         }
@@ -126,6 +130,7 @@ impl Gateway {
             upload_interval: Duration::from_secs(config.upload_gc_interval_secs.max(1)),
             chunk_age_ms: config.orphan_chunk_secs.saturating_mul(1000),
             chunk_interval: Duration::from_secs(config.chunk_gc_interval_secs.max(1)),
+            lifecycle_interval: Duration::from_secs(config.lifecycle_interval_secs.max(1)),
         };
         tokio::spawn(crate::gc::run(objects, schedule, stop.subscribe()));
         let tls = tls.map(|(acceptor, certs)| {

@@ -34,17 +34,23 @@ struct Harness {
 
 impl Harness {
     async fn start(gateways: usize) -> Harness {
+        Harness::start_with(gateways, |_| {}).await
+    }
+
+    /// As `start`, with the gateways' config changed by `tweak`.
+    async fn start_with(gateways: usize, tweak: impl Fn(&mut GatewayConfig)) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let cluster = LocalCluster::start_new(dir.path(), 3, |_| {})
             .await
             .unwrap();
         cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
-        let config = GatewayConfig {
+        let mut config = GatewayConfig {
             listen_addr: "127.0.0.1:0".into(),
             access_key: ACCESS.into(),
             secret_key: SECRET.into(),
             ..GatewayConfig::default()
         };
+        tweak(&mut config);
         let mut started = Vec::new();
         for _ in 0..gateways {
             let kv = Arc::new(cluster.client().unwrap());
@@ -118,6 +124,7 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
+mod lifecycle;
 mod listing;
 mod multipart;
 mod objects;
