@@ -36,6 +36,9 @@ pub fn free_udp_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// Free space the stores of a local cluster keep (see `space`).
+pub const LOCAL_RESERVE_BYTES: u64 = 256 << 20;
+
 /// Configs for `ports.len()` stores that bootstrap the first range together.
 pub fn cluster_configs(dir: &Path, ports: &[u16]) -> Vec<StoreConfig> {
     cluster_configs_joining(dir, ports, ports.len())
@@ -59,6 +62,11 @@ pub fn cluster_configs_joining(dir: &Path, ports: &[u16], bootstrap: usize) -> V
             listen_addr: p.addr.clone(),
             data_dir: dir.join(format!("store-{}", p.store_id)),
             initial_peers: peers[..bootstrap].to_vec(),
+            // Every store of a local cluster shares one disk (a laptop's, a test
+            // machine's): a smaller reserve than a real store's.
+            space: crate::space::SpaceConfig {
+                reserve_bytes: LOCAL_RESERVE_BYTES,
+            },
             ..StoreConfig::default()
         })
         .collect()
