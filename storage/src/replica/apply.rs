@@ -197,7 +197,10 @@ impl Replica {
 
     /// Writes `value` at `key` (deletes it for `None`) if the key holds `expected` as of
     /// this entry: the round's writes so far are written out first, so the engine reads
-    /// exactly what every entry before this one left.
+    /// exactly what every entry before this one left. They go out with this range's
+    /// apply state as of the entry before: a flush (then a crash) between here and the
+    /// round's end must not leave data newer than the apply state, or the replay would
+    /// decide this entry again against a later value.
     fn apply_compare_and_set(
         &mut self,
         key: Bytes,
@@ -209,6 +212,11 @@ impl Replica {
         if !self.range.contains(&key) {
             return Err(KvError::KeyNotInRange { range_id });
         }
+        batch.put(
+            Cf::Meta,
+            &keys::apply_state_key(range_id),
+            &self.apply.encode(),
+        );
         write_out_applied(range_id, batch);
         let held = match self.engine.get(Cf::Data, &key) {
             Ok(held) => held,
