@@ -502,12 +502,15 @@ impl ObjectStore {
 
     /// Assembles the listed parts (ascending numbers, matching ETags) into the object;
     /// parts uploaded but not listed are dropped.
+    /// Completes an upload from the `listed` parts (number, ETag), published only if the
+    /// object then meets `condition` (the upload stays, to be completed again, if not).
     pub async fn complete_upload(
         &self,
         bucket: &str,
         key: &str,
         upload_id: &str,
         listed: Vec<(u32, String)>,
+        condition: &Condition,
     ) -> Result<ObjectMeta, GwError> {
         let upload = self.must_upload(bucket, key, upload_id).await?;
         let uploaded = self.list_parts(bucket, key, upload_id).await?;
@@ -547,7 +550,7 @@ impl ObjectStore {
             user_metadata: upload.user_metadata,
             body: Body::Parts(segments),
         };
-        self.publish(bucket, key, &meta, &Condition::None).await?;
+        self.publish(bucket, key, &meta, condition).await?;
         self.kv
             .delete(layout::upload_key(bucket, key, upload_id))
             .await?;

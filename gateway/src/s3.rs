@@ -92,6 +92,20 @@ impl ShaleS3 {
     }
 }
 
+/// The condition a write's `If-None-Match` and `If-Match` headers set (S3 takes only `*`
+/// for `If-None-Match` on writes; anything else there is ignored, as before).
+fn write_condition(
+    if_none_match: Option<&ETagCondition>,
+    if_match: Option<&ETagCondition>,
+) -> Condition {
+    match (if_none_match, if_match) {
+        (Some(ETagCondition::Any), _) => Condition::Absent,
+        (_, Some(ETagCondition::Any)) => Condition::Exists,
+        (_, Some(ETagCondition::ETag(e))) => Condition::ETag(e.value().to_string()),
+        _ => Condition::None,
+    }
+}
+
 fn timestamp(ms: u64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
 }
@@ -231,12 +245,7 @@ impl S3 for ShaleS3 {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let claims = Claims::from_request(&req.headers, req.trailing_headers.clone());
         let input = req.input;
-        let condition = match (&input.if_none_match, &input.if_match) {
-            (Some(ETagCondition::Any), _) => Condition::Absent,
-            (_, Some(ETagCondition::Any)) => Condition::Exists,
-            (_, Some(ETagCondition::ETag(e))) => Condition::ETag(e.value().to_string()),
-            _ => Condition::None,
-        };
+        let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
         if condition != Condition::None {
             // Checked now, so a doomed upload is refused before its body is read, and
             // again atomically as the object is published.
@@ -574,9 +583,16 @@ impl S3 for ShaleS3 {
                 Ok((number, etag))
             })
             .collect::<S3Result<Vec<_>>>()?;
+        let condition = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
         let meta = self
             .objects
-            .complete_upload(&input.bucket, &input.key, &input.upload_id, listed)
+            .complete_upload(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                listed,
+                &condition,
+            )
             .await?;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             location: Some(format!("/{}/{}", input.bucket, input.key)),

@@ -612,7 +612,13 @@ async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies
     let got: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(read).await.unwrap();
     assert_eq!(got.concat(), object);
     objects
-        .complete_upload("sweep", "parts", &upload, vec![(1, etag)])
+        .complete_upload(
+            "sweep",
+            "parts",
+            &upload,
+            vec![(1, etag)],
+            &shale_gateway::objects::Condition::None,
+        )
         .await
         .unwrap();
     let meta = objects.head("sweep", "parts").await.unwrap();

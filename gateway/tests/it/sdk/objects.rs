@@ -441,3 +441,60 @@ async fn of_racing_conditional_puts_exactly_one_wins() {
     one_won(&h, b, "lock", &next, outcome).await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conditional_multipart_completion_is_refused_and_can_be_completed_again() {
+    let h = Harness::start(1).await;
+    let s3 = &h.s3;
+    let (b, k) = ("sdk-cond-mpu", "obj");
+    s3.create_bucket().bucket(b).send().await.unwrap();
+    s3.put_object()
+        .bucket(b)
+        .key(k)
+        .body(ByteStream::from(b"first".to_vec()))
+        .send()
+        .await
+        .unwrap();
+    let upload = s3.create_multipart_upload().bucket(b).key(k).send().await;
+    let upload_id = upload.unwrap().upload_id().unwrap().to_string();
+    let body = data(1 << 20, 9);
+    let part = s3
+        .upload_part()
+        .bucket(b)
+        .key(k)
+        .upload_id(&upload_id)
+        .part_number(1)
+        .body(ByteStream::from(body.clone()))
+        .send()
+        .await
+        .unwrap();
+    let parts = CompletedMultipartUpload::builder()
+        .parts(
+            CompletedPart::builder()
+                .part_number(1)
+                .e_tag(part.e_tag().unwrap())
+                .build(),
+        )
+        .build();
+    let complete = || {
+        s3.complete_multipart_upload()
+            .bucket(b)
+            .key(k)
+            .upload_id(&upload_id)
+            .multipart_upload(parts.clone())
+    };
+    // The object exists: If-None-Match: * refuses, and the upload stays.
+    assert_eq!(fails(complete().if_none_match("*").send().await).0, 412);
+    let still = s3.get_object().bucket(b).key(k).send().await.unwrap();
+    assert_eq!(read(still.body).await, b"first");
+    // If-Match on the object's ETag completes it.
+    let etag = s3.head_object().bucket(b).key(k).send().await.unwrap();
+    complete()
+        .if_match(etag.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let got = s3.get_object().bucket(b).key(k).send().await.unwrap();
+    assert_eq!(read(got.body).await, body);
+    h.stop().await;
+}
