@@ -280,6 +280,11 @@ impl ObjectStore {
     /// The bucket's rules; `None` when it has none.
     pub async fn lifecycle(&self, bucket: &str) -> Result<Option<Lifecycle>, GwError> {
         self.must_bucket(bucket).await?;
+        self.lifecycle_record(bucket).await
+    }
+
+    /// The rules kept for `bucket`, without asking whether the bucket exists.
+    async fn lifecycle_record(&self, bucket: &str) -> Result<Option<Lifecycle>, GwError> {
         match self.kv().get(layout::lifecycle_key(bucket)).await? {
             Some(v) => Ok(Some(Lifecycle::decode(&v).map_err(GwError::Corrupt)?)),
             None => Ok(None),
@@ -296,7 +301,7 @@ impl ObjectStore {
     pub async fn sweep_lifecycles(&self, now_ms: u64) -> Result<Swept, GwError> {
         let mut swept = Swept::default();
         for (bucket, _) in self.list_buckets().await? {
-            let Some(lifecycle) = self.lifecycle(&bucket).await? else {
+            let Some(lifecycle) = self.lifecycle_record(&bucket).await? else {
                 continue;
             };
             for rule in lifecycle

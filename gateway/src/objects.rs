@@ -321,35 +321,10 @@ impl ObjectStore {
     /// Stores a body from `body`; chunks first, metadata last. `content_md5` (base64) is
     /// checked before anything becomes visible; a failed or cut-off upload leaves the
     /// previous object as it was.
+    /// The object is published only if it then meets `condition` (checked atomically
+    /// with the write; `Condition::None` for an unconditional put); `PreconditionFailed`
+    /// otherwise, and the body is dropped.
     pub async fn put<S, E, C>(
-        &self,
-        bucket: &str,
-        key: &str,
-        incoming: Incoming<'_, S, C>,
-        content_type: Option<String>,
-        user_metadata: Vec<(String, String)>,
-    ) -> Result<ObjectMeta, GwError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
-        C: FnOnce() -> Result<(), GwError>,
-    {
-        let condition = Condition::None;
-        self.put_if(
-            bucket,
-            key,
-            incoming,
-            content_type,
-            user_metadata,
-            condition,
-        )
-        .await
-    }
-
-    /// As `put`, published only if the object then meets `condition` (checked
-    /// atomically with the write); `PreconditionFailed` otherwise, and the body is
-    /// dropped.
-    pub async fn put_if<S, E, C>(
         &self,
         bucket: &str,
         key: &str,

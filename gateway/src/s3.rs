@@ -262,7 +262,7 @@ impl S3 for ShaleS3 {
             .unwrap_or_default();
         let meta = self
             .objects
-            .put_if(
+            .put(
                 &input.bucket,
                 &input.key,
                 Incoming {
@@ -760,6 +760,7 @@ impl S3 for ShaleS3 {
                 Incoming::unclaimed(body),
                 content_type,
                 metadata,
+                Condition::None,
             )
             .await?;
         Ok(S3Response::new(CopyObjectOutput {

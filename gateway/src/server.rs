@@ -143,45 +143,33 @@ impl Gateway {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, peer)) => match &tls {
-                            None => {
-                                let conn = http.serve_connection(TokioIo::new(stream), service.clone());
-                                let conn = graceful.watch(conn.into_owned());
-                                tokio::spawn(async move {
-                                    if let Err(e) = conn.await {
-                                        debug!(error = %e, "S3 connection ended with an error");
+                        Ok((stream, peer)) => {
+                            // Each connection in its own task, its TLS handshake too, so a
+                            // slow or silent client holds up nobody else.
+                            let (tls, http, service) = (tls.clone(), http.clone(), service.clone());
+                            let watcher = graceful.watcher();
+                            tokio::spawn(async move {
+                                let served = match tls {
+                                    None => {
+                                        let conn = http.serve_connection(TokioIo::new(stream), service);
+                                        watcher.watch(conn.into_owned()).await
                                     }
-                                });
-                            }
-                            Some(acceptor) => {
-                                // The handshake runs in the connection's own task, so a slow
-                                // or silent client holds up nobody else.
-                                let (acceptor, http, service) =
-                                    (acceptor.clone(), http.clone(), service.clone());
-                                let watcher = graceful.watcher();
-                                tokio::spawn(async move {
-                                    let handshake = tokio::time::timeout(
-                                        crate::tls::HANDSHAKE_TIMEOUT,
-                                        acceptor.accept(stream),
-                                    );
-                                    let stream = match handshake.await {
-                                        Ok(Ok(s)) => s,
-                                        Ok(Err(e)) => {
+                                    Some(acceptor) => match crate::tls::accept(&acceptor, stream).await {
+                                        Ok(stream) => {
+                                            let conn = http.serve_connection(TokioIo::new(stream), service);
+                                            watcher.watch(conn.into_owned()).await
+                                        }
+                                        Err(e) => {
                                             debug!(%peer, error = %e, "TLS handshake failed");
                                             return;
                                         }
-                                        Err(_) => {
-                                            debug!(%peer, "TLS handshake timed out");
-                                            return;
-                                        }
-                                    };
-                                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                        debug!(error = %e, "S3 connection ended with an error");
-                                    }
-                                });
-                            }
-                        },
+                                    },
+                                };
+                                if let Err(e) = served {
+                                    debug!(error = %e, "S3 connection ended with an error");
+                                }
+                            });
+                        }
                         Err(e) => debug!(error = %e, "accept failed"),
                     },
                     _ = stopped.changed() => break,

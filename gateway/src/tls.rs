@@ -140,6 +140,21 @@ impl Certificates {
     }
 }
 
+/// The TLS side of a new connection, or why it failed (including a client that took
+/// longer than `HANDSHAKE_TIMEOUT`).
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(done) => done,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
+}
+
 /// A TLS acceptor serving `tls`'s certificate, and the handle that reloads it; a clear
 /// error naming the file when one cannot be read or does not hold what it should.
 pub fn acceptor(tls: &GatewayTls) -> std::io::Result<(TlsAcceptor, Arc<Certificates>)> {

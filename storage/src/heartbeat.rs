@@ -223,7 +223,7 @@ impl Heartbeats {
             addr: self.addr.clone(),
             labels: self.labels.clone(),
             capacity_bytes,
-            available_bytes: available_bytes.min(capacity_bytes),
+            available_bytes,
             low_space: self.space.is_low(),
             used_bytes: status.used_bytes,
             range_count: status.held.len() as u32,

@@ -87,7 +87,7 @@ pub fn brings_data(entries: &[Entry]) -> bool {
 /// One store's space as last read, and which other stores placement says are low.
 #[derive(Debug)]
 pub struct Space {
-    store_id: AtomicU64,
+    store_id: StoreId,
     reserve: AtomicU64,
     available: AtomicU64,
     capacity: AtomicU64,
@@ -101,9 +101,9 @@ pub struct Space {
 impl Space {
     pub fn new(store_id: StoreId, config: &SpaceConfig) -> Space {
         Space {
-            store_id: AtomicU64::new(store_id),
+            store_id,
             reserve: AtomicU64::new(config.reserve_bytes),
-            available: AtomicU64::new(u64::MAX),
+            available: AtomicU64::new(0),
             capacity: AtomicU64::new(0),
             low: AtomicBool::new(false),
             critical: AtomicBool::new(false),
@@ -149,13 +149,13 @@ impl Space {
     /// Takes a reading of the file system (`capacity`, `available`; zeros when it could
     /// not be read, which counts as plenty: an unreadable statvfs must not stop writes).
     pub fn record(&self, capacity: u64, available: u64) {
-        let available = if capacity == 0 { u64::MAX } else { available };
         self.capacity.store(capacity, Ordering::Relaxed);
         self.available.store(available, Ordering::Relaxed);
+        let free = if capacity == 0 { u64::MAX } else { available };
         let was = self.is_low();
-        let low = is_low(was, available, self.reserve());
+        let low = is_low(was, free, self.reserve());
         if low != was {
-            let store_id = self.store_id.load(Ordering::Relaxed);
+            let store_id = self.store_id;
             if low {
                 tracing::warn!(
                     store_id,
@@ -168,19 +168,16 @@ impl Space {
             }
         }
         self.low.store(low, Ordering::Relaxed);
-        let critical = is_critical(available, self.reserve());
+        let critical = is_critical(free, self.reserve());
         if critical && !self.critical.load(Ordering::Relaxed) {
             tracing::warn!(
-                store_id = self.store_id.load(Ordering::Relaxed),
+                store_id = self.store_id,
                 available,
                 "store is below half its disk reserve: its followers take no more log"
             );
         }
         self.critical.store(critical, Ordering::Relaxed);
-        let label = vec![(
-            "store".to_string(),
-            self.store_id.load(Ordering::Relaxed).to_string(),
-        )];
+        let label = vec![("store".to_string(), self.store_id.to_string())];
         METRICS
             .available_bytes
             .get_or_create(&label)
@@ -197,7 +194,7 @@ impl Space {
 
     /// The stores placement last said are low (this one aside).
     pub fn set_low_stores(&self, stores: Vec<StoreId>) {
-        let me = self.store_id.load(Ordering::Relaxed);
+        let me = self.store_id;
         let stores = stores.into_iter().filter(|&s| s != me).collect();
         *self.others.lock().expect("space lock") = (stores, Some(Instant::now()));
         self.refresh_any();
@@ -222,7 +219,7 @@ impl Space {
         if !self.any_low() {
             return None;
         }
-        let me = self.store_id.load(Ordering::Relaxed);
+        let me = self.store_id;
         if self.is_low() {
             return Some(self.own_refusal());
         }
@@ -256,7 +253,7 @@ impl Space {
     fn own_refusal(&self) -> KvError {
         METRICS.writes_refused_no_space.inc();
         KvError::NoSpace {
-            store_id: self.store_id.load(Ordering::Relaxed),
+            store_id: self.store_id,
             detail: format!(
                 "{} bytes free, {} kept in reserve",
                 self.available(),

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shale_gateway::objects::Condition;
 use shale_gateway::{Gateway, GatewayConfig};
 use shale_storage::cluster::LocalCluster;
 
@@ -147,7 +148,14 @@ async fn listing_and_bucket_delete_see_objects_past_a_range_with_none_left() {
     let (cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
     let put = |key: &'static str| {
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(key))]);
-        objects.put("b", key, Incoming::unclaimed(body), None, Vec::new())
+        objects.put(
+            "b",
+            key,
+            Incoming::unclaimed(body),
+            None,
+            Vec::new(),
+            Condition::None,
+        )
     };
     for key in ["a", "m", "z"] {
         put(key).await.unwrap();
@@ -284,7 +292,14 @@ async fn large_chunks_are_staged_on_every_replica_and_a_store_down_sends_them_th
     let (mut cluster, kv, objects) = cluster_with_bucket(dir.path(), "b").await;
     let put = |key: &'static str, data: Vec<u8>| {
         let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data))]);
-        objects.put("b", key, Incoming::unclaimed(body), None, Vec::new())
+        objects.put(
+            "b",
+            key,
+            Incoming::unclaimed(body),
+            None,
+            Vec::new(),
+            Condition::None,
+        )
     };
     // Three large chunks and a small last one. Staging pauses for the whole process for
     // 2 s after a store could not stage, which another test may have caused just now:
@@ -453,7 +468,14 @@ async fn objects_of_one_mebibyte_chunks_recorded_in_the_older_form_still_read() 
         .collect();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(fresh.clone()))]);
     objects
-        .put("old", "single", Incoming::unclaimed(body), None, Vec::new())
+        .put(
+            "old",
+            "single",
+            Incoming::unclaimed(body),
+            None,
+            Vec::new(),
+            Condition::None,
+        )
         .await
         .unwrap();
     for i in 0..count {
@@ -498,7 +520,7 @@ async fn a_corrupt_chunk_copy_is_never_served_and_a_healthy_replica_answers() {
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
     let incoming = Incoming::unclaimed(body);
     objects
-        .put("b", "k", incoming, None, Vec::new())
+        .put("b", "k", incoming, None, Vec::new(), Condition::None)
         .await
         .unwrap();
     let meta = objects.head("b", "k").await.unwrap();
@@ -570,7 +592,14 @@ async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies
         )]))
     };
     objects
-        .put("sweep", "object", body(&object), None, Vec::new())
+        .put(
+            "sweep",
+            "object",
+            body(&object),
+            None,
+            Vec::new(),
+            Condition::None,
+        )
         .await
         .unwrap();
     let upload = objects
@@ -612,13 +641,7 @@ async fn the_chunk_sweep_takes_old_orphans_and_spares_young_ones_and_live_bodies
     let got: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(read).await.unwrap();
     assert_eq!(got.concat(), object);
     objects
-        .complete_upload(
-            "sweep",
-            "parts",
-            &upload,
-            vec![(1, etag)],
-            &shale_gateway::objects::Condition::None,
-        )
+        .complete_upload("sweep", "parts", &upload, vec![(1, etag)], &Condition::None)
         .await
         .unwrap();
     let meta = objects.head("sweep", "parts").await.unwrap();
@@ -648,6 +671,7 @@ async fn a_body_slower_than_the_deadline_fails_and_leaves_nothing() {
             Incoming::unclaimed(Box::pin(slow)),
             None,
             Vec::new(),
+            Condition::None,
         )
         .await
         .unwrap_err();
@@ -699,7 +723,14 @@ async fn chunks_are_read_from_local_engines_and_a_bad_local_copy_falls_back() {
         .collect();
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
     objects
-        .put("local", "k", Incoming::unclaimed(body), None, Vec::new())
+        .put(
+            "local",
+            "k",
+            Incoming::unclaimed(body),
+            None,
+            Vec::new(),
+            Condition::None,
+        )
         .await
         .unwrap();
     let meta = objects.head("local", "k").await.unwrap();
@@ -773,7 +804,14 @@ async fn chunks_are_read_from_near_stores_own_replicas_first() {
     let data = vec![1u8; (2 << 20) + 3];
     let body = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(data.clone()))]);
     objects
-        .put("near", "k", Incoming::unclaimed(body), None, Vec::new())
+        .put(
+            "near",
+            "k",
+            Incoming::unclaimed(body),
+            None,
+            Vec::new(),
+            Condition::None,
+        )
         .await
         .unwrap();
     let meta = objects.head("near", "k").await.unwrap();

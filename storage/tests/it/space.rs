@@ -30,6 +30,19 @@ async fn set_reserve(cluster: &LocalCluster, stores: &[usize], bytes: u64, low: 
     }
 }
 
+/// A 3-store cluster that took key 0, its client, the leader serving and a follower
+/// that applied the write.
+async fn with_a_follower(dir: &std::path::Path) -> (LocalCluster, KvClient, usize, usize) {
+    let cluster = must_cluster(dir, 3).await;
+    let client = cluster.client().unwrap();
+    // A write first: the leader found after it is the one serving.
+    must_put(&client, 0).await;
+    let leader = cluster.leader().await.expect("leader");
+    let follower = (leader + 1) % 3;
+    must_converge(&cluster, follower, &[0]).await;
+    (cluster, client, leader, follower)
+}
+
 fn must_be_no_space(result: Result<(), ClientError>, store_id: u64, what: &str) {
     match result {
         Err(ClientError::Kv(KvError::NoSpace {
@@ -109,12 +122,7 @@ async fn a_store_low_on_space_refuses_new_data_but_deletes_and_reads_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_low_follower_does_not_stop_writes_and_stays_in_step() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = must_cluster(dir.path(), 3).await;
-    let client = cluster.client().unwrap();
-    // A write first: the leader found after it is the one serving.
-    must_put(&client, 0).await;
-    let leader = cluster.leader().await.expect("leader");
-    let follower = (leader + 1) % 3;
+    let (cluster, client, _, follower) = with_a_follower(dir.path()).await;
     // Low, but above half the reserve: a follower still appends from its reserve (and
     // placement would move it).
     let available = cluster.node(follower).unwrap().space().available();
@@ -148,12 +156,7 @@ async fn a_low_follower_does_not_stop_writes_and_stays_in_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_below_half_its_reserve_takes_no_new_data_then_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = must_cluster(dir.path(), 3).await;
-    let client = cluster.client().unwrap();
-    must_put(&client, 0).await;
-    let leader = cluster.leader().await.expect("leader");
-    let follower = (leader + 1) % 3;
-    must_converge(&cluster, follower, &[0]).await;
+    let (cluster, client, leader, follower) = with_a_follower(dir.path()).await;
     set_reserve(&cluster, &[follower], u64::MAX / 2, true).await;
     assert!(cluster.node(follower).unwrap().space().is_critical());
     let before = applied(&cluster, follower).await;
