@@ -322,6 +322,25 @@ pub enum AdminRequest {
     /// others. Returns the outcome once every replica answered (`ServerBusy` if that
     /// takes longer than the store's wait; ask `Status` later).
     CheckConsistency { range_id: RangeId },
+    /// The state of this store's replica of `range_id`, if it has one.
+    Replica { range_id: RangeId },
+    /// First half of a merge, to the leader of `range_id` (the right neighbour of
+    /// `target`, on the same stores): freeze it for `target` to take over. Returns the
+    /// frozen range once the freeze is applied on the leader.
+    PrepareMerge {
+        range_id: RangeId,
+        target: RangeDescriptor,
+    },
+    /// Second half, to the leader of `range_id` (the merge's target): take over `source`,
+    /// frozen for it. The leader first checks that every replica of `source` is frozen
+    /// on disk. Returns the merged range once applied on the leader.
+    CommitMerge {
+        range_id: RangeId,
+        source: RangeDescriptor,
+    },
+    /// To the leader of a frozen range whose merge can no longer happen (its target
+    /// changed since, as this store's replica of the target shows): thaw it.
+    RollbackMerge { range_id: RangeId },
 }
 
 /// A store's answer to an admin request.
@@ -342,6 +361,8 @@ pub enum AdminReply {
     Changed(RangeDescriptor),
     /// A finished consistency check.
     Checked(CheckOutcome),
+    /// One replica's state (`None`: the store holds no live replica of the range).
+    Replica(Option<Box<RangeStatus>>),
 }
 
 pub type AdminResponse = Result<AdminReply, KvError>;
@@ -388,6 +409,10 @@ pub struct RangeStatus {
     /// majority's (placement replaces them).
     #[serde(default)]
     pub diverged: Vec<ReplicaId>,
+    /// The range this replica is frozen for (a merge into it under way), and that
+    /// range's epoch when the merge began; set once the freeze is on disk here.
+    #[serde(default)]
+    pub frozen_for: Option<(RangeId, Epoch)>,
 }
 
 impl RangeStatus {
@@ -471,6 +496,8 @@ pub enum KvError {
     NoSpace { store_id: StoreId, detail: String },
     #[error("the key does not hold the value the compare-and-set expected; nothing was written")]
     CompareFailed,
+    #[error("cannot merge range {range_id}: {reason}")]
+    InvalidMerge { range_id: RangeId, reason: String },
 }
 
 impl KvError {
@@ -500,6 +527,7 @@ impl KvError {
             KvError::NotStaged { .. } => "not_staged",
             KvError::NoSpace { .. } => "no_space",
             KvError::CompareFailed => "compare_failed",
+            KvError::InvalidMerge { .. } => "invalid_merge",
         }
     }
 

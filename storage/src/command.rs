@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shale_rpc::{Epoch, RangeDescriptor, WriteOp};
+use shale_rpc::{Epoch, RangeDescriptor, RangeId, WriteOp};
 
 use crate::StorageError;
 
@@ -50,6 +50,30 @@ pub enum Command {
         expected: Option<Bytes>,
         value: Option<Bytes>,
     },
+    /// The first half of a merge, proposed to the range that goes away (the right one of
+    /// two neighbours whose replicas sit on the same stores): freezes it at `epoch` so
+    /// that nothing changes its data or membership any more, for `target` (its left
+    /// neighbour, at the epoch `target` has now) to take over its keys. Each replica's
+    /// data then stays as it was through this entry, on the same store as the target's
+    /// replica: the merge moves no data.
+    PrepareMerge {
+        epoch: Epoch,
+        target: RangeDescriptor,
+    },
+    /// The second half, proposed to the target once every replica of `source` is frozen
+    /// for it on disk: the target takes `source`'s keys, and `source`'s replica on each
+    /// store is dropped. Refused at apply unless the target is still at `epoch` (the
+    /// epoch its `PrepareMerge` named).
+    CommitMerge {
+        epoch: Epoch,
+        source: RangeDescriptor,
+    },
+    /// Thaws a frozen range whose merge can no longer happen (its target changed first).
+    RollbackMerge { epoch: Epoch },
+    /// Proposed to a merge's target that will not take its source over (a replica of
+    /// the source never froze): raises the target's version, so that the merge's commit
+    /// can never apply and the source may thaw.
+    AbandonMerge { epoch: Epoch },
 }
 
 /// What applying a command produced, for the client that proposed it.
@@ -72,6 +96,10 @@ pub enum Applied {
     /// A consistency check's entry applied at `index`.
     CheckStarted {
         index: u64,
+    },
+    /// The range after a merge step (frozen, merged or thawed).
+    Merged {
+        range: Box<RangeDescriptor>,
     },
 }
 
@@ -148,12 +176,24 @@ impl TruncatedState {
     }
 }
 
-/// Whether a replica of a range on this store is live or removed for good.
+/// Whether a replica of a range on this store is live, frozen for a merge, or removed
+/// for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaState {
     Normal,
-    /// The replica was removed; it must never come back.
+    /// The replica was removed (or merged into its neighbour); it must never come back.
     Tombstone,
+    /// The range applied a `PrepareMerge`: its data and membership no longer change, and
+    /// it waits for `into` to take it over (or for the merge to be rolled back).
+    Frozen(MergeTarget),
+}
+
+/// The range a frozen range merges into, and the epoch that range had when the merge
+/// began: its `CommitMerge` applies only at that epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeTarget {
+    pub range_id: RangeId,
+    pub epoch: Epoch,
 }
 
 /// What the store remembers about a range it holds a replica of.

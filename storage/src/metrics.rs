@@ -28,6 +28,7 @@ pub struct StoreMetrics {
     pub staged_files: Counter,
     pub snapshot_bytes_sent: Counter,
     pub splits: Counter,
+    pub merges: Counter,
     pub learners_promoted: Counter,
     pub size_checks: Counter,
     pub size_check_scans: Counter,
@@ -182,6 +183,11 @@ pub fn register(registry: &mut Registry) {
         "shale_store_splits",
         "Range splits applied",
         m.splits.clone(),
+    );
+    registry.register(
+        "shale_store_merges",
+        "Range merges applied (a range taking over its right neighbour)",
+        m.merges.clone(),
     );
     registry.register(
         "shale_store_learners_promoted",

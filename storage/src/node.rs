@@ -226,7 +226,8 @@ impl StoreNode {
         let addresses: AddressBook = Arc::new(RwLock::new(book));
         let replicas = states
             .into_iter()
-            .filter(|s| s.state == ReplicaState::Normal)
+            // Live replicas, frozen ones (a merge under way) too.
+            .filter(|s| s.state != ReplicaState::Tombstone)
             .map(|s| {
                 Replica::open(
                     engine.clone(),

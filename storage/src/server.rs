@@ -36,6 +36,7 @@ use crate::staging::Staging;
 use crate::store::{overlap_reason, HeartbeatStatus, StoreMsg};
 
 mod membership;
+mod merge;
 
 /// How long an admin consistency check waits for every replica's answer: within a
 /// client's default request timeout (5 s); a slower check's outcome shows in status.
@@ -521,6 +522,20 @@ impl StoreService {
                 })
                 .await?;
                 Ok(AdminReply::Started)
+            }
+            AdminRequest::Replica { range_id } => Ok(AdminReply::Replica(
+                self.replica_status(range_id).await?.map(Box::new),
+            )),
+            AdminRequest::PrepareMerge { range_id, target } => self
+                .prepare_merge(range_id, target)
+                .await
+                .map(AdminReply::Changed),
+            AdminRequest::CommitMerge { range_id, source } => self
+                .commit_merge(range_id, source)
+                .await
+                .map(AdminReply::Changed),
+            AdminRequest::RollbackMerge { range_id } => {
+                self.rollback_merge(range_id).await.map(AdminReply::Changed)
             }
         }
     }

@@ -29,6 +29,7 @@ use crate::replica::{AddressBook, Replica};
 use crate::slow_rounds::SlowRounds;
 use crate::space::Space;
 mod lifecycle;
+mod merges;
 mod snapshots;
 pub(crate) use snapshots::overlap_reason;
 mod status;
@@ -156,6 +157,7 @@ impl<S: RaftSender> Store<S> {
             ranges = self.replicas.len(),
             "store loop started"
         );
+        self.tidy_merged();
         // Every replica starts awake; those that sleep leave the set at their next tick.
         self.awake = self.replicas.keys().copied().collect();
         let mut next_tick = Instant::now() + self.tick;
@@ -214,6 +216,9 @@ impl<S: RaftSender> Store<S> {
                 if all {
                     self.set_gauges();
                     self.consistency_pass();
+                }
+                if self.ticks.is_multiple_of(merges::ROLLBACK_CHECK_TICKS) {
+                    self.roll_back_stale_merges();
                 }
                 if self.ticks.is_multiple_of(self.log_gc.interval_ticks) {
                     self.log_gc();
@@ -440,6 +445,18 @@ impl<S: RaftSender> Store<S> {
             StoreMsg::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            StoreMsg::ReplicaStatus { range_id, reply } => {
+                let status = self.replicas.get(&range_id).map(|r| self.status_of(r));
+                let _ = reply.send(status);
+            }
+            StoreMsg::MayRollBack { range_id, reply } => {
+                let _ = reply.send(self.may_roll_back(range_id));
+            }
+            StoreMsg::MergesFlushed {
+                froze,
+                merged,
+                result,
+            } => self.on_merges_flushed(froze, merged, result),
             StoreMsg::HeartbeatStatus {
                 leaderless_after_ms,
                 reply,
@@ -597,6 +614,7 @@ impl<S: RaftSender> Store<S> {
         let mut outbox = Outbox::default();
         let mut readies = Vec::new();
         let (mut sync, mut snapshot) = (false, false);
+        let mut took_snapshots = Vec::new();
         for id in active {
             let Some(r) = self.replicas.get_mut(id) else {
                 continue;
@@ -604,7 +622,10 @@ impl<S: RaftSender> Store<S> {
             let mut msgs = Vec::new();
             if let Some(ready) = r.collect_ready(&mut batch, &mut msgs) {
                 sync |= ready.must_sync();
-                snapshot |= !ready.snapshot().is_empty();
+                if !ready.snapshot().is_empty() {
+                    snapshot = true;
+                    took_snapshots.push(*id);
+                }
                 readies.push((*id, ready));
             }
             outbox.add(r, msgs);
@@ -673,9 +694,16 @@ impl<S: RaftSender> Store<S> {
         }
         self.flush(&mut outbox);
         let mut born = Vec::new();
+        let (mut froze, mut merged) = (Vec::new(), Vec::new());
         for id in &ids {
-            let r = self.replicas.get_mut(id).expect("ready replica exists");
+            let Some(r) = self.replicas.get_mut(id) else {
+                continue; // merged into a range applied before it this round
+            };
             r.after_apply();
+            if r.take_froze() {
+                froze.push(*id);
+            }
+            merged.extend(r.take_merged());
             let (parent_leads, new_ranges, removed) =
                 (r.is_leader(), r.take_new_ranges(), r.is_removed());
             born.extend(new_ranges.into_iter().map(|s| (s, parent_leads)));
@@ -688,6 +716,10 @@ impl<S: RaftSender> Store<S> {
         }
         if !born.is_empty() {
             self.start_after_flush(born);
+        }
+        self.after_merges(froze, merged);
+        if !took_snapshots.is_empty() {
+            self.drop_merged_by_snapshots(&took_snapshots);
         }
     }
 

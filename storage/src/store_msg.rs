@@ -134,6 +134,23 @@ pub enum StoreMsg {
         born: Vec<(RangeState, bool)>,
         result: Result<(), String>,
     },
+    /// The flush asked for by a round's merges is done (or failed): the ranges that
+    /// froze count as frozen on disk, and the Raft state of those merged goes.
+    MergesFlushed {
+        froze: Vec<RangeId>,
+        merged: Vec<RangeId>,
+        result: Result<(), String>,
+    },
+    /// One replica's status.
+    ReplicaStatus {
+        range_id: RangeId,
+        reply: oneshot::Sender<Option<RangeStatus>>,
+    },
+    /// Whether the frozen range `range_id`, led here, may be thawed, and at which epoch.
+    MayRollBack {
+        range_id: RangeId,
+        reply: oneshot::Sender<Result<Epoch, KvError>>,
+    },
     /// Destroy the local replica of `range_id` if its `conf_ver` is older than this.
     Destroy {
         range_id: RangeId,

@@ -69,6 +69,68 @@ impl KvClient {
         })
     }
 
+    /// Merges the range holding `key` with its right neighbour, whose replicas must be
+    /// on the same stores: freezes the neighbour through its leader, then has this
+    /// range's leader take it over (once every store holds it frozen on disk). Asked
+    /// again after an interruption, it resumes. Returns the merged range. While frozen
+    /// the neighbour's keys answer `ServerBusy`, which clients retry.
+    pub async fn merge(&self, key: &[u8]) -> Result<RangeDescriptor, ClientError> {
+        let left = self.current_range(key).await?;
+        if left.end_key.is_empty() {
+            return Err(ClientError::Rejected(format!(
+                "range {} is the last range: it has no right neighbour to merge with",
+                left.id
+            )));
+        }
+        let right_key = left.end_key.clone();
+        let frozen = match self
+            .with_leader(&right_key, |range| AdminRequest::PrepareMerge {
+                range_id: range.id,
+                target: left.clone(),
+            })
+            .await?
+        {
+            AdminReply::Changed(range) => range,
+            other => return Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+        };
+        let committed = self
+            .with_leader(&left.start_key, |range| AdminRequest::CommitMerge {
+                range_id: range.id,
+                source: frozen.clone(),
+            })
+            .await;
+        match committed {
+            Ok(AdminReply::Changed(merged)) => {
+                self.cache().insert(merged.clone());
+                Ok(merged)
+            }
+            Ok(other) => Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
+            // An answer lost after the commit applied: the range says whether it did.
+            Err(e) => match self.current_range(key).await {
+                Ok(now) if now.id == left.id && now.end_key == frozen.end_key => Ok(now),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The range holding `key` as its leader describes it now (placement's map may lag).
+    async fn current_range(&self, key: &[u8]) -> Result<RangeDescriptor, ClientError> {
+        let reply = self
+            .with_leader(key, |_| AdminRequest::FindRange {
+                key: Bytes::copy_from_slice(key),
+            })
+            .await?;
+        match reply {
+            AdminReply::Range(Some(range)) if range.contains(key) => {
+                self.cache().insert(range.clone());
+                Ok(range)
+            }
+            other => Err(ClientError::Rejected(format!(
+                "the leader holds no range for the key ({other:?})"
+            ))),
+        }
+    }
+
     /// Runs a consistency check of the range holding `key` (see
     /// [`AdminRequest::CheckConsistency`]) and returns its outcome.
     pub async fn check_consistency(&self, key: &[u8]) -> Result<CheckOutcome, ClientError> {

@@ -149,6 +149,9 @@ impl Replica {
                 self.range.id, entry.index
             ),
         };
+        if let Some(refused) = self.refused_while_frozen(&command) {
+            return refused;
+        }
         match command {
             Command::Write { writes } => writes
                 .into_iter()
@@ -192,6 +195,14 @@ impl Replica {
                 expected,
                 value,
             } => vec![self.apply_compare_and_set(key, expected, value, batch)],
+            Command::PrepareMerge { epoch, target } => {
+                vec![self.apply_prepare_merge(epoch, target, batch)]
+            }
+            Command::CommitMerge { epoch, source } => {
+                vec![self.apply_commit_merge(epoch, source, batch)]
+            }
+            Command::RollbackMerge { epoch } => vec![self.apply_rollback_merge(epoch, batch)],
+            Command::AbandonMerge { epoch } => vec![self.apply_abandon_merge(epoch, batch)],
         }
     }
 

@@ -65,6 +65,8 @@ impl Replica {
             })
         } else if self.node.raft.has_pending_conf() {
             Some(refuse("another membership change is in progress"))
+        } else if self.frozen().is_some() || self.merge_in_flight() {
+            Some(refuse("a merge of the range is under way"))
         } else {
             None
         };

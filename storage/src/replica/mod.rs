@@ -36,6 +36,7 @@ use crate::StorageError;
 mod apply;
 mod consistency;
 mod membership;
+mod merge;
 mod read;
 mod sleep;
 mod snapshots;
@@ -43,6 +44,7 @@ mod snapshots;
 pub use apply::FIRST_ALLOCATED_ID;
 use apply::{check_split, write_out_applied};
 pub use membership::{single_change, LEARNER_LAG_MAX};
+pub use merge::check_neighbours;
 use read::{read_ctx, Reads};
 
 pub use crate::addresses::AddressBook;
@@ -122,6 +124,8 @@ pub struct Replica {
     built: Option<(Arc<BuiltSnapshot>, Instant)>,
     /// Consistency checks: the one under way, the last judged, the next due.
     consistency: consistency::Consistency,
+    /// Frozen for a merge, or taking others over (see `merge`).
+    merge: merge::MergeState,
     engine: Arc<Engine>,
     addresses: AddressBook,
 }
@@ -135,6 +139,7 @@ impl Replica {
         config: &RaftConfig,
         addresses: AddressBook,
     ) -> Result<Replica, StorageError> {
+        let frozen = merge::frozen_in(&state.state);
         let range = state.descriptor;
         let replica_id = range
             .replica_on(store_id)
@@ -150,7 +155,11 @@ impl Replica {
             Some(b) => ApplyState::decode(&b)?,
             None => ApplyState::default(),
         };
-        Self::from_parts(engine, range, replica_id, apply, config, addresses)
+        let mut replica = Self::from_parts(engine, range, replica_id, apply, config, addresses)?;
+        // Read from disk after a start: flushed.
+        replica.merge.frozen = frozen;
+        replica.merge.on_disk = frozen.is_some();
+        Ok(replica)
     }
 
     /// A replica this store learned of from a Raft message only: it has no data and no
@@ -248,6 +257,7 @@ impl Replica {
             pending_ingest: None,
             built: None,
             consistency: Default::default(),
+            merge: Default::default(),
             engine,
             addresses,
         })
@@ -439,6 +449,10 @@ impl Replica {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
+        if let Some(busy) = self.frozen_busy() {
+            let _ = reply.send(Err(busy));
+            return;
+        }
         if let Some(op) = ops.iter().find(|op| !self.range.contains(op.key())) {
             debug!(range_id = self.range.id, key = ?op.key(), "write outside range");
             let _ = reply.send(Err(KvError::KeyNotInRange {
@@ -453,6 +467,13 @@ impl Replica {
     /// Proposes a command of its own entry (id allocation, split).
     pub fn propose_command(&mut self, command: Command, reply: WriteReply) {
         self.wake();
+        match self.check_merge_proposal(&command) {
+            Ok(None) => {}
+            done => {
+                let _ = reply.send(done.map(|applied| applied.expect("some")));
+                return;
+            }
+        }
         if let Command::Split {
             epoch, split_key, ..
         } = &command
@@ -644,6 +665,12 @@ impl Replica {
         self.wake();
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        // Once frozen, the target may take the keys over on some store and write them:
+        // reads wait for the merge to settle (or roll back).
+        if let Some(busy) = self.frozen_busy() {
+            let _ = reply.send(Err(busy));
             return;
         }
         METRICS.reads.inc();

@@ -82,8 +82,14 @@ impl<S: RaftSender> Store<S> {
     /// its older writes over the snapshot's newer data: acknowledged writes lost (the
     /// chaos test found this).
     pub(super) fn overlapping_replica(&self, range: &RangeDescriptor) -> Option<RangeId> {
-        let overlaps =
-            |o: &RangeDescriptor| o.id != range.id && o.overlaps(&range.start_key, &range.end_key);
+        // A replica frozen for `range` that it covers was merged into it: the snapshot
+        // (of the range after the merge) replaces it (see `drop_merged_by_snapshots`).
+        let merged = self.frozen_covered_by(range);
+        let overlaps = |o: &RangeDescriptor| {
+            o.id != range.id
+                && !merged.contains(&o.id)
+                && o.overlaps(&range.start_key, &range.end_key)
+        };
         self.replicas
             .values()
             .filter(|o| !o.is_uninitialized())

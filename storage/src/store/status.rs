@@ -55,7 +55,7 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
-    fn status_of(&self, r: &Replica) -> RangeStatus {
+    pub(super) fn status_of(&self, r: &Replica) -> RangeStatus {
         RangeStatus {
             range: r.range.clone(),
             replica_id: r.replica_id,
@@ -78,6 +78,7 @@ impl<S: RaftSender> Store<S> {
             silent_learners: r.silent_learners(self.raft.learner_silent_after()),
             last_check: r.last_check().cloned(),
             diverged: r.diverged(),
+            frozen_for: r.frozen_on_disk().map(|t| (t.range_id, t.epoch)),
         }
     }
 }

@@ -7,6 +7,7 @@ mod consistency;
 mod harness;
 mod ingest;
 mod membership;
+mod merge;
 mod replication;
 mod snapshot_install;
 mod space;

@@ -1,0 +1,193 @@
+//! Merges as a store sees them (see `replica::merge`): freezes made durable by a flush,
+//! merged replicas dropped and their Raft state cleared, frozen ranges thawed once
+//! their merge can no longer happen, and what a crash or a snapshot left half done.
+
+use shale_rpc::{Epoch, KvError, RangeDescriptor, RangeId};
+use tracing::{info, warn};
+
+use super::{RaftSender, Store, StoreMsg};
+use crate::command::Command;
+use crate::engine::{Cf, Durability};
+use crate::keys;
+
+/// How often (in ticks) frozen leaders check whether their merge can still happen.
+pub(super) const ROLLBACK_CHECK_TICKS: u64 = 50;
+
+impl<S: RaftSender> Store<S> {
+    /// After a round: replicas that froze wait for a flush to count as frozen on disk,
+    /// and replicas other ranges took over go now (their state is tombstoned in the
+    /// round's apply batch), their Raft state cleared once that batch is flushed.
+    pub(super) fn after_merges(&mut self, froze: Vec<RangeId>, merged: Vec<RangeId>) {
+        for id in &merged {
+            if self.replicas.remove(id).is_some() {
+                self.unsynced.forget(*id);
+                self.awake.remove(id);
+                info!(
+                    store_id = self.store_id,
+                    range_id = id,
+                    "merged replica dropped"
+                );
+            }
+        }
+        if froze.is_empty() && merged.is_empty() {
+            return;
+        }
+        let engine = self.engine.clone();
+        let tx = self.self_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("store-{}-merge-flush", self.store_id))
+            .spawn(move || {
+                let result = engine.flush_applied().map_err(|e| e.to_string());
+                let _ = tx.send(StoreMsg::MergesFlushed {
+                    froze,
+                    merged,
+                    result,
+                });
+            });
+        if let Err(e) = spawned {
+            panic!(
+                "store {}: cannot start the flush of a merge: {e}",
+                self.store_id
+            );
+        }
+    }
+
+    /// The flush `after_merges` asked for is done.
+    pub(super) fn on_merges_flushed(
+        &mut self,
+        froze: Vec<RangeId>,
+        merged: Vec<RangeId>,
+        result: Result<(), String>,
+    ) {
+        if let Err(e) = result {
+            // A freeze reported before it is on disk could let a merge take over data a
+            // crash then changes.
+            panic!("store {}: flushing a merge failed: {e}", self.store_id);
+        }
+        for id in froze {
+            if let Some(r) = self.replicas.get_mut(&id) {
+                r.mark_frozen_on_disk();
+            }
+        }
+        for id in merged {
+            self.clear_raft_state(id);
+        }
+    }
+
+    /// Deletes the Raft log and state of a range whose replica here is gone for good
+    /// (its tombstone is on disk).
+    fn clear_raft_state(&mut self, range_id: RangeId) {
+        let mut batch = self.engine.batch();
+        let (start, end) = keys::raft_bounds(range_id);
+        batch.delete_range(Cf::Raft, &start, &end);
+        if let Err(e) = self.engine.write(batch, Durability::Wal) {
+            warn!(store_id = self.store_id, range_id, error = %e, "clearing a merged range's log failed");
+        }
+    }
+
+    /// Frozen replicas here that `range` covers and that were frozen for it: a snapshot
+    /// of `range` (taken after its merge) replaces them.
+    pub(super) fn frozen_covered_by(&self, range: &RangeDescriptor) -> Vec<RangeId> {
+        let covers = |o: &RangeDescriptor| {
+            o.start_key >= range.start_key
+                && (range.end_key.is_empty()
+                    || (!o.end_key.is_empty() && o.end_key <= range.end_key))
+        };
+        self.replicas
+            .values()
+            .filter(|o| o.frozen().is_some_and(|t| t.range_id == range.id) && covers(&o.range))
+            .map(|o| o.range.id)
+            .collect()
+    }
+
+    /// After a round in which `ids` took snapshots: a frozen replica such a snapshot now
+    /// covers was merged (the snapshot is of the range after its merge) and goes.
+    pub(super) fn drop_merged_by_snapshots(&mut self, ids: &[RangeId]) {
+        let covered: Vec<RangeId> = ids
+            .iter()
+            .filter_map(|id| self.replicas.get(id))
+            .flat_map(|r| self.frozen_covered_by(&r.range))
+            .collect();
+        for id in covered {
+            info!(
+                store_id = self.store_id,
+                range_id = id,
+                "frozen replica merged by a snapshot of its target"
+            );
+            self.destroy_replica(id);
+        }
+    }
+
+    /// At start: a frozen replica whose target here covers it already was merged before
+    /// a crash that left its own tombstone unwritten (the snapshot case above).
+    pub(super) fn tidy_merged(&mut self) {
+        let targets: Vec<RangeDescriptor> = self
+            .replicas
+            .values()
+            .filter(|r| r.frozen().is_none() && !r.is_uninitialized())
+            .map(|r| r.range.clone())
+            .collect();
+        for range in targets {
+            for id in self.frozen_covered_by(&range) {
+                info!(
+                    store_id = self.store_id,
+                    range_id = id,
+                    "frozen replica was merged before a restart"
+                );
+                self.destroy_replica(id);
+            }
+        }
+    }
+
+    /// The epoch at which the frozen range `range_id`, led here, may be thawed: its
+    /// target's replica on this store moved past the epoch the merge named, without
+    /// taking this range over (that would have dropped this replica), so the merge's
+    /// commit can never apply anywhere.
+    pub(super) fn may_roll_back(&self, range_id: RangeId) -> Result<Epoch, KvError> {
+        let invalid = |reason: &str| KvError::InvalidMerge {
+            range_id,
+            reason: reason.into(),
+        };
+        let r = self
+            .replicas
+            .get(&range_id)
+            .ok_or(KvError::RangeNotFound { range_id })?;
+        if !r.is_leader() {
+            return Err(r.not_leader());
+        }
+        let target = r
+            .frozen()
+            .ok_or_else(|| invalid("it is not frozen for a merge"))?;
+        let moved = self
+            .replicas
+            .get(&target.range_id)
+            .is_some_and(|t| t.range.epoch.is_newer_than(&target.epoch));
+        if !moved {
+            return Err(invalid(
+                "its target has not changed since the merge began, so the merge may still commit",
+            ));
+        }
+        Ok(r.range.epoch)
+    }
+
+    /// Every so often: frozen leaders whose merge can no longer happen thaw.
+    pub(super) fn roll_back_stale_merges(&mut self) {
+        let stale: Vec<(RangeId, Epoch)> = self
+            .replicas
+            .values()
+            .filter(|r| r.frozen().is_some() && r.is_leader())
+            .filter_map(|r| Some((r.range.id, self.may_roll_back(r.range.id).ok()?)))
+            .collect();
+        for (range_id, epoch) in stale {
+            info!(
+                store_id = self.store_id,
+                range_id, "its merge's target moved on: rolling back"
+            );
+            let (reply, _) = tokio::sync::oneshot::channel();
+            if let Some(r) = self.replicas.get_mut(&range_id) {
+                r.propose_command(Command::RollbackMerge { epoch }, reply);
+                self.active.insert(range_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Merges: two neighbouring ranges become one while clients write, the merged-away
+//! range leaves no replica behind, restarts keep the merge, and a merge whose target
+//! changed first is rolled back so the frozen range takes writes again.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shale_rpc::client::{admin, ClientConfig, ClientError, KvClient};
+use shale_rpc::{AdminReply, AdminRequest, KvError, RangeId};
+use shale_storage::cluster::LocalCluster;
+
+use crate::harness::*;
+
+fn patient(cluster: &LocalCluster) -> KvClient {
+    cluster
+        .client_with(ClientConfig {
+            deadline_ms: 30_000,
+            ..ClientConfig::default()
+        })
+        .unwrap()
+}
+
+/// Stores (by index) holding a live replica of `range_id`.
+async fn holders(cluster: &LocalCluster, stores: usize, range_id: RangeId) -> Vec<usize> {
+    let mut found = Vec::new();
+    for s in 0..stores {
+        let status = cluster.node(s).unwrap().status().await;
+        if status.iter().any(|st| st.range_id() == range_id) {
+            found.push(s);
+        }
+    }
+    found
+}
+
+/// Waits until no store holds a replica of `range_id`.
+async fn must_be_gone(cluster: &LocalCluster, stores: usize, range_id: RangeId) {
+    let started = Instant::now();
+    loop {
+        let left = holders(cluster, stores, range_id).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "stores {left:?} still hold merged range {range_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The index of the store leading `range_id`.
+async fn leader_of(cluster: &LocalCluster, stores: usize, range_id: RangeId) -> usize {
+    let started = Instant::now();
+    loop {
+        for s in 0..stores {
+            let status = cluster.node(s).unwrap().status().await;
+            if status
+                .iter()
+                .any(|st| st.range_id() == range_id && st.is_leader)
+            {
+                return s;
+            }
+        }
+        assert!(
+            started.elapsed() < LEADER_TIMEOUT,
+            "range {range_id} has no leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn admin_to(
+    cluster: &LocalCluster,
+    store: usize,
+    req: &AdminRequest,
+) -> Result<AdminReply, ClientError> {
+    let transport =
+        shale_rpc::transport::Transport::client(&cluster.identity, Default::default()).unwrap();
+    admin(&transport, cluster.node(store).unwrap().addr(), req).await
+}
+
+async fn must_scan_exactly(client: &KvClient, expected: &BTreeSet<usize>) {
+    let scanned = client
+        .scan_all(Bytes::new(), Bytes::new(), 89)
+        .await
+        .unwrap();
+    let keys: Vec<Bytes> = scanned.iter().map(|(k, _)| k.clone()).collect();
+    let want: Vec<Bytes> = expected.iter().map(|&i| key(i)).collect();
+    assert_eq!(keys, want, "the scan sees every key once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn merge_under_concurrent_writes_loses_nothing_and_leaves_no_replica_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(dir.path(), 3).await;
+    let client = Arc::new(patient(&cluster));
+    let (left, right) = client.split(key(500)).await.unwrap();
+    for i in [10, 700] {
+        must_put(&client, i).await;
+    }
+    let acked = Arc::new(Mutex::new(BTreeSet::from([10, 700])));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, acked) = (client.clone(), acked.clone());
+            tokio::spawn(async move {
+                for n in 0..150 {
+                    let i = w * 250 + n; // both sides of the merge point
+                    let i = if i % 2 == 0 { i } else { i + 500 };
+                    match client.put(key(i), value(i)).await {
+                        Ok(()) => {
+                            acked.lock().unwrap().insert(i);
+                        }
+                        Err(e) => panic!("put {i} during the merge: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let admin = patient(&cluster);
+    let merged = admin.merge(&key(10)).await.expect("merge");
+    assert_eq!(
+        merged.id, left.id,
+        "the left range takes the right one over"
+    );
+    assert_eq!(merged.start_key, left.start_key);
+    assert_eq!(merged.end_key, right.end_key);
+    assert!(merged.epoch.version > right.epoch.version + 1);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked: BTreeSet<usize> = acked.lock().unwrap().clone();
+    for &i in &acked {
+        must_get(&client, i).await;
+    }
+    must_scan_exactly(&client, &acked).await;
+    must_be_gone(&cluster, 3, right.id).await;
+    for s in 0..3 {
+        let status = cluster.node(s).unwrap().status().await;
+        let mine = status.iter().find(|st| st.range_id() == left.id).unwrap();
+        assert_eq!(
+            mine.range.end_key, right.end_key,
+            "store {s} applied the merge"
+        );
+        must_hold(&cluster, s, acked.iter().copied());
+    }
+    // The merged range serves both sides, and a cold client finds it.
+    must_put(&client, 999).await;
+    let cold = patient(&cluster);
+    must_get(&cold, 999).await;
+    must_get(&cold, 10).await;
+    // A restart keeps the merge: one range, every key, the right range never back.
+    let client = restart_all(&mut cluster, 3).await;
+    let mut all = acked.clone();
+    all.insert(999);
+    for &i in &all {
+        must_get(&client, i).await;
+    }
+    assert!(holders(&cluster, 3, right.id).await.is_empty());
+    assert_eq!(holders(&cluster, 3, left.id).await, vec![0, 1, 2]);
+    // Merging the last range is refused, with a reason.
+    let last = admin.merge(&key(10)).await.unwrap_err();
+    assert!(last.to_string().contains("last range"), "{last}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_whose_target_changed_is_rolled_back_and_the_frozen_range_writes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = patient(&cluster);
+    let (left, right) = client.split(key(500)).await.unwrap();
+    must_put(&client, 700).await;
+    let at = leader_of(&cluster, 3, right.id).await;
+    let frozen = match admin_to(
+        &cluster,
+        at,
+        &AdminRequest::PrepareMerge {
+            range_id: right.id,
+            target: left.clone(),
+        },
+    )
+    .await
+    {
+        Ok(AdminReply::Changed(range)) => range,
+        other => panic!("{other:?}"),
+    };
+    assert!(frozen.epoch.version > right.epoch.version);
+    // Frozen: its keys answer busy (the client retries until its deadline).
+    let hasty = cluster
+        .client_with(ClientConfig {
+            deadline_ms: 500,
+            ..ClientConfig::default()
+        })
+        .unwrap();
+    let refused = hasty.put(key(701), value(701)).await;
+    assert!(refused.is_err(), "a frozen range takes no writes");
+    // Reads wait too: the target may own the keys on some store already.
+    assert!(hasty.get(key(700)).await.is_err());
+    // A rollback asked for while the target has not moved is refused: it may commit.
+    let early = admin_to(
+        &cluster,
+        at,
+        &AdminRequest::RollbackMerge { range_id: right.id },
+    )
+    .await
+    .unwrap_err();
+    assert!(early.to_string().contains("may still commit"), "{early}");
+    // The target changes (a split): the merge can never commit, and the frozen range's
+    // leader thaws it by itself.
+    client.split(key(200)).await.unwrap();
+    let started = Instant::now();
+    must_put(&client, 701).await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    must_get(&client, 700).await;
+    must_get(&client, 701).await;
+    // A commit of the stale merge is refused with a reason and changes nothing.
+    let target_at = leader_of(&cluster, 3, left.id).await;
+    let stale = admin_to(
+        &cluster,
+        target_at,
+        &AdminRequest::CommitMerge {
+            range_id: left.id,
+            source: frozen,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(stale, ClientError::Kv(KvError::InvalidMerge { .. })),
+        "{stale}"
+    );
+    assert_eq!(holders(&cluster, 3, right.id).await, vec![0, 1, 2]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_on_different_stores_or_not_neighbours_do_not_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = patient(&cluster);
+    let (left, _) = client.split(key(500)).await.unwrap();
+    let (_, far) = client.split(key(800)).await.unwrap();
+    let at = leader_of(&cluster, 3, far.id).await;
+    let refused = admin_to(
+        &cluster,
+        at,
+        &AdminRequest::PrepareMerge {
+            range_id: far.id,
+            target: left.clone(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("does not end where"),
+        "{refused}"
+    );
+    // Nothing was frozen by the refused request; the middle range takes the far one.
+    let merged = client.merge(&key(500)).await.unwrap();
+    assert_eq!((merged.start_key, merged.end_key), (key(500), far.end_key));
+    must_put(&client, 900).await;
+    must_get(&client, 900).await;
+    cluster.shutdown().await;
+}
