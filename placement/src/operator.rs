@@ -138,6 +138,7 @@ fn step_done(step: &RangeStep, range: &RangeView, base_version: u64) -> bool {
             range.leader == Some(*to_store) || range.range.replica_on(*to_store).is_none()
         }
         RangeStep::Split { .. } => range.range.epoch.version > base_version,
+        RangeStep::Merge { end_key, .. } => range.range.end_key == *end_key,
     }
 }
 
@@ -172,6 +173,10 @@ impl Busy {
                         busy.transfers.push((op.range_id, *to_store));
                     }
                     RangeStep::Split { .. } => {}
+                    // The range taken over must not be moved or split meanwhile.
+                    RangeStep::Merge { source, .. } => {
+                        busy.ranges.insert(*source);
+                    }
                 }
             }
         }
@@ -214,6 +219,7 @@ mod tests {
             learners_since_ms: None,
             silent_learners: Vec::new(),
             diverged: Vec::new(),
+            span_since_ms: 0,
         }
     }
 

@@ -59,6 +59,15 @@ pub struct ScheduleConfig {
     /// moved for balance, and new replicas go elsewhere when they can: replica counts
     /// alone would fill small disks first.
     pub space_high_ratio: f64,
+    /// Neighbouring ranges holding this many bytes or fewer together are merged into
+    /// one, once cold (see below); 0 turns merging off. Keep it well under the stores'
+    /// `split.size-bytes-max` (96 MiB by default) so merged ranges are not split again.
+    pub merge_size_bytes_max: u64,
+    /// Neighbours serving more requests per second than this together are left apart.
+    pub merge_ops_per_sec_max: f64,
+    /// A range is merged only once its key span has stayed as it is this long (a split
+    /// just made is not undone at once).
+    pub merge_after_split_ms: u64,
 }
 
 impl Default for ScheduleConfig {
@@ -76,6 +85,9 @@ impl Default for ScheduleConfig {
             hot_bytes_per_sec: 64.0 * 1024.0 * 1024.0,
             hot_window_ms: 60_000,
             space_high_ratio: 0.8,
+            merge_size_bytes_max: 20 << 20,
+            merge_ops_per_sec_max: 100.0,
+            merge_after_split_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -120,6 +132,7 @@ pub fn schedule(
         plan.balance_replicas();
         plan.balance_leaders();
         plan.split_hot();
+        plan.merge_small();
     }
     plan.operators
 }
@@ -300,6 +313,12 @@ impl<'a> Planner<'a> {
                     }
                 }
                 RangeStep::Split { .. } => {}
+                RangeStep::Merge { source, .. } => {
+                    self.busy.ranges.insert(*source);
+                    for r in &range.range.replicas {
+                        *self.replicas.entry(r.store_id).or_default() -= 1;
+                    }
+                }
             }
         }
         self.busy.ranges.insert(range.range.id);
@@ -733,5 +752,6 @@ impl<'a> Planner<'a> {
     }
 }
 
+mod merge;
 #[cfg(test)]
 mod tests;

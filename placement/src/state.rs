@@ -351,6 +351,13 @@ impl Leader {
                     }
                 }
             }
+            RangeStep::Merge { end_key, .. } => {
+                if range.end_key.is_empty() || end_key <= &range.end_key && !end_key.is_empty() {
+                    return invalid(format!(
+                        "range {range_id} has no right neighbour to take over"
+                    ));
+                }
+            }
         }
         Ok(())
     }

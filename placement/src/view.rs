@@ -79,6 +79,9 @@ pub struct RangeView {
     pub silent_learners: Vec<ReplicaId>,
     /// Replicas whose data a consistency check found differs from the majority's.
     pub diverged: Vec<ReplicaId>,
+    /// Since when the range has had its key span (its version last changed), as
+    /// placement heard; 0 until a leader reported it (after a restart of placement).
+    pub span_since_ms: u64,
 }
 
 impl RangeView {
@@ -259,6 +262,7 @@ impl ClusterView {
             learners_since_ms: None,
             silent_learners: Vec::new(),
             diverged: Vec::new(),
+            span_since_ms: 0,
         });
     }
 
@@ -320,6 +324,11 @@ impl ClusterView {
             },
             silent_learners: report.silent_learners.clone(),
             diverged: report.diverged.clone(),
+            span_since_ms: previous
+                .filter(|p| {
+                    p.span_since_ms > 0 && p.range.epoch.version == report.range.epoch.version
+                })
+                .map_or(now_ms, |p| p.span_since_ms),
         });
         if rates.is_zero() {
             self.warm.remove(&id);

@@ -186,6 +186,13 @@ pub enum RangeStep {
         range_id: RangeId,
         split_key: Option<Bytes>,
     },
+    /// Take over the right neighbour `source` (on the same stores), after which the
+    /// range ends at `end_key` (see `AdminRequest::PrepareMerge`).
+    Merge {
+        range_id: RangeId,
+        source: RangeId,
+        end_key: Bytes,
+    },
 }
 
 impl RangeStep {
@@ -194,7 +201,8 @@ impl RangeStep {
             RangeStep::AddReplica { range_id, .. }
             | RangeStep::RemoveReplica { range_id, .. }
             | RangeStep::TransferLeader { range_id, .. }
-            | RangeStep::Split { range_id, .. } => *range_id,
+            | RangeStep::Split { range_id, .. }
+            | RangeStep::Merge { range_id, .. } => *range_id,
         }
     }
 }

@@ -324,6 +324,9 @@ async fn run_step(service: &StoreService, step: RangeStep) -> Result<(), KvError
             };
             service.split(range_id, key).await.map(drop)
         }
+        RangeStep::Merge {
+            range_id, source, ..
+        } => service.merge_neighbour(range_id, source).await.map(drop),
     }
 }
 

@@ -69,6 +69,14 @@ pub enum CtlCommand {
     },
     /// Split the range holding KEY at KEY.
     Split { key: String },
+    /// Merge the range holding KEY with its right neighbour, which it takes over
+    ///
+    /// The two ranges' replicas must sit on the same stores (`shale ctl move` them
+    /// together first); no data moves. The neighbour is frozen first (its keys answer
+    /// busy for a moment, which clients retry), then the range takes it over once every
+    /// store holds it frozen on disk. If the range changes meanwhile, the merge is
+    /// rolled back; running the command again after an interruption resumes it.
+    Merge { key: String },
     /// Make the replica on store TO the leader of the range holding KEY.
     TransferLeader {
         #[arg(long)]
@@ -359,6 +367,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             check::check_ranges(&file.identity()?, targets, args.json).await?;
         }
         CtlCommand::Split { key } => split(&file, key).await?,
+        CtlCommand::Merge { key } => merge(&file, key).await?,
         CtlCommand::TransferLeader { key, to } => {
             let (range, leader) = leader_of(&file, &transport, &key).await?;
             transfer_leader(&file, &transport, &key, range, leader, to).await?;
@@ -533,6 +542,22 @@ async fn split(file: &ClusterFile, key: String) -> anyhow::Result<()> {
         left.id,
         key_text(&right.start_key),
         right.id
+    );
+    Ok(())
+}
+
+/// Merges the range holding `key` with its right neighbour (see `KvClient::merge`).
+async fn merge(file: &ClusterFile, key: String) -> anyhow::Result<()> {
+    let merged = file
+        .client()?
+        .merge(key.as_bytes())
+        .await
+        .context("merge")?;
+    println!(
+        "merged: range {} now spans {:?} to {:?}",
+        merged.id,
+        key_text(&merged.start_key),
+        key_text(&merged.end_key)
     );
     Ok(())
 }

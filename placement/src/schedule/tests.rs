@@ -133,6 +133,7 @@ impl Sim {
         let mut r = range.range.clone();
         let mut leader = range.leader.unwrap();
         let mut extra = None;
+        let mut size_bytes = range.size_bytes;
         match step {
             RangeStep::AddReplica { store_id, .. } => {
                 self.next_id += 1;
@@ -162,10 +163,19 @@ impl Sim {
                 right.epoch.version += 1;
                 extra = Some(right);
             }
+            RangeStep::Merge { source, .. } => {
+                let Some(right) = self.view.ranges.get(&source).cloned() else {
+                    return;
+                };
+                assert_eq!(r.end_key, right.range.start_key, "only neighbours merge");
+                r.end_key = right.range.end_key.clone();
+                r.epoch.version = r.epoch.version.max(right.range.epoch.version) + 1;
+                size_bytes += right.size_bytes;
+            }
         }
         for d in [Some(r), extra].into_iter().flatten() {
             let report = RangeReport {
-                size_bytes: range.size_bytes,
+                size_bytes,
                 ..RangeReport::quiet(d, range.term + 1)
             };
             self.view
@@ -573,4 +583,83 @@ fn stores_sharing_a_full_disk_still_balance() {
     }
     sim.run(&[], 500);
     assert!(sim.counts(4).0 >= 30 && sim.counts(5).0 >= 30);
+}
+
+/// Every range reports again (quiet), as leaders do: placement learns since when each
+/// has had its key span.
+fn report_all(sim: &mut Sim) {
+    for r in sim.view.ranges.clone().values() {
+        let report = RangeReport {
+            size_bytes: r.size_bytes,
+            ..RangeReport::quiet(r.range.clone(), r.term)
+        };
+        let hot = sim.config.hot();
+        sim.view
+            .apply_report(r.leader.unwrap(), &report, sim.now_ms, hot);
+    }
+}
+
+#[test]
+fn small_cold_neighbours_merge_once_settled_up_to_the_size_bound() {
+    let mut sim = Sim::new(3, 3, 6, no_zone);
+    sim.config.merge_after_split_ms = 5_000;
+    sim.config.merge_size_bytes_max = 4 << 20;
+    sim.now_ms = 1000;
+    report_all(&mut sim);
+    for _ in 0..3 {
+        sim.pass(&[]);
+    }
+    assert_eq!(sim.view.ranges.len(), 6, "none merges before it settled");
+    // Merged ranges settle again before they merge on (passes a second apart).
+    for _ in 0..40 {
+        sim.pass(&[]);
+    }
+    let mut ranges: Vec<&RangeView> = sim.view.ranges.values().collect();
+    ranges.sort_by(|a, b| a.range.start_key.cmp(&b.range.start_key));
+    let sizes: Vec<u64> = ranges.iter().map(|r| r.size_bytes >> 20).collect();
+    assert_eq!(
+        sizes,
+        vec![4, 2],
+        "1 MiB ranges merge in pairs, then pairs of pairs"
+    );
+    assert!(ranges[0].range.start_key.is_empty() && ranges[1].range.end_key.is_empty());
+    assert_eq!(ranges[0].range.end_key, ranges[1].range.start_key);
+}
+
+#[test]
+fn busy_or_scattered_neighbours_stay_apart() {
+    // Four ranges over four stores: no two neighbours share their stores.
+    let mut sim = Sim::new(4, 4, 4, no_zone);
+    sim.config.merge_after_split_ms = 0;
+    sim.now_ms = 1000;
+    report_all(&mut sim);
+    for _ in 0..20 {
+        sim.pass(&[]);
+    }
+    assert_eq!(
+        sim.view.ranges.len(),
+        4,
+        "neighbours on other stores stay apart"
+    );
+    // On the same stores but busy: apart too.
+    let mut sim = Sim::new(3, 3, 2, no_zone);
+    sim.config.merge_after_split_ms = 0;
+    sim.config.merge_ops_per_sec_max = 10.0;
+    sim.now_ms = 1000;
+    for r in sim.view.ranges.clone().values() {
+        let report = RangeReport {
+            write_ops: 100,
+            ..RangeReport::quiet(r.range.clone(), r.term)
+        };
+        let hot = sim.config.hot();
+        sim.view
+            .apply_report(r.leader.unwrap(), &report, sim.now_ms, hot);
+    }
+    sim.pass(&[]);
+    assert_eq!(sim.view.ranges.len(), 2, "busy neighbours stay apart");
+    // Quiet again, they merge; with merging off they would not.
+    sim.config.merge_ops_per_sec_max = 1000.0;
+    sim.pass(&[]);
+    sim.pass(&[]);
+    assert_eq!(sim.view.ranges.len(), 1);
 }

@@ -5,5 +5,6 @@ mod consistency;
 mod harness;
 mod leader_loss;
 mod membership;
+mod merge;
 mod scheduling;
 mod space;

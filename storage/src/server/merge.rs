@@ -170,6 +170,31 @@ impl StoreService {
         }
     }
 
+    /// Merges `source`, the right neighbour of `range_id` (led here), into it, as
+    /// placement asks: freezes `source` through its leader, then commits here (through
+    /// the cluster client, which finds both leaders and resumes a merge half done).
+    pub async fn merge_neighbour(
+        &self,
+        range_id: RangeId,
+        source: RangeId,
+    ) -> Result<RangeDescriptor, KvError> {
+        let (range, _) = self.describe(range_id).await?;
+        let neighbour = self
+            .replica_status(source)
+            .await?
+            .ok_or(KvError::RangeNotFound { range_id: source })?;
+        if neighbour.range.start_key != range.end_key || range.end_key.is_empty() {
+            return Err(KvError::InvalidMerge {
+                range_id,
+                reason: format!("range {source} is not its right neighbour here"),
+            });
+        }
+        self.cluster
+            .merge(&range.start_key)
+            .await
+            .map_err(super::client_err)
+    }
+
     /// This store's replica of `range_id`.
     pub async fn replica_status(&self, range_id: RangeId) -> Result<Option<RangeStatus>, KvError> {
         self.ask(|reply| StoreMsg::ReplicaStatus { range_id, reply })

@@ -87,6 +87,7 @@ pub async fn run(
             super::check::check_ranges(&file.identity()?, targets, json).await?;
         }
         CtlCommand::Split { key } => super::split(file, key).await?,
+        CtlCommand::Merge { key } => super::merge(file, key).await?,
         CtlCommand::TransferLeader { key, to } => {
             let route = must_find(placement, &key).await?;
             let req = PlacementRequest::TransferLeader {

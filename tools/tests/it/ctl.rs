@@ -1,5 +1,5 @@
-//! `shale ctl` against real store processes: status, split, leader transfer, replica
-//! move, a killed store showing up as down, and consistency checks.
+//! `shale ctl` against real store processes: status, split, merge, leader transfer,
+//! replica move, a killed store showing up as down, and consistency checks.
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,16 @@ async fn ctl_reports_and_steers_a_cluster() {
         }
         assert_eq!(ranges[1]["start_key"], "m");
 
+        // Split again, then merge back: the merged range spans both, and the range it
+        // took over is gone from every store.
+        ctl(cluster, &["split", "t"]);
+        ctl(cluster, &["merge", "m"]);
+        until("the merged range alone to span m..", || {
+            let ranges = ctl(cluster, &["ranges"]);
+            let ranges = ranges.as_array().unwrap();
+            ranges.len() == 2 && ranges[1]["start_key"] == "m" && ranges[1]["end_key"] == ""
+        });
+
         // Leadership of the range holding "a" moves where we say.
         let leader = leader_of(cluster, "a");
         let target = (1..=3).find(|&s| s != leader).unwrap();
@@ -141,6 +151,11 @@ async fn ctl_reports_and_steers_a_cluster() {
                 .collect();
             replicas.contains(&4) && !replicas.contains(&from) && replicas.len() == 3
         });
+        // Now on different stores, the two ranges do not merge; the error says why.
+        let refused = ctl_run(cluster, &["merge", "a"]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success());
+        assert!(stderr.contains("different stores"), "{stderr}");
     });
 
     // A killed store shows as down, and the ranges it held as under-replicated.
