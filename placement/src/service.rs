@@ -316,6 +316,9 @@ impl PlacementService {
                 )
                 .map(|()| PlacementReply::Done)
             }),
+            PlacementRequest::Merge { range_id } => {
+                self.lead(|l| l.admin_merge(range_id, now).map(|()| PlacementReply::Done))
+            }
             PlacementRequest::MoveReplica {
                 range_id,
                 from_store,

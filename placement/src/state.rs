@@ -316,6 +316,37 @@ impl Leader {
         Ok(())
     }
 
+    /// An operator that has `range_id` take over its right neighbour.
+    pub fn admin_merge(&mut self, range_id: RangeId, now_ms: u64) -> Result<(), PlacementError> {
+        let range = &self
+            .view
+            .ranges
+            .get(&range_id)
+            .ok_or(PlacementError::UnknownRange { range_id })?
+            .range;
+        let right = self
+            .view
+            .find(&range.end_key)
+            .filter(|r| !range.end_key.is_empty() && r.range.start_key == range.end_key)
+            .ok_or_else(|| PlacementError::Invalid {
+                reason: format!("range {range_id} has no right neighbour to take over"),
+            })?;
+        if range.store_ids() != right.range.store_ids() {
+            return Err(PlacementError::Invalid {
+                reason: format!(
+                    "ranges {range_id} and {} have replicas on different stores; move them together first",
+                    right.range.id
+                ),
+            });
+        }
+        let step = RangeStep::Merge {
+            range_id,
+            source: right.range.id,
+            end_key: right.range.end_key.clone(),
+        };
+        self.admin_operator(range_id, vec![step], now_ms)
+    }
+
     fn check_step(&self, range_id: RangeId, step: &RangeStep) -> Result<(), PlacementError> {
         let range = &self.view.ranges[&range_id].range;
         let invalid = |reason: String| Err(PlacementError::Invalid { reason });

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use shale_rpc::placement::{
     is_stale, Labels, LeaderlessReplica, RangeReport, RemovedReplica, Route, StoreInfo, StoreState,
 };
-use shale_rpc::{RangeDescriptor, RangeId, ReplicaId, StoreAddr, StoreId};
+use shale_rpc::{Epoch, RangeDescriptor, RangeId, ReplicaId, StoreAddr, StoreId};
 
 use crate::ids::{IdMap, IdSet};
 
@@ -235,7 +235,9 @@ impl ClusterView {
         leaderless
             .iter()
             .filter_map(|r| {
-                let known = &self.ranges.get(&r.range_id)?.range;
+                let Some(known) = self.ranges.get(&r.range_id).map(|v| &v.range) else {
+                    return self.merged_away(r);
+                };
                 let removed =
                     known.epoch.conf_ver > r.conf_ver && known.replica_on(store).is_none();
                 removed.then_some(RemovedReplica {
@@ -245,6 +247,29 @@ impl ClusterView {
                 })
             })
             .collect()
+    }
+
+    /// A frozen replica of a range placement no longer knows, whose keys a newer range
+    /// holds now: its merge went ahead without it (the store's own replica of the target
+    /// decides whether that can still change; see the store's `Destroy`).
+    fn merged_away(&self, r: &LeaderlessReplica) -> Option<RemovedReplica> {
+        let span = r.frozen.as_ref()?;
+        let probe = RangeDescriptor {
+            id: r.range_id,
+            start_key: span.start_key.clone(),
+            end_key: span.end_key.clone(),
+            epoch: Epoch::default(),
+            replicas: Vec::new(),
+        };
+        let newer = self
+            .overlapping(&probe)
+            .any(|v| v.range.epoch.version > span.version);
+        newer.then_some(RemovedReplica {
+            range_id: r.range_id,
+            replica_id: r.replica_id,
+            // Newer than any membership the replica knows.
+            conf_ver: u64::MAX,
+        })
     }
 
     /// Adds or updates a range as loaded from placement's own storage (no leader known).
@@ -525,7 +550,8 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shale_rpc::{Epoch, ReplicaDescriptor};
+    use shale_rpc::placement::FrozenSpan;
+    use shale_rpc::ReplicaDescriptor;
 
     pub(crate) fn range(id: RangeId, start: &str, end: &str, version: u64) -> RangeDescriptor {
         RangeDescriptor {
@@ -566,6 +592,7 @@ mod tests {
             range_id,
             replica_id: 99,
             conf_ver,
+            frozen: None,
         };
         let removed =
             view.removed_replicas(3, &[leaderless(1, 3), leaderless(1, 4), leaderless(7, 1)]);
@@ -581,6 +608,38 @@ mod tests {
         assert!(
             view.removed_replicas(2, &[leaderless(1, 3)]).is_empty(),
             "store 2 is still a member (partitioned, not removed)"
+        );
+    }
+
+    #[test]
+    fn a_frozen_replica_of_a_range_merged_away_is_named_removed() {
+        let mut view = ClusterView::new(0);
+        let mut merged = range(1, "", "", 1);
+        merged.epoch.version = 4;
+        view.restore_range(merged);
+        let frozen = |range_id, version| LeaderlessReplica {
+            range_id,
+            replica_id: 99,
+            conf_ver: 1,
+            frozen: Some(FrozenSpan {
+                start_key: Bytes::from("m"),
+                end_key: Bytes::new(),
+                version,
+            }),
+        };
+        let removed = view.removed_replicas(3, &[frozen(2, 3)]);
+        assert_eq!(removed.len(), 1, "range 1 (version 4) holds its keys now");
+        assert!(
+            view.removed_replicas(3, &[frozen(2, 4)]).is_empty(),
+            "nothing newer holds its keys"
+        );
+        let thawed = LeaderlessReplica {
+            frozen: None,
+            ..frozen(2, 3)
+        };
+        assert!(
+            view.removed_replicas(3, &[thawed]).is_empty(),
+            "a replica not frozen is never judged by overlap"
         );
     }
 

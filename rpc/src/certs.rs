@@ -28,8 +28,10 @@ pub const NODE_SERVER_NAME: &str = "shale-node";
 /// name its silent learners too (session 27). Version 6: replicas exchange their data's
 /// checksums in Raft batches, and reports name diverged replicas (session 28). Version 7:
 /// heartbeats say whether a store is low on disk space, placement's answers name the
-/// low stores, and `KvError::NoSpace` (session 29).
-pub const ALPN: &[u8] = b"shale/7";
+/// low stores, and `KvError::NoSpace` (session 29). Version 8: merges — new Raft log
+/// commands an older store could not apply, merge admin requests and placement steps,
+/// frozen replicas in status and leaderless reports (session 30).
+pub const ALPN: &[u8] = b"shale/8";
 
 const CA_COMMON_NAME: &str = "Shale cluster CA";
 /// File names inside a certificate directory.

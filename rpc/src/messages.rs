@@ -45,6 +45,13 @@ pub struct RangeDescriptor {
 }
 
 impl RangeDescriptor {
+    /// The stores of its replicas, in order.
+    pub fn store_ids(&self) -> Vec<StoreId> {
+        let mut stores: Vec<StoreId> = self.replicas.iter().map(|r| r.store_id).collect();
+        stores.sort_unstable();
+        stores
+    }
+
     /// True when `key` lies in `[start_key, end_key)`.
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= &self.start_key[..] && (self.end_key.is_empty() || key < &self.end_key[..])

@@ -47,6 +47,9 @@ pub enum PlacementRequest {
         range_id: RangeId,
         split_key: Option<Bytes>,
     },
+    /// Merge the range with its right neighbour, which it takes over (their replicas
+    /// must be on the same stores).
+    Merge { range_id: RangeId },
     /// Move the range's replica from one store to another.
     MoveReplica {
         range_id: RangeId,
@@ -99,12 +102,25 @@ pub const LEADERLESS_REPORTED_MAX: usize = 256;
 
 /// A replica that has heard from no leader for a while: partitioned away, or removed
 /// from its range while its store was down (nobody then told the store to drop it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderlessReplica {
     pub range_id: RangeId,
     pub replica_id: ReplicaId,
     /// The membership version the replica knows.
     pub conf_ver: u64,
+    /// For a replica frozen for a merge, its key span and version: left behind by a
+    /// merge that went ahead without it (its store's replica of the target was moved
+    /// away meanwhile), it is gone once placement knows a newer range over its keys.
+    #[serde(default)]
+    pub frozen: Option<FrozenSpan>,
+}
+
+/// A frozen replica's key span `[start_key, end_key)` and range version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrozenSpan {
+    pub start_key: Bytes,
+    pub end_key: Bytes,
+    pub version: u64,
 }
 
 /// A replica placement knows was removed from its range: the range's membership at

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shale_rpc::placement::{
-    ClusterId, LeaderlessReplica, PlacementError, PlacementReply, PlacementRequest, RangeReport,
-    RangeStep, RemovedReplica, StoreHeartbeat, LEADERLESS_REPORTED_MAX,
+    ClusterId, FrozenSpan, LeaderlessReplica, PlacementError, PlacementReply, PlacementRequest,
+    RangeReport, RangeStep, RemovedReplica, StoreHeartbeat, LEADERLESS_REPORTED_MAX,
 };
 use shale_rpc::placement_client::{PlacementCallError, PlacementClient};
 use shale_rpc::{
@@ -325,8 +325,13 @@ async fn run_step(service: &StoreService, step: RangeStep) -> Result<(), KvError
             service.split(range_id, key).await.map(drop)
         }
         RangeStep::Merge {
-            range_id, source, ..
-        } => service.merge_neighbour(range_id, source).await.map(drop),
+            range_id,
+            source,
+            end_key,
+        } => service
+            .merge_neighbour(range_id, source, &end_key)
+            .await
+            .map(drop),
     }
 }
 
@@ -478,6 +483,11 @@ fn leaderless(ranges: &[RangeStatus], wanted: &[RangeId], after_ms: u64) -> Vec<
             range_id: s.range.id,
             replica_id: s.replica_id,
             conf_ver: s.range.epoch.conf_ver,
+            frozen: s.frozen_for.map(|_| FrozenSpan {
+                start_key: s.range.start_key.clone(),
+                end_key: s.range.end_key.clone(),
+                version: s.range.epoch.version,
+            }),
         })
         .collect()
 }

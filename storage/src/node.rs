@@ -49,6 +49,7 @@ pub struct StoreNode {
     split_task: tokio::task::JoinHandle<()>,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
     space_task: tokio::task::JoinHandle<()>,
+    merge_task: tokio::task::JoinHandle<()>,
     space: Arc<Space>,
     faults: Arc<Faults>,
     key_counts: Arc<KeyCounts>,
@@ -329,6 +330,7 @@ impl StoreNode {
             split_rx,
         ));
         let space_task = tokio::spawn(crate::space::watch(space.clone(), config.data_dir.clone()));
+        let merge_task = tokio::spawn(settle_stuck_merges(service.clone()));
         let serve_task = transport.serve(service.clone());
         info!(store_id = config.store_id, %addr, data_dir = %config.data_dir.display(), "store started");
         Ok(StoreNode {
@@ -342,6 +344,7 @@ impl StoreNode {
             split_task,
             heartbeat_task,
             space_task,
+            merge_task,
             space,
             faults,
             key_counts,
@@ -420,6 +423,7 @@ impl StoreNode {
         self.serve_task.abort();
         self.split_task.abort();
         self.space_task.abort();
+        self.merge_task.abort();
         if let Some(t) = self.heartbeat_task.take() {
             t.abort();
             let _ = t.await;
@@ -609,4 +613,15 @@ fn bootstrap_first_range(
     engine.write(batch, Durability::Sync)?;
     info!(store_id = config.store_id, "bootstrapped the first range");
     Ok(state)
+}
+
+/// Every few seconds, has merges stuck on this store settled (see
+/// `StoreService::settle_stuck_merges`); runs until the node shuts down.
+async fn settle_stuck_merges(service: Arc<StoreService>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        service.settle_stuck_merges().await;
+    }
 }

@@ -34,7 +34,7 @@ mod snapshots;
 pub(crate) use snapshots::overlap_reason;
 mod status;
 
-pub use crate::store_msg::{HeartbeatStatus, RaftSender, StoreMsg};
+pub use crate::store_msg::{HeartbeatStatus, RaftSender, StoreMsg, StuckMerge};
 use crate::wal_sync::{HeldReadies, WalSync};
 
 /// The loop's state: every replica on the store.
@@ -389,6 +389,7 @@ impl<S: RaftSender> Store<S> {
                 let stale = self.replicas.get(&range_id).is_some_and(|r| {
                     r.replica_id <= replica_id
                         && (r.range.epoch.conf_ver < conf_ver || r.is_removed())
+                        && !self.may_yet_be_merged(r)
                 });
                 if stale {
                     self.destroy_replica(range_id);
@@ -448,6 +449,9 @@ impl<S: RaftSender> Store<S> {
             StoreMsg::ReplicaStatus { range_id, reply } => {
                 let status = self.replicas.get(&range_id).map(|r| self.status_of(r));
                 let _ = reply.send(status);
+            }
+            StoreMsg::StuckMerges { older_than, reply } => {
+                let _ = reply.send(self.stuck_merges(older_than));
             }
             StoreMsg::MayRollBack { range_id, reply } => {
                 let _ = reply.send(self.may_roll_back(range_id));

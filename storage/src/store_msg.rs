@@ -146,6 +146,12 @@ pub enum StoreMsg {
         range_id: RangeId,
         reply: oneshot::Sender<Option<RangeStatus>>,
     },
+    /// Frozen ranges led here for longer than `older_than` whose merge may still commit
+    /// (see `Store::stuck_merges`).
+    StuckMerges {
+        older_than: std::time::Duration,
+        reply: oneshot::Sender<Vec<StuckMerge>>,
+    },
     /// Whether the frozen range `range_id`, led here, may be thawed, and at which epoch.
     MayRollBack {
         range_id: RangeId,
@@ -163,6 +169,16 @@ pub enum StoreMsg {
         upto: u64,
     },
     Shutdown,
+}
+
+/// A frozen range led here whose merge has neither committed nor become impossible: its
+/// target's leader is asked to commit it (or to give it up).
+#[derive(Debug, Clone)]
+pub struct StuckMerge {
+    pub source: RangeDescriptor,
+    pub target: RangeId,
+    /// The store leading the target, as this store's replica of it knows.
+    pub target_leader: Option<StoreId>,
 }
 
 /// Where outgoing Raft batches go.

@@ -2,7 +2,6 @@
 //! cooled would otherwise stay apart forever, each costing its stores a Raft group.
 
 use shale_rpc::placement::RangeStep;
-use shale_rpc::StoreId;
 
 use super::Planner;
 use crate::view::RangeView;
@@ -46,18 +45,17 @@ impl Planner<'_> {
                 && self.now_ms.saturating_sub(r.span_since_ms) >= config.merge_after_split_ms
                 && r.range.replicas.len() == config.replicas
         };
-        let stores = |r: &RangeView| {
-            let mut s: Vec<StoreId> = r.range.replicas.iter().map(|r| r.store_id).collect();
-            s.sort_unstable();
-            s
-        };
         !left.range.end_key.is_empty()
             && left.range.end_key == right.range.start_key
             && settled(left)
             && settled(right)
             && left.size_bytes.saturating_add(right.size_bytes) <= config.merge_size_bytes_max
             && left.ops_per_sec + right.ops_per_sec <= config.merge_ops_per_sec_max
-            && stores(left) == stores(right)
-            && stores(left).iter().all(|&s| self.is_up(s) && !self.low(s))
+            && left.range.store_ids() == right.range.store_ids()
+            && left
+                .range
+                .store_ids()
+                .iter()
+                .all(|&s| self.is_up(s) && !self.low(s))
     }
 }

@@ -82,10 +82,11 @@ impl KvClient {
                 left.id
             )));
         }
-        let right_key = left.end_key.clone();
+        // Named by id (not by the route): a stale cache must not aim a step at another range.
+        let right = self.current_range(&left.end_key).await?;
         let frozen = match self
-            .with_leader(&right_key, |range| AdminRequest::PrepareMerge {
-                range_id: range.id,
+            .with_leader(&right.start_key, |_| AdminRequest::PrepareMerge {
+                range_id: right.id,
                 target: left.clone(),
             })
             .await?
@@ -94,8 +95,8 @@ impl KvClient {
             other => return Err(ClientError::Rejected(format!("unexpected reply {other:?}"))),
         };
         let committed = self
-            .with_leader(&left.start_key, |range| AdminRequest::CommitMerge {
-                range_id: range.id,
+            .with_leader(&left.start_key, |_| AdminRequest::CommitMerge {
+                range_id: left.id,
                 source: frozen.clone(),
             })
             .await;

@@ -22,18 +22,13 @@ pub fn check_neighbours(target: &RangeDescriptor, source: &RangeDescriptor) -> R
             target.id, source.id
         ));
     }
-    let stores = |r: &RangeDescriptor| {
-        let mut s: Vec<StoreId> = r.replicas.iter().map(|r| r.store_id).collect();
-        s.sort_unstable();
-        s
-    };
-    if stores(target) != stores(source) {
+    if target.store_ids() != source.store_ids() {
         return Err(format!(
             "ranges {} and {} have replicas on different stores ({:?} and {:?}); move them together first",
             target.id,
             source.id,
-            stores(target),
-            stores(source)
+            target.store_ids(),
+            source.store_ids()
         ));
     }
     Ok(())
@@ -59,6 +54,11 @@ impl Replica {
     /// The range this replica is frozen for, if a merge into it is under way.
     pub fn frozen(&self) -> Option<MergeTarget> {
         self.merge.frozen
+    }
+
+    /// How long this replica has been frozen.
+    pub fn frozen_for(&self) -> Option<Duration> {
+        self.merge.frozen_at.map(|at| at.elapsed())
     }
 
     /// The same, once the freeze is on disk (flushed): only then may the target take
@@ -201,6 +201,7 @@ impl Replica {
         self.merge.frozen = Some(frozen);
         self.merge.on_disk = false;
         self.merge.froze = true;
+        self.merge.frozen_at = Some(Instant::now());
         info!(range_id, into = target.id, "range frozen for a merge");
         Ok(Applied::Merged {
             range: Box::new(self.range.clone()),
@@ -340,6 +341,8 @@ pub(super) struct MergeState {
     pub frozen: Option<MergeTarget>,
     /// The freeze is flushed (a crash cannot take it back).
     pub on_disk: bool,
+    /// When this replica froze (or, frozen, was opened).
+    pub frozen_at: Option<Instant>,
     /// Froze this round; not yet flushed.
     pub froze: bool,
     /// Ranges merged into this one this round.

@@ -159,6 +159,7 @@ impl Replica {
         // Read from disk after a start: flushed.
         replica.merge.frozen = frozen;
         replica.merge.on_disk = frozen.is_some();
+        replica.merge.frozen_at = frozen.map(|_| Instant::now());
         Ok(replica)
     }
 

@@ -19,6 +19,9 @@ use crate::store::StoreMsg;
 const FREEZE_WAIT: Duration = Duration::from_secs(3);
 /// How often that wait asks.
 const FREEZE_POLL: Duration = Duration::from_millis(50);
+/// A range frozen this long without its merge committing or becoming impossible has
+/// lost its coordinator: its target's leader is asked to settle it.
+pub const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 impl StoreService {
     /// Freezes `range_id`, led here, for `target` (its left neighbour on the same
@@ -154,14 +157,7 @@ impl StoreService {
                 .await
                 .map_err(|e| e.to_string());
         }
-        let addr = self
-            .addresses
-            .read()
-            .expect("address book lock")
-            .get(&store_id)
-            .cloned()
-            .ok_or("its address is unknown")?;
-        let addr = shale_rpc::client::parse_addr(&addr).map_err(|e| e.to_string())?;
+        let addr = self.store_addr(store_id)?;
         let req = AdminRequest::Replica { range_id };
         match shale_rpc::client::admin(self.cluster.transport(), addr, &req).await {
             Ok(AdminReply::Replica(status)) => Ok(status.map(|s| *s)),
@@ -177,22 +173,92 @@ impl StoreService {
         &self,
         range_id: RangeId,
         source: RangeId,
+        end_key: &[u8],
     ) -> Result<RangeDescriptor, KvError> {
         let (range, _) = self.describe(range_id).await?;
         let neighbour = self
             .replica_status(source)
             .await?
             .ok_or(KvError::RangeNotFound { range_id: source })?;
-        if neighbour.range.start_key != range.end_key || range.end_key.is_empty() {
+        // Placement planned the merge of the neighbour as it knew it; one that changed
+        // since (split, say) is planned again, or not.
+        let as_planned = neighbour.range.start_key == range.end_key
+            && neighbour.range.end_key == end_key
+            && !range.end_key.is_empty();
+        if !as_planned {
             return Err(KvError::InvalidMerge {
                 range_id,
-                reason: format!("range {source} is not its right neighbour here"),
+                reason: format!("range {source} is not the right neighbour placement planned"),
             });
         }
         self.cluster
             .merge(&range.start_key)
             .await
             .map_err(super::client_err)
+    }
+
+    /// Asks the target's leader of each merge stuck here to commit it or give it up
+    /// (`StoreNode` calls this every few seconds).
+    pub async fn settle_stuck_merges(&self) {
+        let stuck = match self
+            .ask(|reply| StoreMsg::StuckMerges {
+                older_than: STUCK_AFTER,
+                reply,
+            })
+            .await
+        {
+            Ok(stuck) => stuck,
+            Err(_) => return,
+        };
+        for m in stuck {
+            let outcome = match m.target_leader {
+                Some(leader) if leader == self.store_id => self
+                    .commit_merge(m.target, m.source.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(leader) => self.commit_elsewhere(leader, m.target, &m.source).await,
+                None => Err("its target has no known leader".into()),
+            };
+            match outcome {
+                Ok(range) => info!(
+                    range_id = m.source.id,
+                    into = range.id,
+                    "stuck merge committed"
+                ),
+                Err(e) => {
+                    info!(range_id = m.source.id, into = m.target, error = %e, "stuck merge not settled yet")
+                }
+            }
+        }
+    }
+
+    async fn commit_elsewhere(
+        &self,
+        store_id: StoreId,
+        target: RangeId,
+        source: &RangeDescriptor,
+    ) -> Result<RangeDescriptor, String> {
+        let addr = self.store_addr(store_id)?;
+        let req = AdminRequest::CommitMerge {
+            range_id: target,
+            source: source.clone(),
+        };
+        match shale_rpc::client::admin(self.cluster.transport(), addr, &req).await {
+            Ok(AdminReply::Changed(range)) => Ok(range),
+            Ok(other) => Err(format!("unexpected reply {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn store_addr(&self, store_id: StoreId) -> Result<std::net::SocketAddr, String> {
+        let addr = self
+            .addresses
+            .read()
+            .expect("address book lock")
+            .get(&store_id)
+            .cloned()
+            .ok_or(format!("store {store_id}'s address is unknown"))?;
+        shale_rpc::client::parse_addr(&addr).map_err(|e| e.to_string())
     }
 
     /// This store's replica of `range_id`.

@@ -5,10 +5,11 @@
 use shale_rpc::{Epoch, KvError, RangeDescriptor, RangeId};
 use tracing::{info, warn};
 
-use super::{RaftSender, Store, StoreMsg};
+use super::{RaftSender, Store, StoreMsg, StuckMerge};
 use crate::command::Command;
 use crate::engine::{Cf, Durability};
 use crate::keys;
+use crate::replica::Replica;
 
 /// How often (in ticks) frozen leaders check whether their merge can still happen.
 pub(super) const ROLLBACK_CHECK_TICKS: u64 = 50;
@@ -139,6 +140,16 @@ impl<S: RaftSender> Store<S> {
         }
     }
 
+    /// Whether `r` is frozen for a target whose replica here may still take it over
+    /// (it is at the epoch the merge named): then it must stay, whatever placement says.
+    pub(super) fn may_yet_be_merged(&self, r: &Replica) -> bool {
+        r.frozen().is_some_and(|t| {
+            self.replicas.get(&t.range_id).is_some_and(|target| {
+                !target.is_uninitialized() && !target.range.epoch.is_newer_than(&t.epoch)
+            })
+        })
+    }
+
     /// The epoch at which the frozen range `range_id`, led here, may be thawed: its
     /// target's replica on this store moved past the epoch the merge named, without
     /// taking this range over (that would have dropped this replica), so the merge's
@@ -168,6 +179,26 @@ impl<S: RaftSender> Store<S> {
             ));
         }
         Ok(r.range.epoch)
+    }
+
+    /// Frozen ranges led here for longer than `older_than` whose target's replica here is
+    /// still at the merge's epoch (so the merge may still commit): their coordinator
+    /// went away (a client interrupted, a step that failed), and the target's leader is
+    /// asked to commit or give the merge up, so no range stays frozen for good.
+    pub(super) fn stuck_merges(&self, older_than: std::time::Duration) -> Vec<StuckMerge> {
+        self.replicas
+            .values()
+            .filter(|r| r.is_leader() && r.frozen_for().is_some_and(|d| d >= older_than))
+            .filter_map(|r| {
+                let t = r.frozen()?;
+                let target = self.replicas.get(&t.range_id)?;
+                (target.range.epoch == t.epoch).then(|| StuckMerge {
+                    source: r.range.clone(),
+                    target: t.range_id,
+                    target_leader: target.leader_store(),
+                })
+            })
+            .collect()
     }
 
     /// Every so often: frozen leaders whose merge can no longer happen thaw.

@@ -3,8 +3,8 @@
 //! kills (-9) and restarts stores and placement, stops stores gracefully, cuts a store
 //! off from the others (and placement, or not), from placement alone, or cuts one link
 //! between two stores (the stores talk through UDP relays that drop the packets; see
-//! `relay`), freezes a store (SIGSTOP, then SIGCONT), splits ranges, moves replicas and
-//! transfers leaders. Each key has one writer, which writes
+//! `relay`), freezes a store (SIGSTOP, then SIGCONT), splits ranges, merges neighbours,
+//! moves replicas and transfers leaders. Each key has one writer, which writes
 //! increasing versions and reads some back at once, so the test can tell:
 //!
 //! - a read after an acknowledged write sees that write (or a write that failed, whose
@@ -211,6 +211,7 @@ struct Moves {
     placement_cuts: u32,
     pauses: u32,
     splits: u32,
+    merges: u32,
     moves: u32,
     transfers: u32,
 }
@@ -342,7 +343,33 @@ async fn nemesis(
                 down = Down::after(Outage::Placement, &mut rng, 300..3_000);
                 moves.placement_kills += 1;
             }
-            34..=59 => {
+            52..=59 => {
+                let r = routes(placement).await;
+                let pairs: Vec<(&Route, &Route)> = r
+                    .iter()
+                    .filter_map(|left| {
+                        let right = r.iter().find(|x| {
+                            !left.range.end_key.is_empty()
+                                && x.range.start_key == left.range.end_key
+                        })?;
+                        let together = left.range.store_ids() == right.range.store_ids();
+                        together.then_some((left, right))
+                    })
+                    .collect();
+                if pairs.is_empty() {
+                    continue;
+                }
+                let (left, right) = pairs[rng.gen_range(0..pairs.len())];
+                let req = PlacementRequest::Merge {
+                    range_id: left.range.id,
+                };
+                let what = format!(
+                    "merge range {} into range {}",
+                    right.range.id, left.range.id
+                );
+                moves.merges += u32::from(ask(placement, &req, &what).await);
+            }
+            34..=51 => {
                 let r = routes(placement).await;
                 if r.is_empty() || r.len() >= RANGES_MAX {
                     continue;
