@@ -249,11 +249,13 @@ impl ClusterView {
             .collect()
     }
 
-    /// A frozen replica of a range placement no longer knows, whose keys a newer range
-    /// holds now: its merge went ahead without it (the store's own replica of the target
-    /// decides whether that can still change; see the store's `Destroy`).
+    /// A replica of a range placement no longer knows, whose keys a newer range holds
+    /// now: the range was merged away and the replica missed it (a frozen one's store
+    /// keeps it while its own replica of the target may still commit the merge; see the
+    /// store's `Destroy`). Versions only rise as keys change hands, so a range not yet
+    /// reported (just split off) is never overlapped by a newer one.
     fn merged_away(&self, r: &LeaderlessReplica) -> Option<RemovedReplica> {
-        let span = r.frozen.as_ref()?;
+        let span = r.span.as_ref()?;
         let probe = RangeDescriptor {
             id: r.range_id,
             start_key: span.start_key.clone(),
@@ -550,7 +552,7 @@ impl ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shale_rpc::placement::FrozenSpan;
+    use shale_rpc::placement::KeySpan;
     use shale_rpc::ReplicaDescriptor;
 
     pub(crate) fn range(id: RangeId, start: &str, end: &str, version: u64) -> RangeDescriptor {
@@ -592,7 +594,7 @@ mod tests {
             range_id,
             replica_id: 99,
             conf_ver,
-            frozen: None,
+            span: None,
         };
         let removed =
             view.removed_replicas(3, &[leaderless(1, 3), leaderless(1, 4), leaderless(7, 1)]);
@@ -612,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frozen_replica_of_a_range_merged_away_is_named_removed() {
+    fn a_replica_of_a_range_merged_away_is_named_removed() {
         let mut view = ClusterView::new(0);
         let mut merged = range(1, "", "", 1);
         merged.epoch.version = 4;
@@ -621,7 +623,7 @@ mod tests {
             range_id,
             replica_id: 99,
             conf_ver: 1,
-            frozen: Some(FrozenSpan {
+            span: Some(KeySpan {
                 start_key: Bytes::from("m"),
                 end_key: Bytes::new(),
                 version,
@@ -633,13 +635,13 @@ mod tests {
             view.removed_replicas(3, &[frozen(2, 4)]).is_empty(),
             "nothing newer holds its keys"
         );
-        let thawed = LeaderlessReplica {
-            frozen: None,
+        let empty = LeaderlessReplica {
+            span: None,
             ..frozen(2, 3)
         };
         assert!(
-            view.removed_replicas(3, &[thawed]).is_empty(),
-            "a replica not frozen is never judged by overlap"
+            view.removed_replicas(3, &[empty]).is_empty(),
+            "a replica without data is never judged by overlap"
         );
     }
 

@@ -108,16 +108,16 @@ pub struct LeaderlessReplica {
     pub replica_id: ReplicaId,
     /// The membership version the replica knows.
     pub conf_ver: u64,
-    /// For a replica frozen for a merge, its key span and version: left behind by a
-    /// merge that went ahead without it (its store's replica of the target was moved
-    /// away meanwhile), it is gone once placement knows a newer range over its keys.
+    /// The replica's key span and range version (none while it has no data): a replica
+    /// of a range merged away that missed the news (its store was down, or the replica
+    /// had been removed) is gone once placement knows a newer range over its keys.
     #[serde(default)]
-    pub frozen: Option<FrozenSpan>,
+    pub span: Option<KeySpan>,
 }
 
-/// A frozen replica's key span `[start_key, end_key)` and range version.
+/// A replica's key span `[start_key, end_key)` and range version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FrozenSpan {
+pub struct KeySpan {
     pub start_key: Bytes,
     pub end_key: Bytes,
     pub version: u64,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use shale_rpc::placement::{
-    ClusterId, FrozenSpan, LeaderlessReplica, PlacementError, PlacementReply, PlacementRequest,
+    ClusterId, KeySpan, LeaderlessReplica, PlacementError, PlacementReply, PlacementRequest,
     RangeReport, RangeStep, RemovedReplica, StoreHeartbeat, LEADERLESS_REPORTED_MAX,
 };
 use shale_rpc::placement_client::{PlacementCallError, PlacementClient};
@@ -483,7 +483,7 @@ fn leaderless(ranges: &[RangeStatus], wanted: &[RangeId], after_ms: u64) -> Vec<
             range_id: s.range.id,
             replica_id: s.replica_id,
             conf_ver: s.range.epoch.conf_ver,
-            frozen: s.frozen_for.map(|_| FrozenSpan {
+            span: (s.range.epoch != Epoch::default()).then(|| KeySpan {
                 start_key: s.range.start_key.clone(),
                 end_key: s.range.end_key.clone(),
                 version: s.range.epoch.version,

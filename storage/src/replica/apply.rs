@@ -436,11 +436,7 @@ impl Replica {
         batch: &mut WriteBatch<'_>,
     ) -> ApplyResult {
         let range_id = self.range.id;
-        if epoch != self.range.epoch {
-            return Err(KvError::EpochNotMatch {
-                current: vec![self.range.clone()],
-            });
-        }
+        self.check_epoch(epoch)?;
         if let Err(reason) = check_split(&self.range, &split_key) {
             return Err(KvError::InvalidSplit { range_id, reason });
         }

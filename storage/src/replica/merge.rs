@@ -100,9 +100,6 @@ impl Replica {
     ) -> Result<Option<Applied>, KvError> {
         let range_id = self.range.id;
         let invalid = |reason: String| KvError::InvalidMerge { range_id, reason };
-        let epoch_moved = || KvError::EpochNotMatch {
-            current: vec![self.range.clone()],
-        };
         match command {
             Command::PrepareMerge { epoch, target } => {
                 match self.merge.frozen {
@@ -121,9 +118,7 @@ impl Replica {
                     }
                     None => {}
                 }
-                if *epoch != self.range.epoch {
-                    return Err(epoch_moved());
-                }
+                self.check_epoch(*epoch)?;
                 check_neighbours(target, &self.range).map_err(invalid)?;
                 if self.node.raft.has_pending_conf() || self.learner_count() > 0 {
                     return Err(invalid("its membership is changing".into()));
@@ -134,17 +129,14 @@ impl Replica {
                 if let Some(busy) = self.frozen_busy() {
                     return Err(busy);
                 }
-                if *epoch != self.range.epoch {
-                    return Err(epoch_moved());
-                }
+                self.check_epoch(*epoch)?;
                 check_neighbours(&self.range, source).map_err(invalid)?;
                 Ok(None)
             }
-            Command::AbandonMerge { epoch } if *epoch != self.range.epoch => Err(epoch_moved()),
+            Command::AbandonMerge { epoch } => self.check_epoch(*epoch).map(|()| None),
             Command::RollbackMerge { epoch } => match self.merge.frozen {
                 None => Err(invalid("it is not frozen for a merge".into())),
-                Some(_) if *epoch != self.range.epoch => Err(epoch_moved()),
-                Some(_) => Ok(None),
+                Some(_) => self.check_epoch(*epoch).map(|()| None),
             },
             _ => Ok(None),
         }
@@ -184,11 +176,7 @@ impl Replica {
         batch: &mut WriteBatch<'_>,
     ) -> ApplyResult {
         let range_id = self.range.id;
-        if epoch != self.range.epoch {
-            return Err(KvError::EpochNotMatch {
-                current: vec![self.range.clone()],
-            });
-        }
+        self.check_epoch(epoch)?;
         if let Err(reason) = check_neighbours(&target, &self.range) {
             return Err(KvError::InvalidMerge { range_id, reason });
         }
@@ -196,16 +184,12 @@ impl Replica {
             range_id: target.id,
             epoch: target.epoch,
         };
-        self.range.epoch.version += 1;
-        self.put_state(ReplicaState::Frozen(frozen), batch);
         self.merge.frozen = Some(frozen);
         self.merge.on_disk = false;
         self.merge.froze = true;
         self.merge.frozen_at = Some(Instant::now());
         info!(range_id, into = target.id, "range frozen for a merge");
-        Ok(Applied::Merged {
-            range: Box::new(self.range.clone()),
-        })
+        self.raise_version(ReplicaState::Frozen(frozen), batch)
     }
 
     /// Takes over `source`, whose replica on this store is frozen for this range at
@@ -218,11 +202,7 @@ impl Replica {
         batch: &mut WriteBatch<'_>,
     ) -> ApplyResult {
         let range_id = self.range.id;
-        if epoch != self.range.epoch {
-            return Err(KvError::EpochNotMatch {
-                current: vec![self.range.clone()],
-            });
-        }
+        self.check_epoch(epoch)?;
         if let Err(reason) = check_neighbours(&self.range, &source) {
             return Err(KvError::InvalidMerge { range_id, reason });
         }
@@ -287,18 +267,10 @@ impl Replica {
                 reason: "it is not frozen for a merge".into(),
             });
         }
-        if epoch != self.range.epoch {
-            return Err(KvError::EpochNotMatch {
-                current: vec![self.range.clone()],
-            });
-        }
-        self.range.epoch.version += 1;
-        self.put_state(ReplicaState::Normal, batch);
+        self.check_epoch(epoch)?;
         self.merge = MergeState::default();
         info!(range_id, "merge rolled back; the range takes writes again");
-        Ok(Applied::Merged {
-            range: Box::new(self.range.clone()),
-        })
+        self.raise_version(ReplicaState::Normal, batch)
     }
 
     /// Gives up a merge into this range at `epoch`: the version rises, so its commit
@@ -308,14 +280,25 @@ impl Replica {
         epoch: Epoch,
         batch: &mut WriteBatch<'_>,
     ) -> ApplyResult {
+        self.check_epoch(epoch)?;
+        info!(range_id = self.range.id, "merge abandoned");
+        self.raise_version(ReplicaState::Normal, batch)
+    }
+
+    /// Refuses a command proposed at another epoch of the range.
+    pub(super) fn check_epoch(&self, epoch: Epoch) -> Result<(), KvError> {
         if epoch != self.range.epoch {
             return Err(KvError::EpochNotMatch {
                 current: vec![self.range.clone()],
             });
         }
+        Ok(())
+    }
+
+    /// Raises the range's version and writes its state as `state`: the range after.
+    fn raise_version(&mut self, state: ReplicaState, batch: &mut WriteBatch<'_>) -> ApplyResult {
         self.range.epoch.version += 1;
-        self.put_state(ReplicaState::Normal, batch);
-        info!(range_id = self.range.id, "merge abandoned");
+        self.put_state(state, batch);
         Ok(Applied::Merged {
             range: Box::new(self.range.clone()),
         })

@@ -289,7 +289,10 @@ async fn a_merge_left_frozen_by_its_coordinator_is_committed_by_the_stores() {
     let started = Instant::now();
     must_be_gone(&cluster, 3, right.id).await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(5), "settled only once stuck ({took:?})");
+    assert!(
+        took >= Duration::from_secs(5),
+        "settled only once stuck ({took:?})"
+    );
     for s in 0..3 {
         let status = cluster.node(s).unwrap().status().await;
         let mine = status.iter().find(|st| st.range_id() == left.id).unwrap();
