@@ -67,3 +67,78 @@ async fn placement_merges_small_cold_ranges_back_into_one_losing_no_write() {
     }
     cluster.shutdown().await;
 }
+
+/// A store down while its replicas are moved away and their range is then merged away
+/// comes back holding a replica of a range placement no longer knows: placement names it
+/// removed (a newer range holds its keys), and the store drops it and its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_missed_its_ranges_merge_is_removed_when_its_store_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = must_cluster(
+        dir.path(),
+        1,
+        4,
+        |_| {},
+        |_, c| c.placement.leaderless_report_after_ms = 1000,
+    )
+    .await;
+    // Only repair (and what is asked by hand): the ranges stay on the first three stores.
+    let pause = shale_rpc::placement::PlacementRequest::SetScheduling { paused: true };
+    cluster.call(&pause).await.unwrap();
+    let client = Arc::new(cluster.client().unwrap());
+    must_load(&client, 100, 2).await;
+    let routes_now = must_eventually("two ranges settled", Duration::from_secs(30), || async {
+        let r = settled(&cluster, 3).await?;
+        (r.len() == 2 && r.iter().all(|r| r.leader.is_some()))
+            .then_some(r)
+            .ok_or("not yet".to_string())
+    })
+    .await;
+    let (left, right) = (&routes_now[0], &routes_now[1]);
+    // A store holding both ranges, leading neither.
+    let leaders = [left.leader, right.leader];
+    let down = (0..4)
+        .find(|&i| {
+            let id = cluster.store(i).unwrap().store_id;
+            left.range.replica_on(id).is_some()
+                && right.range.replica_on(id).is_some()
+                && !leaders.contains(&Some(id))
+        })
+        .expect("a follower of both");
+    let down_id = cluster.store(down).unwrap().store_id;
+    cluster.stop_store(down).await;
+    must_eventually("both ranges repaired", Duration::from_secs(60), || async {
+        let r = settled(&cluster, 3).await?;
+        r.iter()
+            .all(|r| r.range.replica_on(down_id).is_none())
+            .then_some(())
+            .ok_or("not yet".to_string())
+    })
+    .await;
+    let req = shale_rpc::placement::PlacementRequest::Merge {
+        range_id: left.range.id,
+    };
+    cluster.call(&req).await.unwrap();
+    must_eventually("merged", Duration::from_secs(30), || async {
+        let r = settled(&cluster, 3).await?;
+        (r.len() == 1)
+            .then_some(())
+            .ok_or(format!("{} ranges", r.len()))
+    })
+    .await;
+    cluster.start_store(down).await.unwrap();
+    must_eventually(
+        "the returning store drops both stale replicas",
+        Duration::from_secs(30),
+        || async {
+            let held = cluster.store(down).unwrap().status().await;
+            held.is_empty().then_some(()).ok_or(format!(
+                "still holds {:?}",
+                held.iter().map(|s| s.range_id()).collect::<Vec<_>>()
+            ))
+        },
+    )
+    .await;
+    must_read_all(&client, 0..100).await;
+    cluster.shutdown().await;
+}
