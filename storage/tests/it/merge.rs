@@ -120,7 +120,9 @@ async fn merge_under_concurrent_writes_loses_nothing_and_leaves_no_replica_behin
         .collect();
     tokio::time::sleep(Duration::from_millis(80)).await;
     let admin = patient(&cluster);
+    let started = Instant::now();
     let merged = admin.merge(&key(10)).await.expect("merge");
+    eprintln!("merge under 4 writers took {:?}", started.elapsed());
     assert_eq!(
         merged.id, left.id,
         "the left range takes the right one over"

@@ -20,6 +20,13 @@ pub fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> KillOnD
     let _ = std::fs::remove_file(dir.join("dev.json"));
     // Placement's API and Raft ports: a free one and the next, as with the stores.
     let placement_port = shale_storage::cluster::free_udp_ports(1).unwrap()[0];
+    // Its log, for a start that fails (appended to across restarts).
+    let log_path = dir.join("dev-stderr.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("open the dev log");
     let child = KillOnDrop(
         shale()
             .args(["dev", "--data-dir"])
@@ -35,15 +42,28 @@ pub fn start_dev(dir: &std::path::Path, port_base: u16, s3_port: u16) -> KillOnD
                 &placement_port.to_string(),
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn shale dev"),
     );
     let started = Instant::now();
+    let mut child = child;
     while !dir.join("dev.json").exists() {
+        let tail = || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let start = text.len().saturating_sub(3000);
+            text.get(start..).unwrap_or_default().to_string()
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "shale dev exited ({status}) before writing dev.json:\n{}",
+                tail()
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "shale dev wrote no dev.json"
+            "shale dev wrote no dev.json in 30 s:\n{}",
+            tail()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
