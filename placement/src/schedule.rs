@@ -129,10 +129,11 @@ pub fn schedule(
     plan.repair();
     if !paused {
         plan.relieve_low_space();
+        // Before balancing: ranges being merged are not moved for balance meanwhile.
+        plan.merge_small();
         plan.balance_replicas();
         plan.balance_leaders();
         plan.split_hot();
-        plan.merge_small();
     }
     plan.operators
 }

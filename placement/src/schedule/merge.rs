@@ -1,5 +1,7 @@
 //! Merging small, cold neighbours: ranges split for size or load that since shrank or
-//! cooled would otherwise stay apart forever, each costing its stores a Raft group.
+//! cooled would otherwise stay apart forever, each costing its stores a Raft group. A
+//! merge moves no data, so neighbours on different stores are lined up first: the right
+//! one's replicas move, one at a time, to the left one's stores.
 
 use shale_rpc::placement::RangeStep;
 
@@ -7,9 +9,9 @@ use super::Planner;
 use crate::view::RangeView;
 
 impl Planner<'_> {
-    /// Has the left of each pair of small, cold, settled neighbours on the same stores
-    /// take the right one over (`RangeStep::Merge`). Neighbours on different stores are
-    /// left to the balancer: they merge once their replicas happen to line up.
+    /// Has the left of each pair of small, cold, settled neighbours take the right one
+    /// over (`RangeStep::Merge`), or, with their replicas on different stores, moves one
+    /// of the right one's replicas to a store of the left one.
     pub(super) fn merge_small(&mut self) {
         if self.config.merge_size_bytes_max == 0 {
             return;
@@ -21,41 +23,83 @@ impl Planner<'_> {
                 return;
             }
             let (left, right) = (pair[0], pair[1]);
+            if self.busy.ranges.contains(&right.range.id) {
+                // One of its replicas may be moving to line it up: the balancer must not
+                // move the left one's meanwhile, or the two never meet.
+                if self.small_cold_neighbours(left, right) {
+                    self.busy.ranges.insert(left.range.id);
+                }
+                continue;
+            }
             if !self.may_merge(left, right) {
                 continue;
             }
-            let step = RangeStep::Merge {
-                range_id: left.range.id,
-                source: right.range.id,
-                end_key: right.range.end_key.clone(),
-            };
-            self.push(left, "merge-small", vec![step]);
+            if left.range.store_ids() == right.range.store_ids() {
+                let step = RangeStep::Merge {
+                    range_id: left.range.id,
+                    source: right.range.id,
+                    end_key: right.range.end_key.clone(),
+                };
+                self.push(left, "merge-small", vec![step]);
+            } else if let Some(steps) = self.line_up(left, right) {
+                self.push(right, "merge-line-up", steps);
+                self.busy.ranges.insert(left.range.id);
+            }
         }
     }
 
+    /// Moves one replica of `right` from a store `left` does not use to one it does.
+    fn line_up(&self, left: &RangeView, right: &RangeView) -> Option<Vec<RangeStep>> {
+        let from = right
+            .range
+            .store_ids()
+            .into_iter()
+            .find(|&s| left.range.replica_on(s).is_none())?;
+        let to = left.range.store_ids().into_iter().find(|&s| {
+            right.range.replica_on(s).is_none()
+                && self.is_up(s)
+                && self.has_room(s)
+                && self.has_room(from)
+                && !(self.shunned(s) || self.low(s) || self.nearly_full(s))
+                && self.zone_allows(right, from, s)
+        })?;
+        let remove = RangeStep::RemoveReplica {
+            range_id: right.range.id,
+            store_id: from,
+        };
+        Some(vec![self.add_step(right, to), remove])
+    }
+
+    /// Whether `left` may take `right` over now (once on the same stores).
     fn may_merge(&self, left: &RangeView, right: &RangeView) -> bool {
         let config = self.config;
         let settled = |r: &RangeView| {
             r.leader.is_some()
                 && !self.busy.ranges.contains(&r.range.id)
-                && r.hot_since_ms.is_none()
                 && r.learners.is_empty()
                 && r.diverged.is_empty()
                 && r.span_since_ms > 0
                 && self.now_ms.saturating_sub(r.span_since_ms) >= config.merge_after_split_ms
                 && r.range.replicas.len() == config.replicas
         };
-        !left.range.end_key.is_empty()
-            && left.range.end_key == right.range.start_key
+        self.small_cold_neighbours(left, right)
             && settled(left)
             && settled(right)
-            && left.size_bytes.saturating_add(right.size_bytes) <= config.merge_size_bytes_max
-            && left.ops_per_sec + right.ops_per_sec <= config.merge_ops_per_sec_max
-            && left.range.store_ids() == right.range.store_ids()
             && left
                 .range
                 .store_ids()
                 .iter()
                 .all(|&s| self.is_up(s) && !self.low(s))
+            && right.range.store_ids().iter().all(|&s| self.is_up(s))
+    }
+
+    /// Neighbours small and cold enough together to be one range.
+    fn small_cold_neighbours(&self, left: &RangeView, right: &RangeView) -> bool {
+        !left.range.end_key.is_empty()
+            && left.range.end_key == right.range.start_key
+            && left.hot_since_ms.is_none()
+            && right.hot_since_ms.is_none()
+            && left.size_bytes.saturating_add(right.size_bytes) <= self.config.merge_size_bytes_max
+            && left.ops_per_sec + right.ops_per_sec <= self.config.merge_ops_per_sec_max
     }
 }

@@ -627,21 +627,33 @@ fn small_cold_neighbours_merge_once_settled_up_to_the_size_bound() {
 }
 
 #[test]
-fn busy_or_scattered_neighbours_stay_apart() {
+fn scattered_neighbours_line_up_then_merge() {
     // Four ranges over four stores: no two neighbours share their stores.
     let mut sim = Sim::new(4, 4, 4, no_zone);
     sim.config.merge_after_split_ms = 0;
+    sim.config.merge_size_bytes_max = 0;
     sim.now_ms = 1000;
     report_all(&mut sim);
     for _ in 0..20 {
         sim.pass(&[]);
     }
+    assert_eq!(sim.view.ranges.len(), 4, "with merging off they stay apart");
+    sim.config.merge_size_bytes_max = 20 << 20;
+    for _ in 0..60 {
+        sim.pass(&[]);
+    }
     assert_eq!(
         sim.view.ranges.len(),
-        4,
-        "neighbours on other stores stay apart"
+        1,
+        "lined up one replica at a time, then merged"
     );
-    // On the same stores but busy: apart too.
+    let only = sim.view.ranges.values().next().unwrap();
+    assert_eq!(only.range.replicas.len(), 3);
+    assert_eq!(only.size_bytes, 4 << 20);
+}
+
+#[test]
+fn busy_neighbours_stay_apart() {
     let mut sim = Sim::new(3, 3, 2, no_zone);
     sim.config.merge_after_split_ms = 0;
     sim.config.merge_ops_per_sec_max = 10.0;

@@ -47,22 +47,33 @@ pub async fn must_cluster(
     tweak_store: impl Fn(usize, &mut StoreConfig),
 ) -> PlacedCluster {
     init_tracing();
-    PlacedCluster::start_new(
-        dir,
-        placement,
-        stores,
-        3.min(stores),
-        |p| {
-            fast_placement(p);
-            tweak_placement(p);
-        },
-        |i, c| {
-            fast_store(c);
-            tweak_store(i, c);
-        },
-    )
-    .await
-    .expect("start cluster")
+    // Ports are picked free and bound a moment later: a test running beside may take
+    // one between. Such a start is tried again on fresh ports, in a fresh folder.
+    for attempt in 0.. {
+        let started = PlacedCluster::start_new(
+            &dir.join(format!("start-{attempt}")),
+            placement,
+            stores,
+            3.min(stores),
+            |p| {
+                fast_placement(p);
+                tweak_placement(p);
+            },
+            |i, c| {
+                fast_store(c);
+                tweak_store(i, c);
+            },
+        )
+        .await;
+        match started {
+            Ok(cluster) => return cluster,
+            Err(e) if attempt < 2 && e.to_string().contains("in use") => {
+                eprintln!("cluster start found a port taken ({e}); trying again");
+            }
+            Err(e) => panic!("start cluster: {e}"),
+        }
+    }
+    unreachable!("the loop returns or panics")
 }
 
 pub fn key(i: usize) -> Bytes {

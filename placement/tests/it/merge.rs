@@ -9,11 +9,22 @@ use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_merges_small_cold_ranges_back_into_one_losing_no_write() {
+    merges_back_into_one(3).await;
+}
+
+/// With four stores the balancer spreads the ranges' replicas: neighbours are lined up
+/// (replicas moved onto the same stores) before they merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn neighbours_on_different_stores_are_lined_up_and_merged() {
+    merges_back_into_one(4).await;
+}
+
+async fn merges_back_into_one(stores: usize) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = must_cluster(
         dir.path(),
         1,
-        3,
+        stores,
         |p| p.schedule.merge_after_split_ms = 1000,
         |_, _| {},
     )
@@ -55,13 +66,16 @@ async fn placement_merges_small_cold_ranges_back_into_one_losing_no_write() {
     let acked = writer.await.unwrap();
     assert!(!acked.is_empty());
     must_read_all(&client, (0..200).chain(acked)).await;
-    // Each store holds the one range, and nothing of those taken over.
-    for i in 0..3 {
+    // No store holds anything of the ranges taken over.
+    let only = routes(&cluster).await.unwrap()[0].range.id;
+    for i in 0..stores {
+        let store = cluster.store(i).unwrap();
         must_eventually("merged replicas gone", Duration::from_secs(20), || async {
-            let held = cluster.store(i).unwrap().status().await.len();
-            (held == 1)
+            let held: Vec<u64> = store.status().await.iter().map(|s| s.range_id()).collect();
+            held.iter()
+                .all(|&id| id == only)
                 .then_some(())
-                .ok_or(format!("store {i} holds {held}"))
+                .ok_or(format!("store {i} holds {held:?}"))
         })
         .await;
     }
