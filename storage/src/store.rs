@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use shale_rpc::{Epoch, KvError, RaftBatch, RangeDescriptor, RangeId, StoreId, SumReport, WriteOp};
+use shale_rpc::{KvError, RaftBatch, RangeDescriptor, RangeId, StoreId, SumReport, WriteOp};
 use tracing::{debug, info, warn};
 
 use crate::command::Command;
@@ -28,6 +28,7 @@ pub use crate::outbox::OutgoingSnapshot;
 use crate::replica::{AddressBook, Replica};
 use crate::slow_rounds::SlowRounds;
 use crate::space::Space;
+mod checks;
 mod lifecycle;
 mod merges;
 mod snapshots;
@@ -470,53 +471,6 @@ impl<S: RaftSender> Store<S> {
             StoreMsg::Shutdown => return false,
         }
         true
-    }
-
-    /// As `checked`, for a request bringing `new_data` when the store or most of the
-    /// range's stores are low on disk space: a leader refuses it (a follower points at
-    /// the leader as usual).
-    fn checked_for_data(
-        &mut self,
-        range_id: RangeId,
-        epoch: Option<Epoch>,
-        new_data: bool,
-    ) -> Result<&mut Replica, KvError> {
-        let space = (new_data && self.space.any_low()).then(|| self.space.clone());
-        let r = self.checked(range_id, epoch)?;
-        match space
-            .filter(|_| r.is_leader())
-            .and_then(|s| s.refusal(&r.range))
-        {
-            Some(refused) => Err(refused),
-            None => Ok(r),
-        }
-    }
-
-    fn checked(
-        &mut self,
-        range_id: RangeId,
-        epoch: Option<Epoch>,
-    ) -> Result<&mut Replica, KvError> {
-        let r = self
-            .replicas
-            .get_mut(&range_id)
-            .ok_or(KvError::RangeNotFound { range_id })?;
-        match epoch {
-            // The client knows a newer epoch than this replica has applied: it lags
-            // (say, has yet to learn a split committed). Its descriptor would take the
-            // client's cache backwards, so it points at the leader, or asks for a retry.
-            Some(e) if e.is_newer_than(&r.range.epoch) => Err(if r.is_leader() {
-                KvError::ServerBusy {
-                    reason: format!("range {range_id} is applying a newer epoch"),
-                }
-            } else {
-                r.not_leader()
-            }),
-            Some(e) if e != r.range.epoch => Err(KvError::EpochNotMatch {
-                current: vec![r.range.clone()],
-            }),
-            _ => Ok(r),
-        }
     }
 
     fn on_raft(&mut self, batch: RaftBatch) {

@@ -470,8 +470,12 @@ impl Replica {
         self.wake();
         match self.check_merge_proposal(&command) {
             Ok(None) => {}
-            done => {
-                let _ = reply.send(done.map(|applied| applied.expect("some")));
+            Ok(Some(done)) => {
+                let _ = reply.send(Ok(done));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
                 return;
             }
         }
