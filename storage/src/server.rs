@@ -417,6 +417,13 @@ impl StoreService {
     /// Reads `key` from this store's replica of `range_id`, whatever its role.
     async fn read_replica(&self, range_id: RangeId, key: &[u8]) -> KvResponse {
         let (range, _) = self.describe(range_id).await?;
+        // A replica still waiting for its first snapshot spans nothing yet (its empty
+        // descriptor would seem to span every key, and the read would see other ranges').
+        if range.epoch == Epoch::default() {
+            return Err(KvError::ServerBusy {
+                reason: format!("range {range_id}'s replica here has no data yet"),
+            });
+        }
         if !range.contains(key) {
             return Err(KvError::KeyNotInRange { range_id });
         }

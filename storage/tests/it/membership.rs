@@ -705,3 +705,43 @@ async fn a_late_destroy_notice_spares_a_replica_added_back_since() {
     assert!(!held().await, "a notice naming the replica destroys it");
     cluster.shutdown().await;
 }
+
+/// A replica still waiting for its first snapshot has an empty descriptor, which would
+/// seem to span every key: a read of that replica answers busy instead of whatever other
+/// ranges on its store hold (a chaos run took such an answer for a diverged copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_waiting_for_its_first_snapshot_reads_as_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, leader, client) = four_stores_one_joining(dir.path()).await;
+    must_put(&client, 1).await;
+    hold_snapshot_builds(&cluster, true);
+    // Answered busy after a few seconds: the learner waits for the held snapshot.
+    let _ = try_add(&cluster, leader, 3).await;
+    let waiting = range_on(&cluster, 3, FIRST_RANGE_ID)
+        .await
+        .expect("the new replica exists");
+    assert_eq!(
+        waiting.range.epoch,
+        shale_rpc::Epoch::default(),
+        "no data yet"
+    );
+    let req = shale_rpc::KvRequest {
+        range_id: FIRST_RANGE_ID,
+        epoch: None,
+        op: shale_rpc::KvOp::GetReplica { key: key(1) },
+    };
+    let frame = shale_rpc::Frame::encode(shale_rpc::FrameKind::KvRequest, &req).unwrap();
+    let transport =
+        shale_rpc::transport::Transport::client(&cluster.identity, Default::default()).unwrap();
+    let reply = transport
+        .call(cluster.node(3).unwrap().addr(), &frame)
+        .await
+        .unwrap();
+    let answer: shale_rpc::KvResponse = reply.decode(shale_rpc::FrameKind::KvResponse).unwrap();
+    match answer {
+        Err(KvError::ServerBusy { reason }) => assert!(reason.contains("no data yet"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    hold_snapshot_builds(&cluster, false);
+    cluster.shutdown().await;
+}
