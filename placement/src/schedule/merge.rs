@@ -1,7 +1,7 @@
 //! Merging small, cold neighbours: ranges split for size or load that since shrank or
 //! cooled would otherwise stay apart forever, each costing its stores a Raft group. A
-//! merge moves no data, so neighbours on different stores are lined up first: the right
-//! one's replicas move, one at a time, to the left one's stores.
+//! merge moves no data, so neighbours on different stores are lined up first: the
+//! smaller one's replicas move, one at a time, to the other's stores.
 
 use shale_rpc::placement::RangeStep;
 
@@ -11,7 +11,7 @@ use crate::view::RangeView;
 impl Planner<'_> {
     /// Has the left of each pair of small, cold, settled neighbours take the right one
     /// over (`RangeStep::Merge`), or, with their replicas on different stores, moves one
-    /// of the right one's replicas to a store of the left one.
+    /// of the smaller one's replicas to a store of the other.
     pub(super) fn merge_small(&mut self) {
         if self.config.merge_size_bytes_max == 0 {
             return;
@@ -23,11 +23,13 @@ impl Planner<'_> {
                 return;
             }
             let (left, right) = (pair[0], pair[1]);
-            if self.busy.ranges.contains(&right.range.id) {
-                // One of its replicas may be moving to line it up: the balancer must not
-                // move the left one's meanwhile, or the two never meet.
+            let busy = |r: &RangeView| self.busy.ranges.contains(&r.range.id);
+            if busy(left) || busy(right) {
+                // One of them may be lining up: the balancer must not move the other's
+                // replicas meanwhile, or the two never meet.
                 if self.small_cold_neighbours(left, right) {
                     self.busy.ranges.insert(left.range.id);
+                    self.busy.ranges.insert(right.range.id);
                 }
                 continue;
             }
@@ -41,33 +43,40 @@ impl Planner<'_> {
                     end_key: right.range.end_key.clone(),
                 };
                 self.push(left, "merge-small", vec![step]);
-            } else if let Some(steps) = self.line_up(left, right) {
-                self.push(right, "merge-line-up", steps);
-                self.busy.ranges.insert(left.range.id);
+                continue;
+            }
+            // The smaller one moves: a new replica is a snapshot of it.
+            let (mover, other) = match left.size_bytes < right.size_bytes {
+                true => (left, right),
+                false => (right, left),
+            };
+            if let Some(steps) = self.line_up(mover, other) {
+                self.push(mover, "merge-line-up", steps);
+                self.busy.ranges.insert(other.range.id);
             }
         }
     }
 
-    /// Moves one replica of `right` from a store `left` does not use to one it does.
-    fn line_up(&self, left: &RangeView, right: &RangeView) -> Option<Vec<RangeStep>> {
-        let from = right
+    /// Moves one replica of `mover` from a store `other` does not use to one it does.
+    fn line_up(&self, mover: &RangeView, other: &RangeView) -> Option<Vec<RangeStep>> {
+        let from = mover
             .range
             .store_ids()
             .into_iter()
-            .find(|&s| left.range.replica_on(s).is_none())?;
-        let to = left.range.store_ids().into_iter().find(|&s| {
-            right.range.replica_on(s).is_none()
+            .find(|&s| other.range.replica_on(s).is_none())?;
+        let to = other.range.store_ids().into_iter().find(|&s| {
+            mover.range.replica_on(s).is_none()
                 && self.is_up(s)
                 && self.has_room(s)
                 && self.has_room(from)
                 && !(self.shunned(s) || self.low(s) || self.nearly_full(s))
-                && self.zone_allows(right, from, s)
+                && self.zone_allows(mover, from, s)
         })?;
         let remove = RangeStep::RemoveReplica {
-            range_id: right.range.id,
+            range_id: mover.range.id,
             store_id: from,
         };
-        Some(vec![self.add_step(right, to), remove])
+        Some(vec![self.add_step(mover, to), remove])
     }
 
     /// Whether `left` may take `right` over now (once on the same stores).

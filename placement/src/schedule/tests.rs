@@ -653,6 +653,45 @@ fn scattered_neighbours_line_up_then_merge() {
 }
 
 #[test]
+fn the_smaller_neighbour_moves_to_line_up() {
+    let mut sim = Sim::new(4, 4, 2, no_zone);
+    sim.config.merge_after_split_ms = 0;
+    sim.now_ms = 1000;
+    let ranges: Vec<RangeView> = sim.view.ranges.values().cloned().collect();
+    for (r, size) in ranges.iter().zip([8u64 << 20, 1 << 20]) {
+        let report = RangeReport {
+            size_bytes: size,
+            ..RangeReport::quiet(r.range.clone(), r.term)
+        };
+        let hot = sim.config.hot();
+        sim.view
+            .apply_report(r.leader.unwrap(), &report, sim.now_ms, hot);
+    }
+    let big = ranges
+        .iter()
+        .find(|r| r.range.start_key.is_empty())
+        .unwrap();
+    let big_stores = big.range.store_ids();
+    sim.pass(&[]);
+    let moving: Vec<&Operator> = sim.operators.values().collect();
+    assert_eq!(moving.len(), 1, "{moving:?}");
+    assert_ne!(
+        moving[0].range_id, big.range.id,
+        "the 1 MiB range moves, not the 8 MiB one"
+    );
+    for _ in 0..20 {
+        sim.pass(&[]);
+    }
+    assert_eq!(sim.view.ranges.len(), 1);
+    let only = sim.view.ranges.values().next().unwrap();
+    assert_eq!(
+        only.range.store_ids(),
+        big_stores,
+        "merged where the larger one was"
+    );
+}
+
+#[test]
 fn busy_neighbours_stay_apart() {
     let mut sim = Sim::new(3, 3, 2, no_zone);
     sim.config.merge_after_split_ms = 0;
