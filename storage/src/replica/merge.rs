@@ -57,7 +57,7 @@ impl Replica {
     }
 
     /// How long this replica has been frozen.
-    pub fn frozen_for(&self) -> Option<Duration> {
+    pub fn time_frozen(&self) -> Option<Duration> {
         self.merge.frozen_at.map(|at| at.elapsed())
     }
 
@@ -144,16 +144,11 @@ impl Replica {
 
     /// A merge entry in the log not yet applied (a membership change must wait for it).
     pub(super) fn merge_in_flight(&self) -> bool {
-        let log = &self.node.raft.raft_log;
-        let unapplied = log
-            .entries(log.applied + 1, None, raft::GetEntriesContext::empty(false))
-            .unwrap_or_default();
-        unapplied.iter().any(|e| {
-            e.get_entry_type() == EntryType::EntryNormal
-                && matches!(
-                    Command::decode(&e.data),
-                    Ok(Command::PrepareMerge { .. } | Command::CommitMerge { .. })
-                )
+        self.unapplied_commands().any(|c| {
+            matches!(
+                c,
+                Command::PrepareMerge { .. } | Command::CommitMerge { .. }
+            )
         })
     }
 

@@ -529,14 +529,9 @@ impl Replica {
         if let Ok(Some(_)) = self.engine.get(Cf::Raft, &marker) {
             return Ok(false);
         }
-        let log = &self.node.raft.raft_log;
-        let unapplied = log
-            .entries(log.applied + 1, None, raft::GetEntriesContext::empty(false))
-            .unwrap_or_default();
-        let pending = unapplied.iter().any(|e| {
-            e.get_entry_type() == EntryType::EntryNormal
-                && matches!(Command::decode(&e.data), Ok(Command::IngestStaged { id: other, .. }) if other == id)
-        });
+        let pending = self
+            .unapplied_commands()
+            .any(|c| matches!(c, Command::IngestStaged { id: other, .. } if other == id));
         if pending {
             return Err(KvError::ServerBusy {
                 reason: "an ingest of this staged file is in flight".into(),
@@ -550,6 +545,19 @@ impl Replica {
             return Err(KvError::NotStaged { store_id });
         }
         Ok(true)
+    }
+
+    /// The commands of entries in the log not yet applied here (leaders' own proposals
+    /// among them).
+    fn unapplied_commands(&self) -> impl Iterator<Item = Command> {
+        let log = &self.node.raft.raft_log;
+        let unapplied = log
+            .entries(log.applied + 1, None, raft::GetEntriesContext::empty(false))
+            .unwrap_or_default();
+        unapplied
+            .into_iter()
+            .filter(|e| e.get_entry_type() == EntryType::EntryNormal)
+            .filter_map(|e| Command::decode(&e.data).ok())
     }
 
     /// Whether a size check is due (once): `Written` when the range took `threshold`

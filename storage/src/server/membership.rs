@@ -119,14 +119,8 @@ impl StoreService {
         let change = single_change(ConfChangeType::RemoveNode, target.id);
         let changed = self.change(range_id, change, new_range).await?;
         // The removed replica may never apply its own removal; tell its store directly.
-        let addr = self
-            .addresses
-            .read()
-            .expect("address book lock")
-            .get(&store_id)
-            .cloned();
-        let addr = addr.filter(|_| !self.faults.removal_notices_lost());
-        if let Some(addr) = addr.and_then(|a| shale_rpc::client::parse_addr(&a).ok()) {
+        let addr = self.store_addr(store_id).ok();
+        if let Some(addr) = addr.filter(|_| !self.faults.removal_notices_lost()) {
             let req = AdminRequest::DestroyReplica {
                 range_id,
                 replica_id: target.id,

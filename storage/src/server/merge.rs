@@ -250,7 +250,8 @@ impl StoreService {
         }
     }
 
-    fn store_addr(&self, store_id: StoreId) -> Result<std::net::SocketAddr, String> {
+    /// Where `store_id` listens, as this store's address book has it.
+    pub(super) fn store_addr(&self, store_id: StoreId) -> Result<std::net::SocketAddr, String> {
         let addr = self
             .addresses
             .read()

@@ -101,19 +101,29 @@ impl<S: RaftSender> Store<S> {
             self.unborn
                 .insert(state.descriptor.id, state.descriptor.clone());
         }
+        self.flush_off_loop("split", move |result| StoreMsg::SplitsFlushed {
+            born,
+            result,
+        });
+    }
+
+    /// Flushes applied data on a thread of its own, then hands the loop `then(outcome)`
+    /// (splits and merges wait for their state to be on disk this way).
+    pub(super) fn flush_off_loop(
+        &self,
+        what: &str,
+        then: impl FnOnce(Result<(), String>) -> StoreMsg + Send + 'static,
+    ) {
         let engine = self.engine.clone();
         let tx = self.self_tx.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("store-{}-split-flush", self.store_id))
+            .name(format!("store-{}-{what}-flush", self.store_id))
             .spawn(move || {
                 let result = engine.flush_applied().map_err(|e| e.to_string());
-                let _ = tx.send(StoreMsg::SplitsFlushed { born, result });
+                let _ = tx.send(then(result));
             });
         if let Err(e) = spawned {
-            panic!(
-                "store {}: cannot start the flush of split ranges: {e}",
-                self.store_id
-            );
+            panic!("store {}: cannot start a {what} flush: {e}", self.store_id);
         }
     }
 

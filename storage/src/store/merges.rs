@@ -33,24 +33,11 @@ impl<S: RaftSender> Store<S> {
         if froze.is_empty() && merged.is_empty() {
             return;
         }
-        let engine = self.engine.clone();
-        let tx = self.self_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("store-{}-merge-flush", self.store_id))
-            .spawn(move || {
-                let result = engine.flush_applied().map_err(|e| e.to_string());
-                let _ = tx.send(StoreMsg::MergesFlushed {
-                    froze,
-                    merged,
-                    result,
-                });
-            });
-        if let Err(e) = spawned {
-            panic!(
-                "store {}: cannot start the flush of a merge: {e}",
-                self.store_id
-            );
-        }
+        self.flush_off_loop("merge", move |result| StoreMsg::MergesFlushed {
+            froze,
+            merged,
+            result,
+        });
     }
 
     /// The flush `after_merges` asked for is done.
@@ -188,7 +175,7 @@ impl<S: RaftSender> Store<S> {
     pub(super) fn stuck_merges(&self, older_than: std::time::Duration) -> Vec<StuckMerge> {
         self.replicas
             .values()
-            .filter(|r| r.is_leader() && r.frozen_for().is_some_and(|d| d >= older_than))
+            .filter(|r| r.is_leader() && r.time_frozen().is_some_and(|d| d >= older_than))
             .filter_map(|r| {
                 let t = r.frozen()?;
                 let target = self.replicas.get(&t.range_id)?;
