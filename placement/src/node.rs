@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{parse_addr, ClientConfig, KvClient, FIRST_RANGE_ID};
-use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::transport::{watch_tls, Transport, TransportConfig};
 use shale_rpc::StoreAddr;
 use shale_storage::config::{PeerConfig, RaftConfig, SplitConfig, StoreConfig};
 use shale_storage::{StorageError, StoreNode};
@@ -49,7 +49,7 @@ impl PlacementNode {
             })
             .collect();
         let client_transport = Transport::client(identity, control_transport())?;
-        let kv = KvClient::new(client_transport, &peers, ClientConfig::default())
+        let kv = KvClient::new(client_transport.clone(), &peers, ClientConfig::default())
             .map_err(|e| StorageError::Config(e.to_string()))?;
         let service = Arc::new(PlacementService::new(config.clone(), Arc::new(kv)));
         let listen =
@@ -57,6 +57,8 @@ impl PlacementNode {
         let api = Transport::bind(listen, identity, control_transport())?;
         let tasks = vec![
             api.serve(service.clone()),
+            // The group's store watches its own endpoints.
+            watch_tls(config.tls.clone(), &[api.clone(), client_transport]),
             tokio::spawn(follow_leadership(store.clone(), service.clone())),
             tokio::spawn(schedule_loop(
                 service.clone(),

@@ -2,7 +2,7 @@
 //! into rustls configurations for mutual TLS. Every node presents a certificate signed by
 //! the cluster CA and accepts only peers that do the same.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
@@ -10,7 +10,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use serde::{Deserialize, Serialize};
 
 use crate::RpcError;
 
@@ -161,6 +162,34 @@ fn read_pair(cert: &Path, key: &Path) -> Result<PemPair, RpcError> {
     })
 }
 
+/// Paths of a node's PEM files for mutual TLS (`[tls]` in its config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TlsPaths {
+    /// The cluster CA certificate(s); peers must present certificates one of them
+    /// signed. During a CA rotation it holds the old CA and the new one.
+    pub ca_cert: PathBuf,
+    /// This node's certificate, signed by the cluster CA.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+    /// Seconds between looks at the three files: once they change (and load), new
+    /// connections use them, and live ones with a peer whose certificate the CA file no
+    /// longer vouches for are closed. 0: read only at start.
+    pub reload_check_secs: u64,
+}
+
+impl Default for TlsPaths {
+    fn default() -> Self {
+        TlsPaths {
+            ca_cert: PathBuf::from("certs/ca.pem"),
+            cert: PathBuf::from("certs/node.pem"),
+            key: PathBuf::from("certs/node.key"),
+            reload_check_secs: 10,
+        }
+    }
+}
+
 /// What a node needs for mutual TLS: the cluster CA certificate and its own pair.
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {
@@ -221,6 +250,48 @@ impl TlsIdentity {
         let key = PrivateKeyDer::from_pem_slice(self.node.key_pem.as_bytes())
             .map_err(|e| RpcError::Certs(format!("node key PEM: {e}")))?;
         Ok((chain, key))
+    }
+
+    /// Whether the CA certificates vouch for a peer's certificate `chain` (its own
+    /// first): as a server's (`as_server`, the name every node carries) or a client's.
+    /// Why not, if they do not.
+    pub fn vouches_for(&self, chain: &[CertificateDer<'_>], as_server: bool) -> Result<(), String> {
+        let (end, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| "no certificate presented".to_string())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(self.roots().map_err(|e| e.to_string())?);
+        let now = UnixTime::now();
+        if as_server {
+            let verifier =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+            let name = ServerName::try_from(NODE_SERVER_NAME).map_err(|e| e.to_string())?;
+            rustls::client::danger::ServerCertVerifier::verify_server_cert(
+                verifier.as_ref(),
+                end,
+                intermediates,
+                &name,
+                &[],
+                now,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        } else {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+            rustls::server::danger::ClientCertVerifier::verify_client_cert(
+                verifier.as_ref(),
+                end,
+                intermediates,
+                now,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
     }
 
     /// TLS server side: requires a client certificate signed by the cluster CA.

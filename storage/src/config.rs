@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+/// Paths of the PEM files for mutual TLS (kept with the transport that reloads them).
+pub use shale_rpc::certs::TlsPaths;
 use shale_rpc::transport::TransportConfig;
 
 use crate::engine::EngineConfig;
@@ -142,28 +144,6 @@ impl Default for StoreConfig {
             labels: Default::default(),
             placement: Default::default(),
             gauge_label: None,
-        }
-    }
-}
-
-/// Paths of the PEM files for mutual TLS.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-pub struct TlsPaths {
-    /// The cluster CA certificate; peers must present certificates it signed.
-    pub ca_cert: PathBuf,
-    /// This node's certificate, signed by the cluster CA.
-    pub cert: PathBuf,
-    /// This node's private key.
-    pub key: PathBuf,
-}
-
-impl Default for TlsPaths {
-    fn default() -> Self {
-        TlsPaths {
-            ca_cert: PathBuf::from("certs/ca.pem"),
-            cert: PathBuf::from("certs/node.pem"),
-            key: PathBuf::from("certs/node.key"),
         }
     }
 }

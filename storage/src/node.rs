@@ -13,7 +13,7 @@ use shale_rpc::certs::TlsIdentity;
 use shale_rpc::client::{parse_addr, ClientConfig, KvClient, FIRST_RANGE_ID};
 use shale_rpc::placement::ClusterId;
 use shale_rpc::placement_client::PlacementClient;
-use shale_rpc::transport::{Transport, TransportConfig};
+use shale_rpc::transport::{watch_tls, Transport, TransportConfig};
 use shale_rpc::RpcError;
 use shale_rpc::{
     Epoch, KvError, RangeDescriptor, RangeId, RangeStatus, ReplicaDescriptor, StoreAddr, StoreId,
@@ -45,6 +45,9 @@ pub struct StoreNode {
     tx: std::sync::mpsc::SyncSender<StoreMsg>,
     loop_thread: Option<JoinHandle<()>>,
     transport: Arc<Transport>,
+    /// Swaps changed certificates into the node's endpoints (serving, and calling
+    /// placement) as `tls.reload-check-secs` says.
+    tls_task: tokio::task::JoinHandle<()>,
     serve_task: tokio::task::JoinHandle<()>,
     split_task: tokio::task::JoinHandle<()>,
     heartbeat_task: Option<tokio::task::JoinHandle<()>>,
@@ -307,6 +310,9 @@ impl StoreNode {
             config.ingest.stage_builds_max,
             space.clone(),
         ));
+        let mut endpoints = vec![transport.clone()];
+        endpoints.extend(placement.as_ref().map(|(p, _)| p.transport().clone()));
+        let tls_task = watch_tls(config.tls.clone(), &endpoints);
         let heartbeat_task = placement.map(|(placement, cluster_id)| {
             tokio::spawn(
                 Heartbeats {
@@ -340,6 +346,7 @@ impl StoreNode {
             tx,
             loop_thread: Some(loop_thread),
             transport,
+            tls_task,
             serve_task,
             split_task,
             heartbeat_task,
@@ -420,6 +427,7 @@ impl StoreNode {
     /// Stops serving, lets the loop finish its round, and closes the engine.
     pub async fn shutdown(mut self) {
         self.transport.close();
+        self.tls_task.abort();
         self.serve_task.abort();
         self.split_task.abort();
         self.space_task.abort();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use shale_rpc::certs::TlsIdentity;
+use shale_rpc::certs::{TlsIdentity, TlsPaths};
 use shale_rpc::client::{ClientConfig, KvClient};
 use shale_rpc::placement_client::PlacementClient;
 use shale_rpc::transport::{Transport, TransportConfig};
@@ -61,6 +61,16 @@ impl ClusterFile {
             .iter()
             .find(|s| s.store_id == store_id)
             .and_then(|s| shale_rpc::client::parse_addr(&s.addr).ok())
+    }
+
+    /// The certificate files, looked at again every 10 s by a long-running client.
+    pub fn tls_paths(&self) -> TlsPaths {
+        TlsPaths {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ..TlsPaths::default()
+        }
     }
 
     pub fn identity(&self) -> anyhow::Result<TlsIdentity> {

@@ -88,7 +88,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     } else {
         "http"
     };
-    let gateway = Gateway::start(&config, file.client()?)
+    let client = file.client()?;
+    // The client certificate for the cluster is reloaded as stores reload theirs.
+    let _tls = shale_rpc::transport::watch_tls(file.tls_paths(), &[client.transport().clone()]);
+    let gateway = Gateway::start(&config, client)
         .await
         .context("start the S3 endpoint")?;
     info!(endpoint = %format!("{scheme}://{}", gateway.addr()), "gateway ready");

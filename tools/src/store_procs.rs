@@ -95,6 +95,7 @@ impl StoreProcs {
             ca_cert: certs.join("ca.pem"),
             cert: certs.join("node.pem"),
             key: certs.join("node.key"),
+            ..TlsPaths::default()
         };
         let identity = TlsIdentity::from_files(&tls.ca_cert, &tls.cert, &tls.key)?;
         let metrics_ports = if with_metrics {

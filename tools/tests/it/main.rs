@@ -1,6 +1,7 @@
 //! Tests of the `shale` binary as real processes.
 
 mod bench_json;
+mod cert_rotation;
 mod chaos;
 mod ctl;
 mod dev;

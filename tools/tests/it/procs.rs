@@ -157,6 +157,8 @@ pub fn store_procs_joining(
                 ca_cert: certs.join("ca.pem"),
                 cert: certs.join("node.pem"),
                 key: certs.join("node.key"),
+                // Certificate rotation tests change the files under running stores.
+                reload_check_secs: 1,
             };
             let config_path = dir.join(format!("store-{}.toml", config.store_id));
             std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
@@ -213,6 +215,7 @@ fn placement_procs_with(
             ca_cert: certs.join("ca.pem"),
             cert: certs.join("node.pem"),
             key: certs.join("node.key"),
+            reload_check_secs: 1,
         };
         config.schedule.store_down_after_ms = 3000;
         config.schedule.interval_ms = 200;

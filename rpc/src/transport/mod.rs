@@ -7,12 +7,18 @@
 //! `probe-after-ms`, the transport pings the peer on the same connection; no answer
 //! within `probe-timeout-ms` fails the request at once as `Unresponsive` and marks the
 //! address suspect for a while, so callers can try another replica first.
+//!
+//! Certificates can be swapped while the transport runs (`reload`).
+
+mod reload;
+
+pub use reload::watch_tls;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -140,6 +146,19 @@ fn client_config(
     Ok(client_config)
 }
 
+/// Server settings of an endpoint bound to `addr`.
+fn server_config(
+    identity: &TlsIdentity,
+    config: &TransportConfig,
+    addr: SocketAddr,
+) -> Result<quinn::ServerConfig, RpcError> {
+    let quic_server = QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| RpcError::Tls(e.to_string()))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+    server_config.transport_config(config.quinn_transport(config.mtu_bound(addr))?);
+    Ok(server_config)
+}
+
 /// quinn's default for the largest datagram an endpoint accepts (Ethernet's 1,500 bytes
 /// less the IP and UDP headers).
 const QUIC_ETHERNET_PAYLOAD: u16 = 1_472;
@@ -256,15 +275,20 @@ struct Peer {
 /// A QUIC endpoint that can both serve and call.
 pub struct Transport {
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    /// Whether `endpoint` accepts connections (it was bound with server settings).
+    serving: bool,
+    client_config: RwLock<quinn::ClientConfig>,
     /// A second, calling-only endpoint bound to loopback, for peers on loopback when
     /// `endpoint` is not (loopback endpoints search for larger packets); made on first
     /// use.
     loopback: Mutex<Option<(quinn::Endpoint, quinn::ClientConfig)>>,
     /// Whether `endpoint` itself is bound to loopback (then it calls loopback peers).
     on_loopback: bool,
-    identity: TlsIdentity,
+    identity: RwLock<TlsIdentity>,
     connections: Mutex<HashMap<SocketAddr, Peer>>,
+    /// Connections peers opened to this endpoint, by stable id, while they are served.
+    incoming: Arc<Mutex<HashMap<usize, quinn::Connection>>>,
+    closed: AtomicBool,
     /// Addresses that recently failed, and when.
     suspects: Mutex<HashMap<SocketAddr, Instant>>,
     started: Instant,
@@ -280,22 +304,20 @@ impl Transport {
         identity: &TlsIdentity,
         config: TransportConfig,
     ) -> Result<Arc<Self>, RpcError> {
-        let quic_server = QuicServerConfig::try_from(identity.server_config()?)
-            .map_err(|e| RpcError::Tls(e.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-        server_config.transport_config(config.quinn_transport(config.mtu_bound(addr))?);
-        let endpoint = endpoint(addr, Some(server_config), &config)?;
-        Self::with_endpoint(endpoint, identity, config)
+        let server = server_config(identity, &config, addr)?;
+        let endpoint = endpoint(addr, Some(server), &config)?;
+        Self::with_endpoint(endpoint, true, identity, config)
     }
 
     /// A calling-only endpoint on an ephemeral loopback-or-any port.
     pub fn client(identity: &TlsIdentity, config: TransportConfig) -> Result<Arc<Self>, RpcError> {
         let endpoint = endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None, &config)?;
-        Self::with_endpoint(endpoint, identity, config)
+        Self::with_endpoint(endpoint, false, identity, config)
     }
 
     fn with_endpoint(
         endpoint: quinn::Endpoint,
+        serving: bool,
         identity: &TlsIdentity,
         config: TransportConfig,
     ) -> Result<Arc<Self>, RpcError> {
@@ -303,11 +325,14 @@ impl Transport {
         let client_config = client_config(identity, &config, config.mtu_bound(local))?;
         Ok(Arc::new(Transport {
             endpoint,
-            client_config,
+            serving,
+            client_config: RwLock::new(client_config),
             loopback: Mutex::new(None),
             on_loopback: local.ip().is_loopback(),
-            identity: identity.clone(),
+            identity: RwLock::new(identity.clone()),
             connections: Mutex::new(HashMap::new()),
+            incoming: Arc::default(),
+            closed: AtomicBool::new(false),
             suspects: Mutex::new(HashMap::new()),
             started: Instant::now(),
             config,
@@ -326,13 +351,22 @@ impl Transport {
     /// Accepts connections and serves their streams until the endpoint is closed.
     pub fn serve<S: Service>(self: &Arc<Self>, service: Arc<S>) -> JoinHandle<()> {
         let endpoint = self.endpoint.clone();
+        let served = self.incoming.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
-                let service = service.clone();
+                let (service, served) = (service.clone(), served.clone());
                 tokio::spawn(async move {
                     let remote = incoming.remote_address();
                     match incoming.await {
-                        Ok(conn) => serve_connection(conn, service).await,
+                        Ok(conn) => {
+                            let id = conn.stable_id();
+                            served
+                                .lock()
+                                .expect("incoming lock")
+                                .insert(id, conn.clone());
+                            serve_connection(conn, service).await;
+                            served.lock().expect("incoming lock").remove(&id);
+                        }
                         Err(e) => debug!(%remote, error = %e, "refused incoming connection"),
                     }
                 });
@@ -518,13 +552,25 @@ impl Transport {
         addr: SocketAddr,
     ) -> Result<(quinn::Endpoint, quinn::ClientConfig), RpcError> {
         if !addr.ip().is_loopback() || self.on_loopback {
-            return Ok((self.endpoint.clone(), self.client_config.clone()));
+            return Ok((
+                self.endpoint.clone(),
+                self.client_config
+                    .read()
+                    .expect("client config lock")
+                    .clone(),
+            ));
         }
         let mut loopback = self.loopback.lock().expect("loopback lock");
         if let Some(made) = loopback.as_ref() {
             // Made for the other address family: such a peer takes the main endpoint.
             if made.0.local_addr()?.is_ipv4() != addr.is_ipv4() {
-                return Ok((self.endpoint.clone(), self.client_config.clone()));
+                return Ok((
+                    self.endpoint.clone(),
+                    self.client_config
+                        .read()
+                        .expect("client config lock")
+                        .clone(),
+                ));
             }
             return Ok(made.clone());
         }
@@ -532,12 +578,22 @@ impl Transport {
         let made = match endpoint(local, None, &self.config) {
             Ok(endpoint) => (
                 endpoint,
-                client_config(&self.identity, &self.config, self.config.mtu_bound(local))?,
+                client_config(
+                    &self.identity.read().expect("identity lock"),
+                    &self.config,
+                    self.config.mtu_bound(local),
+                )?,
             ),
             Err(e) => {
                 // Calls still work from the main endpoint, with smaller packets.
                 warn!(%local, error = %e, "could not bind a loopback endpoint");
-                return Ok((self.endpoint.clone(), self.client_config.clone()));
+                return Ok((
+                    self.endpoint.clone(),
+                    self.client_config
+                        .read()
+                        .expect("client config lock")
+                        .clone(),
+                ));
             }
         };
         *loopback = Some(made.clone());
@@ -590,6 +646,7 @@ impl Transport {
 
     /// Closes every connection and stops serving.
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         self.connections.lock().expect("connections lock").clear();
         self.endpoint.close(0u32.into(), b"shutdown");
         if let Some((loopback, _)) = self.loopback.lock().expect("loopback lock").as_ref() {

@@ -1,0 +1,147 @@
+//! Three `shale store` processes move to a new cluster CA while a client writes, with
+//! no restart: first every store trusts both CAs, then each takes a certificate of the
+//! new one, then the old CA goes. Stores keep replicating throughout, no acknowledged
+//! write is lost, and a node of the old CA is shut out at the end, even from the
+//! connection it had open.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shale_rpc::certs::{generate_ca, issue_node_cert, load_ca_dir, TlsIdentity};
+use shale_rpc::client::ClientConfig;
+
+use crate::procs::*;
+
+fn key(i: u64) -> Bytes {
+    Bytes::from(format!("rot{i:06}"))
+}
+
+/// Replaces a file whole, as a certificate tool would.
+fn replace(path: &Path, text: &str) {
+    let fresh = path.with_extension("new");
+    std::fs::write(&fresh, text).unwrap();
+    std::fs::rename(&fresh, path).unwrap();
+}
+
+/// Waits until every store has logged its `n`th certificate reload.
+async fn reloaded(procs: &[StoreProc], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let counts: Vec<usize> = procs
+            .iter()
+            .map(|p| p.log_text().matches("TLS certificates reloaded").count())
+            .collect();
+        if counts.iter().all(|&c| c >= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stores did not reload their certificates {n} times: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_move_to_a_new_ca_without_a_restart_and_lose_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut procs, old_identity) = store_procs(dir.path(), 3);
+    let (transport, _) = start_all(&mut procs, &old_identity).await;
+    let old_client = kv_client(
+        transport,
+        &procs,
+        ClientConfig {
+            deadline_ms: 3_000,
+            ..ClientConfig::default()
+        },
+    );
+    old_client.put(key(0), Bytes::from("before")).await.unwrap();
+
+    // A writer through a client of the new CA that trusts both (as the new nodes
+    // would), keeping every write acknowledged; bounded by count and by `stop`.
+    let certs = dir.path().join("certs");
+    let old_ca = load_ca_dir(&certs).unwrap();
+    let new_ca = generate_ca().unwrap();
+    let both = format!("{}{}", old_ca.cert_pem, new_ca.cert_pem);
+    let new_identity = TlsIdentity {
+        ca_cert_pem: both.clone(),
+        node: issue_node_cert(&new_ca, "client", &[]).unwrap(),
+    };
+    let new_client = Arc::new(kv_client(
+        client_transport(&new_identity),
+        &procs,
+        patient_client_config(),
+    ));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Step 1: every store trusts both CAs; the new CA's client gets in.
+    replace(&certs.join("ca.pem"), &both);
+    reloaded(&procs, 1).await;
+    let writer = {
+        let (client, acked, stop) = (new_client.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            for i in 1..5_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if client
+                    .put(key(i), Bytes::from(format!("v{i}")))
+                    .await
+                    .is_ok()
+                {
+                    acked.lock().unwrap().push(i);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Step 2: each store's own certificate is the new CA's.
+    let node = issue_node_cert(&new_ca, "node", &[]).unwrap();
+    replace(&certs.join("node.key"), &node.key_pem);
+    replace(&certs.join("node.pem"), &node.cert_pem);
+    reloaded(&procs, 2).await;
+    // Step 3: the old CA goes. Connections between stores made before step 2 carry
+    // old certificates: they are closed, and the stores reconnect with new ones.
+    replace(&certs.join("ca.pem"), &new_ca.cert_pem);
+    reloaded(&procs, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 50,
+        "writes went on: {} acknowledged",
+        acked.len()
+    );
+    // A write now needs a majority of stores talking over new connections.
+    new_client
+        .put(key(9_999_999), Bytes::from("after"))
+        .await
+        .unwrap();
+    for i in acked {
+        let got = new_client.get(key(i)).await.unwrap();
+        assert_eq!(got, Some(Bytes::from(format!("v{i}"))), "key {i}");
+    }
+    assert_eq!(
+        new_client.get(key(0)).await.unwrap(),
+        Some(Bytes::from("before"))
+    );
+    // The old CA's node is shut out, connection and all.
+    let refused = old_client.put(key(1), Bytes::from("late")).await;
+    assert!(
+        refused.is_err(),
+        "an old CA's node still writes: {refused:?}"
+    );
+    for p in procs.iter_mut() {
+        assert!(
+            p.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "a store exited during the rotation:\n{}",
+            p.log_tail()
+        );
+    }
+}
