@@ -31,8 +31,9 @@ pub const NODE_SERVER_NAME: &str = "shale-node";
 /// heartbeats say whether a store is low on disk space, placement's answers name the
 /// low stores, and `KvError::NoSpace` (session 29). Version 8: merges — new Raft log
 /// commands an older store could not apply, merge admin requests and placement steps,
-/// frozen replicas in status and leaderless reports (session 30).
-pub const ALPN: &[u8] = b"shale/8";
+/// frozen replicas in status and leaderless reports (session 30). Version 9: a snapshot
+/// header carries its range's freeze for a merge (session 31).
+pub const ALPN: &[u8] = b"shale/9";
 
 const CA_COMMON_NAME: &str = "Shale cluster CA";
 /// File names inside a certificate directory.

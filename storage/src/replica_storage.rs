@@ -12,7 +12,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 use shale_rpc::RangeId;
 
-use crate::command::{ApplyState, TruncatedState, RANGE_INIT_INDEX, RANGE_INIT_TERM};
+use crate::command::{ApplyState, MergeTarget, TruncatedState, RANGE_INIT_INDEX, RANGE_INIT_TERM};
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
 use crate::snapshot::BuildJob;
@@ -73,6 +73,8 @@ pub struct SnapshotSource {
     pub range: shale_rpc::RangeDescriptor,
     pub applied_index: u64,
     pub applied_term: u64,
+    /// The merge the range is frozen for at that point, if any.
+    pub frozen: Option<MergeTarget>,
 }
 
 impl ReplicaStorage {
@@ -294,6 +296,7 @@ impl ReplicaStorage {
             index: source.applied_index,
             term: source.applied_term,
             conf_state: self.conf_state.clone(),
+            frozen: source.frozen,
         })
     }
 
@@ -729,6 +732,7 @@ mod tests {
             },
             applied_index: 12,
             applied_term: 6,
+            frozen: None,
         });
         let job = s.take_build_job().expect("asked for");
         assert_eq!((job.index, job.term, job.range.id), (12, 6, 7));

@@ -13,6 +13,7 @@ use raft::eraftpb::{ConfState, Snapshot};
 use serde::{Deserialize, Serialize};
 use shale_rpc::{RangeDescriptor, RangeId, StoreId};
 
+use crate::command::MergeTarget;
 use crate::engine::{Cf, Engine};
 use crate::faults::Faults;
 use crate::StorageError;
@@ -145,6 +146,7 @@ impl Batcher {
     pub fn finish(
         mut self,
         range: RangeDescriptor,
+        frozen: Option<MergeTarget>,
     ) -> Result<(SnapshotHeader, BuiltSnapshot), StorageError> {
         use std::io::Write;
         if !self.batch.is_empty() {
@@ -155,6 +157,7 @@ impl Batcher {
             range,
             pairs: self.pairs,
             bytes: self.bytes,
+            frozen,
         };
         Ok((header, self.built))
     }
@@ -175,6 +178,8 @@ pub struct BuildJob {
     pub index: u64,
     pub term: u64,
     pub conf_state: ConfState,
+    /// The merge the range is frozen for there, if any.
+    pub frozen: Option<MergeTarget>,
 }
 
 /// Builds a snapshot for `job` on a thread of its own and hands the outcome to `done`.
@@ -254,7 +259,7 @@ fn build(
         )));
     }
     let range_id = range.id;
-    let (header, built) = batcher.finish(range)?;
+    let (header, built) = batcher.finish(range, job.frozen)?;
     let mut snapshot = Snapshot {
         data: shale_rpc::codec::to_vec_sized(&header)?.into(),
         ..Default::default()
@@ -283,6 +288,9 @@ pub struct SnapshotHeader {
     /// Pairs that follow, and their key and value bytes together.
     pub pairs: u64,
     pub bytes: u64,
+    /// The merge the range was frozen for at the snapshot's index: the replica that
+    /// takes the snapshot is frozen too.
+    pub frozen: Option<MergeTarget>,
 }
 
 impl SnapshotHeader {
@@ -436,6 +444,7 @@ mod tests {
             index: 42,
             term: 6,
             conf_state,
+            frozen: None,
         };
         let faults = Arc::new(Faults::default());
         faults.hold_snapshot_builds(true);
@@ -500,7 +509,7 @@ mod tests {
         let path = dir.path().join("s.out");
         let mut batcher = Batcher::create(path.clone(), 1, 1).unwrap();
         batcher.push(b"key", b"value").unwrap();
-        let (_, built) = batcher.finish(whole_key_space(9)).unwrap();
+        let (_, built) = batcher.finish(whole_key_space(9), None).unwrap();
         assert!(built.batch(0).is_ok());
         let file = File::options().write(true).open(&path).unwrap();
         file.write_at(b"X", 3).unwrap();
@@ -526,7 +535,7 @@ mod tests {
             for (k, v) in &pairs {
                 batcher.push(k, v).unwrap();
             }
-            let (header, built) = batcher.finish(whole_key_space(9)).unwrap();
+            let (header, built) = batcher.finish(whole_key_space(9), None).unwrap();
             let mut m = raft::eraftpb::Message::default();
             m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
             m.mut_snapshot().data = shale_rpc::codec::to_vec_sized(&header).unwrap().into();

@@ -466,6 +466,7 @@ mod tests {
             range: range.clone(),
             pairs: claimed.unwrap_or(all.len() as u64),
             bytes: all.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
+            frozen: None,
         };
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgSnapshot);

@@ -40,6 +40,7 @@ impl Replica {
             range: self.range.clone(),
             applied_index: self.apply.applied_index,
             applied_term: self.apply.applied_term,
+            frozen: self.merge.frozen,
         };
         self.node.mut_store().set_snapshot_source(source);
     }
@@ -67,8 +68,8 @@ impl Replica {
                 meta.term, meta.index
             );
         };
-        let range = match SnapshotHeader::decode(&snapshot.data) {
-            Ok(h) => h.range,
+        let (range, frozen) = match SnapshotHeader::decode(&snapshot.data) {
+            Ok(h) => (h.range, h.frozen),
             Err(e) => {
                 panic!("range {range_id}: snapshot was checked on receipt but does not decode: {e}")
             }
@@ -92,9 +93,15 @@ impl Replica {
             METRICS.snapshots_ingested.inc();
         }
         self.range = range;
+        // The snapshot's freeze (its range was frozen for a merge at its index) is this
+        // replica's now, on disk once this round's batch is synced, before the loop
+        // answers anything: the target may then take its keys over.
+        self.merge.frozen = frozen;
+        self.merge.on_disk = frozen.is_some();
+        self.merge.frozen_at = frozen.map(|_| Instant::now());
         let state = RangeState {
             descriptor: self.range.clone(),
-            state: ReplicaState::Normal,
+            state: frozen.map_or(ReplicaState::Normal, ReplicaState::Frozen),
         };
         batch.put(
             Cf::Meta,

@@ -160,6 +160,7 @@ impl Replica {
         replica.merge.frozen = frozen;
         replica.merge.on_disk = frozen.is_some();
         replica.merge.frozen_at = frozen.map(|_| Instant::now());
+        replica.refresh_snapshot_source();
         Ok(replica)
     }
 
@@ -207,6 +208,7 @@ impl Replica {
             range: range.clone(),
             applied_index: apply.applied_index,
             applied_term: apply.applied_term,
+            frozen: None,
         });
         let raft_config = raft::Config {
             id: replica_id,

@@ -50,9 +50,9 @@ impl Replica {
     /// What to build the snapshot raft asked for from, if it did and this replica leads.
     /// Call between rounds, when every applied write is in the engine.
     pub fn take_snapshot_job(&mut self) -> Option<BuildJob> {
-        // A snapshot carries no merge state: a follower that took one would thaw. One
-        // that lags that far keeps the merge from committing; it is rolled back.
-        if !self.is_leader() || self.frozen().is_some() {
+        // A frozen range's snapshot carries its freeze (`SnapshotHeader::frozen`): a
+        // follower that lags that far takes the freeze with the data.
+        if !self.is_leader() {
             self.node.mut_store().drop_snapshot();
             return None;
         }

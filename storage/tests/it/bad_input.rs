@@ -183,6 +183,7 @@ async fn forged_snapshot_streams_are_refused_and_change_nothing() {
             range: before.range.clone(),
             pairs: 2,
             bytes: 2 * (key(3).len() + value(1).len()) as u64,
+            frozen: None,
         })
         .unwrap(),
     );

@@ -475,6 +475,7 @@ async fn a_busy_receiver_takes_the_leaders_snapshot_once_a_slot_frees() {
         range,
         pairs: 1,
         bytes: 1,
+        frozen: None,
     })
     .unwrap()
     .into();

@@ -307,3 +307,100 @@ async fn a_merge_left_frozen_by_its_coordinator_is_committed_by_the_stores() {
     must_get(&client, 701).await;
     cluster.shutdown().await;
 }
+
+/// The status of `range_id`'s replica on store `store`, if it holds one.
+async fn replica_status(
+    cluster: &LocalCluster,
+    store: usize,
+    range_id: RangeId,
+) -> Option<shale_rpc::RangeStatus> {
+    let status = cluster.node(store).unwrap().status().await;
+    status.into_iter().find(|st| st.range_id() == range_id)
+}
+
+/// A replica of the frozen range so far behind that only a snapshot can bring it up
+/// is sent one that carries the freeze, and the merge commits. Until session 31 frozen
+/// ranges built no snapshots: such a merge waited 3 s, was abandoned and rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_with_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start_new(dir.path(), 3, |c| {
+        c.log_gc.interval_ticks = 4;
+        c.log_gc.entries_min = 8;
+        c.log_gc.entries_max = 50;
+    })
+    .await
+    .unwrap();
+    cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
+    let client = patient(&cluster);
+    let (left, right) = client.split(key(500)).await.unwrap();
+    must_put(&client, 10).await;
+    let at = leader_of(&cluster, 3, right.id).await;
+    let lagging = (at + 1) % 3;
+    // Its store has the range (it applied the split) before it is cut off.
+    let started = Instant::now();
+    while replica_status(&cluster, lagging, right.id).await.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no split");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let faults = cluster.node(lagging).unwrap().faults();
+    faults.set_range_cut(right.id, true);
+    let behind = replica_status(&cluster, lagging, right.id)
+        .await
+        .unwrap()
+        .last_index;
+    let mut written = BTreeSet::from([10]);
+    let started = Instant::now();
+    for i in 500.. {
+        must_put(&client, i).await;
+        written.insert(i);
+        let led = replica_status(&cluster, at, right.id).await.unwrap();
+        if led.truncated_index > behind {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the leader truncates its log past what store {lagging} holds"
+        );
+    }
+
+    let merging = {
+        let client = patient(&cluster);
+        tokio::spawn(async move { client.merge(&key(10)).await })
+    };
+    // Frozen on the two stores that hear the range; the third can only take a snapshot.
+    let started = Instant::now();
+    while replica_status(&cluster, at, right.id)
+        .await
+        .and_then(|st| st.frozen_for)
+        .is_none()
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "no freeze");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    faults.set_range_cut(right.id, false);
+    let merged = merging.await.unwrap().unwrap();
+    assert_eq!(merged.id, left.id);
+    assert_eq!(merged.end_key, right.end_key);
+    must_be_gone(&cluster, 3, right.id).await;
+    // The lagging store's merged replica holds what the snapshot brought (read with a
+    // fresh cache: a replica read names the range it expects).
+    let store_id = cluster.configs[lagging].store_id;
+    let reader = patient(&cluster);
+    for &i in &written {
+        let started = Instant::now();
+        loop {
+            match reader.get_on_replica(key(i), store_id).await {
+                Ok(Some(v)) if v == value(i) => break,
+                other => assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "key {i} on store {store_id}: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    must_scan_exactly(&client, &written).await;
+    cluster.shutdown().await;
+}
