@@ -310,7 +310,10 @@ impl<S: RaftSender> Store<S> {
                     command,
                     Command::Ingest { .. } | Command::CompareAndSet { value: Some(_), .. }
                 );
-                match self.checked_for_data(range_id, epoch, loads) {
+                let checked = self
+                    .check_merge_target(&command)
+                    .and_then(|()| self.checked_for_data(range_id, epoch, loads));
+                match checked {
                     Ok(r) => r.propose_command(command, reply),
                     Err(e) => {
                         let _ = reply.send(Err(e));

@@ -6,7 +6,7 @@ use shale_rpc::{Epoch, KvError, RangeDescriptor, RangeId};
 use tracing::{info, warn};
 
 use super::{RaftSender, Store, StoreMsg, StuckMerge};
-use crate::command::Command;
+use crate::command::{Command, MergeTarget, RangeState, ReplicaState};
 use crate::engine::{Cf, Durability};
 use crate::keys;
 use crate::replica::Replica;
@@ -140,7 +140,8 @@ impl<S: RaftSender> Store<S> {
     /// The epoch at which the frozen range `range_id`, led here, may be thawed: its
     /// target's replica on this store moved past the epoch the merge named, without
     /// taking this range over (that would have dropped this replica), so the merge's
-    /// commit can never apply anywhere.
+    /// commit can never apply anywhere. A target replica gone from this store (merged
+    /// into its own left neighbour, or removed) counts by the state its tombstone keeps.
     pub(super) fn may_roll_back(&self, range_id: RangeId) -> Result<Epoch, KvError> {
         let invalid = |reason: &str| KvError::InvalidMerge {
             range_id,
@@ -156,16 +157,61 @@ impl<S: RaftSender> Store<S> {
         let target = r
             .frozen()
             .ok_or_else(|| invalid("it is not frozen for a merge"))?;
-        let moved = self
-            .replicas
-            .get(&target.range_id)
-            .is_some_and(|t| t.range.epoch.is_newer_than(&target.epoch));
+        let moved = match self.replicas.get(&target.range_id) {
+            Some(t) => t.range.epoch.is_newer_than(&target.epoch),
+            None => self.left_past(target),
+        };
         if !moved {
             return Err(invalid(
                 "its target has not changed since the merge began, so the merge may still commit",
             ));
         }
         Ok(r.range.epoch)
+    }
+
+    /// A merge's first half names its target as the coordinator saw it: refused unless
+    /// this store's replica of the target is at that very epoch. A target already
+    /// changed or merged away here would leave the range frozen for nothing until the
+    /// rollback noticed.
+    pub(super) fn check_merge_target(&self, command: &Command) -> Result<(), KvError> {
+        let Command::PrepareMerge { target, .. } = command else {
+            return Ok(());
+        };
+        let here = self.replicas.get(&target.id).map(|t| t.range.epoch);
+        if here == Some(target.epoch) {
+            return Ok(());
+        }
+        Err(KvError::InvalidMerge {
+            range_id: target.id,
+            reason: match here {
+                Some(epoch) => format!(
+                    "its replica on store {} is at epoch {epoch:?}, not {:?} as the merge names",
+                    self.store_id, target.epoch
+                ),
+                None => format!("it has no replica on store {}", self.store_id),
+            },
+        })
+    }
+
+    /// Whether `target`'s replica here is gone, having applied a change past the merge's
+    /// epoch before it went (its tombstone's descriptor is what it had applied): its
+    /// log holds no commit of the merge before that change, so none can ever apply.
+    /// Without a tombstone, or one at the merge's epoch or older, nothing is known.
+    fn left_past(&self, target: MergeTarget) -> bool {
+        match self
+            .engine
+            .get(Cf::Meta, &keys::range_state_key(target.range_id))
+        {
+            Ok(Some(bytes)) => RangeState::decode(&bytes).is_ok_and(|s| {
+                s.state == ReplicaState::Tombstone
+                    && s.descriptor.epoch.is_newer_than(&target.epoch)
+            }),
+            Ok(None) => false,
+            Err(e) => {
+                warn!(store_id = self.store_id, error = %e, "reading a merge target's state failed");
+                false
+            }
+        }
     }
 
     /// Frozen ranges led here for longer than `older_than` whose target's replica here is

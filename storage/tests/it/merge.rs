@@ -404,3 +404,82 @@ async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_wit
     must_scan_exactly(&client, &written).await;
     cluster.shutdown().await;
 }
+
+/// A range frozen for a merge into a neighbour that then merges away itself (into its
+/// own left neighbour) can never complete its merge: it thaws once its leader's store
+/// finds the neighbour's replica gone past the merge's epoch (its tombstone). Before
+/// session 31 it stayed frozen for good (found by the chaos test: writes busy 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_frozen_for_a_neighbour_that_merged_away_thaws() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = patient(&cluster);
+    client.split(key(300)).await.unwrap();
+    let (middle, right) = client.split(key(600)).await.unwrap();
+    let mut written = BTreeSet::new();
+    for i in [10, 400, 700] {
+        must_put(&client, i).await;
+        written.insert(i);
+    }
+    // The right range freezes for the middle one (the first half of a merge, as a
+    // coordinator that died after it would leave it)...
+    let at = leader_of(&cluster, 3, right.id).await;
+    let req = AdminRequest::PrepareMerge {
+        range_id: right.id,
+        target: middle.clone(),
+    };
+    assert!(matches!(
+        admin_to(&cluster, at, &req).await,
+        Ok(AdminReply::Changed(_))
+    ));
+    // ...and the middle one merges into the left one.
+    let merged = client.merge(&key(10)).await.unwrap();
+    assert_eq!(merged.end_key, key(600));
+    must_be_gone(&cluster, 3, middle.id).await;
+
+    let started = Instant::now();
+    let quick = cluster
+        .client_with(ClientConfig {
+            deadline_ms: 1_000,
+            ..ClientConfig::default()
+        })
+        .unwrap();
+    loop {
+        match quick.put(key(701), value(701)).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the right range stays frozen: {e:?}"
+            ),
+        }
+    }
+    written.insert(701);
+    eprintln!(
+        "thawed {:.1} s after its target merged away",
+        started.elapsed().as_secs_f64()
+    );
+    let status = cluster.node(at).unwrap().status().await;
+    assert!(
+        status.iter().any(|st| st.range_id() == right.id),
+        "the right range is still a range of its own"
+    );
+    for &i in &written {
+        must_get(&client, i).await;
+    }
+    must_scan_exactly(&client, &written).await;
+    // A merge naming the gone neighbour does not freeze it again.
+    let at = leader_of(&cluster, 3, right.id).await;
+    let refused = admin_to(&cluster, at, &req).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Kv(KvError::InvalidMerge { range_id, .. })) if *range_id == middle.id),
+        "{refused:?}"
+    );
+    must_put(&client, 702).await;
+    written.insert(702);
+    // It merges like any range now.
+    let merged = client.merge(&key(10)).await.unwrap();
+    assert!(merged.end_key.is_empty());
+    must_be_gone(&cluster, 3, right.id).await;
+    must_scan_exactly(&client, &written).await;
+    cluster.shutdown().await;
+}
