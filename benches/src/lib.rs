@@ -3,6 +3,7 @@
 
 pub mod kv;
 pub mod listing;
+pub mod raft_core;
 pub mod ranges;
 pub mod s3;
 pub mod schedule;

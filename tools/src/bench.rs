@@ -25,6 +25,9 @@ pub enum BenchCommand {
     S3(S3BenchArgs),
     /// One placement scheduling pass over a large simulated cluster (pure, no I/O).
     Schedule(ScheduleBenchArgs),
+    /// raft-rs alone (in memory, one thread): cost per put when puts share entries, as
+    /// on one busy range, beside one entry per put, as on many ranges.
+    RaftCore(RaftCoreBenchArgs),
     /// LIST one page from a bucket of a million objects, beside a bucket of one page.
     List(ListBenchArgs),
     /// Range leader loss: kill -9 the leader's store process again and again while
@@ -101,6 +104,53 @@ pub struct ScheduleBenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+pub struct RaftCoreBenchArgs {
+    /// Groups of the many-ranges case, each with one put an entry.
+    #[arg(long, default_value_t = 64)]
+    groups: usize,
+    /// Puts sharing an entry in the one-range baseline.
+    #[arg(long, default_value_t = 8)]
+    batched: usize,
+    /// About how many puts each case makes.
+    #[arg(long, default_value_t = 200_000)]
+    puts: usize,
+    #[arg(long, default_value_t = 1024)]
+    value_bytes: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn raft_core_bench(args: RaftCoreBenchArgs) -> anyhow::Result<()> {
+    let results =
+        shale_bench::raft_core::run(args.groups, args.batched, args.puts, args.value_bytes)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:>9} {:>10} {:>14} {:>14}",
+        "scenario", "puts", "us/put", "entries/put", "messages/put"
+    );
+    for r in &results {
+        println!(
+            "{:<28} {:>9} {:>10.2} {:>14.2} {:>14.2}",
+            r.scenario, r.puts, r.us_per_put, r.entries_per_put, r.messages_per_put
+        );
+    }
+    if let [base, many] = &results[..] {
+        println!(
+            "raft-rs per put: {:.2} us at one put an entry, {:.2} us at {} puts an entry ({:.2}x)",
+            many.us_per_put,
+            base.us_per_put,
+            base.puts_per_entry,
+            many.us_per_put / base.us_per_put
+        );
+    }
+    Ok(())
 }
 
 fn schedule_bench(args: ScheduleBenchArgs) -> anyhow::Result<()> {
@@ -422,6 +472,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Idle(args) => idle(args).await,
         BenchCommand::S3(args) => s3(args).await,
         BenchCommand::Schedule(args) => schedule_bench(args),
+        BenchCommand::RaftCore(args) => raft_core_bench(args),
         BenchCommand::Failover(args) => failover_bench(args).await,
         BenchCommand::List(args) => list_bench(args).await,
     }
