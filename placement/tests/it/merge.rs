@@ -31,6 +31,17 @@ async fn merges_back_into_one(stores: usize) {
     .await;
     let client = Arc::new(cluster.client().unwrap());
     must_load(&client, 200, 8).await;
+    // Placement hears of the splits by heartbeat: until then it knows one range, and
+    // "merged back into one" would hold before anything merged.
+    must_eventually(
+        "placement knows the split ranges",
+        Duration::from_secs(10),
+        || async {
+            let known = routes(&cluster).await?.len();
+            (known > 1).then_some(()).ok_or(format!("{known} ranges"))
+        },
+    )
+    .await;
 
     // A slow writer all through (slow enough that the ranges stay cold).
     let stop = Arc::new(AtomicBool::new(false));
