@@ -1,7 +1,8 @@
-//! Three `shale store` processes move to a new cluster CA while a client writes, with
-//! no restart: first every store trusts both CAs, then each takes a certificate of the
-//! new one, then the old CA goes. Stores keep replicating throughout, no acknowledged
-//! write is lost, and a node of the old CA is shut out at the end, even from the
+//! Three `shale store` processes and a `shale gateway` move to a new cluster CA while a
+//! client writes, with no restart: first every node trusts both CAs, then each takes a
+//! certificate of the new one, then the old CA goes. Stores keep replicating
+//! throughout, no acknowledged write is lost, the gateway serves S3 over new
+//! connections, and a node of the old CA is shut out at the end, even from the
 //! connection it had open.
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use shale_rpc::certs::{generate_ca, issue_node_cert, load_ca_dir, TlsIdentity};
 use shale_rpc::client::ClientConfig;
 
+use crate::dev::free_tcp_port;
 use crate::procs::*;
 
 fn key(i: u64) -> Bytes {
@@ -59,6 +61,15 @@ async fn stores_move_to_a_new_ca_without_a_restart_and_lose_no_acknowledged_writ
         },
     );
     old_client.put(key(0), Bytes::from("before")).await.unwrap();
+    // The gateway shares the stores' certificate files (its cluster file names them).
+    let (_gateway, endpoint) = start_gateway(dir.path(), &procs, free_tcp_port());
+    let s3 = boto3_client(&endpoint);
+    run_ok(
+        &mut python(&format!(
+            "{s3}\ns3.create_bucket(Bucket='rot')\ns3.put_object(Bucket='rot', Key='before', Body=b'b')"
+        )),
+        "S3 PUT before the rotation",
+    );
 
     // A writer through a client of the new CA that trusts both (as the new nodes
     // would), keeping every write acknowledged; bounded by count and by `stop`.
@@ -130,6 +141,32 @@ async fn stores_move_to_a_new_ca_without_a_restart_and_lose_no_acknowledged_writ
     assert_eq!(
         new_client.get(key(0)).await.unwrap(),
         Some(Bytes::from("before"))
+    );
+    // The gateway reloads on its own clock (every 10 s); the stores closed the
+    // connections it made with its old certificate, so S3 works again only through
+    // connections made with the new one.
+    let started = Instant::now();
+    let check = format!(
+        "{s3}\ns3.put_object(Bucket='rot', Key='after', Body=b'a')\n\
+         assert s3.get_object(Bucket='rot', Key='before')['Body'].read() == b'b'\n\
+         assert s3.get_object(Bucket='rot', Key='after')['Body'].read() == b'a'"
+    );
+    loop {
+        let out = python(&check).output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "S3 through the gateway after the rotation:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let gateway_log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    assert!(
+        gateway_log.contains("TLS certificates reloaded"),
+        "the gateway reloaded its certificates"
     );
     // The old CA's node is shut out, connection and all.
     let refused = old_client.put(key(1), Bytes::from("late")).await;

@@ -2,7 +2,7 @@
 //! points at. Another gateway's chunk sweep deletes them once they are older than the
 //! orphan age, and leaves every stored object and every uploaded part alone.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,40 +25,6 @@ async fn count_chunks(client: &KvClient) -> usize {
         }
     }
     count
-}
-
-fn python(code: &str) -> Command {
-    let python = std::env::var("SHALE_PYTHON")
-        .expect("SHALE_PYTHON (set by scripts/test.sh) names a Python with boto3");
-    let mut cmd = Command::new(python);
-    cmd.args(["-c", code]);
-    cmd
-}
-
-fn boto3_client(endpoint: &str) -> String {
-    format!(
-        r#"
-import hashlib, sys, time, boto3
-from botocore.config import Config
-s3 = boto3.client("s3", endpoint_url="{endpoint}", aws_access_key_id="mem-access",
-                  aws_secret_access_key="mem-secret", region_name="us-east-1",
-                  config=Config(s3={{"addressing_style": "path"}}, retries={{"max_attempts": 10}}))
-def body(n, seed):
-    block = bytes((seed * i + i // 7) % 251 for i in range(251 * 64))
-    return (block * (n // len(block) + 1))[:n]
-"#
-    )
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

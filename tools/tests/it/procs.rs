@@ -463,3 +463,41 @@ pub fn kv_client(
         .collect();
     shale_rpc::client::KvClient::new(transport, &stores, config).unwrap()
 }
+
+/// A Python with boto3 (the venv `scripts/test.sh` sets up) running `code`.
+pub fn python(code: &str) -> Command {
+    let python = std::env::var("SHALE_PYTHON")
+        .expect("SHALE_PYTHON (set by scripts/test.sh) names a Python with boto3");
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", code]);
+    cmd
+}
+
+/// Python that makes `s3`, a boto3 client of `endpoint` with the gateway's test key,
+/// and `body(n, seed)`, a test object body.
+pub fn boto3_client(endpoint: &str) -> String {
+    format!(
+        r#"
+import hashlib, sys, time, boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url="{endpoint}", aws_access_key_id="mem-access",
+                  aws_secret_access_key="mem-secret", region_name="us-east-1",
+                  config=Config(s3={{"addressing_style": "path"}}, retries={{"max_attempts": 10}}))
+def body(n, seed):
+    block = bytes((seed * i + i // 7) % 251 for i in range(251 * 64))
+    return (block * (n // len(block) + 1))[:n]
+"#
+    )
+}
+
+/// Runs `cmd`; its stdout, or a failure naming `what` with both outputs.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
