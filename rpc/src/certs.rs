@@ -41,7 +41,7 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 
 /// A certificate and its private key, PEM-encoded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PemPair {
     pub cert_pem: String,
     pub key_pem: String,
@@ -192,7 +192,7 @@ impl Default for TlsPaths {
 }
 
 /// What a node needs for mutual TLS: the cluster CA certificate and its own pair.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsIdentity {
     pub ca_cert_pem: String,
     pub node: PemPair,

@@ -101,12 +101,6 @@ fn peer_chain(conn: &quinn::Connection) -> Option<Vec<CertificateDer<'static>>> 
         .map(|chain| *chain)
 }
 
-/// The three files' bytes, or why one cannot be read.
-fn read_files(paths: &TlsPaths) -> Result<[Vec<u8>; 3], String> {
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    Ok([read(&paths.ca_cert)?, read(&paths.cert)?, read(&paths.key)?])
-}
-
 /// Looks at `paths` every `reload-check-secs` and reloads `transports` (a node's
 /// serving and calling endpoints) when the files change from what they held at the
 /// start. Ends once every transport is closed or dropped; does nothing if
@@ -120,7 +114,8 @@ pub fn watch_tls(paths: TlsPaths, transports: &[Arc<Transport>]) -> JoinHandle<(
         }
         let every = Duration::from_secs(paths.reload_check_secs);
         // What the node started with (read just before); a change from it is news.
-        let Ok(mut seen) = read_files(&paths) else {
+        let read = || TlsIdentity::from_files(&paths.ca_cert, &paths.cert, &paths.key);
+        let Ok(mut seen) = read() else {
             return;
         };
         loop {
@@ -133,25 +128,18 @@ pub fn watch_tls(paths: TlsPaths, transports: &[Arc<Transport>]) -> JoinHandle<(
             if live.is_empty() {
                 return;
             }
-            let files = match read_files(&paths) {
-                Ok(files) => files,
+            let identity = match read() {
+                Ok(identity) => identity,
                 Err(e) => {
                     warn!(error = %e, "cannot read the TLS files; keeping the certificates in use");
                     continue;
                 }
             };
-            if seen == files {
+            if seen == identity {
                 continue;
             }
             // Tried once per change: a broken file is reported once, not every check.
-            seen = files;
-            let identity = match TlsIdentity::from_files(&paths.ca_cert, &paths.cert, &paths.key) {
-                Ok(identity) => identity,
-                Err(e) => {
-                    warn!(error = %e, "the TLS files changed but do not load; keeping the certificates in use");
-                    continue;
-                }
-            };
+            seen = identity.clone();
             // Each transport builds its settings before swapping any in; all build
             // alike from one identity, so the first error comes before any change.
             let reloaded: Result<Vec<usize>, RpcError> =

@@ -96,9 +96,7 @@ impl Replica {
         // The snapshot's freeze (its range was frozen for a merge at its index) is this
         // replica's now, on disk once this round's batch is synced, before the loop
         // answers anything: the target may then take its keys over.
-        self.merge.frozen = frozen;
-        self.merge.on_disk = frozen.is_some();
-        self.merge.frozen_at = frozen.map(|_| Instant::now());
+        self.set_durable_freeze(frozen);
         let state = RangeState {
             descriptor: self.range.clone(),
             state: frozen.map_or(ReplicaState::Normal, ReplicaState::Frozen),

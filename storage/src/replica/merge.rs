@@ -67,6 +67,14 @@ impl Replica {
         self.merge.frozen.filter(|_| self.merge.on_disk)
     }
 
+    /// Takes a freeze (or none) that is durable already: read from disk at a start, or
+    /// from a snapshot installed in a round that is synced before anything else runs.
+    pub(super) fn set_durable_freeze(&mut self, frozen: Option<MergeTarget>) {
+        self.merge.frozen = frozen;
+        self.merge.on_disk = frozen.is_some();
+        self.merge.frozen_at = frozen.map(|_| Instant::now());
+    }
+
     /// The freeze applied this round (see `take_froze`) is flushed now.
     pub fn mark_frozen_on_disk(&mut self) {
         self.merge.on_disk = self.merge.frozen.is_some();

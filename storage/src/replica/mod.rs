@@ -156,10 +156,7 @@ impl Replica {
             None => ApplyState::default(),
         };
         let mut replica = Self::from_parts(engine, range, replica_id, apply, config, addresses)?;
-        // Read from disk after a start: flushed.
-        replica.merge.frozen = frozen;
-        replica.merge.on_disk = frozen.is_some();
-        replica.merge.frozen_at = frozen.map(|_| Instant::now());
+        replica.set_durable_freeze(frozen);
         replica.refresh_snapshot_source();
         Ok(replica)
     }
