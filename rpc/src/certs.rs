@@ -19,21 +19,48 @@ use crate::RpcError;
 /// identified by the cluster CA's signature, not by their host names, so a node can
 /// move between addresses without new certificates.
 pub const NODE_SERVER_NAME: &str = "shale-node";
-/// ALPN protocol id of Shale's node-to-node protocol, with its wire version. Messages
-/// are postcard, which carries no field tags: any change to a message's form bumps the
-/// version, so nodes of different forms refuse each other at the TLS handshake ("no
-/// application protocol") instead of misreading each other's frames. Version 2: the
-/// snapshot transfer of session 23 (a header, then batches of pairs). Version 3: a
-/// removed replica's destroy notice names the replica (session 25). Version 4: range
-/// status and leader reports name the range's learners (session 26). Version 5: they
-/// name its silent learners too (session 27). Version 6: replicas exchange their data's
-/// checksums in Raft batches, and reports name diverged replicas (session 28). Version 7:
-/// heartbeats say whether a store is low on disk space, placement's answers name the
-/// low stores, and `KvError::NoSpace` (session 29). Version 8: merges — new Raft log
-/// commands an older store could not apply, merge admin requests and placement steps,
-/// frozen replicas in status and leaderless reports (session 30). Version 9: a snapshot
-/// header carries its range's freeze for a merge (session 31).
-pub const ALPN: &[u8] = b"shale/9";
+/// The wire version of Shale's node-to-node protocol this build speaks best. Nodes name
+/// the versions they speak as ALPN protocol ids (`shale/N`) in the TLS handshake, and a
+/// connection speaks the newest both sides name; nodes with none in common refuse each
+/// other at the handshake ("no application protocol") instead of misreading each
+/// other's frames. Messages are postcard, which carries no field tags: any change to a
+/// message's form is a new version, and a build also speaks the version before its own
+/// (`WIRE_VERSION_OLDEST`), writing to a peer of that version only what it can read, so
+/// a cluster upgrades one node at a time.
+///
+/// Version 2: the snapshot transfer of session 23 (a header, then batches of pairs).
+/// Version 3: a removed replica's destroy notice names the replica (session 25). Version
+/// 4: range status and leader reports name the range's learners (session 26). Version 5:
+/// they name its silent learners too (session 27). Version 6: replicas exchange their
+/// data's checksums in Raft batches, and reports name diverged replicas (session 28).
+/// Version 7: heartbeats say whether a store is low on disk space, placement's answers
+/// name the low stores, and `KvError::NoSpace` (session 29). Version 8: merges — new
+/// Raft log commands an older store could not apply, merge admin requests and placement
+/// steps, frozen replicas in status and leaderless reports (session 30). Version 9: a
+/// snapshot header carries its range's freeze for a merge (session 31); a peer of
+/// version 8 is sent no snapshot of a frozen range, as version 8 built none.
+pub const WIRE_VERSION: u8 = 9;
+/// The oldest wire version this build still speaks.
+pub const WIRE_VERSION_OLDEST: u8 = 8;
+
+/// The ALPN protocol id of wire version `version`.
+pub fn alpn(version: u8) -> Vec<u8> {
+    format!("shale/{version}").into_bytes()
+}
+
+/// The ALPN ids a node whose newest wire version is `newest` offers, newest first (a
+/// TLS server picks the first of its own list that the client offers too).
+pub fn alpn_offered(newest: u8) -> Vec<Vec<u8>> {
+    (WIRE_VERSION_OLDEST..=newest.min(WIRE_VERSION))
+        .rev()
+        .map(alpn)
+        .collect()
+}
+
+/// The wire version an ALPN id names, if it is one this build speaks.
+pub fn version_of_alpn(id: &[u8]) -> Option<u8> {
+    (WIRE_VERSION_OLDEST..=WIRE_VERSION).find(|&v| alpn(v) == id)
+}
 
 const CA_COMMON_NAME: &str = "Shale cluster CA";
 /// File names inside a certificate directory.
@@ -311,7 +338,7 @@ impl TlsIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| RpcError::Tls(e.to_string()))?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = alpn_offered(WIRE_VERSION);
         Ok(config)
     }
 
@@ -325,7 +352,7 @@ impl TlsIdentity {
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(chain, key)
             .map_err(|e| RpcError::Tls(e.to_string()))?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = alpn_offered(WIRE_VERSION);
         Ok(config)
     }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use crate::faults::Faults;
 use crate::replica::AddressBook;
-use crate::snapshot::{SnapshotAck, Transfer};
+use crate::snapshot::{SnapshotAck, Transfer, FROZEN_SNAPSHOT_WIRE_VERSION};
 use crate::store::{OutgoingSnapshot, RaftSender, StoreMsg};
 
 /// Most message bytes merged into one frame when a peer's queue has several batches.
@@ -81,6 +81,18 @@ async fn send_snapshot(
 ) -> Result<(), String> {
     let addr = addr.ok_or("no address for the target store")?;
     let addr = parse_addr(&addr).map_err(|e| e.to_string())?;
+    if transfer.frozen() {
+        let version = transport
+            .peer_version(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        if version < FROZEN_SNAPSHOT_WIRE_VERSION {
+            return Err(format!(
+                "the receiver speaks wire version {version}, which takes no snapshot of a \
+                 frozen range; it gets one once the range thaws"
+            ));
+        }
+    }
     let mut busy_since = None;
     let mut backoff = Duration::from_millis(100);
     loop {

@@ -293,10 +293,40 @@ pub struct SnapshotHeader {
     pub frozen: Option<MergeTarget>,
 }
 
+/// The wire version from which a snapshot header carries its range's freeze: a peer
+/// of an older one would take a frozen range's snapshot as a thawed one, so it is sent
+/// none (as such nodes built none) until the range thaws.
+pub const FROZEN_SNAPSHOT_WIRE_VERSION: u8 = 9;
+
+/// A snapshot header as wire version 8 wrote it: without `frozen`.
+#[derive(Deserialize)]
+struct SnapshotHeaderV8 {
+    range: RangeDescriptor,
+    pairs: u64,
+    bytes: u64,
+}
+
 impl SnapshotHeader {
-    /// Decodes a snapshot's data (on the leader and on the wire alike).
+    /// Decodes a snapshot's data (on the leader and on the wire alike), written by this
+    /// build or by one of wire version 8, whose headers end where `frozen` begins (a
+    /// header of this build always holds it; one cut right there would pass for an old
+    /// one, but frames are checksummed).
     pub fn decode(data: &[u8]) -> Result<SnapshotHeader, StorageError> {
-        Ok(postcard::from_bytes(data)?)
+        match postcard::from_bytes(data) {
+            Err(e @ postcard::Error::DeserializeUnexpectedEnd) => {
+                // Only a whole old header: one cut inside `frozen` is no header at all.
+                match postcard::take_from_bytes::<SnapshotHeaderV8>(data) {
+                    Ok((old, [])) => Ok(SnapshotHeader {
+                        range: old.range,
+                        pairs: old.pairs,
+                        bytes: old.bytes,
+                        frozen: None,
+                    }),
+                    _ => Err(e.into()),
+                }
+            }
+            decoded => Ok(decoded?),
+        }
     }
 }
 
@@ -342,6 +372,8 @@ pub struct Transfer {
     transfer_id: u64,
     message: Bytes,
     built: Arc<BuiltSnapshot>,
+    /// Whether the header carries a freeze (see `FROZEN_SNAPSHOT_WIRE_VERSION`).
+    frozen: bool,
 }
 
 impl Transfer {
@@ -362,12 +394,16 @@ impl Transfer {
                 meta.term, meta.index, built.term, built.index
             )));
         }
+        let frozen = SnapshotHeader::decode(&message.get_snapshot().data)?
+            .frozen
+            .is_some();
         let message = Bytes::from(
             message
                 .write_to_bytes()
                 .map_err(|e| StorageError::Raft(e.to_string()))?,
         );
         Ok(Transfer {
+            frozen,
             from_store,
             to_store,
             range_id,
@@ -378,6 +414,11 @@ impl Transfer {
     }
 
     /// Chunks in all: the message, then the batches (never none).
+    /// Whether the snapshot carries its range's freeze for a merge.
+    pub fn frozen(&self) -> bool {
+        self.frozen
+    }
+
     pub fn chunks(&self) -> usize {
         1 + self.built.batches()
     }
@@ -405,6 +446,58 @@ mod tests {
     use crate::engine::{Durability, EngineConfig};
     use proptest::prelude::*;
     use shale_rpc::Epoch;
+
+    /// Headers cross wire versions 8 and 9 both ways: an old header (no freeze) reads
+    /// here as thawed, and an old node (which reads only the fields it knows, ignoring
+    /// the rest) reads a thawed header of this build. A frozen one never goes to it.
+    #[test]
+    fn snapshot_headers_read_across_wire_versions_8_and_9() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct V8 {
+            range: RangeDescriptor,
+            pairs: u64,
+            bytes: u64,
+        }
+        let range = RangeDescriptor {
+            id: 7,
+            start_key: Bytes::from_static(b"a"),
+            end_key: Bytes::from_static(b"m"),
+            epoch: Epoch {
+                conf_ver: 2,
+                version: 3,
+            },
+            replicas: Vec::new(),
+        };
+        let old = V8 {
+            range: range.clone(),
+            pairs: 5,
+            bytes: 99,
+        };
+        let read = SnapshotHeader::decode(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        let thawed = SnapshotHeader {
+            range,
+            pairs: 5,
+            bytes: 99,
+            frozen: None,
+        };
+        assert_eq!(read, thawed);
+        let bytes = postcard::to_allocvec(&thawed).unwrap();
+        assert_eq!(postcard::from_bytes::<V8>(&bytes).unwrap(), old);
+        let frozen = SnapshotHeader {
+            frozen: Some(MergeTarget {
+                range_id: 3,
+                epoch: Epoch {
+                    conf_ver: 1,
+                    version: 4,
+                },
+            }),
+            ..thawed
+        };
+        let bytes = postcard::to_allocvec(&frozen).unwrap();
+        assert_eq!(SnapshotHeader::decode(&bytes).unwrap(), frozen);
+        // A cut header of this build is no old one.
+        assert!(SnapshotHeader::decode(&bytes[..bytes.len() - 3]).is_err());
+    }
 
     /// A build reads the range as it stood when `spawn_build` returned, though the
     /// writes that follow (as the loop's next rounds would make) land before it reads:

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::certs::{TlsIdentity, NODE_SERVER_NAME};
+use crate::certs::{
+    alpn_offered, version_of_alpn, TlsIdentity, NODE_SERVER_NAME, WIRE_VERSION, WIRE_VERSION_OLDEST,
+};
 use crate::codec::{read_frame, SharedFrame};
 use crate::local::LocalServices;
 use crate::{Frame, FrameKind, RpcError};
@@ -59,6 +61,12 @@ pub struct TransportConfig {
     /// caps it at `net.core.rmem_max` / `wmem_max`). Datagrams that arrive while the
     /// receive buffer is full are dropped, and QUIC then resends and slows down.
     pub udp_buffer_bytes: usize,
+    /// The newest wire version this node offers (default: this build's own). A
+    /// connection speaks the newest version both sides offer, down to the oldest this
+    /// build speaks. Set it to the previous version while a cluster moves to this build
+    /// one node at a time, so that any node can still go back to the previous build;
+    /// remove it once every node runs this one.
+    pub wire_version: u8,
 }
 
 impl Default for TransportConfig {
@@ -74,6 +82,7 @@ impl Default for TransportConfig {
             suspect_ms: 3_000,
             mtu_bytes_max: 1_452,
             udp_buffer_bytes: 4 << 20,
+            wire_version: WIRE_VERSION,
         }
     }
 }
@@ -94,6 +103,13 @@ impl TransportConfig {
         }
         if self.streams_per_connection_max == 0 {
             return Err("streams-per-connection-max must be positive".into());
+        }
+        if !(WIRE_VERSION_OLDEST..=WIRE_VERSION).contains(&self.wire_version) {
+            return Err(format!(
+                "wire-version {} is not one this build speaks ({WIRE_VERSION_OLDEST} to \
+                 {WIRE_VERSION})",
+                self.wire_version
+            ));
         }
         Ok(())
     }
@@ -139,8 +155,10 @@ fn client_config(
     config: &TransportConfig,
     mtu_bound: u16,
 ) -> Result<quinn::ClientConfig, RpcError> {
-    let quic_client = QuicClientConfig::try_from(identity.client_config()?)
-        .map_err(|e| RpcError::Tls(e.to_string()))?;
+    let mut tls = identity.client_config()?;
+    tls.alpn_protocols = alpn_offered(config.wire_version);
+    let quic_client =
+        QuicClientConfig::try_from(tls).map_err(|e| RpcError::Tls(e.to_string()))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
     client_config.transport_config(config.quinn_transport(mtu_bound)?);
     Ok(client_config)
@@ -152,8 +170,10 @@ fn server_config(
     config: &TransportConfig,
     addr: SocketAddr,
 ) -> Result<quinn::ServerConfig, RpcError> {
-    let quic_server = QuicServerConfig::try_from(identity.server_config()?)
-        .map_err(|e| RpcError::Tls(e.to_string()))?;
+    let mut tls = identity.server_config()?;
+    tls.alpn_protocols = alpn_offered(config.wire_version);
+    let quic_server =
+        QuicServerConfig::try_from(tls).map_err(|e| RpcError::Tls(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
     server_config.transport_config(config.quinn_transport(config.mtu_bound(addr))?);
     Ok(server_config)
@@ -268,6 +288,8 @@ pub trait Service: Send + Sync + 'static {
 #[derive(Clone)]
 struct Peer {
     conn: quinn::Connection,
+    /// The wire version the connection speaks.
+    version: u8,
     /// Milliseconds since the transport's `started`.
     heard_ms: Arc<AtomicU64>,
 }
@@ -352,6 +374,7 @@ impl Transport {
     pub fn serve<S: Service>(self: &Arc<Self>, service: Arc<S>) -> JoinHandle<()> {
         let endpoint = self.endpoint.clone();
         let served = self.incoming.clone();
+        let ours = self.config.wire_version;
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let (service, served) = (service.clone(), served.clone());
@@ -359,6 +382,12 @@ impl Transport {
                     let remote = incoming.remote_address();
                     match incoming.await {
                         Ok(conn) => {
+                            match negotiated(&conn) {
+                                Some(v) if v < ours => {
+                                    info!(%remote, version = v, "peer speaks an older wire version")
+                                }
+                                _ => {}
+                            }
                             let id = conn.stable_id();
                             served
                                 .lock()
@@ -423,6 +452,22 @@ impl Transport {
             }
         }
         result
+    }
+
+    /// The wire version spoken with `addr`, connecting first if need be: what a caller
+    /// may send it. A service in this process speaks this node's own.
+    pub async fn peer_version(&self, addr: SocketAddr) -> Result<u8, RpcError> {
+        if self.local.get().and_then(|l| l.get(addr)).is_some() {
+            return Ok(self.config.wire_version);
+        }
+        let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+        match tokio::time::timeout(timeout, self.connection(addr)).await {
+            Ok(peer) => Ok(peer?.version),
+            Err(_) => Err(RpcError::Timeout {
+                addr,
+                timeout_ms: self.config.connect_timeout_ms,
+            }),
+        }
     }
 
     /// The datagram size MTU discovery has settled at so far on the connection to
@@ -636,8 +681,15 @@ impl Transport {
                 return Ok(existing.clone());
             }
         }
+        let version = negotiated(&conn).ok_or_else(|| {
+            connect_err("the handshake named no wire version this build speaks".into())
+        })?;
+        if version < self.config.wire_version {
+            info!(%addr, version, "peer speaks an older wire version");
+        }
         let peer = Peer {
             conn,
+            version,
             heard_ms: Arc::new(AtomicU64::new(self.now_ms())),
         };
         connections.insert(addr, peer.clone());
@@ -662,6 +714,13 @@ impl Transport {
             loopback.wait_idle().await;
         }
     }
+}
+
+/// The wire version a connection's handshake settled on.
+fn negotiated(conn: &quinn::Connection) -> Option<u8> {
+    let data = conn.handshake_data()?;
+    let data = data.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
+    version_of_alpn(data.protocol.as_deref()?)
 }
 
 async fn serve_connection<S: Service>(conn: quinn::Connection, service: Arc<S>) {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shale_rpc::certs::{generate_ca, issue_node_cert, TlsIdentity};
+use shale_rpc::certs::{
+    alpn, generate_ca, issue_node_cert, TlsIdentity, WIRE_VERSION, WIRE_VERSION_OLDEST,
+};
 use shale_rpc::transport::{Service, Transport, TransportConfig};
 use shale_rpc::{Frame, FrameKind, RpcError};
 
@@ -180,30 +182,68 @@ async fn a_corrupted_frame_gets_an_error_answer_and_the_server_keeps_serving() {
     );
 }
 
-/// A node speaking another version of the wire protocol (another ALPN id) is refused at
-/// the handshake, before any frame could be misread; one of this version connects.
+/// A node speaking no wire version this build speaks (another ALPN id: too old, or too
+/// new) is refused at the handshake, before any frame could be misread; one offering
+/// this build's versions connects.
 #[tokio::test]
 async fn a_peer_of_another_wire_version_is_refused_at_the_handshake() {
     let (_, identity) = TlsIdentity::generate_cluster().unwrap();
     let (server, _) = echo_server(&identity).await;
     let addr = server.local_addr().unwrap();
-    let mut tls = identity.client_config().unwrap();
-    assert_eq!(tls.alpn_protocols, vec![shale_rpc::certs::ALPN.to_vec()]);
-    tls.alpn_protocols = vec![b"shale/1".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let refused = endpoint
-        .connect(addr, shale_rpc::certs::NODE_SERVER_NAME)
-        .unwrap()
-        .await
-        .expect_err("another wire version is refused");
-    assert!(
-        refused.to_string().contains("protocol"),
-        "the error names the protocol: {refused}"
+    assert_eq!(
+        identity.client_config().unwrap().alpn_protocols,
+        vec![alpn(WIRE_VERSION), alpn(WIRE_VERSION_OLDEST)]
     );
+    for offered in [alpn(WIRE_VERSION_OLDEST - 1), alpn(WIRE_VERSION + 1)] {
+        let mut tls = identity.client_config().unwrap();
+        tls.alpn_protocols = vec![offered.clone()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let refused = endpoint
+            .connect(addr, shale_rpc::certs::NODE_SERVER_NAME)
+            .unwrap()
+            .await
+            .expect_err("another wire version is refused");
+        assert!(
+            refused.to_string().contains("protocol"),
+            "{:?}: the error names the protocol: {refused}",
+            String::from_utf8_lossy(&offered)
+        );
+    }
     let mut endpoint = quinn_client(&identity);
     endpoint_connect(&mut endpoint, addr).await;
+}
+
+/// A connection speaks the newest version both sides offer: a node pinned to the
+/// previous version (as during an upgrade) and a node of this build speak the previous
+/// one, whichever side calls, and requests flow; two unpinned nodes speak this build's.
+#[tokio::test]
+async fn nodes_of_two_wire_versions_speak_the_older_one() {
+    let (_, identity) = TlsIdentity::generate_cluster().unwrap();
+    let pinned = TransportConfig {
+        wire_version: WIRE_VERSION_OLDEST,
+        ..fast()
+    };
+    for (server_config, client_config, spoken) in [
+        (fast(), pinned.clone(), WIRE_VERSION_OLDEST),
+        (pinned.clone(), fast(), WIRE_VERSION_OLDEST),
+        (fast(), fast(), WIRE_VERSION),
+    ] {
+        let server = Transport::bind(loopback(), &identity, server_config).unwrap();
+        server.serve(Arc::new(Echo::default()));
+        let addr = server.local_addr().unwrap();
+        let client = Transport::client(&identity, client_config).unwrap();
+        assert_eq!(client.peer_version(addr).await.unwrap(), spoken);
+        let reply = client.call(addr, &request(b"hello")).await.unwrap();
+        assert_eq!(&reply.body[..], b"hello");
+    }
+    let unknown = TransportConfig {
+        wire_version: WIRE_VERSION + 1,
+        ..fast()
+    };
+    let refused = unknown.validate().expect_err("a version this build does not speak");
+    assert!(refused.contains("wire-version"), "{refused}");
 }
 
 fn quinn_client(identity: &TlsIdentity) -> quinn::Endpoint {
@@ -404,14 +444,14 @@ async fn a_bulk_transfer_keeps_the_discovered_large_packets() {
 /// guarantee) is the one nodes speak: a bump that forgets the docs fails here.
 #[test]
 fn the_docs_name_the_wire_version_nodes_speak() {
-    let alpn = std::str::from_utf8(shale_rpc::certs::ALPN).unwrap();
+    let id = String::from_utf8(alpn(WIRE_VERSION)).unwrap();
     for (doc, text) in [
         ("README.md", include_str!("../../../README.md")),
         ("ARCHITECTURE.md", include_str!("../../../ARCHITECTURE.md")),
     ] {
         assert!(
-            text.contains(&format!("`{alpn}`")),
-            "{doc} does not name the wire version {alpn}"
+            text.contains(&format!("`{id}`")),
+            "{doc} does not name the wire version {id}"
         );
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shale_rpc::client::{admin, ClientConfig, ClientError, KvClient};
-use shale_rpc::{AdminReply, AdminRequest, KvError, RangeId};
+use shale_rpc::certs::{WIRE_VERSION, WIRE_VERSION_OLDEST};
+use shale_rpc::{AdminReply, AdminRequest, KvError, RangeDescriptor, RangeId};
 use shale_storage::cluster::LocalCluster;
 
 use crate::harness::*;
@@ -318,14 +319,9 @@ async fn replica_status(
     status.into_iter().find(|st| st.range_id() == range_id)
 }
 
-/// A replica of the frozen range so far behind that only a snapshot can bring it up
-/// is sent one that carries the freeze, and the merge commits. Until session 31 frozen
-/// ranges built no snapshots: such a merge waited 3 s, was abandoned and rolled back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_with_it() {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start_new(dir.path(), 3, |c| {
+/// Three stores that truncate their Raft logs soon.
+async fn truncating_cluster(dir: &std::path::Path) -> LocalCluster {
+    let cluster = LocalCluster::start_new(dir, 3, |c| {
         c.log_gc.interval_ticks = 4;
         c.log_gc.entries_min = 8;
         c.log_gc.entries_max = 50;
@@ -333,29 +329,52 @@ async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_wit
     .await
     .unwrap();
     cluster.wait_leader(LEADER_TIMEOUT).await.unwrap();
-    let client = patient(&cluster);
+    cluster
+}
+
+/// Splits at key 500 and writes key 10: the two ranges, the right one's leader, and
+/// a store (not the leader's) that has the right range.
+async fn split_in_two(
+    cluster: &LocalCluster,
+    client: &KvClient,
+) -> (RangeDescriptor, RangeDescriptor, usize, usize) {
     let (left, right) = client.split(key(500)).await.unwrap();
-    must_put(&client, 10).await;
-    let at = leader_of(&cluster, 3, right.id).await;
+    must_put(client, 10).await;
+    let at = leader_of(cluster, 3, right.id).await;
     let lagging = (at + 1) % 3;
-    // Its store has the range (it applied the split) before it is cut off.
+    must_have_replica(cluster, lagging, right.id).await;
+    (left, right, at, lagging)
+}
+
+async fn must_have_replica(cluster: &LocalCluster, store: usize, range_id: RangeId) {
     let started = Instant::now();
-    while replica_status(&cluster, lagging, right.id).await.is_none() {
-        assert!(started.elapsed() < Duration::from_secs(10), "no split");
+    while replica_status(cluster, store, range_id).await.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no replica");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let faults = cluster.node(lagging).unwrap().faults();
-    faults.set_range_cut(right.id, true);
-    let behind = replica_status(&cluster, lagging, right.id)
+}
+
+/// Cuts `lagging` off range `range_id` and writes to it until the leader (at `at`)
+/// truncated its log past what `lagging` holds: only a snapshot catches it up. Returns
+/// the keys written.
+async fn cut_off_past_truncation(
+    cluster: &LocalCluster,
+    client: &KvClient,
+    range_id: RangeId,
+    at: usize,
+    lagging: usize,
+) -> BTreeSet<usize> {
+    cut(cluster, lagging, range_id, true);
+    let behind = replica_status(cluster, lagging, range_id)
         .await
         .unwrap()
         .last_index;
     let mut written = BTreeSet::from([10]);
     let started = Instant::now();
     for i in 500.. {
-        must_put(&client, i).await;
+        must_put(client, i).await;
         written.insert(i);
-        let led = replica_status(&cluster, at, right.id).await.unwrap();
+        let led = replica_status(cluster, at, range_id).await.unwrap();
         if led.truncated_index > behind {
             break;
         }
@@ -364,14 +383,21 @@ async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_wit
             "the leader truncates its log past what store {lagging} holds"
         );
     }
+    written
+}
 
-    let merging = {
-        let client = patient(&cluster);
-        tokio::spawn(async move { client.merge(&key(10)).await })
-    };
-    // Frozen on the two stores that hear the range; the third can only take a snapshot.
+fn cut(cluster: &LocalCluster, store: usize, range_id: RangeId, cut: bool) {
+    cluster
+        .node(store)
+        .unwrap()
+        .faults()
+        .set_range_cut(range_id, cut);
+}
+
+/// Waits until range `range_id`'s leader (at `at`) is frozen for a merge.
+async fn must_freeze(cluster: &LocalCluster, at: usize, range_id: RangeId) {
     let started = Instant::now();
-    while replica_status(&cluster, at, right.id)
+    while replica_status(cluster, at, range_id)
         .await
         .and_then(|st| st.frozen_for)
         .is_none()
@@ -379,16 +405,14 @@ async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_wit
         assert!(started.elapsed() < Duration::from_secs(10), "no freeze");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    faults.set_range_cut(right.id, false);
-    let merged = merging.await.unwrap().unwrap();
-    assert_eq!(merged.id, left.id);
-    assert_eq!(merged.end_key, right.end_key);
-    must_be_gone(&cluster, 3, right.id).await;
-    // The lagging store's merged replica holds what the snapshot brought (read with a
-    // fresh cache: a replica read names the range it expects).
-    let store_id = cluster.configs[lagging].store_id;
-    let reader = patient(&cluster);
-    for &i in &written {
+}
+
+/// Every key of `written` reads back from store `store`'s own replica (read with a
+/// fresh cache: a replica read names the range it expects).
+async fn must_read_on_replica(cluster: &LocalCluster, store: usize, written: &BTreeSet<usize>) {
+    let store_id = cluster.configs[store].store_id;
+    let reader = patient(cluster);
+    for &i in written {
         let started = Instant::now();
         loop {
             match reader.get_on_replica(key(i), store_id).await {
@@ -401,6 +425,79 @@ async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_wit
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A replica of the frozen range so far behind that only a snapshot can bring it up
+/// is sent one that carries the freeze, and the merge commits. Until session 31 frozen
+/// ranges built no snapshots: such a merge waited 3 s, was abandoned and rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_needs_a_snapshot_of_the_frozen_range_gets_the_freeze_with_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = truncating_cluster(dir.path()).await;
+    let client = patient(&cluster);
+    let (left, right, at, lagging) = split_in_two(&cluster, &client).await;
+    let written = cut_off_past_truncation(&cluster, &client, right.id, at, lagging).await;
+
+    let merging = {
+        let client = patient(&cluster);
+        tokio::spawn(async move { client.merge(&key(10)).await })
+    };
+    // Frozen on the two stores that hear the range; the third can only take a snapshot.
+    must_freeze(&cluster, at, right.id).await;
+    cut(&cluster, lagging, right.id, false);
+    let merged = merging.await.unwrap().unwrap();
+    assert_eq!(merged.id, left.id);
+    assert_eq!(merged.end_key, right.end_key);
+    must_be_gone(&cluster, 3, right.id).await;
+    // The lagging store's merged replica holds what the snapshot brought.
+    must_read_on_replica(&cluster, lagging, &written).await;
+    must_scan_exactly(&client, &written).await;
+    cluster.shutdown().await;
+}
+
+/// A store pinned to the previous wire version (as a store of the previous build is,
+/// during an upgrade) is sent no snapshot of a frozen range, which that version would
+/// take as a thawed one: a merge that needs one is abandoned as that version's own
+/// merges were, the range thaws, and the store catches up with an ordinary snapshot.
+/// Once the store speaks this build's version (upgraded and restarted), the merge
+/// commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_of_the_previous_wire_version_gets_no_frozen_snapshot() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = truncating_cluster(dir.path()).await;
+    let client = patient(&cluster);
+    let (left, right, at, lagging) = split_in_two(&cluster, &client).await;
+    cluster.stop_store(lagging).await;
+    cluster.configs[lagging].transport.wire_version = WIRE_VERSION_OLDEST;
+    cluster.start_store(lagging).await.unwrap();
+    must_have_replica(&cluster, lagging, right.id).await;
+    let mut written = cut_off_past_truncation(&cluster, &client, right.id, at, lagging).await;
+
+    let merging = {
+        let client = patient(&cluster);
+        tokio::spawn(async move { client.merge(&key(10)).await })
+    };
+    must_freeze(&cluster, at, right.id).await;
+    cut(&cluster, lagging, right.id, false);
+    let abandoned = merging.await.unwrap();
+    assert!(
+        matches!(abandoned, Err(ClientError::Kv(KvError::InvalidMerge { .. }))),
+        "a merge needing a frozen snapshot on the old store: {abandoned:?}"
+    );
+    // Thawed: the right range takes writes, and the old store catches up.
+    must_put(&client, 900).await;
+    written.insert(900);
+    must_read_on_replica(&cluster, lagging, &written).await;
+
+    cluster.stop_store(lagging).await;
+    cluster.configs[lagging].transport.wire_version = WIRE_VERSION;
+    cluster.start_store(lagging).await.unwrap();
+    let merged = client.merge(&key(10)).await.unwrap();
+    assert_eq!((merged.id, &merged.end_key), (left.id, &right.end_key));
+    must_be_gone(&cluster, 3, right.id).await;
+    must_read_on_replica(&cluster, lagging, &written).await;
     must_scan_exactly(&client, &written).await;
     cluster.shutdown().await;
 }
