@@ -15,3 +15,4 @@ mod placement_partition;
 mod procs;
 mod relay;
 mod store_kill;
+mod upgrade;

@@ -74,6 +74,11 @@ impl StoreProc {
         self.child = Some(child);
     }
 
+    /// Writes `config` to the file the process starts from.
+    pub fn save_config(&self) {
+        std::fs::write(&self.config_path, toml::to_string(&self.config).unwrap()).unwrap();
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -250,7 +255,7 @@ pub fn use_placement(procs: &mut [StoreProc], addr: &str) {
     for p in procs {
         p.config.placement.addrs = vec![addr.to_string()];
         p.config.placement.heartbeat_interval_ms = 200;
-        std::fs::write(&p.config_path, toml::to_string(&p.config).unwrap()).unwrap();
+        p.save_config();
     }
 }
 
