@@ -157,8 +157,7 @@ fn client_config(
 ) -> Result<quinn::ClientConfig, RpcError> {
     let mut tls = identity.client_config()?;
     tls.alpn_protocols = alpn_offered(config.wire_version);
-    let quic_client =
-        QuicClientConfig::try_from(tls).map_err(|e| RpcError::Tls(e.to_string()))?;
+    let quic_client = QuicClientConfig::try_from(tls).map_err(|e| RpcError::Tls(e.to_string()))?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(quic_client));
     client_config.transport_config(config.quinn_transport(mtu_bound)?);
     Ok(client_config)
@@ -172,8 +171,7 @@ fn server_config(
 ) -> Result<quinn::ServerConfig, RpcError> {
     let mut tls = identity.server_config()?;
     tls.alpn_protocols = alpn_offered(config.wire_version);
-    let quic_server =
-        QuicServerConfig::try_from(tls).map_err(|e| RpcError::Tls(e.to_string()))?;
+    let quic_server = QuicServerConfig::try_from(tls).map_err(|e| RpcError::Tls(e.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
     server_config.transport_config(config.quinn_transport(config.mtu_bound(addr))?);
     Ok(server_config)
@@ -719,7 +717,9 @@ impl Transport {
 /// The wire version a connection's handshake settled on.
 fn negotiated(conn: &quinn::Connection) -> Option<u8> {
     let data = conn.handshake_data()?;
-    let data = data.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
+    let data = data
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
     version_of_alpn(data.protocol.as_deref()?)
 }
 

@@ -242,7 +242,9 @@ async fn nodes_of_two_wire_versions_speak_the_older_one() {
         wire_version: WIRE_VERSION + 1,
         ..fast()
     };
-    let refused = unknown.validate().expect_err("a version this build does not speak");
+    let refused = unknown
+        .validate()
+        .expect_err("a version this build does not speak");
     assert!(refused.contains("wire-version"), "{refused}");
 }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shale_rpc::client::{admin, ClientConfig, ClientError, KvClient};
 use shale_rpc::certs::{WIRE_VERSION, WIRE_VERSION_OLDEST};
+use shale_rpc::client::{admin, ClientConfig, ClientError, KvClient};
 use shale_rpc::{AdminReply, AdminRequest, KvError, RangeDescriptor, RangeId};
 use shale_storage::cluster::LocalCluster;
 
@@ -483,7 +483,10 @@ async fn a_store_of_the_previous_wire_version_gets_no_frozen_snapshot() {
     cut(&cluster, lagging, right.id, false);
     let abandoned = merging.await.unwrap();
     assert!(
-        matches!(abandoned, Err(ClientError::Kv(KvError::InvalidMerge { .. }))),
+        matches!(
+            abandoned,
+            Err(ClientError::Kv(KvError::InvalidMerge { .. }))
+        ),
         "a merge needing a frozen snapshot on the old store: {abandoned:?}"
     );
     // Thawed: the right range takes writes, and the old store catches up.

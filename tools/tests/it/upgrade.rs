@@ -119,7 +119,10 @@ async fn stores_upgrade_one_at_a_time_under_writes_and_lose_no_acknowledged_writ
         assert_eq!(fresh.peer_version(addr).await.unwrap(), WIRE_VERSION);
     }
     let new_client = kv_client(fresh, &procs, patient_client_config());
-    new_client.put(key(9_999), Bytes::from("after")).await.unwrap();
+    new_client
+        .put(key(9_999), Bytes::from("after"))
+        .await
+        .unwrap();
     for i in acked {
         let got = new_client.get(key(i)).await.unwrap();
         assert_eq!(got, Some(Bytes::from(format!("v{i}"))), "key {i}");
