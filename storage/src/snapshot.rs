@@ -447,6 +447,20 @@ mod tests {
     use proptest::prelude::*;
     use shale_rpc::Epoch;
 
+    /// Range 7, `[a, m)`.
+    fn range_a_to_m() -> RangeDescriptor {
+        RangeDescriptor {
+            id: 7,
+            start_key: Bytes::from_static(b"a"),
+            end_key: Bytes::from_static(b"m"),
+            epoch: Epoch {
+                conf_ver: 2,
+                version: 3,
+            },
+            replicas: Vec::new(),
+        }
+    }
+
     /// Headers cross wire versions 8 and 9 both ways: an old header (no freeze) reads
     /// here as thawed, and an old node (which reads only the fields it knows, ignoring
     /// the rest) reads a thawed header of this build. A frozen one never goes to it.
@@ -458,16 +472,7 @@ mod tests {
             pairs: u64,
             bytes: u64,
         }
-        let range = RangeDescriptor {
-            id: 7,
-            start_key: Bytes::from_static(b"a"),
-            end_key: Bytes::from_static(b"m"),
-            epoch: Epoch {
-                conf_ver: 2,
-                version: 3,
-            },
-            replicas: Vec::new(),
-        };
+        let range = range_a_to_m();
         let old = V8 {
             range: range.clone(),
             pairs: 5,
@@ -520,16 +525,7 @@ mod tests {
             &[("a1", "old"), ("b2", "old"), ("z9", "another range")],
             &[],
         );
-        let range = RangeDescriptor {
-            id: 7,
-            start_key: Bytes::from_static(b"a"),
-            end_key: Bytes::from_static(b"m"),
-            epoch: Epoch {
-                conf_ver: 2,
-                version: 3,
-            },
-            replicas: Vec::new(),
-        };
+        let range = range_a_to_m();
         let mut conf_state = ConfState::default();
         conf_state.set_voters(vec![1, 2, 3]);
         let job = BuildJob {

@@ -6,8 +6,7 @@
 //! connection it had open.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -86,30 +85,11 @@ async fn stores_move_to_a_new_ca_without_a_restart_and_lose_no_acknowledged_writ
         &procs,
         patient_client_config(),
     ));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
 
     // Step 1: every store trusts both CAs; the new CA's client gets in.
     replace(&certs.join("ca.pem"), &both);
     reloaded(&procs, 1).await;
-    let writer = {
-        let (client, acked, stop) = (new_client.clone(), acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            for i in 1..5_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if client
-                    .put(key(i), Bytes::from(format!("v{i}")))
-                    .await
-                    .is_ok()
-                {
-                    acked.lock().unwrap().push(i);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = Writer::start(new_client.clone(), key);
     // Step 2: each store's own certificate is the new CA's.
     let node = issue_node_cert(&new_ca, "node", &[]).unwrap();
     replace(&certs.join("node.key"), &node.key_pem);
@@ -120,24 +100,13 @@ async fn stores_move_to_a_new_ca_without_a_restart_and_lose_no_acknowledged_writ
     replace(&certs.join("ca.pem"), &new_ca.cert_pem);
     reloaded(&procs, 3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 50,
-        "writes went on: {} acknowledged",
-        acked.len()
-    );
+    let acked = writer.stop().await;
     // A write now needs a majority of stores talking over new connections.
     new_client
         .put(key(9_999_999), Bytes::from("after"))
         .await
         .unwrap();
-    for i in acked {
-        let got = new_client.get(key(i)).await.unwrap();
-        assert_eq!(got, Some(Bytes::from(format!("v{i}"))), "key {i}");
-    }
+    must_read_acked(&new_client, key, &acked).await;
     assert_eq!(
         new_client.get(key(0)).await.unwrap(),
         Some(Bytes::from("before"))
@@ -174,11 +143,5 @@ async fn stores_move_to_a_new_ca_without_a_restart_and_lose_no_acknowledged_writ
         refused.is_err(),
         "an old CA's node still writes: {refused:?}"
     );
-    for p in procs.iter_mut() {
-        assert!(
-            p.child.as_mut().unwrap().try_wait().unwrap().is_none(),
-            "a store exited during the rotation:\n{}",
-            p.log_tail()
-        );
-    }
+    must_all_run(&mut procs, "the rotation");
 }

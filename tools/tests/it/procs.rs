@@ -506,3 +506,77 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Writes `key(i)` = `v{i}` for i = 1, 2, ... through `client`, 5 ms apart, until
+/// stopped or 5,000 writes; keeps the acknowledged ones.
+pub struct Writer {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(
+        client: std::sync::Arc<shale_rpc::client::KvClient>,
+        key: fn(u64) -> Bytes,
+    ) -> Writer {
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                for i in 1..5_000u64 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if client.put(key(i), value_of(i)).await.is_ok() {
+                        acked.lock().unwrap().push(i);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        Writer { acked, stop, task }
+    }
+
+    /// Stops writing; the acknowledged writes, of which there were more than 50.
+    pub async fn stop(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        assert!(
+            acked.len() > 50,
+            "writes went on: {} acknowledged",
+            acked.len()
+        );
+        acked
+    }
+}
+
+/// The value [`Writer`] writes for its `i`th key.
+pub fn value_of(i: u64) -> Bytes {
+    Bytes::from(format!("v{i}"))
+}
+
+/// Every write of `acked` reads back through `client`.
+pub async fn must_read_acked(
+    client: &shale_rpc::client::KvClient,
+    key: fn(u64) -> Bytes,
+    acked: &[u64],
+) {
+    for &i in acked {
+        let got = client.get(key(i)).await.unwrap();
+        assert_eq!(got, Some(value_of(i)), "key {i}");
+    }
+}
+
+/// No process of `procs` has exited.
+pub fn must_all_run(procs: &mut [StoreProc], during: &str) {
+    for p in procs.iter_mut() {
+        assert!(
+            p.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "a store exited during {during}:\n{}",
+            p.log_tail()
+        );
+    }
+}

@@ -4,8 +4,7 @@
 //! pairs speak the older version, no acknowledged write is lost, and at the end every
 //! store speaks this build's version.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,26 +57,7 @@ async fn stores_upgrade_one_at_a_time_under_writes_and_lose_no_acknowledged_writ
     // Two ranges, so leaders and snapshots of both cross the versions.
     client.split(key(2_500)).await.unwrap();
 
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            for i in 1..5_000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if client
-                    .put(key(i), Bytes::from(format!("v{i}")))
-                    .await
-                    .is_ok()
-                {
-                    acked.lock().unwrap().push(i);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let writer = Writer::start(client.clone(), key);
     for i in 0..procs.len() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let p = &mut procs[i];
@@ -103,15 +83,7 @@ async fn stores_upgrade_one_at_a_time_under_writes_and_lose_no_acknowledged_writ
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 50,
-        "writes went on: {} acknowledged",
-        acked.len()
-    );
+    let acked = writer.stop().await;
     // Every store speaks this build's version now, and serves a client of it.
     let fresh = client_transport(&identity);
     for p in &procs {
@@ -123,20 +95,11 @@ async fn stores_upgrade_one_at_a_time_under_writes_and_lose_no_acknowledged_writ
         .put(key(9_999), Bytes::from("after"))
         .await
         .unwrap();
-    for i in acked {
-        let got = new_client.get(key(i)).await.unwrap();
-        assert_eq!(got, Some(Bytes::from(format!("v{i}"))), "key {i}");
-    }
+    must_read_acked(&new_client, key, &acked).await;
     assert_eq!(
         client.get(key(0)).await.unwrap(),
         Some(Bytes::from("before")),
         "the old client still reads"
     );
-    for p in procs.iter_mut() {
-        assert!(
-            p.child.as_mut().unwrap().try_wait().unwrap().is_none(),
-            "a store exited during the upgrade:\n{}",
-            p.log_tail()
-        );
-    }
+    must_all_run(&mut procs, "the upgrade");
 }
