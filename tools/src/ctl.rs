@@ -146,6 +146,22 @@ pub struct StoreView {
     /// Less free space than the store's reserve: it takes no new data, and placement
     /// moves its leaders and replicas away.
     low_space: bool,
+    /// The wire version the store speaks with this build (its newest, or this build's
+    /// if that is older), while it answers: during an upgrade, the stores still on the
+    /// previous build (or pinned to its version) show it.
+    wire_version: Option<u8>,
+}
+
+/// Asks every store that is up which wire version it speaks (a connection's handshake
+/// settles it), each within a second.
+async fn add_wire_versions(transport: &Transport, stores: &mut [StoreView]) {
+    for s in stores.iter_mut().filter(|s| s.state == "up") {
+        let Ok(addr) = parse_addr(&s.addr) else {
+            continue;
+        };
+        let asked = tokio::time::timeout(Duration::from_secs(1), transport.peer_version(addr));
+        s.wire_version = asked.await.ok().and_then(Result::ok);
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -282,6 +298,7 @@ impl Snapshot {
                     .map_or(0, |s| s.iter().map(|r| r.size_bytes).sum()),
                 available_bytes: None,
                 low_space: false,
+                wire_version: None,
             })
             .collect()
     }
@@ -309,7 +326,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     match args.command {
         CtlCommand::Status => {
             let snap = snapshot(&file, &transport).await;
-            let stores = snap.stores();
+            let mut stores = snap.stores();
+            add_wire_versions(&transport, &mut stores).await;
             let up: Vec<StoreId> = stores
                 .iter()
                 .filter(|s| s.state == "up")
@@ -334,7 +352,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             print_status(&view, args.json)?;
         }
         CtlCommand::Stores => {
-            let stores = snapshot(&file, &transport).await.stores();
+            let mut stores = snapshot(&file, &transport).await.stores();
+            add_wire_versions(&transport, &mut stores).await;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&stores)?);
             } else {
@@ -641,8 +660,8 @@ fn replica_column(r: &RangeView) -> String {
 
 pub fn print_stores(stores: &[StoreView]) {
     println!(
-        "{:<6} {:<22} {:<8} {:>7} {:>8} {:>14} {:>16}",
-        "store", "addr", "state", "ranges", "leaders", "used bytes", "free bytes"
+        "{:<6} {:<22} {:<8} {:>7} {:>8} {:>14} {:>16} {:>5}",
+        "store", "addr", "state", "ranges", "leaders", "used bytes", "free bytes", "wire"
     );
     for s in stores {
         let free = match (s.available_bytes, s.low_space) {
@@ -650,9 +669,10 @@ pub fn print_stores(stores: &[StoreView]) {
             (Some(b), false) => b.to_string(),
             (None, _) => "-".into(),
         };
+        let wire = s.wire_version.map_or("-".into(), |v| v.to_string());
         println!(
-            "{:<6} {:<22} {:<8} {:>7} {:>8} {:>14} {:>16}",
-            s.id, s.addr, s.state, s.ranges, s.leaders, s.used_bytes, free
+            "{:<6} {:<22} {:<8} {:>7} {:>8} {:>14} {:>16} {:>5}",
+            s.id, s.addr, s.state, s.ranges, s.leaders, s.used_bytes, free, wire
         );
     }
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use shale_rpc::placement::{PlacementReply, PlacementRequest, Route, ROUTE_SCAN_LIMIT_MAX};
 use shale_rpc::placement_client::PlacementClient;
 
+use super::{add_wire_versions, RangeView, StatusView, StoreView};
 use super::{buckets, key_text, keys, print_ranges, print_status, print_stores, CtlCommand};
-use super::{RangeView, StatusView, StoreView};
 use crate::cluster_file::ClusterFile;
 
 /// How long ctl waits for a move or a leader transfer to show.
@@ -165,8 +165,8 @@ async fn call(
 }
 
 async fn stores(placement: &PlacementClient) -> anyhow::Result<Vec<StoreView>> {
-    match call(placement, PlacementRequest::Stores).await? {
-        PlacementReply::Stores(stores) => Ok(stores
+    let mut stores: Vec<StoreView> = match call(placement, PlacementRequest::Stores).await? {
+        PlacementReply::Stores(stores) => stores
             .into_iter()
             .map(|s| StoreView {
                 id: s.id,
@@ -178,10 +178,13 @@ async fn stores(placement: &PlacementClient) -> anyhow::Result<Vec<StoreView>> {
                 used_bytes: s.used_bytes,
                 available_bytes: Some(s.available_bytes),
                 low_space: s.low_space,
+                wire_version: None,
             })
-            .collect()),
+            .collect(),
         other => bail!("unexpected answer {other:?}"),
-    }
+    };
+    add_wire_versions(placement.transport(), &mut stores).await;
+    Ok(stores)
 }
 
 async fn find(placement: &PlacementClient, key: &[u8]) -> anyhow::Result<Option<Route>> {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use shale_rpc::certs::{WIRE_VERSION, WIRE_VERSION_OLDEST};
 use shale_rpc::transport::{Transport, TransportConfig};
 
+use crate::ctl::ctl;
 use crate::procs::*;
 
 fn key(i: u64) -> Bytes {
@@ -66,6 +67,25 @@ async fn stores_upgrade_one_at_a_time_under_writes_and_lose_no_acknowledged_writ
         p.save_config();
         p.start();
         serving(&admin, &procs[i]).await;
+        // `shale ctl status` shows which stores speak which version.
+        let cluster = write_cluster_file(dir.path(), &procs);
+        let status = tokio::task::block_in_place(|| ctl(&cluster, &["status"]));
+        let spoken: Vec<_> = status["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["wire_version"].as_u64())
+            .collect();
+        let expected: Vec<_> = (0..procs.len())
+            .map(|j| {
+                Some(u64::from(if j <= i {
+                    WIRE_VERSION
+                } else {
+                    WIRE_VERSION_OLDEST
+                }))
+            })
+            .collect();
+        assert_eq!(spoken, expected, "after upgrading store {}", i + 1);
         if i + 1 < procs.len() {
             // It reached the stores not upgraded yet in the version they speak.
             let started = Instant::now();
