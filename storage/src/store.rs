@@ -311,7 +311,7 @@ impl<S: RaftSender> Store<S> {
                     Command::Ingest { .. } | Command::CompareAndSet { value: Some(_), .. }
                 );
                 let checked = self
-                    .check_merge_target(&command)
+                    .check_merge_target(range_id, &command)
                     .and_then(|()| self.checked_for_data(range_id, epoch, loads));
                 match checked {
                     Ok(r) => r.propose_command(command, reply),

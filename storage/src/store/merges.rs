@@ -172,25 +172,63 @@ impl<S: RaftSender> Store<S> {
     /// A merge's first half names its target as the coordinator saw it: refused unless
     /// this store's replica of the target is at that very epoch. A target already
     /// changed or merged away here would leave the range frozen for nothing until the
-    /// rollback noticed.
-    pub(super) fn check_merge_target(&self, command: &Command) -> Result<(), KvError> {
+    /// rollback noticed. Refused too while the target is frozen for a merge of its own,
+    /// or while a range here (a neighbour's replicas share the source's stores) is
+    /// frozen to merge into the source.
+    pub(super) fn check_merge_target(
+        &self,
+        source: RangeId,
+        command: &Command,
+    ) -> Result<(), KvError> {
         let Command::PrepareMerge { target, .. } = command else {
             return Ok(());
         };
-        let here = self.replicas.get(&target.id).map(|t| t.range.epoch);
-        if here == Some(target.epoch) {
+        if !self.replicas.get(&source).is_some_and(|r| r.is_leader()) {
+            // Not led here: the proposal says so, and the caller asks the leader.
             return Ok(());
         }
-        Err(KvError::InvalidMerge {
-            range_id: target.id,
-            reason: match here {
-                Some(epoch) => format!(
-                    "its replica on store {} is at epoch {epoch:?}, not {:?} as the merge names",
-                    self.store_id, target.epoch
+        let refuse =
+            |range_id: RangeId, reason: String| Err(KvError::InvalidMerge { range_id, reason });
+        let Some(here) = self.replicas.get(&target.id) else {
+            return refuse(
+                target.id,
+                format!("it has no replica on store {}", self.store_id),
+            );
+        };
+        if here.range.epoch != target.epoch {
+            return refuse(
+                target.id,
+                format!(
+                    "its replica on store {} is at epoch {:?}, not {:?} as the merge names",
+                    self.store_id, here.range.epoch, target.epoch
                 ),
-                None => format!("it has no replica on store {}", self.store_id),
-            },
-        })
+            );
+        }
+        // Either would leave a range frozen for a merge that can never commit, until
+        // its rollback: refused before anything freezes.
+        if let Some(away) = here.frozen() {
+            return refuse(
+                target.id,
+                format!(
+                    "it is frozen for its own merge into range {}",
+                    away.range_id
+                ),
+            );
+        }
+        if let Some(pending) = self
+            .replicas
+            .values()
+            .find(|r| r.frozen().is_some_and(|f| f.range_id == source))
+        {
+            return refuse(
+                source,
+                format!(
+                    "range {} is frozen to merge into it (on store {}); that merge goes first",
+                    pending.range.id, self.store_id
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Whether `target`'s replica here is gone, having applied a change past the merge's

@@ -72,6 +72,27 @@ async fn leader_of(cluster: &LocalCluster, stores: usize, range_id: RangeId) -> 
     }
 }
 
+/// Moves `range_id`'s leadership to store `to` and waits until it leads.
+async fn move_leader(cluster: &LocalCluster, range_id: RangeId, to: usize) {
+    let started = Instant::now();
+    loop {
+        let at = leader_of(cluster, 3, range_id).await;
+        if at == to {
+            return;
+        }
+        let req = AdminRequest::TransferLeader {
+            range_id,
+            to_store: cluster.configs[to].store_id,
+        };
+        let _ = admin_to(cluster, at, &req).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "range {range_id} does not move its leader to store {to}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn admin_to(
     cluster: &LocalCluster,
     store: usize,
@@ -505,6 +526,60 @@ async fn a_store_of_the_previous_wire_version_gets_no_frozen_snapshot() {
     cluster.shutdown().await;
 }
 
+/// Merges that would leave a range frozen for one that cannot commit are refused before
+/// anything freezes: merging away a range a neighbour is frozen to merge into, and
+/// freezing a range for a target that is frozen for a merge of its own. Before session
+/// 32 both froze, and the frozen range waited for its rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_into_or_of_a_range_in_another_merge_is_refused_before_it_freezes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = must_cluster(dir.path(), 3).await;
+    let client = patient(&cluster);
+    let (a, _) = client.split(key(250)).await.unwrap();
+    let (b, _) = client.split(key(500)).await.unwrap();
+    let (c, d) = client.split(key(750)).await.unwrap();
+    for i in [10, 300, 600, 800] {
+        must_put(&client, i).await;
+    }
+    let prepare = |range: &RangeDescriptor, target: &RangeDescriptor| AdminRequest::PrepareMerge {
+        range_id: range.id,
+        target: target.clone(),
+    };
+    // D freezes to merge into C: C may not merge away into B.
+    let at = leader_of(&cluster, 3, d.id).await;
+    let froze = admin_to(&cluster, at, &prepare(&d, &c)).await;
+    assert!(matches!(froze, Ok(AdminReply::Changed(_))), "{froze:?}");
+    let at = leader_of(&cluster, 3, c.id).await;
+    let refused = admin_to(&cluster, at, &prepare(&c, &b)).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Kv(KvError::InvalidMerge { range_id, reason }))
+            if *range_id == c.id && reason.contains(&format!("range {}", d.id))),
+        "{refused:?}"
+    );
+    // B freezes to merge into A: C may not freeze to merge into B.
+    let at = leader_of(&cluster, 3, b.id).await;
+    let b = match admin_to(&cluster, at, &prepare(&b, &a)).await {
+        Ok(AdminReply::Changed(frozen)) => frozen,
+        other => panic!("B does not freeze: {other:?}"),
+    };
+    let at = leader_of(&cluster, 3, c.id).await;
+    let refused = admin_to(&cluster, at, &prepare(&c, &b)).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Kv(KvError::InvalidMerge { range_id, reason }))
+            if *range_id == b.id && reason.contains("its own merge")),
+        "{refused:?}"
+    );
+    // A and C never froze: they take writes (B and D answer busy until their merges
+    // settle).
+    for i in [20, 700] {
+        must_put(&client, i).await;
+    }
+    for i in [10, 20, 600, 700] {
+        must_get(&client, i).await;
+    }
+    cluster.shutdown().await;
+}
+
 /// A range frozen for a merge into a neighbour that then merges away itself (into its
 /// own left neighbour) can never complete its merge: it thaws once its leader's store
 /// finds the neighbour's replica gone past the merge's epoch (its tombstone). Before
@@ -524,6 +599,11 @@ async fn a_range_frozen_for_a_neighbour_that_merged_away_thaws() {
     // The right range freezes for the middle one (the first half of a merge, as a
     // coordinator that died after it would leave it)...
     let at = leader_of(&cluster, 3, right.id).await;
+    // ...unseen by the store leading the middle one, which would refuse to merge it
+    // away (a race a store's check cannot close: its replica may lag)...
+    let away = (at + 1) % 3;
+    move_leader(&cluster, middle.id, away).await;
+    cut(&cluster, away, right.id, true);
     let req = AdminRequest::PrepareMerge {
         range_id: right.id,
         target: middle.clone(),
@@ -535,6 +615,7 @@ async fn a_range_frozen_for_a_neighbour_that_merged_away_thaws() {
     // ...and the middle one merges into the left one.
     let merged = client.merge(&key(10)).await.unwrap();
     assert_eq!(merged.end_key, key(600));
+    cut(&cluster, away, right.id, false);
     must_be_gone(&cluster, 3, middle.id).await;
 
     let started = Instant::now();
