@@ -26,6 +26,19 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: shale_alloc::SplitAlloc = shale_alloc::SplitAlloc;
 
+/// `shale --version`: the build and the wire protocol versions it speaks (see README's
+/// "Upgrading").
+fn long_version() -> &'static str {
+    use shale_rpc::certs::{WIRE_VERSION, WIRE_VERSION_OLDEST};
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (wire protocol shale/{WIRE_VERSION}; also speaks shale/{WIRE_VERSION_OLDEST})",
+            env!("CARGO_PKG_VERSION")
+        )
+    })
+}
+
 /// Shale: a sharded, strongly consistent, replicated storage engine.
 ///
 /// Start a local cluster (a placement node, three stores and an S3 endpoint) with
@@ -35,7 +48,12 @@ static ALLOC: shale_alloc::SplitAlloc = shale_alloc::SplitAlloc;
 /// on each storage machine, and `shale gateway --cluster FILE` in front of it;
 /// `shale ctl` operates it.
 #[derive(Parser)]
-#[command(name = "shale", version, propagate_version = true)]
+#[command(
+    name = "shale",
+    version,
+    long_version = long_version(),
+    propagate_version = true
+)]
 struct Cli {
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]

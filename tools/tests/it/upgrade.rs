@@ -123,3 +123,15 @@ async fn stores_upgrade_one_at_a_time_under_writes_and_lose_no_acknowledged_writ
     );
     must_all_run(&mut procs, "the upgrade");
 }
+
+/// `shale --version` names the wire versions the binary speaks, so an operator can see
+/// whether two builds can run side by side.
+#[test]
+fn the_version_names_the_wire_versions_spoken() {
+    let out = shale().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for v in [WIRE_VERSION, WIRE_VERSION_OLDEST] {
+        assert!(text.contains(&format!("shale/{v}")), "{text}");
+    }
+}
