@@ -413,12 +413,12 @@ impl Transfer {
         })
     }
 
-    /// Chunks in all: the message, then the batches (never none).
     /// Whether the snapshot carries its range's freeze for a merge.
     pub fn frozen(&self) -> bool {
         self.frozen
     }
 
+    /// Chunks in all: the message, then the batches (never none).
     pub fn chunks(&self) -> usize {
         1 + self.built.batches()
     }
