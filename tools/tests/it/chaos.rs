@@ -17,7 +17,8 @@
 //!
 //! `SHALE_CHAOS_SEED` replays a run's choices (timings still vary); `SHALE_CHAOS_SECS`
 //! sets how long the nemesis runs (default 40); `SHALE_CHAOS_KEEP` keeps the folder
-//! with the processes' logs.
+//! with the processes' logs; `SHALE_CHAOS_OLD_STORES=N` pins the first N stores to the
+//! previous wire version (a cluster halfway through an upgrade).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -627,6 +628,20 @@ async fn chaos_keeps_every_acknowledged_write_and_replicas_agree() {
         ..
     } = start_placed_procs(dir, true);
     let relays = relays.expect("relayed");
+    let old_stores: usize = std::env::var("SHALE_CHAOS_OLD_STORES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    for p in procs.iter_mut().take(old_stores) {
+        p.terminate();
+        p.config.transport.wire_version = shale_rpc::certs::WIRE_VERSION_OLDEST;
+        p.save_config();
+        p.start();
+        eprintln!(
+            "chaos: store {} speaks the previous wire version",
+            p.config.store_id
+        );
+    }
     let client = Arc::new(KvClient::through_placement(
         transport.clone(),
         placement.clone(),
