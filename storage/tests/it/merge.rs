@@ -93,6 +93,36 @@ async fn move_leader(cluster: &LocalCluster, range_id: RangeId, to: usize) {
     }
 }
 
+/// The first half of a merge of `range` into `target` (its left neighbour).
+fn prepare(range: &RangeDescriptor, target: &RangeDescriptor) -> AdminRequest {
+    AdminRequest::PrepareMerge {
+        range_id: range.id,
+        target: target.clone(),
+    }
+}
+
+/// Asks `range`'s leader to freeze it for `target`.
+async fn prepare_at_leader(
+    cluster: &LocalCluster,
+    range: &RangeDescriptor,
+    target: &RangeDescriptor,
+) -> Result<AdminReply, ClientError> {
+    let at = leader_of(cluster, 3, range.id).await;
+    admin_to(cluster, at, &prepare(range, target)).await
+}
+
+/// Freezes `range` for `target`; the frozen range.
+async fn freeze(
+    cluster: &LocalCluster,
+    range: &RangeDescriptor,
+    target: &RangeDescriptor,
+) -> RangeDescriptor {
+    match prepare_at_leader(cluster, range, target).await {
+        Ok(AdminReply::Changed(frozen)) => frozen,
+        other => panic!("range {} does not freeze: {other:?}", range.id),
+    }
+}
+
 async fn admin_to(
     cluster: &LocalCluster,
     store: usize,
@@ -197,20 +227,7 @@ async fn a_merge_whose_target_changed_is_rolled_back_and_the_frozen_range_writes
     let client = patient(&cluster);
     let (left, right) = client.split(key(500)).await.unwrap();
     must_put(&client, 700).await;
-    let at = leader_of(&cluster, 3, right.id).await;
-    let frozen = match admin_to(
-        &cluster,
-        at,
-        &AdminRequest::PrepareMerge {
-            range_id: right.id,
-            target: left.clone(),
-        },
-    )
-    .await
-    {
-        Ok(AdminReply::Changed(range)) => range,
-        other => panic!("{other:?}"),
-    };
+    let frozen = freeze(&cluster, &right, &left).await;
     assert!(frozen.epoch.version > right.epoch.version);
     // Frozen: its keys answer busy (the client retries until its deadline).
     let hasty = cluster
@@ -224,6 +241,7 @@ async fn a_merge_whose_target_changed_is_rolled_back_and_the_frozen_range_writes
     // Reads wait too: the target may own the keys on some store already.
     assert!(hasty.get(key(700)).await.is_err());
     // A rollback asked for while the target has not moved is refused: it may commit.
+    let at = leader_of(&cluster, 3, right.id).await;
     let early = admin_to(
         &cluster,
         at,
@@ -300,15 +318,7 @@ async fn a_merge_left_frozen_by_its_coordinator_is_committed_by_the_stores() {
         must_put(&client, i).await;
     }
     // Only the first half, as a coordinator that died after it would leave it.
-    let at = leader_of(&cluster, 3, right.id).await;
-    let req = AdminRequest::PrepareMerge {
-        range_id: right.id,
-        target: left.clone(),
-    };
-    assert!(matches!(
-        admin_to(&cluster, at, &req).await,
-        Ok(AdminReply::Changed(_))
-    ));
+    freeze(&cluster, &right, &left).await;
     // The frozen range's leader has the merge settled after `STUCK_AFTER` (10 s).
     let started = Instant::now();
     must_be_gone(&cluster, 3, right.id).await;
@@ -541,29 +551,17 @@ async fn a_merge_into_or_of_a_range_in_another_merge_is_refused_before_it_freeze
     for i in [10, 300, 600, 800] {
         must_put(&client, i).await;
     }
-    let prepare = |range: &RangeDescriptor, target: &RangeDescriptor| AdminRequest::PrepareMerge {
-        range_id: range.id,
-        target: target.clone(),
-    };
     // D freezes to merge into C: C may not merge away into B.
-    let at = leader_of(&cluster, 3, d.id).await;
-    let froze = admin_to(&cluster, at, &prepare(&d, &c)).await;
-    assert!(matches!(froze, Ok(AdminReply::Changed(_))), "{froze:?}");
-    let at = leader_of(&cluster, 3, c.id).await;
-    let refused = admin_to(&cluster, at, &prepare(&c, &b)).await;
+    freeze(&cluster, &d, &c).await;
+    let refused = prepare_at_leader(&cluster, &c, &b).await;
     assert!(
         matches!(&refused, Err(ClientError::Kv(KvError::InvalidMerge { range_id, reason }))
             if *range_id == c.id && reason.contains(&format!("range {}", d.id))),
         "{refused:?}"
     );
     // B freezes to merge into A: C may not freeze to merge into B.
-    let at = leader_of(&cluster, 3, b.id).await;
-    let b = match admin_to(&cluster, at, &prepare(&b, &a)).await {
-        Ok(AdminReply::Changed(frozen)) => frozen,
-        other => panic!("B does not freeze: {other:?}"),
-    };
-    let at = leader_of(&cluster, 3, c.id).await;
-    let refused = admin_to(&cluster, at, &prepare(&c, &b)).await;
+    let b = freeze(&cluster, &b, &a).await;
+    let refused = prepare_at_leader(&cluster, &c, &b).await;
     assert!(
         matches!(&refused, Err(ClientError::Kv(KvError::InvalidMerge { range_id, reason }))
             if *range_id == b.id && reason.contains("its own merge")),
@@ -604,14 +602,7 @@ async fn a_range_frozen_for_a_neighbour_that_merged_away_thaws() {
     let away = (at + 1) % 3;
     move_leader(&cluster, middle.id, away).await;
     cut(&cluster, away, right.id, true);
-    let req = AdminRequest::PrepareMerge {
-        range_id: right.id,
-        target: middle.clone(),
-    };
-    assert!(matches!(
-        admin_to(&cluster, at, &req).await,
-        Ok(AdminReply::Changed(_))
-    ));
+    freeze(&cluster, &right, &middle).await;
     // ...and the middle one merges into the left one.
     let merged = client.merge(&key(10)).await.unwrap();
     assert_eq!(merged.end_key, key(600));
@@ -649,8 +640,7 @@ async fn a_range_frozen_for_a_neighbour_that_merged_away_thaws() {
     }
     must_scan_exactly(&client, &written).await;
     // A merge naming the gone neighbour does not freeze it again.
-    let at = leader_of(&cluster, 3, right.id).await;
-    let refused = admin_to(&cluster, at, &req).await;
+    let refused = prepare_at_leader(&cluster, &right, &middle).await;
     assert!(
         matches!(&refused, Err(ClientError::Kv(KvError::InvalidMerge { range_id, .. })) if *range_id == middle.id),
         "{refused:?}"
